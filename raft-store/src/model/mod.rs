@@ -1,0 +1,6 @@
+//! The replicated data model: resources, commands, the registry and its deterministic apply.
+
+pub mod command;
+pub mod registry;
+pub mod resource;
+pub mod validate;

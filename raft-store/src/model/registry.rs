@@ -1,0 +1,816 @@
+//! The registry state: servers, policies, change history, cluster key. Pure data and the
+//! deterministic `apply`; persistence lives in `state_machine.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::command::{Applied, Command, Request};
+use super::resource::McpServerSpec;
+use super::validate::{check_name, check_version, FieldError};
+
+/// Who did something, when, at which log index.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct Stamp {
+    /// Actor of the command.
+    pub actor: String,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// Raft log index of the command.
+    pub index: u64,
+}
+
+/// A quarantine in force.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Quarantine {
+    /// Why, as the operator wrote it.
+    pub reason: String,
+    /// Who and when.
+    pub at: Stamp,
+}
+
+/// An upgrade staged with `--review`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PendingUpgrade {
+    /// Target version.
+    pub version: String,
+    /// Who and when.
+    pub at: Stamp,
+}
+
+/// Status of a server kept by the control plane (discovery will add to it).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct ServerStatus {
+    /// Quarantine in force, if any.
+    pub quarantine: Option<Quarantine>,
+    /// Tools approved with `joch mcp approve-tool` (bare tool names).
+    pub approved_tools: BTreeSet<String>,
+    /// Restricted to read tools (`joch mcp policy set --read-only`).
+    pub read_only: bool,
+    /// Upgrade staged for review.
+    pub pending_upgrade: Option<PendingUpgrade>,
+}
+
+/// One registered MCP server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ServerRecord {
+    /// Unique name (also the prefix of its aggregate tool names).
+    pub name: String,
+    /// Free-form labels.
+    pub labels: BTreeMap<String, String>,
+    /// Desired state.
+    pub spec: McpServerSpec,
+    /// Control-plane status.
+    pub status: ServerStatus,
+    /// When it was registered.
+    pub created: Stamp,
+    /// Last change.
+    pub updated: Stamp,
+    /// Bumped on every change.
+    pub generation: u64,
+}
+
+impl ServerRecord {
+    /// `Quarantined` or `Ready`.
+    pub fn phase(&self) -> &'static str {
+        if self.status.quarantine.is_some() {
+            "Quarantined"
+        } else {
+            "Ready"
+        }
+    }
+}
+
+/// A Policy manifest, stored as a document (evaluated by the policy engine).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PolicyRecord {
+    /// Policy name.
+    pub name: String,
+    /// Labels from metadata.
+    pub labels: BTreeMap<String, String>,
+    /// The manifest's `spec`, as canonical JSON.
+    pub spec_json: String,
+    /// When it was first applied.
+    pub created: Stamp,
+    /// Last change.
+    pub updated: Stamp,
+    /// Bumped on every change.
+    pub generation: u64,
+}
+
+/// One line of a resource's change history.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ChangeRecord {
+    /// Resource, `mcpserver/NAME` or `policy/NAME`.
+    pub target: String,
+    /// Command kind (`pin`, `quarantine`, ...).
+    pub action: String,
+    /// What changed, in words.
+    pub detail: String,
+    /// Who, when, log index.
+    pub at: Stamp,
+}
+
+/// Why the state machine rejected a command. Deterministic: every replica rejects it the same way.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ApplyError {
+    /// No server of that name.
+    #[error("MCP server {name:?} is not registered")]
+    UnknownServer {
+        /// The name asked for.
+        name: String,
+    },
+    /// A server of that name exists.
+    #[error("MCP server {name:?} already exists (use `joch apply` to change it)")]
+    ServerExists {
+        /// The name asked for.
+        name: String,
+    },
+    /// No policy of that name.
+    #[error("policy {name:?} does not exist")]
+    UnknownPolicy {
+        /// The name asked for.
+        name: String,
+    },
+    /// A field is invalid.
+    #[error("invalid {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldError>),
+    /// An upgrade to the version already pinned.
+    #[error("MCP server {name:?} is already pinned to {version}")]
+    AlreadyAtVersion {
+        /// Server.
+        name: String,
+        /// Version.
+        version: String,
+    },
+}
+
+/// The whole replicated registry. Cheap to clone (records are shared), so the state machine can
+/// publish a fresh immutable copy after every apply.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Registry {
+    /// Servers by name.
+    pub servers: BTreeMap<String, Arc<ServerRecord>>,
+    /// Policies by name.
+    pub policies: BTreeMap<String, Arc<PolicyRecord>>,
+    /// History by target (`mcpserver/NAME`), oldest first.
+    pub history: BTreeMap<String, Arc<Vec<ChangeRecord>>>,
+    /// The cluster key, once initialised.
+    pub cluster_key: Option<[u8; 32]>,
+}
+
+/// What an apply touched, so the store writes only that.
+#[derive(Debug, Default)]
+pub struct Touched {
+    /// Servers written (or deleted if absent from the registry).
+    pub servers: Vec<String>,
+    /// Policies written (or deleted if absent).
+    pub policies: Vec<String>,
+    /// New history lines.
+    pub history: Vec<ChangeRecord>,
+    /// The cluster key was set.
+    pub cluster_key: bool,
+}
+
+fn server_target(name: &str) -> String {
+    format!("mcpserver/{name}")
+}
+
+fn invalid(e: FieldError) -> ApplyError {
+    ApplyError::Invalid(vec![e])
+}
+
+impl Registry {
+    /// History of a server (kept after it is deleted).
+    pub fn server_history(&self, name: &str) -> &[ChangeRecord] {
+        self.history
+            .get(&server_target(name))
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Applies one command at `index`. On `Err`, nothing changed.
+    pub fn apply(
+        &mut self,
+        index: u64,
+        req: &Request,
+        touched: &mut Touched,
+    ) -> Result<Applied, ApplyError> {
+        let stamp = Stamp {
+            actor: req.actor.clone(),
+            at_ms: req.at_ms,
+            index,
+        };
+        let action = req.command.kind();
+        let (target, applied) = match &req.command {
+            Command::CreateServer { name, labels, spec } => {
+                check_name("metadata.name", name).map_err(invalid)?;
+                check_spec(spec)?;
+                if self.servers.contains_key(name) {
+                    return Err(ApplyError::ServerExists { name: name.clone() });
+                }
+                self.insert_server(name, labels, spec, &stamp);
+                (
+                    server_target(name),
+                    changed(format!("registered ({})", describe_endpoint(spec))),
+                )
+            }
+            Command::UpsertServer { name, labels, spec } => {
+                check_name("metadata.name", name).map_err(invalid)?;
+                check_spec(spec)?;
+                let summary = match self.servers.get(name) {
+                    Some(old) if old.spec == *spec && old.labels == *labels => {
+                        (server_target(name), unchanged("applied; no change"))
+                    }
+                    Some(old) => {
+                        let mut rec = (**old).clone();
+                        let detail = diff_spec(&old.spec, spec);
+                        rec.spec = spec.clone();
+                        rec.labels = labels.clone();
+                        rec.updated = stamp.clone();
+                        rec.generation += 1;
+                        self.servers.insert(name.clone(), Arc::new(rec));
+                        (server_target(name), changed(format!("applied: {detail}")))
+                    }
+                    None => {
+                        self.insert_server(name, labels, spec, &stamp);
+                        (
+                            server_target(name),
+                            changed(format!("registered ({})", describe_endpoint(spec))),
+                        )
+                    }
+                };
+                summary
+            }
+            Command::DeleteServer { name } => {
+                if self.servers.remove(name).is_none() {
+                    return Err(ApplyError::UnknownServer { name: name.clone() });
+                }
+                (server_target(name), changed("deleted".to_string()))
+            }
+            Command::Pin { name, version } => {
+                check_version("version", version).map_err(invalid)?;
+                let detail = self.update_server(name, &stamp, |rec| {
+                    let sec = &mut rec.spec.security;
+                    if sec.pin_server_version && sec.pinned_version.as_deref() == Some(version) {
+                        return None;
+                    }
+                    let was = sec.pinned_version.clone();
+                    sec.pin_server_version = true;
+                    sec.pinned_version = Some(version.clone());
+                    rec.status.pending_upgrade = None;
+                    Some(format!(
+                        "pinned to {version} (was {})",
+                        was.as_deref().unwrap_or("unpinned")
+                    ))
+                })?;
+                (
+                    server_target(name),
+                    detail
+                        .map(changed)
+                        .unwrap_or_else(|| unchanged(&format!("already pinned to {version}"))),
+                )
+            }
+            Command::Upgrade {
+                name,
+                version,
+                review,
+            } => {
+                check_version("version", version).map_err(invalid)?;
+                let current = self
+                    .servers
+                    .get(name)
+                    .ok_or_else(|| ApplyError::UnknownServer { name: name.clone() })?
+                    .spec
+                    .security
+                    .pinned_version
+                    .clone();
+                if current.as_deref() == Some(version) {
+                    return Err(ApplyError::AlreadyAtVersion {
+                        name: name.clone(),
+                        version: version.clone(),
+                    });
+                }
+                let from = current.unwrap_or_else(|| "unpinned".into());
+                let detail = self.update_server(name, &stamp, |rec| {
+                    if *review {
+                        rec.status.pending_upgrade = Some(PendingUpgrade {
+                            version: version.clone(),
+                            at: stamp.clone(),
+                        });
+                        Some(format!("upgrade {from} -> {version} staged for review"))
+                    } else {
+                        rec.spec.security.pin_server_version = true;
+                        rec.spec.security.pinned_version = Some(version.clone());
+                        rec.status.pending_upgrade = None;
+                        Some(format!("upgraded {from} -> {version}"))
+                    }
+                })?;
+                (server_target(name), changed(detail.unwrap_or_default()))
+            }
+            Command::Quarantine { name, reason } => {
+                let detail = self.update_server(name, &stamp, |rec| {
+                    if rec.status.quarantine.is_some() {
+                        return None;
+                    }
+                    rec.status.quarantine = Some(Quarantine {
+                        reason: reason.clone(),
+                        at: stamp.clone(),
+                    });
+                    Some(format!("quarantined: {reason}"))
+                })?;
+                (
+                    server_target(name),
+                    detail
+                        .map(changed)
+                        .unwrap_or_else(|| unchanged("already quarantined")),
+                )
+            }
+            Command::Unquarantine { name } => {
+                let detail = self.update_server(name, &stamp, |rec| {
+                    rec.status
+                        .quarantine
+                        .take()
+                        .map(|q| format!("quarantine lifted (was: {})", q.reason))
+                })?;
+                (
+                    server_target(name),
+                    detail
+                        .map(changed)
+                        .unwrap_or_else(|| unchanged("not quarantined")),
+                )
+            }
+            Command::ApproveTool { server, tool } => {
+                if tool.is_empty() {
+                    return Err(invalid(FieldError {
+                        field: "tool".into(),
+                        message: "tool name is empty".into(),
+                    }));
+                }
+                let detail = self.update_server(server, &stamp, |rec| {
+                    rec.status
+                        .approved_tools
+                        .insert(tool.clone())
+                        .then(|| format!("approved tool {server}.{tool}"))
+                })?;
+                (
+                    server_target(server),
+                    detail
+                        .map(changed)
+                        .unwrap_or_else(|| unchanged("tool already approved")),
+                )
+            }
+            Command::SetServerPolicy { name, read_only } => {
+                let detail = self.update_server(name, &stamp, |rec| {
+                    if rec.status.read_only == *read_only {
+                        return None;
+                    }
+                    rec.status.read_only = *read_only;
+                    Some(if *read_only {
+                        "set read-only".to_string()
+                    } else {
+                        "set read-write".to_string()
+                    })
+                })?;
+                (
+                    server_target(name),
+                    detail
+                        .map(changed)
+                        .unwrap_or_else(|| unchanged("policy unchanged")),
+                )
+            }
+            Command::ApplyPolicy {
+                name,
+                labels,
+                spec_json,
+            } => {
+                check_name("metadata.name", name).map_err(invalid)?;
+                let target = format!("policy/{name}");
+                let applied = match self.policies.get(name) {
+                    Some(old) if old.spec_json == *spec_json && old.labels == *labels => {
+                        unchanged("applied; no change")
+                    }
+                    Some(old) => {
+                        let mut rec = (**old).clone();
+                        rec.spec_json = spec_json.clone();
+                        rec.labels = labels.clone();
+                        rec.updated = stamp.clone();
+                        rec.generation += 1;
+                        let generation = rec.generation;
+                        self.policies.insert(name.clone(), Arc::new(rec));
+                        changed(format!("policy updated (generation {generation})"))
+                    }
+                    None => {
+                        self.policies.insert(
+                            name.clone(),
+                            Arc::new(PolicyRecord {
+                                name: name.clone(),
+                                labels: labels.clone(),
+                                spec_json: spec_json.clone(),
+                                created: stamp.clone(),
+                                updated: stamp.clone(),
+                                generation: 1,
+                            }),
+                        );
+                        changed("policy created".to_string())
+                    }
+                };
+                touched.policies.push(name.clone());
+                (target, applied)
+            }
+            Command::DeletePolicy { name } => {
+                if self.policies.remove(name).is_none() {
+                    return Err(ApplyError::UnknownPolicy { name: name.clone() });
+                }
+                touched.policies.push(name.clone());
+                (
+                    format!("policy/{name}"),
+                    changed("policy deleted".to_string()),
+                )
+            }
+            Command::InitClusterKey { key } => {
+                if self.cluster_key.is_some() {
+                    return Ok(unchanged("cluster key already set"));
+                }
+                self.cluster_key = Some(*key);
+                touched.cluster_key = true;
+                return Ok(changed("cluster key set".to_string()));
+            }
+        };
+        if let Some(name) = target.strip_prefix("mcpserver/") {
+            touched.servers.push(name.to_string());
+        }
+        if applied.changed {
+            let rec = ChangeRecord {
+                target: target.clone(),
+                action: action.to_string(),
+                detail: applied.summary.clone(),
+                at: stamp,
+            };
+            Arc::make_mut(self.history.entry(target).or_default()).push(rec.clone());
+            touched.history.push(rec);
+        }
+        Ok(applied)
+    }
+
+    fn insert_server(
+        &mut self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        spec: &McpServerSpec,
+        stamp: &Stamp,
+    ) {
+        self.servers.insert(
+            name.to_string(),
+            Arc::new(ServerRecord {
+                name: name.to_string(),
+                labels: labels.clone(),
+                spec: spec.clone(),
+                status: ServerStatus::default(),
+                created: stamp.clone(),
+                updated: stamp.clone(),
+                generation: 1,
+            }),
+        );
+    }
+
+    /// Runs `f` on a copy of the server; if it reports a change, stores the copy.
+    fn update_server(
+        &mut self,
+        name: &str,
+        stamp: &Stamp,
+        f: impl FnOnce(&mut ServerRecord) -> Option<String>,
+    ) -> Result<Option<String>, ApplyError> {
+        let old = self
+            .servers
+            .get(name)
+            .ok_or_else(|| ApplyError::UnknownServer {
+                name: name.to_string(),
+            })?;
+        let mut rec = (**old).clone();
+        let Some(detail) = f(&mut rec) else {
+            return Ok(None);
+        };
+        rec.updated = stamp.clone();
+        rec.generation += 1;
+        self.servers.insert(name.to_string(), Arc::new(rec));
+        Ok(Some(detail))
+    }
+}
+
+fn check_spec(spec: &McpServerSpec) -> Result<(), ApplyError> {
+    let problems = spec.problems();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApplyError::Invalid(problems))
+    }
+}
+
+fn changed(summary: String) -> Applied {
+    Applied {
+        changed: true,
+        summary,
+    }
+}
+
+fn unchanged(summary: &str) -> Applied {
+    Applied {
+        changed: false,
+        summary: summary.to_string(),
+    }
+}
+
+fn describe_endpoint(spec: &McpServerSpec) -> String {
+    match (&spec.endpoint, &spec.stdio) {
+        (Some(ep), _) if spec.transport == super::resource::Transport::StreamableHttp => {
+            ep.url.clone()
+        }
+        (_, Some(s)) => format!("stdio: {}", s.command),
+        _ => spec.transport.as_str().to_string(),
+    }
+}
+
+/// Names the top-level spec sections that differ, for the history line.
+fn diff_spec(old: &McpServerSpec, new: &McpServerSpec) -> String {
+    let mut parts = Vec::new();
+    if old.transport != new.transport || old.endpoint != new.endpoint || old.stdio != new.stdio {
+        parts.push(format!("endpoint {}", describe_endpoint(new)));
+    }
+    if old.security.pinned_version != new.security.pinned_version {
+        parts.push(format!(
+            "pinnedVersion {} -> {}",
+            old.security.pinned_version.as_deref().unwrap_or("none"),
+            new.security.pinned_version.as_deref().unwrap_or("none")
+        ));
+    }
+    let sections: [(&str, bool); 7] = [
+        ("auth", old.auth != new.auth),
+        ("exposes", old.exposes != new.exposes),
+        ("discovery", old.discovery != new.discovery),
+        (
+            "security",
+            old.security != new.security
+                && old.security.pinned_version == new.security.pinned_version,
+        ),
+        ("policies", old.policies != new.policies),
+        ("scanning", old.scanning != new.scanning),
+        ("transport", false),
+    ];
+    parts.extend(
+        sections
+            .iter()
+            .filter(|(_, d)| *d)
+            .map(|(n, _)| format!("{n} changed")),
+    );
+    if parts.is_empty() {
+        "labels changed".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::resource::Endpoint;
+
+    fn req(command: Command) -> Request {
+        Request {
+            actor: "alice".into(),
+            at_ms: 1_000,
+            command,
+        }
+    }
+
+    fn spec(url: &str) -> McpServerSpec {
+        McpServerSpec {
+            endpoint: Some(Endpoint { url: url.into() }),
+            ..Default::default()
+        }
+    }
+
+    fn apply(reg: &mut Registry, index: u64, c: Command) -> Result<Applied, ApplyError> {
+        reg.apply(index, &req(c), &mut Touched::default())
+    }
+
+    #[test]
+    fn create_pin_quarantine_history() {
+        let mut reg = Registry::default();
+        apply(
+            &mut reg,
+            1,
+            Command::CreateServer {
+                name: "github".into(),
+                labels: Default::default(),
+                spec: spec("https://mcp.example.com/github"),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            apply(
+                &mut reg,
+                2,
+                Command::CreateServer {
+                    name: "github".into(),
+                    labels: Default::default(),
+                    spec: spec("https://x.example/")
+                }
+            ),
+            Err(ApplyError::ServerExists {
+                name: "github".into()
+            })
+        );
+        let a = apply(
+            &mut reg,
+            3,
+            Command::Pin {
+                name: "github".into(),
+                version: "1.2.0".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(a.summary, "pinned to 1.2.0 (was unpinned)");
+        assert!(
+            !apply(
+                &mut reg,
+                4,
+                Command::Pin {
+                    name: "github".into(),
+                    version: "1.2.0".into()
+                }
+            )
+            .unwrap()
+            .changed
+        );
+        let q = Command::Quarantine {
+            name: "github".into(),
+            reason: "drift".into(),
+        };
+        assert!(apply(&mut reg, 5, q.clone()).unwrap().changed);
+        let again = apply(&mut reg, 6, q).unwrap();
+        assert!(!again.changed, "repeating a quarantine is idempotent");
+        let rec = &reg.servers["github"];
+        assert_eq!(rec.phase(), "Quarantined");
+        assert_eq!(
+            rec.status.quarantine.as_ref().unwrap().at.index,
+            5,
+            "the first quarantine stands"
+        );
+        let hist: Vec<_> = reg
+            .server_history("github")
+            .iter()
+            .map(|c| (c.at.index, c.action.as_str()))
+            .collect();
+        assert_eq!(hist, [(1, "create_server"), (3, "pin"), (5, "quarantine")]);
+    }
+
+    #[test]
+    fn rejected_commands_change_nothing() {
+        let mut reg = Registry::default();
+        let before = reg.clone();
+        assert!(matches!(
+            apply(
+                &mut reg,
+                1,
+                Command::Pin {
+                    name: "nope".into(),
+                    version: "1.0.0".into()
+                }
+            ),
+            Err(ApplyError::UnknownServer { .. })
+        ));
+        apply(
+            &mut reg,
+            2,
+            Command::CreateServer {
+                name: "a".into(),
+                labels: Default::default(),
+                spec: spec("http://127.0.0.1:1/mcp"),
+            },
+        )
+        .unwrap();
+        let snapshot = reg.clone();
+        assert!(matches!(
+            apply(
+                &mut reg,
+                3,
+                Command::Pin {
+                    name: "a".into(),
+                    version: "latest".into()
+                }
+            ),
+            Err(ApplyError::Invalid(_))
+        ));
+        assert_eq!(reg, snapshot);
+        assert_ne!(reg, before);
+    }
+
+    #[test]
+    fn upgrade_review_stages_then_applies() {
+        let mut reg = Registry::default();
+        apply(
+            &mut reg,
+            1,
+            Command::CreateServer {
+                name: "g".into(),
+                labels: Default::default(),
+                spec: spec("https://e.example/"),
+            },
+        )
+        .unwrap();
+        apply(
+            &mut reg,
+            2,
+            Command::Pin {
+                name: "g".into(),
+                version: "1.2.0".into(),
+            },
+        )
+        .unwrap();
+        apply(
+            &mut reg,
+            3,
+            Command::Upgrade {
+                name: "g".into(),
+                version: "1.3.0".into(),
+                review: true,
+            },
+        )
+        .unwrap();
+        let rec = &reg.servers["g"];
+        assert_eq!(rec.spec.security.pinned_version.as_deref(), Some("1.2.0"));
+        assert_eq!(
+            rec.status.pending_upgrade.as_ref().unwrap().version,
+            "1.3.0"
+        );
+        let a = apply(
+            &mut reg,
+            4,
+            Command::Upgrade {
+                name: "g".into(),
+                version: "1.3.0".into(),
+                review: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(a.summary, "upgraded 1.2.0 -> 1.3.0");
+        assert!(reg.servers["g"].status.pending_upgrade.is_none());
+        assert!(matches!(
+            apply(
+                &mut reg,
+                5,
+                Command::Upgrade {
+                    name: "g".into(),
+                    version: "1.3.0".into(),
+                    review: false
+                }
+            ),
+            Err(ApplyError::AlreadyAtVersion { .. })
+        ));
+    }
+
+    #[test]
+    fn upsert_keeps_status_and_history_survives_delete() {
+        let mut reg = Registry::default();
+        apply(
+            &mut reg,
+            1,
+            Command::UpsertServer {
+                name: "g".into(),
+                labels: Default::default(),
+                spec: spec("https://e.example/"),
+            },
+        )
+        .unwrap();
+        apply(
+            &mut reg,
+            2,
+            Command::Quarantine {
+                name: "g".into(),
+                reason: "r".into(),
+            },
+        )
+        .unwrap();
+        let a = apply(
+            &mut reg,
+            3,
+            Command::UpsertServer {
+                name: "g".into(),
+                labels: Default::default(),
+                spec: spec("https://f.example/"),
+            },
+        )
+        .unwrap();
+        assert!(
+            a.summary.contains("endpoint https://f.example/"),
+            "{}",
+            a.summary
+        );
+        assert!(reg.servers["g"].status.quarantine.is_some());
+        apply(&mut reg, 4, Command::DeleteServer { name: "g".into() }).unwrap();
+        assert!(reg.servers.is_empty());
+        assert_eq!(reg.server_history("g").len(), 4);
+    }
+}

@@ -1,0 +1,262 @@
+//! The MCPServer resource (seed 002), field by field, as operators write it in YAML.
+//!
+//! The same types are stored in the Raft log and the state machine (postcard-encoded), so they
+//! must not use serde features that need a self-describing format (`skip_serializing_if`,
+//! `flatten`, untagged enums).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `spec` of an MCPServer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct McpServerSpec {
+    /// How joch reaches the server: `streamable_http` (default) or `stdio`.
+    #[serde(default)]
+    pub transport: Transport,
+    /// Where a `streamable_http` server listens.
+    #[serde(default)]
+    pub endpoint: Option<Endpoint>,
+    /// Credentials joch presents upstream (never the agent's own token).
+    #[serde(default)]
+    pub auth: Option<Auth>,
+    /// How to start a local `stdio` server.
+    #[serde(default)]
+    pub stdio: Option<StdioSpec>,
+    /// Which capability kinds the server may expose through joch.
+    #[serde(default)]
+    pub exposes: Exposes,
+    /// Capability discovery and what schema drift does.
+    #[serde(default)]
+    pub discovery: Discovery,
+    /// Sandboxing, transport and version-pinning rules.
+    #[serde(default)]
+    pub security: Security,
+    /// Policies that apply to this server, by name.
+    #[serde(default)]
+    pub policies: Vec<PolicyRef>,
+    /// Result scanning and redaction.
+    #[serde(default)]
+    pub scanning: Scanning,
+}
+
+/// Upstream transport of an MCP server.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// MCP streamable HTTP (both protocol eras).
+    #[default]
+    StreamableHttp,
+    /// A local child process speaking MCP on stdin/stdout.
+    Stdio,
+}
+
+impl Transport {
+    /// The name used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::StreamableHttp => "streamable_http",
+            Transport::Stdio => "stdio",
+        }
+    }
+}
+
+/// `spec.endpoint`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoint {
+    /// The server's MCP URL (`http://` or `https://`).
+    pub url: String,
+}
+
+/// `spec.auth`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Auth {
+    /// `none`, `bearer`, `api_key` or `oauth2`.
+    #[serde(rename = "type")]
+    pub kind: AuthKind,
+    /// The replicated secret holding the credential.
+    #[serde(default)]
+    pub secret_ref: Option<SecretRef>,
+}
+
+/// Kind of upstream credential.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    /// No credential.
+    #[default]
+    None,
+    /// A static bearer token.
+    Bearer,
+    /// An API key header.
+    ApiKey,
+    /// OAuth 2.0 client credentials / token exchange.
+    Oauth2,
+}
+
+impl AuthKind {
+    /// The name used in manifests and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthKind::None => "none",
+            AuthKind::Bearer => "bearer",
+            AuthKind::ApiKey => "api_key",
+            AuthKind::Oauth2 => "oauth2",
+        }
+    }
+
+    /// Parses the command-line / manifest name.
+    pub fn parse(s: &str) -> Option<AuthKind> {
+        Some(match s {
+            "none" => AuthKind::None,
+            "bearer" => AuthKind::Bearer,
+            "api_key" | "api-key" | "apikey" => AuthKind::ApiKey,
+            "oauth2" => AuthKind::Oauth2,
+            _ => return None,
+        })
+    }
+}
+
+/// A reference to a replicated secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    /// Secret name.
+    pub name: String,
+}
+
+/// `spec.stdio`: how a local server is started (only with `security.allowStdio: true`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StdioSpec {
+    /// Program to run.
+    pub command: String,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment (values come from the operator, never from the agent).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// `spec.exposes`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Exposes {
+    /// Tools are exposed.
+    #[serde(default = "yes")]
+    pub tools: bool,
+    /// Resources are exposed.
+    #[serde(default = "yes")]
+    pub resources: bool,
+    /// Prompts are exposed.
+    #[serde(default = "yes")]
+    pub prompts: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Exposes {
+    fn default() -> Self {
+        Exposes {
+            tools: true,
+            resources: true,
+            prompts: true,
+        }
+    }
+}
+
+/// `spec.discovery`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Discovery {
+    /// Discovery runs for this server.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How often capabilities are re-fetched, e.g. `10m`.
+    #[serde(default = "default_refresh")]
+    pub refresh_interval: String,
+    /// What schema drift does.
+    #[serde(default)]
+    pub on_schema_drift: DriftAction,
+    /// The server changes its tool list on purpose: drift is recorded, never acted on.
+    #[serde(default)]
+    pub declared_dynamic: bool,
+}
+
+fn default_refresh() -> String {
+    "10m".to_string()
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Discovery {
+            enabled: true,
+            refresh_interval: default_refresh(),
+            on_schema_drift: DriftAction::default(),
+            declared_dynamic: false,
+        }
+    }
+}
+
+/// What happens when a server's capabilities drift from what was discovered before.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftAction {
+    /// Record an event; keep serving.
+    #[default]
+    Alert,
+    /// Deny calls until an operator refreshes the server.
+    Deny,
+    /// Quarantine the server fleet-wide.
+    Quarantine,
+}
+
+/// `spec.security`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Security {
+    /// Run local servers under the sandbox.
+    #[serde(default)]
+    pub sandbox: bool,
+    /// Allow the stdio transport for this server.
+    #[serde(default)]
+    pub allow_stdio: bool,
+    /// Deny calls when the upstream's `serverInfo.version` differs from `pinnedVersion`.
+    #[serde(default)]
+    pub pin_server_version: bool,
+    /// The version calls are pinned to.
+    #[serde(default)]
+    pub pinned_version: Option<String>,
+    /// Publisher the server is expected to come from.
+    #[serde(default)]
+    pub trusted_publisher: Option<String>,
+    /// Minimum trust score (0..=1) for the server to be used.
+    #[serde(default)]
+    pub min_trust_score: Option<f64>,
+}
+
+/// `spec.policies[]`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyRef {
+    /// Policy name.
+    pub name: String,
+}
+
+/// `spec.scanning`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Scanning {
+    /// Scan inbound results for prompt injection.
+    #[serde(default)]
+    pub prompt_injection_scan: bool,
+    /// Field classes redacted from results (`sshKeys`, `apiTokens`, ...).
+    #[serde(default)]
+    pub redact_fields_in_results: Vec<String>,
+}
