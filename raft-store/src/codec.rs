@@ -50,22 +50,14 @@ mod tests {
             command: Command::UpsertServer {
                 name: "g".into(),
                 labels: [("env".to_string(), "prod".to_string())].into(),
-                spec: McpServerSpec {
-                    endpoint: Some(Endpoint {
-                        url: "https://x/".into(),
-                    }),
-                    ..Default::default()
-                },
+                spec: McpServerSpec { endpoint: Some(Endpoint { url: "https://x/".into() }), ..Default::default() },
             },
         };
         let bytes = encode(&req).unwrap();
         assert_eq!(decode::<Request>(&bytes).unwrap(), req);
         let mut other = bytes.clone();
         other[0] = 9;
-        assert!(matches!(
-            decode::<Request>(&other),
-            Err(CodecError::Version(9))
-        ));
+        assert!(matches!(decode::<Request>(&other), Err(CodecError::Version(9))));
         assert!(matches!(decode::<Request>(&[]), Err(CodecError::Empty)));
     }
 }

@@ -34,12 +34,7 @@ pub enum StoreError {
 
 impl From<StoreError> for StorageError<NodeId> {
     fn from(e: StoreError) -> Self {
-        StorageIOError::new(
-            ErrorSubject::Store,
-            ErrorVerb::Read,
-            openraft::AnyError::new(&e),
-        )
-        .into()
+        StorageIOError::new(ErrorSubject::Store, ErrorVerb::Read, openraft::AnyError::new(&e)).into()
     }
 }
 

@@ -98,18 +98,7 @@ mod tests {
 
     #[test]
     fn log_keys_sort_in_log_order() {
-        let idx = [
-            0u64,
-            1,
-            2,
-            255,
-            256,
-            65_535,
-            65_536,
-            u32::MAX as u64,
-            u64::MAX - 1,
-            u64::MAX,
-        ];
+        let idx = [0u64, 1, 2, 255, 256, 65_535, 65_536, u32::MAX as u64, u64::MAX - 1, u64::MAX];
         let mut keys: Vec<_> = idx.iter().map(|i| log_key(*i)).collect();
         keys.sort();
         let back: Vec<u64> = keys.iter().map(|k| log_index(k).unwrap()).collect();

@@ -39,11 +39,7 @@ pub struct NodeAddr {
 
 impl fmt::Display for NodeAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "mesh={} admin={} mcp={}",
-            self.mesh, self.admin, self.mcp
-        )
+        write!(f, "mesh={} admin={} mcp={}", self.mesh, self.admin, self.mcp)
     }
 }
 
@@ -102,8 +98,6 @@ fn open_db(dir: &Path) -> Result<rocksdb::DB, error::StoreError> {
         cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
         rocksdb::ColumnFamilyDescriptor::new(*n, cf)
     });
-    rocksdb::DB::open_cf_descriptors(&o, dir, cfs).map_err(|source| error::StoreError::Open {
-        dir: dir.to_path_buf(),
-        source,
-    })
+    rocksdb::DB::open_cf_descriptors(&o, dir, cfs)
+        .map_err(|source| error::StoreError::Open { dir: dir.to_path_buf(), source })
 }

@@ -6,9 +6,7 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{
-    Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote,
-};
+use openraft::{Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use crate::codec::{decode, encode};
@@ -36,24 +34,11 @@ impl LogStore {
         w
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &[u8],
-        subject: ErrorSubject<NodeId>,
-    ) -> Result<Option<T>> {
-        let cf = self
-            .db
-            .cf_handle(CF_META)
-            .expect("meta column family exists");
-        match self
-            .db
-            .get_cf(&cf, key)
-            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, &e))?
-        {
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8], subject: ErrorSubject<NodeId>) -> Result<Option<T>> {
+        let cf = self.db.cf_handle(CF_META).expect("meta column family exists");
+        match self.db.get_cf(&cf, key).map_err(|e| io_err(subject.clone(), ErrorVerb::Read, &e))? {
             None => Ok(None),
-            Some(v) => decode(&v)
-                .map(Some)
-                .map_err(|e| io_err(subject, ErrorVerb::Read, &e)),
+            Some(v) => decode(&v).map(Some).map_err(|e| io_err(subject, ErrorVerb::Read, &e)),
         }
     }
 
@@ -75,16 +60,9 @@ impl LogStore {
         value: &T,
         subject: ErrorSubject<NodeId>,
     ) -> Result<WriteBatch> {
-        let cf = self
-            .db
-            .cf_handle(CF_META)
-            .expect("meta column family exists");
+        let cf = self.db.cf_handle(CF_META).expect("meta column family exists");
         let mut b = WriteBatch::default();
-        b.put_cf(
-            &cf,
-            key,
-            encode(value).map_err(|e| io_err(subject, ErrorVerb::Write, &e))?,
-        );
+        b.put_cf(&cf, key, encode(value).map_err(|e| io_err(subject, ErrorVerb::Write, &e))?);
         Ok(b)
     }
 }
@@ -99,23 +77,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let cf = self
-            .db
-            .cf_handle(CF_LOGS)
-            .expect("logs column family exists");
+        let cf = self.db.cf_handle(CF_LOGS).expect("logs column family exists");
         let mut out = Vec::new();
-        let iter = self.db.iterator_cf(
-            &cf,
-            rocksdb::IteratorMode::From(&keys::log_key(start), rocksdb::Direction::Forward),
-        );
+        let iter =
+            self.db.iterator_cf(&cf, rocksdb::IteratorMode::From(&keys::log_key(start), rocksdb::Direction::Forward));
         for item in iter {
             let (k, v) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
             let index = keys::log_index(&k).unwrap_or(u64::MAX);
             if !range.contains(&index) {
                 break;
             }
-            let entry: Entry<TypeConfig> =
-                decode(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
+            let entry: Entry<TypeConfig> = decode(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
             out.push(entry);
         }
         Ok(out)
@@ -126,10 +98,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
-        let cf = self
-            .db
-            .cf_handle(CF_LOGS)
-            .expect("logs column family exists");
+        let cf = self.db.cf_handle(CF_LOGS).expect("logs column family exists");
         let last = match self.db.iterator_cf(&cf, rocksdb::IteratorMode::End).next() {
             None => None,
             Some(item) => {
@@ -139,12 +108,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Some(entry.log_id)
             }
         };
-        let last_purged: Option<LogId<NodeId>> =
-            self.get_meta(keys::META_LAST_PURGED, ErrorSubject::Store)?;
-        Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last.or(last_purged),
-        })
+        let last_purged: Option<LogId<NodeId>> = self.get_meta(keys::META_LAST_PURGED, ErrorSubject::Store)?;
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -166,9 +131,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
-        Ok(self
-            .get_meta::<Option<LogId<NodeId>>>(keys::META_COMMITTED, ErrorSubject::Store)?
-            .flatten())
+        Ok(self.get_meta::<Option<LogId<NodeId>>>(keys::META_COMMITTED, ErrorSubject::Store)?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
@@ -176,10 +139,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let cf = self
-            .db
-            .cf_handle(CF_LOGS)
-            .expect("logs column family exists");
+        let cf = self.db.cf_handle(CF_LOGS).expect("logs column family exists");
         let mut batch = WriteBatch::default();
         for entry in entries {
             let v = encode(&entry).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
@@ -193,10 +153,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        let cf = self
-            .db
-            .cf_handle(CF_LOGS)
-            .expect("logs column family exists");
+        let cf = self.db.cf_handle(CF_LOGS).expect("logs column family exists");
         let mut b = WriteBatch::default();
         b.delete_range_cf(&cf, keys::log_key(log_id.index), keys::log_key(u64::MAX));
         b.delete_cf(&cf, keys::log_key(u64::MAX));
@@ -207,15 +164,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point first: entries at or below it are ignored from then on, so the
         // two writes need not be atomic. Both go in one batch anyway.
         let mut b = self.put_meta_batch(keys::META_LAST_PURGED, &log_id, ErrorSubject::Store)?;
-        let cf = self
-            .db
-            .cf_handle(CF_LOGS)
-            .expect("logs column family exists");
-        b.delete_range_cf(
-            &cf,
-            keys::log_key(0),
-            keys::log_key(log_id.index.saturating_add(1)),
-        );
+        let cf = self.db.cf_handle(CF_LOGS).expect("logs column family exists");
+        b.delete_range_cf(&cf, keys::log_key(0), keys::log_key(log_id.index.saturating_add(1)));
         self.write(b, ErrorSubject::Logs).await
     }
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
-    StorageError, StoredMembership,
+    EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StoredMembership,
 };
 use rocksdb::{WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
@@ -82,24 +82,12 @@ fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
 
 impl StateMachineStore {
     /// Loads the state machine from disk and publishes it.
-    pub(crate) async fn load(
-        db: Arc<DB>,
-        opts: StoreOptions,
-    ) -> std::result::Result<Self, StoreError> {
+    pub(crate) async fn load(db: Arc<DB>, opts: StoreOptions) -> std::result::Result<Self, StoreError> {
         let db2 = db.clone();
-        let (registry, applied, membership) = tokio::task::spawn_blocking(move || load_state(&db2))
-            .await
-            .expect("load task does not panic")?;
+        let (registry, applied, membership) =
+            tokio::task::spawn_blocking(move || load_state(&db2)).await.expect("load task does not panic")?;
         let handle = RegistryHandle::default();
-        let sm = StateMachineStore {
-            db,
-            opts,
-            registry,
-            applied,
-            membership,
-            handle,
-            snapshot_seq: 0,
-        };
+        let sm = StateMachineStore { db, opts, registry, applied, membership, handle, snapshot_seq: 0 };
         sm.publish();
         Ok(sm)
     }
@@ -132,15 +120,8 @@ impl StateMachineStore {
         }
     }
 
-    fn put<T: Serialize + ?Sized>(
-        &self,
-        b: &mut WriteBatch,
-        cf_name: &str,
-        key: &[u8],
-        v: &T,
-    ) -> Result<()> {
-        let bytes =
-            encode(v).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, &e))?;
+    fn put<T: Serialize + ?Sized>(&self, b: &mut WriteBatch, cf_name: &str, key: &[u8], v: &T) -> Result<()> {
+        let bytes = encode(v).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, &e))?;
         b.put_cf(&cf(&self.db, cf_name), key, bytes);
         Ok(())
     }
@@ -159,12 +140,7 @@ impl StateMachineStore {
         }
         for (target, lines) in &self.registry.history {
             for (seq, line) in lines.iter().enumerate() {
-                self.put(
-                    b,
-                    CF_HISTORY,
-                    &keys::history_key(target, line.at.index, seq as u32),
-                    line,
-                )?;
+                self.put(b, CF_HISTORY, &keys::history_key(target, line.at.index, seq as u32), line)?;
             }
         }
         if let Some(k) = &self.registry.cluster_key {
@@ -179,22 +155,9 @@ impl StateMachineStore {
 /// Reads the state machine's persisted state.
 fn load_state(
     db: &DB,
-) -> std::result::Result<
-    (
-        Registry,
-        Option<LogId<NodeId>>,
-        StoredMembership<NodeId, NodeAddr>,
-    ),
-    StoreError,
-> {
-    fn dec<T: serde::de::DeserializeOwned>(
-        key: &[u8],
-        v: &[u8],
-    ) -> std::result::Result<T, StoreError> {
-        decode(v).map_err(|source| StoreError::Corrupt {
-            key: String::from_utf8_lossy(key).into_owned(),
-            source,
-        })
+) -> std::result::Result<(Registry, Option<LogId<NodeId>>, StoredMembership<NodeId, NodeAddr>), StoreError> {
+    fn dec<T: serde::de::DeserializeOwned>(key: &[u8], v: &[u8]) -> std::result::Result<T, StoreError> {
+        decode(v).map_err(|source| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), source })
     }
     let state = cf(db, CF_STATE);
     let mut reg = Registry::default();
@@ -204,12 +167,10 @@ fn load_state(
         let (k, v) = item?;
         if let Some(name) = k.strip_prefix(keys::SERVER_PREFIX) {
             let rec: ServerRecord = dec(&k, &v)?;
-            reg.servers
-                .insert(String::from_utf8_lossy(name).into_owned(), Arc::new(rec));
+            reg.servers.insert(String::from_utf8_lossy(name).into_owned(), Arc::new(rec));
         } else if let Some(name) = k.strip_prefix(keys::POLICY_PREFIX) {
             let rec: PolicyRecord = dec(&k, &v)?;
-            reg.policies
-                .insert(String::from_utf8_lossy(name).into_owned(), Arc::new(rec));
+            reg.policies.insert(String::from_utf8_lossy(name).into_owned(), Arc::new(rec));
         } else if &*k == keys::CLUSTER_KEY {
             reg.cluster_key = Some(dec(&k, &v)?);
         } else if &*k == keys::SM_APPLIED {
@@ -225,30 +186,19 @@ fn load_state(
         let line: ChangeRecord = dec(&k, &v)?;
         by_target.entry(line.target.clone()).or_default().push(line);
     }
-    reg.history = by_target
-        .into_iter()
-        .map(|(k, v)| (k, Arc::new(v)))
-        .collect();
+    reg.history = by_target.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
     Ok((reg, applied, membership))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
-        let data = encode(&self.registry)
-            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, &e))?;
+        let data = encode(&self.registry).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, &e))?;
         let snapshot_id = match self.applied {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.seq),
             None => format!("--{}", self.seq),
         };
-        let meta = SnapshotMeta {
-            last_log_id: self.applied,
-            last_membership: self.membership.clone(),
-            snapshot_id,
-        };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        };
+        let meta = SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone(), snapshot_id };
+        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
         let bytes = encode(&stored).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, &e))?;
         let db = self.db.clone();
@@ -264,19 +214,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Err(e) => return Err(io_err(subject, ErrorVerb::Write, &e)),
         }
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeAddr>)> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeAddr>)> {
         Ok((self.applied, self.membership.clone()))
     }
 
@@ -297,9 +242,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     if let Err(e) = &result {
                         tracing::debug!(index = entry.log_id.index, command = req.command.kind(), error = %e, "command rejected");
                     }
-                    responses.push(Response {
-                        result: Some(result),
-                    });
+                    responses.push(Response { result: Some(result) });
                 }
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m);
@@ -322,12 +265,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         }
         for line in &touched.history {
-            self.put(
-                &mut b,
-                CF_HISTORY,
-                &keys::history_key(&line.target, line.at.index, 0),
-                line,
-            )?;
+            self.put(&mut b, CF_HISTORY, &keys::history_key(&line.target, line.at.index, 0), line)?;
         }
         if touched.cluster_key {
             if let Some(k) = &self.registry.cluster_key {
@@ -365,18 +303,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<()> {
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
         let data = snapshot.into_inner();
-        let registry: Registry =
-            decode(&data).map_err(|e| io_err(subject.clone(), ErrorVerb::Read, &e))?;
+        let registry: Registry = decode(&data).map_err(|e| io_err(subject.clone(), ErrorVerb::Read, &e))?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), servers = registry.servers.len(), "installing snapshot");
         self.registry = registry;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         let mut b = WriteBatch::default();
         self.full_state_batch(&mut b)?;
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
+        let stored = StoredSnapshot { meta: meta.clone(), data };
         self.put(&mut b, CF_SNAPSHOT, keys::SNAPSHOT_CURRENT, &stored)?;
         self.write(b, subject).await?;
         self.publish();
@@ -392,11 +326,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         else {
             return Ok(None);
         };
-        let stored: StoredSnapshot =
-            decode(&bytes).map_err(|e| io_err(subject, ErrorVerb::Read, &e))?;
-        Ok(Some(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        }))
+        let stored: StoredSnapshot = decode(&bytes).map_err(|e| io_err(subject, ErrorVerb::Read, &e))?;
+        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
     }
 }

@@ -24,27 +24,15 @@ pub struct Request {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum Command {
     /// Register a server; fails if the name is taken.
-    CreateServer {
-        name: String,
-        labels: BTreeMap<String, String>,
-        spec: McpServerSpec,
-    },
+    CreateServer { name: String, labels: BTreeMap<String, String>, spec: McpServerSpec },
     /// Create or replace a server's spec and labels (`joch apply`); status is kept.
-    UpsertServer {
-        name: String,
-        labels: BTreeMap<String, String>,
-        spec: McpServerSpec,
-    },
+    UpsertServer { name: String, labels: BTreeMap<String, String>, spec: McpServerSpec },
     /// Remove a server from the registry (its history stays).
     DeleteServer { name: String },
     /// Pin a server to a version (turns `pinServerVersion` on).
     Pin { name: String, version: String },
     /// Move a pinned server to a new version; with `review` the upgrade is staged, not applied.
-    Upgrade {
-        name: String,
-        version: String,
-        review: bool,
-    },
+    Upgrade { name: String, version: String, review: bool },
     /// Take a server out of rotation fleet-wide. Idempotent.
     Quarantine { name: String, reason: String },
     /// Return a quarantined server to rotation. Idempotent.
@@ -54,11 +42,7 @@ pub enum Command {
     /// Per-server policy flags (`joch mcp policy set`).
     SetServerPolicy { name: String, read_only: bool },
     /// Create or replace a Policy manifest, stored as a canonical JSON document.
-    ApplyPolicy {
-        name: String,
-        labels: BTreeMap<String, String>,
-        spec_json: String,
-    },
+    ApplyPolicy { name: String, labels: BTreeMap<String, String>, spec_json: String },
     /// Remove a Policy.
     DeletePolicy { name: String },
     /// Set the cluster's 256-bit key (session sealing) once; later attempts are no-ops.

@@ -184,24 +184,12 @@ fn invalid(e: FieldError) -> ApplyError {
 impl Registry {
     /// History of a server (kept after it is deleted).
     pub fn server_history(&self, name: &str) -> &[ChangeRecord] {
-        self.history
-            .get(&server_target(name))
-            .map(|v| v.as_slice())
-            .unwrap_or(&[])
+        self.history.get(&server_target(name)).map(|v| v.as_slice()).unwrap_or(&[])
     }
 
     /// Applies one command at `index`. On `Err`, nothing changed.
-    pub fn apply(
-        &mut self,
-        index: u64,
-        req: &Request,
-        touched: &mut Touched,
-    ) -> Result<Applied, ApplyError> {
-        let stamp = Stamp {
-            actor: req.actor.clone(),
-            at_ms: req.at_ms,
-            index,
-        };
+    pub fn apply(&mut self, index: u64, req: &Request, touched: &mut Touched) -> Result<Applied, ApplyError> {
+        let stamp = Stamp { actor: req.actor.clone(), at_ms: req.at_ms, index };
         let action = req.command.kind();
         let (target, applied) = match &req.command {
             Command::CreateServer { name, labels, spec } => {
@@ -211,10 +199,7 @@ impl Registry {
                     return Err(ApplyError::ServerExists { name: name.clone() });
                 }
                 self.insert_server(name, labels, spec, &stamp);
-                (
-                    server_target(name),
-                    changed(format!("registered ({})", describe_endpoint(spec))),
-                )
+                (server_target(name), changed(format!("registered ({})", describe_endpoint(spec))))
             }
             Command::UpsertServer { name, labels, spec } => {
                 check_name("metadata.name", name).map_err(invalid)?;
@@ -235,10 +220,7 @@ impl Registry {
                     }
                     None => {
                         self.insert_server(name, labels, spec, &stamp);
-                        (
-                            server_target(name),
-                            changed(format!("registered ({})", describe_endpoint(spec))),
-                        )
+                        (server_target(name), changed(format!("registered ({})", describe_endpoint(spec))))
                     }
                 };
                 summary
@@ -260,23 +242,14 @@ impl Registry {
                     sec.pin_server_version = true;
                     sec.pinned_version = Some(version.clone());
                     rec.status.pending_upgrade = None;
-                    Some(format!(
-                        "pinned to {version} (was {})",
-                        was.as_deref().unwrap_or("unpinned")
-                    ))
+                    Some(format!("pinned to {version} (was {})", was.as_deref().unwrap_or("unpinned")))
                 })?;
                 (
                     server_target(name),
-                    detail
-                        .map(changed)
-                        .unwrap_or_else(|| unchanged(&format!("already pinned to {version}"))),
+                    detail.map(changed).unwrap_or_else(|| unchanged(&format!("already pinned to {version}"))),
                 )
             }
-            Command::Upgrade {
-                name,
-                version,
-                review,
-            } => {
+            Command::Upgrade { name, version, review } => {
                 check_version("version", version).map_err(invalid)?;
                 let current = self
                     .servers
@@ -287,18 +260,13 @@ impl Registry {
                     .pinned_version
                     .clone();
                 if current.as_deref() == Some(version) {
-                    return Err(ApplyError::AlreadyAtVersion {
-                        name: name.clone(),
-                        version: version.clone(),
-                    });
+                    return Err(ApplyError::AlreadyAtVersion { name: name.clone(), version: version.clone() });
                 }
                 let from = current.unwrap_or_else(|| "unpinned".into());
                 let detail = self.update_server(name, &stamp, |rec| {
                     if *review {
-                        rec.status.pending_upgrade = Some(PendingUpgrade {
-                            version: version.clone(),
-                            at: stamp.clone(),
-                        });
+                        rec.status.pending_upgrade =
+                            Some(PendingUpgrade { version: version.clone(), at: stamp.clone() });
                         Some(format!("upgrade {from} -> {version} staged for review"))
                     } else {
                         rec.spec.security.pin_server_version = true;
@@ -314,52 +282,25 @@ impl Registry {
                     if rec.status.quarantine.is_some() {
                         return None;
                     }
-                    rec.status.quarantine = Some(Quarantine {
-                        reason: reason.clone(),
-                        at: stamp.clone(),
-                    });
+                    rec.status.quarantine = Some(Quarantine { reason: reason.clone(), at: stamp.clone() });
                     Some(format!("quarantined: {reason}"))
                 })?;
-                (
-                    server_target(name),
-                    detail
-                        .map(changed)
-                        .unwrap_or_else(|| unchanged("already quarantined")),
-                )
+                (server_target(name), detail.map(changed).unwrap_or_else(|| unchanged("already quarantined")))
             }
             Command::Unquarantine { name } => {
                 let detail = self.update_server(name, &stamp, |rec| {
-                    rec.status
-                        .quarantine
-                        .take()
-                        .map(|q| format!("quarantine lifted (was: {})", q.reason))
+                    rec.status.quarantine.take().map(|q| format!("quarantine lifted (was: {})", q.reason))
                 })?;
-                (
-                    server_target(name),
-                    detail
-                        .map(changed)
-                        .unwrap_or_else(|| unchanged("not quarantined")),
-                )
+                (server_target(name), detail.map(changed).unwrap_or_else(|| unchanged("not quarantined")))
             }
             Command::ApproveTool { server, tool } => {
                 if tool.is_empty() {
-                    return Err(invalid(FieldError {
-                        field: "tool".into(),
-                        message: "tool name is empty".into(),
-                    }));
+                    return Err(invalid(FieldError { field: "tool".into(), message: "tool name is empty".into() }));
                 }
                 let detail = self.update_server(server, &stamp, |rec| {
-                    rec.status
-                        .approved_tools
-                        .insert(tool.clone())
-                        .then(|| format!("approved tool {server}.{tool}"))
+                    rec.status.approved_tools.insert(tool.clone()).then(|| format!("approved tool {server}.{tool}"))
                 })?;
-                (
-                    server_target(server),
-                    detail
-                        .map(changed)
-                        .unwrap_or_else(|| unchanged("tool already approved")),
-                )
+                (server_target(server), detail.map(changed).unwrap_or_else(|| unchanged("tool already approved")))
             }
             Command::SetServerPolicy { name, read_only } => {
                 let detail = self.update_server(name, &stamp, |rec| {
@@ -367,24 +308,11 @@ impl Registry {
                         return None;
                     }
                     rec.status.read_only = *read_only;
-                    Some(if *read_only {
-                        "set read-only".to_string()
-                    } else {
-                        "set read-write".to_string()
-                    })
+                    Some(if *read_only { "set read-only".to_string() } else { "set read-write".to_string() })
                 })?;
-                (
-                    server_target(name),
-                    detail
-                        .map(changed)
-                        .unwrap_or_else(|| unchanged("policy unchanged")),
-                )
+                (server_target(name), detail.map(changed).unwrap_or_else(|| unchanged("policy unchanged")))
             }
-            Command::ApplyPolicy {
-                name,
-                labels,
-                spec_json,
-            } => {
+            Command::ApplyPolicy { name, labels, spec_json } => {
                 check_name("metadata.name", name).map_err(invalid)?;
                 let target = format!("policy/{name}");
                 let applied = match self.policies.get(name) {
@@ -424,10 +352,7 @@ impl Registry {
                     return Err(ApplyError::UnknownPolicy { name: name.clone() });
                 }
                 touched.policies.push(name.clone());
-                (
-                    format!("policy/{name}"),
-                    changed("policy deleted".to_string()),
-                )
+                (format!("policy/{name}"), changed("policy deleted".to_string()))
             }
             Command::InitClusterKey { key } => {
                 if self.cluster_key.is_some() {
@@ -454,13 +379,7 @@ impl Registry {
         Ok(applied)
     }
 
-    fn insert_server(
-        &mut self,
-        name: &str,
-        labels: &BTreeMap<String, String>,
-        spec: &McpServerSpec,
-        stamp: &Stamp,
-    ) {
+    fn insert_server(&mut self, name: &str, labels: &BTreeMap<String, String>, spec: &McpServerSpec, stamp: &Stamp) {
         self.servers.insert(
             name.to_string(),
             Arc::new(ServerRecord {
@@ -482,12 +401,7 @@ impl Registry {
         stamp: &Stamp,
         f: impl FnOnce(&mut ServerRecord) -> Option<String>,
     ) -> Result<Option<String>, ApplyError> {
-        let old = self
-            .servers
-            .get(name)
-            .ok_or_else(|| ApplyError::UnknownServer {
-                name: name.to_string(),
-            })?;
+        let old = self.servers.get(name).ok_or_else(|| ApplyError::UnknownServer { name: name.to_string() })?;
         let mut rec = (**old).clone();
         let Some(detail) = f(&mut rec) else {
             return Ok(None);
@@ -509,24 +423,16 @@ fn check_spec(spec: &McpServerSpec) -> Result<(), ApplyError> {
 }
 
 fn changed(summary: String) -> Applied {
-    Applied {
-        changed: true,
-        summary,
-    }
+    Applied { changed: true, summary }
 }
 
 fn unchanged(summary: &str) -> Applied {
-    Applied {
-        changed: false,
-        summary: summary.to_string(),
-    }
+    Applied { changed: false, summary: summary.to_string() }
 }
 
 fn describe_endpoint(spec: &McpServerSpec) -> String {
     match (&spec.endpoint, &spec.stdio) {
-        (Some(ep), _) if spec.transport == super::resource::Transport::StreamableHttp => {
-            ep.url.clone()
-        }
+        (Some(ep), _) if spec.transport == super::resource::Transport::StreamableHttp => ep.url.clone(),
         (_, Some(s)) => format!("stdio: {}", s.command),
         _ => spec.transport.as_str().to_string(),
     }
@@ -549,21 +455,12 @@ fn diff_spec(old: &McpServerSpec, new: &McpServerSpec) -> String {
         ("auth", old.auth != new.auth),
         ("exposes", old.exposes != new.exposes),
         ("discovery", old.discovery != new.discovery),
-        (
-            "security",
-            old.security != new.security
-                && old.security.pinned_version == new.security.pinned_version,
-        ),
+        ("security", old.security != new.security && old.security.pinned_version == new.security.pinned_version),
         ("policies", old.policies != new.policies),
         ("scanning", old.scanning != new.scanning),
         ("transport", false),
     ];
-    parts.extend(
-        sections
-            .iter()
-            .filter(|(_, d)| *d)
-            .map(|(n, _)| format!("{n} changed")),
-    );
+    parts.extend(sections.iter().filter(|(_, d)| *d).map(|(n, _)| format!("{n} changed")));
     if parts.is_empty() {
         "labels changed".to_string()
     } else {
@@ -577,18 +474,11 @@ mod tests {
     use crate::model::resource::Endpoint;
 
     fn req(command: Command) -> Request {
-        Request {
-            actor: "alice".into(),
-            at_ms: 1_000,
-            command,
-        }
+        Request { actor: "alice".into(), at_ms: 1_000, command }
     }
 
     fn spec(url: &str) -> McpServerSpec {
-        McpServerSpec {
-            endpoint: Some(Endpoint { url: url.into() }),
-            ..Default::default()
-        }
+        McpServerSpec { endpoint: Some(Endpoint { url: url.into() }), ..Default::default() }
     }
 
     fn apply(reg: &mut Registry, index: u64, c: Command) -> Result<Applied, ApplyError> {
@@ -618,51 +508,19 @@ mod tests {
                     spec: spec("https://x.example/")
                 }
             ),
-            Err(ApplyError::ServerExists {
-                name: "github".into()
-            })
+            Err(ApplyError::ServerExists { name: "github".into() })
         );
-        let a = apply(
-            &mut reg,
-            3,
-            Command::Pin {
-                name: "github".into(),
-                version: "1.2.0".into(),
-            },
-        )
-        .unwrap();
+        let a = apply(&mut reg, 3, Command::Pin { name: "github".into(), version: "1.2.0".into() }).unwrap();
         assert_eq!(a.summary, "pinned to 1.2.0 (was unpinned)");
-        assert!(
-            !apply(
-                &mut reg,
-                4,
-                Command::Pin {
-                    name: "github".into(),
-                    version: "1.2.0".into()
-                }
-            )
-            .unwrap()
-            .changed
-        );
-        let q = Command::Quarantine {
-            name: "github".into(),
-            reason: "drift".into(),
-        };
+        assert!(!apply(&mut reg, 4, Command::Pin { name: "github".into(), version: "1.2.0".into() }).unwrap().changed);
+        let q = Command::Quarantine { name: "github".into(), reason: "drift".into() };
         assert!(apply(&mut reg, 5, q.clone()).unwrap().changed);
         let again = apply(&mut reg, 6, q).unwrap();
         assert!(!again.changed, "repeating a quarantine is idempotent");
         let rec = &reg.servers["github"];
         assert_eq!(rec.phase(), "Quarantined");
-        assert_eq!(
-            rec.status.quarantine.as_ref().unwrap().at.index,
-            5,
-            "the first quarantine stands"
-        );
-        let hist: Vec<_> = reg
-            .server_history("github")
-            .iter()
-            .map(|c| (c.at.index, c.action.as_str()))
-            .collect();
+        assert_eq!(rec.status.quarantine.as_ref().unwrap().at.index, 5, "the first quarantine stands");
+        let hist: Vec<_> = reg.server_history("github").iter().map(|c| (c.at.index, c.action.as_str())).collect();
         assert_eq!(hist, [(1, "create_server"), (3, "pin"), (5, "quarantine")]);
     }
 
@@ -671,14 +529,7 @@ mod tests {
         let mut reg = Registry::default();
         let before = reg.clone();
         assert!(matches!(
-            apply(
-                &mut reg,
-                1,
-                Command::Pin {
-                    name: "nope".into(),
-                    version: "1.0.0".into()
-                }
-            ),
+            apply(&mut reg, 1, Command::Pin { name: "nope".into(), version: "1.0.0".into() }),
             Err(ApplyError::UnknownServer { .. })
         ));
         apply(
@@ -693,14 +544,7 @@ mod tests {
         .unwrap();
         let snapshot = reg.clone();
         assert!(matches!(
-            apply(
-                &mut reg,
-                3,
-                Command::Pin {
-                    name: "a".into(),
-                    version: "latest".into()
-                }
-            ),
+            apply(&mut reg, 3, Command::Pin { name: "a".into(), version: "latest".into() }),
             Err(ApplyError::Invalid(_))
         ));
         assert_eq!(reg, snapshot);
@@ -713,60 +557,20 @@ mod tests {
         apply(
             &mut reg,
             1,
-            Command::CreateServer {
-                name: "g".into(),
-                labels: Default::default(),
-                spec: spec("https://e.example/"),
-            },
+            Command::CreateServer { name: "g".into(), labels: Default::default(), spec: spec("https://e.example/") },
         )
         .unwrap();
-        apply(
-            &mut reg,
-            2,
-            Command::Pin {
-                name: "g".into(),
-                version: "1.2.0".into(),
-            },
-        )
-        .unwrap();
-        apply(
-            &mut reg,
-            3,
-            Command::Upgrade {
-                name: "g".into(),
-                version: "1.3.0".into(),
-                review: true,
-            },
-        )
-        .unwrap();
+        apply(&mut reg, 2, Command::Pin { name: "g".into(), version: "1.2.0".into() }).unwrap();
+        apply(&mut reg, 3, Command::Upgrade { name: "g".into(), version: "1.3.0".into(), review: true }).unwrap();
         let rec = &reg.servers["g"];
         assert_eq!(rec.spec.security.pinned_version.as_deref(), Some("1.2.0"));
-        assert_eq!(
-            rec.status.pending_upgrade.as_ref().unwrap().version,
-            "1.3.0"
-        );
-        let a = apply(
-            &mut reg,
-            4,
-            Command::Upgrade {
-                name: "g".into(),
-                version: "1.3.0".into(),
-                review: false,
-            },
-        )
-        .unwrap();
+        assert_eq!(rec.status.pending_upgrade.as_ref().unwrap().version, "1.3.0");
+        let a =
+            apply(&mut reg, 4, Command::Upgrade { name: "g".into(), version: "1.3.0".into(), review: false }).unwrap();
         assert_eq!(a.summary, "upgraded 1.2.0 -> 1.3.0");
         assert!(reg.servers["g"].status.pending_upgrade.is_none());
         assert!(matches!(
-            apply(
-                &mut reg,
-                5,
-                Command::Upgrade {
-                    name: "g".into(),
-                    version: "1.3.0".into(),
-                    review: false
-                }
-            ),
+            apply(&mut reg, 5, Command::Upgrade { name: "g".into(), version: "1.3.0".into(), review: false }),
             Err(ApplyError::AlreadyAtVersion { .. })
         ));
     }
@@ -777,37 +581,17 @@ mod tests {
         apply(
             &mut reg,
             1,
-            Command::UpsertServer {
-                name: "g".into(),
-                labels: Default::default(),
-                spec: spec("https://e.example/"),
-            },
+            Command::UpsertServer { name: "g".into(), labels: Default::default(), spec: spec("https://e.example/") },
         )
         .unwrap();
-        apply(
-            &mut reg,
-            2,
-            Command::Quarantine {
-                name: "g".into(),
-                reason: "r".into(),
-            },
-        )
-        .unwrap();
+        apply(&mut reg, 2, Command::Quarantine { name: "g".into(), reason: "r".into() }).unwrap();
         let a = apply(
             &mut reg,
             3,
-            Command::UpsertServer {
-                name: "g".into(),
-                labels: Default::default(),
-                spec: spec("https://f.example/"),
-            },
+            Command::UpsertServer { name: "g".into(), labels: Default::default(), spec: spec("https://f.example/") },
         )
         .unwrap();
-        assert!(
-            a.summary.contains("endpoint https://f.example/"),
-            "{}",
-            a.summary
-        );
+        assert!(a.summary.contains("endpoint https://f.example/"), "{}", a.summary);
         assert!(reg.servers["g"].status.quarantine.is_some());
         apply(&mut reg, 4, Command::DeleteServer { name: "g".into() }).unwrap();
         assert!(reg.servers.is_empty());

@@ -163,11 +163,7 @@ fn yes() -> bool {
 
 impl Default for Exposes {
     fn default() -> Self {
-        Exposes {
-            tools: true,
-            resources: true,
-            prompts: true,
-        }
+        Exposes { tools: true, resources: true, prompts: true }
     }
 }
 

@@ -21,10 +21,7 @@ impl std::fmt::Display for FieldError {
 }
 
 fn err(field: &str, message: impl Into<String>) -> FieldError {
-    FieldError {
-        field: field.to_string(),
-        message: message.into(),
-    }
+    FieldError { field: field.to_string(), message: message.into() }
 }
 
 /// A resource name: 1..=63 characters of `a-z`, `0-9` and `-`, starting with a letter and not
@@ -34,29 +31,21 @@ pub fn check_name(field: &str, name: &str) -> Result<(), FieldError> {
         && name.len() <= 63
         && name.as_bytes()[0].is_ascii_lowercase()
         && !name.ends_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
     } else {
         Err(err(
             field,
-            format!(
-                "invalid name {name:?}: use 1-63 lowercase letters, digits and '-', starting with a letter"
-            ),
+            format!("invalid name {name:?}: use 1-63 lowercase letters, digits and '-', starting with a letter"),
         ))
     }
 }
 
 /// A server version as used by pins: `MAJOR[.MINOR[.PATCH]][-PRE][+BUILD]`, optional leading `v`.
 pub fn check_version(field: &str, version: &str) -> Result<(), FieldError> {
-    let bad = || {
-        err(
-            field,
-            format!("invalid version {version:?}: expected MAJOR[.MINOR[.PATCH]][-PRE][+BUILD], e.g. 1.2.0"),
-        )
-    };
+    let bad =
+        || err(field, format!("invalid version {version:?}: expected MAJOR[.MINOR[.PATCH]][-PRE][+BUILD], e.g. 1.2.0"));
     if version.is_empty() || version.len() > 64 {
         return Err(bad());
     }
@@ -73,17 +62,12 @@ pub fn check_version(field: &str, version: &str) -> Result<(), FieldError> {
     if parts.is_empty() || parts.len() > 3 {
         return Err(bad());
     }
-    if !parts
-        .iter()
-        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-    {
+    if !parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
         return Err(bad());
     }
     let ident_ok = |s: &str| {
         !s.is_empty()
-            && s.split('.').all(|id| {
-                !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            })
+            && s.split('.').all(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
     };
     if pre.is_some_and(|p| !ident_ok(p)) || build.is_some_and(|b| !ident_ok(b)) {
         return Err(bad());
@@ -135,15 +119,10 @@ impl McpServerSpec {
         let mut out = Vec::new();
         match self.transport {
             Transport::StreamableHttp => match &self.endpoint {
-                None => out.push(err(
-                    "spec.endpoint.url",
-                    "required for transport streamable_http",
-                )),
+                None => out.push(err("spec.endpoint.url", "required for transport streamable_http")),
                 Some(ep) => {
                     let u = ep.url.as_str();
-                    let rest = u
-                        .strip_prefix("http://")
-                        .or_else(|| u.strip_prefix("https://"));
+                    let rest = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://"));
                     match rest {
                         Some(r) if !r.is_empty() && !r.starts_with('/') => {}
                         _ => out.push(err(
@@ -155,9 +134,7 @@ impl McpServerSpec {
             },
             Transport::Stdio => match &self.stdio {
                 None => out.push(err("spec.stdio.command", "required for transport stdio")),
-                Some(s) if s.command.trim().is_empty() => {
-                    out.push(err("spec.stdio.command", "must not be empty"))
-                }
+                Some(s) if s.command.trim().is_empty() => out.push(err("spec.stdio.command", "must not be empty")),
                 Some(_) => {}
             },
         }
@@ -171,10 +148,7 @@ impl McpServerSpec {
         if parse_duration(&self.discovery.refresh_interval).is_none() {
             out.push(err(
                 "spec.discovery.refreshInterval",
-                format!(
-                    "invalid duration {:?}: expected e.g. 30s, 10m, 1h",
-                    self.discovery.refresh_interval
-                ),
+                format!("invalid duration {:?}: expected e.g. 30s, 10m, 1h", self.discovery.refresh_interval),
             ));
         }
         if let Some(v) = &self.security.pinned_version {
@@ -182,17 +156,11 @@ impl McpServerSpec {
                 out.push(e);
             }
         } else if self.security.pin_server_version {
-            out.push(err(
-                "spec.security.pinnedVersion",
-                "required when pinServerVersion is true",
-            ));
+            out.push(err("spec.security.pinnedVersion", "required when pinServerVersion is true"));
         }
         if let Some(t) = self.security.min_trust_score {
             if !(0.0..=1.0).contains(&t) || t.is_nan() {
-                out.push(err(
-                    "spec.security.minTrustScore",
-                    format!("{t} is outside 0..1"),
-                ));
+                out.push(err("spec.security.minTrustScore", format!("{t} is outside 0..1")));
             }
         }
         for (i, p) in self.policies.iter().enumerate() {
@@ -213,58 +181,27 @@ mod tests {
         for ok in ["github", "a", "mcp-server-time", "x1"] {
             assert!(check_name("n", ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "GitHub",
-            "git.hub",
-            "-x",
-            "x-",
-            "1abc",
-            &"a".repeat(64),
-            "a b",
-        ] {
+        for bad in ["", "GitHub", "git.hub", "-x", "x-", "1abc", &"a".repeat(64), "a b"] {
             assert!(check_name("n", bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn versions() {
-        for ok in [
-            "1.2.0",
-            "v1.3.0",
-            "1",
-            "1.2",
-            "2.0.0-rc.1",
-            "1.0.0+build.5",
-            "1.0.0-beta+exp.sha.5114f85",
-        ] {
+        for ok in ["1.2.0", "v1.3.0", "1", "1.2", "2.0.0-rc.1", "1.0.0+build.5", "1.0.0-beta+exp.sha.5114f85"] {
             assert!(check_version("v", ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "", "latest", "1.2.3.4", "1..2", "1.x", "1.2.0-", "1.2.0+", "v", " 1.2.0",
-        ] {
+        for bad in ["", "latest", "1.2.3.4", "1..2", "1.x", "1.2.0-", "1.2.0+", "v", " 1.2.0"] {
             assert!(check_version("v", bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn durations() {
-        assert_eq!(
-            parse_duration("10m"),
-            Some(std::time::Duration::from_secs(600))
-        );
-        assert_eq!(
-            parse_duration("1h30m"),
-            Some(std::time::Duration::from_secs(5400))
-        );
-        assert_eq!(
-            parse_duration("250ms"),
-            Some(std::time::Duration::from_millis(250))
-        );
-        assert_eq!(
-            parse_duration("24h"),
-            Some(std::time::Duration::from_secs(86400))
-        );
+        assert_eq!(parse_duration("10m"), Some(std::time::Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Some(std::time::Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Some(std::time::Duration::from_millis(250)));
+        assert_eq!(parse_duration("24h"), Some(std::time::Duration::from_secs(86400)));
         for bad in ["", "10", "m", "10x", "1h30", "-1m"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }

@@ -1,0 +1,414 @@
+//! The gRPC admin API (tonic): the `Registry` and `Cluster` services every node serves. Writes go
+//! through the cluster (forwarded to the leader); reads are linearizable unless `stale`.
+
+mod convert;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use joch_proto::admin as pb;
+use joch_proto::admin::cluster_server::{Cluster, ClusterServer};
+use joch_proto::admin::registry_server::{Registry, RegistryServer};
+use joch_raft_store::model::resource::{
+    Auth, AuthKind, Endpoint, McpServerSpec, SecretRef, Security, StdioSpec, Transport,
+};
+use joch_raft_store::model::validate::{check_name, check_version};
+use joch_raft_store::{Command, NodeAddr, PublishedState};
+use tonic::{Request, Response, Status};
+
+use crate::cluster::ClusterNode;
+use crate::mesh::message::MembershipChange;
+use crate::resource::manifest;
+use status::{outcome, to_status};
+
+/// Request metadata naming the operator (until admin authentication lands, self-declared).
+pub const ACTOR_HEADER: &str = "x-joch-actor";
+
+/// Both admin services over one cluster node.
+#[derive(Clone)]
+pub struct AdminApi {
+    cluster: Arc<ClusterNode>,
+}
+
+impl AdminApi {
+    /// The services, ready to add to a tonic router.
+    pub fn services(cluster: Arc<ClusterNode>) -> (RegistryServer<AdminApi>, ClusterServer<AdminApi>) {
+        let api = AdminApi { cluster };
+        (RegistryServer::new(api.clone()), ClusterServer::new(api))
+    }
+
+    fn err(&self, e: crate::cluster::ClusterError) -> Status {
+        to_status(self.cluster.id, e)
+    }
+
+    async fn read(&self, stale: bool) -> Result<Arc<PublishedState>, Status> {
+        if !stale {
+            self.cluster.read_barrier().await.map_err(|e| self.err(e))?;
+        }
+        Ok(self.cluster.registry.load())
+    }
+
+    /// Writes a command; with `fleet`, waits for every member to apply it.
+    async fn write(&self, actor: &str, command: Command, fleet: bool) -> Result<pb::WriteReply, Status> {
+        let out = self.cluster.write(actor, command).await.map_err(|e| self.err(e))?;
+        let applied = out.response.result.and_then(|r| r.ok());
+        let fleet = if fleet { Some((&self.cluster.fleet_ack(out.index).await).into()) } else { None };
+        Ok(pb::WriteReply {
+            log_index: out.index,
+            changed: applied.as_ref().is_some_and(|a| a.changed),
+            summary: applied.map(|a| a.summary).unwrap_or_default(),
+            fleet,
+        })
+    }
+}
+
+fn actor<T>(req: &Request<T>) -> String {
+    req.metadata()
+        .get(ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.chars().take(128).collect())
+        .unwrap_or_else(|| "anonymous".to_string())
+}
+
+fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {message}"))
+}
+
+/// Runs one admin method, recording its latency and outcome.
+async fn observe<T>(
+    method: &'static str,
+    fut: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<Response<T>, Status> {
+    let started = Instant::now();
+    let r = fut.await;
+    metrics::counter!("joch_admin_requests_total", "method" => method, "outcome" => outcome(&r)).increment(1);
+    metrics::histogram!("joch_admin_request_seconds", "method" => method).record(started.elapsed().as_secs_f64());
+    if let Err(s) = &r {
+        tracing::debug!(method, code = ?s.code(), message = s.message(), "admin request failed");
+    }
+    r.map(Response::new)
+}
+
+/// Suffix of the default secret name, as in the seeds (`github-mcp-oauth`).
+fn default_secret_suffix(kind: AuthKind) -> &'static str {
+    match kind {
+        AuthKind::None => "none",
+        AuthKind::Bearer => "token",
+        AuthKind::ApiKey => "api-key",
+        AuthKind::Oauth2 => "oauth",
+    }
+}
+
+fn spec_from_add(r: &pb::AddServerRequest) -> Result<McpServerSpec, Status> {
+    let transport = match r.transport.as_str() {
+        "" | "streamable_http" | "http" => Transport::StreamableHttp,
+        "stdio" => Transport::Stdio,
+        other => return Err(invalid("transport", format!("{other:?}: expected streamable_http or stdio"))),
+    };
+    let auth = match r.auth.as_str() {
+        "" => None,
+        a => {
+            let kind = AuthKind::parse(a)
+                .ok_or_else(|| invalid("auth", format!("{a:?}: expected none, bearer, api_key or oauth2")))?;
+            let secret = match (kind, r.secret_ref.as_str()) {
+                (AuthKind::None, _) => None,
+                (_, "") => Some(format!("{}-mcp-{}", r.name, default_secret_suffix(kind))),
+                (_, s) => Some(s.to_string()),
+            };
+            Some(Auth { kind, secret_ref: secret.map(|name| SecretRef { name }) })
+        }
+    };
+    let spec = McpServerSpec {
+        transport,
+        endpoint: (!r.endpoint.is_empty()).then(|| Endpoint { url: r.endpoint.clone() }),
+        auth,
+        stdio: (!r.stdio_command.is_empty()).then(|| StdioSpec {
+            command: r.stdio_command.clone(),
+            args: r.stdio_args.clone(),
+            env: Default::default(),
+        }),
+        security: Security { allow_stdio: r.allow_stdio, ..Default::default() },
+        ..Default::default()
+    };
+    let problems = spec.problems();
+    if !problems.is_empty() {
+        return Err(Status::invalid_argument(problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")));
+    }
+    Ok(spec)
+}
+
+#[tonic::async_trait]
+impl Registry for AdminApi {
+    async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyReply>, Status> {
+        let actor = actor(&req);
+        let r = req.into_inner();
+        observe("Apply", async {
+            let source = if r.source.is_empty() { "<input>" } else { r.source.as_str() };
+            let manifests = manifest::parse(source, &r.text).map_err(|errs| {
+                Status::invalid_argument(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+            })?;
+            let mut results = Vec::new();
+            for m in manifests {
+                let (kind, name) = (m.kind().to_string(), m.name().to_string());
+                let write = self.write(&actor, m.into_command(), false).await?;
+                results.push(pb::ApplyResult { kind, name, write: Some(write) });
+            }
+            Ok(pb::ApplyReply { results })
+        })
+        .await
+    }
+
+    async fn add_server(&self, req: Request<pb::AddServerRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let actor = actor(&req);
+        let r = req.into_inner();
+        observe("AddServer", async {
+            check_name("name", &r.name).map_err(|e| invalid(&e.field, e.message))?;
+            let spec = spec_from_add(&r)?;
+            let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
+            self.write(&actor, Command::CreateServer { name: r.name, labels, spec }, false).await
+        })
+        .await
+    }
+
+    async fn delete_server(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let actor = actor(&req);
+        let name = req.into_inner().name;
+        observe("DeleteServer", self.write(&actor, Command::DeleteServer { name }, true)).await
+    }
+
+    async fn pin(&self, req: Request<pb::PinRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let actor = actor(&req);
+        let r = req.into_inner();
+        observe("Pin", async {
+            check_version("version", &r.version).map_err(|e| invalid(&e.field, e.message))?;
+            self.write(&actor, Command::Pin { name: r.name, version: r.version }, true).await
+        })
+        .await
+    }
+
+    async fn upgrade(&self, req: Request<pb::UpgradeRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let actor = actor(&req);
+        let r = req.into_inner();
+        observe("Upgrade", async {
+            check_version("version", &r.version).map_err(|e| invalid(&e.field, e.message))?;
+            self.write(&actor, Command::Upgrade { name: r.name, version: r.version, review: r.review }, !r.review).await
+        })
+        .await
+    }
+
+    async fn quarantine(&self, req: Request<pb::QuarantineRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let actor = actor(&req);
+        let r = req.into_inner();
+        observe("Quarantine", async {
+            let reason = if r.reason.trim().is_empty() { "no reason given".to_string() } else { r.reason };
+            self.write(&actor, Command::Quarantine { name: r.name, reason }, true).await
+        })
+        .await
+    }
+
+    async fn unquarantine(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let actor = actor(&req);
+        let name = req.into_inner().name;
+        observe("Unquarantine", self.write(&actor, Command::Unquarantine { name }, true)).await
+    }
+
+    async fn approve_tool(&self, req: Request<pb::ApproveToolRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let actor = actor(&req);
+        let tool = req.into_inner().tool;
+        observe("ApproveTool", async {
+            let (server, tool) = tool
+                .split_once('.')
+                .filter(|(s, t)| !s.is_empty() && !t.is_empty())
+                .ok_or_else(|| invalid("tool", format!("{tool:?}: expected SERVER.TOOL, e.g. github.create_issue")))?;
+            self.write(&actor, Command::ApproveTool { server: server.into(), tool: tool.into() }, false).await
+        })
+        .await
+    }
+
+    async fn set_server_policy(
+        &self,
+        req: Request<pb::ServerPolicyRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let actor = actor(&req);
+        let r = req.into_inner();
+        observe(
+            "SetServerPolicy",
+            self.write(&actor, Command::SetServerPolicy { name: r.name, read_only: r.read_only }, true),
+        )
+        .await
+    }
+
+    async fn delete_policy(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let actor = actor(&req);
+        let name = req.into_inner().name;
+        observe("DeletePolicy", self.write(&actor, Command::DeletePolicy { name }, false)).await
+    }
+
+    async fn get_server(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Server>, Status> {
+        let r = req.into_inner();
+        observe("GetServer", async {
+            let st = self.read(r.stale).await?;
+            let rec = st
+                .registry
+                .servers
+                .get(&r.name)
+                .ok_or_else(|| Status::not_found(format!("MCP server {:?} is not registered", r.name)))?;
+            Ok(convert::server(rec, st.applied_index))
+        })
+        .await
+    }
+
+    async fn list_servers(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ServerList>, Status> {
+        let r = req.into_inner();
+        observe("ListServers", async {
+            let st = self.read(r.stale).await?;
+            let servers = st.registry.servers.values().map(|s| convert::server(s, st.applied_index)).collect();
+            Ok(pb::ServerList { servers, read_index: st.applied_index })
+        })
+        .await
+    }
+
+    async fn get_policy(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Policy>, Status> {
+        let r = req.into_inner();
+        observe("GetPolicy", async {
+            let st = self.read(r.stale).await?;
+            let rec = st
+                .registry
+                .policies
+                .get(&r.name)
+                .ok_or_else(|| Status::not_found(format!("policy {:?} does not exist", r.name)))?;
+            Ok(convert::policy(rec, st.applied_index))
+        })
+        .await
+    }
+
+    async fn list_policies(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::PolicyList>, Status> {
+        let r = req.into_inner();
+        observe("ListPolicies", async {
+            let st = self.read(r.stale).await?;
+            let policies = st.registry.policies.values().map(|p| convert::policy(p, st.applied_index)).collect();
+            Ok(pb::PolicyList { policies, read_index: st.applied_index })
+        })
+        .await
+    }
+
+    async fn history(&self, req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryReply>, Status> {
+        let r = req.into_inner();
+        observe("History", async {
+            let target = if r.target.contains('/') { r.target.clone() } else { format!("mcpserver/{}", r.target) };
+            let st = self.read(r.stale).await?;
+            let lines = st
+                .registry
+                .history
+                .get(&target)
+                .ok_or_else(|| Status::not_found(format!("no history for {target:?}: it was never registered")))?;
+            Ok(pb::HistoryReply { changes: lines.iter().map(convert::change).collect(), read_index: st.applied_index })
+        })
+        .await
+    }
+}
+
+fn member_addr(m: &pb::Member) -> Result<NodeAddr, Status> {
+    if m.id == 0 {
+        return Err(invalid("member.id", "must be greater than 0"));
+    }
+    if m.mesh.is_empty() {
+        return Err(invalid("member.mesh", "required: the node's QUIC mesh address (HOST:PORT)"));
+    }
+    Ok(NodeAddr { mesh: m.mesh.clone(), admin: m.admin.clone(), mcp: m.mcp.clone() })
+}
+
+#[tonic::async_trait]
+impl Cluster for AdminApi {
+    async fn init(&self, req: Request<pb::InitRequest>) -> Result<Response<pb::InitReply>, Status> {
+        let r = req.into_inner();
+        observe("Init", async {
+            let mut members = BTreeMap::new();
+            for m in &r.members {
+                let addr = if m.id == self.cluster.id && m.mesh.is_empty() {
+                    self.cluster.addr.clone()
+                } else {
+                    member_addr(m)?
+                };
+                if members.insert(m.id, addr).is_some() {
+                    return Err(invalid("members", format!("node id {} appears twice", m.id)));
+                }
+            }
+            self.cluster.init(members).await.map_err(|e| self.err(e))?;
+            let members = self
+                .cluster
+                .members()
+                .into_iter()
+                .map(|(id, a, _)| pb::Member { id, mesh: a.mesh, admin: a.admin, mcp: a.mcp })
+                .collect();
+            let leader = self.cluster.raft.metrics().borrow().current_leader.unwrap_or(0);
+            Ok(pb::InitReply { leader, members })
+        })
+        .await
+    }
+
+    async fn node_info(&self, _req: Request<pb::Empty>) -> Result<Response<pb::Member>, Status> {
+        observe("NodeInfo", async {
+            let a = &self.cluster.addr;
+            Ok(pb::Member { id: self.cluster.id, mesh: a.mesh.clone(), admin: a.admin.clone(), mcp: a.mcp.clone() })
+        })
+        .await
+    }
+
+    async fn add_member(&self, req: Request<pb::AddMemberRequest>) -> Result<Response<pb::MembershipReply>, Status> {
+        let r = req.into_inner();
+        observe("AddMember", async {
+            let m = r.member.ok_or_else(|| invalid("member", "required"))?;
+            let addr = member_addr(&m)?;
+            let out = self
+                .cluster
+                .change_membership(MembershipChange::Add { id: m.id, addr, learner_only: r.learner_only })
+                .await
+                .map_err(|e| self.err(e))?;
+            Ok(pb::MembershipReply { voters: out.voters, learners: out.learners, log_index: out.index })
+        })
+        .await
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let r = req.into_inner();
+        observe("RemoveMember", async {
+            if !self.cluster.members().iter().any(|(id, _, _)| *id == r.id) {
+                return Err(Status::not_found(format!("node {} is not a member", r.id)));
+            }
+            let out =
+                self.cluster.change_membership(MembershipChange::Remove { id: r.id }).await.map_err(|e| self.err(e))?;
+            Ok(pb::MembershipReply { voters: out.voters, learners: out.learners, log_index: out.index })
+        })
+        .await
+    }
+
+    async fn status(&self, _req: Request<pb::Empty>) -> Result<Response<pb::ClusterStatus>, Status> {
+        observe("Status", async {
+            let v = self.cluster.view().await;
+            let leader_last = v
+                .members
+                .iter()
+                .filter_map(|m| m.status.as_ref().ok())
+                .find(|s| Some(s.id) == v.leader)
+                .map(|s| s.last_log_index)
+                .unwrap_or_else(|| {
+                    v.members.iter().filter_map(|m| m.status.as_ref().ok()).map(|s| s.last_log_index).max().unwrap_or(0)
+                });
+            Ok(pb::ClusterStatus {
+                node_id: v.node_id,
+                leader: v.leader.unwrap_or(0),
+                has_leader: v.leader.is_some(),
+                term: v.term,
+                members: v.members.iter().map(|m| convert::member_status(m, leader_last)).collect(),
+            })
+        })
+        .await
+    }
+}

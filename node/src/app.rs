@@ -1,0 +1,163 @@
+//! Wiring of one node: bind every listener, open the store, start Raft, the mesh, the admin API
+//! and the HTTP endpoints; then wait for shutdown and drain in order.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use joch_raft_store::{NodeAddr, Raft, StoreOptions};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::AdminApi;
+use crate::cluster::ClusterNode;
+use crate::config::Config;
+use crate::mesh::raft_network::MeshNetwork;
+use crate::mesh::tls::NodeTls;
+use crate::mesh::Mesh;
+
+/// Addresses a node actually bound (port 0 resolved). Written to `<data_dir>/addrs.json`.
+#[derive(Serialize, Debug, Clone)]
+pub struct Bound {
+    /// Node id.
+    pub id: u64,
+    /// Process id.
+    pub pid: u32,
+    /// MCP HTTP.
+    pub mcp: SocketAddr,
+    /// Admin gRPC.
+    pub admin: SocketAddr,
+    /// QUIC mesh.
+    pub mesh: SocketAddr,
+    /// Metrics.
+    pub metrics: SocketAddr,
+}
+
+async fn bind_tcp(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("binding the {what} listener on {addr}"))
+}
+
+/// Runs a node until `shutdown` completes.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let prom = crate::telemetry::init_metrics()?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating the data directory {}", cfg.data_dir.display()))?;
+
+    let mcp_l = bind_tcp("MCP", cfg.listen.mcp).await?;
+    let admin_l = bind_tcp("admin", cfg.listen.admin).await?;
+    let metrics_l = bind_tcp("metrics", cfg.listen.metrics).await?;
+    let tls = NodeTls::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key).context("loading mesh TLS material")?;
+    let mesh = Mesh::bind(cfg.listen.mesh, &tls)?;
+    let bound = Bound {
+        id: cfg.id,
+        pid: std::process::id(),
+        mcp: mcp_l.local_addr()?,
+        admin: admin_l.local_addr()?,
+        mesh: mesh.local_addr()?,
+        metrics: metrics_l.local_addr()?,
+    };
+    let addr = NodeAddr {
+        mesh: cfg.advertise.mesh.clone().unwrap_or_else(|| bound.mesh.to_string()),
+        admin: format!("http://{}", cfg.advertise.admin.clone().unwrap_or_else(|| bound.admin.to_string())),
+        mcp: format!("http://{}", cfg.advertise.mcp.clone().unwrap_or_else(|| bound.mcp.to_string())),
+    };
+
+    let (log_store, state_machine, registry) =
+        joch_raft_store::open(&cfg.data_dir.join("raft"), StoreOptions::default())
+            .await
+            .context("opening the store")?;
+    let raft_config = Arc::new(cfg.raft.openraft_config().context("raft settings")?);
+    let raft = Raft::new(cfg.id, raft_config, MeshNetwork::new(mesh.clone()), log_store, state_machine)
+        .await
+        .context("starting raft")?;
+    let cluster = ClusterNode::new(
+        cfg.id,
+        addr.clone(),
+        raft.clone(),
+        registry,
+        mesh.clone(),
+        cfg.raft.clone(),
+        cfg.fleet_ack_timeout,
+        cfg.write_timeout,
+    );
+
+    let stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(mesh.clone().serve(cluster.clone(), stop.clone()));
+    let (registry_svc, cluster_svc) = AdminApi::services(cluster.clone());
+    let admin_stop = stop.clone();
+    tasks.spawn(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(admin_l).with_nodelay(Some(true));
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(registry_svc)
+            .add_service(cluster_svc)
+            .serve_with_incoming_shutdown(incoming, admin_stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    let http_stop = stop.clone();
+    let mcp_app = crate::http::mcp_router(cluster.clone());
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(mcp_l, mcp_app).with_graceful_shutdown(http_stop.cancelled_owned()).await {
+            tracing::error!(error = %e, "MCP listener stopped");
+        }
+    });
+    let metrics_stop = stop.clone();
+    let metrics_app = crate::http::metrics_router(prom.clone());
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(metrics_l, metrics_app).with_graceful_shutdown(metrics_stop.cancelled_owned()).await
+        {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    tasks.spawn(crate::telemetry::watch_raft(cluster.clone(), prom, stop.clone()));
+
+    let addrs_file = cfg.data_dir.join("addrs.json");
+    std::fs::write(&addrs_file, serde_json::to_vec_pretty(&bound)?)
+        .with_context(|| format!("writing {}", addrs_file.display()))?;
+    tracing::info!(id = cfg.id, mcp = %bound.mcp, admin = %bound.admin, mesh = %bound.mesh, metrics = %bound.metrics,
+        data_dir = %cfg.data_dir.display(), "node started");
+
+    // Raft stops on a storage error: that is fatal to the node.
+    let mut raft_metrics = raft.metrics();
+    let fatal = async move {
+        loop {
+            if raft_metrics.changed().await.is_err() {
+                return "raft stopped".to_string();
+            }
+            if let Err(e) = &raft_metrics.borrow().running_state {
+                return format!("raft stopped: {e}");
+            }
+        }
+    };
+    let failure = tokio::select! {
+        _ = shutdown => None,
+        why = fatal => Some(why),
+    };
+
+    // Drain: stop accepting (admin, HTTP, mesh), let in-flight work finish under a grace timeout,
+    // then stop Raft, close the QUIC endpoint and flush the store (on drop).
+    stop.cancel();
+    let grace =
+        tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
+    if grace.is_err() {
+        tracing::warn!("tasks still running after the 10 s grace period; aborting them");
+        tasks.abort_all();
+    }
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    mesh.close().await;
+    drop(cluster);
+    tracing::info!("node stopped");
+    match failure {
+        None => Ok(()),
+        Some(why) => Err(anyhow::anyhow!(why)),
+    }
+}

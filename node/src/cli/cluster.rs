@@ -1,0 +1,195 @@
+//! `joch cluster ...`: init, add, join, remove, status, and the CA.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use joch_proto::admin as pb;
+use serde_json::json;
+
+use super::client::{self, req, status_err};
+use super::output::{self, table};
+use super::{Format, Global};
+use crate::mesh::pki::{self, PkiDir};
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Initialise a new cluster on the node `--server` names, alone or with the given members.
+    Init {
+        /// A member: ID=MESH_ADDR[,ADMIN_URL[,MCP_URL]] (repeatable). Default: the node alone.
+        #[arg(long = "member")]
+        members: Vec<String>,
+    },
+    /// Add a node (learner first, caught up by log or snapshot, then voter).
+    Add {
+        #[arg(long)]
+        id: u64,
+        /// Its QUIC mesh address, HOST:PORT.
+        #[arg(long)]
+        mesh: String,
+        /// Its admin URL.
+        #[arg(long, default_value = "")]
+        admin: String,
+        /// Its MCP URL.
+        #[arg(long, default_value = "")]
+        mcp: String,
+        /// Keep it a non-voting learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Join the node `--server` names to the cluster that the node at `--via` belongs to.
+    Join {
+        /// Admin URL of any member of the cluster.
+        #[arg(long)]
+        via: String,
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node from the cluster.
+    Remove {
+        #[arg(long)]
+        id: u64,
+    },
+    /// Every member's role, term, applied index, lag and reachability.
+    Status,
+    /// The cluster CA and node certificates.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCmd {
+    /// Create a cluster CA in DIR (refuses to overwrite one).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue node ID's certificate from the CA in DIR.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        id: u64,
+        /// Extra DNS name or IP for the certificate (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+}
+
+fn parse_member(s: &str) -> anyhow::Result<pb::Member> {
+    let bad = || anyhow::anyhow!("--member {s:?}: expected ID=MESH_ADDR[,ADMIN_URL[,MCP_URL]]");
+    let (id, rest) = s.split_once('=').ok_or_else(bad)?;
+    let id: u64 = id.parse().map_err(|_| bad())?;
+    let mut parts = rest.split(',');
+    let mesh = parts.next().filter(|m| !m.is_empty()).ok_or_else(bad)?.to_string();
+    Ok(pb::Member { id, mesh, admin: parts.next().unwrap_or("").into(), mcp: parts.next().unwrap_or("").into() })
+}
+
+fn membership(format: Format, r: &pb::MembershipReply) {
+    if format != Format::Table {
+        output::data(format, &json!({"voters": r.voters, "learners": r.learners, "logIndex": r.log_index}));
+    } else {
+        say!("membership: voters {:?}, learners {:?} [log index {}]", r.voters, r.learners, r.log_index);
+    }
+}
+
+pub async fn run(g: &Global, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
+    if let ClusterCmd::Ca { cmd } = cmd {
+        match cmd {
+            CaCmd::Init { dir } => {
+                pki::init_ca(&PkiDir(dir.clone()))?;
+                say!("created cluster CA in {}", dir.display());
+            }
+            CaCmd::Issue { dir, id, hosts } => {
+                pki::issue_node(&PkiDir(dir.clone()), id, &hosts)?;
+                say!("issued node{id}.pem and node{id}-key.pem in {}", dir.display());
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut n = client::node(g).await?;
+    let url = n.url.clone();
+    let e = |s| status_err(&url, s);
+    match cmd {
+        ClusterCmd::Ca { .. } => unreachable!("handled above"),
+        ClusterCmd::Init { members } => {
+            let members = members.iter().map(|m| parse_member(m)).collect::<anyhow::Result<Vec<_>>>()?;
+            let r = n.cluster.init(req(pb::InitRequest { members })).await.map_err(e)?.into_inner();
+            if g.output != Format::Table {
+                output::data(
+                    g.output,
+                    &json!({"members": r.members.iter().map(|m| json!({"id": m.id, "mesh": m.mesh, "admin": m.admin, "mcp": m.mcp})).collect::<Vec<_>>()}),
+                );
+            } else {
+                say!("cluster initialised with {} member(s)", r.members.len());
+            }
+        }
+        ClusterCmd::Add { id, mesh, admin, mcp, learner } => {
+            let r = pb::AddMemberRequest { member: Some(pb::Member { id, mesh, admin, mcp }), learner_only: learner };
+            membership(g.output, &n.cluster.add_member(req(r)).await.map_err(e)?.into_inner());
+        }
+        ClusterCmd::Join { via, learner } => {
+            let me = n.cluster.node_info(req(pb::Empty {})).await.map_err(e)?.into_inner();
+            let mut existing = client::connect(&via).await?;
+            let r = pb::AddMemberRequest { member: Some(me), learner_only: learner };
+            let out = existing.cluster.add_member(req(r)).await.map_err(|s| status_err(&via, s))?.into_inner();
+            membership(g.output, &out);
+        }
+        ClusterCmd::Remove { id } => {
+            membership(
+                g.output,
+                &n.cluster.remove_member(req(pb::RemoveMemberRequest { id })).await.map_err(e)?.into_inner(),
+            );
+        }
+        ClusterCmd::Status => {
+            let s = n.cluster.status(req(pb::Empty {})).await.map_err(e)?.into_inner();
+            print_status(g.output, &s);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `cluster status`.
+pub fn print_status(format: Format, s: &pb::ClusterStatus) {
+    if format != Format::Table {
+        let members: Vec<_> = s
+            .members
+            .iter()
+            .map(|m| {
+                json!({"id": m.id, "role": m.role, "voter": m.voter, "reachable": m.reachable, "term": m.term,
+                "last_log_index": m.last_log_index, "applied_index": m.applied_index, "lag": m.lag,
+                "leader_contact_ms": m.leader_contact_ms, "mesh": m.mesh, "admin": m.admin, "mcp": m.mcp,
+                "error": if m.error.is_empty() { serde_json::Value::Null } else { json!(m.error) }})
+            })
+            .collect();
+        let leader = if s.has_leader { json!(s.leader) } else { serde_json::Value::Null };
+        output::data(
+            format,
+            &output::strip_nulls(json!({"node": s.node_id, "leader": leader, "term": s.term, "members": members})),
+        );
+        return;
+    }
+    let leader = if s.has_leader { format!("node {}", s.leader) } else { "none".into() };
+    say!("seen from node {}: leader {leader}, term {}", s.node_id, s.term);
+    let rows: Vec<Vec<String>> = s
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.role.clone(),
+                if m.voter { "voter".into() } else { "learner".into() },
+                if m.reachable { m.term.to_string() } else { "-".into() },
+                if m.reachable { m.applied_index.to_string() } else { "-".into() },
+                if m.reachable { m.lag.to_string() } else { "-".into() },
+                if m.reachable { "yes".into() } else { "NO".into() },
+                m.mesh.clone(),
+                m.admin.clone(),
+                m.error.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "ROLE", "KIND", "TERM", "APPLIED", "LAG", "REACHABLE", "MESH", "ADMIN", "ERROR"], &rows);
+}

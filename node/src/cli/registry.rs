@@ -1,0 +1,365 @@
+//! `joch mcp ...`, `joch apply`, `joch describe`, `joch get`, `joch delete`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use joch_proto::admin as pb;
+use serde_json::{json, Value};
+
+use super::client::{self, req, status_err};
+use super::output::{self, table, time};
+use super::{Format, Global, EXIT_FLEET_INCOMPLETE};
+
+#[derive(Subcommand, Debug)]
+pub enum McpCmd {
+    /// Register an MCP server.
+    Add {
+        /// Server name (lowercase letters, digits, '-').
+        name: String,
+        /// Streamable-HTTP endpoint URL.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Upstream credential type: none, bearer, api_key, oauth2.
+        #[arg(long)]
+        auth: Option<String>,
+        /// Secret holding the credential (default NAME-mcp-AUTH).
+        #[arg(long)]
+        secret_ref: Option<String>,
+        /// streamable_http (default) or stdio.
+        #[arg(long)]
+        transport: Option<String>,
+        /// Command of a stdio server.
+        #[arg(long = "command")]
+        stdio_command: Option<String>,
+        /// Argument of the stdio command (repeatable).
+        #[arg(long = "arg", allow_hyphen_values = true)]
+        stdio_args: Vec<String>,
+        /// Allow the stdio transport for this server.
+        #[arg(long)]
+        allow_stdio: bool,
+        /// Label KEY=VALUE (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// List MCP servers.
+    Ls {
+        /// Read this node's local copy instead of a linearizable read.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Pin a server to a version (calls to another version are denied).
+    Pin {
+        name: String,
+        /// Version, e.g. 1.2.0.
+        #[arg(long)]
+        to: String,
+    },
+    /// Move a server's pin to a new version; `--review` stages it without applying.
+    Upgrade {
+        name: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        review: bool,
+    },
+    /// Take a server out of rotation, fleet-wide.
+    Quarantine {
+        name: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Return a quarantined server to rotation.
+    Unquarantine { name: String },
+    /// Approve one tool: SERVER.TOOL.
+    ApproveTool { tool: String },
+    /// Per-server policy flags.
+    Policy {
+        #[command(subcommand)]
+        cmd: McpPolicyCmd,
+    },
+    /// Who changed a server, what, when, at which log index.
+    History {
+        name: String,
+        #[arg(long)]
+        stale: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum McpPolicyCmd {
+    /// Set flags on a server.
+    Set {
+        name: String,
+        /// Restrict the server to read tools.
+        #[arg(long, conflicts_with = "read_write")]
+        read_only: bool,
+        /// Lift a read-only restriction.
+        #[arg(long)]
+        read_write: bool,
+    },
+}
+
+fn parse_labels(labels: &[String]) -> anyhow::Result<HashMap<String, String>> {
+    labels
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--label {l:?}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+fn done(complete: bool) -> ExitCode {
+    if complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FLEET_INCOMPLETE)
+    }
+}
+
+pub async fn mcp(g: &Global, cmd: McpCmd) -> anyhow::Result<ExitCode> {
+    let mut n = client::node(g).await?;
+    let url = n.url.clone();
+    let e = |s| status_err(&url, s);
+    let (target, reply) = match cmd {
+        McpCmd::Add { name, endpoint, auth, secret_ref, transport, stdio_command, stdio_args, allow_stdio, labels } => {
+            let r = pb::AddServerRequest {
+                name: name.clone(),
+                endpoint: endpoint.unwrap_or_default(),
+                auth: auth.unwrap_or_default(),
+                secret_ref: secret_ref.unwrap_or_default(),
+                transport: transport.unwrap_or_default(),
+                stdio_command: stdio_command.unwrap_or_default(),
+                stdio_args,
+                allow_stdio,
+                labels: parse_labels(&labels)?,
+            };
+            (format!("mcpserver/{name}"), n.registry.add_server(req(r)).await.map_err(e)?.into_inner())
+        }
+        McpCmd::Ls { stale } => return list_servers(g, &mut n, stale).await,
+        McpCmd::Pin { name, to } => {
+            let r = pb::PinRequest { name: name.clone(), version: to };
+            (format!("mcpserver/{name}"), n.registry.pin(req(r)).await.map_err(e)?.into_inner())
+        }
+        McpCmd::Upgrade { name, to, review } => {
+            let r = pb::UpgradeRequest { name: name.clone(), version: to, review };
+            (format!("mcpserver/{name}"), n.registry.upgrade(req(r)).await.map_err(e)?.into_inner())
+        }
+        McpCmd::Quarantine { name, reason } => {
+            let r = pb::QuarantineRequest { name: name.clone(), reason };
+            (format!("mcpserver/{name}"), n.registry.quarantine(req(r)).await.map_err(e)?.into_inner())
+        }
+        McpCmd::Unquarantine { name } => {
+            let r = pb::NameRequest { name: name.clone() };
+            (format!("mcpserver/{name}"), n.registry.unquarantine(req(r)).await.map_err(e)?.into_inner())
+        }
+        McpCmd::ApproveTool { tool } => {
+            let server = tool.split('.').next().unwrap_or_default().to_string();
+            let r = pb::ApproveToolRequest { tool };
+            (format!("mcpserver/{server}"), n.registry.approve_tool(req(r)).await.map_err(e)?.into_inner())
+        }
+        McpCmd::Policy { cmd: McpPolicyCmd::Set { name, read_only, read_write } } => {
+            if !read_only && !read_write {
+                anyhow::bail!("say --read-only or --read-write");
+            }
+            let r = pb::ServerPolicyRequest { name: name.clone(), read_only };
+            (format!("mcpserver/{name}"), n.registry.set_server_policy(req(r)).await.map_err(e)?.into_inner())
+        }
+        McpCmd::History { name, stale } => {
+            let h = n.registry.history(req(pb::HistoryRequest { target: name, stale })).await.map_err(e)?.into_inner();
+            print_history(g.output, &h);
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    Ok(done(output::write(g.output, &target, &reply)))
+}
+
+fn print_history(format: Format, h: &pb::HistoryReply) {
+    if format != Format::Table {
+        let v: Vec<Value> = h
+            .changes
+            .iter()
+            .map(|c| {
+                let at = c.at.clone().unwrap_or_default();
+                json!({"target": c.target, "logIndex": at.index, "time": time(at.at_ms), "actor": at.actor, "action": c.action, "detail": c.detail})
+            })
+            .collect();
+        output::data(format, &Value::Array(v));
+        return;
+    }
+    let rows: Vec<Vec<String>> = h
+        .changes
+        .iter()
+        .map(|c| {
+            let at = c.at.clone().unwrap_or_default();
+            vec![at.index.to_string(), time(at.at_ms), at.actor, c.action.clone(), c.detail.clone()]
+        })
+        .collect();
+    table(&["INDEX", "TIME", "ACTOR", "ACTION", "DETAIL"], &rows);
+}
+
+async fn list_servers(g: &Global, n: &mut client::Node, stale: bool) -> anyhow::Result<ExitCode> {
+    let list =
+        n.registry.list_servers(req(pb::ListRequest { stale })).await.map_err(|s| status_err(&n.url, s))?.into_inner();
+    if g.output != Format::Table {
+        output::data(g.output, &Value::Array(list.servers.iter().map(output::server_resource).collect()));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = list
+        .servers
+        .iter()
+        .map(|s| {
+            let pinned = if s.pin_server_version { s.pinned_version.clone() } else { "-".into() };
+            let mut flags = Vec::new();
+            if s.read_only {
+                flags.push("read-only".to_string());
+            }
+            if !s.pending_upgrade.is_empty() {
+                flags.push(format!("upgrade {} pending", s.pending_upgrade));
+            }
+            if s.quarantined {
+                flags.push(format!("reason: {}", s.quarantine_reason));
+            }
+            let updated = s.updated.clone().unwrap_or_default();
+            vec![
+                s.name.clone(),
+                s.transport.clone(),
+                s.endpoint.clone(),
+                pinned,
+                s.phase.clone(),
+                time(updated.at_ms),
+                flags.join("; "),
+            ]
+        })
+        .collect();
+    table(&["NAME", "TRANSPORT", "ENDPOINT", "PINNED", "PHASE", "UPDATED", "NOTES"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn apply(g: &Global, file: &Path) -> anyhow::Result<ExitCode> {
+    let (source, text) = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading stdin")?;
+        ("-".to_string(), s)
+    } else {
+        (
+            file.display().to_string(),
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
+        )
+    };
+    let mut n = client::node(g).await?;
+    let reply =
+        n.registry.apply(req(pb::ApplyRequest { source, text })).await.map_err(|s| status_err(&n.url, s))?.into_inner();
+    if g.output != Format::Table {
+        let v: Vec<Value> = reply
+            .results
+            .iter()
+            .map(|r| {
+                output::write_value(
+                    &format!("{}/{}", r.kind.to_lowercase(), r.name),
+                    &r.write.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        output::data(g.output, &Value::Array(v));
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in &reply.results {
+        let w = r.write.clone().unwrap_or_default();
+        let verb = if w.changed { "configured" } else { "unchanged" };
+        say!("{}/{} {verb}: {} [log index {}]", r.kind.to_lowercase(), r.name, w.summary, w.log_index);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn kind_of(kind: &str) -> anyhow::Result<&'static str> {
+    match kind.to_lowercase().as_str() {
+        "mcpserver" | "mcpservers" | "mcp" => Ok("mcpserver"),
+        "policy" | "policies" => Ok("policy"),
+        other => anyhow::bail!("unknown resource kind {other:?}: expected mcpserver or policy"),
+    }
+}
+
+pub async fn describe(g: &Global, kind: &str, name: &str, stale: bool) -> anyhow::Result<ExitCode> {
+    let mut n = client::node(g).await?;
+    let url = n.url.clone();
+    let v = match kind_of(kind)? {
+        "mcpserver" => {
+            let s = n
+                .registry
+                .get_server(req(pb::GetRequest { name: name.into(), stale }))
+                .await
+                .map_err(|s| status_err(&url, s))?;
+            output::server_resource(&s.into_inner())
+        }
+        _ => {
+            let p = n
+                .registry
+                .get_policy(req(pb::GetRequest { name: name.into(), stale }))
+                .await
+                .map_err(|s| status_err(&url, s))?;
+            output::policy_resource(&p.into_inner())
+        }
+    };
+    let format = if g.output == Format::Table { Format::Yaml } else { g.output };
+    output::data(format, &v);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn get(g: &Global, kind: &str, stale: bool) -> anyhow::Result<ExitCode> {
+    let mut n = client::node(g).await?;
+    match kind_of(kind)? {
+        "mcpserver" => list_servers(g, &mut n, stale).await,
+        _ => {
+            let list = n
+                .registry
+                .list_policies(req(pb::ListRequest { stale }))
+                .await
+                .map_err(|s| status_err(&n.url, s))?
+                .into_inner();
+            if g.output != Format::Table {
+                output::data(g.output, &Value::Array(list.policies.iter().map(output::policy_resource).collect()));
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .policies
+                    .iter()
+                    .map(|p| {
+                        let rules = serde_json::from_str::<Value>(&p.spec_json)
+                            .ok()
+                            .and_then(|v| v["rules"].as_array().map(|r| r.len()))
+                            .unwrap_or(0);
+                        let updated = p.updated.clone().unwrap_or_default();
+                        vec![
+                            p.name.clone(),
+                            rules.to_string(),
+                            p.generation.to_string(),
+                            time(updated.at_ms),
+                            updated.actor,
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "RULES", "GENERATION", "UPDATED", "BY"], &rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub async fn delete(g: &Global, kind: &str, name: &str) -> anyhow::Result<ExitCode> {
+    let mut n = client::node(g).await?;
+    let url = n.url.clone();
+    let kind = kind_of(kind)?;
+    let r = pb::NameRequest { name: name.into() };
+    let reply = match kind {
+        "mcpserver" => n.registry.delete_server(req(r)).await,
+        _ => n.registry.delete_policy(req(r)).await,
+    }
+    .map_err(|s| status_err(&url, s))?
+    .into_inner();
+    Ok(done(output::write(g.output, &format!("{kind}/{name}"), &reply)))
+}

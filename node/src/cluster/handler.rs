@@ -1,0 +1,54 @@
+//! Answers to mesh requests from peers.
+
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+
+use super::ClusterNode;
+use crate::mesh::message::{Refusal, WriteOutcome};
+use crate::mesh::{Handler, MeshRequest, MeshResponse};
+
+impl Handler for ClusterNode {
+    async fn handle(&self, req: MeshRequest) -> MeshResponse {
+        match req {
+            MeshRequest::AppendEntries(rpc) => {
+                let commit = rpc.leader_commit.map(|l| l.index).unwrap_or(0);
+                let r = self.raft.append_entries(rpc).await;
+                if matches!(&r, Ok(resp) if resp.is_success()) {
+                    self.note_leader_commit(commit);
+                }
+                if matches!(&r, Ok(resp) if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_))) {
+                    self.note_leader_contact();
+                }
+                MeshResponse::AppendEntries(r)
+            }
+            MeshRequest::Vote(rpc) => MeshResponse::Vote(self.raft.vote(rpc).await),
+            MeshRequest::InstallSnapshot(rpc) => {
+                let r = self.raft.install_snapshot(rpc).await;
+                if r.is_ok() {
+                    self.note_leader_contact();
+                }
+                MeshResponse::InstallSnapshot(r)
+            }
+            MeshRequest::ForwardWrite(req) => MeshResponse::Write(match self.raft.client_write(req).await {
+                Ok(r) => Ok(WriteOutcome { index: r.log_id.index, response: r.data }),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    Err(Refusal::NotLeader { leader: f.leader_id, leader_addr: f.leader_node })
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    Err(Refusal::Membership(e.to_string()))
+                }
+                Err(RaftError::Fatal(f)) => Err(Refusal::Fatal(f.to_string())),
+            }),
+            MeshRequest::ForwardMembership(change) => MeshResponse::Membership(self.local_membership(change).await),
+            MeshRequest::ReadIndex => MeshResponse::ReadIndex(self.local_read_index().await),
+            MeshRequest::WaitApplied { index, timeout_ms } => {
+                let timeout = Duration::from_millis(timeout_ms.min(30_000));
+                let reached =
+                    self.raft.wait(Some(timeout)).applied_index_at_least(Some(index), "peer ack").await.is_ok();
+                MeshResponse::Applied { applied_index: self.applied_index(), reached }
+            }
+            MeshRequest::Status => MeshResponse::Status(self.node_status()),
+        }
+    }
+}

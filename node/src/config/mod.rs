@@ -1,0 +1,412 @@
+//! Static node configuration: defaults < file < environment (`JOCH_*`) < flags. Parsed raw,
+//! validated once, every problem reported at once. Governance state (servers, policies) is not
+//! here: it lives in the replicated store and changes only by commands.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use joch_raft_store::model::validate::parse_duration;
+use serde::{Deserialize, Serialize};
+
+/// The config file, as written. Every field optional; see [`Config`] for meanings and defaults.
+#[derive(Deserialize, Serialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Node id (> 0), unique in the cluster.
+    pub id: Option<u64>,
+    /// Data directory (RocksDB and the bound-address file).
+    pub data_dir: Option<PathBuf>,
+    /// Listen addresses.
+    #[serde(default)]
+    pub listen: RawListen,
+    /// Addresses other nodes and clients use to reach this one, when they differ from `listen`.
+    #[serde(default)]
+    pub advertise: RawListen,
+    /// Mesh TLS material.
+    #[serde(default)]
+    pub tls: RawTls,
+    /// Raft timing and log compaction.
+    #[serde(default)]
+    pub raft: RawRaft,
+    /// How long a fleet-acknowledged write waits for every member (default 2s).
+    pub fleet_ack_timeout: Option<String>,
+    /// How long a write waits for a leader before giving up (default 10s).
+    pub write_timeout: Option<String>,
+    /// Logging.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// Listen (or advertise) addresses.
+#[derive(Deserialize, Serialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    /// MCP HTTP (agents), also `/healthz` and `/readyz`.
+    pub mcp: Option<String>,
+    /// gRPC admin API (operators, the CLI).
+    pub admin: Option<String>,
+    /// QUIC mesh (other nodes).
+    pub mesh: Option<String>,
+    /// Prometheus `/metrics`.
+    pub metrics: Option<String>,
+}
+
+/// TLS files.
+#[derive(Deserialize, Serialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Cluster CA certificate (PEM).
+    pub ca: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by the CA.
+    pub cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    pub key: Option<PathBuf>,
+}
+
+/// Raft timing.
+#[derive(Deserialize, Serialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawRaft {
+    /// Leader heartbeat interval (default 250ms).
+    pub heartbeat: Option<String>,
+    /// Lower bound of the randomised election timeout (default 1500ms).
+    pub election_timeout_min: Option<String>,
+    /// Upper bound (default 3000ms).
+    pub election_timeout_max: Option<String>,
+    /// Build a snapshot after this many log entries since the last (default 5000).
+    pub snapshot_after_logs: Option<u64>,
+    /// Log entries kept after a snapshot, for slow followers (default 1000).
+    pub logs_to_keep: Option<u64>,
+    /// Control-plane lease: a node that has not heard from a leader for longer fails closed
+    /// (default 6s).
+    pub lease: Option<String>,
+}
+
+/// Logging.
+#[derive(Deserialize, Serialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` (default) or `json`.
+    pub format: Option<String>,
+    /// tracing filter, e.g. `info` or `joch=debug,openraft=info` (default `info`).
+    pub level: Option<String>,
+}
+
+/// Validated node configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Node id.
+    pub id: u64,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Where to listen.
+    pub listen: Listen,
+    /// What to tell others (same as `listen` unless set; port 0 is replaced by the bound port).
+    pub advertise: Advertise,
+    /// Mesh TLS files.
+    pub tls: TlsFiles,
+    /// Raft settings.
+    pub raft: RaftTiming,
+    /// Fleet acknowledgement wait.
+    pub fleet_ack_timeout: Duration,
+    /// Leader wait for writes.
+    pub write_timeout: Duration,
+    /// Log format is JSON.
+    pub log_json: bool,
+    /// Log filter.
+    pub log_level: String,
+}
+
+/// Listen addresses.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// MCP HTTP.
+    pub mcp: SocketAddr,
+    /// Admin gRPC.
+    pub admin: SocketAddr,
+    /// QUIC mesh.
+    pub mesh: SocketAddr,
+    /// Metrics.
+    pub metrics: SocketAddr,
+}
+
+/// Advertised host overrides (`host:port`), if any.
+#[derive(Debug, Clone, Default)]
+pub struct Advertise {
+    /// MCP HTTP.
+    pub mcp: Option<String>,
+    /// Admin gRPC.
+    pub admin: Option<String>,
+    /// Mesh.
+    pub mesh: Option<String>,
+}
+
+/// TLS file paths.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// Node certificate.
+    pub cert: PathBuf,
+    /// Node key.
+    pub key: PathBuf,
+}
+
+/// Raft timing and compaction.
+#[derive(Debug, Clone)]
+pub struct RaftTiming {
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout lower bound.
+    pub election_min: Duration,
+    /// Election timeout upper bound.
+    pub election_max: Duration,
+    /// Snapshot threshold.
+    pub snapshot_after_logs: u64,
+    /// Logs kept after a snapshot.
+    pub logs_to_keep: u64,
+    /// Control-plane lease.
+    pub lease: Duration,
+}
+
+impl RaftTiming {
+    /// openraft's configuration from these settings.
+    pub fn openraft_config(&self) -> Result<openraft::Config, openraft::ConfigError> {
+        openraft::Config {
+            cluster_name: "joch".into(),
+            heartbeat_interval: self.heartbeat.as_millis() as u64,
+            election_timeout_min: self.election_min.as_millis() as u64,
+            election_timeout_max: self.election_max.as_millis() as u64,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: self.logs_to_keep,
+            purge_batch_size: 256,
+            ..Default::default()
+        }
+        .validate()
+    }
+}
+
+/// One problem in the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigProblem {
+    /// Field path (as in the file), e.g. `raft.heartbeat`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Everything wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid node configuration{}:\n{}", .source_name.as_ref().map(|s| format!(" ({s})")).unwrap_or_default(), .problems.iter().map(|p| format!("  - {}: {}", p.field, p.message)).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    /// File the configuration came from, if any.
+    pub source_name: Option<String>,
+    /// The problems.
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl RawConfig {
+    /// Reads a YAML config file.
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let one = |message: String| ConfigError {
+            source_name: Some(path.display().to_string()),
+            problems: vec![ConfigProblem { field: "(file)".into(), message }],
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| one(format!("cannot read: {e}")))?;
+        serde_yaml_ng::from_str(&text).map_err(|e| one(e.to_string()))
+    }
+
+    /// Overlays `other`'s set fields on `self`.
+    pub fn merge(mut self, other: RawConfig) -> RawConfig {
+        fn m<T>(a: &mut Option<T>, b: Option<T>) {
+            if b.is_some() {
+                *a = b;
+            }
+        }
+        m(&mut self.id, other.id);
+        m(&mut self.data_dir, other.data_dir);
+        for (a, b) in [(&mut self.listen, other.listen), (&mut self.advertise, other.advertise)] {
+            m(&mut a.mcp, b.mcp);
+            m(&mut a.admin, b.admin);
+            m(&mut a.mesh, b.mesh);
+            m(&mut a.metrics, b.metrics);
+        }
+        m(&mut self.tls.ca, other.tls.ca);
+        m(&mut self.tls.cert, other.tls.cert);
+        m(&mut self.tls.key, other.tls.key);
+        m(&mut self.raft.heartbeat, other.raft.heartbeat);
+        m(&mut self.raft.election_timeout_min, other.raft.election_timeout_min);
+        m(&mut self.raft.election_timeout_max, other.raft.election_timeout_max);
+        m(&mut self.raft.snapshot_after_logs, other.raft.snapshot_after_logs);
+        m(&mut self.raft.logs_to_keep, other.raft.logs_to_keep);
+        m(&mut self.raft.lease, other.raft.lease);
+        m(&mut self.fleet_ack_timeout, other.fleet_ack_timeout);
+        m(&mut self.write_timeout, other.write_timeout);
+        m(&mut self.log.format, other.log.format);
+        m(&mut self.log.level, other.log.level);
+        self
+    }
+
+    /// Validates, reporting every problem at once.
+    pub fn validate(self, source_name: Option<String>) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut bad = |field: &str, message: String| problems.push(ConfigProblem { field: field.into(), message });
+
+        let id = match self.id {
+            Some(0) => {
+                bad("id", "must be greater than 0".into());
+                0
+            }
+            Some(id) => id,
+            None => {
+                bad("id", "required (--id, JOCH_NODE_ID or `id:` in the file)".into());
+                0
+            }
+        };
+        let data_dir = self.data_dir.clone().unwrap_or_else(|| {
+            bad("data_dir", "required (--data-dir, JOCH_DATA_DIR or `data_dir:`)".into());
+            PathBuf::new()
+        });
+        let mut addr = |field: &str, v: &Option<String>, default: &str| -> SocketAddr {
+            let s = v.as_deref().unwrap_or(default);
+            s.parse().unwrap_or_else(|_| {
+                bad(field, format!("{s:?} is not an IP:PORT address"));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            })
+        };
+        let listen = Listen {
+            mcp: addr("listen.mcp", &self.listen.mcp, "127.0.0.1:8080"),
+            admin: addr("listen.admin", &self.listen.admin, "127.0.0.1:7100"),
+            mesh: addr("listen.mesh", &self.listen.mesh, "127.0.0.1:7200"),
+            metrics: addr("listen.metrics", &self.listen.metrics, "127.0.0.1:9100"),
+        };
+        let mut file = |field: &str, v: &Option<PathBuf>| -> PathBuf {
+            match v {
+                None => {
+                    bad(
+                        field,
+                        "required: mesh TLS needs the cluster CA, a node certificate and key (see `joch cluster ca`)"
+                            .into(),
+                    );
+                    PathBuf::new()
+                }
+                Some(p) if !p.exists() => {
+                    bad(field, format!("{} does not exist", p.display()));
+                    p.clone()
+                }
+                Some(p) => p.clone(),
+            }
+        };
+        let tls = TlsFiles {
+            ca: file("tls.ca", &self.tls.ca),
+            cert: file("tls.cert", &self.tls.cert),
+            key: file("tls.key", &self.tls.key),
+        };
+        let mut dur = |field: &str, v: &Option<String>, default: &str| -> Duration {
+            let s = v.as_deref().unwrap_or(default);
+            parse_duration(s).unwrap_or_else(|| {
+                bad(field, format!("{s:?} is not a duration (e.g. 250ms, 2s, 1m)"));
+                Duration::from_millis(1)
+            })
+        };
+        let raft = RaftTiming {
+            heartbeat: dur("raft.heartbeat", &self.raft.heartbeat, "250ms"),
+            election_min: dur("raft.election_timeout_min", &self.raft.election_timeout_min, "1500ms"),
+            election_max: dur("raft.election_timeout_max", &self.raft.election_timeout_max, "3000ms"),
+            snapshot_after_logs: self.raft.snapshot_after_logs.unwrap_or(5000),
+            logs_to_keep: self.raft.logs_to_keep.unwrap_or(1000),
+            lease: dur("raft.lease", &self.raft.lease, "6s"),
+        };
+        let fleet_ack_timeout = dur("fleet_ack_timeout", &self.fleet_ack_timeout, "2s");
+        let write_timeout = dur("write_timeout", &self.write_timeout, "10s");
+        if raft.election_min < raft.heartbeat * 3 {
+            bad(
+                "raft.election_timeout_min",
+                format!("{:?} must be at least 3 heartbeats ({:?})", raft.election_min, raft.heartbeat * 3),
+            );
+        }
+        if raft.election_max <= raft.election_min {
+            bad("raft.election_timeout_max", "must be greater than election_timeout_min".into());
+        }
+        if raft.lease < raft.election_max {
+            bad(
+                "raft.lease",
+                format!("{:?} must be at least election_timeout_max ({:?})", raft.lease, raft.election_max),
+            );
+        }
+        if raft.snapshot_after_logs == 0 {
+            bad("raft.snapshot_after_logs", "must be greater than 0".into());
+        }
+        let log_json = match self.log.format.as_deref().unwrap_or("text") {
+            "text" => false,
+            "json" => true,
+            other => {
+                bad("log.format", format!("{other:?}: expected text or json"));
+                false
+            }
+        };
+        let advertise = Advertise { mcp: self.advertise.mcp, admin: self.advertise.admin, mesh: self.advertise.mesh };
+        if !problems.is_empty() {
+            return Err(ConfigError { source_name, problems });
+        }
+        Ok(Config {
+            id,
+            data_dir,
+            listen,
+            advertise,
+            tls,
+            raft,
+            fleet_ack_timeout,
+            write_timeout,
+            log_json,
+            log_level: self.log.level.unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let raw: RawConfig = serde_yaml_ng::from_str(
+            "id: 0\nlisten: { admin: 'nope' }\nraft: { heartbeat: 1s, election_timeout_min: 2s, lease: fast }\nlog: { format: xml }\n",
+        )
+        .unwrap();
+        let err = raw.validate(Some("node.yaml".into())).unwrap_err();
+        let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "id",
+                "data_dir",
+                "listen.admin",
+                "tls.ca",
+                "tls.cert",
+                "tls.key",
+                "raft.lease",
+                "raft.election_timeout_min",
+                "log.format"
+            ]
+        );
+        assert!(err.to_string().starts_with("invalid node configuration (node.yaml):"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let e = serde_yaml_ng::from_str::<RawConfig>("id: 1\nlistne: {}\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `listne`"), "{e}");
+    }
+
+    #[test]
+    fn later_layers_win() {
+        let file: RawConfig = serde_yaml_ng::from_str("id: 1\nraft: { heartbeat: 100ms }\n").unwrap();
+        let flags = RawConfig { id: Some(2), ..Default::default() };
+        let merged = file.merge(flags);
+        assert_eq!(merged.id, Some(2));
+        assert_eq!(merged.raft.heartbeat.as_deref(), Some("100ms"));
+    }
+}

@@ -1,0 +1,18 @@
+//! joch: a governance gateway for MCP, built as a cluster. Every node is an MCP proxy (the data
+//! plane) and a Raft replica of the registry (the control plane).
+//!
+//! Map: `app` wires a node; `cluster` is its Raft handle; `mesh` the QUIC transport between nodes;
+//! `admin` the gRPC API; `resource` the manifests operators write; `cli` the operator commands;
+//! `config` static node config; `telemetry` logs and metrics; `http` health and metrics endpoints.
+//! The replicated store itself is the `joch-raft-store` crate.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod http;
+pub mod lifecycle;
+pub mod mesh;
+pub mod resource;
+pub mod telemetry;

@@ -1,0 +1,148 @@
+//! Messages on the mesh. One request and one response per QUIC bidirectional stream, each a
+//! postcard-encoded value (see `codec` in joch-raft-store) filling its side of the stream.
+
+use joch_raft_store::{NodeAddr, NodeId, Request, Response, TypeConfig};
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+/// A request from one node to another.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum MeshRequest {
+    /// Raft AppendEntries.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Raft RequestVote.
+    Vote(VoteRequest<NodeId>),
+    /// Raft InstallSnapshot (one chunk).
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// An admin write received by a follower, for the leader to propose.
+    ForwardWrite(Request),
+    /// A membership change received by a follower, for the leader to carry out.
+    ForwardMembership(MembershipChange),
+    /// Leader: confirm leadership with a quorum and return the index a linearizable read must wait for.
+    ReadIndex,
+    /// Wait until this node applied `index` (bounded by `timeout_ms`), then answer with its applied index.
+    WaitApplied {
+        /// Log index to wait for.
+        index: u64,
+        /// Longest wait.
+        timeout_ms: u64,
+    },
+    /// This node's Raft status.
+    Status,
+}
+
+/// The answer to a [`MeshRequest`], same variant order.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum MeshResponse {
+    /// Raft AppendEntries result.
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// Raft RequestVote result.
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// Raft InstallSnapshot result.
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// Result of a forwarded write.
+    Write(Result<WriteOutcome, Refusal>),
+    /// Result of a forwarded membership change.
+    Membership(Result<MembershipOutcome, Refusal>),
+    /// Result of a read-index request.
+    ReadIndex(Result<u64, Refusal>),
+    /// Answer to `WaitApplied`.
+    Applied {
+        /// The node's applied index when it answered.
+        applied_index: u64,
+        /// Whether it reached the index asked for.
+        reached: bool,
+    },
+    /// Answer to `Status`.
+    Status(NodeStatus),
+    /// The request could not be decoded or handled at all.
+    BadRequest(String),
+}
+
+/// A committed write.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct WriteOutcome {
+    /// Log index of the entry.
+    pub index: u64,
+    /// What the state machine answered.
+    pub response: Response,
+}
+
+/// A membership change to carry out on the leader.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum MembershipChange {
+    /// Add a node (learner first, then voter unless `learner_only`).
+    Add {
+        /// Node id.
+        id: NodeId,
+        /// Its addresses.
+        addr: NodeAddr,
+        /// Stay a learner.
+        learner_only: bool,
+    },
+    /// Remove a node entirely.
+    Remove {
+        /// Node id.
+        id: NodeId,
+    },
+}
+
+/// Membership after a change.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct MembershipOutcome {
+    /// Voting members.
+    pub voters: Vec<NodeId>,
+    /// Non-voting members.
+    pub learners: Vec<NodeId>,
+    /// Log index of the membership entry.
+    pub index: u64,
+}
+
+/// Why a node would not carry out a forwarded request.
+#[derive(Serialize, Deserialize, Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    /// This node is not the leader (it names the one it knows, if any).
+    #[error("node is not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// Leader id, if known.
+        leader: Option<NodeId>,
+        /// Leader addresses, if known.
+        leader_addr: Option<NodeAddr>,
+    },
+    /// Leadership could not be confirmed with a quorum.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// The membership change is not possible.
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    /// Raft stopped on that node.
+    #[error("raft stopped on that node: {0}")]
+    Fatal(String),
+}
+
+/// One node's Raft status.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct NodeStatus {
+    /// Node id.
+    pub id: NodeId,
+    /// leader | follower | candidate | learner | shutdown.
+    pub role: String,
+    /// Current term.
+    pub term: u64,
+    /// Last log index.
+    pub last_log_index: u64,
+    /// Last applied index.
+    pub applied_index: u64,
+    /// Leader it knows.
+    pub leader: Option<NodeId>,
+    /// Milliseconds since it last heard from a leader (0 on the leader itself).
+    pub leader_contact_ms: Option<u64>,
+    /// Index of its last snapshot.
+    pub snapshot_index: u64,
+    /// Index up to which its log is purged.
+    pub purged_index: u64,
+}

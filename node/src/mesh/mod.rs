@@ -1,0 +1,232 @@
+//! The mesh: one QUIC endpoint per node (quinn, rustls, mutual TLS with the cluster CA) carrying
+//! Raft RPCs, forwarded admin writes, read-index requests, applied-index probes and status.
+//!
+//! Each call opens one bidirectional stream on a cached connection to the peer: the request fills
+//! the send side, the response the receive side. The mesh knows nothing about what the messages
+//! mean; a [`Handler`] answers them.
+
+pub mod message;
+pub mod pki;
+pub mod raft_network;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use joch_raft_store::codec;
+pub use message::{MeshRequest, MeshResponse};
+use tokio_util::sync::CancellationToken;
+
+/// Longest wait for a QUIC handshake (a dead peer never refuses: UDP just goes unanswered).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Largest message accepted on the mesh (snapshot chunks are far smaller).
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+/// Why a mesh call failed. Every variant means "the peer did not answer": the caller may retry.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// The address does not resolve.
+    #[error("cannot resolve mesh address {addr}: {message}")]
+    Resolve {
+        /// The address.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+    /// No connection could be made (unreachable, refused, or TLS handshake failed).
+    #[error("cannot connect to {addr}: {message}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+    /// The stream broke.
+    #[error("mesh stream to {addr} failed: {message}")]
+    Stream {
+        /// The address.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+    /// No answer in time.
+    #[error("no answer from {addr} within {timeout:?}")]
+    Timeout {
+        /// The address.
+        addr: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The answer could not be decoded.
+    #[error("bad message from {addr}: {message}")]
+    Codec {
+        /// The address.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Answers mesh requests (implemented by the cluster node).
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one request.
+    fn handle(&self, req: MeshRequest) -> impl Future<Output = MeshResponse> + Send;
+}
+
+/// This node's mesh endpoint: a server for peers and a client to them.
+pub struct Mesh {
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+}
+
+impl Mesh {
+    /// Binds the endpoint on `addr`.
+    pub fn bind(addr: SocketAddr, tls: &tls::NodeTls) -> anyhow::Result<Arc<Self>> {
+        let mut endpoint = quinn::Endpoint::server(tls.server_config()?, addr)
+            .map_err(|e| anyhow::anyhow!("cannot bind the mesh (QUIC/UDP) on {addr}: {e}"))?;
+        let client = tls.client_config()?;
+        endpoint.set_default_client_config(client.clone());
+        Ok(Arc::new(Mesh { endpoint, client, conns: Mutex::new(HashMap::new()) }))
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Serves peers until `stop` is cancelled.
+    pub async fn serve<H: Handler>(self: Arc<Self>, handler: Arc<H>, stop: CancellationToken) {
+        loop {
+            let incoming = tokio::select! {
+                _ = stop.cancelled() => break,
+                i = self.endpoint.accept() => match i { Some(i) => i, None => break },
+            };
+            let handler = handler.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "mesh: refused incoming connection");
+                        metrics::counter!("joch_mesh_handshake_failures_total").increment(1);
+                        return;
+                    }
+                };
+                metrics::gauge!("joch_mesh_connections", "dir" => "in").increment(1.0);
+                loop {
+                    let (send, recv) = tokio::select! {
+                        _ = stop.cancelled() => break,
+                        s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => break },
+                    };
+                    let handler = handler.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_stream(send, recv, handler.as_ref()).await {
+                            tracing::debug!(error = %e, "mesh: stream failed");
+                        }
+                    });
+                }
+                metrics::gauge!("joch_mesh_connections", "dir" => "in").decrement(1.0);
+            });
+        }
+    }
+
+    /// Sends `req` to the node at `addr` and waits for its answer, at most `timeout`.
+    pub async fn call(&self, addr: &str, req: &MeshRequest, timeout: Duration) -> Result<MeshResponse, MeshError> {
+        match tokio::time::timeout(timeout, self.call_inner(addr, req)).await {
+            Ok(r) => r,
+            Err(_) => Err(MeshError::Timeout { addr: addr.to_string(), timeout }),
+        }
+    }
+
+    async fn call_inner(&self, addr: &str, req: &MeshRequest) -> Result<MeshResponse, MeshError> {
+        let bytes = codec::encode(req).map_err(|e| MeshError::Codec { addr: addr.into(), message: e.to_string() })?;
+        let sock = resolve(addr).await?;
+        // One retry on a fresh connection: a cached connection may have died since last use.
+        let mut last = None;
+        for attempt in 0..2 {
+            let conn = self.connection(sock, addr, attempt > 0).await?;
+            match exchange(&conn, &bytes, addr).await {
+                Ok(resp) => return Ok(resp),
+                Err(e @ MeshError::Stream { .. }) => {
+                    self.conns.lock().expect("mesh connection map").remove(&sock);
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("two attempts made"))
+    }
+
+    async fn connection(&self, sock: SocketAddr, addr: &str, fresh: bool) -> Result<quinn::Connection, MeshError> {
+        if !fresh {
+            let cached = self.conns.lock().expect("mesh connection map").get(&sock).cloned();
+            if let Some(c) = cached {
+                if c.close_reason().is_none() {
+                    return Ok(c);
+                }
+            }
+        }
+        let connect_err = |message: String| MeshError::Connect { addr: addr.to_string(), message };
+        let connecting = self
+            .endpoint
+            .connect_with(self.client.clone(), sock, pki::MESH_SERVER_NAME)
+            .map_err(|e| connect_err(e.to_string()))?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| connect_err(format!("no handshake within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        metrics::counter!("joch_mesh_connects_total").increment(1);
+        self.conns.lock().expect("mesh connection map").insert(sock, conn.clone());
+        Ok(conn)
+    }
+
+    /// Closes every connection and waits (bounded) for peers to be told.
+    pub async fn close(&self) {
+        self.endpoint.close(0u32.into(), b"node shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+async fn resolve(addr: &str) -> Result<SocketAddr, MeshError> {
+    if let Ok(s) = addr.parse() {
+        return Ok(s);
+    }
+    let err = |message: String| MeshError::Resolve { addr: addr.to_string(), message };
+    tokio::net::lookup_host(addr).await.map_err(|e| err(e.to_string()))?.next().ok_or_else(|| err("no address".into()))
+}
+
+async fn exchange(conn: &quinn::Connection, bytes: &[u8], addr: &str) -> Result<MeshResponse, MeshError> {
+    let stream_err = |message: String| MeshError::Stream { addr: addr.to_string(), message };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(e.to_string()))?;
+    send.write_all(bytes).await.map_err(|e| stream_err(e.to_string()))?;
+    send.finish().map_err(|e| stream_err(e.to_string()))?;
+    metrics::counter!("joch_mesh_bytes_total", "dir" => "sent").increment(bytes.len() as u64);
+    let resp = recv.read_to_end(MAX_MESSAGE).await.map_err(|e| stream_err(e.to_string()))?;
+    metrics::counter!("joch_mesh_bytes_total", "dir" => "received").increment(resp.len() as u64);
+    codec::decode(&resp).map_err(|e| MeshError::Codec { addr: addr.to_string(), message: e.to_string() })
+}
+
+async fn serve_stream<H: Handler>(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    handler: &H,
+) -> anyhow::Result<()> {
+    let bytes = recv.read_to_end(MAX_MESSAGE).await?;
+    metrics::counter!("joch_mesh_bytes_total", "dir" => "received").increment(bytes.len() as u64);
+    let resp = match codec::decode::<MeshRequest>(&bytes) {
+        Ok(req) => handler.handle(req).await,
+        Err(e) => MeshResponse::BadRequest(format!("undecodable request: {e}")),
+    };
+    let out = codec::encode(&resp)?;
+    send.write_all(&out).await?;
+    send.finish()?;
+    metrics::counter!("joch_mesh_bytes_total", "dir" => "sent").increment(out.len() as u64);
+    // Keep the stream open until the peer has read everything.
+    let _ = send.stopped().await;
+    Ok(())
+}

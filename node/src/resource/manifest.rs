@@ -1,0 +1,422 @@
+//! Parsing manifests. Several YAML (or JSON) documents per text; every document is checked and
+//! every problem reported before anything is written.
+
+use std::collections::BTreeMap;
+
+use joch_raft_store::model::resource::McpServerSpec;
+use joch_raft_store::model::validate::check_name;
+use joch_raft_store::Command;
+use serde::Deserialize;
+
+/// The only API version this build accepts.
+pub const API_VERSION: &str = "joch.dev/v1alpha1";
+
+/// A parsed, valid manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Manifest {
+    /// `kind: MCPServer`.
+    McpServer {
+        /// metadata.name
+        name: String,
+        /// metadata.labels
+        labels: BTreeMap<String, String>,
+        /// spec
+        spec: McpServerSpec,
+    },
+    /// `kind: Policy`.
+    Policy {
+        /// metadata.name
+        name: String,
+        /// metadata.labels
+        labels: BTreeMap<String, String>,
+        /// spec, as canonical JSON (sorted keys)
+        spec_json: String,
+    },
+}
+
+impl Manifest {
+    /// The manifest's kind, as written.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Manifest::McpServer { .. } => "MCPServer",
+            Manifest::Policy { .. } => "Policy",
+        }
+    }
+
+    /// metadata.name.
+    pub fn name(&self) -> &str {
+        match self {
+            Manifest::McpServer { name, .. } | Manifest::Policy { name, .. } => name,
+        }
+    }
+
+    /// The command that applies it.
+    pub fn into_command(self) -> Command {
+        match self {
+            Manifest::McpServer { name, labels, spec } => Command::UpsertServer { name, labels, spec },
+            Manifest::Policy { name, labels, spec_json } => Command::ApplyPolicy { name, labels, spec_json },
+        }
+    }
+}
+
+/// One problem in a manifest, located.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestError {
+    /// File name (or `-`).
+    pub source: String,
+    /// 1-based line in the whole text, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// Field path, when known (`spec.endpoint.url`).
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.source)?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+            if let Some(c) = self.column {
+                write!(f, ":{c}")?;
+            }
+        }
+        write!(f, ": ")?;
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+#[derive(Deserialize)]
+struct Header {
+    #[serde(rename = "apiVersion")]
+    api_version: Option<serde_yaml_ng::Value>,
+    kind: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Metadata {
+    name: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    /// Accepted (tools add them) and not stored yet.
+    #[serde(default)]
+    #[allow(dead_code)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)] // api_version/kind/status are checked or ignored, not used
+struct McpServerDoc {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    spec: McpServerSpec,
+    /// Status is written by joch; accepted (so `describe -o yaml` output re-applies) and ignored.
+    #[serde(default)]
+    status: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct PolicyDoc {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    spec: serde_json::Value,
+    #[serde(default)]
+    status: Option<serde_yaml_ng::Value>,
+}
+
+/// A document of a multi-document text: its text and the line it starts on (1-based).
+struct Doc<'a> {
+    text: &'a str,
+    first_line: usize,
+}
+
+/// Splits at `---` lines, keeping line numbers.
+fn split_docs(text: &str) -> Vec<Doc<'_>> {
+    let mut docs = Vec::new();
+    let mut start = 0usize;
+    let mut start_line = 1usize;
+    let mut offset = 0usize;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let t = line.trim_end();
+        if t == "---" || t.starts_with("--- ") || t == "..." {
+            docs.push(Doc { text: &text[start..offset], first_line: start_line });
+            start = offset + line.len();
+            start_line = i + 2;
+        }
+        offset += line.len();
+    }
+    docs.push(Doc { text: &text[start..], first_line: start_line });
+    docs.into_iter()
+        .filter(|d| d.text.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
+        .collect()
+}
+
+/// Finds the line of a field path like `spec.security.pinnedVersion` or `spec.policies[0].name`
+/// in a document: each segment is looked for after the previous one.
+fn locate(doc: &str, field: &str) -> Option<usize> {
+    let mut from = 0usize;
+    let mut found = None;
+    let lines: Vec<&str> = doc.lines().collect();
+    for seg in field.split('.') {
+        let key = seg.split('[').next().unwrap_or(seg);
+        let hit = (from..lines.len()).find(|&i| {
+            let t = lines[i].trim_start().trim_start_matches("- ");
+            t.starts_with(&format!("{key}:")) || t.starts_with(&format!("\"{key}\":"))
+        })?;
+        found = Some(hit);
+        from = hit + 1;
+    }
+    found
+}
+
+fn yaml_error(source: &str, doc: &Doc<'_>, e: &serde_yaml_ng::Error) -> ManifestError {
+    let loc = e.location();
+    let mut message = e.to_string();
+    if let Some(i) = message.find(" at line ") {
+        message.truncate(i);
+    }
+    // serde_yaml_ng puts the field path first ("spec.discovery: unknown field ..."); keep it as the field.
+    let (field, message) = match message.split_once(": ") {
+        Some((path, rest)) if !path.contains(' ') && !path.is_empty() => (Some(path.to_string()), rest.to_string()),
+        _ => (None, message),
+    };
+    ManifestError {
+        source: source.into(),
+        line: loc.as_ref().map(|l| l.line() + doc.first_line - 1),
+        column: loc.as_ref().map(|l| l.column()),
+        field,
+        message,
+    }
+}
+
+/// Parses every document in `text`. Returns all valid manifests, or every problem found.
+pub fn parse(source: &str, text: &str) -> Result<Vec<Manifest>, Vec<ManifestError>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    let docs = split_docs(text);
+    if docs.is_empty() {
+        errors.push(ManifestError {
+            source: source.into(),
+            line: None,
+            column: None,
+            field: None,
+            message: "no manifest in input".into(),
+        });
+    }
+    for doc in &docs {
+        let at = |field: &str, message: String| ManifestError {
+            source: source.into(),
+            line: locate(doc.text, field).map(|l| l + doc.first_line),
+            column: None,
+            field: Some(field.to_string()),
+            message,
+        };
+        let header: Header = match serde_yaml_ng::from_str(doc.text) {
+            Ok(h) => h,
+            Err(e) => {
+                errors.push(yaml_error(source, doc, &e));
+                continue;
+            }
+        };
+        let api = header.api_version.as_ref().and_then(|v| v.as_str()).unwrap_or("");
+        if api != API_VERSION {
+            errors.push(at("apiVersion", format!("expected {API_VERSION}, got {:?}", api)));
+            continue;
+        }
+        let kind = header.kind.as_ref().and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let parsed = match kind.as_str() {
+            "MCPServer" => serde_yaml_ng::from_str::<McpServerDoc>(doc.text).map(|d| {
+                let problems = d.spec.problems();
+                (Manifest::McpServer { name: d.metadata.name, labels: d.metadata.labels, spec: d.spec }, problems)
+            }),
+            "Policy" => serde_yaml_ng::from_str::<PolicyDoc>(doc.text).map(|d| {
+                let mut problems = Vec::new();
+                if !d.spec.is_object() {
+                    problems.push(joch_raft_store::model::validate::FieldError {
+                        field: "spec".into(),
+                        message: "must be a mapping".into(),
+                    });
+                } else if !d.spec.get("rules").is_some_and(|r| r.is_array()) {
+                    problems.push(joch_raft_store::model::validate::FieldError {
+                        field: "spec.rules".into(),
+                        message: "required: a list of rules".into(),
+                    });
+                }
+                let spec_json = d.spec.to_string();
+                (Manifest::Policy { name: d.metadata.name, labels: d.metadata.labels, spec_json }, problems)
+            }),
+            "" => {
+                errors.push(at("kind", "required (MCPServer or Policy)".into()));
+                continue;
+            }
+            other => {
+                errors.push(at("kind", format!("unknown kind {other:?}: expected MCPServer or Policy")));
+                continue;
+            }
+        };
+        match parsed {
+            Err(e) => errors.push(yaml_error(source, doc, &e)),
+            Ok((m, problems)) => {
+                let mut ok = true;
+                if let Err(e) = check_name("metadata.name", m.name()) {
+                    errors.push(at(&e.field, e.message));
+                    ok = false;
+                }
+                for p in problems {
+                    errors.push(at(&p.field, p.message));
+                    ok = false;
+                }
+                if ok {
+                    out.push(m);
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED_002: &str = r#"apiVersion: joch.dev/v1alpha1
+kind: MCPServer
+metadata:
+  name: github
+spec:
+  transport: streamable_http
+  endpoint:
+    url: https://mcp.example.com/github
+  auth:
+    type: oauth2
+    secretRef: { name: github-mcp-oauth }
+  exposes:
+    tools: true
+    resources: true
+    prompts: false
+  discovery:
+    enabled: true
+    refreshInterval: 10m
+    onSchemaDrift: quarantine
+  security:
+    sandbox: true
+    allowStdio: false
+    pinServerVersion: true
+    pinnedVersion: 1.2.0
+    trustedPublisher: github
+    minTrustScore: 0.75
+  policies:
+    - name: mcp-tool-safety-policy
+  scanning:
+    promptInjectionScan: true
+    redactFieldsInResults:
+      - sshKeys
+      - apiTokens
+status:
+  phase: Ready
+  discoveredTools:
+    - github.search_issues
+    - github.create_issue
+  trustScore: 0.92
+  schemaDrift: false
+"#;
+
+    const SEED_000_POLICY: &str = r#"apiVersion: joch.dev/v1alpha1
+kind: Policy
+metadata:
+  name: mcp-tool-safety
+spec:
+  appliesTo:
+    agents: { selector: { matchLabels: { env: prod } } }
+  rules:
+    - when:
+        mcpServer.trustScore: "<0.75"
+      action: { deny: true, reason: trust-score-too-low }
+    - when:
+        mcpServer.schemaDrift: true
+      action: { deny: true, reason: schema-drift-detected }
+    - when:
+        mcpResult.injectionScan.hit: true
+      action: { modify: redact, reason: prompt-injection-stripped }
+"#;
+
+    #[test]
+    fn seed_manifests_parse_as_written() {
+        let text = format!("{SEED_002}---\n{SEED_000_POLICY}");
+        let ms = parse("seed.yaml", &text).unwrap();
+        assert_eq!(ms.len(), 2);
+        let Manifest::McpServer { name, spec, .. } = &ms[0] else { panic!("first is the server") };
+        assert_eq!(name, "github");
+        assert_eq!(spec.security.pinned_version.as_deref(), Some("1.2.0"));
+        assert_eq!(spec.security.min_trust_score, Some(0.75));
+        assert_eq!(spec.auth.as_ref().unwrap().secret_ref.as_ref().unwrap().name, "github-mcp-oauth");
+        assert!(!spec.exposes.prompts);
+        assert_eq!(spec.scanning.redact_fields_in_results, ["sshKeys", "apiTokens"]);
+        let Manifest::Policy { name, spec_json, .. } = &ms[1] else { panic!("second is the policy") };
+        assert_eq!(name, "mcp-tool-safety");
+        assert!(spec_json.contains("\"trust-score-too-low\""));
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_field() {
+        let text =
+            SEED_002.replace("    refreshInterval: 10m\n", "    refreshInterval: 10m\n    refreshIntervall: 5m\n");
+        let errs = parse("github.yaml", &text).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        let e = &errs[0];
+        assert_eq!(e.line, Some(18), "{e}");
+        assert_eq!(e.field.as_deref(), Some("spec.discovery"), "{e}");
+        assert!(e.message.contains("unknown field `refreshIntervall`"), "{e}");
+        assert!(e.to_string().starts_with("github.yaml:18:"), "{e}");
+    }
+
+    #[test]
+    fn semantic_problems_in_a_later_document_are_located() {
+        let bad = "apiVersion: joch.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: time\nspec:\n  transport: streamable_http\n  discovery:\n    refreshInterval: soon\n  security:\n    pinnedVersion: latest\n";
+        let text = format!("{SEED_000_POLICY}---\n{bad}");
+        let errs = parse("all.yaml", &text).unwrap_err();
+        let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let policy_lines = SEED_000_POLICY.lines().count();
+        assert_eq!(
+            shown,
+            [
+                format!("all.yaml: spec.endpoint.url: required for transport streamable_http"),
+                format!("all.yaml:{}: spec.discovery.refreshInterval: invalid duration \"soon\": expected e.g. 30s, 10m, 1h", policy_lines + 9),
+                format!("all.yaml:{}: spec.security.pinnedVersion: invalid version \"latest\": expected MAJOR[.MINOR[.PATCH]][-PRE][+BUILD], e.g. 1.2.0", policy_lines + 11),
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_api_version_kind_and_name() {
+        let errs = parse("x", "apiVersion: v1\nkind: MCPServer\n").unwrap_err();
+        assert_eq!(errs[0].to_string(), "x:1: apiVersion: expected joch.dev/v1alpha1, got \"v1\"");
+        let errs = parse("x", "apiVersion: joch.dev/v1alpha1\nkind: Pod\n").unwrap_err();
+        assert_eq!(errs[0].to_string(), "x:2: kind: unknown kind \"Pod\": expected MCPServer or Policy");
+        let errs = parse("x", &SEED_002.replace("name: github", "name: GitHub.com")).unwrap_err();
+        assert!(errs[0].to_string().starts_with("x:4: metadata.name: invalid name \"GitHub.com\""), "{}", errs[0]);
+        let errs = parse("x", "# nothing\n").unwrap_err();
+        assert_eq!(errs[0].message, "no manifest in input");
+    }
+
+    #[test]
+    fn json_input_is_accepted() {
+        let json = r#"{"apiVersion":"joch.dev/v1alpha1","kind":"MCPServer","metadata":{"name":"t"},"spec":{"endpoint":{"url":"http://127.0.0.1:9/mcp"}}}"#;
+        assert_eq!(parse("t.json", json).unwrap().len(), 1);
+    }
+}
