@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminApi;
-use crate::cluster::ClusterNode;
+use crate::cluster::{ClusterNode, Settings};
 use crate::config::Config;
 use crate::mesh::raft_network::MeshNetwork;
 use crate::mesh::tls::NodeTls;
@@ -74,16 +74,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let raft = Raft::new(cfg.id, raft_config, MeshNetwork::new(mesh.clone()), log_store, state_machine)
         .await
         .context("starting raft")?;
-    let cluster = ClusterNode::new(
-        cfg.id,
-        addr.clone(),
-        raft.clone(),
-        registry,
-        mesh.clone(),
-        cfg.raft.clone(),
-        cfg.fleet_ack_timeout,
-        cfg.write_timeout,
-    );
+    let settings = Settings {
+        timing: cfg.raft.clone(),
+        fleet_ack_timeout: cfg.fleet_ack_timeout,
+        write_timeout: cfg.write_timeout,
+    };
+    let cluster = ClusterNode::new(cfg.id, addr.clone(), raft.clone(), registry, mesh.clone(), settings);
 
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();

@@ -3,6 +3,9 @@
 //!
 //! This is the only crate that links RocksDB. It knows nothing about networking, gRPC or MCP.
 
+// openraft's storage traits return `StorageError` (large) by value; our helpers return the same.
+#![allow(clippy::result_large_err)]
+
 pub mod codec;
 pub mod error;
 pub mod keys;

@@ -152,10 +152,11 @@ impl StateMachineStore {
     }
 }
 
+/// The state machine's persisted state: registry, last applied log id, last membership.
+type LoadedState = (Registry, Option<LogId<NodeId>>, StoredMembership<NodeId, NodeAddr>);
+
 /// Reads the state machine's persisted state.
-fn load_state(
-    db: &DB,
-) -> std::result::Result<(Registry, Option<LogId<NodeId>>, StoredMembership<NodeId, NodeAddr>), StoreError> {
+fn load_state(db: &DB) -> std::result::Result<LoadedState, StoreError> {
     fn dec<T: serde::de::DeserializeOwned>(key: &[u8], v: &[u8]) -> std::result::Result<T, StoreError> {
         decode(v).map_err(|source| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), source })
     }

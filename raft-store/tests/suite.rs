@@ -1,5 +1,7 @@
 //! openraft's storage conformance suite, run against the RocksDB store on a temp dir.
 
+#![allow(clippy::result_large_err)] // the suite returns openraft's StorageError
+
 use joch_raft_store::{open, LogStore, NodeId, StateMachineStore, StoreOptions, TypeConfig};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;

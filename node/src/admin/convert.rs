@@ -103,6 +103,8 @@ pub fn member_status(m: &MemberView, leader_last: u64) -> pb::MemberStatus {
             out.applied_index = s.applied_index;
             out.lag = leader_last.saturating_sub(s.applied_index);
             out.leader_contact_ms = s.leader_contact_ms.unwrap_or(0);
+            out.snapshot_index = s.snapshot_index;
+            out.purged_index = s.purged_index;
         }
         Err(e) => {
             out.role = "unknown".into();

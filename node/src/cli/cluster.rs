@@ -160,7 +160,7 @@ pub fn print_status(format: Format, s: &pb::ClusterStatus) {
             .map(|m| {
                 json!({"id": m.id, "role": m.role, "voter": m.voter, "reachable": m.reachable, "term": m.term,
                 "last_log_index": m.last_log_index, "applied_index": m.applied_index, "lag": m.lag,
-                "leader_contact_ms": m.leader_contact_ms, "mesh": m.mesh, "admin": m.admin, "mcp": m.mcp,
+                "leader_contact_ms": m.leader_contact_ms, "snapshot_index": m.snapshot_index, "purged_index": m.purged_index, "mesh": m.mesh, "admin": m.admin, "mcp": m.mcp,
                 "error": if m.error.is_empty() { serde_json::Value::Null } else { json!(m.error) }})
             })
             .collect();

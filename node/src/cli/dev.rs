@@ -27,6 +27,12 @@ pub enum DevCmd {
         /// Cluster directory (certificates, configs, data, logs, cluster.json).
         #[arg(long, default_value = DEV_DIR)]
         dir: PathBuf,
+        /// Raft: snapshot after this many log entries (first start only; default 5000).
+        #[arg(long)]
+        snapshot_after_logs: Option<u64>,
+        /// Raft: log entries kept after a snapshot (first start only; default 1000).
+        #[arg(long)]
+        logs_to_keep: Option<u64>,
     },
     /// Stop the nodes of a local cluster (SIGTERM, then SIGKILL after 10 s). Data is kept.
     Down {
@@ -82,7 +88,7 @@ fn free_tcp() -> anyhow::Result<TcpListener> {
     TcpListener::bind("127.0.0.1:0").context("finding a free TCP port")
 }
 
-fn write_config(dir: &Path, id: u64, ports: [u16; 4]) -> anyhow::Result<PathBuf> {
+fn write_config(dir: &Path, id: u64, ports: [u16; 4], raft: &str) -> anyhow::Result<PathBuf> {
     let pki = PkiDir(dir.join("pki"));
     let nd = node_dir(dir, id);
     std::fs::create_dir_all(&nd)?;
@@ -101,6 +107,7 @@ fn write_config(dir: &Path, id: u64, ports: [u16; 4]) -> anyhow::Result<PathBuf>
         cert = pki.node_cert(id).display(),
         key = pki.node_key(id).display(),
     );
+    let cfg = if raft.is_empty() { cfg } else { format!("{cfg}raft:\n{raft}") };
     let path = nd.join("joch.yaml");
     std::fs::write(&path, cfg)?;
     Ok(path)
@@ -190,12 +197,21 @@ async fn wait_leader(nodes: &[DevNode], deadline: Instant) -> anyhow::Result<pb:
 
 pub async fn run(g: &Global, cmd: DevCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        DevCmd::Up { nodes, dir } => up(g, nodes, &dir).await,
+        DevCmd::Up { nodes, dir, snapshot_after_logs, logs_to_keep } => {
+            let mut raft = String::new();
+            if let Some(n) = snapshot_after_logs {
+                raft.push_str(&format!("  snapshot_after_logs: {n}\n"));
+            }
+            if let Some(n) = logs_to_keep {
+                raft.push_str(&format!("  logs_to_keep: {n}\n"));
+            }
+            up(g, nodes, &dir, &raft).await
+        }
         DevCmd::Down { dir, purge } => down(&dir, purge),
     }
 }
 
-async fn up(g: &Global, count: u64, dir: &Path) -> anyhow::Result<ExitCode> {
+async fn up(g: &Global, count: u64, dir: &Path, raft: &str) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
@@ -227,7 +243,7 @@ async fn up(g: &Global, count: u64, dir: &Path) -> anyhow::Result<ExitCode> {
                     held_tcp.push(l);
                 }
             }
-            write_config(&dir, id, ports)?;
+            write_config(&dir, id, ports, raft)?;
             nodes.push(DevNode {
                 id,
                 mcp_url: format!("http://127.0.0.1:{}", ports[0]),

@@ -25,6 +25,9 @@ use crate::mesh::{Mesh, MeshRequest, MeshResponse};
 /// milliseconds; a dead leader must not hold the caller past this before we look for the new one.
 const PEER_CALL: Duration = Duration::from_secs(3);
 
+/// Longest wait for a new member to catch up before it is made a voter.
+const ADD_LEARNER_WAIT: Duration = Duration::from_secs(60);
+
 /// One node's handle on the cluster.
 pub struct ClusterNode {
     /// This node's id.
@@ -36,13 +39,22 @@ pub struct ClusterNode {
     /// The published registry.
     pub registry: RegistryHandle,
     mesh: Arc<Mesh>,
-    timing: RaftTiming,
-    fleet_ack_timeout: Duration,
-    write_timeout: Duration,
+    settings: Settings,
     /// Unix ms when this node last accepted AppendEntries/InstallSnapshot from a leader.
     leader_contact_ms: AtomicU64,
     /// Commit index last announced by a leader (followers).
     leader_commit: AtomicU64,
+}
+
+/// Timing the cluster handle needs from the node configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Raft timing (for the lease).
+    pub timing: RaftTiming,
+    /// Longest wait for every member to apply a fleet-acknowledged write.
+    pub fleet_ack_timeout: Duration,
+    /// Longest wait for a leader to accept a write or confirm a read.
+    pub write_timeout: Duration,
 }
 
 /// A member's answer to a fleet acknowledgement.
@@ -114,25 +126,14 @@ fn role(state: ServerState) -> &'static str {
 
 impl ClusterNode {
     /// Wraps a started Raft instance.
-    pub fn new(
-        id: NodeId,
-        addr: NodeAddr,
-        raft: Raft,
-        registry: RegistryHandle,
-        mesh: Arc<Mesh>,
-        timing: RaftTiming,
-        fleet_ack_timeout: Duration,
-        write_timeout: Duration,
-    ) -> Arc<Self> {
+    pub fn new(id: NodeId, addr: NodeAddr, raft: Raft, registry: RegistryHandle, mesh: Arc<Mesh>, settings: Settings) -> Arc<Self> {
         Arc::new(ClusterNode {
             id,
             addr,
             raft,
             registry,
             mesh,
-            timing,
-            fleet_ack_timeout,
-            write_timeout,
+            settings,
             leader_contact_ms: AtomicU64::new(0),
             leader_commit: AtomicU64::new(0),
         })
@@ -140,7 +141,7 @@ impl ClusterNode {
 
     /// The configured control-plane lease.
     pub fn lease(&self) -> Duration {
-        self.timing.lease
+        self.settings.timing.lease
     }
 
     /// Milliseconds since this node last heard from a leader; 0 on a leader whose quorum is fresh.
@@ -193,8 +194,8 @@ impl ClusterNode {
             return Err("no leader known".into());
         }
         match self.leader_contact_age() {
-            Some(age) if age <= self.timing.lease.as_millis() as u64 => Ok(()),
-            Some(age) => Err(format!("last heard from the leader {age} ms ago (lease {:?})", self.timing.lease)),
+            Some(age) if age <= self.settings.timing.lease.as_millis() as u64 => Ok(()),
+            Some(age) => Err(format!("last heard from the leader {age} ms ago (lease {:?})", self.settings.timing.lease)),
             None => Err("has not heard from a leader yet".into()),
         }
     }
@@ -292,7 +293,7 @@ impl ClusterNode {
             match op(target.clone()).await {
                 Attempt::Done(r) => return r,
                 Attempt::Retry(hint, why) => {
-                    if started.elapsed() >= self.write_timeout {
+                    if started.elapsed() >= self.settings.write_timeout {
                         return Err(ClusterError::NoLeader {
                             waited_ms: started.elapsed().as_millis() as u64,
                             last: why,
@@ -321,7 +322,7 @@ impl ClusterNode {
     pub async fn read_barrier(&self) -> Result<u64, ClusterError> {
         let index = self.with_leader(|leader| self.read_index_once(leader)).await?;
         let started = Instant::now();
-        let wait = self.write_timeout;
+        let wait = self.settings.write_timeout;
         match self.raft.wait(Some(wait)).applied_index_at_least(Some(index), "linearizable read").await {
             Ok(_) => Ok(index),
             Err(_) => Err(ClusterError::ReadTimeout { index, waited_ms: started.elapsed().as_millis() as u64 }),
@@ -365,7 +366,7 @@ impl ClusterNode {
     /// Waits (bounded by the fleet-ack timeout) until every member applied `index`.
     pub async fn fleet_ack(&self, index: u64) -> FleetAck {
         let started = Instant::now();
-        let timeout = self.fleet_ack_timeout;
+        let timeout = self.settings.fleet_ack_timeout;
         let waits = self.members().into_iter().map(|(id, addr, _)| async move {
             if id == self.id {
                 let ok = self.raft.wait(Some(timeout)).applied_index_at_least(Some(index), "fleet ack").await.is_ok();
@@ -485,8 +486,18 @@ impl ClusterNode {
         }
         let resp = match change {
             MembershipChange::Add { id, addr, learner_only } => {
-                // Blocks until the learner has caught up (by log or snapshot).
-                let r = self.raft.add_learner(id, addr, true).await.map_err(refuse)?;
+                // Blocks until the learner has caught up (by log or snapshot), bounded: an
+                // unreachable node must not hold the operator forever.
+                let r = tokio::time::timeout(ADD_LEARNER_WAIT, self.raft.add_learner(id, addr, true))
+                    .await
+                    .map_err(|_| {
+                        Refusal::Membership(format!(
+                            "node {id} was added as a learner but did not catch up within {ADD_LEARNER_WAIT:?} \
+                             (is its mesh address reachable and its certificate from this cluster's CA?); \
+                             remove it with `joch cluster remove --id {id}` or retry"
+                        ))
+                    })?
+                    .map_err(refuse)?;
                 if learner_only {
                     r
                 } else {

@@ -172,7 +172,7 @@ pub struct RaftTiming {
 
 impl RaftTiming {
     /// openraft's configuration from these settings.
-    pub fn openraft_config(&self) -> Result<openraft::Config, openraft::ConfigError> {
+    pub fn openraft_config(&self) -> Result<openraft::Config, Box<openraft::ConfigError>> {
         openraft::Config {
             cluster_name: "joch".into(),
             heartbeat_interval: self.heartbeat.as_millis() as u64,
@@ -181,10 +181,13 @@ impl RaftTiming {
             install_snapshot_timeout: 10_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_after_logs),
             max_in_snapshot_log_to_keep: self.logs_to_keep,
-            purge_batch_size: 256,
+            // openraft purges only when this many entries can go at once; tie it to the snapshot
+            // threshold so small thresholds (tests, experiments) purge too.
+            purge_batch_size: (self.snapshot_after_logs / 2).clamp(1, 256),
             ..Default::default()
         }
         .validate()
+        .map_err(Box::new)
     }
 }
 
@@ -304,38 +307,44 @@ impl RawConfig {
             cert: file("tls.cert", &self.tls.cert),
             key: file("tls.key", &self.tls.key),
         };
-        let mut dur = |field: &str, v: &Option<String>, default: &str| -> Duration {
+        let mut dur = |field: &str, v: &Option<String>, default: &str| -> Option<Duration> {
             let s = v.as_deref().unwrap_or(default);
-            parse_duration(s).unwrap_or_else(|| {
+            let d = parse_duration(s);
+            if d.is_none() {
                 bad(field, format!("{s:?} is not a duration (e.g. 250ms, 2s, 1m)"));
-                Duration::from_millis(1)
-            })
+            }
+            d
         };
+        let heartbeat = dur("raft.heartbeat", &self.raft.heartbeat, "250ms");
+        let election_min = dur("raft.election_timeout_min", &self.raft.election_timeout_min, "1500ms");
+        let election_max = dur("raft.election_timeout_max", &self.raft.election_timeout_max, "3000ms");
+        let lease = dur("raft.lease", &self.raft.lease, "6s");
+        let fleet_ack_timeout = dur("fleet_ack_timeout", &self.fleet_ack_timeout, "2s").unwrap_or_default();
+        let write_timeout = dur("write_timeout", &self.write_timeout, "10s").unwrap_or_default();
+        // Relations between timings, checked only where both sides parsed (one problem per field).
+        if let (Some(h), Some(min)) = (heartbeat, election_min) {
+            if min < h * 3 {
+                bad("raft.election_timeout_min", format!("{min:?} must be at least 3 heartbeats ({:?})", h * 3));
+            }
+        }
+        if let (Some(min), Some(max)) = (election_min, election_max) {
+            if max <= min {
+                bad("raft.election_timeout_max", "must be greater than election_timeout_min".into());
+            }
+        }
+        if let (Some(max), Some(l)) = (election_max, lease) {
+            if l < max {
+                bad("raft.lease", format!("{l:?} must be at least election_timeout_max ({max:?})"));
+            }
+        }
         let raft = RaftTiming {
-            heartbeat: dur("raft.heartbeat", &self.raft.heartbeat, "250ms"),
-            election_min: dur("raft.election_timeout_min", &self.raft.election_timeout_min, "1500ms"),
-            election_max: dur("raft.election_timeout_max", &self.raft.election_timeout_max, "3000ms"),
+            heartbeat: heartbeat.unwrap_or_default(),
+            election_min: election_min.unwrap_or_default(),
+            election_max: election_max.unwrap_or_default(),
             snapshot_after_logs: self.raft.snapshot_after_logs.unwrap_or(5000),
             logs_to_keep: self.raft.logs_to_keep.unwrap_or(1000),
-            lease: dur("raft.lease", &self.raft.lease, "6s"),
+            lease: lease.unwrap_or_default(),
         };
-        let fleet_ack_timeout = dur("fleet_ack_timeout", &self.fleet_ack_timeout, "2s");
-        let write_timeout = dur("write_timeout", &self.write_timeout, "10s");
-        if raft.election_min < raft.heartbeat * 3 {
-            bad(
-                "raft.election_timeout_min",
-                format!("{:?} must be at least 3 heartbeats ({:?})", raft.election_min, raft.heartbeat * 3),
-            );
-        }
-        if raft.election_max <= raft.election_min {
-            bad("raft.election_timeout_max", "must be greater than election_timeout_min".into());
-        }
-        if raft.lease < raft.election_max {
-            bad(
-                "raft.lease",
-                format!("{:?} must be at least election_timeout_max ({:?})", raft.lease, raft.election_max),
-            );
-        }
         if raft.snapshot_after_logs == 0 {
             bad("raft.snapshot_after_logs", "must be greater than 0".into());
         }

@@ -21,7 +21,7 @@ pub enum Manifest {
         /// metadata.labels
         labels: BTreeMap<String, String>,
         /// spec
-        spec: McpServerSpec,
+        spec: Box<McpServerSpec>,
     },
     /// `kind: Policy`.
     Policy {
@@ -53,7 +53,7 @@ impl Manifest {
     /// The command that applies it.
     pub fn into_command(self) -> Command {
         match self {
-            Manifest::McpServer { name, labels, spec } => Command::UpsertServer { name, labels, spec },
+            Manifest::McpServer { name, labels, spec } => Command::UpsertServer { name, labels, spec: *spec },
             Manifest::Policy { name, labels, spec_json } => Command::ApplyPolicy { name, labels, spec_json },
         }
     }
@@ -238,7 +238,7 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Manifest>, Vec<ManifestErro
         let parsed = match kind.as_str() {
             "MCPServer" => serde_yaml_ng::from_str::<McpServerDoc>(doc.text).map(|d| {
                 let problems = d.spec.problems();
-                (Manifest::McpServer { name: d.metadata.name, labels: d.metadata.labels, spec: d.spec }, problems)
+                (Manifest::McpServer { name: d.metadata.name, labels: d.metadata.labels, spec: Box::new(d.spec) }, problems)
             }),
             "Policy" => serde_yaml_ng::from_str::<PolicyDoc>(doc.text).map(|d| {
                 let mut problems = Vec::new();
@@ -379,10 +379,10 @@ spec:
         let errs = parse("github.yaml", &text).unwrap_err();
         assert_eq!(errs.len(), 1);
         let e = &errs[0];
-        assert_eq!(e.line, Some(18), "{e}");
+        assert_eq!(e.line, Some(19), "{e}");
         assert_eq!(e.field.as_deref(), Some("spec.discovery"), "{e}");
         assert!(e.message.contains("unknown field `refreshIntervall`"), "{e}");
-        assert!(e.to_string().starts_with("github.yaml:18:"), "{e}");
+        assert!(e.to_string().starts_with("github.yaml:19:"), "{e}");
     }
 
     #[test]
@@ -395,7 +395,7 @@ spec:
         assert_eq!(
             shown,
             [
-                format!("all.yaml: spec.endpoint.url: required for transport streamable_http"),
+                "all.yaml: spec.endpoint.url: required for transport streamable_http".to_string(),
                 format!("all.yaml:{}: spec.discovery.refreshInterval: invalid duration \"soon\": expected e.g. 30s, 10m, 1h", policy_lines + 9),
                 format!("all.yaml:{}: spec.security.pinnedVersion: invalid version \"latest\": expected MAJOR[.MINOR[.PATCH]][-PRE][+BUILD], e.g. 1.2.0", policy_lines + 11),
             ]

@@ -1,0 +1,232 @@
+//! Test harness: real `joch` processes on loopback, driven through the CLI binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// The `joch` binary under test.
+pub fn joch_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_joch"))
+}
+
+/// Output of one CLI run.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    /// Asserts success.
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "joch failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    /// Asserts failure with this exit code and returns stderr.
+    #[track_caller]
+    pub fn fails(self, code: i32) -> String {
+        assert_eq!(self.code, code, "expected exit {code}:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self.stderr
+    }
+
+    /// stdout as JSON.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+/// Runs the CLI with these arguments (no JOCH_SERVER from the environment).
+pub fn joch<I, S>(args: I) -> Out
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(joch_bin())
+        .args(args)
+        .env_remove("JOCH_SERVER")
+        .env("JOCH_ACTOR", "test-operator")
+        .output()
+        .expect("run joch");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout` naming `what`.
+#[track_caller]
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A node of a dev cluster (from cluster.json).
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: u64,
+    pub admin_url: String,
+    pub mcp_url: String,
+    pub mesh_addr: String,
+    pub metrics_url: String,
+    pub pid: u32,
+}
+
+/// A cluster started with `joch dev up`; stopped (SIGKILL, data discarded) on drop.
+pub struct TestCluster {
+    pub dir: TempDir,
+    pub nodes: Vec<Node>,
+}
+
+impl TestCluster {
+    /// `joch dev up --nodes n` in a temp dir, with extra flags.
+    pub fn up(n: usize, extra: &[&str]) -> TestCluster {
+        let dir = TempDir::new().expect("temp dir");
+        let mut args = vec!["dev".to_string(), "up".into(), "--nodes".into(), n.to_string(), "--dir".into()];
+        args.push(dir.path().display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        joch(&args).ok();
+        let mut c = TestCluster { dir, nodes: Vec::new() };
+        c.reload();
+        c
+    }
+
+    /// Re-reads cluster.json.
+    pub fn reload(&mut self) {
+        let text = std::fs::read_to_string(self.dir.path().join("cluster.json")).expect("cluster.json");
+        let v: Value = serde_json::from_str(&text).expect("cluster.json is JSON");
+        self.nodes = v["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| Node {
+                id: n["id"].as_u64().unwrap(),
+                admin_url: n["admin_url"].as_str().unwrap().into(),
+                mcp_url: n["mcp_url"].as_str().unwrap().into(),
+                mesh_addr: n["mesh_addr"].as_str().unwrap().into(),
+                metrics_url: n["metrics_url"].as_str().unwrap().into(),
+                pid: n["pid"].as_u64().unwrap() as u32,
+            })
+            .collect();
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes.iter().find(|n| n.id == id).expect("node id")
+    }
+
+    /// Runs the CLI against node `id`.
+    pub fn cli(&self, id: u64, args: &[&str]) -> Out {
+        let mut all = vec!["--server", self.node(id).admin_url.as_str()];
+        all.extend_from_slice(args);
+        joch(all)
+    }
+
+    /// The leader, as seen by any node that answers, waiting for one.
+    pub fn leader(&self) -> u64 {
+        eventually("a leader", Duration::from_secs(30), || {
+            self.nodes.iter().find_map(|n| {
+                let out = self.cli(n.id, &["cluster", "status", "-o", "json"]);
+                (out.code == 0).then(|| out.json()["leader"].as_u64()).flatten()
+            })
+        })
+    }
+
+    /// `kill -9` of node `id`.
+    pub fn kill9(&self, id: u64) {
+        let pid = self.node(id).pid;
+        Command::new("kill").arg("-9").arg(pid.to_string()).status().expect("kill");
+        eventually("the killed node to be gone", Duration::from_secs(10), || (!alive(pid)).then_some(()));
+    }
+
+    /// `joch dev up` again: restarts stopped nodes on their data.
+    pub fn restart(&mut self) {
+        joch(["dev", "up", "--dir", &self.dir.path().display().to_string()]).ok();
+        self.reload();
+    }
+
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            let _ = Command::new("kill").arg("-9").arg(n.pid.to_string()).status();
+        }
+    }
+}
+
+/// Whether a process is alive (and not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Names of the servers in a `mcp ls -o json` answer, with their phase.
+pub fn servers(v: &Value) -> Vec<(String, String)> {
+    v.as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| {
+            (s["metadata"]["name"].as_str().unwrap().to_string(), s["status"]["phase"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// A plain HTTP GET on loopback (no client library needed for metrics).
+pub fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut s = std::net::TcpStream::connect(host).expect("connect");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// Writes a node config with port-0 listeners and starts `joch serve` on it; returns the child
+/// and its bound addresses (from addrs.json).
+pub fn start_extra_node(dir: &Path, pki: &Path, id: u64, raft: &str) -> (std::process::Child, Value) {
+    let nd = dir.join(format!("extra{id}"));
+    std::fs::create_dir_all(&nd).unwrap();
+    let cfg = format!(
+        "id: {id}\ndata_dir: {data}\nlisten: {{ mcp: 127.0.0.1:0, admin: 127.0.0.1:0, mesh: 127.0.0.1:0, metrics: 127.0.0.1:0 }}\n\
+         tls: {{ ca: {p}/ca.pem, cert: {p}/node{id}.pem, key: {p}/node{id}-key.pem }}\n{raft}",
+        data = nd.join("data").display(),
+        p = pki.display(),
+    );
+    std::fs::write(nd.join("joch.yaml"), cfg).unwrap();
+    let log = std::fs::File::create(nd.join("node.log")).unwrap();
+    let child = Command::new(joch_bin())
+        .args(["serve", "--config"])
+        .arg(nd.join("joch.yaml"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start joch serve");
+    let addrs = nd.join("data").join("addrs.json");
+    let v = eventually("the extra node to bind", Duration::from_secs(30), || {
+        std::fs::read_to_string(&addrs).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok())
+    });
+    (child, v)
+}

@@ -1,0 +1,7 @@
+//! joch's integration tests: one binary, real processes on loopback.
+
+mod harness;
+
+mod cli;
+mod cluster;
+mod mesh;
