@@ -126,7 +126,14 @@ fn role(state: ServerState) -> &'static str {
 
 impl ClusterNode {
     /// Wraps a started Raft instance.
-    pub fn new(id: NodeId, addr: NodeAddr, raft: Raft, registry: RegistryHandle, mesh: Arc<Mesh>, settings: Settings) -> Arc<Self> {
+    pub fn new(
+        id: NodeId,
+        addr: NodeAddr,
+        raft: Raft,
+        registry: RegistryHandle,
+        mesh: Arc<Mesh>,
+        settings: Settings,
+    ) -> Arc<Self> {
         Arc::new(ClusterNode {
             id,
             addr,
@@ -195,7 +202,9 @@ impl ClusterNode {
         }
         match self.leader_contact_age() {
             Some(age) if age <= self.settings.timing.lease.as_millis() as u64 => Ok(()),
-            Some(age) => Err(format!("last heard from the leader {age} ms ago (lease {:?})", self.settings.timing.lease)),
+            Some(age) => {
+                Err(format!("last heard from the leader {age} ms ago (lease {:?})", self.settings.timing.lease))
+            }
             None => Err("has not heard from a leader yet".into()),
         }
     }

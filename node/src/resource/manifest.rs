@@ -238,7 +238,10 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Manifest>, Vec<ManifestErro
         let parsed = match kind.as_str() {
             "MCPServer" => serde_yaml_ng::from_str::<McpServerDoc>(doc.text).map(|d| {
                 let problems = d.spec.problems();
-                (Manifest::McpServer { name: d.metadata.name, labels: d.metadata.labels, spec: Box::new(d.spec) }, problems)
+                (
+                    Manifest::McpServer { name: d.metadata.name, labels: d.metadata.labels, spec: Box::new(d.spec) },
+                    problems,
+                )
             }),
             "Policy" => serde_yaml_ng::from_str::<PolicyDoc>(doc.text).map(|d| {
                 let mut problems = Vec::new();
