@@ -1,59 +1,9 @@
 //! The CLI's contract: the seed commands as written, and a specific error for each bad input.
+//! The seed manifests come from docs/examples/github.yaml, so the documented example is tested.
 
 use crate::harness::{joch, TestCluster};
 
-const SEED_SERVER: &str = r#"apiVersion: joch.dev/v1alpha1
-kind: MCPServer
-metadata:
-  name: github
-spec:
-  transport: streamable_http
-  endpoint:
-    url: https://mcp.example.com/github
-  auth:
-    type: oauth2
-    secretRef: { name: github-mcp-oauth }
-  exposes:
-    tools: true
-    resources: true
-    prompts: false
-  discovery:
-    enabled: true
-    refreshInterval: 10m
-    onSchemaDrift: quarantine
-  security:
-    sandbox: true
-    allowStdio: false
-    pinServerVersion: true
-    pinnedVersion: 1.2.0
-    trustedPublisher: github
-    minTrustScore: 0.75
-  policies:
-    - name: mcp-tool-safety-policy
-  scanning:
-    promptInjectionScan: true
-    redactFieldsInResults:
-      - sshKeys
-      - apiTokens
----
-apiVersion: joch.dev/v1alpha1
-kind: Policy
-metadata:
-  name: mcp-tool-safety
-spec:
-  appliesTo:
-    agents: { selector: { matchLabels: { env: prod } } }
-  rules:
-    - when:
-        mcpServer.trustScore: "<0.75"
-      action: { deny: true, reason: trust-score-too-low }
-    - when:
-        mcpServer.schemaDrift: true
-      action: { deny: true, reason: schema-drift-detected }
-    - when:
-        mcpResult.injectionScan.hit: true
-      action: { modify: redact, reason: prompt-injection-stripped }
-"#;
+const SEED_SERVER: &str = include_str!("../../../docs/examples/github.yaml");
 
 #[test]
 fn seed_commands_and_specific_errors() {
@@ -117,7 +67,7 @@ fn seed_commands_and_specific_errors() {
     )
     .unwrap();
     let e = c.cli(1, &["apply", "-f", bad.to_str().unwrap()]).fails(1);
-    assert!(e.contains(&format!("{}:19:5: spec.discovery: unknown field `refreshIntervall`", bad.display())), "{e}");
+    assert!(e.contains(&format!("{}:20:5: spec.discovery: unknown field `refreshIntervall`", bad.display())), "{e}");
     let bad2 = dir.join("bad2.yaml");
     std::fs::write(
         &bad2,
@@ -125,7 +75,7 @@ fn seed_commands_and_specific_errors() {
     )
     .unwrap();
     let e = c.cli(1, &["apply", "-f", bad2.to_str().unwrap()]).fails(1);
-    assert!(e.contains(":24: spec.security.pinnedVersion: invalid version \"one\""), "{e}");
+    assert!(e.contains(":25: spec.security.pinnedVersion: invalid version \"one\""), "{e}");
     let v = c.cli(1, &["mcp", "ls", "-o", "json"]).ok().json();
     assert_eq!(v.as_array().unwrap().len(), 2, "no document of a rejected apply was written");
     let e = joch(["--server", "http://127.0.0.1:1", "mcp", "ls"]).fails(1);
