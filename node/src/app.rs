@@ -44,6 +44,8 @@ async fn bind_tcp(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
 /// Runs a node until `shutdown` completes.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let prom = crate::telemetry::init_metrics()?;
+    // One TLS provider for the process (upstream HTTPS uses it); the mesh passes its own.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating the data directory {}", cfg.data_dir.display()))?;
 
@@ -98,7 +100,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         }
     });
     let http_stop = stop.clone();
-    let mcp_app = crate::http::mcp_router(cluster.clone());
+    let proxy = crate::proxy::Proxy::new(cluster.clone(), cfg.proxy.clone()).context("starting the MCP proxy")?;
+    let mcp_app = crate::http::mcp_router(cluster.clone()).merge(proxy.router());
     tasks.spawn(async move {
         if let Err(e) = axum::serve(mcp_l, mcp_app).with_graceful_shutdown(http_stop.cancelled_owned()).await {
             tracing::error!(error = %e, "MCP listener stopped");

@@ -1,7 +1,8 @@
 //! joch: a governance gateway for MCP, built as a cluster. Every node is an MCP proxy (the data
 //! plane) and a Raft replica of the registry (the control plane).
 //!
-//! Map: `app` wires a node; `cluster` is its Raft handle; `mesh` the QUIC transport between nodes;
+//! Map: `app` wires a node; `proxy` is the MCP data plane (over `mcp`, the protocol pieces);
+//! `cluster` is its Raft handle; `mesh` the QUIC transport between nodes;
 //! `admin` the gRPC API; `resource` the manifests operators write; `cli` the operator commands;
 //! `config` static node config; `telemetry` logs and metrics; `http` health and metrics endpoints.
 //! The replicated store itself is the `joch-raft-store` crate.
@@ -13,6 +14,8 @@ pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod lifecycle;
+pub mod mcp;
 pub mod mesh;
+pub mod proxy;
 pub mod resource;
 pub mod telemetry;

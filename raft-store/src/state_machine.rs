@@ -35,17 +35,34 @@ pub struct PublishedState {
 }
 
 /// Read access to the published registry. Cheap to clone; `load` is lock-free.
-#[derive(Clone, Default)]
-pub struct RegistryHandle(Arc<ArcSwap<PublishedState>>);
+#[derive(Clone)]
+pub struct RegistryHandle {
+    current: Arc<ArcSwap<PublishedState>>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for RegistryHandle {
+    fn default() -> Self {
+        RegistryHandle { current: Arc::default(), changed: tokio::sync::watch::Sender::new(0) }
+    }
+}
 
 impl RegistryHandle {
     /// The current registry.
     pub fn load(&self) -> Arc<PublishedState> {
-        self.0.load_full()
+        self.current.load_full()
+    }
+
+    /// Notified with the applied index after every publish (for long-lived readers such as open
+    /// streams, which must react to a quarantine without polling).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     fn publish(&self, state: PublishedState) {
-        self.0.store(Arc::new(state));
+        let index = state.applied_index;
+        self.current.store(Arc::new(state));
+        self.changed.send_replace(index);
     }
 }
 

@@ -153,9 +153,12 @@ impl ClusterNode {
 
     /// Milliseconds since this node last heard from a leader; 0 on a leader whose quorum is fresh.
     pub fn leader_contact_age(&self) -> Option<u64> {
-        let m = self.raft.metrics().borrow().clone();
-        if m.state == ServerState::Leader {
-            return m.millis_since_quorum_ack.or(Some(0));
+        {
+            let rx = self.raft.metrics();
+            let m = rx.borrow();
+            if m.state == ServerState::Leader {
+                return m.millis_since_quorum_ack.or(Some(0));
+            }
         }
         match self.leader_contact_ms.load(Ordering::Relaxed) {
             0 => None,
@@ -195,9 +198,9 @@ impl ClusterNode {
     }
 
     /// Ready: member of a cluster that has a leader, and in contact with it within the lease.
+    /// On the request path: reads the metrics in place (no clone, no lock held across awaits).
     pub fn is_ready(&self) -> Result<(), String> {
-        let m = self.raft.metrics().borrow().clone();
-        if m.current_leader.is_none() {
+        if self.raft.metrics().borrow().current_leader.is_none() {
             return Err("no leader known".into());
         }
         match self.leader_contact_age() {

@@ -33,9 +33,31 @@ pub struct RawConfig {
     pub fleet_ack_timeout: Option<String>,
     /// How long a write waits for a leader before giving up (default 10s).
     pub write_timeout: Option<String>,
+    /// MCP proxy limits.
+    #[serde(default)]
+    pub proxy: RawProxy,
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
+}
+
+/// MCP proxy limits.
+#[derive(Deserialize, Serialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    /// Largest request body in bytes (default 4194304); larger gets 413.
+    pub max_body_bytes: Option<usize>,
+    /// Deepest JSON nesting accepted (default 64).
+    pub max_json_depth: Option<usize>,
+    /// Upstream TCP/TLS connect timeout (default 5s).
+    pub upstream_connect_timeout: Option<String>,
+    /// Time for an upstream to start answering (default 60s); long streams are not cut by it.
+    pub upstream_timeout: Option<String>,
+    /// Interval of SSE keep-alive comments on idle streams (default 15s).
+    pub keepalive: Option<String>,
+    /// Browser origins allowed to call the MCP endpoints (`Origin` header); others get 403.
+    /// Requests without an Origin header (non-browser agents) are not affected.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// Listen (or advertise) addresses.
@@ -112,6 +134,8 @@ pub struct Config {
     pub fleet_ack_timeout: Duration,
     /// Leader wait for writes.
     pub write_timeout: Duration,
+    /// MCP proxy limits.
+    pub proxy: ProxyLimits,
     /// Log format is JSON.
     pub log_json: bool,
     /// Log filter.
@@ -151,6 +175,36 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Node key.
     pub key: PathBuf,
+}
+
+/// MCP proxy limits.
+#[derive(Debug, Clone)]
+pub struct ProxyLimits {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting.
+    pub max_json_depth: usize,
+    /// Upstream connect timeout.
+    pub upstream_connect_timeout: Duration,
+    /// Upstream time to first byte of the answer.
+    pub upstream_timeout: Duration,
+    /// SSE keep-alive interval.
+    pub keepalive: Duration,
+    /// Allowed browser origins.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for ProxyLimits {
+    fn default() -> Self {
+        ProxyLimits {
+            max_body_bytes: 4 << 20,
+            max_json_depth: 64,
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(60),
+            keepalive: Duration::from_secs(15),
+            allowed_origins: Vec::new(),
+        }
+    }
 }
 
 /// Raft timing and compaction.
@@ -247,6 +301,12 @@ impl RawConfig {
         m(&mut self.raft.lease, other.raft.lease);
         m(&mut self.fleet_ack_timeout, other.fleet_ack_timeout);
         m(&mut self.write_timeout, other.write_timeout);
+        m(&mut self.proxy.max_body_bytes, other.proxy.max_body_bytes);
+        m(&mut self.proxy.max_json_depth, other.proxy.max_json_depth);
+        m(&mut self.proxy.upstream_connect_timeout, other.proxy.upstream_connect_timeout);
+        m(&mut self.proxy.upstream_timeout, other.proxy.upstream_timeout);
+        m(&mut self.proxy.keepalive, other.proxy.keepalive);
+        m(&mut self.proxy.allowed_origins, other.proxy.allowed_origins);
         m(&mut self.log.format, other.log.format);
         m(&mut self.log.level, other.log.level);
         self
@@ -321,6 +381,22 @@ impl RawConfig {
         let lease = dur("raft.lease", &self.raft.lease, "6s");
         let fleet_ack_timeout = dur("fleet_ack_timeout", &self.fleet_ack_timeout, "2s").unwrap_or_default();
         let write_timeout = dur("write_timeout", &self.write_timeout, "10s").unwrap_or_default();
+        let defaults = ProxyLimits::default();
+        let proxy = ProxyLimits {
+            max_body_bytes: self.proxy.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            max_json_depth: self.proxy.max_json_depth.unwrap_or(defaults.max_json_depth),
+            upstream_connect_timeout: dur("proxy.upstream_connect_timeout", &self.proxy.upstream_connect_timeout, "5s")
+                .unwrap_or_default(),
+            upstream_timeout: dur("proxy.upstream_timeout", &self.proxy.upstream_timeout, "60s").unwrap_or_default(),
+            keepalive: dur("proxy.keepalive", &self.proxy.keepalive, "15s").unwrap_or_default(),
+            allowed_origins: self.proxy.allowed_origins.clone().unwrap_or_default(),
+        };
+        if proxy.max_body_bytes < 1024 {
+            bad("proxy.max_body_bytes", "must be at least 1024".into());
+        }
+        if !(2..=1024).contains(&proxy.max_json_depth) {
+            bad("proxy.max_json_depth", "must be between 2 and 1024".into());
+        }
         // Relations between timings, checked only where both sides parsed (one problem per field).
         if let (Some(h), Some(min)) = (heartbeat, election_min) {
             if min < h * 3 {
@@ -369,6 +445,7 @@ impl RawConfig {
             raft,
             fleet_ack_timeout,
             write_timeout,
+            proxy,
             log_json,
             log_level: self.log.level.unwrap_or_else(|| "info".into()),
         })

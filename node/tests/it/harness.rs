@@ -194,14 +194,136 @@ pub fn servers(v: &Value) -> Vec<(String, String)> {
 
 /// A plain HTTP GET on loopback (no client library needed for metrics).
 pub fn http_get(url: &str) -> String {
+    let r = http("GET", url, &[], b"");
+    format!("HTTP/1.1 {}\r\n{}\r\n\r\n{}", r.status, r.head, r.body)
+}
+
+/// An HTTP answer read off the wire.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    /// Header lines, lowercased names.
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The body as JSON.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// A raw HTTP/1.1 request on loopback (so tests control every byte and header).
+pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpReply {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").expect("http URL");
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
     let mut s = std::net::TcpStream::connect(host).expect("connect");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    // The server may answer (413) and close before reading a large body: that is fine.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let (status_line, head) = head.split_once("\r\n").unwrap_or((head, ""));
+    let status = status_line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    HttpReply { status, head: head.to_string(), body }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+/// The Python with the MCP SDK, fastmcp and mcp-server-time (created by scripts/setup).
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("JOCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/joch-venv/bin/python")
+    });
+    assert!(
+        p.exists(),
+        "{} is missing: run ./scripts/setup (it creates the venv with the MCP SDK, fastmcp, mcp-server-time)",
+        p.display()
+    );
+    p
+}
+
+/// The e2e scripts' folder.
+pub fn e2e(script: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e").join(script)
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real fastmcp server (PyPI) over streamable HTTP, killed on drop.
+pub struct FastMcp {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl FastMcp {
+    pub fn start() -> FastMcp {
+        let port = free_port();
+        let child = Command::new(python())
+            .arg(e2e("fastmcp_server.py"))
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the fastmcp server");
+        let url = format!("http://127.0.0.1:{port}/mcp");
+        eventually("the fastmcp server to listen", Duration::from_secs(60), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        });
+        FastMcp { child, url }
+    }
+}
+
+impl Drop for FastMcp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the SDK client script with these arguments; returns its JSON.
+#[track_caller]
+pub fn sdk_client(args: &[&str]) -> Value {
+    let out = Command::new(python()).arg(e2e("client.py")).args(args).output().expect("run the SDK client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "client.py {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("client.py printed no JSON ({e}): {stdout}"))
 }
 
 /// Writes a node config with port-0 listeners and starts `joch serve` on it; returns the child

@@ -1,0 +1,179 @@
+//! Denials and proxy errors: one stable JSON-RPC code and reason per case, with the HTTP status.
+//! `Reason` is matched exhaustively: a new reason forces a code, a status and a name.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use crate::mcp::jsonrpc;
+
+/// Why joch answered instead of the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// No MCPServer of that name.
+    ServerNotRegistered,
+    /// The server is quarantined.
+    ServerQuarantined,
+    /// The upstream's version differs from the pinned one.
+    VersionPinMismatch,
+    /// stdio transport without `security.allowStdio: true`.
+    StdioNotAllowed,
+    /// This node has not heard from a leader within its lease.
+    ControlPlaneStale,
+    /// The session id is unknown, tampered, foreign or bound to another server or caller.
+    SessionUnknown,
+    /// A request other than initialize came without a session id.
+    SessionRequired,
+    /// The upstream could not be reached.
+    UpstreamUnavailable,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The request body is larger than the limit.
+    BodyTooLarge,
+    /// The Origin header is not allowed.
+    OriginNotAllowed,
+    /// A transport joch does not proxy yet.
+    TransportUnsupported,
+}
+
+impl Reason {
+    /// The stable JSON-RPC error code (-32001..-32012; -32013..-32019 are reserved).
+    pub fn code(self) -> i64 {
+        match self {
+            Reason::ServerNotRegistered => -32001,
+            Reason::ServerQuarantined => -32002,
+            Reason::VersionPinMismatch => -32003,
+            Reason::StdioNotAllowed => -32004,
+            Reason::ControlPlaneStale => -32005,
+            Reason::SessionUnknown => -32006,
+            Reason::SessionRequired => -32007,
+            Reason::UpstreamUnavailable => -32008,
+            Reason::UpstreamTimeout => -32009,
+            Reason::BodyTooLarge => -32010,
+            Reason::OriginNotAllowed => -32011,
+            Reason::TransportUnsupported => -32012,
+        }
+    }
+
+    /// The stable reason string in `error.data.reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ServerNotRegistered => "server-not-registered",
+            Reason::ServerQuarantined => "server-quarantined",
+            Reason::VersionPinMismatch => "version-pin-mismatch",
+            Reason::StdioNotAllowed => "stdio-not-allowed",
+            Reason::ControlPlaneStale => "control-plane-stale",
+            Reason::SessionUnknown => "session-unknown",
+            Reason::SessionRequired => "session-required",
+            Reason::UpstreamUnavailable => "upstream-unavailable",
+            Reason::UpstreamTimeout => "upstream-timeout",
+            Reason::BodyTooLarge => "request-too-large",
+            Reason::OriginNotAllowed => "origin-not-allowed",
+            Reason::TransportUnsupported => "transport-unsupported",
+        }
+    }
+
+    /// The HTTP status the answer carries.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Reason::ServerNotRegistered => StatusCode::NOT_FOUND,
+            Reason::ServerQuarantined => StatusCode::FORBIDDEN,
+            Reason::VersionPinMismatch => StatusCode::FORBIDDEN,
+            Reason::StdioNotAllowed => StatusCode::FORBIDDEN,
+            Reason::ControlPlaneStale => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::SessionUnknown => StatusCode::NOT_FOUND,
+            Reason::SessionRequired => StatusCode::BAD_REQUEST,
+            Reason::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Reason::TransportUnsupported => StatusCode::NOT_IMPLEMENTED,
+        }
+    }
+}
+
+/// A decision not to forward, with everything the caller and the audit need.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    /// Why.
+    pub reason: Reason,
+    /// The server asked for.
+    pub server: String,
+    /// The node that decided.
+    pub node: u64,
+    /// The rule or check that decided.
+    pub rule: String,
+    /// Human-readable message.
+    pub message: String,
+    /// The JSON-RPC id it answers (null if none).
+    pub id: Value,
+}
+
+impl Denial {
+    /// A denial.
+    pub fn new(reason: Reason, server: &str, node: u64, rule: &str, message: impl Into<String>) -> Denial {
+        Denial { reason, server: server.into(), node, rule: rule.into(), message: message.into(), id: Value::Null }
+    }
+
+    /// Answers request `id`.
+    pub fn with_id(mut self, id: Value) -> Denial {
+        self.id = id;
+        self
+    }
+
+    /// The JSON-RPC error body.
+    pub fn body(&self) -> Value {
+        jsonrpc::error(
+            self.id.clone(),
+            self.reason.code(),
+            &self.message,
+            Some(json!({"reason": self.reason.as_str(), "server": self.server, "node": self.node, "rule": self.rule})),
+        )
+    }
+}
+
+impl IntoResponse for Denial {
+    fn into_response(self) -> Response {
+        (self.reason.status(), [("content-type", "application/json")], self.body().to_string()).into_response()
+    }
+}
+
+/// A protocol-level error (not a denial): parse errors, bad requests, unsupported versions.
+pub fn protocol_error(status: StatusCode, id: Value, code: i64, message: &str, data: Option<Value>) -> Response {
+    (status, [("content-type", "application/json")], jsonrpc::error(id, code, message, data).to_string())
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_in_range() {
+        let all = [
+            Reason::ServerNotRegistered,
+            Reason::ServerQuarantined,
+            Reason::VersionPinMismatch,
+            Reason::StdioNotAllowed,
+            Reason::ControlPlaneStale,
+            Reason::SessionUnknown,
+            Reason::SessionRequired,
+            Reason::UpstreamUnavailable,
+            Reason::UpstreamTimeout,
+            Reason::BodyTooLarge,
+            Reason::OriginNotAllowed,
+            Reason::TransportUnsupported,
+        ];
+        let mut codes: Vec<i64> = all.iter().map(|r| r.code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+        assert!(codes.iter().all(|c| (-32019..=-32000).contains(c)));
+        let d = Denial::new(Reason::ServerQuarantined, "s", 2, "registry.quarantine", "quarantined").with_id(json!(5));
+        assert_eq!(
+            d.body(),
+            json!({"jsonrpc":"2.0","id":5,"error":{"code":-32002,"message":"quarantined",
+                "data":{"reason":"server-quarantined","server":"s","node":2,"rule":"registry.quarantine"}}})
+        );
+    }
+}

@@ -1,0 +1,537 @@
+//! The MCP proxy (data plane): `/mcp/{server}` for each registered server, legacy-era streamable
+//! HTTP (protocol versions 2025-03-26, 2025-06-18, 2025-11-25) to streamable-HTTP upstreams.
+//!
+//! Every request goes through `pipeline` (the seam) and is decided from the in-memory registry
+//! snapshot. Sessions are sealed (`mcp::session`), so any node continues a session another node
+//! created. Streams are forwarded event by event and cut when their server is quarantined.
+//! This module never touches RocksDB.
+
+pub mod deny;
+pub mod pipeline;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::cluster::{now_ms, ClusterNode};
+use crate::config::ProxyLimits;
+use crate::mcp::jsonrpc::{self, Body as RpcBody};
+use crate::mcp::session::{Sealer, SessionToken};
+use crate::mcp::sse::{self, EventSplitter};
+use crate::mcp::version;
+use deny::{protocol_error, Denial, Reason};
+use pipeline::{admit, check_pin, Call, Outcome, Stage, Telemetry};
+use upstream::Upstream;
+
+/// Identity of callers until agent authentication exists (issue 4).
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Largest initialize answer joch reads whole (to check the pinned version).
+const MAX_INITIALIZE_ANSWER: usize = 1 << 20;
+/// Largest JSON (non-stream) answer joch passes on.
+const MAX_JSON_ANSWER: usize = 64 << 20;
+
+/// The proxy of one node.
+pub struct Proxy {
+    cluster: Arc<ClusterNode>,
+    upstream: Upstream,
+    limits: ProxyLimits,
+    stages: Vec<Arc<dyn Stage>>,
+}
+
+impl Proxy {
+    /// A proxy over this node's cluster handle.
+    pub fn new(cluster: Arc<ClusterNode>, limits: ProxyLimits) -> anyhow::Result<Arc<Self>> {
+        let upstream = Upstream::new(&limits)?;
+        Ok(Arc::new(Proxy { cluster, upstream, limits, stages: vec![Arc::new(Telemetry)] }))
+    }
+
+    /// The MCP routes.
+    pub fn router(self: Arc<Self>) -> Router {
+        let limit = self.limits.max_body_bytes;
+        Router::new()
+            .route("/mcp/{server}", post(post_mcp).get(get_mcp).delete(delete_mcp))
+            .layer(DefaultBodyLimit::max(limit))
+            .with_state(self)
+    }
+
+    fn call(&self, server: String, http_method: &'static str) -> Call {
+        Call {
+            node: self.cluster.id,
+            server,
+            caller: ANONYMOUS.into(),
+            http_method,
+            method: None,
+            target: None,
+            session: None,
+        }
+    }
+
+    fn finish(&self, call: &Call, outcome: &Outcome, started: Instant) {
+        for s in &self.stages {
+            s.on_finish(call, outcome, started.elapsed());
+        }
+    }
+
+    fn deny(&self, call: &Call, reason: Reason, rule: &str, message: impl Into<String>) -> Denial {
+        Denial::new(reason, &call.server, call.node, rule, message)
+    }
+
+    /// Admission: the registry checks, then every stage.
+    fn admit(&self, call: &Call) -> Result<Arc<joch_raft_store::ServerRecord>, Denial> {
+        let state = self.cluster.registry.load();
+        let rec = admit(call, &state, self.cluster.is_ready())?;
+        for s in &self.stages {
+            s.on_request(call, &rec)?;
+        }
+        Ok(rec)
+    }
+
+    fn sealer(&self, call: &Call) -> Result<Sealer, Denial> {
+        match self.cluster.registry.load().registry.cluster_key {
+            Some(k) => Ok(Sealer::new(&k)),
+            None => {
+                Err(self.deny(call, Reason::ControlPlaneStale, "cluster.key", "the cluster is not initialised yet"))
+            }
+        }
+    }
+
+    fn check_origin(&self, call: &Call, headers: &HeaderMap) -> Result<(), Denial> {
+        match headers.get("origin").and_then(|o| o.to_str().ok()) {
+            None => Ok(()),
+            Some(o) if self.limits.allowed_origins.iter().any(|a| a == o) => Ok(()),
+            Some(o) => Err(self.deny(
+                call,
+                Reason::OriginNotAllowed,
+                "proxy.allowed_origins",
+                format!("origin {o:?} is not allowed (proxy.allowed_origins)"),
+            )),
+        }
+    }
+
+    /// Opens the session a request names, bound to this server and caller.
+    fn session(&self, call: &Call, headers: &HeaderMap) -> Result<SessionToken, Denial> {
+        let Some(id) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) else {
+            return Err(self.deny(
+                call,
+                Reason::SessionRequired,
+                "mcp.session",
+                "Bad Request: Mcp-Session-Id header is required (send initialize first)",
+            ));
+        };
+        let token = self
+            .sealer(call)?
+            .open(id)
+            .map_err(|_| self.deny(call, Reason::SessionUnknown, "mcp.session", "Session not found: re-initialize"))?;
+        if token.server != call.server || token.caller != call.caller {
+            return Err(self.deny(call, Reason::SessionUnknown, "mcp.session", "Session not found: re-initialize"));
+        }
+        Ok(token)
+    }
+
+    fn upstream_url(rec: &joch_raft_store::ServerRecord) -> String {
+        rec.spec.endpoint.as_ref().map(|e| e.url.clone()).unwrap_or_default()
+    }
+}
+
+fn unsupported_version(requested: &str) -> Response {
+    protocol_error(
+        StatusCode::BAD_REQUEST,
+        Value::Null,
+        jsonrpc::UNSUPPORTED_VERSION,
+        "Unsupported protocol version",
+        Some(json!({"supported": version::LEGACY, "requested": requested})),
+    )
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn post_mcp(
+    State(p): State<Arc<Proxy>>,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let mut call = p.call(server, "POST");
+    let (resp, outcome) = p.post(&mut call, &headers, body).await;
+    p.finish(&call, &outcome, started);
+    resp
+}
+
+async fn get_mcp(State(p): State<Arc<Proxy>>, Path(server): Path<String>, headers: HeaderMap) -> Response {
+    let started = Instant::now();
+    let mut call = p.call(server, "GET");
+    let (resp, outcome) = p.stream_or_delete(&mut call, &headers, reqwest::Method::GET).await;
+    p.finish(&call, &outcome, started);
+    resp
+}
+
+async fn delete_mcp(State(p): State<Arc<Proxy>>, Path(server): Path<String>, headers: HeaderMap) -> Response {
+    let started = Instant::now();
+    let mut call = p.call(server, "DELETE");
+    let (resp, outcome) = p.stream_or_delete(&mut call, &headers, reqwest::Method::DELETE).await;
+    p.finish(&call, &outcome, started);
+    resp
+}
+
+fn denied(d: Denial) -> (Response, Outcome) {
+    let r = d.reason;
+    (d.into_response(), Outcome::Denied(r))
+}
+
+fn rejected(resp: Response) -> (Response, Outcome) {
+    let status = resp.status().as_u16();
+    (resp, Outcome::Rejected { status })
+}
+
+impl Proxy {
+    async fn post(
+        &self,
+        call: &mut Call,
+        headers: &HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> (Response, Outcome) {
+        if let Err(d) = self.check_origin(call, headers) {
+            return denied(d);
+        }
+        let body = match body {
+            Ok(b) => b,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                let limit = self.limits.max_body_bytes;
+                return denied(self.deny(
+                    call,
+                    Reason::BodyTooLarge,
+                    "proxy.max_body_bytes",
+                    format!("request body larger than {limit} bytes"),
+                ));
+            }
+            Err(e) => {
+                return rejected(protocol_error(
+                    StatusCode::BAD_REQUEST,
+                    Value::Null,
+                    jsonrpc::PARSE_ERROR,
+                    &e.body_text(),
+                    None,
+                ))
+            }
+        };
+        if let Some(v) = header(headers, "mcp-protocol-version") {
+            if !version::is_legacy(v) {
+                return rejected(unsupported_version(v));
+            }
+        }
+        let parsed = match jsonrpc::parse(&body, self.limits.max_json_depth) {
+            Ok(b) => b,
+            Err(e) => {
+                return rejected(protocol_error(StatusCode::BAD_REQUEST, Value::Null, e.code(), &e.to_string(), None))
+            }
+        };
+        let (id, is_initialize) = match &parsed {
+            RpcBody::Single(m) => {
+                call.method = m.method.clone();
+                call.target = m.target_name();
+                if m.method.as_deref() == Some("server/discover") {
+                    // The modern era is not proxied yet: answer as a legacy-only server does, so
+                    // SDK clients in auto mode fall back to initialize.
+                    return rejected(unsupported_version(version::MODERN[0]));
+                }
+                (m.id_value(), m.method.as_deref() == Some("initialize"))
+            }
+            RpcBody::Batch(v) => (Value::Null, v.iter().any(|m| m.method.as_deref() == Some("initialize"))),
+        };
+        if is_initialize {
+            if matches!(parsed, RpcBody::Batch(_)) {
+                return rejected(protocol_error(
+                    StatusCode::BAD_REQUEST,
+                    Value::Null,
+                    jsonrpc::INVALID_REQUEST,
+                    "initialize must not be part of a JSON-RPC batch",
+                    None,
+                ));
+            }
+            return self.initialize(call, headers, body, id).await;
+        }
+        let token = match self.session(call, headers) {
+            Ok(t) => t,
+            Err(d) => return denied(d.with_id(id)),
+        };
+        if let RpcBody::Batch(_) = parsed {
+            let v = header(headers, "mcp-protocol-version").unwrap_or(&token.protocol_version);
+            if !version::batches_allowed(v) {
+                return rejected(protocol_error(
+                    StatusCode::BAD_REQUEST,
+                    Value::Null,
+                    jsonrpc::INVALID_REQUEST,
+                    &format!("JSON-RPC batches are not allowed at protocol version {v}"),
+                    None,
+                ));
+            }
+        }
+        let upstream_session = token.upstream_session.clone();
+        call.session = Some(token);
+        let rec = match self.admit(call) {
+            Ok(r) => r,
+            Err(d) => return denied(d.with_id(id)),
+        };
+        let resp = match self
+            .upstream
+            .send(reqwest::Method::POST, &Self::upstream_url(&rec), headers, upstream_session.as_deref(), Some(body))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return denied(self.deny(call, e.reason, "upstream", e.message).with_id(id)),
+        };
+        self.relay(call, resp, Some(id)).await
+    }
+
+    /// initialize: forwarded without a session; the answer is read whole (it is small) so the
+    /// upstream's version can be checked against the pin before the session is handed out.
+    async fn initialize(&self, call: &mut Call, headers: &HeaderMap, body: Bytes, id: Value) -> (Response, Outcome) {
+        let rec = match self.admit(call) {
+            Ok(r) => r,
+            Err(d) => return denied(d.with_id(id)),
+        };
+        let sealer = match self.sealer(call) {
+            Ok(s) => s,
+            Err(d) => return denied(d.with_id(id)),
+        };
+        let url = Self::upstream_url(&rec);
+        let resp = match self.upstream.send(reqwest::Method::POST, &url, headers, None, Some(body)).await {
+            Ok(r) => r,
+            Err(e) => return denied(self.deny(call, e.reason, "upstream", e.message).with_id(id)),
+        };
+        let status = resp.status();
+        let content_type = resp.headers().get("content-type").cloned();
+        let upstream_session = header(resp.headers(), "mcp-session-id").map(str::to_string);
+        let bytes = match read_limited(resp, MAX_INITIALIZE_ANSWER).await {
+            Ok(b) => b,
+            Err(message) => {
+                return denied(self.deny(call, Reason::UpstreamUnavailable, "upstream", message).with_id(id))
+            }
+        };
+        if !status.is_success() {
+            return (
+                passthrough(status, content_type, Body::from(bytes)),
+                Outcome::Forwarded { status: status.as_u16() },
+            );
+        }
+        let is_sse =
+            content_type.as_ref().and_then(|c| c.to_str().ok()).is_some_and(|c| c.starts_with("text/event-stream"));
+        let message: Option<Value> = if is_sse {
+            let mut split = EventSplitter::default();
+            let mut events = split.push(&bytes).unwrap_or_default();
+            events.extend(split.finish());
+            events.iter().filter_map(|e| sse::data(e)).find_map(|d| {
+                serde_json::from_str::<Value>(&d).ok().filter(|v| v.get("result").is_some() || v.get("error").is_some())
+            })
+        } else {
+            serde_json::from_slice(&bytes).ok()
+        };
+        let result = message.as_ref().and_then(|m| m.get("result"));
+        let upstream_version = result.and_then(|r| r["serverInfo"]["version"].as_str()).map(str::to_string);
+        let protocol_version =
+            result.and_then(|r| r["protocolVersion"].as_str()).unwrap_or(version::LEGACY_DEFAULT).to_string();
+        if result.is_some() {
+            if let Err(d) = check_pin(call, &rec, upstream_version.as_deref()) {
+                // End the upstream session we will not hand out.
+                if let Some(sid) = upstream_session {
+                    let up = self.upstream.clone();
+                    let h = headers.clone();
+                    tokio::spawn(async move {
+                        let _ = up.send(reqwest::Method::DELETE, &url, &h, Some(&sid), None).await;
+                    });
+                }
+                return denied(d.with_id(id));
+            }
+        }
+        let token = SessionToken {
+            owner: call.node,
+            server: call.server.clone(),
+            upstream_session,
+            upstream_version,
+            protocol_version,
+            caller: call.caller.clone(),
+            created_ms: now_ms(),
+        };
+        let sid = sealer.seal(&token);
+        call.session = Some(token);
+        let mut out = passthrough(status, content_type, Body::from(bytes));
+        if let Ok(v) = HeaderValue::from_str(&sid) {
+            out.headers_mut().insert("mcp-session-id", v);
+        }
+        (out, Outcome::Forwarded { status: status.as_u16() })
+    }
+
+    /// GET (the server's stream) and DELETE (end the session).
+    async fn stream_or_delete(
+        &self,
+        call: &mut Call,
+        headers: &HeaderMap,
+        method: reqwest::Method,
+    ) -> (Response, Outcome) {
+        if let Err(d) = self.check_origin(call, headers) {
+            return denied(d);
+        }
+        let token = match self.session(call, headers) {
+            Ok(t) => t,
+            Err(d) => return denied(d),
+        };
+        let upstream_session = token.upstream_session.clone();
+        call.session = Some(token);
+        let rec = match self.admit(call) {
+            Ok(r) => r,
+            Err(d) => return denied(d),
+        };
+        let resp = match self
+            .upstream
+            .send(method, &Self::upstream_url(&rec), headers, upstream_session.as_deref(), None)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return denied(self.deny(call, e.reason, "upstream", e.message)),
+        };
+        self.relay(call, resp, None).await
+    }
+
+    /// Passes an upstream answer on: SSE event by event (cut on quarantine), JSON whole.
+    async fn relay(&self, call: &Call, resp: reqwest::Response, request_id: Option<Value>) -> (Response, Outcome) {
+        let status = resp.status();
+        let outcome = Outcome::Forwarded { status: status.as_u16() };
+        let content_type = resp.headers().get("content-type").cloned();
+        if status == StatusCode::ACCEPTED || status == StatusCode::NO_CONTENT {
+            return (status.into_response(), outcome);
+        }
+        let is_sse =
+            content_type.as_ref().and_then(|c| c.to_str().ok()).is_some_and(|c| c.starts_with("text/event-stream"));
+        if is_sse && status.is_success() {
+            return (self.stream(call, resp, request_id), outcome);
+        }
+        match read_limited(resp, MAX_JSON_ANSWER).await {
+            Ok(bytes) => {
+                let mut bytes = bytes;
+                for s in &self.stages {
+                    s.on_event(call, &mut bytes);
+                }
+                (passthrough(status, content_type, Body::from(bytes)), outcome)
+            }
+            Err(message) => denied(self.deny(call, Reason::UpstreamUnavailable, "upstream", message)),
+        }
+    }
+
+    /// Forwards an SSE stream event by event. The stream ends when the upstream ends it, the
+    /// agent goes away, or the server is quarantined, deleted or re-pinned away from the session's
+    /// version (then a POST stream's pending request gets the denial as its answer first).
+    fn stream(&self, call: &Call, resp: reqwest::Response, request_id: Option<Value>) -> Response {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
+        let registry = self.cluster.registry.clone();
+        let mut changes = registry.subscribe();
+        let stages = self.stages.clone();
+        let call = call.clone();
+        let keepalive = self.limits.keepalive;
+        tokio::spawn(async move {
+            metrics::gauge!("joch_mcp_open_streams").increment(1.0);
+            let mut upstream = resp.bytes_stream();
+            let mut split = EventSplitter::default();
+            let mut ka = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+            let cut = 'relay: loop {
+                tokio::select! {
+                    chunk = upstream.next() => match chunk {
+                        Some(Ok(b)) => match split.push(&b) {
+                            Ok(events) => {
+                                for mut ev in events {
+                                    for s in &stages {
+                                        s.on_event(&call, &mut ev);
+                                    }
+                                    if tx.send(Ok(ev)).await.is_err() {
+                                        break 'relay None;
+                                    }
+                                }
+                                ka.reset();
+                            }
+                            Err(e) => {
+                                tracing::warn!(server = %call.server, error = %e, "closing stream");
+                                break None;
+                            }
+                        },
+                        Some(Err(e)) => {
+                            tracing::debug!(server = %call.server, error = %e, "upstream stream ended with an error");
+                            break None;
+                        }
+                        None => {
+                            if let Some(rest) = split.finish() {
+                                let _ = tx.send(Ok(rest)).await;
+                            }
+                            break None;
+                        }
+                    },
+                    r = changes.changed() => {
+                        if r.is_err() {
+                            break None;
+                        }
+                        let state = registry.load();
+                        if let Err(d) = admit(&call, &state, Ok(())) {
+                            break Some(d);
+                        }
+                    }
+                    _ = ka.tick() => {
+                        if tx.send(Ok(Bytes::from_static(b": keep-alive\n\n"))).await.is_err() {
+                            break None;
+                        }
+                    }
+                    _ = tx.closed() => break None,
+                }
+            };
+            if let Some(d) = cut {
+                metrics::counter!("joch_mcp_streams_cut_total", "reason" => d.reason.as_str()).increment(1);
+                tracing::info!(server = %call.server, reason = d.reason.as_str(), "stream cut");
+                if let Some(id) = request_id {
+                    let _ = tx.send(Ok(sse::message_event(&d.with_id(id).body().to_string()))).await;
+                }
+            }
+            metrics::gauge!("joch_mcp_open_streams").decrement(1.0);
+        });
+        let body = Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        let mut r = Response::new(body);
+        r.headers_mut().insert("content-type", HeaderValue::from_static("text/event-stream"));
+        r.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache, no-transform"));
+        r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+        r
+    }
+}
+
+async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Bytes, String> {
+    let mut out = bytes::BytesMut::new();
+    let mut s = resp.bytes_stream();
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk.map_err(|e| format!("reading the upstream's answer: {e}"))?;
+        if out.len() + chunk.len() > limit {
+            return Err(format!("the upstream's answer exceeds {limit} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
+fn passthrough(status: reqwest::StatusCode, content_type: Option<HeaderValue>, body: Body) -> Response {
+    let mut r = Response::new(body);
+    *r.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    if let Some(ct) = content_type {
+        r.headers_mut().insert("content-type", ct);
+    }
+    r
+}

@@ -1,0 +1,166 @@
+"""The official MCP Python SDK client, driven through joch, for joch's end-to-end tests.
+
+Every scenario prints one JSON object on stdout. Requests are spread over the given node URLs by
+a round-robin transport: a plain, non-sticky load balancer in front of the cluster.
+
+Usage:
+  client.py walkthrough SERVER NODE_URL...
+  client.py quarantine JOCH ADMIN_URL SERVER NODE_URL...
+  client.py pin JOCH ADMIN_URL SERVER VERSION NODE_URL...
+"""
+import asyncio
+import itertools
+import json
+import subprocess
+import sys
+import time
+
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+
+class RoundRobin(httpx2.AsyncBaseTransport):
+    """Sends each request to the next node, keeping the path: no stickiness at all."""
+
+    def __init__(self, bases):
+        self.bases = itertools.cycle([httpx2.URL(b) for b in bases])
+        self.inner = httpx2.AsyncHTTPTransport()
+        self.log = []
+
+    async def handle_async_request(self, request):
+        base = next(self.bases)
+        request.url = request.url.copy_with(host=base.host, port=base.port)
+        self.log.append({"method": request.method, "port": base.port})
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self):
+        await self.inner.aclose()
+
+
+def connect(server, bases, rr=None):
+    rr = rr or RoundRobin(bases)
+    http = httpx2.AsyncClient(transport=rr, timeout=httpx2.Timeout(30.0, read=60.0))
+    url = f"{bases[0]}/mcp/{server}"
+    return Client(streamable_http_client(url, http_client=http)), rr
+
+
+def err(e):
+    return {"code": e.code, "message": e.error.message, "data": e.error.data}
+
+
+def find_mcp_error(e):
+    """The MCPError inside an exception group (the SDK wraps connect-time errors), or None."""
+    if isinstance(e, MCPError):
+        return e
+    for inner in getattr(e, "exceptions", ()):
+        found = find_mcp_error(inner)
+        if found is not None:
+            return found
+    return None
+
+
+def joch(binary, admin, *args):
+    t = time.monotonic()
+    out = subprocess.run([binary, "--server", admin, *args], capture_output=True, text=True)
+    return out.returncode, out.stdout + out.stderr, time.monotonic() - t
+
+
+async def walkthrough(server, bases):
+    client, rr = connect(server, bases)
+    progress = []
+
+    async def on_progress(p, total, message):
+        progress.append([p, total])
+
+    async with client:
+        tools = await client.list_tools()
+        add = await client.call_tool("add", {"a": 1, "b": 2})
+        slow = await client.call_tool("slow", {"steps": 5}, progress_callback=on_progress)
+        resources = await client.list_resources()
+        read = await client.read_resource("data://greeting")
+        prompts = await client.list_prompts()
+        prompt = await client.get_prompt("review", {"code": "x = 1"})
+    return {
+        "tools": sorted(t.name for t in tools.tools),
+        "add": add.content[0].text,
+        "slow": slow.content[0].text,
+        "progress": progress,
+        "resources": [str(r.uri) for r in resources.resources],
+        "read": read.contents[0].text,
+        "prompts": [p.name for p in prompts.prompts],
+        "prompt": prompt.messages[0].content.text,
+        "ports": sorted({e["port"] for e in rr.log}),
+        "requests": len(rr.log),
+    }
+
+
+async def quarantine(binary, admin, server, bases):
+    client, rr = connect(server, bases)
+    out = {}
+    async with client:
+        out["before"] = (await client.call_tool("add", {"a": 2, "b": 2})).content[0].text
+        started = time.monotonic()
+        slow = asyncio.create_task(client.call_tool("slow", {"steps": 400}))
+        await asyncio.sleep(0.8)
+        code, text, took = joch(binary, admin, "mcp", "quarantine", server, "--reason", "e2e: drift")
+        acked = time.monotonic()
+        out["quarantine_exit"] = code
+        out["quarantine_output"] = text
+        try:
+            r = await slow
+            out["slow"] = {"finished": r.content[0].text}
+        except MCPError as e:
+            out["slow"] = {"error": err(e), "ended_after_ack_s": time.monotonic() - acked, "ran_s": time.monotonic() - started}
+        calls = []
+        for _ in range(len(bases)):
+            try:
+                r = await client.call_tool("add", {"a": 1, "b": 1})
+                calls.append({"ok": r.content[0].text, "port": rr.log[-1]["port"]})
+            except MCPError as e:
+                calls.append({"error": err(e), "port": rr.log[-1]["port"]})
+        out["after"] = calls
+    return out
+
+
+async def pin(binary, admin, server, wrong, bases):
+    out = {}
+    client, _ = connect(server, bases)
+    async with client:
+        out["before"] = (await client.call_tool("add", {"a": 3, "b": 4})).content[0].text
+        out["pin_wrong"] = joch(binary, admin, "mcp", "pin", server, "--to", wrong)[0]
+        try:
+            await client.call_tool("add", {"a": 1, "b": 1})
+            out["existing_session"] = "allowed"
+        except MCPError as e:
+            out["existing_session"] = err(e)
+    fresh, _ = connect(server, bases)
+    try:
+        async with fresh:
+            out["new_session"] = "allowed"
+    except Exception as e:  # the SDK wraps errors raised while connecting in exception groups
+        found = find_mcp_error(e)
+        out["new_session"] = err(found) if found else {"exception": repr(e)}
+    out["pin_right"] = joch(binary, admin, "mcp", "pin", server, "--to", "1.4.2")[0]
+    again, _ = connect(server, bases)
+    async with again:
+        out["after_fix"] = (await again.call_tool("add", {"a": 5, "b": 5})).content[0].text
+    return out
+
+
+async def main(argv):
+    cmd = argv[1]
+    if cmd == "walkthrough":
+        result = await walkthrough(argv[2], argv[3:])
+    elif cmd == "quarantine":
+        result = await quarantine(argv[2], argv[3], argv[4], argv[5:])
+    elif cmd == "pin":
+        result = await pin(argv[2], argv[3], argv[4], argv[5], argv[6:])
+    else:
+        raise SystemExit(f"unknown scenario {cmd}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv))

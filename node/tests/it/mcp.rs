@@ -1,0 +1,174 @@
+//! The data plane end to end: the official MCP Python SDK client and a fastmcp server (both from
+//! PyPI) through a real 3-node cluster behind a round-robin "load balancer"; enforcement of the
+//! registry; and a specific error for each kind of bad input.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
+
+use crate::harness::{http, joch_bin, sdk_client, FastMcp, TestCluster};
+
+fn bases(c: &TestCluster) -> Vec<String> {
+    c.nodes.iter().map(|n| n.mcp_url.clone()).collect()
+}
+
+fn register(c: &TestCluster, upstream: &FastMcp) {
+    c.cli(1, &["mcp", "add", "heldout", "--endpoint", &upstream.url]).ok();
+}
+
+#[test]
+fn sdk_session_continues_across_every_node() {
+    let c = TestCluster::up(3, &[]);
+    let up = FastMcp::start();
+    register(&c, &up);
+    let mut args = vec!["walkthrough".to_string(), "heldout".into()];
+    args.extend(bases(&c));
+    let r = sdk_client(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r["tools"], json!(["add", "slow"]));
+    assert_eq!(r["add"], "3");
+    assert_eq!(r["slow"], "done 5");
+    assert_eq!(
+        r["progress"],
+        json!([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0], [4.0, 5.0], [5.0, 5.0]]),
+        "progress over SSE, in order"
+    );
+    assert_eq!(r["resources"], json!(["data://greeting"]));
+    assert_eq!(r["read"], "hello from heldout");
+    assert_eq!(r["prompts"], json!(["review"]));
+    assert_eq!(r["prompt"], "Review this code: x = 1");
+    assert_eq!(r["ports"].as_array().unwrap().len(), 3, "one session, served by all three nodes: {r}");
+}
+
+#[test]
+fn quarantine_through_node_3_is_enforced_on_every_node_and_cuts_open_streams() {
+    let c = TestCluster::up(3, &[]);
+    let up = FastMcp::start();
+    register(&c, &up);
+    let joch = joch_bin().display().to_string();
+    let mut args = vec!["quarantine".to_string(), joch, c.node(3).admin_url.clone(), "heldout".into()];
+    args.extend(bases(&c));
+    let r = sdk_client(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r["before"], "4");
+    assert_eq!(r["quarantine_exit"], 0, "{}", r["quarantine_output"]);
+    // The open stream (a 20 s tool call) ends with the denial as its answer, right after the ack.
+    let slow = &r["slow"];
+    assert_eq!(slow["error"]["code"], -32002, "{r}");
+    assert_eq!(slow["error"]["data"]["reason"], "server-quarantined");
+    assert!(slow["ended_after_ack_s"].as_f64().unwrap() < 1.0, "stream cut within a second of the ack: {slow}");
+    // The very next call, on each node, is denied with the stable code and data.
+    let after = r["after"].as_array().unwrap();
+    let mut nodes = BTreeSet::new();
+    for a in after {
+        let e = &a["error"];
+        assert_eq!(e["code"], -32002, "{a}");
+        assert_eq!(e["data"]["reason"], "server-quarantined");
+        assert_eq!(e["data"]["server"], "heldout");
+        assert_eq!(e["data"]["rule"], "registry.quarantine");
+        assert!(e["message"].as_str().unwrap().contains("e2e: drift"));
+        nodes.insert(e["data"]["node"].as_u64().unwrap());
+    }
+    assert_eq!(nodes, BTreeSet::from([1, 2, 3]));
+}
+
+#[test]
+fn pin_mismatch_denies_until_the_pin_is_fixed() {
+    let c = TestCluster::up(3, &[]);
+    let up = FastMcp::start();
+    register(&c, &up);
+    let joch = joch_bin().display().to_string();
+    let mut args = vec!["pin".to_string(), joch, c.node(2).admin_url.clone(), "heldout".into(), "9.9.9".into()];
+    args.extend(bases(&c));
+    let r = sdk_client(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r["before"], "7");
+    assert_eq!(r["pin_wrong"], 0);
+    for key in ["existing_session", "new_session"] {
+        let e = &r[key];
+        assert_eq!(e["code"], -32003, "{key}: {r}");
+        assert_eq!(e["data"]["reason"], "version-pin-mismatch");
+        assert_eq!(e["data"]["rule"], "mcpserver.spec.security.pinnedVersion");
+        assert_eq!(e["message"], "MCP server \"heldout\" is pinned to 9.9.9 but runs 1.4.2");
+    }
+    assert_eq!(r["pin_right"], 0);
+    assert_eq!(r["after_fix"], "10");
+}
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+const ACCEPT: (&str, &str) = ("accept", "application/json, text/event-stream");
+const JSON_CT: (&str, &str) = ("content-type", "application/json");
+
+fn code(v: &Value) -> i64 {
+    v["error"]["code"].as_i64().unwrap_or(0)
+}
+
+#[test]
+fn bad_input_gets_its_specific_error_and_the_node_keeps_serving() {
+    let c = TestCluster::up(1, &[]);
+    let up = FastMcp::start();
+    register(&c, &up);
+    let url = format!("{}/mcp/heldout", c.node(1).mcp_url);
+    let post = |headers: &[(&str, &str)], body: &[u8]| {
+        let mut h = vec![ACCEPT, JSON_CT];
+        h.extend_from_slice(headers);
+        http("POST", &url, &h, body)
+    };
+
+    let r = post(&[], b"{not json");
+    assert_eq!((r.status, code(&r.json())), (400, -32700), "{r:?}");
+    let r = post(&[], format!("{}1{}", "[".repeat(200), "]".repeat(200)).as_bytes());
+    assert_eq!((r.status, code(&r.json())), (400, -32600), "{r:?}");
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("nesting deeper than 64"));
+    let r = post(&[("mcp-protocol-version", "1999-01-01")], INIT.as_bytes());
+    assert_eq!((r.status, code(&r.json())), (400, -32022), "{r:?}");
+    assert_eq!(r.json()["error"]["data"]["supported"], json!(["2025-11-25", "2025-06-18", "2025-03-26"]));
+    let big = vec![b' '; 5 << 20];
+    let r = post(&[], &big);
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(code(&r.json()), -32010);
+    assert_eq!(r.json()["error"]["data"]["reason"], "request-too-large");
+    let r = post(&[("origin", "https://evil.example")], INIT.as_bytes());
+    assert_eq!((r.status, code(&r.json())), (403, -32011), "{r:?}");
+
+    // A tools/list without a session, or with a forged one.
+    let list = br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let r = post(&[], list);
+    assert_eq!((r.status, code(&r.json())), (400, -32007), "{r:?}");
+    assert_eq!(r.json()["id"], 2);
+    let r = post(&[("mcp-session-id", "j1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")], list);
+    assert_eq!((r.status, code(&r.json())), (404, -32006), "{r:?}");
+    let r = http("GET", &url, &[ACCEPT], b"");
+    assert_eq!((r.status, code(&r.json())), (400, -32007), "{r:?}");
+
+    // An unregistered server: 404 with the deny data; joch never contacts anything.
+    let r = http("POST", &format!("{}/mcp/nope", c.node(1).mcp_url), &[ACCEPT, JSON_CT], INIT.as_bytes());
+    assert_eq!((r.status, code(&r.json())), (404, -32001), "{r:?}");
+    assert_eq!(
+        r.json()["error"]["data"],
+        json!({"reason": "server-not-registered", "server": "nope", "node": 1, "rule": "registry.registered"})
+    );
+
+    // The modern era's discover probe gets -32022 naming only legacy versions (clients fall back).
+    let discover = br#"{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{}}"#;
+    let r = post(&[], discover);
+    assert_eq!((r.status, code(&r.json())), (400, -32022), "{r:?}");
+
+    // Through all that, the node keeps serving: a real session with a batch refused mid-way.
+    let r = post(&[], INIT.as_bytes());
+    assert_eq!(r.status, 200, "{r:?}");
+    let sid = r.header("mcp-session-id").expect("a session id");
+    assert!(sid.starts_with("j1."), "sealed: {sid}");
+    let batch = br#"[{"jsonrpc":"2.0","id":3,"method":"tools/list"}]"#;
+    let r = post(&[("mcp-session-id", &sid), ("mcp-protocol-version", "2025-11-25")], batch);
+    assert_eq!((r.status, code(&r.json())), (400, -32600), "{r:?}");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("batches are not allowed at protocol version 2025-11-25"));
+    let r = post(&[("mcp-session-id", &sid), ("mcp-protocol-version", "2025-11-25")], list);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("\"name\":\"add\""), "{r:?}");
+    // A session is bound to its server.
+    c.cli(1, &["mcp", "add", "other", "--endpoint", &up.url]).ok();
+    let r =
+        http("POST", &format!("{}/mcp/other", c.node(1).mcp_url), &[ACCEPT, JSON_CT, ("mcp-session-id", &sid)], list);
+    assert_eq!((r.status, code(&r.json())), (404, -32006), "{r:?}");
+}
