@@ -352,3 +352,46 @@ pub fn start_extra_node(dir: &Path, pki: &Path, id: u64, raft: &str) -> (std::pr
     });
     (child, v)
 }
+
+/// A network partition of one node: every UDP packet to or from its mesh port is dropped
+/// (iptables on loopback; its QUIC endpoint uses that one socket both ways). Healed on drop.
+pub struct Partition {
+    port: u16,
+    healed: bool,
+}
+
+impl Partition {
+    fn rules(port: u16) -> [Vec<String>; 2] {
+        let p = port.to_string();
+        [
+            ["INPUT", "-i", "lo", "-p", "udp", "--dport", &p, "-j", "DROP"].map(String::from).to_vec(),
+            ["INPUT", "-i", "lo", "-p", "udp", "--sport", &p, "-j", "DROP"].map(String::from).to_vec(),
+        ]
+    }
+
+    /// Cuts the node whose mesh listens on `mesh_addr` off from the others.
+    pub fn cut(mesh_addr: &str) -> Partition {
+        let port: u16 = mesh_addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("mesh port");
+        for rule in Self::rules(port) {
+            let st = Command::new("iptables").arg("-I").args(&rule).status().expect("run iptables (root needed)");
+            assert!(st.success(), "iptables -I {rule:?} failed");
+        }
+        Partition { port, healed: false }
+    }
+
+    /// Lets packets through again.
+    pub fn heal(&mut self) {
+        if !self.healed {
+            for rule in Self::rules(self.port) {
+                let _ = Command::new("iptables").arg("-D").args(&rule).status();
+            }
+            self.healed = true;
+        }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.heal();
+    }
+}

@@ -172,3 +172,74 @@ fn bad_input_gets_its_specific_error_and_the_node_keeps_serving() {
         http("POST", &format!("{}/mcp/other", c.node(1).mcp_url), &[ACCEPT, JSON_CT, ("mcp-session-id", &sid)], list);
     assert_eq!((r.status, code(&r.json())), (404, -32006), "{r:?}");
 }
+
+/// Initializes a raw session on `base`; returns the session id.
+fn raw_session(base: &str) -> String {
+    let r = http("POST", &format!("{base}/mcp/heldout"), &[ACCEPT, JSON_CT], INIT.as_bytes());
+    assert_eq!(r.status, 200, "{r:?}");
+    r.header("mcp-session-id").expect("session id")
+}
+
+fn raw_list(base: &str, sid: &str) -> crate::harness::HttpReply {
+    let list = br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#;
+    http(
+        "POST",
+        &format!("{base}/mcp/heldout"),
+        &[ACCEPT, JSON_CT, ("mcp-session-id", sid), ("mcp-protocol-version", "2025-11-25")],
+        list,
+    )
+}
+
+#[test]
+fn a_node_cut_off_fails_closed_after_its_lease_and_serves_again_after_healing() {
+    use std::time::{Duration, Instant};
+
+    use crate::harness::{eventually, Partition};
+
+    let c = TestCluster::up(3, &[]);
+    let up = FastMcp::start();
+    register(&c, &up);
+    // Cut off the leader: the hard case (it cannot tell it was deposed).
+    let cut_id = c.leader();
+    let cut = c.node(cut_id).clone();
+    let other = c.nodes.iter().find(|n| n.id != cut_id).unwrap().clone();
+    let sid = raw_session(&cut.mcp_url);
+    assert_eq!(raw_list(&cut.mcp_url, &sid).status, 200);
+
+    let mut partition = Partition::cut(&cut.mesh_addr);
+    let t0 = Instant::now();
+    let stale = eventually("the cut-off node to fail closed", Duration::from_secs(30), || {
+        let r = raw_list(&cut.mcp_url, &sid);
+        (r.status == 503).then_some(r)
+    });
+    let took = t0.elapsed();
+    let e = stale.json();
+    assert_eq!(e["error"]["code"], -32005, "{stale:?}");
+    assert_eq!(e["error"]["data"]["reason"], "control-plane-stale");
+    assert_eq!(e["error"]["data"]["node"], cut_id);
+    // Lease 6 s (default); allow for the last contact and polling.
+    assert!(took <= Duration::from_secs(10), "denied {took:?} after the cut; the lease is 6 s");
+    let ready = http("GET", &format!("{}/readyz", cut.mcp_url), &[], b"");
+    assert_eq!(ready.status, 503, "{ready:?}");
+
+    // The majority side elects a leader and keeps serving the same session (sealed id).
+    eventually("the majority to serve", Duration::from_secs(30), || {
+        (raw_list(&other.mcp_url, &sid).status == 200).then_some(())
+    });
+    // A quarantine committed while the node is cut off...
+    let q = c.cli(other.id, &["mcp", "quarantine", "heldout", "--reason", "during partition", "-o", "json"]);
+    assert_eq!(q.code, 3, "acknowledged by the majority, not by the cut-off node: {q:?}");
+
+    // ...is enforced by that node as soon as it is back: it never serves in between.
+    partition.heal();
+    let back = eventually("the healed node to answer again", Duration::from_secs(30), || {
+        let r = raw_list(&cut.mcp_url, &sid);
+        (r.status != 503).then_some(r)
+    });
+    assert_eq!(back.status, 403, "{back:?}");
+    assert_eq!(back.json()["error"]["data"]["reason"], "server-quarantined");
+    c.cli(other.id, &["mcp", "unquarantine", "heldout"]).ok();
+    eventually("the healed node to serve", Duration::from_secs(10), || {
+        (raw_list(&cut.mcp_url, &sid).status == 200).then_some(())
+    });
+}
