@@ -1,5 +1,9 @@
 //! joch benchmarks: real `joch` processes on loopback, measured from outside.
 //!
+//! `joch-bench proxy-latency` measures one `tools/call` through joch against the same call made
+//! directly to the upstream (a canned Rust MCP server, so the upstream's own time is small and
+//! constant), sequentially on one keep-alive connection per path, and reports the added latency.
+//!
 //! `joch-bench cluster-core` measures (1) `joch dev up` from invocation to a cluster with a
 //! leader, and (2) a quarantine's latency from send to fleet-wide acknowledgement (every member
 //! applied it), sent to the leader and to a follower. Results go to stdout and to
@@ -8,6 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod canned;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -25,9 +31,24 @@ struct Args {
 
 #[derive(clap::Subcommand)]
 enum Cmd {
+    /// Added latency of the MCP proxy over a direct call.
+    ProxyLatency {
+        /// The joch binary to measure (default: $JOCH_BIN, else the one built beside this benchmark).
+        #[arg(long)]
+        joch: Option<PathBuf>,
+        /// Measured calls per path.
+        #[arg(long, default_value_t = 5000)]
+        requests: usize,
+        /// Unmeasured calls per path first.
+        #[arg(long, default_value_t = 500)]
+        warmup: usize,
+        /// Where to write results (default bench/results/<date>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Cluster start-up and fleet-wide quarantine acknowledgement.
     ClusterCore {
-        /// The joch binary to measure (default: $JOCH_BIN, else the debug build).
+        /// The joch binary to measure (default: $JOCH_BIN, else the one built beside this benchmark).
         #[arg(long)]
         joch: Option<PathBuf>,
         /// Quarantine trials per target (leader, follower).
@@ -42,10 +63,13 @@ enum Cmd {
     },
 }
 
+/// `--joch`, else `$JOCH_BIN`, else the `joch` built beside this benchmark (same profile).
 fn joch_bin(arg: Option<PathBuf>) -> PathBuf {
     arg.or_else(|| std::env::var_os("JOCH_BIN").map(PathBuf::from)).unwrap_or_else(|| {
-        let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-        PathBuf::from(target).join("debug/joch")
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| Some(p.parent()?.join("joch")))
+            .unwrap_or_else(|| PathBuf::from("joch"))
     })
 }
 
@@ -137,9 +161,134 @@ async fn quarantine_trials(c: &Cluster, target: u64, trials: usize) -> anyhow::R
     Ok(out)
 }
 
+/// One MCP session over HTTP, for measuring.
+struct Session {
+    http: reqwest::Client,
+    sid: String,
+}
+
+impl Session {
+    async fn open(http: &reqwest::Client, url: &str) -> anyhow::Result<Session> {
+        let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25",
+            "capabilities":{},"clientInfo":{"name":"joch-bench","version":"1"}}});
+        let r = http
+            .post(url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(init.to_string())
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("initialize at {url}: {} {}", r.status(), r.text().await.unwrap_or_default());
+        }
+        let sid = r.headers().get("mcp-session-id").context("no session id")?.to_str()?.to_string();
+        r.bytes().await?;
+        Ok(Session { http: http.clone(), sid })
+    }
+
+    /// One tools/call on `url` (another node may serve the same session).
+    async fn call(&self, url: &str, id: usize) -> anyhow::Result<Duration> {
+        let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}});
+        let t = Instant::now();
+        let r = self
+            .http
+            .post(url)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("mcp-session-id", &self.sid)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        let status = r.status();
+        let bytes = r.bytes().await?;
+        let took = t.elapsed();
+        if !status.is_success() || !bytes.windows(4).any(|w| w == b"\"ok\"") {
+            bail!("call {id} at {url}: {status} {}", String::from_utf8_lossy(&bytes));
+        }
+        Ok(took)
+    }
+}
+
+async fn measure(s: &Session, urls: &[String], warmup: usize, n: usize) -> anyhow::Result<Vec<Duration>> {
+    for i in 0..warmup {
+        s.call(&urls[i % urls.len()], i).await?;
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        out.push(s.call(&urls[i % urls.len()], i).await?);
+    }
+    Ok(out)
+}
+
+async fn proxy_latency(joch: PathBuf, requests: usize, warmup: usize, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let version = run(&joch, &["--version"])?;
+    let upstream = canned::start().await?;
+    let upstream_url = format!("http://{upstream}/mcp");
+    let (c, _) = Cluster::up(&joch)?;
+    run(&joch, &["--server", &c.admin(1), "mcp", "add", "canned", "--endpoint", &upstream_url])?;
+    let mcp = |id: u64| {
+        c.nodes.iter().find(|n| n["id"] == id).and_then(|n| n["mcp_url"].as_str()).unwrap_or_default().to_string()
+    };
+    let via: Vec<String> = (1..=3).map(|id| format!("{}/mcp/canned", mcp(id))).collect();
+    let http = reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(8).build()?;
+    let direct = Session::open(&http, &upstream_url).await?;
+    let proxied = Session::open(&http, &via[0]).await?;
+    let d = stats(measure(&direct, &[upstream_url.clone()], warmup, requests).await?);
+    let one = stats(measure(&proxied, &via[..1], warmup, requests).await?);
+    let rr = stats(measure(&proxied, &via, warmup, requests).await?);
+    let added =
+        |s: &Stats| json!({"p50_ms": ms(s.median.saturating_sub(d.median)), "p99_ms": ms(s.p99.saturating_sub(d.p99))});
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let result = json!({
+        "benchmark": "proxy-latency", "date": date, "joch": joch.display().to_string(), "joch_version": version.trim(),
+        "machine": {"cores": cores}, "requests": requests, "warmup": warmup,
+        "direct": stats_json(&d), "via_one_node": stats_json(&one), "via_three_nodes_round_robin": stats_json(&rr),
+        "added_one_node": added(&one), "added_three_nodes": added(&rr),
+    });
+    let row = |name: &str, s: &Stats| {
+        format!("| {name} | {} | {} ms | {} ms | {} ms | {} ms |\n", s.n, ms(s.min), ms(s.median), ms(s.p99), ms(s.max))
+    };
+    let md = format!(
+        "# proxy-latency ({date})\n\nBinary: `{}` ({})\n\nSequential `tools/call` on one keep-alive connection per \
+         path, to a canned Rust MCP server (JSON answers); 3-node cluster on loopback; {cores} cores shared by client, \
+         nodes and upstream.\n\n| path | n | min | median | p99 | max |\n|---|---|---|---|---|---|\n{}{}{}\n\
+         Added by joch (percentile differences): one node p50 {} ms, p99 {} ms; round-robin over three nodes \
+         (the session continues on every node) p50 {} ms, p99 {} ms.\n",
+        joch.display(),
+        version.trim(),
+        row("direct", &d),
+        row("through node 1", &one),
+        row("round-robin over 3 nodes", &rr),
+        ms(one.median.saturating_sub(d.median)),
+        ms(one.p99.saturating_sub(d.p99)),
+        ms(rr.median.saturating_sub(d.median)),
+        ms(rr.p99.saturating_sub(d.p99)),
+    );
+    print!("{md}");
+    write_results(out, "proxy-latency", &result, &md)
+}
+
+fn write_results(out: Option<PathBuf>, name: &str, result: &serde_json::Value, md: &str) -> anyhow::Result<()> {
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let dir = out.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results").join(&date[..10]));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(format!("{name}.json")), serde_json::to_vec_pretty(result)?)?;
+    std::fs::write(dir.join(format!("{name}.md")), md)?;
+    eprintln!("results written to {}", dir.display());
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let Args { cmd: Cmd::ClusterCore { joch, trials, up_trials, out } } = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (joch, trials, up_trials, out) = match Args::parse().cmd {
+        Cmd::ProxyLatency { joch, requests, warmup, out } => {
+            return proxy_latency(joch_bin(joch), requests, warmup, out).await
+        }
+        Cmd::ClusterCore { joch, trials, up_trials, out } => (joch, trials, up_trials, out),
+    };
     let joch = joch_bin(joch);
     let version = run(&joch, &["--version"])?;
     let mut ups = Vec::new();
@@ -156,7 +305,6 @@ async fn main() -> anyhow::Result<()> {
     let up = stats(ups);
 
     let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let day = &date[..10];
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let result = json!({
         "benchmark": "cluster-core",
@@ -180,10 +328,5 @@ async fn main() -> anyhow::Result<()> {
         to_follower.n, ms(to_follower.min), ms(to_follower.median), ms(to_follower.p99), ms(to_follower.max),
     );
     print!("{md}");
-    let dir = out.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results").join(day));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("cluster-core.json"), serde_json::to_vec_pretty(&result)?)?;
-    std::fs::write(dir.join("cluster-core.md"), md)?;
-    eprintln!("results written to {}", dir.display());
-    Ok(())
+    write_results(out, "cluster-core", &result, &md)
 }
