@@ -234,7 +234,7 @@ async fn proxy_latency(joch: PathBuf, requests: usize, warmup: usize, out: Optio
     let http = reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(8).build()?;
     let direct = Session::open(&http, &upstream_url).await?;
     let proxied = Session::open(&http, &via[0]).await?;
-    let d = stats(measure(&direct, &[upstream_url.clone()], warmup, requests).await?);
+    let d = stats(measure(&direct, std::slice::from_ref(&upstream_url), warmup, requests).await?);
     let one = stats(measure(&proxied, &via[..1], warmup, requests).await?);
     let rr = stats(measure(&proxied, &via, warmup, requests).await?);
     let added =
