@@ -101,7 +101,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     });
     let http_stop = stop.clone();
     let proxy = crate::proxy::Proxy::new(cluster.clone(), cfg.proxy.clone()).context("starting the MCP proxy")?;
-    let mcp_app = crate::http::mcp_router(cluster.clone()).merge(proxy.router());
+    let mcp_app = crate::http::mcp_router(cluster.clone()).merge(proxy.clone().router());
     tasks.spawn(async move {
         if let Err(e) = axum::serve(mcp_l, mcp_app).with_graceful_shutdown(http_stop.cancelled_owned()).await {
             tracing::error!(error = %e, "MCP listener stopped");
@@ -149,6 +149,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         tracing::warn!("tasks still running after the 10 s grace period; aborting them");
         tasks.abort_all();
     }
+    proxy.shutdown().await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }

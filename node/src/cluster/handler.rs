@@ -49,6 +49,10 @@ impl Handler for ClusterNode {
                 MeshResponse::Applied { applied_index: self.applied_index(), reached }
             }
             MeshRequest::Status => MeshResponse::Status(self.node_status()),
+            MeshRequest::McpForward(req) => match self.data_plane() {
+                Some(dp) => MeshResponse::Mcp(dp.forwarded(req).await),
+                None => MeshResponse::BadRequest("this node's data plane is not running".into()),
+            },
         }
     }
 }

@@ -18,7 +18,9 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, Raf
 use openraft::{ChangeMembers, ServerState};
 
 use crate::config::RaftTiming;
-use crate::mesh::message::{MembershipChange, MembershipOutcome, NodeStatus, Refusal, WriteOutcome};
+use crate::mesh::message::{
+    McpAnswer, McpForward, MembershipChange, MembershipOutcome, NodeStatus, Refusal, WriteOutcome,
+};
 use crate::mesh::{Mesh, MeshRequest, MeshResponse};
 
 /// Timeout of one mesh call made on behalf of an operator. A write to a live leader commits in
@@ -44,6 +46,15 @@ pub struct ClusterNode {
     leader_contact_ms: AtomicU64,
     /// Commit index last announced by a leader (followers).
     leader_commit: AtomicU64,
+    /// The data plane, for MCP requests forwarded by peers (set once at start; weak, since the
+    /// data plane holds this node).
+    data_plane: std::sync::OnceLock<std::sync::Weak<dyn DataPlane>>,
+}
+
+/// What the cluster needs from the data plane: answering MCP requests forwarded by peers.
+pub trait DataPlane: Send + Sync + 'static {
+    /// Handles a request for a session this node owns.
+    fn forwarded(&self, req: McpForward) -> futures::future::BoxFuture<'_, McpAnswer>;
 }
 
 /// Timing the cluster handle needs from the node configuration.
@@ -143,6 +154,7 @@ impl ClusterNode {
             settings,
             leader_contact_ms: AtomicU64::new(0),
             leader_commit: AtomicU64::new(0),
+            data_plane: std::sync::OnceLock::new(),
         })
     }
 
@@ -539,6 +551,33 @@ impl ClusterNode {
         let voters: Vec<NodeId> = mem.voter_ids().collect();
         let learners: Vec<NodeId> = mem.learner_ids().collect();
         Ok(MembershipOutcome { voters, learners, index: resp.log_id.index })
+    }
+
+    /// Installs the data plane (once, at start).
+    pub fn set_data_plane(&self, dp: std::sync::Weak<dyn DataPlane>) {
+        let _ = self.data_plane.set(dp);
+    }
+
+    fn data_plane(&self) -> Option<Arc<dyn DataPlane>> {
+        self.data_plane.get()?.upgrade()
+    }
+
+    /// Sends an MCP request to the node that owns its session. `Ok(None)`: that node is no
+    /// longer a member.
+    pub async fn forward_mcp(
+        &self,
+        owner: NodeId,
+        req: McpForward,
+        timeout: Duration,
+    ) -> Result<Option<McpAnswer>, String> {
+        let Some((_, addr, _)) = self.members().into_iter().find(|(id, _, _)| *id == owner) else {
+            return Ok(None);
+        };
+        match self.mesh.call(&addr.mesh, &MeshRequest::McpForward(req), timeout).await {
+            Ok(MeshResponse::Mcp(a)) => Ok(Some(a)),
+            Ok(other) => Err(format!("unexpected answer from node {owner}: {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Sets the cluster key if this node leads and none is set yet (sealed session ids need it).

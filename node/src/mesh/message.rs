@@ -33,6 +33,32 @@ pub enum MeshRequest {
     },
     /// This node's Raft status.
     Status,
+    /// An MCP request for a session this node owns (its stdio child lives here).
+    McpForward(McpForward),
+}
+
+/// An MCP request forwarded to the node that owns its session.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct McpForward {
+    /// Server name (the path's `{server}`).
+    pub server: String,
+    /// The agent's (sealed) session id.
+    pub session_id: String,
+    /// The agent's `MCP-Protocol-Version` header, if any.
+    pub protocol_version: Option<String>,
+    /// The request body, as received.
+    pub body: Vec<u8>,
+}
+
+/// The owner's answer to a forwarded MCP request.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct McpAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// Content type.
+    pub content_type: Option<String>,
+    /// Body (an SSE answer arrives whole).
+    pub body: Vec<u8>,
 }
 
 /// The answer to a [`MeshRequest`], same variant order.
@@ -59,6 +85,8 @@ pub enum MeshResponse {
     },
     /// Answer to `Status`.
     Status(NodeStatus),
+    /// Answer to `McpForward`.
+    Mcp(McpAnswer),
     /// The request could not be decoded or handled at all.
     BadRequest(String),
 }

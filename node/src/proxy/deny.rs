@@ -32,12 +32,10 @@ pub enum Reason {
     BodyTooLarge,
     /// The Origin header is not allowed.
     OriginNotAllowed,
-    /// A transport joch does not proxy yet.
-    TransportUnsupported,
 }
 
 impl Reason {
-    /// The stable JSON-RPC error code (-32001..-32012; -32013..-32019 are reserved).
+    /// The stable JSON-RPC error code (-32001..-32011; -32012..-32019 are reserved).
     pub fn code(self) -> i64 {
         match self {
             Reason::ServerNotRegistered => -32001,
@@ -51,7 +49,6 @@ impl Reason {
             Reason::UpstreamTimeout => -32009,
             Reason::BodyTooLarge => -32010,
             Reason::OriginNotAllowed => -32011,
-            Reason::TransportUnsupported => -32012,
         }
     }
 
@@ -69,7 +66,6 @@ impl Reason {
             Reason::UpstreamTimeout => "upstream-timeout",
             Reason::BodyTooLarge => "request-too-large",
             Reason::OriginNotAllowed => "origin-not-allowed",
-            Reason::TransportUnsupported => "transport-unsupported",
         }
     }
 
@@ -87,7 +83,6 @@ impl Reason {
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::OriginNotAllowed => StatusCode::FORBIDDEN,
-            Reason::TransportUnsupported => StatusCode::NOT_IMPLEMENTED,
         }
     }
 }
@@ -162,7 +157,6 @@ mod tests {
             Reason::UpstreamTimeout,
             Reason::BodyTooLarge,
             Reason::OriginNotAllowed,
-            Reason::TransportUnsupported,
         ];
         let mut codes: Vec<i64> = all.iter().map(|r| r.code()).collect();
         codes.sort();

@@ -8,6 +8,7 @@
 
 pub mod deny;
 pub mod pipeline;
+pub mod stdio;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -25,14 +26,17 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::cluster::{now_ms, ClusterNode};
+use crate::cluster::{now_ms, ClusterNode, DataPlane};
 use crate::config::ProxyLimits;
 use crate::mcp::jsonrpc::{self, Body as RpcBody};
 use crate::mcp::session::{Sealer, SessionToken};
 use crate::mcp::sse::{self, EventSplitter};
 use crate::mcp::version;
+use crate::mesh::message::{McpAnswer, McpForward};
 use deny::{protocol_error, Denial, Reason};
+use joch_raft_store::model::resource::Transport;
 use pipeline::{admit, check_pin, Call, Outcome, Stage, Telemetry};
+use stdio::StdioPool;
 use upstream::Upstream;
 
 /// Identity of callers until agent authentication exists (issue 4).
@@ -49,13 +53,25 @@ pub struct Proxy {
     upstream: Upstream,
     limits: ProxyLimits,
     stages: Vec<Arc<dyn Stage>>,
+    stdio: Arc<StdioPool>,
 }
 
 impl Proxy {
-    /// A proxy over this node's cluster handle.
+    /// A proxy over this node's cluster handle; it also answers MCP requests peers forward here.
     pub fn new(cluster: Arc<ClusterNode>, limits: ProxyLimits) -> anyhow::Result<Arc<Self>> {
         let upstream = Upstream::new(&limits)?;
-        Ok(Arc::new(Proxy { cluster, upstream, limits, stages: vec![Arc::new(Telemetry)] }))
+        let stdio = Arc::new(StdioPool::default());
+        tokio::spawn(stdio.clone().reap(cluster.registry.clone()));
+        let proxy =
+            Arc::new(Proxy { cluster: cluster.clone(), upstream, limits, stages: vec![Arc::new(Telemetry)], stdio });
+        let weak: std::sync::Weak<dyn DataPlane> = Arc::downgrade(&proxy) as std::sync::Weak<Proxy>;
+        cluster.set_data_plane(weak);
+        Ok(proxy)
+    }
+
+    /// Stops every stdio child (node shutdown).
+    pub async fn shutdown(&self) {
+        self.stdio.stop_all().await;
     }
 
     /// The MCP routes.
@@ -283,11 +299,18 @@ impl Proxy {
             }
         }
         let upstream_session = token.upstream_session.clone();
+        let owner = token.owner;
         call.session = Some(token);
         let rec = match self.admit(call) {
             Ok(r) => r,
             Err(d) => return denied(d.with_id(id)),
         };
+        if rec.spec.transport == Transport::Stdio {
+            if owner != self.cluster.id {
+                return self.forward_to_owner(call, owner, headers, body, id).await;
+            }
+            return self.stdio_request(call, &rec, &body, &parsed, id).await;
+        }
         let resp = match self
             .upstream
             .send(reqwest::Method::POST, &Self::upstream_url(&rec), headers, upstream_session.as_deref(), Some(body))
@@ -310,6 +333,9 @@ impl Proxy {
             Ok(s) => s,
             Err(d) => return denied(d.with_id(id)),
         };
+        if rec.spec.transport == Transport::Stdio {
+            return self.stdio_initialize(call, &rec, &sealer, &body, id).await;
+        }
         let url = Self::upstream_url(&rec);
         let resp = match self.upstream.send(reqwest::Method::POST, &url, headers, None, Some(body)).await {
             Ok(r) => r,
@@ -397,6 +423,16 @@ impl Proxy {
             Ok(r) => r,
             Err(d) => return denied(d),
         };
+        if rec.spec.transport == Transport::Stdio {
+            // The child is shared by every session on its node: there is no per-session stream to
+            // open, and nothing to end but joch's own (stateless) session.
+            if method == reqwest::Method::GET {
+                let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
+                r.headers_mut().insert("allow", HeaderValue::from_static("POST, DELETE"));
+                return (r, Outcome::Rejected { status: 405 });
+            }
+            return (StatusCode::OK.into_response(), Outcome::Forwarded { status: 200 });
+        }
         let resp = match self
             .upstream
             .send(method, &Self::upstream_url(&rec), headers, upstream_session.as_deref(), None)
@@ -511,6 +547,192 @@ impl Proxy {
         r.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache, no-transform"));
         r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
         r
+    }
+}
+
+impl Proxy {
+    /// initialize for a stdio server: answered from the child's own handshake with joch.
+    async fn stdio_initialize(
+        &self,
+        call: &mut Call,
+        rec: &joch_raft_store::ServerRecord,
+        sealer: &Sealer,
+        body: &[u8],
+        id: Value,
+    ) -> (Response, Outcome) {
+        let child = match self.stdio.child(rec).await {
+            Ok(c) => c,
+            Err(e) => return denied(self.deny(call, e.reason, "upstream.stdio", e.message).with_id(id)),
+        };
+        if let Err(d) = check_pin(call, rec, child.version()) {
+            return denied(d.with_id(id));
+        }
+        let requested = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v["params"]["protocolVersion"].as_str().map(str::to_string))
+            .filter(|v| version::is_legacy(v));
+        let mut result = child.init.clone();
+        let protocol_version = requested
+            .or_else(|| result["protocolVersion"].as_str().map(str::to_string))
+            .unwrap_or_else(|| version::LEGACY_DEFAULT.into());
+        result["protocolVersion"] = json!(protocol_version);
+        let token = SessionToken {
+            owner: call.node,
+            server: call.server.clone(),
+            upstream_session: None,
+            upstream_version: child.version().map(str::to_string),
+            protocol_version,
+            caller: call.caller.clone(),
+            created_ms: now_ms(),
+        };
+        let sid = sealer.seal(&token);
+        call.session = Some(token);
+        let body = json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string();
+        let mut out = ([("content-type", "application/json")], body).into_response();
+        if let Ok(v) = HeaderValue::from_str(&sid) {
+            out.headers_mut().insert("mcp-session-id", v);
+        }
+        (out, Outcome::Forwarded { status: 200 })
+    }
+
+    /// A request for a stdio server on the node that runs its child.
+    async fn stdio_request(
+        &self,
+        call: &Call,
+        rec: &joch_raft_store::ServerRecord,
+        body: &[u8],
+        parsed: &RpcBody,
+        id: Value,
+    ) -> (Response, Outcome) {
+        let RpcBody::Single(m) = parsed else {
+            return rejected(protocol_error(
+                StatusCode::BAD_REQUEST,
+                Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                "JSON-RPC batches are not bridged to stdio servers",
+                None,
+            ));
+        };
+        if !m.is_request() {
+            // Notifications (initialized: joch already sent it; cancellations) and answers to
+            // server requests are accepted and not forwarded.
+            return (StatusCode::ACCEPTED.into_response(), Outcome::Forwarded { status: 202 });
+        }
+        let child = match self.stdio.child(rec).await {
+            Ok(c) => c,
+            Err(e) => return denied(self.deny(call, e.reason, "upstream.stdio", e.message).with_id(id)),
+        };
+        let Ok(msg) = serde_json::from_slice::<Value>(body) else {
+            return rejected(protocol_error(StatusCode::BAD_REQUEST, id, jsonrpc::PARSE_ERROR, "parse error", None));
+        };
+        let wants_progress = msg.pointer("/params/_meta/progressToken").is_some();
+        let mut rx = match child.call(msg) {
+            Ok(rx) => rx,
+            Err(e) => return denied(self.deny(call, e.reason, "upstream.stdio", e.message).with_id(id)),
+        };
+        if wants_progress {
+            // Progress notifications, then the answer, as SSE events.
+            let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+                .map(|v: Value| Ok::<_, Infallible>(sse::message_event(&v.to_string())));
+            let mut r = Response::new(Body::from_stream(stream));
+            r.headers_mut().insert("content-type", HeaderValue::from_static("text/event-stream"));
+            r.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache, no-transform"));
+            return (r, Outcome::Forwarded { status: 200 });
+        }
+        while let Some(v) = rx.recv().await {
+            if v.get("result").is_some() || v.get("error").is_some() {
+                let mut bytes = Bytes::from(v.to_string());
+                for s in &self.stages {
+                    s.on_event(call, &mut bytes);
+                }
+                return (
+                    ([("content-type", "application/json")], bytes).into_response(),
+                    Outcome::Forwarded { status: 200 },
+                );
+            }
+        }
+        denied(
+            self.deny(
+                call,
+                Reason::UpstreamUnavailable,
+                "upstream.stdio",
+                "the stdio server ended the call without an answer",
+            )
+            .with_id(id),
+        )
+    }
+
+    /// Sends a request over the mesh to the node that owns the session (its stdio child lives
+    /// there). If that node is gone, the session is too: 404, and the agent re-initializes.
+    async fn forward_to_owner(
+        &self,
+        call: &Call,
+        owner: u64,
+        headers: &HeaderMap,
+        body: Bytes,
+        id: Value,
+    ) -> (Response, Outcome) {
+        let req = McpForward {
+            server: call.server.clone(),
+            session_id: header(headers, "mcp-session-id").unwrap_or_default().to_string(),
+            protocol_version: header(headers, "mcp-protocol-version").map(str::to_string),
+            body: body.to_vec(),
+        };
+        metrics::counter!("joch_mcp_forwarded_total").increment(1);
+        match self.cluster.forward_mcp(owner, req, self.limits.upstream_timeout).await {
+            Ok(Some(a)) => {
+                let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let mut r = Response::new(Body::from(a.body));
+                *r.status_mut() = status;
+                if let Some(ct) = a.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                    r.headers_mut().insert("content-type", ct);
+                }
+                (r, Outcome::Forwarded { status: status.as_u16() })
+            }
+            Ok(None) => denied(
+                self.deny(
+                    call,
+                    Reason::SessionUnknown,
+                    "mcp.session.owner",
+                    format!("the node that owned this session ({owner}) has left the cluster: re-initialize"),
+                )
+                .with_id(id),
+            ),
+            Err(e) => denied(
+                self.deny(
+                    call,
+                    Reason::SessionUnknown,
+                    "mcp.session.owner",
+                    format!("the node that owns this session ({owner}) cannot be reached ({e}): re-initialize"),
+                )
+                .with_id(id),
+            ),
+        }
+    }
+}
+
+impl DataPlane for Proxy {
+    fn forwarded(&self, req: McpForward) -> futures::future::BoxFuture<'_, McpAnswer> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let mut headers = HeaderMap::new();
+            headers.insert("content-type", HeaderValue::from_static("application/json"));
+            headers.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
+            if let Ok(v) = HeaderValue::from_str(&req.session_id) {
+                headers.insert("mcp-session-id", v);
+            }
+            if let Some(v) = req.protocol_version.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.insert("mcp-protocol-version", v);
+            }
+            let mut call = self.call(req.server, "POST");
+            let (resp, outcome) = self.post(&mut call, &headers, Ok(Bytes::from(req.body))).await;
+            self.finish(&call, &outcome, started);
+            let status = resp.status().as_u16();
+            let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let body =
+                axum::body::to_bytes(resp.into_body(), MAX_JSON_ANSWER).await.map(|b| b.to_vec()).unwrap_or_default();
+            McpAnswer { status, content_type, body }
+        })
     }
 }
 

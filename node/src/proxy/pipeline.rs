@@ -124,22 +124,12 @@ pub fn admit(call: &Call, state: &PublishedState, lease: Result<(), String>) -> 
             );
         }
     }
-    match rec.spec.transport {
-        Transport::StreamableHttp => {}
-        Transport::Stdio if !sec.allow_stdio => {
-            return deny(
-                Reason::StdioNotAllowed,
-                "mcpserver.spec.security.allowStdio",
-                format!("MCP server {:?} uses stdio, which its record does not allow", call.server),
-            )
-        }
-        Transport::Stdio => {
-            return deny(
-                Reason::TransportUnsupported,
-                "mcpserver.spec.transport",
-                format!("MCP server {:?}: the stdio transport is not proxied by this version of joch yet", call.server),
-            )
-        }
+    if rec.spec.transport == Transport::Stdio && !sec.allow_stdio {
+        return deny(
+            Reason::StdioNotAllowed,
+            "mcpserver.spec.security.allowStdio",
+            format!("MCP server {:?} uses stdio, which its record does not allow", call.server),
+        );
     }
     Ok(rec.clone())
 }
@@ -239,6 +229,17 @@ mod tests {
         assert_eq!(reason(admit(&call("p", Some("1.4.2")), &st, Ok(()))), None);
         assert_eq!(reason(admit(&call("p", None), &st, Ok(()))), None, "initialize: checked on the answer");
         assert_eq!(reason(admit(&call("s", None), &st, Ok(()))), Some("stdio-not-allowed"));
+        let allowed = state(vec![Command::CreateServer {
+            name: "s".into(),
+            labels: Default::default(),
+            spec: McpServerSpec {
+                transport: Transport::Stdio,
+                stdio: Some(StdioSpec { command: "x".into(), ..Default::default() }),
+                security: joch_raft_store::model::resource::Security { allow_stdio: true, ..Default::default() },
+                ..Default::default()
+            },
+        }]);
+        assert_eq!(reason(admit(&call("s", None), &allowed, Ok(()))), None);
         assert_eq!(reason(admit(&call("a", None), &st, Ok(()))), None);
         let p = st.registry.servers["p"].clone();
         assert!(check_pin(&call("p", None), &p, Some("1.4.2")).is_ok());

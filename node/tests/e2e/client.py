@@ -7,6 +7,7 @@ Usage:
   client.py walkthrough SERVER NODE_URL...
   client.py quarantine JOCH ADMIN_URL SERVER NODE_URL...
   client.py pin JOCH ADMIN_URL SERVER VERSION NODE_URL...
+  client.py stdio SERVER NODE_URL...        (mcp-server-time behind joch)
 """
 import asyncio
 import itertools
@@ -149,12 +150,31 @@ async def pin(binary, admin, server, wrong, bases):
     return out
 
 
+async def stdio(server, bases):
+    client, rr = connect(server, bases)
+    async with client:
+        tools = await client.list_tools()
+        zones = []
+        for _ in range(len(bases)):
+            r = await client.call_tool("get_current_time", {"timezone": "UTC"})
+            zones.append(json.loads(r.content[0].text)["timezone"])
+        conv = await client.call_tool("convert_time", {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"})
+    return {
+        "tools": sorted(t.name for t in tools.tools),
+        "zones": zones,
+        "tokyo": json.loads(conv.content[0].text)["target"]["datetime"][11:16],
+        "ports": sorted({e["port"] for e in rr.log}),
+    }
+
+
 async def main(argv):
     cmd = argv[1]
     if cmd == "walkthrough":
         result = await walkthrough(argv[2], argv[3:])
     elif cmd == "quarantine":
         result = await quarantine(argv[2], argv[3], argv[4], argv[5:])
+    elif cmd == "stdio":
+        result = await stdio(argv[2], argv[3:])
     elif cmd == "pin":
         result = await pin(argv[2], argv[3], argv[4], argv[5], argv[6:])
     else:

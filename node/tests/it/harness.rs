@@ -170,6 +170,11 @@ impl Drop for TestCluster {
         for n in &self.nodes {
             let _ = Command::new("kill").arg("-9").arg(n.pid.to_string()).status();
         }
+        if std::thread::panicking() {
+            // Keep the node logs and data of a failed test.
+            let dir = std::mem::replace(&mut self.dir, TempDir::new().expect("temp dir"));
+            eprintln!("test cluster kept for inspection: {}", dir.keep().display());
+        }
     }
 }
 

@@ -243,3 +243,84 @@ fn a_node_cut_off_fails_closed_after_its_lease_and_serves_again_after_healing() 
         (raw_list(&cut.mcp_url, &sid).status == 200).then_some(())
     });
 }
+
+/// Pids of `mcp-server-time` processes whose parent is one of these node pids.
+fn stdio_children(c: &TestCluster) -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some((_, rest)) = stat.rsplit_once(") ") else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let (state, ppid) = (fields.first().copied().unwrap_or("Z"), fields.get(1).and_then(|p| p.parse::<u32>().ok()));
+        if state == "Z" || !cmd.contains("mcp-server-time") {
+            continue;
+        }
+        if let Some(node) = c.nodes.iter().find(|n| Some(n.pid) == ppid) {
+            out.push((pid, node.id));
+        }
+    }
+    out
+}
+
+#[test]
+fn stdio_server_runs_once_on_the_owner_is_reached_through_the_mesh_and_restarts() {
+    use std::time::Duration;
+
+    use crate::harness::{eventually, python};
+
+    let c = TestCluster::up(3, &[]);
+    let server_bin = python().parent().unwrap().join("mcp-server-time").display().to_string();
+    c.cli(1, &["mcp", "add", "time", "--transport", "stdio", "--command", &server_bin, "--allow-stdio"]).ok();
+    c.cli(1, &["mcp", "add", "time-unsafe", "--transport", "stdio", "--command", &server_bin]).ok();
+
+    let mut args = vec!["stdio".to_string(), "time".into()];
+    args.extend(bases(&c));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = sdk_client(&argv);
+    assert_eq!(r["tools"], json!(["convert_time", "get_current_time"]));
+    assert_eq!(r["zones"], json!(["UTC", "UTC", "UTC"]));
+    assert_eq!(r["tokyo"], "21:00");
+    assert_eq!(r["ports"].as_array().unwrap().len(), 3, "the session was served through every node: {r}");
+    // One child in the whole cluster: on the node that created the session; the others forwarded.
+    let children = stdio_children(&c);
+    assert_eq!(children.len(), 1, "{children:?}");
+    let (pid, owner) = children[0];
+    let forwarded: u64 = c
+        .nodes
+        .iter()
+        .filter(|n| n.id != owner)
+        .map(|n| {
+            crate::harness::http_get(&n.metrics_url)
+                .lines()
+                .find(|l| l.starts_with("joch_mcp_forwarded_total"))
+                .and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(forwarded >= 2, "requests reached the owner over the mesh ({forwarded})");
+
+    // The child dies: the next session gets a new one.
+    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    eventually("the dead child to be gone", Duration::from_secs(10), || {
+        (stdio_children(&c).iter().all(|(p, _)| *p != pid)).then_some(())
+    });
+    let r = sdk_client(&argv);
+    assert_eq!(r["zones"], json!(["UTC", "UTC", "UTC"]));
+    let again = stdio_children(&c);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_ne!(again[0].0, pid, "restarted");
+
+    // Quarantine stops the child (stdin closed, then SIGTERM, then SIGKILL).
+    c.cli(2, &["mcp", "quarantine", "time", "--reason", "test"]).ok();
+    eventually("the quarantined server's child to stop", Duration::from_secs(10), || {
+        stdio_children(&c).is_empty().then_some(())
+    });
+
+    // A stdio server whose record does not allow stdio is refused, and nothing is started.
+    let r = http("POST", &format!("{}/mcp/time-unsafe", c.node(3).mcp_url), &[ACCEPT, JSON_CT], INIT.as_bytes());
+    assert_eq!((r.status, code(&r.json())), (403, -32004), "{r:?}");
+    assert_eq!(r.json()["error"]["data"]["rule"], "mcpserver.spec.security.allowStdio");
+    assert!(stdio_children(&c).is_empty());
+}
