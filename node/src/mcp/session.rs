@@ -29,6 +29,19 @@ pub struct SessionToken {
     pub caller: String,
     /// Unix ms of creation.
     pub created_ms: u64,
+    /// For a session on the aggregate endpoint (`server` empty): the servers in it.
+    pub members: Vec<Member>,
+}
+
+/// One server of an aggregate session.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Member {
+    /// Server name.
+    pub server: String,
+    /// Its upstream session id, if it issued one.
+    pub upstream_session: Option<String>,
+    /// Its `serverInfo.version` at initialize.
+    pub upstream_version: Option<String>,
 }
 
 /// Why a session id was refused.
@@ -98,6 +111,7 @@ mod tests {
             protocol_version: "2025-11-25".into(),
             caller: "anonymous".into(),
             created_ms: 7,
+            members: vec![Member { server: "a".into(), upstream_session: None, upstream_version: Some("1".into()) }],
         }
     }
 

@@ -6,6 +6,7 @@
 //! created. Streams are forwarded event by event and cut when their server is quarantined.
 //! This module never touches RocksDB.
 
+mod aggregate;
 pub mod deny;
 pub mod pipeline;
 pub mod stdio;
@@ -43,9 +44,9 @@ use upstream::Upstream;
 pub const ANONYMOUS: &str = "anonymous";
 
 /// Largest initialize answer joch reads whole (to check the pinned version).
-const MAX_INITIALIZE_ANSWER: usize = 1 << 20;
+pub(crate) const MAX_INITIALIZE_ANSWER: usize = 1 << 20;
 /// Largest JSON (non-stream) answer joch passes on.
-const MAX_JSON_ANSWER: usize = 64 << 20;
+pub(crate) const MAX_JSON_ANSWER: usize = 64 << 20;
 
 /// The proxy of one node.
 pub struct Proxy {
@@ -79,6 +80,7 @@ impl Proxy {
         let limit = self.limits.max_body_bytes;
         Router::new()
             .route("/mcp/{server}", post(post_mcp).get(get_mcp).delete(delete_mcp))
+            .route("/mcp", post(post_aggregate).get(get_aggregate).delete(delete_aggregate))
             .layer(DefaultBodyLimit::max(limit))
             .with_state(self)
     }
@@ -189,6 +191,30 @@ async fn post_mcp(
     resp
 }
 
+async fn post_aggregate(
+    State(p): State<Arc<Proxy>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let mut call = p.call(String::new(), "POST");
+    let (resp, outcome) = p.post(&mut call, &headers, body).await;
+    p.finish(&call, &outcome, started);
+    resp
+}
+
+/// No aggregated server stream: 405, as a server without one answers.
+async fn get_aggregate() -> Response {
+    let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
+    r.headers_mut().insert("allow", HeaderValue::from_static("POST, DELETE"));
+    r
+}
+
+/// Ends an aggregate session: joch's session is stateless; upstream sessions expire on their own.
+async fn delete_aggregate() -> Response {
+    StatusCode::OK.into_response()
+}
+
 async fn get_mcp(State(p): State<Arc<Proxy>>, Path(server): Path<String>, headers: HeaderMap) -> Response {
     let started = Instant::now();
     let mut call = p.call(server, "GET");
@@ -280,6 +306,9 @@ impl Proxy {
                     None,
                 ));
             }
+            if call.server.is_empty() {
+                return self.aggregate_initialize(call, headers, &body, id).await;
+            }
             return self.initialize(call, headers, body, id).await;
         }
         let token = match self.session(call, headers) {
@@ -297,6 +326,9 @@ impl Proxy {
                     None,
                 ));
             }
+        }
+        if call.server.is_empty() {
+            return self.aggregate_request(call, headers, body, &parsed, token, id).await;
         }
         let upstream_session = token.upstream_session.clone();
         let owner = token.owner;
@@ -356,18 +388,7 @@ impl Proxy {
                 Outcome::Forwarded { status: status.as_u16() },
             );
         }
-        let is_sse =
-            content_type.as_ref().and_then(|c| c.to_str().ok()).is_some_and(|c| c.starts_with("text/event-stream"));
-        let message: Option<Value> = if is_sse {
-            let mut split = EventSplitter::default();
-            let mut events = split.push(&bytes).unwrap_or_default();
-            events.extend(split.finish());
-            events.iter().filter_map(|e| sse::data(e)).find_map(|d| {
-                serde_json::from_str::<Value>(&d).ok().filter(|v| v.get("result").is_some() || v.get("error").is_some())
-            })
-        } else {
-            serde_json::from_slice(&bytes).ok()
-        };
+        let message = answer_message(content_type.as_ref(), &bytes);
         let result = message.as_ref().and_then(|m| m.get("result"));
         let upstream_version = result.and_then(|r| r["serverInfo"]["version"].as_str()).map(str::to_string);
         let protocol_version =
@@ -393,6 +414,7 @@ impl Proxy {
             protocol_version,
             caller: call.caller.clone(),
             created_ms: now_ms(),
+            members: Vec::new(),
         };
         let sid = sealer.seal(&token);
         call.session = Some(token);
@@ -584,6 +606,7 @@ impl Proxy {
             protocol_version,
             caller: call.caller.clone(),
             created_ms: now_ms(),
+            members: Vec::new(),
         };
         let sid = sealer.seal(&token);
         call.session = Some(token);
@@ -734,6 +757,20 @@ impl DataPlane for Proxy {
             McpAnswer { status, content_type, body }
         })
     }
+}
+
+/// The JSON-RPC answer (a message with `result` or `error`) in a JSON or SSE body.
+fn answer_message(content_type: Option<&HeaderValue>, bytes: &[u8]) -> Option<Value> {
+    let is_sse = content_type.and_then(|c| c.to_str().ok()).is_some_and(|c| c.starts_with("text/event-stream"));
+    if !is_sse {
+        return serde_json::from_slice(bytes).ok();
+    }
+    let mut split = EventSplitter::default();
+    let mut events = split.push(bytes).unwrap_or_default();
+    events.extend(split.finish());
+    events.iter().filter_map(|e| sse::data(e)).find_map(|d| {
+        serde_json::from_str::<Value>(&d).ok().filter(|v| v.get("result").is_some() || v.get("error").is_some())
+    })
 }
 
 async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Bytes, String> {

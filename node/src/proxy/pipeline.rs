@@ -85,16 +85,23 @@ impl Stage for Telemetry {
     }
 }
 
+/// The denial of a node whose control plane is stale (no leader contact within the lease).
+pub fn stale(call: &Call, why: &str) -> Denial {
+    Denial::new(
+        Reason::ControlPlaneStale,
+        &call.server,
+        call.node,
+        "node.lease",
+        format!("node {} cannot vouch for the registry ({why}); try another node", call.node),
+    )
+}
+
 /// Checks a request against the registry snapshot. `lease` is this node's control-plane
 /// freshness (Err with the reason when stale).
 pub fn admit(call: &Call, state: &PublishedState, lease: Result<(), String>) -> Result<Arc<ServerRecord>, Denial> {
     let deny = |reason, rule: &str, message: String| Err(Denial::new(reason, &call.server, call.node, rule, message));
     if let Err(why) = lease {
-        return deny(
-            Reason::ControlPlaneStale,
-            "node.lease",
-            format!("node {} cannot vouch for the registry ({why}); try another node", call.node),
-        );
+        return Err(stale(call, &why));
     }
     let Some(rec) = state.registry.servers.get(&call.server) else {
         return deny(
@@ -185,6 +192,7 @@ mod tests {
                 protocol_version: "2025-11-25".into(),
                 caller: "anonymous".into(),
                 created_ms: 0,
+                members: Vec::new(),
             }),
         }
     }

@@ -8,6 +8,7 @@ Usage:
   client.py quarantine JOCH ADMIN_URL SERVER NODE_URL...
   client.py pin JOCH ADMIN_URL SERVER VERSION NODE_URL...
   client.py stdio SERVER NODE_URL...        (mcp-server-time behind joch)
+  client.py aggregate JOCH ADMIN_URL NODE_URL...   (/mcp over every server)
 """
 import asyncio
 import itertools
@@ -41,9 +42,10 @@ class RoundRobin(httpx2.AsyncBaseTransport):
 
 
 def connect(server, bases, rr=None):
+    """A client for /mcp/SERVER, or for the aggregate /mcp when server is None."""
     rr = rr or RoundRobin(bases)
     http = httpx2.AsyncClient(transport=rr, timeout=httpx2.Timeout(30.0, read=60.0))
-    url = f"{bases[0]}/mcp/{server}"
+    url = f"{bases[0]}/mcp/{server}" if server else f"{bases[0]}/mcp"
     return Client(streamable_http_client(url, http_client=http)), rr
 
 
@@ -167,12 +169,40 @@ async def stdio(server, bases):
     }
 
 
+async def aggregate(binary, admin, bases):
+    client, rr = connect(None, bases)
+    out = {}
+    async with client:
+        out["tools"] = sorted(t.name for t in (await client.list_tools()).tools)
+        out["add"] = (await client.call_tool("heldout.add", {"a": 20, "b": 22})).content[0].text
+        t = await client.call_tool("time.get_current_time", {"timezone": "UTC"})
+        out["time"] = json.loads(t.content[0].text)["timezone"]
+        out["prompts"] = sorted(p.name for p in (await client.list_prompts()).prompts)
+        out["prompt"] = (await client.get_prompt("heldout.review", {"code": "y"})).messages[0].content.text
+        resources = (await client.list_resources()).resources
+        out["resources"] = [str(r.uri) for r in resources]
+        out["read"] = (await client.read_resource(resources[0].uri)).contents[0].text
+        out["quarantine_exit"] = joch(binary, admin, "mcp", "quarantine", "heldout", "--reason", "agg")[0]
+        out["tools_after"] = sorted(t.name for t in (await client.list_tools()).tools)
+        try:
+            await client.call_tool("heldout.add", {"a": 1, "b": 1})
+            out["add_after"] = "allowed"
+        except MCPError as e:
+            out["add_after"] = err(e)
+        t = await client.call_tool("time.get_current_time", {"timezone": "UTC"})
+        out["time_after"] = json.loads(t.content[0].text)["timezone"]
+    out["ports"] = sorted({e["port"] for e in rr.log})
+    return out
+
+
 async def main(argv):
     cmd = argv[1]
     if cmd == "walkthrough":
         result = await walkthrough(argv[2], argv[3:])
     elif cmd == "quarantine":
         result = await quarantine(argv[2], argv[3], argv[4], argv[5:])
+    elif cmd == "aggregate":
+        result = await aggregate(argv[2], argv[3], argv[4:])
     elif cmd == "stdio":
         result = await stdio(argv[2], argv[3:])
     elif cmd == "pin":

@@ -324,3 +324,35 @@ fn stdio_server_runs_once_on_the_owner_is_reached_through_the_mesh_and_restarts(
     assert_eq!(r.json()["error"]["data"]["rule"], "mcpserver.spec.security.allowStdio");
     assert!(stdio_children(&c).is_empty());
 }
+
+#[test]
+fn aggregate_endpoint_names_routes_and_drops_a_quarantined_server_alone() {
+    use crate::harness::python;
+
+    let c = TestCluster::up(3, &[]);
+    let up = FastMcp::start();
+    register(&c, &up);
+    let server_bin = python().parent().unwrap().join("mcp-server-time").display().to_string();
+    c.cli(2, &["mcp", "add", "time", "--transport", "stdio", "--command", &server_bin, "--allow-stdio"]).ok();
+    let joch = joch_bin().display().to_string();
+    let mut args = vec!["aggregate".to_string(), joch, c.node(3).admin_url.clone()];
+    args.extend(bases(&c));
+    let r = sdk_client(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r["tools"], json!(["heldout.add", "heldout.slow", "time.convert_time", "time.get_current_time"]));
+    assert_eq!(r["add"], "42");
+    assert_eq!(r["time"], "UTC");
+    assert_eq!(r["prompts"], json!(["heldout.review"]));
+    assert_eq!(r["prompt"], "Review this code: y");
+    assert_eq!(r["resources"], json!(["joch+heldout:data://greeting"]));
+    assert_eq!(r["read"], "hello from heldout");
+    assert_eq!(r["quarantine_exit"], 0);
+    assert_eq!(
+        r["tools_after"],
+        json!(["time.convert_time", "time.get_current_time"]),
+        "the quarantined server drops out alone"
+    );
+    assert_eq!(r["add_after"]["code"], -32002);
+    assert_eq!(r["add_after"]["data"]["server"], "heldout");
+    assert_eq!(r["time_after"], "UTC");
+    assert_eq!(r["ports"].as_array().unwrap().len(), 3);
+}

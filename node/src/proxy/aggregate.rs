@@ -1,0 +1,392 @@
+//! The aggregate endpoint `/mcp`: every server the caller may use, behind one session. Tools and
+//! prompts are named `server.name`, resources `joch+server:URI` (and `server.name`), stable and
+//! never rewritten when servers come and go. Lists fan out to every member and merge; a member
+//! that fails or is quarantined drops out alone. Calls are routed back by the prefix.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use joch_raft_store::model::resource::Transport;
+use joch_raft_store::ServerRecord;
+use serde_json::{json, Value};
+
+use super::deny::{protocol_error, Reason};
+use super::pipeline::{admit, check_pin, stale, Call, Outcome};
+use super::{answer_message, denied, header, read_limited, rejected, Proxy, MAX_INITIALIZE_ANSWER, MAX_JSON_ANSWER};
+use crate::cluster::now_ms;
+use crate::mcp::jsonrpc::{self, Body as RpcBody};
+use crate::mcp::session::{Member, SessionToken};
+use crate::mcp::version;
+
+/// Longest a member may take to answer initialize or a list.
+const MEMBER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Resource URIs are wrapped as `joch+SERVER:URI`.
+const URI_PREFIX: &str = "joch+";
+
+/// The list methods and the key of their items.
+fn list_key(method: &str) -> Option<&'static str> {
+    match method {
+        "tools/list" => Some("tools"),
+        "prompts/list" => Some("prompts"),
+        "resources/list" => Some("resources"),
+        "resources/templates/list" => Some("resourceTemplates"),
+        _ => None,
+    }
+}
+
+fn ok(id: Value, result: Value) -> (Response, Outcome) {
+    let body = json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string();
+    (([("content-type", "application/json")], body).into_response(), Outcome::Forwarded { status: 200 })
+}
+
+/// Splits `server.name` (prompts, tools) or `joch+server:uri` (resources).
+fn route(method: &str, params: &Value) -> Option<(String, &'static str, String)> {
+    match method {
+        "tools/call" | "prompts/get" => {
+            let (s, n) = params["name"].as_str()?.split_once('.')?;
+            Some((s.to_string(), "/name", n.to_string()))
+        }
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            let (s, u) = params["uri"].as_str()?.strip_prefix(URI_PREFIX)?.split_once(':')?;
+            Some((s.to_string(), "/uri", u.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Renames one list item for the aggregate view.
+fn rename(server: &str, key: &str, mut item: Value) -> Value {
+    if let Some(n) = item["name"].as_str() {
+        item["name"] = json!(format!("{server}.{n}"));
+    }
+    let uri_field = if key == "resourceTemplates" { "uriTemplate" } else { "uri" };
+    if let Some(u) = item[uri_field].as_str() {
+        item[uri_field] = json!(format!("{URI_PREFIX}{server}:{u}"));
+    }
+    item
+}
+
+impl Proxy {
+    fn member_call(&self, call: &Call, token: &SessionToken, m: &Member) -> Call {
+        let mut c = call.clone();
+        c.server = m.server.clone();
+        c.session = Some(SessionToken {
+            server: m.server.clone(),
+            upstream_session: m.upstream_session.clone(),
+            upstream_version: m.upstream_version.clone(),
+            members: Vec::new(),
+            ..token.clone()
+        });
+        c
+    }
+
+    /// Sends one JSON-RPC message to a member's upstream (HTTP) and returns its answer message.
+    async fn member_exchange(
+        &self,
+        rec: &ServerRecord,
+        m: &Member,
+        headers: &HeaderMap,
+        msg: &Value,
+    ) -> Result<Value, String> {
+        if rec.spec.transport == Transport::Stdio {
+            let child = self.stdio.child(rec).await.map_err(|e| e.message)?;
+            let mut rx = child.call(msg.clone()).map_err(|e| e.message)?;
+            while let Some(v) =
+                tokio::time::timeout(MEMBER_TIMEOUT, rx.recv()).await.map_err(|_| "timed out".to_string())?
+            {
+                if v.get("result").is_some() || v.get("error").is_some() {
+                    return Ok(v);
+                }
+            }
+            return Err("the stdio server ended the call without an answer".into());
+        }
+        let url = Self::upstream_url(rec);
+        let body = Bytes::from(msg.to_string());
+        let resp = tokio::time::timeout(
+            MEMBER_TIMEOUT,
+            self.upstream.send(reqwest::Method::POST, &url, headers, m.upstream_session.as_deref(), Some(body)),
+        )
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.message)?;
+        let ct = resp.headers().get("content-type").cloned();
+        let bytes = read_limited(resp, MAX_JSON_ANSWER).await?;
+        answer_message(ct.as_ref(), &bytes).ok_or_else(|| "no JSON-RPC answer".to_string())
+    }
+
+    /// initialize on `/mcp`: initializes every usable server in parallel; those that fail drop out.
+    pub(super) async fn aggregate_initialize(
+        &self,
+        call: &mut Call,
+        headers: &HeaderMap,
+        body: &Bytes,
+        id: Value,
+    ) -> (Response, Outcome) {
+        let sealer = match self.sealer(call) {
+            Ok(s) => s,
+            Err(d) => return denied(d.with_id(id)),
+        };
+        if let Err(why) = self.cluster.is_ready() {
+            return denied(stale(&Call { server: "*".into(), ..call.clone() }, &why).with_id(id));
+        }
+        let requested: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let protocol_version = requested["params"]["protocolVersion"]
+            .as_str()
+            .filter(|v| version::is_legacy(v))
+            .unwrap_or(version::LEGACY[0])
+            .to_string();
+        let state = self.cluster.registry.load();
+        let candidates: Vec<_> = state
+            .registry
+            .servers
+            .keys()
+            .filter_map(|name| {
+                let c = Call { server: name.clone(), ..call.clone() };
+                admit(&c, &state, Ok(())).ok()
+            })
+            .collect();
+        let base: &Call = call;
+        let pv: &str = &protocol_version;
+        let inits = candidates.iter().map(|rec| async move {
+            let c = Call { server: rec.name.clone(), ..base.clone() };
+            let msg = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": pv, "capabilities": {},
+                "clientInfo": {"name": "joch-aggregate", "version": env!("CARGO_PKG_VERSION")}}});
+            let r: Result<Member, String> = async {
+                let (sid, version) = if rec.spec.transport == Transport::Stdio {
+                    let child = self.stdio.child(rec).await.map_err(|e| e.message)?;
+                    (None, child.version().map(str::to_string))
+                } else {
+                    let resp = tokio::time::timeout(
+                        MEMBER_TIMEOUT,
+                        self.upstream.send(
+                            reqwest::Method::POST,
+                            &Self::upstream_url(rec),
+                            headers,
+                            None,
+                            Some(Bytes::from(msg.to_string())),
+                        ),
+                    )
+                    .await
+                    .map_err(|_| "timed out".to_string())?
+                    .map_err(|e| e.message)?;
+                    let sid = header(resp.headers(), "mcp-session-id").map(str::to_string);
+                    let ct = resp.headers().get("content-type").cloned();
+                    let bytes = read_limited(resp, MAX_INITIALIZE_ANSWER).await?;
+                    let answer = answer_message(ct.as_ref(), &bytes).ok_or("no initialize answer")?;
+                    let version = answer["result"]["serverInfo"]["version"].as_str().map(str::to_string);
+                    (sid, version)
+                };
+                check_pin(&c, rec, version.as_deref()).map_err(|d| d.message)?;
+                Ok(Member { server: rec.name.clone(), upstream_session: sid, upstream_version: version })
+            }
+            .await;
+            if let Err(e) = &r {
+                tracing::warn!(server = %rec.name, error = %e, "aggregate session: server left out");
+            }
+            r.ok()
+        });
+        let members: Vec<Member> = futures::future::join_all(inits).await.into_iter().flatten().collect();
+        // initialized, to every HTTP member (the stdio children had theirs from joch).
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        let notes = members.iter().filter_map(|m| {
+            let rec = state.registry.servers.get(&m.server)?;
+            (rec.spec.transport != Transport::Stdio).then(|| {
+                let mut h = headers.clone();
+                if let Ok(v) = HeaderValue::from_str(&protocol_version) {
+                    h.insert("mcp-protocol-version", v);
+                }
+                let (up, url, sid, body) = (
+                    self.upstream.clone(),
+                    Self::upstream_url(rec),
+                    m.upstream_session.clone(),
+                    Bytes::from(note.to_string()),
+                );
+                async move {
+                    let _ = up.send(reqwest::Method::POST, &url, &h, sid.as_deref(), Some(body)).await;
+                }
+            })
+        });
+        futures::future::join_all(notes).await;
+        let names: Vec<String> = members.iter().map(|m| m.server.clone()).collect();
+        let token = SessionToken {
+            owner: call.node,
+            server: String::new(),
+            upstream_session: None,
+            upstream_version: None,
+            protocol_version: protocol_version.clone(),
+            caller: call.caller.clone(),
+            created_ms: now_ms(),
+            members,
+        };
+        let sid = sealer.seal(&token);
+        call.session = Some(token);
+        let (mut resp, outcome) = ok(
+            id,
+            json!({"protocolVersion": protocol_version,
+                   "capabilities": {"tools": {"listChanged": false}, "prompts": {"listChanged": false}, "resources": {}},
+                   "serverInfo": {"name": "joch", "version": env!("CARGO_PKG_VERSION")},
+                   "instructions": format!("joch aggregate endpoint over: {}. Tools and prompts are named SERVER.NAME.", names.join(", "))}),
+        );
+        if let Ok(v) = HeaderValue::from_str(&sid) {
+            resp.headers_mut().insert("mcp-session-id", v);
+        }
+        (resp, outcome)
+    }
+
+    /// Any other message on `/mcp`.
+    pub(super) async fn aggregate_request(
+        &self,
+        call: &mut Call,
+        headers: &HeaderMap,
+        body: Bytes,
+        parsed: &RpcBody,
+        token: SessionToken,
+        id: Value,
+    ) -> (Response, Outcome) {
+        let RpcBody::Single(m) = parsed else {
+            return rejected(protocol_error(
+                StatusCode::BAD_REQUEST,
+                Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                "JSON-RPC batches are not accepted on the aggregate endpoint",
+                None,
+            ));
+        };
+        let Some(method) = m.method.clone() else {
+            return (StatusCode::ACCEPTED.into_response(), Outcome::Forwarded { status: 202 });
+        };
+        if !m.is_request() {
+            // initialized was sent to every member at initialize; other notifications stay here.
+            return (StatusCode::ACCEPTED.into_response(), Outcome::Forwarded { status: 202 });
+        }
+        if method == "ping" {
+            return ok(id, json!({}));
+        }
+        let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let state = self.cluster.registry.load();
+        if let Some(key) = list_key(&method) {
+            let lease = self.cluster.is_ready();
+            if let Err(why) = lease {
+                return denied(stale(&Call { server: "*".into(), ..call.clone() }, &why).with_id(id));
+            }
+            let mut request = msg.clone();
+            if let Some(p) = request.get_mut("params").and_then(Value::as_object_mut) {
+                p.remove("cursor");
+            }
+            let (base, method_name): (&Call, &str) = (call, &method);
+            let fetches = token.members.iter().map(|mem| {
+                let mc = self.member_call(base, &token, mem);
+                let state = &state;
+                let request = &request;
+                async move {
+                    let rec = admit(&mc, state, Ok(())).ok()?;
+                    match self.member_exchange(&rec, mem, headers, request).await {
+                        Ok(a) => Some((mem.server.clone(), a)),
+                        Err(e) => {
+                            tracing::warn!(server = %mem.server, error = %e, method = method_name, "aggregate list: server left out");
+                            None
+                        }
+                    }
+                }
+            });
+            let mut items = Vec::new();
+            for (server, answer) in futures::future::join_all(fetches).await.into_iter().flatten() {
+                for item in answer["result"][key].as_array().cloned().unwrap_or_default() {
+                    items.push(rename(&server, key, item));
+                }
+            }
+            return ok(id, json!({ key: items }));
+        }
+        let Some((server, field, inner)) = msg.get("params").and_then(|p| route(&method, p)) else {
+            return ok_error(
+                id,
+                jsonrpc::METHOD_NOT_FOUND,
+                &format!("{method} is not available on the aggregate endpoint (names are SERVER.NAME)"),
+            );
+        };
+        let Some(member) = token.members.iter().find(|mm| mm.server == server) else {
+            return denied(
+                self.deny(
+                    &Call { server: server.clone(), ..call.clone() },
+                    Reason::ServerNotRegistered,
+                    "aggregate.members",
+                    format!("MCP server {server:?} is not part of this session (re-initialize to pick up new servers)"),
+                )
+                .with_id(id),
+            );
+        };
+        let mc = self.member_call(call, &token, member);
+        call.target = Some(inner.clone());
+        let rec = match admit(&mc, &state, self.cluster.is_ready()) {
+            Ok(r) => r,
+            Err(d) => return denied(d.with_id(id)),
+        };
+        let mut routed = msg.clone();
+        if let Some(slot) = routed.pointer_mut(&format!("/params{field}")) {
+            *slot = json!(inner);
+        }
+        let routed_body = Bytes::from(routed.to_string());
+        if rec.spec.transport == Transport::Stdio {
+            if token.owner != self.cluster.id {
+                return self.forward_to_owner(call, token.owner, headers, body, id).await;
+            }
+            let Ok(routed_parsed) = jsonrpc::parse(&routed_body, self.limits.max_json_depth) else {
+                return rejected(protocol_error(
+                    StatusCode::BAD_REQUEST,
+                    id,
+                    jsonrpc::INVALID_REQUEST,
+                    "invalid request",
+                    None,
+                ));
+            };
+            return self.stdio_request(&mc, &rec, &routed_body, &routed_parsed, id).await;
+        }
+        let resp = match self
+            .upstream
+            .send(
+                reqwest::Method::POST,
+                &Self::upstream_url(&rec),
+                headers,
+                member.upstream_session.as_deref(),
+                Some(routed_body),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return denied(self.deny(&mc, e.reason, "upstream", e.message).with_id(id)),
+        };
+        self.relay(&mc, resp, Some(id)).await
+    }
+}
+
+fn ok_error(id: Value, code: i64, message: &str) -> (Response, Outcome) {
+    let body = jsonrpc::error(id, code, message, None).to_string();
+    (([("content-type", "application/json")], body).into_response(), Outcome::Forwarded { status: 200 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let t = rename("github", "tools", json!({"name": "search_issues", "inputSchema": {}}));
+        assert_eq!(t["name"], "github.search_issues");
+        let r = rename("docs", "resources", json!({"name": "readme", "uri": "file:///a/b.md"}));
+        assert_eq!(r["uri"], "joch+docs:file:///a/b.md");
+        assert_eq!(
+            route("tools/call", &json!({"name": "github.search_issues"})),
+            Some(("github".into(), "/name", "search_issues".into()))
+        );
+        assert_eq!(route("tools/call", &json!({"name": "github.a.b"})), Some(("github".into(), "/name", "a.b".into())));
+        assert_eq!(
+            route("resources/read", &json!({"uri": "joch+docs:file:///a/b.md"})),
+            Some(("docs".into(), "/uri", "file:///a/b.md".into()))
+        );
+        assert_eq!(route("tools/call", &json!({"name": "nodot"})), None);
+        assert_eq!(route("resources/read", &json!({"uri": "file:///x"})), None);
+    }
+}
