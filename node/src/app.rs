@@ -99,14 +99,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             tracing::error!(error = %e, "admin API stopped");
         }
     });
-    let http_stop = stop.clone();
     let proxy = crate::proxy::Proxy::new(cluster.clone(), cfg.proxy.clone()).context("starting the MCP proxy")?;
     let mcp_app = crate::http::mcp_router(cluster.clone()).merge(proxy.clone().router());
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(mcp_l, mcp_app).with_graceful_shutdown(http_stop.cancelled_owned()).await {
-            tracing::error!(error = %e, "MCP listener stopped");
-        }
-    });
+    tasks.spawn(crate::http::serve_mcp(mcp_l, mcp_app, cfg.proxy.client_timeout, stop.clone()));
     let metrics_stop = stop.clone();
     let metrics_app = crate::http::metrics_router(prom.clone());
     tasks.spawn(async move {

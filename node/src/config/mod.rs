@@ -55,6 +55,9 @@ pub struct RawProxy {
     pub upstream_timeout: Option<String>,
     /// Interval of SSE keep-alive comments on idle streams (default 15s).
     pub keepalive: Option<String>,
+    /// How long a client may take to send its request headers, and its body (default 10s each);
+    /// slower clients are disconnected (headers) or answered 408 (body).
+    pub client_timeout: Option<String>,
     /// Browser origins allowed to call the MCP endpoints (`Origin` header); others get 403.
     /// Requests without an Origin header (non-browser agents) are not affected.
     pub allowed_origins: Option<Vec<String>>,
@@ -190,6 +193,8 @@ pub struct ProxyLimits {
     pub upstream_timeout: Duration,
     /// SSE keep-alive interval.
     pub keepalive: Duration,
+    /// Time allowed for request headers, and for the body.
+    pub client_timeout: Duration,
     /// Allowed browser origins.
     pub allowed_origins: Vec<String>,
 }
@@ -202,6 +207,7 @@ impl Default for ProxyLimits {
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),
             keepalive: Duration::from_secs(15),
+            client_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
         }
     }
@@ -306,6 +312,7 @@ impl RawConfig {
         m(&mut self.proxy.upstream_connect_timeout, other.proxy.upstream_connect_timeout);
         m(&mut self.proxy.upstream_timeout, other.proxy.upstream_timeout);
         m(&mut self.proxy.keepalive, other.proxy.keepalive);
+        m(&mut self.proxy.client_timeout, other.proxy.client_timeout);
         m(&mut self.proxy.allowed_origins, other.proxy.allowed_origins);
         m(&mut self.log.format, other.log.format);
         m(&mut self.log.level, other.log.level);
@@ -389,6 +396,7 @@ impl RawConfig {
                 .unwrap_or_default(),
             upstream_timeout: dur("proxy.upstream_timeout", &self.proxy.upstream_timeout, "60s").unwrap_or_default(),
             keepalive: dur("proxy.keepalive", &self.proxy.keepalive, "15s").unwrap_or_default(),
+            client_timeout: dur("proxy.client_timeout", &self.proxy.client_timeout, "10s").unwrap_or_default(),
             allowed_origins: self.proxy.allowed_origins.clone().unwrap_or_default(),
         };
         if proxy.max_body_bytes < 1024 {

@@ -32,10 +32,12 @@ pub enum Reason {
     BodyTooLarge,
     /// The Origin header is not allowed.
     OriginNotAllowed,
+    /// The client did not send its request body in time.
+    RequestTimeout,
 }
 
 impl Reason {
-    /// The stable JSON-RPC error code (-32001..-32011; -32012..-32019 are reserved).
+    /// The stable JSON-RPC error code (-32001..-32012; -32013..-32019 are reserved).
     pub fn code(self) -> i64 {
         match self {
             Reason::ServerNotRegistered => -32001,
@@ -49,6 +51,7 @@ impl Reason {
             Reason::UpstreamTimeout => -32009,
             Reason::BodyTooLarge => -32010,
             Reason::OriginNotAllowed => -32011,
+            Reason::RequestTimeout => -32012,
         }
     }
 
@@ -66,6 +69,7 @@ impl Reason {
             Reason::UpstreamTimeout => "upstream-timeout",
             Reason::BodyTooLarge => "request-too-large",
             Reason::OriginNotAllowed => "origin-not-allowed",
+            Reason::RequestTimeout => "request-timeout",
         }
     }
 
@@ -83,6 +87,7 @@ impl Reason {
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Reason::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 }
@@ -157,6 +162,7 @@ mod tests {
             Reason::UpstreamTimeout,
             Reason::BodyTooLarge,
             Reason::OriginNotAllowed,
+            Reason::RequestTimeout,
         ];
         let mut codes: Vec<i64> = all.iter().map(|r| r.code()).collect();
         codes.sort();

@@ -75,12 +75,14 @@ impl Proxy {
         self.stdio.stop_all().await;
     }
 
-    /// The MCP routes.
+    /// The MCP routes. Bodies are read whole, under the size limit and the client timeout,
+    /// before any handler runs.
     pub fn router(self: Arc<Self>) -> Router {
         let limit = self.limits.max_body_bytes;
         Router::new()
             .route("/mcp/{server}", post(post_mcp).get(get_mcp).delete(delete_mcp))
             .route("/mcp", post(post_aggregate).get(get_aggregate).delete(delete_aggregate))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), read_body))
             .layer(DefaultBodyLimit::max(limit))
             .with_state(self)
     }
@@ -161,6 +163,44 @@ impl Proxy {
 
     fn upstream_url(rec: &joch_raft_store::ServerRecord) -> String {
         rec.spec.endpoint.as_ref().map(|e| e.url.clone()).unwrap_or_default()
+    }
+}
+
+/// Reads the request body under `proxy.max_body_bytes` and `proxy.client_timeout`: a body too
+/// large gets 413, one that does not arrive in time 408, both as JSON-RPC errors.
+async fn read_body(State(p): State<Arc<Proxy>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let server = parts.uri.path().strip_prefix("/mcp").unwrap_or_default().trim_start_matches('/').to_string();
+    let call = p.call(server, "POST");
+    let started = Instant::now();
+    let limit = p.limits.max_body_bytes;
+    let fail = |d: Denial| {
+        let outcome = Outcome::Denied(d.reason);
+        p.finish(&call, &outcome, started);
+        d.into_response()
+    };
+    match tokio::time::timeout(p.limits.client_timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => fail(p.deny(
+            &call,
+            Reason::RequestTimeout,
+            "proxy.client_timeout",
+            format!("the request body did not arrive within {:?}", p.limits.client_timeout),
+        )),
+        Ok(Err(e)) if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) => {
+            fail(p.deny(
+                &call,
+                Reason::BodyTooLarge,
+                "proxy.max_body_bytes",
+                format!("request body larger than {limit} bytes"),
+            ))
+        }
+        Ok(Err(_)) => {
+            // The client went away mid-body: nobody to answer.
+            let outcome = Outcome::Rejected { status: 400 };
+            p.finish(&call, &outcome, started);
+            StatusCode::BAD_REQUEST.into_response()
+        }
+        Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, Body::from(bytes))).await,
     }
 }
 
@@ -253,15 +293,6 @@ impl Proxy {
         }
         let body = match body {
             Ok(b) => b,
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                let limit = self.limits.max_body_bytes;
-                return denied(self.deny(
-                    call,
-                    Reason::BodyTooLarge,
-                    "proxy.max_body_bytes",
-                    format!("request body larger than {limit} bytes"),
-                ));
-            }
             Err(e) => {
                 return rejected(protocol_error(
                     StatusCode::BAD_REQUEST,
