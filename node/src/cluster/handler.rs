@@ -2,10 +2,7 @@
 
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
-
 use super::ClusterNode;
-use crate::mesh::message::{Refusal, WriteOutcome};
 use crate::mesh::{Handler, MeshRequest, MeshResponse};
 
 impl Handler for ClusterNode {
@@ -30,16 +27,7 @@ impl Handler for ClusterNode {
                 }
                 MeshResponse::InstallSnapshot(r)
             }
-            MeshRequest::ForwardWrite(req) => MeshResponse::Write(match self.raft.client_write(req).await {
-                Ok(r) => Ok(WriteOutcome { index: r.log_id.index, response: r.data }),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    Err(Refusal::NotLeader { leader: f.leader_id, leader_addr: f.leader_node })
-                }
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    Err(Refusal::Membership(e.to_string()))
-                }
-                Err(RaftError::Fatal(f)) => Err(Refusal::Fatal(f.to_string())),
-            }),
+            MeshRequest::ForwardWrite(req) => MeshResponse::Write(self.local_write(req).await),
             MeshRequest::ForwardMembership(change) => MeshResponse::Membership(self.local_membership(change).await),
             MeshRequest::ReadIndex => MeshResponse::ReadIndex(self.local_read_index().await),
             MeshRequest::WaitApplied { index, timeout_ms } => {

@@ -278,24 +278,41 @@ impl ClusterNode {
 
     async fn write_once(&self, leader: Option<(NodeId, NodeAddr)>, req: Request) -> Attempt<WriteOutcome> {
         match leader {
-            None => match self.raft.client_write(req).await {
-                Ok(r) => Attempt::Done(Ok(WriteOutcome { index: r.log_id.index, response: r.data })),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    Attempt::Retry(f.leader_id.zip(f.leader_node), "not the leader".into())
-                }
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    Attempt::Done(Err(ClusterError::Membership(e.to_string())))
-                }
-                Err(RaftError::Fatal(e)) => Attempt::Done(Err(ClusterError::Fatal(e.to_string()))),
-            },
-            Some((id, addr)) => match self.mesh.call(&addr.mesh, &MeshRequest::ForwardWrite(req), PEER_CALL).await {
-                Ok(MeshResponse::Write(Ok(out))) => Attempt::Done(Ok(out)),
-                Ok(MeshResponse::Write(Err(Refusal::NotLeader { leader, leader_addr }))) => {
-                    Attempt::Retry(leader.zip(leader_addr), format!("node {id} is no longer the leader"))
-                }
-                Ok(MeshResponse::Write(Err(r))) => Attempt::Done(Err(r.into())),
-                Ok(other) => Attempt::Retry(None, format!("unexpected answer from node {id}: {other:?}")),
-                Err(e) => Attempt::Retry(None, ClusterError::Forward { leader: id, source: e }.to_string()),
+            None => Attempt::from_result(self.local_write(req).await, "this node"),
+            Some((id, addr)) => {
+                self.ask_leader(id, &addr, MeshRequest::ForwardWrite(req), PEER_CALL, |r| match r {
+                    MeshResponse::Write(x) => Ok(x),
+                    other => Err(Box::new(other)),
+                })
+                .await
+            }
+        }
+    }
+
+    /// Proposes on this node (which must lead) and waits until the leader applied it.
+    pub(crate) async fn local_write(&self, req: Request) -> Result<WriteOutcome, Refusal> {
+        self.raft
+            .client_write(req)
+            .await
+            .map(|r| WriteOutcome { index: r.log_id.index, response: r.data })
+            .map_err(refusal)
+    }
+
+    /// Sends a request the leader must answer and maps its answer for the retry loop; `pick`
+    /// takes the expected answer out of the response, or gives the response back.
+    async fn ask_leader<T>(
+        &self,
+        id: NodeId,
+        addr: &NodeAddr,
+        req: MeshRequest,
+        timeout: Duration,
+        pick: impl FnOnce(MeshResponse) -> Result<Result<T, Refusal>, Box<MeshResponse>>,
+    ) -> Attempt<T> {
+        match self.mesh.call(&addr.mesh, &req, timeout).await {
+            Err(e) => Attempt::Retry(None, ClusterError::Forward { leader: id, source: e }.to_string()),
+            Ok(resp) => match pick(resp) {
+                Ok(r) => Attempt::from_result(r, &format!("node {id}")),
+                Err(other) => Attempt::Retry(None, format!("unexpected answer from node {id}: {other:?}")),
             },
         }
     }
@@ -355,23 +372,14 @@ impl ClusterNode {
 
     async fn read_index_once(&self, leader: Option<(NodeId, NodeAddr)>) -> Attempt<u64> {
         match leader {
-            None => match self.local_read_index().await {
-                Ok(i) => Attempt::Done(Ok(i)),
-                Err(Refusal::NotLeader { leader, leader_addr }) => {
-                    Attempt::Retry(leader.zip(leader_addr), "not the leader".into())
-                }
-                Err(r @ Refusal::NoQuorum(_)) => Attempt::Retry(None, r.to_string()),
-                Err(r) => Attempt::Done(Err(r.into())),
-            },
-            Some((id, addr)) => match self.mesh.call(&addr.mesh, &MeshRequest::ReadIndex, PEER_CALL).await {
-                Ok(MeshResponse::ReadIndex(Ok(i))) => Attempt::Done(Ok(i)),
-                Ok(MeshResponse::ReadIndex(Err(Refusal::NotLeader { leader, leader_addr }))) => {
-                    Attempt::Retry(leader.zip(leader_addr), format!("node {id} is no longer the leader"))
-                }
-                Ok(MeshResponse::ReadIndex(Err(r))) => Attempt::Retry(None, r.to_string()),
-                Ok(other) => Attempt::Retry(None, format!("unexpected answer from node {id}: {other:?}")),
-                Err(e) => Attempt::Retry(None, ClusterError::Forward { leader: id, source: e }.to_string()),
-            },
+            None => Attempt::from_result(self.local_read_index().await, "this node"),
+            Some((id, addr)) => {
+                self.ask_leader(id, &addr, MeshRequest::ReadIndex, PEER_CALL, |r| match r {
+                    MeshResponse::ReadIndex(x) => Ok(x),
+                    other => Err(Box::new(other)),
+                })
+                .await
+            }
         }
     }
 
@@ -469,27 +477,14 @@ impl ClusterNode {
             let change = change.clone();
             async move {
                 match leader {
-                    None => match self.local_membership(change).await {
-                        Ok(o) => Attempt::Done(Ok(o)),
-                        Err(Refusal::NotLeader { leader, leader_addr }) => {
-                            Attempt::Retry(leader.zip(leader_addr), "not the leader".into())
-                        }
-                        Err(r) => Attempt::Done(Err(r.into())),
-                    },
+                    None => Attempt::from_result(self.local_membership(change).await, "this node"),
                     Some((id, addr)) => {
-                        match self
-                            .mesh
-                            .call(&addr.mesh, &MeshRequest::ForwardMembership(change), Duration::from_secs(60))
-                            .await
-                        {
-                            Ok(MeshResponse::Membership(Ok(o))) => Attempt::Done(Ok(o)),
-                            Ok(MeshResponse::Membership(Err(Refusal::NotLeader { leader, leader_addr }))) => {
-                                Attempt::Retry(leader.zip(leader_addr), format!("node {id} is no longer the leader"))
-                            }
-                            Ok(MeshResponse::Membership(Err(r))) => Attempt::Done(Err(r.into())),
-                            Ok(other) => Attempt::Retry(None, format!("unexpected answer from node {id}: {other:?}")),
-                            Err(e) => Attempt::Retry(None, ClusterError::Forward { leader: id, source: e }.to_string()),
-                        }
+                        let req = MeshRequest::ForwardMembership(change);
+                        self.ask_leader(id, &addr, req, ADD_LEARNER_WAIT + PEER_CALL, |r| match r {
+                            MeshResponse::Membership(x) => Ok(x),
+                            other => Err(Box::new(other)),
+                        })
+                        .await
                     }
                 }
             }
@@ -499,15 +494,6 @@ impl ClusterNode {
 
     /// On the leader: add (learner, then voter) or remove a node.
     async fn local_membership(&self, change: MembershipChange) -> Result<MembershipOutcome, Refusal> {
-        fn refuse(e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> Refusal {
-            match e {
-                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                    Refusal::NotLeader { leader: f.leader_id, leader_addr: f.leader_node }
-                }
-                RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Refusal::Membership(c.to_string()),
-                RaftError::Fatal(f) => Refusal::Fatal(f.to_string()),
-            }
-        }
         let resp = match change {
             MembershipChange::Add { id, addr, learner_only } => {
                 // Blocks until the learner has caught up (by log or snapshot), bounded: an
@@ -521,14 +507,14 @@ impl ClusterNode {
                              remove it with `joch cluster remove --id {id}` or retry"
                         ))
                     })?
-                    .map_err(refuse)?;
+                    .map_err(refusal)?;
                 if learner_only {
                     r
                 } else {
                     self.raft
                         .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                         .await
-                        .map_err(refuse)?
+                        .map_err(refusal)?
                 }
             }
             MembershipChange::Remove { id } => {
@@ -538,12 +524,12 @@ impl ClusterNode {
                     self.raft
                         .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                         .await
-                        .map_err(refuse)?
+                        .map_err(refusal)?
                 } else {
                     self.raft
                         .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                         .await
-                        .map_err(refuse)?
+                        .map_err(refusal)?
                 }
             }
         };
@@ -611,4 +597,30 @@ pub(crate) enum Attempt<T> {
     Done(Result<T, ClusterError>),
     /// Try again, at this leader if known.
     Retry(Option<(NodeId, NodeAddr)>, String),
+}
+
+impl<T> Attempt<T> {
+    /// What a leader's answer means for the retry loop: not the leader (with a hint) or no
+    /// quorum is worth another try; any other refusal is final.
+    fn from_result(r: Result<T, Refusal>, who: &str) -> Attempt<T> {
+        match r {
+            Ok(v) => Attempt::Done(Ok(v)),
+            Err(Refusal::NotLeader { leader, leader_addr }) => {
+                Attempt::Retry(leader.zip(leader_addr), format!("{who} is not the leader"))
+            }
+            Err(r @ Refusal::NoQuorum(_)) => Attempt::Retry(None, r.to_string()),
+            Err(r) => Attempt::Done(Err(r.into())),
+        }
+    }
+}
+
+/// A refused proposal, as a refusal a peer can be sent.
+fn refusal(e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> Refusal {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            Refusal::NotLeader { leader: f.leader_id, leader_addr: f.leader_node }
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Refusal::Membership(c.to_string()),
+        RaftError::Fatal(f) => Refusal::Fatal(f.to_string()),
+    }
 }

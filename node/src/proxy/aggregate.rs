@@ -14,8 +14,10 @@ use serde_json::{json, Value};
 
 use super::deny::{protocol_error, Reason};
 use super::pipeline::{admit, check_pin, stale, Call, Outcome};
-use super::{answer_message, denied, header, read_limited, rejected, Proxy, MAX_INITIALIZE_ANSWER, MAX_JSON_ANSWER};
-use crate::cluster::now_ms;
+use super::{
+    answer_message, denied, hand_out, header, new_session, read_limited, rejected, Proxy, MAX_INITIALIZE_ANSWER,
+    MAX_JSON_ANSWER,
+};
 use crate::mcp::jsonrpc::{self, Body as RpcBody};
 use crate::mcp::session::{Member, SessionToken};
 use crate::mcp::version;
@@ -211,18 +213,7 @@ impl Proxy {
         });
         futures::future::join_all(notes).await;
         let names: Vec<String> = members.iter().map(|m| m.server.clone()).collect();
-        let token = SessionToken {
-            owner: call.node,
-            server: String::new(),
-            upstream_session: None,
-            upstream_version: None,
-            protocol_version: protocol_version.clone(),
-            caller: call.caller.clone(),
-            created_ms: now_ms(),
-            members,
-        };
-        let sid = sealer.seal(&token);
-        call.session = Some(token);
+        let token = SessionToken { members, ..new_session(call, protocol_version.clone()) };
         let (mut resp, outcome) = ok(
             id,
             json!({"protocolVersion": protocol_version,
@@ -230,9 +221,7 @@ impl Proxy {
                    "serverInfo": {"name": "joch", "version": env!("CARGO_PKG_VERSION")},
                    "instructions": format!("joch aggregate endpoint over: {}. Tools and prompts are named SERVER.NAME.", names.join(", "))}),
         );
-        if let Ok(v) = HeaderValue::from_str(&sid) {
-            resp.headers_mut().insert("mcp-session-id", v);
-        }
+        hand_out(call, &sealer, token, &mut resp);
         (resp, outcome)
     }
 

@@ -204,6 +204,28 @@ async fn read_body(State(p): State<Arc<Proxy>>, req: axum::extract::Request, nex
     }
 }
 
+/// A new session for this call, owned by this node.
+fn new_session(call: &Call, protocol_version: String) -> SessionToken {
+    SessionToken {
+        owner: call.node,
+        server: call.server.clone(),
+        upstream_session: None,
+        upstream_version: None,
+        protocol_version,
+        caller: call.caller.clone(),
+        created_ms: now_ms(),
+        members: Vec::new(),
+    }
+}
+
+/// Seals `token` into the answer's `Mcp-Session-Id` and records it on the call.
+fn hand_out(call: &mut Call, sealer: &Sealer, token: SessionToken, resp: &mut Response) {
+    if let Ok(v) = HeaderValue::from_str(&sealer.seal(&token)) {
+        resp.headers_mut().insert("mcp-session-id", v);
+    }
+    call.session = Some(token);
+}
+
 fn unsupported_version(requested: &str) -> Response {
     protocol_error(
         StatusCode::BAD_REQUEST,
@@ -437,22 +459,9 @@ impl Proxy {
                 return denied(d.with_id(id));
             }
         }
-        let token = SessionToken {
-            owner: call.node,
-            server: call.server.clone(),
-            upstream_session,
-            upstream_version,
-            protocol_version,
-            caller: call.caller.clone(),
-            created_ms: now_ms(),
-            members: Vec::new(),
-        };
-        let sid = sealer.seal(&token);
-        call.session = Some(token);
+        let token = SessionToken { upstream_session, upstream_version, ..new_session(call, protocol_version) };
         let mut out = passthrough(status, content_type, Body::from(bytes));
-        if let Ok(v) = HeaderValue::from_str(&sid) {
-            out.headers_mut().insert("mcp-session-id", v);
-        }
+        hand_out(call, &sealer, token, &mut out);
         (out, Outcome::Forwarded { status: status.as_u16() })
     }
 
@@ -630,22 +639,12 @@ impl Proxy {
             .unwrap_or_else(|| version::LEGACY_DEFAULT.into());
         result["protocolVersion"] = json!(protocol_version);
         let token = SessionToken {
-            owner: call.node,
-            server: call.server.clone(),
-            upstream_session: None,
             upstream_version: child.version().map(str::to_string),
-            protocol_version,
-            caller: call.caller.clone(),
-            created_ms: now_ms(),
-            members: Vec::new(),
+            ..new_session(call, protocol_version)
         };
-        let sid = sealer.seal(&token);
-        call.session = Some(token);
         let body = json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string();
         let mut out = ([("content-type", "application/json")], body).into_response();
-        if let Ok(v) = HeaderValue::from_str(&sid) {
-            out.headers_mut().insert("mcp-session-id", v);
-        }
+        hand_out(call, sealer, token, &mut out);
         (out, Outcome::Forwarded { status: 200 })
     }
 
