@@ -8,6 +8,7 @@
 
 mod aggregate;
 pub mod deny;
+mod modern;
 pub mod pipeline;
 pub mod stdio;
 pub mod upstream;
@@ -55,6 +56,7 @@ pub struct Proxy {
     limits: ProxyLimits,
     stages: Vec<Arc<dyn Stage>>,
     stdio: Arc<StdioPool>,
+    eras: modern::Eras,
 }
 
 impl Proxy {
@@ -63,8 +65,14 @@ impl Proxy {
         let upstream = Upstream::new(&limits)?;
         let stdio = Arc::new(StdioPool::default());
         tokio::spawn(stdio.clone().reap(cluster.registry.clone()));
-        let proxy =
-            Arc::new(Proxy { cluster: cluster.clone(), upstream, limits, stages: vec![Arc::new(Telemetry)], stdio });
+        let proxy = Arc::new(Proxy {
+            cluster: cluster.clone(),
+            upstream,
+            limits,
+            stages: vec![Arc::new(Telemetry)],
+            stdio,
+            eras: modern::Eras::default(),
+        });
         let weak: std::sync::Weak<dyn DataPlane> = Arc::downgrade(&proxy) as std::sync::Weak<Proxy>;
         cluster.set_data_plane(weak);
         Ok(proxy)
@@ -117,6 +125,28 @@ impl Proxy {
             s.on_request(call, &rec)?;
         }
         Ok(rec)
+    }
+
+    /// Runs a forwarded exchange, unless the server stops being admissible first (quarantined,
+    /// deleted, re-pinned away from the session's version): then the exchange is dropped, which
+    /// closes the upstream request, and the denial is the answer.
+    async fn until_cut<T>(&self, call: &Call, exchange: impl std::future::Future<Output = T>) -> Result<T, Denial> {
+        let mut changes = self.cluster.registry.subscribe();
+        let cut = async {
+            loop {
+                if changes.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                if let Err(d) = admit(call, &self.cluster.registry.load(), Ok(())) {
+                    metrics::counter!("joch_mcp_streams_cut_total", "reason" => d.reason.as_str()).increment(1);
+                    return d;
+                }
+            }
+        };
+        tokio::select! {
+            r = exchange => Ok(r),
+            d = cut => Err(d),
+        }
     }
 
     fn sealer(&self, call: &Call) -> Result<Sealer, Denial> {
@@ -226,13 +256,13 @@ fn hand_out(call: &mut Call, sealer: &Sealer, token: SessionToken, resp: &mut Re
     call.session = Some(token);
 }
 
-fn unsupported_version(requested: &str) -> Response {
+fn unsupported_version(requested: &str, supported: &[&str]) -> Response {
     protocol_error(
         StatusCode::BAD_REQUEST,
         Value::Null,
         jsonrpc::UNSUPPORTED_VERSION,
         "Unsupported protocol version",
-        Some(json!({"supported": version::LEGACY, "requested": requested})),
+        Some(json!({"supported": supported, "requested": requested})),
     )
 }
 
@@ -325,9 +355,11 @@ impl Proxy {
                 ))
             }
         };
-        if let Some(v) = header(headers, "mcp-protocol-version") {
-            if !version::is_legacy(v) {
-                return rejected(unsupported_version(v));
+        let header_version = header(headers, "mcp-protocol-version");
+        if let Some(v) = header_version {
+            if !version::is_legacy(v) && !version::is_modern(v) {
+                let all: Vec<&str> = version::MODERN.iter().chain(version::LEGACY.iter()).copied().collect();
+                return rejected(unsupported_version(v, &all));
             }
         }
         let parsed = match jsonrpc::parse(&body, self.limits.max_json_depth) {
@@ -340,10 +372,15 @@ impl Proxy {
             RpcBody::Single(m) => {
                 call.method = m.method.clone();
                 call.target = m.target_name();
-                if m.method.as_deref() == Some("server/discover") {
-                    // The modern era is not proxied yet: answer as a legacy-only server does, so
-                    // SDK clients in auto mode fall back to initialize.
-                    return rejected(unsupported_version(version::MODERN[0]));
+                let modern = header_version.is_some_and(version::is_modern)
+                    || m.method.as_deref() == Some("server/discover")
+                    || m.params.as_ref().is_some_and(|p| p.get().contains(modern::META_VERSION));
+                if modern {
+                    if call.server.is_empty() {
+                        // The aggregate endpoint speaks the legacy era only (clients fall back).
+                        return rejected(unsupported_version(version::MODERN[0], &version::LEGACY));
+                    }
+                    return self.modern(call, headers, body.clone(), m, m.id_value()).await;
                 }
                 (m.id_value(), m.method.as_deref() == Some("initialize"))
             }
@@ -394,17 +431,33 @@ impl Proxy {
             if owner != self.cluster.id {
                 return self.forward_to_owner(call, owner, headers, body, id).await;
             }
-            return self.stdio_request(call, &rec, &body, &parsed, id).await;
+            let c: &Call = call;
+            return match self.until_cut(c, self.stdio_request(c, &rec, &body, &parsed, id.clone())).await {
+                Ok(r) => r,
+                Err(d) => denied(d.with_id(id)),
+            };
         }
-        let resp = match self
-            .upstream
-            .send(reqwest::Method::POST, &Self::upstream_url(&rec), headers, upstream_session.as_deref(), Some(body))
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return denied(self.deny(call, e.reason, "upstream", e.message).with_id(id)),
+        let c: &Call = call;
+        let exchange = async {
+            match self
+                .upstream
+                .send(
+                    reqwest::Method::POST,
+                    &Self::upstream_url(&rec),
+                    headers,
+                    upstream_session.as_deref(),
+                    Some(body),
+                )
+                .await
+            {
+                Ok(resp) => self.relay(c, resp, Some(id.clone())).await,
+                Err(e) => denied(self.deny(c, e.reason, "upstream", e.message).with_id(id.clone())),
+            }
         };
-        self.relay(call, resp, Some(id)).await
+        match self.until_cut(c, exchange).await {
+            Ok(r) => r,
+            Err(d) => denied(d.with_id(id)),
+        }
     }
 
     /// initialize: forwarded without a session; the answer is read whole (it is small) so the

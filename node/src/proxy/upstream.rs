@@ -10,7 +10,8 @@ use super::deny::Reason;
 use crate::config::ProxyLimits;
 
 /// Headers joch passes upstream (everything else, notably `Authorization` and cookies, stays).
-const FORWARDED: [&str; 4] = ["content-type", "accept", "mcp-protocol-version", "last-event-id"];
+const FORWARDED: [&str; 6] =
+    ["content-type", "accept", "mcp-protocol-version", "last-event-id", "mcp-method", "mcp-name"];
 
 /// The upstream client.
 #[derive(Clone)]

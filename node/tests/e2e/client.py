@@ -9,10 +9,12 @@ Usage:
   client.py pin JOCH ADMIN_URL SERVER VERSION NODE_URL...
   client.py stdio SERVER NODE_URL...        (mcp-server-time behind joch)
   client.py aggregate JOCH ADMIN_URL NODE_URL...   (/mcp over every server)
+  client.py era SERVER NODE_URL...          (which era the SDK negotiated; a call and a list)
 """
 import asyncio
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -46,7 +48,9 @@ def connect(server, bases, rr=None):
     rr = rr or RoundRobin(bases)
     http = httpx2.AsyncClient(transport=rr, timeout=httpx2.Timeout(30.0, read=60.0))
     url = f"{bases[0]}/mcp/{server}" if server else f"{bases[0]}/mcp"
-    return Client(streamable_http_client(url, http_client=http)), rr
+    # MCP_MODE=legacy forces the initialize handshake (sessions); the default negotiates.
+    mode = os.environ.get("MCP_MODE", "auto")
+    return Client(streamable_http_client(url, http_client=http), mode=mode), rr
 
 
 def err(e):
@@ -85,6 +89,7 @@ async def walkthrough(server, bases):
         read = await client.read_resource("data://greeting")
         prompts = await client.list_prompts()
         prompt = await client.get_prompt("review", {"code": "x = 1"})
+        protocol_version = client.session.protocol_version
     return {
         "tools": sorted(t.name for t in tools.tools),
         "add": add.content[0].text,
@@ -96,6 +101,7 @@ async def walkthrough(server, bases):
         "prompt": prompt.messages[0].content.text,
         "ports": sorted({e["port"] for e in rr.log}),
         "requests": len(rr.log),
+        "protocol_version": protocol_version,
     }
 
 
@@ -195,12 +201,32 @@ async def aggregate(binary, admin, bases):
     return out
 
 
+async def era(server, bases):
+    client, rr = connect(server, bases)
+    async with client:
+        tools = await client.list_tools()
+        name = tools.tools[0].name
+        args = {"text": "hi"} if name == "echo" else {"a": 1, "b": 2}
+        r = await client.call_tool(name, args)
+        return {
+            "protocol_version": client.session.protocol_version,
+            "modern": client.session.discover_result is not None,
+            "server_version": (client.session.discover_result.meta or {}).get("io.modelcontextprotocol/serverInfo", {}).get("version")
+            if client.session.discover_result else None,
+            "tools": sorted(t.name for t in tools.tools),
+            "call": r.content[0].text,
+            "ports": sorted({e["port"] for e in rr.log}),
+        }
+
+
 async def main(argv):
     cmd = argv[1]
     if cmd == "walkthrough":
         result = await walkthrough(argv[2], argv[3:])
     elif cmd == "quarantine":
         result = await quarantine(argv[2], argv[3], argv[4], argv[5:])
+    elif cmd == "era":
+        result = await era(argv[2], argv[3:])
     elif cmd == "aggregate":
         result = await aggregate(argv[2], argv[3], argv[4:])
     elif cmd == "stdio":

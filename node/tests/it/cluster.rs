@@ -165,8 +165,13 @@ fn late_joiner_is_brought_up_by_snapshot() {
     assert_eq!(m["voters"], serde_json::json!([1, 2, 3, 4]), "{m}");
 
     let names = |v: &Value| servers(v).len();
-    let out = joch(["--server", &admin, "mcp", "ls", "--stale", "-o", "json"]).ok();
+    // A linearizable read through node 4 sees everything at once; its local copy converges.
+    let out = joch(["--server", &admin, "mcp", "ls", "-o", "json"]).ok();
     assert_eq!(names(&out.json()), 40, "node 4 has the whole registry once it is a voter");
+    eventually("node 4's local copy to hold every server", Duration::from_secs(10), || {
+        let out = joch(["--server", &admin, "mcp", "ls", "--stale", "-o", "json"]).ok();
+        (names(&out.json()) == 40).then_some(())
+    });
     let s = c.cli(1, &["cluster", "status", "-o", "json"]).ok().json();
     let n4 = s["members"].as_array().unwrap().iter().find(|m| m["id"] == 4).cloned().unwrap();
     assert!(n4["snapshot_index"].as_u64().unwrap() > 0, "node 4 holds a snapshot: {n4}");

@@ -325,7 +325,18 @@ impl Drop for FastMcp {
 /// Runs the SDK client script with these arguments; returns its JSON.
 #[track_caller]
 pub fn sdk_client(args: &[&str]) -> Value {
-    let out = Command::new(python()).arg(e2e("client.py")).args(args).output().expect("run the SDK client");
+    sdk_client_mode("auto", args)
+}
+
+/// Likewise, with the SDK's connect mode (`auto` negotiates the era, `legacy` forces sessions).
+#[track_caller]
+pub fn sdk_client_mode(mode: &str, args: &[&str]) -> Value {
+    let out = Command::new(python())
+        .arg(e2e("client.py"))
+        .args(args)
+        .env("MCP_MODE", mode)
+        .output()
+        .expect("run the SDK client");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "client.py {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("client.py printed no JSON ({e}): {stdout}"))
@@ -398,5 +409,29 @@ impl Partition {
 impl Drop for Partition {
     fn drop(&mut self) {
         self.heal();
+    }
+}
+
+/// A legacy-era-only MCP server (tests/e2e/legacy_server.py), killed on drop.
+pub struct LegacyServer {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl LegacyServer {
+    pub fn start() -> LegacyServer {
+        let port = free_port();
+        let child = Command::new(python()).arg(e2e("legacy_server.py")).arg(port.to_string()).spawn().expect("start");
+        eventually("the legacy server to listen", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        });
+        LegacyServer { child, url: format!("http://127.0.0.1:{port}/mcp") }
+    }
+}
+
+impl Drop for LegacyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

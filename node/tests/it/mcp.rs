@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use crate::harness::{http, joch_bin, sdk_client, FastMcp, TestCluster};
+use crate::harness::{http, joch_bin, sdk_client, sdk_client_mode, FastMcp, LegacyServer, TestCluster};
 
 fn bases(c: &TestCluster) -> Vec<String> {
     c.nodes.iter().map(|n| n.mcp_url.clone()).collect()
@@ -23,7 +23,19 @@ fn sdk_session_continues_across_every_node() {
     register(&c, &up);
     let mut args = vec!["walkthrough".to_string(), "heldout".into()];
     args.extend(bases(&c));
-    let r = sdk_client(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The legacy era: one session, created on one node, continued on the others.
+    let r = sdk_client_mode("legacy", &argv);
+    assert_eq!(r["protocol_version"], "2025-11-25");
+    walkthrough_answers(&r);
+    // The modern era (negotiated by the SDK in auto mode): stateless, any node.
+    let r = sdk_client(&argv);
+    assert_eq!(r["protocol_version"], "2026-07-28");
+    walkthrough_answers(&r);
+}
+
+#[track_caller]
+fn walkthrough_answers(r: &Value) {
     assert_eq!(r["tools"], json!(["add", "slow"]));
     assert_eq!(r["add"], "3");
     assert_eq!(r["slow"], "done 5");
@@ -47,27 +59,32 @@ fn quarantine_through_node_3_is_enforced_on_every_node_and_cuts_open_streams() {
     let joch = joch_bin().display().to_string();
     let mut args = vec!["quarantine".to_string(), joch, c.node(3).admin_url.clone(), "heldout".into()];
     args.extend(bases(&c));
-    let r = sdk_client(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(r["before"], "4");
-    assert_eq!(r["quarantine_exit"], 0, "{}", r["quarantine_output"]);
-    // The open stream (a 20 s tool call) ends with the denial as its answer, right after the ack.
-    let slow = &r["slow"];
-    assert_eq!(slow["error"]["code"], -32002, "{r}");
-    assert_eq!(slow["error"]["data"]["reason"], "server-quarantined");
-    assert!(slow["ended_after_ack_s"].as_f64().unwrap() < 1.0, "stream cut within a second of the ack: {slow}");
-    // The very next call, on each node, is denied with the stable code and data.
-    let after = r["after"].as_array().unwrap();
-    let mut nodes = BTreeSet::new();
-    for a in after {
-        let e = &a["error"];
-        assert_eq!(e["code"], -32002, "{a}");
-        assert_eq!(e["data"]["reason"], "server-quarantined");
-        assert_eq!(e["data"]["server"], "heldout");
-        assert_eq!(e["data"]["rule"], "registry.quarantine");
-        assert!(e["message"].as_str().unwrap().contains("e2e: drift"));
-        nodes.insert(e["data"]["node"].as_u64().unwrap());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Legacy: the open call is an SSE stream; modern: a plain JSON exchange. Both are cut.
+    for mode in ["legacy", "auto"] {
+        let r = sdk_client_mode(mode, &argv);
+        assert_eq!(r["before"], "4");
+        assert_eq!(r["quarantine_exit"], 0, "{}", r["quarantine_output"]);
+        // The open call (20 s of work) ends with the denial as its answer, right after the ack.
+        let slow = &r["slow"];
+        assert_eq!(slow["error"]["code"], -32002, "{mode}: {r}");
+        assert_eq!(slow["error"]["data"]["reason"], "server-quarantined");
+        assert!(slow["ended_after_ack_s"].as_f64().unwrap() < 1.0, "{mode}: cut within a second of the ack: {slow}");
+        // The very next call, on each node, is denied with the stable code and data.
+        let after = r["after"].as_array().unwrap();
+        let mut nodes = BTreeSet::new();
+        for a in after {
+            let e = &a["error"];
+            assert_eq!(e["code"], -32002, "{mode}: {a}");
+            assert_eq!(e["data"]["reason"], "server-quarantined");
+            assert_eq!(e["data"]["server"], "heldout");
+            assert_eq!(e["data"]["rule"], "registry.quarantine");
+            assert!(e["message"].as_str().unwrap().contains("e2e: drift"));
+            nodes.insert(e["data"]["node"].as_u64().unwrap());
+        }
+        assert_eq!(nodes, BTreeSet::from([1, 2, 3]));
+        c.cli(1, &["mcp", "unquarantine", "heldout"]).ok();
     }
-    assert_eq!(nodes, BTreeSet::from([1, 2, 3]));
 }
 
 #[test]
@@ -78,18 +95,21 @@ fn pin_mismatch_denies_until_the_pin_is_fixed() {
     let joch = joch_bin().display().to_string();
     let mut args = vec!["pin".to_string(), joch, c.node(2).admin_url.clone(), "heldout".into(), "9.9.9".into()];
     args.extend(bases(&c));
-    let r = sdk_client(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(r["before"], "7");
-    assert_eq!(r["pin_wrong"], 0);
-    for key in ["existing_session", "new_session"] {
-        let e = &r[key];
-        assert_eq!(e["code"], -32003, "{key}: {r}");
-        assert_eq!(e["data"]["reason"], "version-pin-mismatch");
-        assert_eq!(e["data"]["rule"], "mcpserver.spec.security.pinnedVersion");
-        assert_eq!(e["message"], "MCP server \"heldout\" is pinned to 9.9.9 but runs 1.4.2");
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    for mode in ["legacy", "auto"] {
+        let r = sdk_client_mode(mode, &argv);
+        assert_eq!(r["before"], "7");
+        assert_eq!(r["pin_wrong"], 0);
+        for key in ["existing_session", "new_session"] {
+            let e = &r[key];
+            assert_eq!(e["code"], -32003, "{mode} {key}: {r}");
+            assert_eq!(e["data"]["reason"], "version-pin-mismatch");
+            assert_eq!(e["data"]["rule"], "mcpserver.spec.security.pinnedVersion");
+            assert_eq!(e["message"], "MCP server \"heldout\" is pinned to 9.9.9 but runs 1.4.2");
+        }
+        assert_eq!(r["pin_right"], 0);
+        assert_eq!(r["after_fix"], "10");
     }
-    assert_eq!(r["pin_right"], 0);
-    assert_eq!(r["after_fix"], "10");
 }
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
@@ -119,7 +139,7 @@ fn bad_input_gets_its_specific_error_and_the_node_keeps_serving() {
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("nesting deeper than 64"));
     let r = post(&[("mcp-protocol-version", "1999-01-01")], INIT.as_bytes());
     assert_eq!((r.status, code(&r.json())), (400, -32022), "{r:?}");
-    assert_eq!(r.json()["error"]["data"]["supported"], json!(["2025-11-25", "2025-06-18", "2025-03-26"]));
+    assert_eq!(r.json()["error"]["data"]["supported"], json!(["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"]));
     let big = vec![b' '; 5 << 20];
     let r = post(&[], &big);
     assert_eq!(r.status, 413, "{r:?}");
@@ -146,10 +166,41 @@ fn bad_input_gets_its_specific_error_and_the_node_keeps_serving() {
         json!({"reason": "server-not-registered", "server": "nope", "node": 1, "rule": "registry.registered"})
     );
 
-    // The modern era's discover probe gets -32022 naming only legacy versions (clients fall back).
-    let discover = br#"{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{}}"#;
-    let r = post(&[], discover);
+    // The modern era: the SDK server's validation ladder, then removed methods.
+    let m = |method: &str, version: &str, extra: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":5,"method":"{method}","params":{{{extra}"_meta":{{"io.modelcontextprotocol/protocolVersion":"{version}","io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#
+        )
+    };
+    let modern = |method: &str, name: Option<&str>, body: &str| {
+        let mut h = vec![("mcp-protocol-version", "2026-07-28"), ("mcp-method", method)];
+        if let Some(n) = name {
+            h.push(("mcp-name", n));
+        }
+        post(&h, body.as_bytes())
+    };
+    let r = modern("server/discover", None, r#"{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{}}"#);
+    assert_eq!((r.status, code(&r.json())), (400, -32602), "{r:?}");
+    let r = modern("tools/call", None, &m("tools/list", "2026-07-28", ""));
+    assert_eq!((r.status, code(&r.json())), (400, -32020), "{r:?}");
+    assert_eq!(r.json()["error"]["message"], "mcp-method header does not match the request body's method");
+    let r =
+        modern("tools/call", Some("sub"), &m("tools/call", "2026-07-28", r#""name":"add","arguments":{"a":1,"b":2},"#));
+    assert_eq!((r.status, code(&r.json())), (400, -32020), "{r:?}");
+    let r = post(
+        &[("mcp-protocol-version", "2027-01-01"), ("mcp-method", "tools/list")],
+        m("tools/list", "2027-01-01", "").as_bytes(),
+    );
     assert_eq!((r.status, code(&r.json())), (400, -32022), "{r:?}");
+    let r = modern("ping", None, &m("ping", "2026-07-28", ""));
+    assert_eq!((r.status, code(&r.json())), (404, -32601), "{r:?}");
+    let r =
+        modern("tools/call", Some("add"), &m("tools/call", "2026-07-28", r#""name":"add","arguments":{"a":1,"b":2},"#));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["result"]["content"][0]["text"], "3", "{r:?}");
+    let r = modern("tools/list", None, &m("tools/list", "2026-07-28", ""));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_ne!(r.json()["result"]["cacheScope"], "public", "lists never leave joch cacheable as public");
 
     // Through all that, the node keeps serving: a real session with a batch refused mid-way.
     let r = post(&[], INIT.as_bytes());
@@ -395,4 +446,37 @@ fn slow_and_oversized_clients_are_cut_off() {
     assert_eq!(r.status, 431, "{r:?}");
     // And the node still serves.
     assert_eq!(http("GET", &format!("{}/healthz", c.node(1).mcp_url), &[], b"").status, 200);
+}
+
+#[test]
+fn modern_callers_reach_modern_and_legacy_only_upstreams() {
+    let c = TestCluster::up(3, &[]);
+    let modern = FastMcp::start();
+    let legacy = LegacyServer::start();
+    register(&c, &modern);
+    c.cli(2, &["mcp", "add", "old", "--endpoint", &legacy.url]).ok();
+    for (server, tools, call, version) in
+        [("heldout", json!(["add", "slow"]), "3", "1.4.2"), ("old", json!(["echo"]), "hi", "0.9.0")]
+    {
+        let mut args = vec!["era".to_string(), server.into()];
+        args.extend(bases(&c));
+        let r = sdk_client(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(r["protocol_version"], "2026-07-28", "{server}: {r}");
+        assert_eq!(r["modern"], true);
+        assert_eq!(r["server_version"], version, "{server}: the version reaches the client in _meta");
+        assert_eq!(r["tools"], tools);
+        assert_eq!(r["call"], call);
+        assert_eq!(r["ports"].as_array().unwrap().len(), 3);
+    }
+    // A pin is enforced on modern callers too, before anything is forwarded.
+    c.cli(1, &["mcp", "pin", "old", "--to", "1.0.0"]).ok();
+    let body = r#"{"jsonrpc":"2.0","id":5,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+    let r = http(
+        "POST",
+        &format!("{}/mcp/old", c.node(3).mcp_url),
+        &[ACCEPT, JSON_CT, ("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list")],
+        body.as_bytes(),
+    );
+    assert_eq!((r.status, code(&r.json())), (403, -32003), "{r:?}");
+    assert_eq!(r.json()["error"]["message"], "MCP server \"old\" is pinned to 1.0.0 but runs 0.9.0");
 }

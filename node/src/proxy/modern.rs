@@ -1,0 +1,535 @@
+//! The modern (2026-07-28, stateless) era on `/mcp/{server}`.
+//!
+//! Every request carries its envelope in `params._meta` and the routing headers; joch checks them
+//! the way the SDK server does (envelope, then headers, then version), answers removed methods
+//! with 404, and then, per upstream:
+//! - a modern upstream gets the request as is (joch keeps only an era/version record per node);
+//! - a legacy-only upstream is reached through a legacy session this node holds for it: the
+//!   envelope is stripped, the answer gets the modern fields (`resultType`, `_meta` serverInfo,
+//!   `ttlMs`/`cacheScope` on lists), and `server/discover` is answered from the upstream's
+//!   initialize result.
+//!
+//! List results never leave joch marked `cacheScope: public`: what a caller may see will be
+//! filtered per caller (policy), so a shared cache must not keep it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use joch_raft_store::ServerRecord;
+use serde_json::{json, Value};
+
+use super::deny::protocol_error;
+use super::pipeline::{check_pin, Call, Outcome};
+use super::{answer_message, denied, read_limited, rejected, Proxy, MAX_INITIALIZE_ANSWER, MAX_JSON_ANSWER};
+use crate::mcp::jsonrpc::{self, Message};
+use crate::mcp::version;
+
+/// `_meta` key of the protocol version.
+pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// `_meta` key of the client capabilities.
+pub const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+/// `_meta` key of the client info.
+pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+/// `_meta` key of the server info in results.
+pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+/// JSON-RPC code for a routing header that disagrees with the body.
+pub const HEADER_MISMATCH: i64 = -32020;
+/// How long an upstream's era is remembered before it is probed again.
+const ERA_TTL: Duration = Duration::from_secs(60);
+
+/// Methods that exist in the legacy era only.
+const REMOVED: [&str; 8] = [
+    "initialize",
+    "ping",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "notifications/initialized",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+];
+
+/// Methods whose results carry `ttlMs`/`cacheScope`.
+const CACHEABLE: [&str; 5] =
+    ["tools/list", "prompts/list", "resources/list", "resources/templates/list", "server/discover"];
+
+/// Which body parameter `Mcp-Name` mirrors.
+fn name_key(method: &str) -> Option<&'static str> {
+    match method {
+        "tools/call" | "prompts/get" => Some("name"),
+        "resources/read" => Some("uri"),
+        _ => None,
+    }
+}
+
+/// What this node knows of one upstream's era.
+#[derive(Clone, Debug)]
+pub struct Era {
+    modern: bool,
+    version: Option<String>,
+    /// Legacy upstreams: the session this node holds, and the initialize result.
+    legacy: Option<(Option<String>, Value)>,
+    at: Instant,
+}
+
+/// Per-node record of upstream eras, keyed by server name and endpoint.
+#[derive(Default)]
+pub struct Eras(Mutex<HashMap<String, Era>>);
+
+impl Eras {
+    fn get(&self, key: &str) -> Option<Era> {
+        self.0.lock().expect("eras").get(key).filter(|e| e.at.elapsed() < ERA_TTL).cloned()
+    }
+    fn put(&self, key: String, era: Era) {
+        self.0.lock().expect("eras").insert(key, era);
+    }
+    fn forget(&self, key: &str) {
+        self.0.lock().expect("eras").remove(key);
+    }
+}
+
+/// `=?base64?...?=` header values, as the SDK encodes non-ASCII names.
+fn decode_header(v: &str) -> Option<String> {
+    use base64::Engine;
+    match v.strip_prefix("=?base64?").and_then(|r| r.strip_suffix("?=")) {
+        None => Some(v.to_string()),
+        Some(p) => String::from_utf8(base64::engine::general_purpose::STANDARD.decode(p).ok()?).ok(),
+    }
+}
+
+fn bad(code: i64, message: &str, data: Option<Value>) -> (Response, Outcome) {
+    rejected(protocol_error(StatusCode::BAD_REQUEST, Value::Null, code, message, data))
+}
+
+fn reject(code: i64, message: &str, data: Option<Value>) -> Box<(Response, Outcome)> {
+    Box::new(bad(code, message, data))
+}
+
+/// The validation ladder: envelope, headers, version. `Ok` carries the envelope version.
+fn validate(msg: &Value, method: &str, headers: &HeaderMap) -> Result<String, Box<(Response, Outcome)>> {
+    let meta = msg.pointer("/params/_meta").and_then(Value::as_object).ok_or_else(|| {
+        reject(jsonrpc::INVALID_PARAMS, &format!("params._meta must be an object carrying the required {META_VERSION:?} and {META_CAPABILITIES:?} envelope keys"), None)
+    })?;
+    let missing: Vec<&str> = [META_VERSION, META_CAPABILITIES].into_iter().filter(|k| !meta.contains_key(*k)).collect();
+    if !missing.is_empty() {
+        return Err(reject(
+            jsonrpc::INVALID_PARAMS,
+            &format!("params._meta is missing the required envelope key(s): {}", missing.join(", ")),
+            None,
+        ));
+    }
+    let envelope = &meta[META_VERSION];
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    if h("mcp-protocol-version") != envelope.as_str() {
+        return Err(reject(
+            HEADER_MISMATCH,
+            "mcp-protocol-version header does not match the request envelope's protocol version",
+            None,
+        ));
+    }
+    if h("mcp-method") != Some(method) {
+        return Err(reject(HEADER_MISMATCH, "mcp-method header does not match the request body's method", None));
+    }
+    if let Some(key) = name_key(method) {
+        if let Some(body_value) = msg["params"][key].as_str() {
+            if h("mcp-name").and_then(decode_header).as_deref() != Some(body_value) {
+                return Err(reject(
+                    HEADER_MISMATCH,
+                    &format!("mcp-name header does not match the request body's {key:?} parameter"),
+                    None,
+                ));
+            }
+        }
+    }
+    let Some(v) = envelope.as_str() else {
+        return Err(reject(jsonrpc::INVALID_PARAMS, "the envelope's protocol version must be a string", None));
+    };
+    if !version::is_modern(v) {
+        return Err(reject(
+            jsonrpc::UNSUPPORTED_VERSION,
+            "Unsupported protocol version",
+            Some(json!({"supported": version::MODERN, "requested": v})),
+        ));
+    }
+    Ok(v.to_string())
+}
+
+/// Adds the modern fields to a result that came from a legacy upstream.
+fn modernize(method: &str, mut result: Value, server_info: &Value) -> Value {
+    if let Some(obj) = result.as_object_mut() {
+        obj.insert("resultType".into(), json!("complete"));
+        let meta = obj.entry("_meta").or_insert_with(|| json!({}));
+        if let Some(m) = meta.as_object_mut() {
+            m.insert(META_SERVER_INFO.into(), server_info.clone());
+        }
+        if CACHEABLE.contains(&method) {
+            obj.insert("ttlMs".into(), json!(0));
+            obj.insert("cacheScope".into(), json!("private"));
+        }
+    }
+    result
+}
+
+/// A list result may be filtered per caller: never let it be cached as public.
+fn private_lists(method: &str, msg: &mut Value) {
+    if CACHEABLE.contains(&method) && msg.pointer("/result/cacheScope").and_then(Value::as_str) == Some("public") {
+        msg["result"]["cacheScope"] = json!("private");
+    }
+}
+
+fn json_answer(msg: &Value) -> (Response, Outcome) {
+    (([("content-type", "application/json")], msg.to_string()).into_response(), Outcome::Forwarded { status: 200 })
+}
+
+impl Proxy {
+    /// A modern-era message on `/mcp/{server}`.
+    pub(super) async fn modern(
+        &self,
+        call: &mut Call,
+        headers: &HeaderMap,
+        body: Bytes,
+        m: &Message,
+        id: Value,
+    ) -> (Response, Outcome) {
+        let Some(method) = m.method.clone() else {
+            return bad(
+                jsonrpc::INVALID_REQUEST,
+                "the modern era has no client responses to server requests over POST",
+                None,
+            );
+        };
+        if REMOVED.contains(&method.as_str()) {
+            return rejected(protocol_error(
+                StatusCode::NOT_FOUND,
+                id,
+                jsonrpc::METHOD_NOT_FOUND,
+                "Method not found",
+                None,
+            ));
+        }
+        let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if m.is_request() {
+            if let Err(r) = validate(&msg, &method, headers) {
+                return *r;
+            }
+        }
+        let rec = match self.admit(call) {
+            Ok(r) => r,
+            Err(d) => return denied(d.with_id(id)),
+        };
+        if rec.spec.transport != joch_raft_store::model::resource::Transport::StreamableHttp {
+            // stdio children hold one legacy session per node; agents reach them in the legacy era.
+            return bad(
+                jsonrpc::UNSUPPORTED_VERSION,
+                "Unsupported protocol version",
+                Some(json!({"supported": version::LEGACY, "requested": version::MODERN[0]})),
+            );
+        }
+        let era = match self.era(&rec, headers).await {
+            Ok(e) => e,
+            Err(e) => return denied(self.deny(call, e.0, "upstream", e.1).with_id(id)),
+        };
+        if let Err(d) = check_pin(call, &rec, era.version.as_deref()) {
+            return denied(d.with_id(id));
+        }
+        if !m.is_request() {
+            // notifications/cancelled: a modern upstream gets it; a legacy one has no such request in flight.
+            if era.modern {
+                let _ = self
+                    .upstream
+                    .send(reqwest::Method::POST, &Self::upstream_url(&rec), headers, None, Some(body))
+                    .await;
+            }
+            return (StatusCode::ACCEPTED.into_response(), Outcome::Forwarded { status: 202 });
+        }
+        let c: &Call = call;
+        let exchange = async {
+            if era.modern {
+                self.modern_passthrough(c, &rec, headers, body, &method, id.clone()).await
+            } else {
+                self.translate_to_legacy(c, &rec, headers, msg, &method, era, id.clone()).await
+            }
+        };
+        match self.until_cut(c, exchange).await {
+            Ok(r) => r,
+            Err(d) => denied(d.with_id(id)),
+        }
+    }
+
+    /// A modern upstream: forwarded as is; the answer's version is checked against the pin.
+    async fn modern_passthrough(
+        &self,
+        call: &Call,
+        rec: &ServerRecord,
+        headers: &HeaderMap,
+        body: Bytes,
+        method: &str,
+        id: Value,
+    ) -> (Response, Outcome) {
+        let resp = match self
+            .upstream
+            .send(reqwest::Method::POST, &Self::upstream_url(rec), headers, None, Some(body))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return denied(self.deny(call, e.reason, "upstream", e.message).with_id(id)),
+        };
+        let is_json = resp
+            .headers()
+            .get("content-type")
+            .and_then(|c| c.to_str().ok())
+            .is_some_and(|c| c.starts_with("application/json"));
+        if !is_json || !resp.status().is_success() {
+            return self.relay(call, resp, Some(id)).await;
+        }
+        let status = resp.status();
+        let bytes = match read_limited(resp, MAX_JSON_ANSWER).await {
+            Ok(b) => b,
+            Err(e) => {
+                return denied(self.deny(call, super::deny::Reason::UpstreamUnavailable, "upstream", e).with_id(id))
+            }
+        };
+        let Ok(mut msg) = serde_json::from_slice::<Value>(&bytes) else {
+            return (
+                super::passthrough(status, Some(HeaderValue::from_static("application/json")), bytes.into()),
+                Outcome::Forwarded { status: status.as_u16() },
+            );
+        };
+        if let Some(v) = msg
+            .pointer(&format!("/result/_meta/{}", META_SERVER_INFO.replace('/', "~1")))
+            .and_then(|i| i["version"].as_str())
+        {
+            if let Err(d) = check_pin(call, rec, Some(v)) {
+                self.eras.forget(&era_key(rec));
+                return denied(d.with_id(id));
+            }
+        }
+        private_lists(method, &mut msg);
+        json_answer(&msg)
+    }
+
+    /// A legacy-only upstream, through the legacy session this node holds for it.
+    #[allow(clippy::too_many_arguments)]
+    async fn translate_to_legacy(
+        &self,
+        call: &Call,
+        rec: &ServerRecord,
+        headers: &HeaderMap,
+        mut msg: Value,
+        method: &str,
+        era: Era,
+        id: Value,
+    ) -> (Response, Outcome) {
+        let Some((sid, init)) = era.legacy.clone() else {
+            return denied(
+                self.deny(
+                    call,
+                    super::deny::Reason::UpstreamUnavailable,
+                    "upstream",
+                    "no legacy session with the upstream",
+                )
+                .with_id(id),
+            );
+        };
+        let server_info = init["serverInfo"].clone();
+        if method == "server/discover" {
+            let result = modernize(
+                method,
+                json!({"supportedVersions": version::MODERN, "capabilities": init["capabilities"]}),
+                &server_info,
+            );
+            return json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}));
+        }
+        if method == "subscriptions/listen" {
+            return json_answer(&jsonrpc::error(
+                id,
+                jsonrpc::METHOD_NOT_FOUND,
+                "subscriptions/listen is not available: the upstream speaks only the legacy era",
+                None,
+            ));
+        }
+        if let Some(meta) = msg.pointer_mut("/params/_meta").and_then(Value::as_object_mut) {
+            for k in [META_VERSION, META_CAPABILITIES, META_CLIENT_INFO] {
+                meta.remove(k);
+            }
+        }
+        let mut legacy_headers = HeaderMap::new();
+        legacy_headers.insert("content-type", HeaderValue::from_static("application/json"));
+        legacy_headers.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
+        legacy_headers.insert("mcp-protocol-version", HeaderValue::from_static(version::LEGACY[0]));
+        let _ = headers;
+        let url = Self::upstream_url(rec);
+        let resp = match self
+            .upstream
+            .send(reqwest::Method::POST, &url, &legacy_headers, sid.as_deref(), Some(Bytes::from(msg.to_string())))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return denied(self.deny(call, e.reason, "upstream", e.message).with_id(id)),
+        };
+        if resp.status() == StatusCode::NOT_FOUND {
+            // The upstream ended our session (restarted?): the next request starts a new one.
+            self.eras.forget(&era_key(rec));
+        }
+        let ct = resp.headers().get("content-type").cloned();
+        let bytes = match read_limited(resp, MAX_JSON_ANSWER).await {
+            Ok(b) => b,
+            Err(e) => {
+                return denied(self.deny(call, super::deny::Reason::UpstreamUnavailable, "upstream", e).with_id(id))
+            }
+        };
+        let Some(mut answer) = answer_message(ct.as_ref(), &bytes) else {
+            return denied(
+                self.deny(
+                    call,
+                    super::deny::Reason::UpstreamUnavailable,
+                    "upstream",
+                    "the legacy upstream gave no answer",
+                )
+                .with_id(id),
+            );
+        };
+        if let Some(result) = answer.get_mut("result") {
+            *result = modernize(method, result.take(), &server_info);
+        }
+        answer["id"] = id;
+        json_answer(&answer)
+    }
+
+    /// The upstream's era and version, probed once per node (and again after a minute).
+    async fn era(&self, rec: &ServerRecord, headers: &HeaderMap) -> Result<Era, (super::deny::Reason, String)> {
+        let key = era_key(rec);
+        if let Some(e) = self.eras.get(&key) {
+            return Ok(e);
+        }
+        let url = Self::upstream_url(rec);
+        let v = version::MODERN[0];
+        let discover = json!({"jsonrpc": "2.0", "id": 0, "method": "server/discover", "params": {"_meta": {
+            META_VERSION: v, META_CAPABILITIES: {}, META_CLIENT_INFO: {"name": "joch", "version": env!("CARGO_PKG_VERSION")}}}});
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
+        h.insert("mcp-protocol-version", HeaderValue::from_static(version::MODERN[0]));
+        h.insert("mcp-method", HeaderValue::from_static("server/discover"));
+        let _ = headers;
+        let probe = self
+            .upstream
+            .send(reqwest::Method::POST, &url, &h, None, Some(Bytes::from(discover.to_string())))
+            .await
+            .map_err(|e| (e.reason, e.message))?;
+        let ct = probe.headers().get("content-type").cloned();
+        let bytes = read_limited(probe, MAX_INITIALIZE_ANSWER)
+            .await
+            .map_err(|e| (super::deny::Reason::UpstreamUnavailable, e))?;
+        let answer = answer_message(ct.as_ref(), &bytes);
+        let modern_result = answer.as_ref().and_then(|a| a.get("result")).filter(|r| {
+            r["supportedVersions"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|x| x.as_str().is_some_and(version::is_modern)))
+        });
+        let era = if let Some(r) = modern_result {
+            let version = r
+                .pointer(&format!("/_meta/{}", META_SERVER_INFO.replace('/', "~1")))
+                .and_then(|i| i["version"].as_str())
+                .map(str::to_string);
+            Era { modern: true, version, legacy: None, at: Instant::now() }
+        } else {
+            // Legacy: open the session this node will use for modern callers.
+            let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": version::LEGACY[0],
+                "capabilities": {}, "clientInfo": {"name": "joch", "version": env!("CARGO_PKG_VERSION")}}});
+            let mut lh = HeaderMap::new();
+            lh.insert("content-type", HeaderValue::from_static("application/json"));
+            lh.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
+            let resp = self
+                .upstream
+                .send(reqwest::Method::POST, &url, &lh, None, Some(Bytes::from(init.to_string())))
+                .await
+                .map_err(|e| (e.reason, e.message))?;
+            let sid = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let ct = resp.headers().get("content-type").cloned();
+            let bytes = read_limited(resp, MAX_INITIALIZE_ANSWER)
+                .await
+                .map_err(|e| (super::deny::Reason::UpstreamUnavailable, e))?;
+            let result = answer_message(ct.as_ref(), &bytes).and_then(|a| a.get("result").cloned()).ok_or((
+                super::deny::Reason::UpstreamUnavailable,
+                "the upstream answered neither server/discover nor initialize".to_string(),
+            ))?;
+            let mut nh = lh.clone();
+            nh.insert("mcp-protocol-version", HeaderValue::from_static(version::LEGACY[0]));
+            let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+            let _ = self
+                .upstream
+                .send(reqwest::Method::POST, &url, &nh, sid.as_deref(), Some(Bytes::from(note.to_string())))
+                .await;
+            let version = result["serverInfo"]["version"].as_str().map(str::to_string);
+            Era { modern: false, version, legacy: Some((sid, result)), at: Instant::now() }
+        };
+        self.eras.put(key, era.clone());
+        Ok(era)
+    }
+}
+
+/// The era cache key: the server and where it is (a re-pointed server is probed again).
+fn era_key(rec: &ServerRecord) -> String {
+    format!("{}\u{0}{}", rec.name, Proxy::upstream_url(rec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn code(r: Result<String, Box<(Response, Outcome)>>) -> Option<u16> {
+        r.err().map(|b| b.0.status().as_u16())
+    }
+
+    #[test]
+    fn the_validation_ladder() {
+        let ok = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","_meta":{META_VERSION:"2026-07-28",META_CAPABILITIES:{}}}});
+        let good =
+            headers(&[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "add")]);
+        assert_eq!(validate(&ok, "tools/call", &good).ok().as_deref(), Some("2026-07-28"));
+        let no_meta = json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}});
+        assert_eq!(code(validate(&no_meta, "tools/list", &good)), Some(400));
+        let wrong_method =
+            headers(&[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list"), ("mcp-name", "add")]);
+        assert_eq!(code(validate(&ok, "tools/call", &wrong_method)), Some(400));
+        let wrong_name =
+            headers(&[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "sub")]);
+        assert_eq!(code(validate(&ok, "tools/call", &wrong_name)), Some(400));
+        let b64 = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "=?base64?YWRk?="),
+        ]);
+        assert!(validate(&ok, "tools/call", &b64).is_ok(), "base64-encoded names decode");
+        let future = json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{META_VERSION:"2027-01-01",META_CAPABILITIES:{}}}});
+        let fh = headers(&[("mcp-protocol-version", "2027-01-01"), ("mcp-method", "tools/list")]);
+        assert_eq!(code(validate(&future, "tools/list", &fh)), Some(400));
+    }
+
+    #[test]
+    fn legacy_results_get_modern_fields() {
+        let r = modernize("tools/list", json!({"tools": []}), &json!({"name": "s", "version": "1"}));
+        assert_eq!(r["resultType"], "complete");
+        assert_eq!(r["cacheScope"], "private");
+        assert_eq!(r["ttlMs"], 0);
+        assert_eq!(r["_meta"][META_SERVER_INFO]["version"], "1");
+        let c = modernize("tools/call", json!({"content": []}), &json!({}));
+        assert!(c.get("cacheScope").is_none());
+        let mut public = json!({"result": {"cacheScope": "public", "tools": []}});
+        private_lists("tools/list", &mut public);
+        assert_eq!(public["result"]["cacheScope"], "private");
+    }
+}

@@ -1,0 +1,56 @@
+"""A legacy-era-only MCP server (2025-11-25 sessions, no server/discover), for testing how joch
+translates modern-era callers. The servers on PyPI speak both eras, so this one is written here;
+the client in the tests is still the official SDK.
+
+Usage: legacy_server.py PORT
+"""
+import json
+import sys
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+SESSIONS = set()
+TOOLS = [{"name": "echo", "description": "Echo a text.",
+          "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}]
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def answer(self, status, body=None, headers=()):
+        data = json.dumps(body).encode() if body is not None else b""
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):
+        msg = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        method, mid = msg.get("method"), msg.get("id")
+        if method == "initialize":
+            sid = uuid.uuid4().hex
+            SESSIONS.add(sid)
+            result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+                      "serverInfo": {"name": "legacy", "version": "0.9.0"}}
+            return self.answer(200, {"jsonrpc": "2.0", "id": mid, "result": result}, [("mcp-session-id", sid)])
+        if self.headers.get("mcp-session-id") not in SESSIONS:
+            return self.answer(400, {"jsonrpc": "2.0", "id": mid, "error": {"code": -32600, "message": "Bad Request: Missing session ID"}})
+        if mid is None:
+            return self.answer(202)
+        if method == "tools/list":
+            return self.answer(200, {"jsonrpc": "2.0", "id": mid, "result": {"tools": TOOLS}})
+        if method == "tools/call" and msg["params"]["name"] == "echo":
+            text = msg["params"]["arguments"]["text"]
+            return self.answer(200, {"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": text}], "isError": False}})
+        return self.answer(200, {"jsonrpc": "2.0", "id": mid, "error": {"code": -32601, "message": "Method not found"}})
+
+    def do_GET(self):
+        self.answer(405, None, [("allow", "POST")])
+
+
+if __name__ == "__main__":
+    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
