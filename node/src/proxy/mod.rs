@@ -5,6 +5,12 @@
 //! snapshot. Sessions are sealed (`mcp::session`), so any node continues a session another node
 //! created. Streams are forwarded event by event and cut when their server is quarantined.
 //! This module never touches RocksDB.
+//!
+//! The official Rust SDK (rmcp) is not used here: an intermediary needs byte-level control that
+//! its typed client/server services hide: forwarding SSE event by event as the upstream wrote it,
+//! keeping the upstream's status codes and headers, rewriting ids and progress tokens for a shared
+//! stdio child, cutting a stream mid-way on a quarantine, and sealing its own session ids. The
+//! protocol pieces joch needs are small (`crate::mcp`) and checked against the SDKs end to end.
 
 mod aggregate;
 pub mod deny;
