@@ -22,7 +22,7 @@ use bytes::Bytes;
 use joch_raft_store::ServerRecord;
 use serde_json::{json, Value};
 
-use super::deny::protocol_error;
+use super::deny::{protocol_error, Reason};
 use super::pipeline::{check_pin, Call, Outcome};
 use super::{answer_message, denied, read_limited, rejected, Proxy, MAX_INITIALIZE_ANSWER, MAX_JSON_ANSWER};
 use crate::mcp::jsonrpc::{self, Message};
@@ -221,24 +221,34 @@ impl Proxy {
             Ok(r) => r,
             Err(d) => return denied(d.with_id(id)),
         };
-        if rec.spec.transport != joch_raft_store::model::resource::Transport::StreamableHttp {
-            // stdio children hold one legacy session per node; agents reach them in the legacy era.
-            return bad(
-                jsonrpc::UNSUPPORTED_VERSION,
-                "Unsupported protocol version",
-                Some(json!({"supported": version::LEGACY, "requested": version::MODERN[0]})),
-            );
-        }
-        let era = match self.era(&rec, headers).await {
-            Ok(e) => e,
-            Err(e) => return denied(self.deny(call, e.0, "upstream", e.1).with_id(id)),
+        let stdio = rec.spec.transport == joch_raft_store::model::resource::Transport::Stdio;
+        let (era, child) = if stdio {
+            // The modern era is stateless: this node's own child serves it, through the legacy
+            // session joch holds with the child.
+            match self.stdio.child(&rec).await {
+                Ok(c) => {
+                    let era = Era {
+                        modern: false,
+                        version: c.version().map(str::to_string),
+                        legacy: Some((None, c.init.clone())),
+                        at: Instant::now(),
+                    };
+                    (era, Some(c))
+                }
+                Err(e) => return denied(self.deny(call, e.reason, "upstream.stdio", e.message).with_id(id)),
+            }
+        } else {
+            match self.era(&rec).await {
+                Ok(e) => (e, None),
+                Err(e) => return denied(self.deny(call, e.0, "upstream", e.1).with_id(id)),
+            }
         };
         if let Err(d) = check_pin(call, &rec, era.version.as_deref()) {
             return denied(d.with_id(id));
         }
         if !m.is_request() {
             // notifications/cancelled: a modern upstream gets it; a legacy one has no such request in flight.
-            if era.modern {
+            if era.modern && !stdio {
                 let _ = self
                     .upstream
                     .send(reqwest::Method::POST, &Self::upstream_url(&rec), headers, None, Some(body))
@@ -251,7 +261,7 @@ impl Proxy {
             if era.modern {
                 self.modern_passthrough(c, &rec, headers, body, &method, id.clone()).await
             } else {
-                self.translate_to_legacy(c, &rec, headers, msg, &method, era, id.clone()).await
+                self.translate_to_legacy(c, &rec, child, msg, &method, era, id.clone()).await
             }
         };
         match self.until_cut(c, exchange).await {
@@ -289,9 +299,7 @@ impl Proxy {
         let status = resp.status();
         let bytes = match read_limited(resp, MAX_JSON_ANSWER).await {
             Ok(b) => b,
-            Err(e) => {
-                return denied(self.deny(call, super::deny::Reason::UpstreamUnavailable, "upstream", e).with_id(id))
-            }
+            Err(e) => return denied(self.deny(call, Reason::UpstreamUnavailable, "upstream", e).with_id(id)),
         };
         let Ok(mut msg) = serde_json::from_slice::<Value>(&bytes) else {
             return (
@@ -312,13 +320,14 @@ impl Proxy {
         json_answer(&msg)
     }
 
-    /// A legacy-only upstream, through the legacy session this node holds for it.
+    /// A legacy-only upstream, through the legacy session this node holds for it (over HTTP), or
+    /// through this node's stdio child.
     #[allow(clippy::too_many_arguments)]
     async fn translate_to_legacy(
         &self,
         call: &Call,
         rec: &ServerRecord,
-        headers: &HeaderMap,
+        child: Option<std::sync::Arc<super::stdio::Child>>,
         mut msg: Value,
         method: &str,
         era: Era,
@@ -326,13 +335,8 @@ impl Proxy {
     ) -> (Response, Outcome) {
         let Some((sid, init)) = era.legacy.clone() else {
             return denied(
-                self.deny(
-                    call,
-                    super::deny::Reason::UpstreamUnavailable,
-                    "upstream",
-                    "no legacy session with the upstream",
-                )
-                .with_id(id),
+                self.deny(call, Reason::UpstreamUnavailable, "upstream", "no legacy session with the upstream")
+                    .with_id(id),
             );
         };
         let server_info = init["serverInfo"].clone();
@@ -357,41 +361,13 @@ impl Proxy {
                 meta.remove(k);
             }
         }
-        let mut legacy_headers = HeaderMap::new();
-        legacy_headers.insert("content-type", HeaderValue::from_static("application/json"));
-        legacy_headers.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
-        legacy_headers.insert("mcp-protocol-version", HeaderValue::from_static(version::LEGACY[0]));
-        let _ = headers;
-        let url = Self::upstream_url(rec);
-        let resp = match self
-            .upstream
-            .send(reqwest::Method::POST, &url, &legacy_headers, sid.as_deref(), Some(Bytes::from(msg.to_string())))
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return denied(self.deny(call, e.reason, "upstream", e.message).with_id(id)),
+        let answer = match child {
+            Some(child) => self.child_answer(&child, msg).await,
+            None => self.http_legacy_answer(rec, sid.as_deref(), msg).await,
         };
-        if resp.status() == StatusCode::NOT_FOUND {
-            // The upstream ended our session (restarted?): the next request starts a new one.
-            self.eras.forget(&era_key(rec));
-        }
-        let ct = resp.headers().get("content-type").cloned();
-        let bytes = match read_limited(resp, MAX_JSON_ANSWER).await {
-            Ok(b) => b,
-            Err(e) => {
-                return denied(self.deny(call, super::deny::Reason::UpstreamUnavailable, "upstream", e).with_id(id))
-            }
-        };
-        let Some(mut answer) = answer_message(ct.as_ref(), &bytes) else {
-            return denied(
-                self.deny(
-                    call,
-                    super::deny::Reason::UpstreamUnavailable,
-                    "upstream",
-                    "the legacy upstream gave no answer",
-                )
-                .with_id(id),
-            );
+        let mut answer = match answer {
+            Ok(a) => a,
+            Err((reason, message)) => return denied(self.deny(call, reason, "upstream", message).with_id(id)),
         };
         if let Some(result) = answer.get_mut("result") {
             *result = modernize(method, result.take(), &server_info);
@@ -401,7 +377,7 @@ impl Proxy {
     }
 
     /// The upstream's era and version, probed once per node (and again after a minute).
-    async fn era(&self, rec: &ServerRecord, headers: &HeaderMap) -> Result<Era, (super::deny::Reason, String)> {
+    async fn era(&self, rec: &ServerRecord) -> Result<Era, (Reason, String)> {
         let key = era_key(rec);
         if let Some(e) = self.eras.get(&key) {
             return Ok(e);
@@ -415,16 +391,13 @@ impl Proxy {
         h.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
         h.insert("mcp-protocol-version", HeaderValue::from_static(version::MODERN[0]));
         h.insert("mcp-method", HeaderValue::from_static("server/discover"));
-        let _ = headers;
         let probe = self
             .upstream
             .send(reqwest::Method::POST, &url, &h, None, Some(Bytes::from(discover.to_string())))
             .await
             .map_err(|e| (e.reason, e.message))?;
         let ct = probe.headers().get("content-type").cloned();
-        let bytes = read_limited(probe, MAX_INITIALIZE_ANSWER)
-            .await
-            .map_err(|e| (super::deny::Reason::UpstreamUnavailable, e))?;
+        let bytes = read_limited(probe, MAX_INITIALIZE_ANSWER).await.map_err(|e| (Reason::UpstreamUnavailable, e))?;
         let answer = answer_message(ct.as_ref(), &bytes);
         let modern_result = answer.as_ref().and_then(|a| a.get("result")).filter(|r| {
             r["supportedVersions"]
@@ -451,11 +424,10 @@ impl Proxy {
                 .map_err(|e| (e.reason, e.message))?;
             let sid = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
             let ct = resp.headers().get("content-type").cloned();
-            let bytes = read_limited(resp, MAX_INITIALIZE_ANSWER)
-                .await
-                .map_err(|e| (super::deny::Reason::UpstreamUnavailable, e))?;
+            let bytes =
+                read_limited(resp, MAX_INITIALIZE_ANSWER).await.map_err(|e| (Reason::UpstreamUnavailable, e))?;
             let result = answer_message(ct.as_ref(), &bytes).and_then(|a| a.get("result").cloned()).ok_or((
-                super::deny::Reason::UpstreamUnavailable,
+                Reason::UpstreamUnavailable,
                 "the upstream answered neither server/discover nor initialize".to_string(),
             ))?;
             let mut nh = lh.clone();
@@ -470,6 +442,45 @@ impl Proxy {
         };
         self.eras.put(key, era.clone());
         Ok(era)
+    }
+}
+
+impl Proxy {
+    /// One request to a legacy-only HTTP upstream on this node's session with it.
+    async fn http_legacy_answer(
+        &self,
+        rec: &ServerRecord,
+        sid: Option<&str>,
+        msg: Value,
+    ) -> Result<Value, (Reason, String)> {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
+        h.insert("mcp-protocol-version", HeaderValue::from_static(version::LEGACY[0]));
+        let resp = self
+            .upstream
+            .send(reqwest::Method::POST, &Self::upstream_url(rec), &h, sid, Some(Bytes::from(msg.to_string())))
+            .await
+            .map_err(|e| (e.reason, e.message))?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            // The upstream ended our session (restarted?): the next request starts a new one.
+            self.eras.forget(&era_key(rec));
+        }
+        let ct = resp.headers().get("content-type").cloned();
+        let bytes = read_limited(resp, MAX_JSON_ANSWER).await.map_err(|e| (Reason::UpstreamUnavailable, e))?;
+        answer_message(ct.as_ref(), &bytes)
+            .ok_or((Reason::UpstreamUnavailable, "the legacy upstream gave no answer".into()))
+    }
+
+    /// One request to this node's stdio child (progress notifications are not bridged here).
+    async fn child_answer(&self, child: &super::stdio::Child, msg: Value) -> Result<Value, (Reason, String)> {
+        let mut rx = child.call(msg).map_err(|e| (e.reason, e.message))?;
+        while let Some(v) = rx.recv().await {
+            if v.get("result").is_some() || v.get("error").is_some() {
+                return Ok(v);
+            }
+        }
+        Err((Reason::UpstreamUnavailable, "the stdio server ended the call without an answer".into()))
     }
 }
 

@@ -167,7 +167,9 @@ async def stdio(server, bases):
             r = await client.call_tool("get_current_time", {"timezone": "UTC"})
             zones.append(json.loads(r.content[0].text)["timezone"])
         conv = await client.call_tool("convert_time", {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"})
+        protocol_version = client.session.protocol_version
     return {
+        "protocol_version": protocol_version,
         "tools": sorted(t.name for t in tools.tools),
         "zones": zones,
         "tokyo": json.loads(conv.content[0].text)["target"]["datetime"][11:16],

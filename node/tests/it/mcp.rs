@@ -329,7 +329,9 @@ fn stdio_server_runs_once_on_the_owner_is_reached_through_the_mesh_and_restarts(
     let mut args = vec!["stdio".to_string(), "time".into()];
     args.extend(bases(&c));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = sdk_client(&argv);
+    // Legacy era: one session, owned by the node that created it; the others forward to it.
+    let r = sdk_client_mode("legacy", &argv);
+    assert_eq!(r["protocol_version"], "2025-11-25");
     assert_eq!(r["tools"], json!(["convert_time", "get_current_time"]));
     assert_eq!(r["zones"], json!(["UTC", "UTC", "UTC"]));
     assert_eq!(r["tokyo"], "21:00");
@@ -357,11 +359,19 @@ fn stdio_server_runs_once_on_the_owner_is_reached_through_the_mesh_and_restarts(
     eventually("the dead child to be gone", Duration::from_secs(10), || {
         (stdio_children(&c).iter().all(|(p, _)| *p != pid)).then_some(())
     });
-    let r = sdk_client(&argv);
+    let r = sdk_client_mode("legacy", &argv);
     assert_eq!(r["zones"], json!(["UTC", "UTC", "UTC"]));
     let again = stdio_children(&c);
     assert_eq!(again.len(), 1, "{again:?}");
     assert_ne!(again[0].0, pid, "restarted");
+
+    // Modern era (the SDK negotiates it): stateless, so each node serves from its own child.
+    let r = sdk_client(&argv);
+    assert_eq!(r["protocol_version"], "2026-07-28", "{r}");
+    assert_eq!(r["zones"], json!(["UTC", "UTC", "UTC"]));
+    assert_eq!(r["tokyo"], "21:00");
+    let owners: BTreeSet<u64> = stdio_children(&c).iter().map(|(_, n)| *n).collect();
+    assert_eq!(owners, BTreeSet::from([1, 2, 3]), "one child per node");
 
     // Quarantine stops the child (stdin closed, then SIGTERM, then SIGKILL).
     c.cli(2, &["mcp", "quarantine", "time", "--reason", "test"]).ok();
