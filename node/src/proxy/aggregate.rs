@@ -13,6 +13,7 @@ use joch_raft_store::ServerRecord;
 use serde_json::{json, Value};
 
 use super::deny::{protocol_error, Reason};
+use super::modern;
 use super::pipeline::{admit, check_pin, stale, Call, Outcome};
 use super::{
     answer_message, denied, hand_out, header, new_session, read_limited, rejected, Proxy, MAX_INITIALIZE_ANSWER,
@@ -348,6 +349,107 @@ impl Proxy {
             Err(e) => return denied(self.deny(&mc, e.reason, "upstream", e.message).with_id(id)),
         };
         self.relay(&mc, resp, Some(id)).await
+    }
+}
+
+impl Proxy {
+    /// A modern-era (stateless) message on `/mcp`: discover is answered by joch; lists fan out to
+    /// every usable server, each in its own era; calls are routed back by the prefix.
+    pub(super) async fn aggregate_modern(
+        &self,
+        call: &mut Call,
+        headers: &HeaderMap,
+        body: &Bytes,
+        m: &jsonrpc::Message,
+        id: Value,
+    ) -> (Response, Outcome) {
+        let Some(method) = m.method.clone() else {
+            return rejected(protocol_error(
+                StatusCode::BAD_REQUEST,
+                Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                "the modern era has no client responses over POST",
+                None,
+            ));
+        };
+        if modern::REMOVED.contains(&method.as_str()) {
+            return rejected(protocol_error(
+                StatusCode::NOT_FOUND,
+                id,
+                jsonrpc::METHOD_NOT_FOUND,
+                "Method not found",
+                None,
+            ));
+        }
+        if !m.is_request() {
+            return (StatusCode::ACCEPTED.into_response(), Outcome::Forwarded { status: 202 });
+        }
+        let msg: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        if let Err(r) = modern::validate(&msg, &method, headers) {
+            return *r;
+        }
+        if let Err(why) = self.cluster.is_ready() {
+            return denied(stale(&Call { server: "*".into(), ..call.clone() }, &why).with_id(id));
+        }
+        let joch_info = json!({"name": "joch", "version": env!("CARGO_PKG_VERSION")});
+        let state = self.cluster.registry.load();
+        if method == "server/discover" {
+            let result = modern::modernize(
+                &method,
+                json!({"supportedVersions": version::MODERN,
+                       "capabilities": {"tools": {"listChanged": false}, "prompts": {"listChanged": false}, "resources": {}}}),
+                &joch_info,
+            );
+            return modern::json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}));
+        }
+        if let Some(key) = list_key(&method) {
+            let base: &Call = call;
+            let (msg_ref, method_ref, state_ref) = (&msg, method.as_str(), &state);
+            let fetches = state.registry.servers.keys().map(|name| async move {
+                let mc = Call { server: name.clone(), ..base.clone() };
+                let rec = admit(&mc, state_ref, Ok(())).ok()?;
+                match self.member_answer(&mc, &rec, msg_ref.clone(), method_ref).await {
+                    Ok(a) => Some((name.clone(), a)),
+                    Err(d) => {
+                        tracing::warn!(server = %name, reason = d.reason.as_str(), error = %d.message, method = method_ref, "aggregate list: server left out");
+                        None
+                    }
+                }
+            });
+            let mut items = Vec::new();
+            for (server, answer) in futures::future::join_all(fetches).await.into_iter().flatten() {
+                for item in answer["result"][key].as_array().cloned().unwrap_or_default() {
+                    items.push(rename(&server, key, item));
+                }
+            }
+            let result = modern::modernize(&method, json!({ key: items }), &joch_info);
+            return modern::json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}));
+        }
+        let Some((server, field, inner)) = msg.get("params").and_then(|p| route(&method, p)) else {
+            return ok_error(
+                id,
+                jsonrpc::METHOD_NOT_FOUND,
+                &format!("{method} is not available on the aggregate endpoint (names are SERVER.NAME)"),
+            );
+        };
+        let mc = Call { server: server.clone(), target: Some(inner.clone()), ..call.clone() };
+        call.target = Some(inner.clone());
+        let rec = match admit(&mc, &state, Ok(())) {
+            Ok(r) => r,
+            Err(d) => return denied(d.with_id(id)),
+        };
+        let mut routed = msg.clone();
+        if let Some(slot) = routed.pointer_mut(&format!("/params{field}")) {
+            *slot = json!(inner);
+        }
+        let exchange = self.member_answer(&mc, &rec, routed, &method);
+        match self.until_cut(&mc, exchange).await {
+            Ok(Ok(mut answer)) => {
+                answer["id"] = id;
+                modern::json_answer(&answer)
+            }
+            Ok(Err(d)) | Err(d) => denied(d.with_id(id)),
+        }
     }
 }
 

@@ -383,8 +383,7 @@ impl Proxy {
                     || m.params.as_ref().is_some_and(|p| p.get().contains(modern::META_VERSION));
                 if modern {
                     if call.server.is_empty() {
-                        // The aggregate endpoint speaks the legacy era only (clients fall back).
-                        return rejected(unsupported_version(version::MODERN[0], &version::LEGACY));
+                        return self.aggregate_modern(call, headers, &body, m, m.id_value()).await;
                     }
                     return self.modern(call, headers, body.clone(), m, m.id_value()).await;
                 }

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use joch_raft_store::ServerRecord;
 use serde_json::{json, Value};
 
+use super::deny::Denial;
 use super::deny::{protocol_error, Reason};
 use super::pipeline::{check_pin, Call, Outcome};
 use super::{answer_message, denied, read_limited, rejected, Proxy, MAX_INITIALIZE_ANSWER, MAX_JSON_ANSWER};
@@ -42,7 +43,7 @@ pub const HEADER_MISMATCH: i64 = -32020;
 const ERA_TTL: Duration = Duration::from_secs(60);
 
 /// Methods that exist in the legacy era only.
-const REMOVED: [&str; 8] = [
+pub(super) const REMOVED: [&str; 8] = [
     "initialize",
     "ping",
     "logging/setLevel",
@@ -110,7 +111,7 @@ fn reject(code: i64, message: &str, data: Option<Value>) -> Box<(Response, Outco
 }
 
 /// The validation ladder: envelope, headers, version. `Ok` carries the envelope version.
-fn validate(msg: &Value, method: &str, headers: &HeaderMap) -> Result<String, Box<(Response, Outcome)>> {
+pub(super) fn validate(msg: &Value, method: &str, headers: &HeaderMap) -> Result<String, Box<(Response, Outcome)>> {
     let meta = msg.pointer("/params/_meta").and_then(Value::as_object).ok_or_else(|| {
         reject(jsonrpc::INVALID_PARAMS, &format!("params._meta must be an object carrying the required {META_VERSION:?} and {META_CAPABILITIES:?} envelope keys"), None)
     })?;
@@ -159,7 +160,7 @@ fn validate(msg: &Value, method: &str, headers: &HeaderMap) -> Result<String, Bo
 }
 
 /// Adds the modern fields to a result that came from a legacy upstream.
-fn modernize(method: &str, mut result: Value, server_info: &Value) -> Value {
+pub(super) fn modernize(method: &str, mut result: Value, server_info: &Value) -> Value {
     if let Some(obj) = result.as_object_mut() {
         obj.insert("resultType".into(), json!("complete"));
         let meta = obj.entry("_meta").or_insert_with(|| json!({}));
@@ -181,7 +182,7 @@ fn private_lists(method: &str, msg: &mut Value) {
     }
 }
 
-fn json_answer(msg: &Value) -> (Response, Outcome) {
+pub(super) fn json_answer(msg: &Value) -> (Response, Outcome) {
     (([("content-type", "application/json")], msg.to_string()).into_response(), Outcome::Forwarded { status: 200 })
 }
 
@@ -446,6 +447,71 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// A modern request to one server, answered in the modern shape whatever the server's era:
+    /// passed through to a modern upstream (routing headers set for this server), translated for
+    /// a legacy-only or stdio one. The pin is checked against the version this node knows.
+    pub(super) async fn member_answer(
+        &self,
+        call: &Call,
+        rec: &ServerRecord,
+        mut msg: Value,
+        method: &str,
+    ) -> Result<Value, Denial> {
+        let fail = |(reason, message): (Reason, String)| self.deny(call, reason, "upstream", message);
+        let (era, child) = if rec.spec.transport == joch_raft_store::model::resource::Transport::Stdio {
+            let c = self.stdio.child(rec).await.map_err(|e| fail((e.reason, e.message)))?;
+            let era = Era {
+                modern: false,
+                version: c.version().map(str::to_string),
+                legacy: Some((None, c.init.clone())),
+                at: Instant::now(),
+            };
+            (era, Some(c))
+        } else {
+            (self.era(rec).await.map_err(fail)?, None)
+        };
+        check_pin(call, rec, era.version.as_deref())?;
+        if era.modern {
+            let mut h = HeaderMap::new();
+            h.insert("content-type", HeaderValue::from_static("application/json"));
+            h.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
+            h.insert("mcp-protocol-version", HeaderValue::from_static(version::MODERN[0]));
+            if let Ok(v) = HeaderValue::from_str(method) {
+                h.insert("mcp-method", v);
+            }
+            if let Some(name) = name_key(method).and_then(|k| msg["params"][k].as_str()) {
+                if let Ok(v) = HeaderValue::from_str(name) {
+                    h.insert("mcp-name", v);
+                }
+            }
+            let resp = self
+                .upstream
+                .send(reqwest::Method::POST, &Self::upstream_url(rec), &h, None, Some(Bytes::from(msg.to_string())))
+                .await
+                .map_err(|e| fail((e.reason, e.message)))?;
+            let ct = resp.headers().get("content-type").cloned();
+            let bytes =
+                read_limited(resp, MAX_JSON_ANSWER).await.map_err(|e| fail((Reason::UpstreamUnavailable, e)))?;
+            return answer_message(ct.as_ref(), &bytes)
+                .ok_or_else(|| fail((Reason::UpstreamUnavailable, "no JSON-RPC answer".into())));
+        }
+        let (sid, init) = era.legacy.clone().unwrap_or((None, Value::Null));
+        if let Some(meta) = msg.pointer_mut("/params/_meta").and_then(Value::as_object_mut) {
+            for k in [META_VERSION, META_CAPABILITIES, META_CLIENT_INFO] {
+                meta.remove(k);
+            }
+        }
+        let mut answer = match child {
+            Some(c) => self.child_answer(&c, msg).await,
+            None => self.http_legacy_answer(rec, sid.as_deref(), msg).await,
+        }
+        .map_err(fail)?;
+        if let Some(result) = answer.get_mut("result") {
+            *result = modernize(method, result.take(), &init["serverInfo"]);
+        }
+        Ok(answer)
+    }
+
     /// One request to a legacy-only HTTP upstream on this node's session with it.
     async fn http_legacy_answer(
         &self,

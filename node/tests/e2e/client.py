@@ -199,6 +199,7 @@ async def aggregate(binary, admin, bases):
             out["add_after"] = err(e)
         t = await client.call_tool("time.get_current_time", {"timezone": "UTC"})
         out["time_after"] = json.loads(t.content[0].text)["timezone"]
+        out["protocol_version"] = client.session.protocol_version
     out["ports"] = sorted({e["port"] for e in rr.log})
     return out
 
