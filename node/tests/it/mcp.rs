@@ -429,6 +429,46 @@ fn aggregate_endpoint_names_routes_and_drops_a_quarantined_server_alone() {
 }
 
 #[test]
+fn slow_and_oversized_clients_are_cut_off() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    let c = TestCluster::up(1, &[]);
+    let addr = c.node(1).mcp_url.strip_prefix("http://").unwrap().to_string();
+    let stall = |prefix: &'static [u8]| {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+            s.write_all(prefix).unwrap();
+            let t = Instant::now();
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            (t.elapsed(), String::from_utf8_lossy(&got).into_owned())
+        })
+    };
+    // Headers never finished: the connection is closed after the client timeout (10 s default).
+    let headers = stall(b"POST /mcp/x HTTP/1.1\r\nHost: x\r\n");
+    // A body that never completes: 408 with the JSON-RPC error.
+    let body = stall(
+        b"POST /mcp/x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\"",
+    );
+    let (t, got) = headers.join().unwrap();
+    assert!(t >= Duration::from_secs(9) && t < Duration::from_secs(30), "closed after {t:?}: {got:?}");
+    let (t, got) = body.join().unwrap();
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains("\"code\":-32012") && got.contains("request-timeout"), "{got}");
+    assert!(t >= Duration::from_secs(9) && t < Duration::from_secs(30), "answered after {t:?}");
+
+    // Oversized headers: 431 at once.
+    let big = "a".repeat(1 << 20);
+    let r = http("POST", &format!("{}/mcp/x", c.node(1).mcp_url), &[("x-big", &big)], b"{}");
+    assert_eq!(r.status, 431, "{r:?}");
+    // And the node still serves.
+    assert_eq!(http("GET", &format!("{}/healthz", c.node(1).mcp_url), &[], b"").status, 200);
+}
+
+#[test]
 fn modern_callers_reach_modern_and_legacy_only_upstreams() {
     let c = TestCluster::up(3, &[]);
     let modern = FastMcp::start();
