@@ -363,30 +363,12 @@ impl Proxy {
         m: &jsonrpc::Message,
         id: Value,
     ) -> (Response, Outcome) {
-        let Some(method) = m.method.clone() else {
-            return rejected(protocol_error(
-                StatusCode::BAD_REQUEST,
-                Value::Null,
-                jsonrpc::INVALID_REQUEST,
-                "the modern era has no client responses over POST",
-                None,
-            ));
+        let (method, msg) = match modern::preamble(m, body, headers, &id) {
+            Ok(x) => x,
+            Err(r) => return *r,
         };
-        if modern::REMOVED.contains(&method.as_str()) {
-            return rejected(protocol_error(
-                StatusCode::NOT_FOUND,
-                id,
-                jsonrpc::METHOD_NOT_FOUND,
-                "Method not found",
-                None,
-            ));
-        }
         if !m.is_request() {
             return (StatusCode::ACCEPTED.into_response(), Outcome::Forwarded { status: 202 });
-        }
-        let msg: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        if let Err(r) = modern::validate(&msg, &method, headers) {
-            return *r;
         }
         if let Err(why) = self.cluster.is_ready() {
             return denied(stale(&Call { server: "*".into(), ..call.clone() }, &why).with_id(id));

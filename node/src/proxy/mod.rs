@@ -207,7 +207,12 @@ impl Proxy {
 async fn read_body(State(p): State<Arc<Proxy>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let (parts, body) = req.into_parts();
     let server = parts.uri.path().strip_prefix("/mcp").unwrap_or_default().trim_start_matches('/').to_string();
-    let call = p.call(server, "POST");
+    let http_method = match parts.method.as_str() {
+        "GET" => "GET",
+        "DELETE" => "DELETE",
+        _ => "POST",
+    };
+    let call = p.call(server, http_method);
     let started = Instant::now();
     let limit = p.limits.max_body_bytes;
     let fail = |d: Denial| {

@@ -13,7 +13,7 @@
 //! filtered per caller (policy), so a shared cache must not keep it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use super::deny::Denial;
 use super::deny::{protocol_error, Reason};
 use super::pipeline::{check_pin, Call, Outcome};
+use super::stdio::Child;
 use super::{answer_message, denied, read_limited, rejected, Proxy, MAX_INITIALIZE_ANSWER, MAX_JSON_ANSWER};
 use crate::mcp::jsonrpc::{self, Message};
 use crate::mcp::version;
@@ -186,6 +187,37 @@ pub(super) fn json_answer(msg: &Value) -> (Response, Outcome) {
     (([("content-type", "application/json")], msg.to_string()).into_response(), Outcome::Forwarded { status: 200 })
 }
 
+/// The start of every modern-era message: its method (removed methods get 404), its body, and,
+/// for requests, the validation ladder.
+pub(super) fn preamble(
+    m: &Message,
+    body: &[u8],
+    headers: &HeaderMap,
+    id: &Value,
+) -> Result<(String, Value), Box<(Response, Outcome)>> {
+    let Some(method) = m.method.clone() else {
+        return Err(reject(
+            jsonrpc::INVALID_REQUEST,
+            "the modern era has no client responses to server requests over POST",
+            None,
+        ));
+    };
+    if REMOVED.contains(&method.as_str()) {
+        return Err(Box::new(rejected(protocol_error(
+            StatusCode::NOT_FOUND,
+            id.clone(),
+            jsonrpc::METHOD_NOT_FOUND,
+            "Method not found",
+            None,
+        ))));
+    }
+    let msg: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if m.is_request() {
+        validate(&msg, &method, headers)?;
+    }
+    Ok((method, msg))
+}
+
 impl Proxy {
     /// A modern-era message on `/mcp/{server}`.
     pub(super) async fn modern(
@@ -196,53 +228,18 @@ impl Proxy {
         m: &Message,
         id: Value,
     ) -> (Response, Outcome) {
-        let Some(method) = m.method.clone() else {
-            return bad(
-                jsonrpc::INVALID_REQUEST,
-                "the modern era has no client responses to server requests over POST",
-                None,
-            );
+        let (method, msg) = match preamble(m, &body, headers, &id) {
+            Ok(x) => x,
+            Err(r) => return *r,
         };
-        if REMOVED.contains(&method.as_str()) {
-            return rejected(protocol_error(
-                StatusCode::NOT_FOUND,
-                id,
-                jsonrpc::METHOD_NOT_FOUND,
-                "Method not found",
-                None,
-            ));
-        }
-        let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        if m.is_request() {
-            if let Err(r) = validate(&msg, &method, headers) {
-                return *r;
-            }
-        }
         let rec = match self.admit(call) {
             Ok(r) => r,
             Err(d) => return denied(d.with_id(id)),
         };
         let stdio = rec.spec.transport == joch_raft_store::model::resource::Transport::Stdio;
-        let (era, child) = if stdio {
-            // The modern era is stateless: this node's own child serves it, through the legacy
-            // session joch holds with the child.
-            match self.stdio.child(&rec).await {
-                Ok(c) => {
-                    let era = Era {
-                        modern: false,
-                        version: c.version().map(str::to_string),
-                        legacy: Some((None, c.init.clone())),
-                        at: Instant::now(),
-                    };
-                    (era, Some(c))
-                }
-                Err(e) => return denied(self.deny(call, e.reason, "upstream.stdio", e.message).with_id(id)),
-            }
-        } else {
-            match self.era(&rec).await {
-                Ok(e) => (e, None),
-                Err(e) => return denied(self.deny(call, e.0, "upstream", e.1).with_id(id)),
-            }
+        let (era, child) = match self.resolve_era(&rec).await {
+            Ok(x) => x,
+            Err((reason, message)) => return denied(self.deny(call, reason, "upstream", message).with_id(id)),
         };
         if let Err(d) = check_pin(call, &rec, era.version.as_deref()) {
             return denied(d.with_id(id));
@@ -328,13 +325,13 @@ impl Proxy {
         &self,
         call: &Call,
         rec: &ServerRecord,
-        child: Option<std::sync::Arc<super::stdio::Child>>,
-        mut msg: Value,
+        child: Option<Arc<Child>>,
+        msg: Value,
         method: &str,
         era: Era,
         id: Value,
     ) -> (Response, Outcome) {
-        let Some((sid, init)) = era.legacy.clone() else {
+        let Some((_, init)) = era.legacy.clone() else {
             return denied(
                 self.deny(call, Reason::UpstreamUnavailable, "upstream", "no legacy session with the upstream")
                     .with_id(id),
@@ -357,22 +354,10 @@ impl Proxy {
                 None,
             ));
         }
-        if let Some(meta) = msg.pointer_mut("/params/_meta").and_then(Value::as_object_mut) {
-            for k in [META_VERSION, META_CAPABILITIES, META_CLIENT_INFO] {
-                meta.remove(k);
-            }
-        }
-        let answer = match child {
-            Some(child) => self.child_answer(&child, msg).await,
-            None => self.http_legacy_answer(rec, sid.as_deref(), msg).await,
-        };
-        let mut answer = match answer {
+        let mut answer = match self.legacy_answer(rec, child, &era, msg, method).await {
             Ok(a) => a,
             Err((reason, message)) => return denied(self.deny(call, reason, "upstream", message).with_id(id)),
         };
-        if let Some(result) = answer.get_mut("result") {
-            *result = modernize(method, result.take(), &server_info);
-        }
         answer["id"] = id;
         json_answer(&answer)
     }
@@ -454,22 +439,11 @@ impl Proxy {
         &self,
         call: &Call,
         rec: &ServerRecord,
-        mut msg: Value,
+        msg: Value,
         method: &str,
     ) -> Result<Value, Denial> {
         let fail = |(reason, message): (Reason, String)| self.deny(call, reason, "upstream", message);
-        let (era, child) = if rec.spec.transport == joch_raft_store::model::resource::Transport::Stdio {
-            let c = self.stdio.child(rec).await.map_err(|e| fail((e.reason, e.message)))?;
-            let era = Era {
-                modern: false,
-                version: c.version().map(str::to_string),
-                legacy: Some((None, c.init.clone())),
-                at: Instant::now(),
-            };
-            (era, Some(c))
-        } else {
-            (self.era(rec).await.map_err(fail)?, None)
-        };
+        let (era, child) = self.resolve_era(rec).await.map_err(fail)?;
         check_pin(call, rec, era.version.as_deref())?;
         if era.modern {
             let mut h = HeaderMap::new();
@@ -495,7 +469,39 @@ impl Proxy {
             return answer_message(ct.as_ref(), &bytes)
                 .ok_or_else(|| fail((Reason::UpstreamUnavailable, "no JSON-RPC answer".into())));
         }
-        let (sid, init) = era.legacy.clone().unwrap_or((None, Value::Null));
+        self.legacy_answer(rec, child, &era, msg, method).await.map_err(fail)
+    }
+
+    /// This node's era record for a server: its stdio child's (always a legacy session held by
+    /// joch), or the HTTP upstream's, probed once and remembered.
+    async fn resolve_era(&self, rec: &ServerRecord) -> Result<(Era, Option<Arc<Child>>), (Reason, String)> {
+        if rec.spec.transport == joch_raft_store::model::resource::Transport::Stdio {
+            let c = self.stdio.child(rec).await.map_err(|e| (e.reason, e.message))?;
+            let era = Era {
+                modern: false,
+                version: c.version().map(str::to_string),
+                legacy: Some((None, c.init.clone())),
+                at: Instant::now(),
+            };
+            return Ok((era, Some(c)));
+        }
+        Ok((self.era(rec).await?, None))
+    }
+
+    /// A modern request to a legacy peer (an HTTP upstream through this node's session, or the
+    /// stdio child): the envelope is stripped, the answer gets the modern fields.
+    async fn legacy_answer(
+        &self,
+        rec: &ServerRecord,
+        child: Option<Arc<Child>>,
+        era: &Era,
+        mut msg: Value,
+        method: &str,
+    ) -> Result<Value, (Reason, String)> {
+        let (sid, init) = era
+            .legacy
+            .clone()
+            .ok_or((Reason::UpstreamUnavailable, "no legacy session with the upstream".to_string()))?;
         if let Some(meta) = msg.pointer_mut("/params/_meta").and_then(Value::as_object_mut) {
             for k in [META_VERSION, META_CAPABILITIES, META_CLIENT_INFO] {
                 meta.remove(k);
@@ -504,8 +510,7 @@ impl Proxy {
         let mut answer = match child {
             Some(c) => self.child_answer(&c, msg).await,
             None => self.http_legacy_answer(rec, sid.as_deref(), msg).await,
-        }
-        .map_err(fail)?;
+        }?;
         if let Some(result) = answer.get_mut("result") {
             *result = modernize(method, result.take(), &init["serverInfo"]);
         }
