@@ -31,6 +31,8 @@ pub struct SessionToken {
     pub created_ms: u64,
     /// For a session on the aggregate endpoint (`server` empty): the servers in it.
     pub members: Vec<Member>,
+    /// The upstream speaks only the modern era: joch translates this legacy session's requests.
+    pub upstream_modern: bool,
 }
 
 /// One server of an aggregate session.
@@ -112,6 +114,7 @@ mod tests {
             caller: "anonymous".into(),
             created_ms: 7,
             members: vec![Member { server: "a".into(), upstream_session: None, upstream_version: Some("1".into()) }],
+            upstream_modern: false,
         }
     }
 

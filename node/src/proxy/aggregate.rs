@@ -80,6 +80,7 @@ impl Proxy {
             upstream_session: m.upstream_session.clone(),
             upstream_version: m.upstream_version.clone(),
             members: Vec::new(),
+            upstream_modern: false,
             ..token.clone()
         });
         c

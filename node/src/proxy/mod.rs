@@ -101,7 +101,7 @@ impl Proxy {
             .with_state(self)
     }
 
-    fn call(&self, server: String, http_method: &'static str) -> Call {
+    pub(crate) fn call(&self, server: String, http_method: &'static str) -> Call {
         Call {
             node: self.cluster.id,
             server,
@@ -256,6 +256,7 @@ fn new_session(call: &Call, protocol_version: String) -> SessionToken {
         caller: call.caller.clone(),
         created_ms: now_ms(),
         members: Vec::new(),
+        upstream_modern: false,
     }
 }
 
@@ -432,11 +433,19 @@ impl Proxy {
         }
         let upstream_session = token.upstream_session.clone();
         let owner = token.owner;
+        let upstream_modern = token.upstream_modern;
         call.session = Some(token);
         let rec = match self.admit(call) {
             Ok(r) => r,
             Err(d) => return denied(d.with_id(id)),
         };
+        if upstream_modern {
+            let c: &Call = call;
+            return match self.until_cut(c, self.legacy_to_modern(c, &rec, &parsed, &body, id.clone())).await {
+                Ok(r) => r,
+                Err(d) => denied(d.with_id(id)),
+            };
+        }
         if rec.spec.transport == Transport::Stdio {
             if owner != self.cluster.id {
                 return self.forward_to_owner(call, owner, headers, body, id).await;
@@ -485,6 +494,7 @@ impl Proxy {
             return self.stdio_initialize(call, &rec, &sealer, &body, id).await;
         }
         let url = Self::upstream_url(&rec);
+        let agent_body = body.clone();
         let resp = match self.upstream.send(reqwest::Method::POST, &url, headers, None, Some(body)).await {
             Ok(r) => r,
             Err(e) => return denied(self.deny(call, e.reason, "upstream", e.message).with_id(id)),
@@ -499,6 +509,15 @@ impl Proxy {
             }
         };
         if !status.is_success() {
+            // A modern-only upstream refuses initialize with -32022: joch speaks its era for the caller.
+            let refused = answer_message(content_type.as_ref(), &bytes)
+                .and_then(|a| a["error"]["code"].as_i64())
+                .is_some_and(|c| c == jsonrpc::UNSUPPORTED_VERSION);
+            if refused {
+                if let Some(r) = self.initialize_via_modern(call, &rec, &sealer, &agent_body, id.clone()).await {
+                    return r;
+                }
+            }
             return (
                 passthrough(status, content_type, Body::from(bytes)),
                 Outcome::Forwarded { status: status.as_u16() },
@@ -543,14 +562,16 @@ impl Proxy {
             Err(d) => return denied(d),
         };
         let upstream_session = token.upstream_session.clone();
+        let upstream_modern = token.upstream_modern;
         call.session = Some(token);
         let rec = match self.admit(call) {
             Ok(r) => r,
             Err(d) => return denied(d),
         };
-        if rec.spec.transport == Transport::Stdio {
-            // The child is shared by every session on its node: there is no per-session stream to
-            // open, and nothing to end but joch's own (stateless) session.
+        if rec.spec.transport == Transport::Stdio || upstream_modern {
+            // A stdio child is shared by every session on its node, and a modern-only upstream has
+            // no sessions: there is no per-session stream to open, and nothing to end but joch's
+            // own (stateless) session.
             if method == reqwest::Method::GET {
                 let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
                 r.headers_mut().insert("allow", HeaderValue::from_static("POST, DELETE"));

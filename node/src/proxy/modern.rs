@@ -555,6 +555,105 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// initialize for a modern-only upstream: answered by joch from the upstream's discover
+    /// result (pin checked); the session is marked so its requests are translated. `None` when
+    /// the upstream turns out not to be modern after all.
+    pub(super) async fn initialize_via_modern(
+        &self,
+        call: &mut Call,
+        rec: &ServerRecord,
+        sealer: &crate::mcp::session::Sealer,
+        agent_body: &[u8],
+        id: Value,
+    ) -> Option<(Response, Outcome)> {
+        self.eras.forget(&era_key(rec));
+        let (era, _) = self.resolve_era(rec).await.ok()?;
+        if !era.modern {
+            return None;
+        }
+        let discover = json!({"jsonrpc": "2.0", "id": 0, "method": "server/discover", "params": {"_meta": envelope()}});
+        let answer = match self.member_answer(call, rec, discover, "server/discover").await {
+            Ok(a) => a,
+            Err(d) => return Some(denied(d.with_id(id))),
+        };
+        let found = &answer["result"];
+        let server_info =
+            found.pointer(&format!("/_meta/{}", META_SERVER_INFO.replace('/', "~1"))).cloned().unwrap_or(json!({}));
+        let requested = serde_json::from_slice::<Value>(agent_body)
+            .ok()
+            .and_then(|v| v["params"]["protocolVersion"].as_str().map(str::to_string))
+            .filter(|v| version::is_legacy(v))
+            .unwrap_or_else(|| version::LEGACY[0].to_string());
+        let token = crate::mcp::session::SessionToken {
+            upstream_version: server_info["version"].as_str().map(str::to_string),
+            upstream_modern: true,
+            ..super::new_session(call, requested.clone())
+        };
+        let result =
+            json!({"protocolVersion": requested, "capabilities": found["capabilities"], "serverInfo": server_info});
+        let (mut resp, outcome) = json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}));
+        super::hand_out(call, sealer, token, &mut resp);
+        Some((resp, outcome))
+    }
+
+    /// A request of a legacy session whose upstream speaks only the modern era: the envelope is
+    /// added and the routing headers set; the answer goes back whole.
+    pub(super) async fn legacy_to_modern(
+        &self,
+        call: &Call,
+        rec: &ServerRecord,
+        parsed: &super::RpcBody,
+        body: &[u8],
+        id: Value,
+    ) -> (Response, Outcome) {
+        let super::RpcBody::Single(m) = parsed else {
+            return bad(jsonrpc::INVALID_REQUEST, "JSON-RPC batches are not bridged to modern-only servers", None);
+        };
+        let Some(method) = m.method.clone() else {
+            return (StatusCode::ACCEPTED.into_response(), Outcome::Forwarded { status: 202 });
+        };
+        if !m.is_request() {
+            // initialized (joch already spoke for the caller), progress, roots, cancellations.
+            return (StatusCode::ACCEPTED.into_response(), Outcome::Forwarded { status: 202 });
+        }
+        if method == "ping" {
+            return json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": {}}));
+        }
+        if REMOVED.contains(&method.as_str()) {
+            return json_answer(&jsonrpc::error(
+                id,
+                jsonrpc::METHOD_NOT_FOUND,
+                &format!("{method} does not exist for this server (it speaks only the modern era)"),
+                None,
+            ));
+        }
+        let mut msg: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        if !msg["params"].is_object() {
+            msg["params"] = json!({});
+        }
+        let meta = msg["params"].as_object_mut().map(|p| p.entry("_meta").or_insert_with(|| json!({})));
+        if let Some(obj) = meta.and_then(Value::as_object_mut) {
+            if let Value::Object(env) = envelope() {
+                obj.extend(env);
+            }
+        }
+        match self.member_answer(call, rec, msg, &method).await {
+            Ok(mut answer) => {
+                answer["id"] = id;
+                json_answer(&answer)
+            }
+            Err(d) => denied(d.with_id(id)),
+        }
+    }
+}
+
+/// joch's own modern-era envelope, for requests it makes for a caller.
+fn envelope() -> Value {
+    json!({META_VERSION: version::MODERN[0], META_CAPABILITIES: {},
+           META_CLIENT_INFO: {"name": "joch", "version": env!("CARGO_PKG_VERSION")}})
+}
+
 /// The era cache key: the server and where it is (a re-pointed server is probed again).
 fn era_key(rec: &ServerRecord) -> String {
     format!("{}\u{0}{}", rec.name, Proxy::upstream_url(rec))

@@ -193,6 +193,7 @@ mod tests {
                 caller: "anonymous".into(),
                 created_ms: 0,
                 members: Vec::new(),
+                upstream_modern: false,
             }),
         }
     }

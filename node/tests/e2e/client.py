@@ -209,13 +209,13 @@ async def era(server, bases):
     async with client:
         tools = await client.list_tools()
         name = tools.tools[0].name
-        args = {"text": "hi"} if name == "echo" else {"a": 1, "b": 2}
+        args = {"text": "hi"} if name in ("echo", "shout") else {"a": 1, "b": 2}
         r = await client.call_tool(name, args)
         return {
             "protocol_version": client.session.protocol_version,
             "modern": client.session.discover_result is not None,
             "server_version": (client.session.discover_result.meta or {}).get("io.modelcontextprotocol/serverInfo", {}).get("version")
-            if client.session.discover_result else None,
+            if client.session.discover_result else client.session.initialize_result.server_info.version,
             "tools": sorted(t.name for t in tools.tools),
             "call": r.content[0].text,
             "ports": sorted({e["port"] for e in rr.log}),

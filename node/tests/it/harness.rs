@@ -412,26 +412,44 @@ impl Drop for Partition {
     }
 }
 
-/// A legacy-era-only MCP server (tests/e2e/legacy_server.py), killed on drop.
-pub struct LegacyServer {
+/// One of the small single-era test servers in tests/e2e, killed on drop.
+pub struct ScriptServer {
     child: std::process::Child,
     pub url: String,
 }
 
-impl LegacyServer {
-    pub fn start() -> LegacyServer {
+impl ScriptServer {
+    fn start(script: &str) -> ScriptServer {
         let port = free_port();
-        let child = Command::new(python()).arg(e2e("legacy_server.py")).arg(port.to_string()).spawn().expect("start");
-        eventually("the legacy server to listen", Duration::from_secs(30), || {
+        let child = Command::new(python()).arg(e2e(script)).arg(port.to_string()).spawn().expect("start");
+        eventually(&format!("{script} to listen"), Duration::from_secs(30), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
         });
-        LegacyServer { child, url: format!("http://127.0.0.1:{port}/mcp") }
+        ScriptServer { child, url: format!("http://127.0.0.1:{port}/mcp") }
     }
 }
 
-impl Drop for LegacyServer {
+impl Drop for ScriptServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A legacy-era-only server (tests/e2e/legacy_server.py).
+pub struct LegacyServer;
+
+impl LegacyServer {
+    pub fn start() -> ScriptServer {
+        ScriptServer::start("legacy_server.py")
+    }
+}
+
+/// A modern-era-only server (tests/e2e/modern_only_server.py).
+pub struct ModernOnlyServer;
+
+impl ModernOnlyServer {
+    pub fn start() -> ScriptServer {
+        ScriptServer::start("modern_only_server.py")
     }
 }

@@ -469,7 +469,7 @@ fn slow_and_oversized_clients_are_cut_off() {
 }
 
 #[test]
-fn modern_callers_reach_modern_and_legacy_only_upstreams() {
+fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
     let c = TestCluster::up(3, &[]);
     let modern = FastMcp::start();
     let legacy = LegacyServer::start();
@@ -488,6 +488,22 @@ fn modern_callers_reach_modern_and_legacy_only_upstreams() {
         assert_eq!(r["call"], call);
         assert_eq!(r["ports"].as_array().unwrap().len(), 3);
     }
+    // Legacy callers reach a modern-only upstream: joch answers initialize from its discover
+    // result and adds the envelope and routing headers to every request.
+    let newer = crate::harness::ModernOnlyServer::start();
+    c.cli(3, &["mcp", "add", "newer", "--endpoint", &newer.url]).ok();
+    let mut args = vec!["era".to_string(), "newer".into()];
+    args.extend(bases(&c));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    for (mode, era) in [("legacy", "2025-11-25"), ("auto", "2026-07-28")] {
+        let r = sdk_client_mode(mode, &argv);
+        assert_eq!(r["protocol_version"], era, "{mode}: {r}");
+        assert_eq!(r["server_version"], "3.0.0");
+        assert_eq!(r["tools"], json!(["shout"]));
+        assert_eq!(r["call"], "HI");
+        assert_eq!(r["ports"].as_array().unwrap().len(), 3);
+    }
+
     // A pin is enforced on modern callers too, before anything is forwarded.
     c.cli(1, &["mcp", "pin", "old", "--to", "1.0.0"]).ok();
     let body = r#"{"jsonrpc":"2.0","id":5,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;

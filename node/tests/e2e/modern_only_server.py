@@ -1,0 +1,74 @@
+"""A modern-era-only MCP server (2026-07-28, stateless; rejects initialize), for testing how joch
+lets legacy-era callers reach such servers. PyPI's servers speak both eras, so this one is
+written here; the client in the tests is still the official SDK.
+
+It checks the envelope and the routing headers the way the SDK server does, so a request joch
+forwards without them fails here.
+
+Usage: modern_only_server.py PORT
+"""
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+V = "2026-07-28"
+INFO = {"name": "modern-only", "version": "3.0.0"}
+TOOLS = [{"name": "shout", "description": "Upper-case a text.",
+          "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}]
+
+
+def result(mid, body, cacheable=False):
+    body = dict(body, resultType="complete", _meta={"io.modelcontextprotocol/serverInfo": INFO})
+    if cacheable:
+        body.update(ttlMs=0, cacheScope="public")
+    return {"jsonrpc": "2.0", "id": mid, "result": body}
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def answer(self, status, body=None):
+        data = json.dumps(body).encode() if body is not None else b""
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def error(self, status, mid, code, message, data=None):
+        err = {"code": code, "message": message}
+        if data is not None:
+            err["data"] = data
+        self.answer(status, {"jsonrpc": "2.0", "id": mid, "error": err})
+
+    def do_POST(self):
+        msg = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        method, mid = msg.get("method"), msg.get("id")
+        meta = (msg.get("params") or {}).get("_meta") or {}
+        version = meta.get("io.modelcontextprotocol/protocolVersion")
+        if method == "initialize" or version != V or self.headers.get("mcp-protocol-version") != V:
+            return self.error(400, mid, -32022, "Unsupported protocol version", {"supported": [V], "requested": version})
+        if self.headers.get("mcp-method") != method:
+            return self.error(400, mid, -32020, "mcp-method header does not match the request body's method")
+        if mid is None:
+            return self.answer(202)
+        if method == "server/discover":
+            return self.answer(200, result(mid, {"supportedVersions": [V], "capabilities": {"tools": {}}}, True))
+        if method == "tools/list":
+            return self.answer(200, result(mid, {"tools": TOOLS}, True))
+        if method == "tools/call":
+            if self.headers.get("mcp-name") != msg["params"]["name"]:
+                return self.error(400, mid, -32020, "mcp-name header does not match the request body's 'name' parameter")
+            text = msg["params"]["arguments"]["text"].upper()
+            return self.answer(200, result(mid, {"content": [{"type": "text", "text": text}], "isError": False}))
+        return self.error(404, mid, -32601, "Method not found")
+
+    def do_GET(self):
+        self.send_response(405)
+        self.send_header("allow", "POST")
+        self.end_headers()
+
+
+if __name__ == "__main__":
+    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
