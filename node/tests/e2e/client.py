@@ -183,6 +183,14 @@ async def aggregate(binary, admin, bases):
     async with client:
         out["tools"] = sorted(t.name for t in (await client.list_tools()).tools)
         out["add"] = (await client.call_tool("heldout.add", {"a": 20, "b": 22})).content[0].text
+        progress = []
+
+        async def on_progress(p, total, message):
+            progress.append([p, total])
+
+        slow = await client.call_tool("heldout.slow", {"steps": 3}, progress_callback=on_progress)
+        out["slow"] = slow.content[0].text
+        out["progress"] = progress
         t = await client.call_tool("time.get_current_time", {"timezone": "UTC"})
         out["time"] = json.loads(t.content[0].text)["timezone"]
         out["prompts"] = sorted(p.name for p in (await client.list_prompts()).prompts)

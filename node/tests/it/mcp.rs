@@ -409,6 +409,11 @@ fn aggregate_endpoint_names_routes_and_drops_a_quarantined_server_alone() {
             "{mode}: {r}"
         );
         assert_eq!(r["add"], "42");
+        assert_eq!(r["slow"], "done 3");
+        if mode == "legacy" {
+            // The member's SSE stream is relayed event by event through /mcp.
+            assert_eq!(r["progress"], json!([[1.0, 3.0], [2.0, 3.0], [3.0, 3.0]]), "{r}");
+        }
         assert_eq!(r["time"], "UTC");
         assert_eq!(r["prompts"], json!(["heldout.review"]));
         assert_eq!(r["prompt"], "Review this code: y");
