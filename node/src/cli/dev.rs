@@ -258,7 +258,12 @@ async fn up(g: &Global, count: u64, dir: &Path, raft: &str) -> anyhow::Result<Ex
         DevCluster { nodes }
     } else {
         let text = std::fs::read_to_string(&state).with_context(|| format!("reading {}", state.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a joch dev cluster file", state.display()))?
+        let c: DevCluster = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a joch dev cluster file", state.display()))?;
+        if c.nodes.is_empty() {
+            anyhow::bail!("{} lists no nodes; remove the directory to start a new cluster", state.display());
+        }
+        c
     };
     let mut started_ids = Vec::new();
     for n in &mut cluster.nodes {

@@ -873,18 +873,18 @@ impl DataPlane for Proxy {
     }
 }
 
-/// The JSON-RPC answer (a message with `result` or `error`) in a JSON or SSE body.
+/// The JSON-RPC answer (an object with `result` or `error`) in a JSON or SSE body; `None` for
+/// anything else, so callers may index the answer as an object whatever the upstream sent.
 fn answer_message(content_type: Option<&HeaderValue>, bytes: &[u8]) -> Option<Value> {
+    let is_answer = |v: &Value| v.is_object() && (v.get("result").is_some() || v.get("error").is_some());
     let is_sse = content_type.and_then(|c| c.to_str().ok()).is_some_and(|c| c.starts_with("text/event-stream"));
     if !is_sse {
-        return serde_json::from_slice(bytes).ok();
+        return serde_json::from_slice::<Value>(bytes).ok().filter(is_answer);
     }
     let mut split = EventSplitter::default();
     let mut events = split.push(bytes).unwrap_or_default();
     events.extend(split.finish());
-    events.iter().filter_map(|e| sse::data(e)).find_map(|d| {
-        serde_json::from_str::<Value>(&d).ok().filter(|v| v.get("result").is_some() || v.get("error").is_some())
-    })
+    events.iter().filter_map(|e| sse::data(e)).find_map(|d| serde_json::from_str::<Value>(&d).ok().filter(is_answer))
 }
 
 async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Bytes, String> {
@@ -907,4 +907,21 @@ fn passthrough(status: reqwest::StatusCode, content_type: Option<HeaderValue>, b
         r.headers_mut().insert("content-type", ct);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_json_rpc_answers_are_answers() {
+        let json = HeaderValue::from_static("application/json");
+        let sse = HeaderValue::from_static("text/event-stream");
+        assert!(answer_message(Some(&json), br#"{"jsonrpc":"2.0","id":1,"result":{}}"#).is_some());
+        for junk in [&b"42"[..], b"[1,2]", b"\"x\"", b"{}", b"{\"id\":1}", b"not json"] {
+            assert!(answer_message(Some(&json), junk).is_none(), "{}", String::from_utf8_lossy(junk));
+        }
+        let events = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\ndata: 7\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\"error\":{}}\n\n";
+        assert_eq!(answer_message(Some(&sse), events).unwrap()["id"], 2);
+    }
 }
