@@ -3,9 +3,20 @@
 use std::time::Duration;
 
 use super::ClusterNode;
-use crate::mesh::{Handler, MeshRequest, MeshResponse};
+use crate::mesh::message::{McpForward, McpHead};
+use crate::mesh::{BodyStream, Handler, MeshRequest, MeshResponse};
 
 impl Handler for ClusterNode {
+    async fn handle_mcp(&self, req: McpForward) -> (McpHead, BodyStream) {
+        match self.data_plane() {
+            Some(dp) => dp.forwarded(req).await,
+            None => {
+                let head = McpHead { status: 503, content_type: None };
+                (head, Box::pin(futures::stream::empty()))
+            }
+        }
+    }
+
     async fn handle(&self, req: MeshRequest) -> MeshResponse {
         match req {
             MeshRequest::AppendEntries(rpc) => {
@@ -37,10 +48,7 @@ impl Handler for ClusterNode {
                 MeshResponse::Applied { applied_index: self.applied_index(), reached }
             }
             MeshRequest::Status => MeshResponse::Status(self.node_status()),
-            MeshRequest::McpForward(req) => match self.data_plane() {
-                Some(dp) => MeshResponse::Mcp(dp.forwarded(req).await),
-                None => MeshResponse::BadRequest("this node's data plane is not running".into()),
-            },
+            MeshRequest::McpForward(_) => MeshResponse::BadRequest("MCP requests are answered as streams".into()),
         }
     }
 }

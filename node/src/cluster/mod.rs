@@ -19,7 +19,7 @@ use openraft::{ChangeMembers, ServerState};
 
 use crate::config::RaftTiming;
 use crate::mesh::message::{
-    McpAnswer, McpForward, MembershipChange, MembershipOutcome, NodeStatus, Refusal, WriteOutcome,
+    McpForward, McpHead, MembershipChange, MembershipOutcome, NodeStatus, Refusal, WriteOutcome,
 };
 use crate::mesh::{Mesh, MeshRequest, MeshResponse};
 
@@ -53,8 +53,8 @@ pub struct ClusterNode {
 
 /// What the cluster needs from the data plane: answering MCP requests forwarded by peers.
 pub trait DataPlane: Send + Sync + 'static {
-    /// Handles a request for a session this node owns.
-    fn forwarded(&self, req: McpForward) -> futures::future::BoxFuture<'_, McpAnswer>;
+    /// Handles a request for a session this node owns: the answer's head, then its body.
+    fn forwarded(&self, req: McpForward) -> futures::future::BoxFuture<'_, (McpHead, crate::mesh::BodyStream)>;
 }
 
 /// Timing the cluster handle needs from the node configuration.
@@ -548,22 +548,18 @@ impl ClusterNode {
         self.data_plane.get()?.upgrade()
     }
 
-    /// Sends an MCP request to the node that owns its session. `Ok(None)`: that node is no
-    /// longer a member.
+    /// Sends an MCP request to the node that owns its session; the answer's body streams. `Ok(None)`:
+    /// that node is no longer a member.
     pub async fn forward_mcp(
         &self,
         owner: NodeId,
         req: McpForward,
         timeout: Duration,
-    ) -> Result<Option<McpAnswer>, String> {
+    ) -> Result<Option<(McpHead, crate::mesh::BodyStream)>, String> {
         let Some((_, addr, _)) = self.members().into_iter().find(|(id, _, _)| *id == owner) else {
             return Ok(None);
         };
-        match self.mesh.call(&addr.mesh, &MeshRequest::McpForward(req), timeout).await {
-            Ok(MeshResponse::Mcp(a)) => Ok(Some(a)),
-            Ok(other) => Err(format!("unexpected answer from node {owner}: {other:?}")),
-            Err(e) => Err(e.to_string()),
-        }
+        self.mesh.call_mcp(&addr.mesh, req, timeout).await.map(Some).map_err(|e| e.to_string())
     }
 
     /// Sets the cluster key if this node leads and none is set yet (sealed session ids need it).

@@ -33,7 +33,8 @@ pub enum MeshRequest {
     },
     /// This node's Raft status.
     Status,
-    /// An MCP request for a session this node owns (its stdio child lives here).
+    /// An MCP request for a session this node owns (its stdio child lives here). Answered as a
+    /// stream of frames (see `Mesh::call_mcp`), not as a `MeshResponse`.
     McpForward(McpForward),
 }
 
@@ -50,15 +51,14 @@ pub struct McpForward {
     pub body: Vec<u8>,
 }
 
-/// The owner's answer to a forwarded MCP request.
+/// The head of the owner's answer to a forwarded MCP request. On the stream it is followed by
+/// the body, chunk by chunk as the owner produces it (an SSE answer stays a stream).
 #[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct McpAnswer {
+pub struct McpHead {
     /// HTTP status.
     pub status: u16,
     /// Content type.
     pub content_type: Option<String>,
-    /// Body (an SSE answer arrives whole).
-    pub body: Vec<u8>,
 }
 
 /// The answer to a [`MeshRequest`], same variant order.
@@ -85,8 +85,6 @@ pub enum MeshResponse {
     },
     /// Answer to `Status`.
     Status(NodeStatus),
-    /// Answer to `McpForward`.
-    Mcp(McpAnswer),
     /// The request could not be decoded or handled at all.
     BadRequest(String),
 }

@@ -75,7 +75,15 @@ pub enum MeshError {
 pub trait Handler: Send + Sync + 'static {
     /// Handles one request.
     fn handle(&self, req: MeshRequest) -> impl Future<Output = MeshResponse> + Send;
+    /// Handles a forwarded MCP request: the head of the answer, then its body as it is produced.
+    fn handle_mcp(&self, req: message::McpForward) -> impl Future<Output = (message::McpHead, BodyStream)> + Send;
 }
+
+/// A body produced chunk by chunk.
+pub type BodyStream = futures::stream::BoxStream<'static, bytes::Bytes>;
+
+/// Largest frame of a streamed answer.
+const MAX_FRAME: usize = 16 << 20;
 
 /// This node's mesh endpoint: a server for peers and a client to them.
 pub struct Mesh {
@@ -211,6 +219,67 @@ async fn exchange(conn: &quinn::Connection, bytes: &[u8], addr: &str) -> Result<
     codec::decode(&resp).map_err(|e| MeshError::Codec { addr: addr.to_string(), message: e.to_string() })
 }
 
+async fn write_frame(send: &mut quinn::SendStream, frame: &[u8]) -> anyhow::Result<()> {
+    send.write_all(&(frame.len() as u32).to_be_bytes()).await?;
+    send.write_all(frame).await?;
+    metrics::counter!("joch_mesh_bytes_total", "dir" => "sent").increment(frame.len() as u64 + 4);
+    Ok(())
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, String> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(format!("frame of {len} bytes exceeds {MAX_FRAME}"));
+    }
+    let mut buf = vec![0u8; len];
+    recv.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    metrics::counter!("joch_mesh_bytes_total", "dir" => "received").increment(len as u64 + 4);
+    Ok(Some(buf))
+}
+
+impl Mesh {
+    /// Sends a forwarded MCP request; returns the answer's head once it arrives (within
+    /// `timeout`) and its body as a stream that yields chunks as the owner sends them.
+    pub async fn call_mcp(
+        &self,
+        addr: &str,
+        req: message::McpForward,
+        timeout: Duration,
+    ) -> Result<(message::McpHead, BodyStream), MeshError> {
+        let stream_err = |message: String| MeshError::Stream { addr: addr.to_string(), message };
+        let bytes = codec::encode(&MeshRequest::McpForward(req))
+            .map_err(|e| MeshError::Codec { addr: addr.into(), message: e.to_string() })?;
+        let sock = resolve(addr).await?;
+        let head = async {
+            let conn = self.connection(sock, addr, false).await?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(e.to_string()))?;
+            send.write_all(&bytes).await.map_err(|e| stream_err(e.to_string()))?;
+            send.finish().map_err(|e| stream_err(e.to_string()))?;
+            let frame =
+                read_frame(&mut recv).await.map_err(stream_err)?.ok_or_else(|| stream_err("no answer".into()))?;
+            let head: message::McpHead = codec::decode(&frame)
+                .map_err(|e| MeshError::Codec { addr: addr.to_string(), message: e.to_string() })?;
+            Ok::<_, MeshError>((head, recv))
+        };
+        let (head, recv) = tokio::time::timeout(timeout, head)
+            .await
+            .map_err(|_| MeshError::Timeout { addr: addr.to_string(), timeout })??;
+        let body = futures::stream::unfold(recv, |mut recv| async move {
+            match read_frame(&mut recv).await {
+                Ok(Some(chunk)) => Some((bytes::Bytes::from(chunk), recv)),
+                _ => None,
+            }
+        });
+        Ok((head, Box::pin(body)))
+    }
+}
+
 async fn serve_stream<H: Handler>(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -219,6 +288,18 @@ async fn serve_stream<H: Handler>(
     let bytes = recv.read_to_end(MAX_MESSAGE).await?;
     metrics::counter!("joch_mesh_bytes_total", "dir" => "received").increment(bytes.len() as u64);
     let resp = match codec::decode::<MeshRequest>(&bytes) {
+        Ok(MeshRequest::McpForward(req)) => {
+            // Streamed: the head, then each body chunk as a frame, then the end of the stream.
+            use futures::StreamExt;
+            let (head, mut body) = handler.handle_mcp(req).await;
+            write_frame(&mut send, &codec::encode(&head)?).await?;
+            while let Some(chunk) = body.next().await {
+                write_frame(&mut send, &chunk).await?;
+            }
+            send.finish()?;
+            let _ = send.stopped().await;
+            return Ok(());
+        }
         Ok(req) => handler.handle(req).await,
         Err(e) => MeshResponse::BadRequest(format!("undecodable request: {e}")),
     };

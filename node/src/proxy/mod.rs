@@ -40,7 +40,7 @@ use crate::mcp::jsonrpc::{self, Body as RpcBody};
 use crate::mcp::session::{Sealer, SessionToken};
 use crate::mcp::sse::{self, EventSplitter};
 use crate::mcp::version;
-use crate::mesh::message::{McpAnswer, McpForward};
+use crate::mesh::message::{McpForward, McpHead};
 use deny::{protocol_error, Denial, Reason};
 use joch_raft_store::model::resource::Transport;
 use pipeline::{admit, check_pin, Call, Outcome, Stage, Telemetry};
@@ -817,11 +817,11 @@ impl Proxy {
         };
         metrics::counter!("joch_mcp_forwarded_total").increment(1);
         match self.cluster.forward_mcp(owner, req, self.limits.upstream_timeout).await {
-            Ok(Some(a)) => {
-                let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                let mut r = Response::new(Body::from(a.body));
+            Ok(Some((head, body))) => {
+                let status = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let mut r = Response::new(Body::from_stream(body.map(Ok::<_, Infallible>)));
                 *r.status_mut() = status;
-                if let Some(ct) = a.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                if let Some(ct) = head.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
                     r.headers_mut().insert("content-type", ct);
                 }
                 (r, Outcome::Forwarded { status: status.as_u16() })
@@ -849,7 +849,7 @@ impl Proxy {
 }
 
 impl DataPlane for Proxy {
-    fn forwarded(&self, req: McpForward) -> futures::future::BoxFuture<'_, McpAnswer> {
+    fn forwarded(&self, req: McpForward) -> futures::future::BoxFuture<'_, (McpHead, crate::mesh::BodyStream)> {
         Box::pin(async move {
             let started = Instant::now();
             let mut headers = HeaderMap::new();
@@ -864,11 +864,17 @@ impl DataPlane for Proxy {
             let mut call = self.call(req.server, "POST");
             let (resp, outcome) = self.post(&mut call, &headers, Ok(Bytes::from(req.body))).await;
             self.finish(&call, &outcome, started);
-            let status = resp.status().as_u16();
-            let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
-            let body =
-                axum::body::to_bytes(resp.into_body(), MAX_JSON_ANSWER).await.map(|b| b.to_vec()).unwrap_or_default();
-            McpAnswer { status, content_type, body }
+            let head = McpHead {
+                status: resp.status().as_u16(),
+                content_type: resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string),
+            };
+            // The body goes back as it is produced: an SSE answer stays a stream across the mesh.
+            let body = resp
+                .into_body()
+                .into_data_stream()
+                .take_while(|c| std::future::ready(c.is_ok()))
+                .filter_map(|c| std::future::ready(c.ok()));
+            (head, Box::pin(body) as crate::mesh::BodyStream)
         })
     }
 }

@@ -10,6 +10,7 @@ Usage:
   client.py stdio SERVER NODE_URL...        (mcp-server-time behind joch)
   client.py aggregate JOCH ADMIN_URL NODE_URL...   (/mcp over every server)
   client.py era SERVER NODE_URL...          (which era the SDK negotiated; a call and a list)
+  client.py progress SERVER NODE_URL...     (do progress notifications arrive while the call runs?)
 """
 import asyncio
 import itertools
@@ -230,12 +231,34 @@ async def era(server, bases):
         }
 
 
+async def progress(server, bases):
+    client, rr = connect(server, bases)
+    calls = []
+    async with client:
+        for _ in range(2):
+            seen = []
+
+            async def on_progress(p, total, message, seen=seen):
+                seen.append(time.monotonic())
+
+            start = time.monotonic()
+            r = await client.call_tool("slow", {"steps": 10}, progress_callback=on_progress)
+            end = time.monotonic()
+            calls.append({"result": r.content[0].text, "events": len(seen),
+                          "first_event_after_s": (seen[0] - start) if seen else None,
+                          "first_event_before_end_s": (end - seen[0]) if seen else None})
+        protocol_version = client.session.protocol_version
+    return {"protocol_version": protocol_version, "calls": calls, "ports": sorted({e["port"] for e in rr.log})}
+
+
 async def main(argv):
     cmd = argv[1]
     if cmd == "walkthrough":
         result = await walkthrough(argv[2], argv[3:])
     elif cmd == "quarantine":
         result = await quarantine(argv[2], argv[3], argv[4], argv[5:])
+    elif cmd == "progress":
+        result = await progress(argv[2], argv[3:])
     elif cmd == "era":
         result = await era(argv[2], argv[3:])
     elif cmd == "aggregate":

@@ -1,13 +1,14 @@
 """A real fastmcp server over streamable HTTP, for joch's end-to-end tests.
 
-Usage: fastmcp_server.py PORT [VERSION]
+Usage: fastmcp_server.py PORT [VERSION]      (streamable HTTP on 127.0.0.1:PORT/mcp)
+       fastmcp_server.py stdio                 (stdio)
 """
 import asyncio
 import sys
 
 from fastmcp import Context, FastMCP
 
-mcp = FastMCP("heldout", version=sys.argv[2] if len(sys.argv) > 2 else "1.4.2")
+mcp = FastMCP("heldout", version=sys.argv[2] if len(sys.argv) > 2 and sys.argv[1] != "stdio" else "1.4.2")
 
 
 @mcp.tool
@@ -38,4 +39,7 @@ def review(code: str) -> str:
 
 
 if __name__ == "__main__":
-    mcp.run(transport="http", host="127.0.0.1", port=int(sys.argv[1]), path="/mcp", log_level="warning")
+    if sys.argv[1] == "stdio":
+        mcp.run(transport="stdio", show_banner=False)
+    else:
+        mcp.run(transport="http", host="127.0.0.1", port=int(sys.argv[1]), path="/mcp", log_level="warning")

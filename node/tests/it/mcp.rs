@@ -521,3 +521,54 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
     assert_eq!((r.status, code(&r.json())), (403, -32003), "{r:?}");
     assert_eq!(r.json()["error"]["message"], "MCP server \"old\" is pinned to 1.0.0 but runs 0.9.0");
 }
+
+#[test]
+fn progress_of_a_stdio_call_streams_live_through_the_mesh() {
+    use crate::harness::{e2e, python};
+
+    let c = TestCluster::up(3, &[]);
+    let py = python().display().to_string();
+    let script = e2e("fastmcp_server.py").display().to_string();
+    // fastmcp itself, as a stdio server: its `slow` tool reports progress every 50 ms.
+    c.cli(
+        1,
+        &[
+            "mcp",
+            "add",
+            "held",
+            "--transport",
+            "stdio",
+            "--command",
+            &py,
+            "--arg",
+            &script,
+            "--arg",
+            "stdio",
+            "--allow-stdio",
+        ],
+    )
+    .ok();
+    let mut args = vec!["progress".to_string(), "held".into()];
+    args.extend(bases(&c));
+    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r["protocol_version"], "2025-11-25");
+    for call in r["calls"].as_array().unwrap() {
+        assert_eq!(call["result"], "done 10", "{r}");
+        assert_eq!(call["events"], 10, "{r}");
+        // The first progress event arrives while the call still runs (about 0.5 s), not with its answer.
+        assert!(call["first_event_before_end_s"].as_f64().unwrap() > 0.25, "{r}");
+    }
+    // And the calls did cross the mesh: the session belongs to one node, the balancer spread them.
+    let forwarded: u64 = c
+        .nodes
+        .iter()
+        .map(|n| {
+            crate::harness::http_get(&n.metrics_url)
+                .lines()
+                .find(|l| l.starts_with("joch_mcp_forwarded_total"))
+                .and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(forwarded >= 1, "no request was forwarded to the session's owner");
+}

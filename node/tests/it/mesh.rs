@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use joch_node::mesh::message::{McpForward, McpHead};
 use joch_node::mesh::pki::{self, PkiDir};
 use joch_node::mesh::tls::NodeTls;
-use joch_node::mesh::{Handler, Mesh, MeshRequest, MeshResponse};
+use joch_node::mesh::{BodyStream, Handler, Mesh, MeshRequest, MeshResponse};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +17,10 @@ struct Nobody;
 impl Handler for Nobody {
     async fn handle(&self, _req: MeshRequest) -> MeshResponse {
         MeshResponse::BadRequest("test peer".into())
+    }
+
+    async fn handle_mcp(&self, _req: McpForward) -> (McpHead, BodyStream) {
+        (McpHead { status: 404, content_type: None }, Box::pin(futures::stream::empty()))
     }
 }
 
