@@ -13,6 +13,8 @@
 //! filtered per caller (policy), so a shared cache must not keep it.
 
 use std::collections::HashMap;
+
+use futures::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -354,12 +356,50 @@ impl Proxy {
                 None,
             ));
         }
+        let wants_progress = msg.pointer("/params/_meta/progressToken").is_some();
+        if let (Some(c), true) = (&child, wants_progress) {
+            return self.child_stream(call, c, &init, msg, method, id);
+        }
         let mut answer = match self.legacy_answer(rec, child, &era, msg, method).await {
             Ok(a) => a,
             Err((reason, message)) => return denied(self.deny(call, reason, "upstream", message).with_id(id)),
         };
         answer["id"] = id;
         json_answer(&answer)
+    }
+
+    /// A modern call to this node's stdio child that asked for progress: the child's progress
+    /// notifications, then the answer (with the modern fields), as SSE events while they happen.
+    fn child_stream(
+        &self,
+        call: &Call,
+        child: &Child,
+        init: &Value,
+        mut msg: Value,
+        method: &str,
+        id: Value,
+    ) -> (Response, Outcome) {
+        if let Some(meta) = msg.pointer_mut("/params/_meta").and_then(Value::as_object_mut) {
+            for k in [META_VERSION, META_CAPABILITIES, META_CLIENT_INFO] {
+                meta.remove(k);
+            }
+        }
+        let mut rx = match child.call(msg) {
+            Ok(rx) => rx,
+            Err(e) => return denied(self.deny(call, e.reason, "upstream.stdio", e.message).with_id(id)),
+        };
+        let (server_info, method) = (init["serverInfo"].clone(), method.to_string());
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(move |mut v: Value| {
+            if let Some(result) = v.get_mut("result") {
+                *result = modernize(&method, result.take(), &server_info);
+                v["id"] = id.clone();
+            }
+            Ok::<_, std::convert::Infallible>(crate::mcp::sse::message_event(&v.to_string()))
+        });
+        let mut r = Response::new(axum::body::Body::from_stream(stream));
+        r.headers_mut().insert("content-type", HeaderValue::from_static("text/event-stream"));
+        r.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache, no-transform"));
+        (r, Outcome::Forwarded { status: 200 })
     }
 
     /// The upstream's era and version, probed once per node (and again after a minute).

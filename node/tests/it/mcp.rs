@@ -550,13 +550,18 @@ fn progress_of_a_stdio_call_streams_live_through_the_mesh() {
     .ok();
     let mut args = vec!["progress".to_string(), "held".into()];
     args.extend(bases(&c));
-    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(r["protocol_version"], "2025-11-25");
-    for call in r["calls"].as_array().unwrap() {
-        assert_eq!(call["result"], "done 10", "{r}");
-        assert_eq!(call["events"], 10, "{r}");
-        // The first progress event arrives while the call still runs (about 0.5 s), not with its answer.
-        assert!(call["first_event_before_end_s"].as_f64().unwrap() > 0.25, "{r}");
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Legacy: the session's owner runs the child, the others forward over the mesh. Modern: each
+    // node's own child, through the translation. Either way progress streams.
+    for (mode, era) in [("legacy", "2025-11-25"), ("auto", "2026-07-28")] {
+        let r = sdk_client_mode(mode, &argv);
+        assert_eq!(r["protocol_version"], era, "{r}");
+        for call in r["calls"].as_array().unwrap() {
+            assert_eq!(call["result"], "done 10", "{mode}: {r}");
+            assert_eq!(call["events"], 10, "{mode}: {r}");
+            // The first progress event arrives while the call still runs (about 0.5 s), not with its answer.
+            assert!(call["first_event_before_end_s"].as_f64().unwrap() > 0.25, "{mode}: {r}");
+        }
     }
     // And the calls did cross the mesh: the session belongs to one node, the balancer spread them.
     let forwarded: u64 = c
