@@ -2,8 +2,9 @@
 //! Raft RPCs, forwarded admin writes, read-index requests, applied-index probes and status.
 //!
 //! Each call opens one bidirectional stream on a cached connection to the peer: the request fills
-//! the send side, the response the receive side. The mesh knows nothing about what the messages
-//! mean; a [`Handler`] answers them.
+//! the send side, the response the receive side. A forwarded MCP request is answered as frames
+//! (length-prefixed: the head, then body chunks as they are produced), so streams stay streams
+//! across nodes. The mesh knows nothing about what the messages mean; a [`Handler`] answers them.
 
 pub mod message;
 pub mod pki;
