@@ -203,6 +203,16 @@ pub fn http_get(url: &str) -> String {
     format!("HTTP/1.1 {}\r\n{}\r\n\r\n{}", r.status, r.head, r.body)
 }
 
+/// The value of an (unlabelled) counter or gauge on a node's `/metrics`, 0 if absent.
+pub fn metric(metrics_url: &str, name: &str) -> u64 {
+    http_get(metrics_url)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
 /// An HTTP answer read off the wire.
 #[derive(Debug)]
 pub struct HttpReply {

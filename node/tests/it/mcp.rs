@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use crate::harness::{http, joch_bin, sdk_client, sdk_client_mode, FastMcp, LegacyServer, TestCluster};
+use crate::harness::{http, joch_bin, metric, sdk_client, sdk_client_mode, FastMcp, LegacyServer, TestCluster};
 
 fn bases(c: &TestCluster) -> Vec<String> {
     c.nodes.iter().map(|n| n.mcp_url.clone()).collect()
@@ -340,18 +340,8 @@ fn stdio_server_runs_once_on_the_owner_is_reached_through_the_mesh_and_restarts(
     let children = stdio_children(&c);
     assert_eq!(children.len(), 1, "{children:?}");
     let (pid, owner) = children[0];
-    let forwarded: u64 = c
-        .nodes
-        .iter()
-        .filter(|n| n.id != owner)
-        .map(|n| {
-            crate::harness::http_get(&n.metrics_url)
-                .lines()
-                .find(|l| l.starts_with("joch_mcp_forwarded_total"))
-                .and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .sum();
+    let forwarded: u64 =
+        c.nodes.iter().filter(|n| n.id != owner).map(|n| metric(&n.metrics_url, "joch_mcp_forwarded_total")).sum();
     assert!(forwarded >= 2, "requests reached the owner over the mesh ({forwarded})");
 
     // The child dies: the next session gets a new one.
@@ -564,16 +554,6 @@ fn progress_of_a_stdio_call_streams_live_through_the_mesh() {
         }
     }
     // And the calls did cross the mesh: the session belongs to one node, the balancer spread them.
-    let forwarded: u64 = c
-        .nodes
-        .iter()
-        .map(|n| {
-            crate::harness::http_get(&n.metrics_url)
-                .lines()
-                .find(|l| l.starts_with("joch_mcp_forwarded_total"))
-                .and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .sum();
+    let forwarded: u64 = c.nodes.iter().map(|n| metric(&n.metrics_url, "joch_mcp_forwarded_total")).sum();
     assert!(forwarded >= 1, "no request was forwarded to the session's owner");
 }

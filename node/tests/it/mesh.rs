@@ -10,7 +10,7 @@ use joch_node::mesh::{BodyStream, Handler, Mesh, MeshRequest, MeshResponse};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{http_get, TestCluster};
+use crate::harness::{metric, TestCluster};
 
 struct Nobody;
 
@@ -30,11 +30,7 @@ fn mesh(ca: &std::path::Path, pki: &PkiDir, id: u64) -> Arc<Mesh> {
 }
 
 fn handshake_failures(metrics_url: &str) -> u64 {
-    http_get(metrics_url)
-        .lines()
-        .find(|l| l.starts_with("joch_mesh_handshake_failures_total"))
-        .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .unwrap_or(0)
+    metric(metrics_url, "joch_mesh_handshake_failures_total")
 }
 
 #[tokio::test]
