@@ -177,10 +177,48 @@ fn late_joiner_is_brought_up_by_snapshot() {
     assert!(n4["snapshot_index"].as_u64().unwrap() > 0, "node 4 holds a snapshot: {n4}");
     assert_eq!(n4["reachable"], true);
 
-    // A linearizable read through the new node, then remove it again.
+    // A linearizable read through the new node.
     joch(["--server", &admin, "describe", "mcpserver", "s39", "-o", "json"]).ok();
+
+    // A fifth node joins from its own side (`cluster join --via` any member).
+    joch(["cluster", "ca", "issue", "--dir", &c.pki_dir().display().to_string(), "--id", "5"]).ok();
+    let (mut child5, addrs5) = start_extra_node(c.dir.path(), &c.pki_dir(), 5, "");
+    let admin5 = format!("http://{}", addrs5["admin"].as_str().unwrap());
+    let m = joch(["--server", &admin5, "cluster", "join", "--via", &c.node(3).admin_url, "-o", "json"]).ok().json();
+    assert_eq!(m["voters"], serde_json::json!([1, 2, 3, 4, 5]), "{m}");
+    let out = joch(["--server", &admin5, "mcp", "ls", "-o", "json"]).ok();
+    assert_eq!(names(&out.json()), 40);
+
+    // Remove both again.
+    c.cli(2, &["cluster", "remove", "--id", "5"]).ok();
     let m = c.cli(2, &["cluster", "remove", "--id", "4", "-o", "json"]).ok().json();
     assert_eq!(m["voters"], serde_json::json!([1, 2, 3]), "{m}");
+    let s = c.cli(1, &["cluster", "status", "-o", "json"]).ok().json();
+    assert_eq!(s["members"].as_array().unwrap().len(), 3, "{s}");
+    for ch in [&mut child, &mut child5] {
+        let _ = ch.kill();
+        let _ = ch.wait();
+    }
+}
+
+#[test]
+fn a_bare_node_is_initialised_alone_and_only_once() {
+    let c = TestCluster::up(1, &[]); // only for its CA
+    joch(["cluster", "ca", "issue", "--dir", &c.pki_dir().display().to_string(), "--id", "7"]).ok();
+    let (mut child, addrs) = start_extra_node(c.dir.path(), &c.pki_dir(), 7, "");
+    let admin = format!("http://{}", addrs["admin"].as_str().unwrap());
+    let e = joch(["--server", &admin, "mcp", "ls"]).fails(1);
+    assert!(e.contains("not part of an initialised cluster"), "{e}");
+    joch(["--server", &admin, "cluster", "init"]).ok();
+    let e = joch(["--server", &admin, "cluster", "init"]).fails(1);
+    assert!(e.contains("node 7: the cluster is already initialised"), "{e}");
+    eventually("node 7 to lead its own cluster", Duration::from_secs(30), || {
+        let s = joch(["--server", &admin, "cluster", "status", "-o", "json"]).ok().json();
+        (s["leader"].as_u64() == Some(7)).then_some(())
+    });
+    joch(["--server", &admin, "mcp", "add", "solo", "--endpoint", "http://127.0.0.1:9/mcp"]).ok();
+    let v = joch(["--server", &admin, "mcp", "ls", "-o", "json"]).ok().json();
+    assert_eq!(servers(&v), [("solo".to_string(), "Ready".to_string())]);
     let _ = child.kill();
     let _ = child.wait();
 }
