@@ -51,6 +51,21 @@ impl Message {
         self.id.as_ref().and_then(|r| serde_json::from_str(r.get()).ok()).unwrap_or(Value::Null)
     }
 
+    /// Whether `params._meta` carries this key (the modern era's per-request envelope). Only the
+    /// envelope counts: the same text inside arguments does not.
+    pub fn has_envelope(&self, key: &str) -> bool {
+        #[derive(Deserialize)]
+        struct P {
+            #[serde(rename = "_meta")]
+            meta: Option<serde_json::Map<String, Value>>,
+        }
+        self.params
+            .as_ref()
+            .and_then(|p| serde_json::from_str::<P>(p.get()).ok())
+            .and_then(|p| p.meta)
+            .is_some_and(|m| m.contains_key(key))
+    }
+
     /// `params.name` (tools/call, prompts/get) or `params.uri` (resources/read).
     pub fn target_name(&self) -> Option<String> {
         #[derive(Deserialize)]
@@ -210,6 +225,17 @@ mod tests {
         assert!(matches!(parse(br#"{"jsonrpc":"2.0","id":1}"#, 64), Err(FrameError::Invalid(_))));
         let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
         assert_eq!(parse(deep.as_bytes(), 64).unwrap_err(), FrameError::TooDeep { limit: 64 });
+    }
+
+    #[test]
+    fn envelope_is_found_only_in_meta() {
+        let key = "io.modelcontextprotocol/protocolVersion";
+        let with = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+        let inside_args = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"io.modelcontextprotocol/protocolVersion"}}}"#;
+        let Ok(Body::Single(a)) = parse(with, 64) else { panic!() };
+        let Ok(Body::Single(b)) = parse(inside_args, 64) else { panic!() };
+        assert!(a.has_envelope(key));
+        assert!(!b.has_envelope(key));
     }
 
     #[test]

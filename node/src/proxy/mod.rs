@@ -386,7 +386,7 @@ impl Proxy {
                 call.target = m.target_name();
                 let modern = header_version.is_some_and(version::is_modern)
                     || m.method.as_deref() == Some("server/discover")
-                    || m.params.as_ref().is_some_and(|p| p.get().contains(modern::META_VERSION));
+                    || m.has_envelope(modern::META_VERSION);
                 if modern {
                     if call.server.is_empty() {
                         return self.aggregate_modern(call, headers, &body, m, m.id_value()).await;
