@@ -47,6 +47,9 @@ use pipeline::{admit, check_pin, Call, Outcome, Stage, Telemetry};
 use stdio::StdioPool;
 use upstream::Upstream;
 
+/// A rewrite applied to each SSE event on its way (e.g. an era translation of the answer).
+pub(crate) type EventMap = Box<dyn Fn(Bytes) -> Bytes + Send + Sync>;
+
 /// Identity of callers until agent authentication exists (issue 4).
 pub const ANONYMOUS: &str = "anonymous";
 
@@ -601,7 +604,7 @@ impl Proxy {
         let is_sse =
             content_type.as_ref().and_then(|c| c.to_str().ok()).is_some_and(|c| c.starts_with("text/event-stream"));
         if is_sse && status.is_success() {
-            return (self.stream(call, resp, request_id), outcome);
+            return (self.stream(call, resp, request_id, None), outcome);
         }
         match read_limited(resp, MAX_JSON_ANSWER).await {
             Ok(bytes) => {
@@ -618,7 +621,13 @@ impl Proxy {
     /// Forwards an SSE stream event by event. The stream ends when the upstream ends it, the
     /// agent goes away, or the server is quarantined, deleted or re-pinned away from the session's
     /// version (then a POST stream's pending request gets the denial as its answer first).
-    fn stream(&self, call: &Call, resp: reqwest::Response, request_id: Option<Value>) -> Response {
+    fn stream(
+        &self,
+        call: &Call,
+        resp: reqwest::Response,
+        request_id: Option<Value>,
+        transform: Option<EventMap>,
+    ) -> Response {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
         let registry = self.cluster.registry.clone();
         let mut changes = registry.subscribe();
@@ -636,6 +645,9 @@ impl Proxy {
                         Some(Ok(b)) => match split.push(&b) {
                             Ok(events) => {
                                 for mut ev in events {
+                                    if let Some(t) = &transform {
+                                        ev = t(ev);
+                                    }
                                     for s in &stages {
                                         s.on_event(&call, &mut ev);
                                     }
@@ -656,6 +668,10 @@ impl Proxy {
                         }
                         None => {
                             if let Some(rest) = split.finish() {
+                                let rest = match &transform {
+                                    Some(t) => t(rest),
+                                    None => rest,
+                                };
                                 let _ = tx.send(Ok(rest)).await;
                             }
                             break None;

@@ -360,12 +360,93 @@ impl Proxy {
         if let (Some(c), true) = (&child, wants_progress) {
             return self.child_stream(call, c, &init, msg, method, id);
         }
+        if let (None, true) = (&child, wants_progress) {
+            return self.http_legacy_stream(call, rec, &era, &init, msg, method, id).await;
+        }
         let mut answer = match self.legacy_answer(rec, child, &era, msg, method).await {
             Ok(a) => a,
             Err((reason, message)) => return denied(self.deny(call, reason, "upstream", message).with_id(id)),
         };
         answer["id"] = id;
         json_answer(&answer)
+    }
+
+    /// A modern call that asked for progress, to a legacy-only HTTP upstream: its SSE answer is
+    /// relayed event by event (progress as is), the final answer with the modern fields.
+    #[allow(clippy::too_many_arguments)]
+    async fn http_legacy_stream(
+        &self,
+        call: &Call,
+        rec: &ServerRecord,
+        era: &Era,
+        init: &Value,
+        mut msg: Value,
+        method: &str,
+        id: Value,
+    ) -> (Response, Outcome) {
+        let sid = era.legacy.as_ref().and_then(|(sid, _)| sid.clone());
+        if let Some(meta) = msg.pointer_mut("/params/_meta").and_then(Value::as_object_mut) {
+            for k in [META_VERSION, META_CAPABILITIES, META_CLIENT_INFO] {
+                meta.remove(k);
+            }
+        }
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
+        h.insert("mcp-protocol-version", HeaderValue::from_static(version::LEGACY[0]));
+        let resp = match self
+            .upstream
+            .send(
+                reqwest::Method::POST,
+                &Self::upstream_url(rec),
+                &h,
+                sid.as_deref(),
+                Some(Bytes::from(msg.to_string())),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return denied(self.deny(call, e.reason, "upstream", e.message).with_id(id)),
+        };
+        let is_sse = resp
+            .headers()
+            .get("content-type")
+            .and_then(|c| c.to_str().ok())
+            .is_some_and(|c| c.starts_with("text/event-stream"));
+        let (server_info, method) = (init["serverInfo"].clone(), method.to_string());
+        if !is_sse || !resp.status().is_success() {
+            let ct = resp.headers().get("content-type").cloned();
+            let bytes = match read_limited(resp, MAX_JSON_ANSWER).await {
+                Ok(b) => b,
+                Err(e) => return denied(self.deny(call, Reason::UpstreamUnavailable, "upstream", e).with_id(id)),
+            };
+            let Some(mut answer) = answer_message(ct.as_ref(), &bytes) else {
+                return denied(
+                    self.deny(call, Reason::UpstreamUnavailable, "upstream", "the legacy upstream gave no answer")
+                        .with_id(id),
+                );
+            };
+            if let Some(result) = answer.get_mut("result") {
+                *result = modernize(&method, result.take(), &server_info);
+            }
+            answer["id"] = id;
+            return json_answer(&answer);
+        }
+        let answer_id = id.clone();
+        let transform: super::EventMap = Box::new(move |ev: Bytes| {
+            let Some(mut v) = crate::mcp::sse::data(&ev).and_then(|d| serde_json::from_str::<Value>(&d).ok()) else {
+                return ev;
+            };
+            if !v.is_object() || (v.get("result").is_none() && v.get("error").is_none()) {
+                return ev;
+            }
+            if let Some(result) = v.get_mut("result") {
+                *result = modernize(&method, result.take(), &server_info);
+            }
+            v["id"] = answer_id.clone();
+            crate::mcp::sse::message_event(&v.to_string())
+        });
+        (self.stream(call, resp, Some(id), Some(transform)), Outcome::Forwarded { status: 200 })
     }
 
     /// A modern call to this node's stdio child that asked for progress: the child's progress

@@ -217,7 +217,7 @@ async def era(server, bases):
     client, rr = connect(server, bases)
     async with client:
         tools = await client.list_tools()
-        name = tools.tools[0].name
+        name = sorted(t.name for t in tools.tools)[0]
         args = {"text": "hi"} if name in ("echo", "shout") else {"a": 1, "b": 2}
         r = await client.call_tool(name, args)
         return {

@@ -6,12 +6,15 @@ Usage: legacy_server.py PORT
 """
 import json
 import sys
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SESSIONS = set()
 TOOLS = [{"name": "echo", "description": "Echo a text.",
-          "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}]
+          "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
+         {"name": "slow", "description": "Count to steps, 50 ms each, reporting progress (SSE).",
+          "inputSchema": {"type": "object", "properties": {"steps": {"type": "integer"}}, "required": ["steps"]}}]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -43,6 +46,22 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(202)
         if method == "tools/list":
             return self.answer(200, {"jsonrpc": "2.0", "id": mid, "result": {"tools": TOOLS}})
+        if method == "tools/call" and msg["params"]["name"] == "slow":
+            steps = msg["params"]["arguments"]["steps"]
+            token = (msg["params"].get("_meta") or {}).get("progressToken")
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            for i in range(steps):
+                if token is not None:
+                    note = {"jsonrpc": "2.0", "method": "notifications/progress",
+                            "params": {"progressToken": token, "progress": i + 1, "total": steps}}
+                    self.wfile.write(f"event: message\ndata: {json.dumps(note)}\n\n".encode())
+                    self.wfile.flush()
+                time.sleep(0.05)
+            done = {"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": f"done {steps}"}], "isError": False}}
+            self.wfile.write(f"event: message\ndata: {json.dumps(done)}\n\n".encode())
+            return
         if method == "tools/call" and msg["params"]["name"] == "echo":
             text = msg["params"]["arguments"]["text"]
             return self.answer(200, {"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": text}], "isError": False}})

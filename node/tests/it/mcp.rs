@@ -471,7 +471,7 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
     register(&c, &modern);
     c.cli(2, &["mcp", "add", "old", "--endpoint", &legacy.url]).ok();
     for (server, tools, call, version) in
-        [("heldout", json!(["add", "slow"]), "3", "1.4.2"), ("old", json!(["echo"]), "hi", "0.9.0")]
+        [("heldout", json!(["add", "slow"]), "3", "1.4.2"), ("old", json!(["echo", "slow"]), "hi", "0.9.0")]
     {
         let mut args = vec!["era".to_string(), server.into()];
         args.extend(bases(&c));
@@ -483,6 +483,17 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
         assert_eq!(r["call"], call);
         assert_eq!(r["ports"].as_array().unwrap().len(), 3);
     }
+    // Modern callers of the legacy-only server get its progress as it happens (relayed SSE).
+    let mut args = vec!["progress".to_string(), "old".into()];
+    args.extend(bases(&c));
+    let r = sdk_client(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r["protocol_version"], "2026-07-28", "{r}");
+    for call in r["calls"].as_array().unwrap() {
+        assert_eq!(call["result"], "done 10", "{r}");
+        assert_eq!(call["events"], 10, "{r}");
+        assert!(call["first_event_before_end_s"].as_f64().unwrap() > 0.25, "{r}");
+    }
+
     // Legacy callers reach a modern-only upstream: joch answers initialize from its discover
     // result and adds the envelope and routing headers to every request.
     let newer = crate::harness::ModernOnlyServer::start();
