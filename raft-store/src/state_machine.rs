@@ -248,6 +248,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut touched = Touched::default();
         let mut responses = Vec::new();
         let mut membership_changed = false;
@@ -296,6 +297,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         self.write(b, ErrorSubject::StateMachine).await?;
         self.publish();
+        // Apply latency: from the batch's start to durable state and a published snapshot.
+        metrics::histogram!("joch_raft_apply_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("joch_raft_applied_entries_total").increment(responses.len() as u64);
         Ok(responses)
     }
 
