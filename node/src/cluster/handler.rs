@@ -22,11 +22,11 @@ impl Handler for ClusterNode {
             MeshRequest::AppendEntries(rpc) => {
                 let commit = rpc.leader_commit.map(|l| l.index).unwrap_or(0);
                 let r = self.raft.append_entries(rpc).await;
-                if matches!(&r, Ok(resp) if resp.is_success()) {
-                    self.note_leader_commit(commit);
-                }
-                if matches!(&r, Ok(resp) if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_))) {
-                    self.note_leader_contact();
+                use openraft::raft::AppendEntriesResponse as A;
+                match &r {
+                    Ok(A::Success) | Ok(A::PartialSuccess(_)) => self.note_leader(commit, true),
+                    Ok(A::Conflict) => self.note_leader(commit, false),
+                    Ok(A::HigherVote(_)) | Err(_) => {}
                 }
                 MeshResponse::AppendEntries(r)
             }
@@ -34,7 +34,9 @@ impl Handler for ClusterNode {
             MeshRequest::InstallSnapshot(rpc) => {
                 let r = self.raft.install_snapshot(rpc).await;
                 if r.is_ok() {
-                    self.note_leader_contact();
+                    // Not contact yet: the next AppendEntries brings the commit index, and a node
+                    // that was cut off stays stale until it applied that.
+                    self.note_leader(0, false);
                 }
                 MeshResponse::InstallSnapshot(r)
             }

@@ -46,6 +46,9 @@ pub struct ClusterNode {
     leader_contact_ms: AtomicU64,
     /// Commit index last announced by a leader (followers).
     leader_commit: AtomicU64,
+    /// After losing the leader for longer than the lease: the commit index this node must apply
+    /// before it serves again (it may have missed quarantines meanwhile).
+    resync_target: AtomicU64,
     /// The data plane, for MCP requests forwarded by peers (set once at start; weak, since the
     /// data plane holds this node).
     data_plane: std::sync::OnceLock<std::sync::Weak<dyn DataPlane>>,
@@ -154,6 +157,7 @@ impl ClusterNode {
             settings,
             leader_contact_ms: AtomicU64::new(0),
             leader_commit: AtomicU64::new(0),
+            resync_target: AtomicU64::new(0),
             data_plane: std::sync::OnceLock::new(),
         })
     }
@@ -201,27 +205,42 @@ impl ClusterNode {
         matched.get(voters.len() / 2).copied().unwrap_or(0)
     }
 
-    fn note_leader_commit(&self, index: u64) {
-        self.leader_commit.fetch_max(index, Ordering::Relaxed);
+    /// A leader's AppendEntries (or snapshot) reached this node. `commit` is the leader's commit
+    /// index; `in_sync` whether this node's log matched (contact counts only then). A node that
+    /// had been out of contact for longer than its lease must first apply `commit`: until then it
+    /// stays stale, so nothing committed while it was cut off can be missed.
+    fn note_leader(&self, commit: u64, in_sync: bool) {
+        self.leader_commit.fetch_max(commit, Ordering::Relaxed);
+        let now = now_ms();
+        let last = self.leader_contact_ms.load(Ordering::Relaxed);
+        if last == 0 || now.saturating_sub(last) > self.settings.timing.lease.as_millis() as u64 {
+            self.resync_target.fetch_max(commit, Ordering::Release);
+        }
+        if in_sync {
+            self.leader_contact_ms.store(now, Ordering::Release);
+        }
     }
 
-    fn note_leader_contact(&self) {
-        self.leader_contact_ms.store(now_ms(), Ordering::Relaxed);
-    }
-
-    /// Ready: member of a cluster that has a leader, and in contact with it within the lease.
+    /// Ready: member of a cluster that has a leader, in contact with it within the lease, and,
+    /// after having lost it, caught up with what was committed meanwhile.
     /// On the request path: reads the metrics in place (no clone, no lock held across awaits).
     pub fn is_ready(&self) -> Result<(), String> {
         if self.raft.metrics().borrow().current_leader.is_none() {
             return Err("no leader known".into());
         }
         match self.leader_contact_age() {
-            Some(age) if age <= self.settings.timing.lease.as_millis() as u64 => Ok(()),
+            Some(age) if age <= self.settings.timing.lease.as_millis() as u64 => {}
             Some(age) => {
-                Err(format!("last heard from the leader {age} ms ago (lease {:?})", self.settings.timing.lease))
+                return Err(format!("last heard from the leader {age} ms ago (lease {:?})", self.settings.timing.lease))
             }
-            None => Err("has not heard from a leader yet".into()),
+            None => return Err("has not heard from a leader yet".into()),
         }
+        let target = self.resync_target.load(Ordering::Acquire);
+        let applied = self.applied_index();
+        if applied < target {
+            return Err(format!("catching up after losing the leader: applied {applied} of {target}"));
+        }
+        Ok(())
     }
 
     /// This node's own status.
