@@ -162,6 +162,25 @@ pub(super) fn validate(msg: &Value, method: &str, headers: &HeaderMap) -> Result
     Ok(v.to_string())
 }
 
+/// Removes the modern envelope from a request bound for a legacy peer (other `_meta` keys, such
+/// as the progress token, stay).
+fn strip_envelope(msg: &mut Value) {
+    if let Some(meta) = msg.pointer_mut("/params/_meta").and_then(Value::as_object_mut) {
+        for k in [META_VERSION, META_CAPABILITIES, META_CLIENT_INFO] {
+            meta.remove(k);
+        }
+    }
+}
+
+/// Headers of a request joch sends on its own legacy session with an upstream.
+fn legacy_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    h.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
+    h.insert("mcp-protocol-version", HeaderValue::from_static(version::LEGACY[0]));
+    h
+}
+
 /// Adds the modern fields to a result that came from a legacy upstream.
 pub(super) fn modernize(method: &str, mut result: Value, server_info: &Value) -> Value {
     if let Some(obj) = result.as_object_mut() {
@@ -385,15 +404,8 @@ impl Proxy {
         id: Value,
     ) -> (Response, Outcome) {
         let sid = era.legacy.as_ref().and_then(|(sid, _)| sid.clone());
-        if let Some(meta) = msg.pointer_mut("/params/_meta").and_then(Value::as_object_mut) {
-            for k in [META_VERSION, META_CAPABILITIES, META_CLIENT_INFO] {
-                meta.remove(k);
-            }
-        }
-        let mut h = HeaderMap::new();
-        h.insert("content-type", HeaderValue::from_static("application/json"));
-        h.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
-        h.insert("mcp-protocol-version", HeaderValue::from_static(version::LEGACY[0]));
+        strip_envelope(&mut msg);
+        let h = legacy_headers();
         let resp = match self
             .upstream
             .send(
@@ -460,11 +472,7 @@ impl Proxy {
         method: &str,
         id: Value,
     ) -> (Response, Outcome) {
-        if let Some(meta) = msg.pointer_mut("/params/_meta").and_then(Value::as_object_mut) {
-            for k in [META_VERSION, META_CAPABILITIES, META_CLIENT_INFO] {
-                meta.remove(k);
-            }
-        }
+        strip_envelope(&mut msg);
         let mut rx = match child.call(msg) {
             Ok(rx) => rx,
             Err(e) => return denied(self.deny(call, e.reason, "upstream.stdio", e.message).with_id(id)),
@@ -623,11 +631,7 @@ impl Proxy {
             .legacy
             .clone()
             .ok_or((Reason::UpstreamUnavailable, "no legacy session with the upstream".to_string()))?;
-        if let Some(meta) = msg.pointer_mut("/params/_meta").and_then(Value::as_object_mut) {
-            for k in [META_VERSION, META_CAPABILITIES, META_CLIENT_INFO] {
-                meta.remove(k);
-            }
-        }
+        strip_envelope(&mut msg);
         let mut answer = match child {
             Some(c) => self.child_answer(&c, msg).await,
             None => self.http_legacy_answer(rec, sid.as_deref(), msg).await,
@@ -645,10 +649,7 @@ impl Proxy {
         sid: Option<&str>,
         msg: Value,
     ) -> Result<Value, (Reason, String)> {
-        let mut h = HeaderMap::new();
-        h.insert("content-type", HeaderValue::from_static("application/json"));
-        h.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
-        h.insert("mcp-protocol-version", HeaderValue::from_static(version::LEGACY[0]));
+        let h = legacy_headers();
         let resp = self
             .upstream
             .send(reqwest::Method::POST, &Self::upstream_url(rec), &h, sid, Some(Bytes::from(msg.to_string())))
@@ -828,6 +829,10 @@ mod tests {
         assert_eq!(r["cacheScope"], "private");
         assert_eq!(r["ttlMs"], 0);
         assert_eq!(r["_meta"][META_SERVER_INFO]["version"], "1");
+        let mut req =
+            json!({"params": {"_meta": {META_VERSION: "2026-07-28", META_CAPABILITIES: {}, "progressToken": 7}}});
+        strip_envelope(&mut req);
+        assert_eq!(req["params"]["_meta"], json!({"progressToken": 7}), "only the envelope goes");
         let c = modernize("tools/call", json!({"content": []}), &json!({}));
         assert!(c.get("cacheScope").is_none());
         let mut public = json!({"result": {"cacheScope": "public", "tools": []}});
