@@ -16,8 +16,8 @@ use super::deny::{protocol_error, Reason};
 use super::modern;
 use super::pipeline::{admit, check_pin, stale, Call, Outcome};
 use super::{
-    answer_message, denied, hand_out, header, new_session, read_limited, rejected, Proxy, MAX_INITIALIZE_ANSWER,
-    MAX_JSON_ANSWER,
+    answer_message, bad_request, denied, hand_out, header, new_session, read_limited, rejected, Proxy,
+    MAX_INITIALIZE_ANSWER, MAX_JSON_ANSWER,
 };
 use crate::mcp::jsonrpc::{self, Body as RpcBody};
 use crate::mcp::session::{Member, SessionToken};
@@ -238,13 +238,11 @@ impl Proxy {
         id: Value,
     ) -> (Response, Outcome) {
         let RpcBody::Single(m) = parsed else {
-            return rejected(protocol_error(
-                StatusCode::BAD_REQUEST,
-                Value::Null,
+            return bad_request(
                 jsonrpc::INVALID_REQUEST,
                 "JSON-RPC batches are not accepted on the aggregate endpoint",
                 None,
-            ));
+            );
         };
         let Some(method) = m.method.clone() else {
             return (StatusCode::ACCEPTED.into_response(), Outcome::Forwarded { status: 202 });

@@ -271,6 +271,11 @@ fn hand_out(call: &mut Call, sealer: &Sealer, token: SessionToken, resp: &mut Re
     call.session = Some(token);
 }
 
+/// A protocol error answered with 400 before anything is forwarded.
+fn bad_request(code: i64, message: &str, data: Option<Value>) -> (Response, Outcome) {
+    rejected(protocol_error(StatusCode::BAD_REQUEST, Value::Null, code, message, data))
+}
+
 fn unsupported_version(requested: &str, supported: &[&str]) -> Response {
     protocol_error(
         StatusCode::BAD_REQUEST,
@@ -360,15 +365,7 @@ impl Proxy {
         }
         let body = match body {
             Ok(b) => b,
-            Err(e) => {
-                return rejected(protocol_error(
-                    StatusCode::BAD_REQUEST,
-                    Value::Null,
-                    jsonrpc::PARSE_ERROR,
-                    &e.body_text(),
-                    None,
-                ))
-            }
+            Err(e) => return bad_request(jsonrpc::PARSE_ERROR, &e.body_text(), None),
         };
         let header_version = header(headers, "mcp-protocol-version");
         if let Some(v) = header_version {
@@ -379,9 +376,7 @@ impl Proxy {
         }
         let parsed = match jsonrpc::parse(&body, self.limits.max_json_depth) {
             Ok(b) => b,
-            Err(e) => {
-                return rejected(protocol_error(StatusCode::BAD_REQUEST, Value::Null, e.code(), &e.to_string(), None))
-            }
+            Err(e) => return bad_request(e.code(), &e.to_string(), None),
         };
         let (id, is_initialize) = match &parsed {
             RpcBody::Single(m) => {
@@ -402,13 +397,7 @@ impl Proxy {
         };
         if is_initialize {
             if matches!(parsed, RpcBody::Batch(_)) {
-                return rejected(protocol_error(
-                    StatusCode::BAD_REQUEST,
-                    Value::Null,
-                    jsonrpc::INVALID_REQUEST,
-                    "initialize must not be part of a JSON-RPC batch",
-                    None,
-                ));
+                return bad_request(jsonrpc::INVALID_REQUEST, "initialize must not be part of a JSON-RPC batch", None);
             }
             if call.server.is_empty() {
                 return self.aggregate_initialize(call, headers, &body, id).await;
@@ -422,13 +411,11 @@ impl Proxy {
         if let RpcBody::Batch(_) = parsed {
             let v = header(headers, "mcp-protocol-version").unwrap_or(&token.protocol_version);
             if !version::batches_allowed(v) {
-                return rejected(protocol_error(
-                    StatusCode::BAD_REQUEST,
-                    Value::Null,
+                return bad_request(
                     jsonrpc::INVALID_REQUEST,
                     &format!("JSON-RPC batches are not allowed at protocol version {v}"),
                     None,
-                ));
+                );
             }
         }
         if call.server.is_empty() {
@@ -758,13 +745,7 @@ impl Proxy {
         id: Value,
     ) -> (Response, Outcome) {
         let RpcBody::Single(m) = parsed else {
-            return rejected(protocol_error(
-                StatusCode::BAD_REQUEST,
-                Value::Null,
-                jsonrpc::INVALID_REQUEST,
-                "JSON-RPC batches are not bridged to stdio servers",
-                None,
-            ));
+            return bad_request(jsonrpc::INVALID_REQUEST, "JSON-RPC batches are not bridged to stdio servers", None);
         };
         if !m.is_request() {
             // Notifications (initialized: joch already sent it; cancellations) and answers to

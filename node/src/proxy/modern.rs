@@ -28,7 +28,9 @@ use super::deny::Denial;
 use super::deny::{protocol_error, Reason};
 use super::pipeline::{check_pin, Call, Outcome};
 use super::stdio::Child;
-use super::{answer_message, denied, read_limited, rejected, Proxy, MAX_INITIALIZE_ANSWER, MAX_JSON_ANSWER};
+use super::{
+    answer_message, bad_request, denied, read_limited, rejected, Proxy, MAX_INITIALIZE_ANSWER, MAX_JSON_ANSWER,
+};
 use crate::mcp::jsonrpc::{self, Message};
 use crate::mcp::version;
 
@@ -105,12 +107,8 @@ fn decode_header(v: &str) -> Option<String> {
     }
 }
 
-fn bad(code: i64, message: &str, data: Option<Value>) -> (Response, Outcome) {
-    rejected(protocol_error(StatusCode::BAD_REQUEST, Value::Null, code, message, data))
-}
-
 fn reject(code: i64, message: &str, data: Option<Value>) -> Box<(Response, Outcome)> {
-    Box::new(bad(code, message, data))
+    Box::new(bad_request(code, message, data))
 }
 
 /// The validation ladder: envelope, headers, version. `Ok` carries the envelope version.
@@ -730,7 +728,11 @@ impl Proxy {
         id: Value,
     ) -> (Response, Outcome) {
         let super::RpcBody::Single(m) = parsed else {
-            return bad(jsonrpc::INVALID_REQUEST, "JSON-RPC batches are not bridged to modern-only servers", None);
+            return bad_request(
+                jsonrpc::INVALID_REQUEST,
+                "JSON-RPC batches are not bridged to modern-only servers",
+                None,
+            );
         };
         let Some(method) = m.method.clone() else {
             return (StatusCode::ACCEPTED.into_response(), Outcome::Forwarded { status: 202 });
