@@ -588,8 +588,7 @@ impl Proxy {
         if status == StatusCode::ACCEPTED || status == StatusCode::NO_CONTENT {
             return (status.into_response(), outcome);
         }
-        let is_sse =
-            content_type.as_ref().and_then(|c| c.to_str().ok()).is_some_and(|c| c.starts_with("text/event-stream"));
+        let is_sse = is_type(content_type.as_ref(), "text/event-stream");
         if is_sse && status.is_success() {
             return (self.stream(call, resp, request_id, None), outcome);
         }
@@ -876,11 +875,16 @@ impl DataPlane for Proxy {
     }
 }
 
+/// Whether a `content-type` is this media type (parameters such as `charset` ignored).
+fn is_type(content_type: Option<&HeaderValue>, media: &str) -> bool {
+    content_type.and_then(|c| c.to_str().ok()).is_some_and(|c| c.starts_with(media))
+}
+
 /// The JSON-RPC answer (an object with `result` or `error`) in a JSON or SSE body; `None` for
 /// anything else, so callers may index the answer as an object whatever the upstream sent.
 fn answer_message(content_type: Option<&HeaderValue>, bytes: &[u8]) -> Option<Value> {
     let is_answer = |v: &Value| v.is_object() && (v.get("result").is_some() || v.get("error").is_some());
-    let is_sse = content_type.and_then(|c| c.to_str().ok()).is_some_and(|c| c.starts_with("text/event-stream"));
+    let is_sse = is_type(content_type, "text/event-stream");
     if !is_sse {
         return serde_json::from_slice::<Value>(bytes).ok().filter(is_answer);
     }

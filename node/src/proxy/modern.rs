@@ -29,7 +29,7 @@ use super::deny::{protocol_error, Reason};
 use super::pipeline::{check_pin, Call, Outcome};
 use super::stdio::Child;
 use super::{
-    answer_message, bad_request, denied, read_limited, rejected, Proxy, MAX_INITIALIZE_ANSWER, MAX_JSON_ANSWER,
+    answer_message, bad_request, denied, is_type, read_limited, rejected, Proxy, MAX_INITIALIZE_ANSWER, MAX_JSON_ANSWER,
 };
 use crate::mcp::jsonrpc::{self, Message};
 use crate::mcp::version;
@@ -305,11 +305,7 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => return denied(self.deny(call, e.reason, "upstream", e.message).with_id(id)),
         };
-        let is_json = resp
-            .headers()
-            .get("content-type")
-            .and_then(|c| c.to_str().ok())
-            .is_some_and(|c| c.starts_with("application/json"));
+        let is_json = is_type(resp.headers().get("content-type"), "application/json");
         if !is_json || !resp.status().is_success() {
             return self.relay(call, resp, Some(id)).await;
         }
@@ -418,11 +414,7 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => return denied(self.deny(call, e.reason, "upstream", e.message).with_id(id)),
         };
-        let is_sse = resp
-            .headers()
-            .get("content-type")
-            .and_then(|c| c.to_str().ok())
-            .is_some_and(|c| c.starts_with("text/event-stream"));
+        let is_sse = is_type(resp.headers().get("content-type"), "text/event-stream");
         let (server_info, method) = (init["serverInfo"].clone(), method.to_string());
         if !is_sse || !resp.status().is_success() {
             let ct = resp.headers().get("content-type").cloned();
