@@ -47,8 +47,12 @@ pub struct McpForward {
     pub session_id: String,
     /// The agent's `MCP-Protocol-Version` header, if any.
     pub protocol_version: Option<String>,
-    /// The request body, as received.
+    /// The request body, as received (empty for GET and DELETE).
     pub body: Vec<u8>,
+    /// The HTTP method: POST (a message), GET (the session's server stream), DELETE (its end).
+    pub method: String,
+    /// The agent's `Last-Event-ID` header (GET: where to resume the stream).
+    pub last_event_id: Option<String>,
 }
 
 /// The head of the owner's answer to a forwarded MCP request. On the stream it is followed by

@@ -294,8 +294,18 @@ async fn serve_stream<H: Handler>(
             use futures::StreamExt;
             let (head, mut body) = handler.handle_mcp(req).await;
             write_frame(&mut send, &codec::encode(&head)?).await?;
-            while let Some(chunk) = body.next().await {
-                write_frame(&mut send, &chunk).await?;
+            // A peer that stops reading (its agent went away) ends the body here at once, not
+            // at the next write: a server stream may be idle for long.
+            let stopped = send.stopped();
+            tokio::pin!(stopped);
+            loop {
+                tokio::select! {
+                    chunk = body.next() => match chunk {
+                        Some(chunk) => write_frame(&mut send, &chunk).await?,
+                        None => break,
+                    },
+                    _ = &mut stopped => return Ok(()),
+                }
             }
             send.finish()?;
             let _ = send.stopped().await;

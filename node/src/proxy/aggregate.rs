@@ -331,7 +331,8 @@ impl Proxy {
                     None,
                 ));
             };
-            return self.stdio_request(&mc, &rec, &routed_body, &routed_parsed, id).await;
+            let key = super::header(headers, "mcp-session-id").unwrap_or_default();
+            return self.stdio_request(&mc, &rec, &routed_body, &routed_parsed, id, key).await;
         }
         let resp = match self
             .upstream
@@ -422,6 +423,11 @@ impl Proxy {
         let mut routed = msg.clone();
         if let Some(slot) = routed.pointer_mut(&format!("/params{field}")) {
             *slot = json!(inner);
+        }
+        if routed.pointer("/params/_meta/progressToken").is_some() {
+            // Asked for progress: streamed as on `/mcp/{server}` (the names in a call's progress
+            // and answer need no renaming).
+            return self.member_stream(&mc, &rec, routed, &method, id).await;
         }
         let exchange = self.member_answer(&mc, &rec, routed, &method);
         match self.until_cut(&mc, exchange).await {

@@ -17,6 +17,7 @@ pub mod deny;
 mod modern;
 pub mod pipeline;
 pub mod stdio;
+mod streams;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -198,6 +199,15 @@ impl Proxy {
             return Err(self.deny(call, Reason::SessionUnknown, "mcp.session", "Session not found: re-initialize"));
         }
         Ok(token)
+    }
+
+    fn ended_session(&self, call: &Call) -> Denial {
+        self.deny(
+            call,
+            Reason::SessionUnknown,
+            "mcp.session",
+            "Session not found: it was ended (DELETE); re-initialize",
+        )
     }
 
     fn upstream_url(rec: &joch_raft_store::ServerRecord) -> String {
@@ -441,7 +451,11 @@ impl Proxy {
                 return self.forward_to_owner(call, owner, headers, body, id).await;
             }
             let c: &Call = call;
-            return match self.until_cut(c, self.stdio_request(c, &rec, &body, &parsed, id.clone())).await {
+            let key = header(headers, "mcp-session-id").unwrap_or_default();
+            if self.stdio.streams.ended(key) {
+                return denied(self.ended_session(c).with_id(id));
+            }
+            return match self.until_cut(c, self.stdio_request(c, &rec, &body, &parsed, id.clone(), key)).await {
                 Ok(r) => r,
                 Err(d) => denied(d.with_id(id)),
             };
@@ -553,15 +567,32 @@ impl Proxy {
         };
         let upstream_session = token.upstream_session.clone();
         let upstream_modern = token.upstream_modern;
+        let owner = token.owner;
         call.session = Some(token);
         let rec = match self.admit(call) {
             Ok(r) => r,
             Err(d) => return denied(d),
         };
-        if rec.spec.transport == Transport::Stdio || upstream_modern {
-            // A stdio child is shared by every session on its node, and a modern-only upstream has
-            // no sessions: there is no per-session stream to open, and nothing to end but joch's
-            // own (stateless) session.
+        if rec.spec.transport == Transport::Stdio {
+            // The session's server stream and its buffer live on the node that runs the child.
+            if owner != self.cluster.id {
+                return self.forward_to_owner(call, owner, headers, Bytes::new(), Value::Null).await;
+            }
+            let key = header(headers, "mcp-session-id").unwrap_or_default();
+            if self.stdio.streams.ended(key) {
+                return denied(self.ended_session(call));
+            }
+            if method == reqwest::Method::GET {
+                let source = self.stdio.streams.queue(key, &call.server).open(header(headers, "last-event-id"));
+                return (self.stream(call, source, None, None), Outcome::Forwarded { status: 200 });
+            }
+            let orphaned = self.stdio.streams.remove(key);
+            self.stdio.unsubscribe(&rec, orphaned).await;
+            return (StatusCode::OK.into_response(), Outcome::Forwarded { status: 200 });
+        }
+        if upstream_modern {
+            // A modern-only upstream has no sessions: there is no per-session stream to open,
+            // and nothing to end but joch's own (stateless) session.
             if method == reqwest::Method::GET {
                 let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
                 r.headers_mut().insert("allow", HeaderValue::from_static("POST, DELETE"));
@@ -590,7 +621,7 @@ impl Proxy {
         }
         let is_sse = is_type(content_type.as_ref(), "text/event-stream");
         if is_sse && status.is_success() {
-            return (self.stream(call, resp, request_id, None), outcome);
+            return (self.stream(call, resp.bytes_stream(), request_id, None), outcome);
         }
         match read_limited(resp, MAX_JSON_ANSWER).await {
             Ok(bytes) => {
@@ -607,13 +638,14 @@ impl Proxy {
     /// Forwards an SSE stream event by event. The stream ends when the upstream ends it, the
     /// agent goes away, or the server is quarantined, deleted or re-pinned away from the session's
     /// version (then a POST stream's pending request gets the denial as its answer first).
-    fn stream(
-        &self,
-        call: &Call,
-        resp: reqwest::Response,
-        request_id: Option<Value>,
-        transform: Option<EventMap>,
-    ) -> Response {
+    ///
+    /// `source` is the upstream's SSE body as it arrives (an HTTP response, a stdio child's
+    /// messages already framed as events, or a session's server stream).
+    fn stream<S, E>(&self, call: &Call, source: S, request_id: Option<Value>, transform: Option<EventMap>) -> Response
+    where
+        S: futures::Stream<Item = Result<Bytes, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
         let registry = self.cluster.registry.clone();
         let mut changes = registry.subscribe();
@@ -622,7 +654,7 @@ impl Proxy {
         let keepalive = self.limits.keepalive;
         tokio::spawn(async move {
             metrics::gauge!("joch_mcp_open_streams").increment(1.0);
-            let mut upstream = resp.bytes_stream();
+            let mut upstream = std::pin::pin!(source);
             let mut split = EventSplitter::default();
             let mut ka = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
             let cut = 'relay: loop {
@@ -742,10 +774,23 @@ impl Proxy {
         body: &[u8],
         parsed: &RpcBody,
         id: Value,
+        session_key: &str,
     ) -> (Response, Outcome) {
         let RpcBody::Single(m) = parsed else {
             return bad_request(jsonrpc::INVALID_REQUEST, "JSON-RPC batches are not bridged to stdio servers", None);
         };
+        // The child is shared: its subscriptions are the union of its sessions'. An update goes
+        // to the sessions that subscribed; the child hears unsubscribe only from the last one.
+        match (m.method.as_deref(), m.target_name()) {
+            (Some("resources/subscribe"), Some(uri)) => self.stdio.streams.subscribe(session_key, &call.server, &uri),
+            (Some("resources/unsubscribe"), Some(uri))
+                if self.stdio.streams.unsubscribe(session_key, &call.server, &uri) =>
+            {
+                let answer = json!({"jsonrpc": "2.0", "id": id, "result": {}}).to_string();
+                return (([("content-type", "application/json")], answer).into_response(), Outcome::Answered);
+            }
+            _ => {}
+        }
         if !m.is_request() {
             // Notifications (initialized: joch already sent it; cancellations) and answers to
             // server requests are accepted and not forwarded.
@@ -765,12 +810,9 @@ impl Proxy {
         };
         if wants_progress {
             // Progress notifications, then the answer, as SSE events.
-            let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            let source = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
                 .map(|v: Value| Ok::<_, Infallible>(sse::message_event(&v.to_string())));
-            let mut r = Response::new(Body::from_stream(stream));
-            r.headers_mut().insert("content-type", HeaderValue::from_static("text/event-stream"));
-            r.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache, no-transform"));
-            return (r, Outcome::Forwarded { status: 200 });
+            return (self.stream(call, source, Some(id), None), Outcome::Forwarded { status: 200 });
         }
         while let Some(v) = rx.recv().await {
             if v.get("result").is_some() || v.get("error").is_some() {
@@ -810,6 +852,8 @@ impl Proxy {
             session_id: header(headers, "mcp-session-id").unwrap_or_default().to_string(),
             protocol_version: header(headers, "mcp-protocol-version").map(str::to_string),
             body: body.to_vec(),
+            method: call.http_method.to_string(),
+            last_event_id: header(headers, "last-event-id").map(str::to_string),
         };
         metrics::counter!("joch_mcp_forwarded_total").increment(1);
         match self.cluster.forward_mcp(owner, req, self.limits.upstream_timeout).await {
@@ -857,8 +901,25 @@ impl DataPlane for Proxy {
             if let Some(v) = req.protocol_version.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
                 headers.insert("mcp-protocol-version", v);
             }
-            let mut call = self.call(req.server, "POST");
-            let (resp, outcome) = self.post(&mut call, &headers, Ok(Bytes::from(req.body))).await;
+            if let Some(v) = req.last_event_id.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.insert("last-event-id", v);
+            }
+            let (call, resp, outcome) = match req.method.as_str() {
+                "GET" | "DELETE" => {
+                    let (name, method) = match req.method.as_str() {
+                        "GET" => ("GET", reqwest::Method::GET),
+                        _ => ("DELETE", reqwest::Method::DELETE),
+                    };
+                    let mut call = self.call(req.server, name);
+                    let (resp, outcome) = self.stream_or_delete(&mut call, &headers, method).await;
+                    (call, resp, outcome)
+                }
+                _ => {
+                    let mut call = self.call(req.server, "POST");
+                    let (resp, outcome) = self.post(&mut call, &headers, Ok(Bytes::from(req.body))).await;
+                    (call, resp, outcome)
+                }
+            };
             self.finish(&call, &outcome, started);
             let head = McpHead {
                 status: resp.status().as_u16(),

@@ -42,6 +42,8 @@ pub const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities"
 pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
 /// `_meta` key of the server info in results.
 pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+/// `_meta` key on every frame of a `subscriptions/listen` stream: the listen request's id.
+pub const META_SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
 /// JSON-RPC code for a routing header that disagrees with the body.
 pub const HEADER_MISMATCH: i64 = -32020;
 /// How long an upstream's era is remembered before it is probed again.
@@ -362,10 +364,13 @@ impl Proxy {
             return json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}));
         }
         if method == "subscriptions/listen" {
+            if let Some(c) = &child {
+                return self.child_listen(call, c.clone(), &msg, id);
+            }
             return json_answer(&jsonrpc::error(
                 id,
                 jsonrpc::METHOD_NOT_FOUND,
-                "subscriptions/listen is not available: the upstream speaks only the legacy era",
+                "subscriptions/listen is not available: the upstream speaks only the legacy era over HTTP",
                 None,
             ));
         }
@@ -448,7 +453,7 @@ impl Proxy {
             v["id"] = answer_id.clone();
             crate::mcp::sse::message_event(&v.to_string())
         });
-        (self.stream(call, resp, Some(id), Some(transform)), Outcome::Forwarded { status: 200 })
+        (self.stream(call, resp.bytes_stream(), Some(id), Some(transform)), Outcome::Forwarded { status: 200 })
     }
 
     /// A modern call to this node's stdio child that asked for progress: the child's progress
@@ -468,17 +473,74 @@ impl Proxy {
             Err(e) => return denied(self.deny(call, e.reason, "upstream.stdio", e.message).with_id(id)),
         };
         let (server_info, method) = (init["serverInfo"].clone(), method.to_string());
-        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(move |mut v: Value| {
+        let answer_id = id.clone();
+        let source = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(move |mut v: Value| {
             if let Some(result) = v.get_mut("result") {
                 *result = modernize(&method, result.take(), &server_info);
-                v["id"] = id.clone();
+                v["id"] = answer_id.clone();
             }
             Ok::<_, std::convert::Infallible>(crate::mcp::sse::message_event(&v.to_string()))
         });
-        let mut r = Response::new(axum::body::Body::from_stream(stream));
-        r.headers_mut().insert("content-type", HeaderValue::from_static("text/event-stream"));
-        r.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache, no-transform"));
-        (r, Outcome::Forwarded { status: 200 })
+        (self.stream(call, source, Some(id), None), Outcome::Forwarded { status: 200 })
+    }
+
+    /// `subscriptions/listen` to this node's stdio child: the child's own notifications of the
+    /// kinds asked for (and updates of the URIs asked for, if the child supports resource
+    /// subscriptions) stream back, each tagged with the listen request's id, after the
+    /// acknowledgement. The subscriptions end with the stream.
+    fn child_listen(&self, call: &Call, child: Arc<Child>, msg: &Value, id: Value) -> (Response, Outcome) {
+        use super::streams::Kinds;
+        let f = &msg["params"]["notifications"];
+        let flag = |k: &str| f[k].as_bool().unwrap_or(false);
+        let kinds = Kinds {
+            tools: flag("toolsListChanged"),
+            prompts: flag("promptsListChanged"),
+            resources: flag("resourcesListChanged"),
+        };
+        let can_subscribe = child.init["capabilities"]["resources"]["subscribe"].as_bool().unwrap_or(false);
+        let uris: Vec<String> = match f["resourceSubscriptions"].as_array() {
+            Some(a) if can_subscribe => a.iter().filter_map(|u| u.as_str().map(str::to_string)).collect(),
+            _ => Vec::new(),
+        };
+        let mut honored = serde_json::Map::new();
+        for (key, on) in [
+            ("toolsListChanged", kinds.tools),
+            ("promptsListChanged", kinds.prompts),
+            ("resourcesListChanged", kinds.resources),
+        ] {
+            if on {
+                honored.insert(key.into(), json!(true));
+            }
+        }
+        if !uris.is_empty() {
+            honored.insert("resourceSubscriptions".into(), json!(uris));
+        }
+        let streams = self.stdio.streams.clone();
+        let (key, queue, new) = streams.listen(&call.server, kinds, &uris);
+        for uri in new {
+            let _ =
+                child.call(json!({"jsonrpc": "2.0", "id": 0, "method": "resources/subscribe", "params": {"uri": uri}}));
+        }
+        let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+            "params": {"notifications": honored, "_meta": {META_SUBSCRIPTION_ID: id}}});
+        let guard = ListenGuard { streams, key, child };
+        let subscription = id.clone();
+        let events = queue.open(None).map(move |ev| {
+            let _held_until_the_stream_ends = &guard;
+            ev.map(|ev| {
+                let Some(mut v) = crate::mcp::sse::data(&ev).and_then(|d| serde_json::from_str::<Value>(&d).ok())
+                else {
+                    return ev;
+                };
+                if !v["params"].is_object() {
+                    v["params"] = json!({});
+                }
+                v["params"]["_meta"][META_SUBSCRIPTION_ID] = subscription.clone();
+                crate::mcp::sse::message_event(&v.to_string())
+            })
+        });
+        let first = futures::stream::once(std::future::ready(Ok(crate::mcp::sse::message_event(&ack.to_string()))));
+        (self.stream(call, first.chain(events), Some(id), None), Outcome::Forwarded { status: 200 })
     }
 
     /// The upstream's era and version, probed once per node (and again after a minute).
@@ -565,23 +627,7 @@ impl Proxy {
         let (era, child) = self.resolve_era(rec).await.map_err(fail)?;
         check_pin(call, rec, era.version.as_deref())?;
         if era.modern {
-            let mut h = HeaderMap::new();
-            h.insert("content-type", HeaderValue::from_static("application/json"));
-            h.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
-            h.insert("mcp-protocol-version", HeaderValue::from_static(version::MODERN[0]));
-            if let Ok(v) = HeaderValue::from_str(method) {
-                h.insert("mcp-method", v);
-            }
-            if let Some(name) = name_key(method).and_then(|k| msg["params"][k].as_str()) {
-                if let Ok(v) = HeaderValue::from_str(name) {
-                    h.insert("mcp-name", v);
-                }
-            }
-            let resp = self
-                .upstream
-                .send(reqwest::Method::POST, &Self::upstream_url(rec), &h, None, Some(Bytes::from(msg.to_string())))
-                .await
-                .map_err(|e| fail((e.reason, e.message)))?;
+            let resp = self.send_modern(call, rec, &msg, method).await?;
             let ct = resp.headers().get("content-type").cloned();
             let bytes =
                 read_limited(resp, MAX_JSON_ANSWER).await.map_err(|e| fail((Reason::UpstreamUnavailable, e)))?;
@@ -589,6 +635,65 @@ impl Proxy {
                 .ok_or_else(|| fail((Reason::UpstreamUnavailable, "no JSON-RPC answer".into())));
         }
         self.legacy_answer(rec, child, &era, msg, method).await.map_err(fail)
+    }
+
+    /// A modern request to one server that asked for progress: the answer streams (SSE) in the
+    /// modern shape whatever the server's era, cut if the server stops being admissible.
+    pub(super) async fn member_stream(
+        &self,
+        call: &Call,
+        rec: &ServerRecord,
+        msg: Value,
+        method: &str,
+        id: Value,
+    ) -> (Response, Outcome) {
+        let (era, child) = match self.resolve_era(rec).await {
+            Ok(x) => x,
+            Err((reason, message)) => return denied(self.deny(call, reason, "upstream", message).with_id(id)),
+        };
+        if let Err(d) = check_pin(call, rec, era.version.as_deref()) {
+            return denied(d.with_id(id));
+        }
+        let exchange = async {
+            if era.modern {
+                match self.send_modern(call, rec, &msg, method).await {
+                    Ok(resp) => self.relay(call, resp, Some(id.clone())).await,
+                    Err(d) => denied(d.with_id(id.clone())),
+                }
+            } else {
+                self.translate_to_legacy(call, rec, child, msg, method, era, id.clone()).await
+            }
+        };
+        match self.until_cut(call, exchange).await {
+            Ok(r) => r,
+            Err(d) => denied(d.with_id(id)),
+        }
+    }
+
+    /// Sends a modern request to a modern upstream, with the routing headers for this server.
+    async fn send_modern(
+        &self,
+        call: &Call,
+        rec: &ServerRecord,
+        msg: &Value,
+        method: &str,
+    ) -> Result<reqwest::Response, Denial> {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
+        h.insert("mcp-protocol-version", HeaderValue::from_static(version::MODERN[0]));
+        if let Ok(v) = HeaderValue::from_str(method) {
+            h.insert("mcp-method", v);
+        }
+        if let Some(name) = name_key(method).and_then(|k| msg["params"][k].as_str()) {
+            if let Ok(v) = HeaderValue::from_str(name) {
+                h.insert("mcp-name", v);
+            }
+        }
+        self.upstream
+            .send(reqwest::Method::POST, &Self::upstream_url(rec), &h, None, Some(Bytes::from(msg.to_string())))
+            .await
+            .map_err(|e| self.deny(call, e.reason, "upstream", e.message))
     }
 
     /// This node's era record for a server: its stdio child's (always a legacy session held by
@@ -754,12 +859,35 @@ impl Proxy {
                 obj.extend(env);
             }
         }
+        if msg.pointer("/params/_meta/progressToken").is_some() {
+            // Asked for progress: the upstream's SSE answer is relayed event by event (the
+            // caller's id and token are the ones in the request, so events pass as they are).
+            return self.member_stream(call, rec, msg, &method, id).await;
+        }
         match self.member_answer(call, rec, msg, &method).await {
             Ok(mut answer) => {
                 answer["id"] = id;
                 json_answer(&answer)
             }
             Err(d) => denied(d.with_id(id)),
+        }
+    }
+}
+
+/// Ends a listen stream's subscriptions when the stream ends (the agent went away, or the
+/// server was quarantined): the child hears unsubscribe for URIs nobody else on this node wants.
+struct ListenGuard {
+    streams: Arc<super::streams::Streams>,
+    key: String,
+    child: Arc<Child>,
+}
+
+impl Drop for ListenGuard {
+    fn drop(&mut self) {
+        for uri in self.streams.forget(&self.key) {
+            let _ = self
+                .child
+                .call(json!({"jsonrpc": "2.0", "id": 0, "method": "resources/unsubscribe", "params": {"uri": uri}}));
         }
     }
 }

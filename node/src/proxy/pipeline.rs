@@ -49,6 +49,8 @@ pub enum Outcome {
         /// HTTP status.
         status: u16,
     },
+    /// Admitted and answered by joch for the upstream (nothing to forward).
+    Answered,
 }
 
 /// A stage of the request path: policy, content guard, audit plug in here.
@@ -72,6 +74,7 @@ impl Stage for Telemetry {
             Outcome::Forwarded { status } => ("forwarded", *status),
             Outcome::Denied(r) => (r.as_str(), r.status().as_u16()),
             Outcome::Rejected { status } => ("rejected", *status),
+            Outcome::Answered => ("answered", 200),
         };
         metrics::counter!("joch_mcp_requests_total", "outcome" => label).increment(1);
         metrics::histogram!("joch_mcp_request_seconds", "outcome" => label).record(elapsed.as_secs_f64());

@@ -18,6 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use super::deny::Reason;
+use super::streams::Streams;
 use super::upstream::UpstreamError;
 
 /// How long a child may take to answer joch's initialize.
@@ -33,6 +34,8 @@ pub struct StdioPool {
     children: Mutex<HashMap<String, Arc<Child>>>,
     /// Serialises starts, so concurrent first requests start one child.
     starting: tokio::sync::Mutex<()>,
+    /// Where the children's own messages (list changes, resource updates) go.
+    pub streams: Arc<Streams>,
 }
 
 struct PendingCall {
@@ -52,6 +55,7 @@ pub struct Child {
     next_id: AtomicU64,
     /// Set by the reader when the child's stdout ends (it exited or closed it).
     exited: AtomicBool,
+    streams: Arc<Streams>,
     /// The child's answer to joch's initialize (`result`).
     pub init: Value,
     process: tokio::sync::Mutex<Option<tokio::process::Child>>,
@@ -134,7 +138,8 @@ impl Child {
                 };
                 self.notify(&answer);
             }
-            _ => tracing::debug!(server = %self.server, "stdio server notification dropped"),
+            (None, Some(_)) => self.streams.publish(&self.server, &msg),
+            _ => tracing::debug!(server = %self.server, "stdio server message without a request dropped"),
         }
     }
 
@@ -192,7 +197,7 @@ impl StdioPool {
         if let Some(old) = old {
             old.stop().await;
         }
-        let child = start(&rec.name, spec).await?;
+        let child = start(&rec.name, spec, self.streams.clone()).await?;
         self.children.lock().expect("children").insert(rec.name.clone(), child.clone());
         metrics::counter!("joch_stdio_starts_total").increment(1);
         Ok(child)
@@ -223,6 +228,18 @@ impl StdioPool {
         }
     }
 
+    /// Tells the running child of `rec` that nobody on this node subscribes to these URIs any
+    /// more (their last session ended).
+    pub async fn unsubscribe(&self, rec: &ServerRecord, uris: Vec<String>) {
+        let child = self.children.lock().expect("children").get(&rec.name).cloned();
+        let Some(child) = child.filter(|c| c.alive()) else { return };
+        for uri in uris {
+            // The answer is not awaited: nobody is waiting for it.
+            let _ = child.call(json!({"jsonrpc": "2.0", "id": 0, "method": "resources/unsubscribe",
+                "params": {"uri": uri}}));
+        }
+    }
+
     /// Stops every child (node shutdown).
     pub async fn stop_all(&self) {
         let all: Vec<Arc<Child>> = self.children.lock().expect("children").drain().map(|(_, c)| c).collect();
@@ -241,7 +258,7 @@ fn child_env(spec: &StdioSpec) -> Vec<(String, String)> {
     env
 }
 
-async fn start(server: &str, spec: StdioSpec) -> Result<Arc<Child>, UpstreamError> {
+async fn start(server: &str, spec: StdioSpec, streams: Arc<Streams>) -> Result<Arc<Child>, UpstreamError> {
     let mut proc = tokio::process::Command::new(&spec.command)
         .args(&spec.args)
         .env_clear()
@@ -315,6 +332,7 @@ async fn start(server: &str, spec: StdioSpec) -> Result<Arc<Child>, UpstreamErro
         tokens: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         exited: AtomicBool::new(false),
+        streams,
         init,
         process: tokio::sync::Mutex::new(Some(proc)),
     });

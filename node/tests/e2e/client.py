@@ -11,6 +11,11 @@ Usage:
   client.py aggregate JOCH ADMIN_URL NODE_URL...   (/mcp over every server)
   client.py era SERVER NODE_URL...          (which era the SDK negotiated; a call and a list)
   client.py progress SERVER NODE_URL...     (do progress notifications arrive while the call runs?)
+  client.py resume SERVER NODE_URL...       (a call whose stream the server closes halfway: the SDK
+                                             resumes it with GET + Last-Event-ID, on another node)
+  client.py listen SERVER NODE_URL           (modern era: subscriptions/listen, then a list change)
+  client.py notify SERVER NODE_URL...       (a stdio server's own notifications on the GET stream,
+                                             then resumption with Last-Event-ID, raw HTTP)
 """
 import asyncio
 import itertools
@@ -251,6 +256,101 @@ async def progress(server, bases):
     return {"protocol_version": protocol_version, "calls": calls, "ports": sorted({e["port"] for e in rr.log})}
 
 
+async def resume(server, bases):
+    client, rr = connect(server, bases)
+    progress = []
+
+    async def on_progress(p, total, message):
+        progress.append(p)
+
+    async with client:
+        r = await client.call_tool("resumable", {"steps": 10}, progress_callback=on_progress)
+        protocol_version = client.session.protocol_version
+    return {"protocol_version": protocol_version, "result": r.content[0].text, "progress": progress,
+            "requests": rr.log}
+
+
+async def listen(server, bases):
+    client, _ = connect(server, bases)
+    out = {}
+    async with client:
+        out["protocol_version"] = client.session.protocol_version
+        async with client.listen(tools_list_changed=True, prompts_list_changed=True) as sub:
+            out["honored"] = sub.honored.model_dump(by_alias=True, exclude_none=True)
+            out["subscription_id"] = sub.subscription_id
+            out["announce"] = (await client.call_tool("announce", {})).content[0].text
+            event = await asyncio.wait_for(sub.__anext__(), 10)
+            out["event"] = type(event).__name__
+    return out
+
+
+async def notify(server, bases):
+    out = {}
+    # 1. The SDK client (legacy era: it opens the session's GET stream after initialize) sees
+    #    the list change the server announces, whichever nodes its requests land on.
+    seen = asyncio.Event()
+
+    async def on_message(m):
+        if getattr(m, "method", None) == "notifications/tools/list_changed":
+            seen.set()
+
+    rr = RoundRobin(bases)
+    http = httpx2.AsyncClient(transport=rr, timeout=httpx2.Timeout(30.0, read=60.0))
+    client = Client(streamable_http_client(f"{bases[0]}/mcp/{server}", http_client=http), mode="legacy",
+                    message_handler=on_message)
+    async with client:
+        await asyncio.sleep(0.5)  # the GET stream is opened in the background
+        out["announce"] = (await client.call_tool("announce", {})).content[0].text
+        try:
+            await asyncio.wait_for(seen.wait(), 10)
+            out["sdk_saw_list_changed"] = True
+        except asyncio.TimeoutError:
+            out["sdk_saw_list_changed"] = False
+    out["sdk_methods"] = sorted({e["method"] for e in rr.log})
+
+    # 2. Raw HTTP, one request per node: the stream on one node, the calls on others.
+    h = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    url = lambda i: f"{bases[i % len(bases)]}/mcp/{server}"
+    async with httpx2.AsyncClient(timeout=httpx2.Timeout(10.0)) as c:
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+        r = await c.post(url(0), json=init, headers=h)
+        sh = dict(h, **{"mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"})
+        call = lambda i, n: c.post(url(i), headers=sh, json={"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                                                              "params": {"name": "announce", "arguments": {}}})
+
+        async def events(stream, n):
+            got, ev = [], {}
+            async for line in stream.aiter_lines():
+                if line.startswith("id:"):
+                    ev["id"] = line[3:].strip()
+                elif line.startswith("data:"):
+                    ev["data"] = json.loads(line[5:])
+                elif line == "" and ev:
+                    got.append(ev)
+                    ev = {}
+                    if len(got) == n:
+                        return got
+            return got
+
+        async with c.stream("GET", url(1), headers=sh) as stream:
+            out["get_status"] = stream.status_code
+            await asyncio.sleep(0.3)
+            await call(2, 2)
+            first = await asyncio.wait_for(events(stream, 1), 10)
+        out["first"] = first
+        # Missed while disconnected: two more announcements.
+        for n in (3, 4):
+            await call(n, n)
+        resumed_headers = dict(sh, **{"last-event-id": first[0]["id"]})
+        async with c.stream("GET", url(2), headers=resumed_headers) as stream:
+            out["replayed"] = await asyncio.wait_for(events(stream, 2), 10)
+        out["delete"] = (await c.delete(url(1), headers=sh)).status_code
+        out["after_delete"] = (await call(0, 5)).status_code
+        out["get_after_delete"] = (await c.get(url(2), headers=sh)).status_code
+    return out
+
+
 async def main(argv):
     cmd = argv[1]
     if cmd == "walkthrough":
@@ -259,6 +359,12 @@ async def main(argv):
         result = await quarantine(argv[2], argv[3], argv[4], argv[5:])
     elif cmd == "progress":
         result = await progress(argv[2], argv[3:])
+    elif cmd == "resume":
+        result = await resume(argv[2], argv[3:])
+    elif cmd == "listen":
+        result = await listen(argv[2], argv[3:])
+    elif cmd == "notify":
+        result = await notify(argv[2], argv[3:])
     elif cmd == "era":
         result = await era(argv[2], argv[3:])
     elif cmd == "aggregate":

@@ -1,11 +1,15 @@
 """A real fastmcp server over streamable HTTP, for joch's end-to-end tests.
 
-Usage: fastmcp_server.py PORT [VERSION]      (streamable HTTP on 127.0.0.1:PORT/mcp)
-       fastmcp_server.py stdio                 (stdio)
+Usage: fastmcp_server.py PORT [VERSION [resumable]]   (streamable HTTP on 127.0.0.1:PORT/mcp)
+       fastmcp_server.py stdio                          (stdio)
+
+`resumable` gives the server fastmcp's event store and a `resumable` tool that closes its own
+SSE stream halfway, so the client must resume with Last-Event-ID (SEP-1699 polling).
 """
 import asyncio
 import sys
 
+import mcp_types
 from fastmcp import Context, FastMCP
 
 mcp = FastMCP("heldout", version=sys.argv[2] if len(sys.argv) > 2 and sys.argv[1] != "stdio" else "1.4.2")
@@ -26,6 +30,13 @@ async def slow(steps: int, ctx: Context) -> str:
     return f"done {steps}"
 
 
+@mcp.tool
+async def announce(ctx: Context) -> str:
+    """Tell clients that the tool list changed (a notification of the server's own)."""
+    await ctx.send_notification(mcp_types.ToolListChangedNotification())
+    return "announced"
+
+
 @mcp.resource("data://greeting")
 def greeting() -> str:
     """A fixed text."""
@@ -38,8 +49,25 @@ def review(code: str) -> str:
     return f"Review this code: {code}"
 
 
+async def resumable(steps: int, ctx: Context) -> str:
+    """Count to `steps` with progress; halfway, close the SSE stream (the client resumes)."""
+    for i in range(steps):
+        await ctx.report_progress(i + 1, steps)
+        if i + 1 == steps // 2:
+            await ctx.close_sse_stream()
+        await asyncio.sleep(0.05)
+    return f"resumed {steps}"
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "stdio":
         mcp.run(transport="stdio", show_banner=False)
+    elif sys.argv[3:4] == ["resumable"]:
+        import uvicorn
+        from fastmcp.server.event_store import EventStore
+
+        mcp.tool(resumable)
+        app = mcp.http_app(path="/mcp", event_store=EventStore(), retry_interval=100)
+        uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
     else:
         mcp.run(transport="http", host="127.0.0.1", port=int(sys.argv[1]), path="/mcp", log_level="warning")

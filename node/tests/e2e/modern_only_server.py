@@ -9,12 +9,15 @@ Usage: modern_only_server.py PORT
 """
 import json
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 V = "2026-07-28"
 INFO = {"name": "modern-only", "version": "3.0.0"}
 TOOLS = [{"name": "shout", "description": "Upper-case a text.",
-          "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}]
+          "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
+         {"name": "slow", "description": "Count to steps, 50 ms each, reporting progress (SSE).",
+          "inputSchema": {"type": "object", "properties": {"steps": {"type": "integer"}}, "required": ["steps"]}}]
 
 
 def result(mid, body, cacheable=False):
@@ -60,6 +63,22 @@ class Handler(BaseHTTPRequestHandler):
         if method == "tools/call":
             if self.headers.get("mcp-name") != msg["params"]["name"]:
                 return self.error(400, mid, -32020, "mcp-name header does not match the request body's 'name' parameter")
+            if msg["params"]["name"] == "slow":
+                steps = msg["params"]["arguments"]["steps"]
+                token = meta.get("progressToken")
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.end_headers()
+                for i in range(steps):
+                    if token is not None:
+                        note = {"jsonrpc": "2.0", "method": "notifications/progress",
+                                "params": {"progressToken": token, "progress": i + 1, "total": steps}}
+                        self.wfile.write(f"event: message\ndata: {json.dumps(note)}\n\n".encode())
+                        self.wfile.flush()
+                    time.sleep(0.05)
+                done = result(mid, {"content": [{"type": "text", "text": f"done {steps}"}], "isError": False})
+                self.wfile.write(f"event: message\ndata: {json.dumps(done)}\n\n".encode())
+                return
             text = msg["params"]["arguments"]["text"].upper()
             return self.answer(200, result(mid, {"content": [{"type": "text", "text": text}], "isError": False}))
         return self.error(404, mid, -32601, "Method not found")

@@ -309,10 +309,16 @@ pub struct FastMcp {
 
 impl FastMcp {
     pub fn start() -> FastMcp {
+        Self::start_with(&[])
+    }
+
+    /// With extra arguments (`1.4.2 resumable`: an event store and the `resumable` tool).
+    pub fn start_with(args: &[&str]) -> FastMcp {
         let port = free_port();
         let child = Command::new(python())
             .arg(e2e("fastmcp_server.py"))
             .arg(port.to_string())
+            .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -36,7 +36,7 @@ fn sdk_session_continues_across_every_node() {
 
 #[track_caller]
 fn walkthrough_answers(r: &Value) {
-    assert_eq!(r["tools"], json!(["add", "slow"]));
+    assert_eq!(r["tools"], json!(["add", "announce", "slow"]));
     assert_eq!(r["add"], "3");
     assert_eq!(r["slow"], "done 5");
     assert_eq!(
@@ -395,15 +395,13 @@ fn aggregate_endpoint_names_routes_and_drops_a_quarantined_server_alone() {
         assert_eq!(r["protocol_version"], era, "{r}");
         assert_eq!(
             r["tools"],
-            json!(["heldout.add", "heldout.slow", "time.convert_time", "time.get_current_time"]),
+            json!(["heldout.add", "heldout.announce", "heldout.slow", "time.convert_time", "time.get_current_time"]),
             "{mode}: {r}"
         );
         assert_eq!(r["add"], "42");
         assert_eq!(r["slow"], "done 3");
-        if mode == "legacy" {
-            // The member's SSE stream is relayed event by event through /mcp.
-            assert_eq!(r["progress"], json!([[1.0, 3.0], [2.0, 3.0], [3.0, 3.0]]), "{r}");
-        }
+        // The member's progress is relayed event by event through /mcp, in both eras.
+        assert_eq!(r["progress"], json!([[1.0, 3.0], [2.0, 3.0], [3.0, 3.0]]), "{mode}: {r}");
         assert_eq!(r["time"], "UTC");
         assert_eq!(r["prompts"], json!(["heldout.review"]));
         assert_eq!(r["prompt"], "Review this code: y");
@@ -471,7 +469,7 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
     register(&c, &modern);
     c.cli(2, &["mcp", "add", "old", "--endpoint", &legacy.url]).ok();
     for (server, tools, call, version) in
-        [("heldout", json!(["add", "slow"]), "3", "1.4.2"), ("old", json!(["echo", "slow"]), "hi", "0.9.0")]
+        [("heldout", json!(["add", "announce", "slow"]), "3", "1.4.2"), ("old", json!(["echo", "slow"]), "hi", "0.9.0")]
     {
         let mut args = vec!["era".to_string(), server.into()];
         args.extend(bases(&c));
@@ -505,9 +503,19 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
         let r = sdk_client_mode(mode, &argv);
         assert_eq!(r["protocol_version"], era, "{mode}: {r}");
         assert_eq!(r["server_version"], "3.0.0");
-        assert_eq!(r["tools"], json!(["shout"]));
+        assert_eq!(r["tools"], json!(["shout", "slow"]));
         assert_eq!(r["call"], "HI");
         assert_eq!(r["ports"].as_array().unwrap().len(), 3);
+    }
+    // And they get its progress as it happens: its SSE answer is relayed event by event.
+    let mut args = vec!["progress".to_string(), "newer".into()];
+    args.extend(bases(&c));
+    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r["protocol_version"], "2025-11-25", "{r}");
+    for call in r["calls"].as_array().unwrap() {
+        assert_eq!(call["result"], "done 10", "{r}");
+        assert_eq!(call["events"], 10, "{r}");
+        assert!(call["first_event_before_end_s"].as_f64().unwrap() > 0.25, "{r}");
     }
 
     // A pin is enforced on modern callers too, before anything is forwarded.
@@ -567,4 +575,85 @@ fn progress_of_a_stdio_call_streams_live_through_the_mesh() {
     // And the calls did cross the mesh: the session belongs to one node, the balancer spread them.
     let forwarded: u64 = c.nodes.iter().map(|n| metric(&n.metrics_url, "joch_mcp_forwarded_total")).sum();
     assert!(forwarded >= 1, "no request was forwarded to the session's owner");
+}
+
+/// Registers fastmcp itself as a stdio server named `held` (allowed stdio).
+fn register_stdio_fastmcp(c: &TestCluster) {
+    use crate::harness::{e2e, python};
+    let py = python().display().to_string();
+    let script = e2e("fastmcp_server.py").display().to_string();
+    c.cli(
+        1,
+        &[
+            "mcp",
+            "add",
+            "held",
+            "--transport",
+            "stdio",
+            "--command",
+            &py,
+            "--arg",
+            &script,
+            "--arg",
+            "stdio",
+            "--allow-stdio",
+        ],
+    )
+    .ok();
+}
+
+#[test]
+fn a_stdio_servers_own_notifications_reach_the_session_stream_and_resume_after_last_event_id() {
+    let c = TestCluster::up(3, &[]);
+    register_stdio_fastmcp(&c);
+    let mut args = vec!["notify".to_string(), "held".into()];
+    args.extend(bases(&c));
+    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    // The SDK client's GET stream (through whichever node) carries the list change the shared
+    // child announced during the session's call.
+    assert_eq!(r["announce"], "announced", "{r}");
+    assert_eq!(r["sdk_saw_list_changed"], true, "{r}");
+    assert!(r["sdk_methods"].as_array().unwrap().contains(&json!("GET")), "{r}");
+    // Raw: the stream opened on node 2 (session of node 1) gets the announcement made via node 3.
+    assert_eq!(r["get_status"], 200, "{r}");
+    assert_eq!(r["first"][0]["data"]["method"], "notifications/tools/list_changed", "{r}");
+    let first = r["first"][0]["id"].as_str().expect("events carry ids").to_string();
+    // Two announcements made while no stream was open come back on node 3 after Last-Event-ID.
+    let replayed = r["replayed"].as_array().unwrap();
+    assert_eq!(replayed.len(), 2, "{r}");
+    let n = |id: &str| id.rsplit_once('-').and_then(|(_, n)| n.parse::<u64>().ok()).unwrap();
+    assert_eq!(
+        replayed.iter().map(|e| n(e["id"].as_str().unwrap())).collect::<Vec<_>>(),
+        vec![n(&first) + 1, n(&first) + 2]
+    );
+    assert!(replayed.iter().all(|e| e["data"]["method"] == "notifications/tools/list_changed"), "{r}");
+    // DELETE ends the session everywhere: its id gets 404 on every node afterwards.
+    assert_eq!(r["delete"], 200, "{r}");
+    assert_eq!(r["after_delete"], 404, "{r}");
+    assert_eq!(r["get_after_delete"], 404, "{r}");
+
+    // The modern era has no session stream: a caller listens (`subscriptions/listen`) and gets
+    // the changes of the node's child it asked for, acknowledged first, tagged with its id.
+    let r = sdk_client(&["listen", "held", &c.node(2).mcp_url]);
+    assert_eq!(r["protocol_version"], "2026-07-28", "{r}");
+    assert_eq!(r["honored"], json!({"toolsListChanged": true, "promptsListChanged": true}), "{r}");
+    assert_eq!(r["announce"], "announced", "{r}");
+    assert_eq!(r["event"], "ToolsListChanged", "{r}");
+}
+
+#[test]
+fn a_call_whose_stream_the_server_closes_resumes_with_last_event_id_on_another_node() {
+    let c = TestCluster::up(3, &[]);
+    let up = FastMcp::start_with(&["1.4.2", "resumable"]);
+    register(&c, &up);
+    let mut args = vec!["resume".to_string(), "heldout".into()];
+    args.extend(bases(&c));
+    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r["result"], "resumed 10", "{r}");
+    // Every progress event arrives once, in order, across the break.
+    assert_eq!(r["progress"], json!([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]), "{r}");
+    // Besides the session's stream GET, the SDK resumed the call with a GET (Last-Event-ID),
+    // which the balancer sent to whichever node was next.
+    let gets = r["requests"].as_array().unwrap().iter().filter(|e| e["method"] == "GET").count();
+    assert!(gets >= 2, "a stream GET and a resuming GET: {r}");
 }
