@@ -48,7 +48,8 @@ use pipeline::{admit, check_pin, Call, Outcome, Stage, Telemetry};
 use stdio::StdioPool;
 use upstream::Upstream;
 
-/// A rewrite applied to each SSE event on its way (e.g. an era translation of the answer).
+/// A rewrite applied to each SSE event on its way (e.g. an era translation of the answer); an
+/// event rewritten to nothing (empty) is dropped.
 pub(crate) type EventMap = Box<dyn Fn(Bytes) -> Bytes + Send + Sync>;
 
 /// Identity of callers until agent authentication exists (issue 4).
@@ -591,9 +592,12 @@ impl Proxy {
             return (StatusCode::OK.into_response(), Outcome::Forwarded { status: 200 });
         }
         if upstream_modern {
-            // A modern-only upstream has no sessions: there is no per-session stream to open,
-            // and nothing to end but joch's own (stateless) session.
+            // A modern-only upstream has no sessions: the session's stream is a listen to it,
+            // and there is nothing to end but joch's own (stateless) session.
             if method == reqwest::Method::GET {
+                if let Some(r) = self.listen_as_session_stream(call, &rec).await {
+                    return r;
+                }
                 let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
                 r.headers_mut().insert("allow", HeaderValue::from_static("POST, DELETE"));
                 return (r, Outcome::Rejected { status: 405 });
@@ -665,6 +669,9 @@ impl Proxy {
                                 for mut ev in events {
                                     if let Some(t) = &transform {
                                         ev = t(ev);
+                                        if ev.is_empty() {
+                                            continue;
+                                        }
                                     }
                                     for s in &stages {
                                         s.on_event(&call, &mut ev);
@@ -690,7 +697,9 @@ impl Proxy {
                                     Some(t) => t(rest),
                                     None => rest,
                                 };
-                                let _ = tx.send(Ok(rest)).await;
+                                if !rest.is_empty() {
+                                    let _ = tx.send(Ok(rest)).await;
+                                }
                             }
                             break None;
                         }

@@ -364,15 +364,10 @@ impl Proxy {
             return json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}));
         }
         if method == "subscriptions/listen" {
-            if let Some(c) = &child {
-                return self.child_listen(call, c.clone(), &msg, id);
-            }
-            return json_answer(&jsonrpc::error(
-                id,
-                jsonrpc::METHOD_NOT_FOUND,
-                "subscriptions/listen is not available: the upstream speaks only the legacy era over HTTP",
-                None,
-            ));
+            return match &child {
+                Some(c) => self.child_listen(call, c.clone(), &msg, id),
+                None => self.http_listen(call, rec, &msg, id).await,
+            };
         }
         let wants_progress = msg.pointer("/params/_meta/progressToken").is_some();
         if let (Some(c), true) = (&child, wants_progress) {
@@ -489,58 +484,87 @@ impl Proxy {
     /// subscriptions) stream back, each tagged with the listen request's id, after the
     /// acknowledgement. The subscriptions end with the stream.
     fn child_listen(&self, call: &Call, child: Arc<Child>, msg: &Value, id: Value) -> (Response, Outcome) {
-        use super::streams::Kinds;
-        let f = &msg["params"]["notifications"];
-        let flag = |k: &str| f[k].as_bool().unwrap_or(false);
-        let kinds = Kinds {
-            tools: flag("toolsListChanged"),
-            prompts: flag("promptsListChanged"),
-            resources: flag("resourcesListChanged"),
-        };
         let can_subscribe = child.init["capabilities"]["resources"]["subscribe"].as_bool().unwrap_or(false);
-        let uris: Vec<String> = match f["resourceSubscriptions"].as_array() {
-            Some(a) if can_subscribe => a.iter().filter_map(|u| u.as_str().map(str::to_string)).collect(),
-            _ => Vec::new(),
-        };
-        let mut honored = serde_json::Map::new();
-        for (key, on) in [
-            ("toolsListChanged", kinds.tools),
-            ("promptsListChanged", kinds.prompts),
-            ("resourcesListChanged", kinds.resources),
-        ] {
-            if on {
-                honored.insert(key.into(), json!(true));
-            }
-        }
-        if !uris.is_empty() {
-            honored.insert("resourceSubscriptions".into(), json!(uris));
-        }
+        let listen = Listen::new(msg, can_subscribe, &id);
         let streams = self.stdio.streams.clone();
-        let (key, queue, new) = streams.listen(&call.server, kinds, &uris);
+        let (key, queue, new) = streams.listen(&call.server, listen.kinds, &listen.uris);
         for uri in new {
             let _ =
                 child.call(json!({"jsonrpc": "2.0", "id": 0, "method": "resources/subscribe", "params": {"uri": uri}}));
         }
-        let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
-            "params": {"notifications": honored, "_meta": {META_SUBSCRIPTION_ID: id}}});
+        let ack = listen.ack();
         let guard = ListenGuard { streams, key, child };
-        let subscription = id.clone();
         let events = queue.open(None).map(move |ev| {
             let _held_until_the_stream_ends = &guard;
-            ev.map(|ev| {
-                let Some(mut v) = crate::mcp::sse::data(&ev).and_then(|d| serde_json::from_str::<Value>(&d).ok())
-                else {
-                    return ev;
-                };
-                if !v["params"].is_object() {
-                    v["params"] = json!({});
-                }
-                v["params"]["_meta"][META_SUBSCRIPTION_ID] = subscription.clone();
-                crate::mcp::sse::message_event(&v.to_string())
-            })
+            ev.map(|ev| listen.tag(ev))
         });
-        let first = futures::stream::once(std::future::ready(Ok(crate::mcp::sse::message_event(&ack.to_string()))));
+        let first = futures::stream::once(std::future::ready(Ok(ack)));
         (self.stream(call, first.chain(events), Some(id), None), Outcome::Forwarded { status: 200 })
+    }
+
+    /// `subscriptions/listen` to a legacy-only HTTP upstream: joch opens a legacy session of the
+    /// listener's own with the upstream (the node's shared one may have only one stream),
+    /// subscribes the URIs asked for, and relays the session's server stream: the kinds asked
+    /// for, tagged with the listen request's id; anything else on it is dropped. The session is
+    /// ended (DELETE) when the listen stream ends.
+    async fn http_listen(&self, call: &Call, rec: &ServerRecord, msg: &Value, id: Value) -> (Response, Outcome) {
+        let url = Self::upstream_url(rec);
+        let fail = |(reason, message): (Reason, String)| {
+            denied(self.deny(call, reason, "upstream", message).with_id(id.clone()))
+        };
+        let (sid, init) = match self.open_legacy_session(&url).await {
+            Ok(x) => x,
+            Err(e) => return fail(e),
+        };
+        let session = UpstreamSession { upstream: self.upstream.clone(), url: url.clone(), sid: sid.clone() };
+        if let Err(d) = check_pin(call, rec, init["serverInfo"]["version"].as_str()) {
+            return denied(d.with_id(id.clone()));
+        }
+        let can_subscribe = init["capabilities"]["resources"]["subscribe"].as_bool().unwrap_or(false);
+        let listen = Listen::new(msg, can_subscribe, &id);
+        let h = legacy_headers();
+        for uri in &listen.uris {
+            let sub = json!({"jsonrpc": "2.0", "id": 1, "method": "resources/subscribe", "params": {"uri": uri}});
+            if let Err(e) = self
+                .upstream
+                .send(reqwest::Method::POST, &url, &h, sid.as_deref(), Some(Bytes::from(sub.to_string())))
+                .await
+            {
+                return fail((e.reason, e.message));
+            }
+        }
+        let resp = match self.upstream.send(reqwest::Method::GET, &url, &h, sid.as_deref(), None).await {
+            Ok(r) => r,
+            Err(e) => return fail((e.reason, e.message)),
+        };
+        if !resp.status().is_success() || !is_type(resp.headers().get("content-type"), "text/event-stream") {
+            return json_answer(&jsonrpc::error(
+                id,
+                jsonrpc::METHOD_NOT_FOUND,
+                &format!(
+                    "subscriptions/listen is not available: the upstream offers no server stream (GET: {})",
+                    resp.status()
+                ),
+                None,
+            ));
+        }
+        let ack = listen.ack();
+        let upstream_events = resp.bytes_stream().map(move |chunk| {
+            let _ended_when_the_stream_ends = &session;
+            chunk
+        });
+        let first = futures::stream::once(std::future::ready(Ok::<_, reqwest::Error>(ack)));
+        let transform: super::EventMap = Box::new(move |ev: Bytes| {
+            let wanted = crate::mcp::sse::data(&ev)
+                .and_then(|d| serde_json::from_str::<Value>(&d).ok())
+                .is_some_and(|v| listen.wants(&v));
+            if wanted {
+                listen.tag(ev)
+            } else {
+                Bytes::new()
+            }
+        });
+        (self.stream(call, first.chain(upstream_events), Some(id), Some(transform)), Outcome::Forwarded { status: 200 })
     }
 
     /// The upstream's era and version, probed once per node (and again after a minute).
@@ -579,36 +603,40 @@ impl Proxy {
             Era { modern: true, version, legacy: None, at: Instant::now() }
         } else {
             // Legacy: open the session this node will use for modern callers.
-            let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": version::LEGACY[0],
-                "capabilities": {}, "clientInfo": {"name": "joch", "version": env!("CARGO_PKG_VERSION")}}});
-            let mut lh = HeaderMap::new();
-            lh.insert("content-type", HeaderValue::from_static("application/json"));
-            lh.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
-            let resp = self
-                .upstream
-                .send(reqwest::Method::POST, &url, &lh, None, Some(Bytes::from(init.to_string())))
-                .await
-                .map_err(|e| (e.reason, e.message))?;
-            let sid = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
-            let ct = resp.headers().get("content-type").cloned();
-            let bytes =
-                read_limited(resp, MAX_INITIALIZE_ANSWER).await.map_err(|e| (Reason::UpstreamUnavailable, e))?;
-            let result = answer_message(ct.as_ref(), &bytes).and_then(|a| a.get("result").cloned()).ok_or((
-                Reason::UpstreamUnavailable,
-                "the upstream answered neither server/discover nor initialize".to_string(),
-            ))?;
-            let mut nh = lh.clone();
-            nh.insert("mcp-protocol-version", HeaderValue::from_static(version::LEGACY[0]));
-            let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-            let _ = self
-                .upstream
-                .send(reqwest::Method::POST, &url, &nh, sid.as_deref(), Some(Bytes::from(note.to_string())))
-                .await;
+            let (sid, result) = self.open_legacy_session(&url).await?;
             let version = result["serverInfo"]["version"].as_str().map(str::to_string);
             Era { modern: false, version, legacy: Some((sid, result)), at: Instant::now() }
         };
         self.eras.put(key, era.clone());
         Ok(era)
+    }
+
+    /// Opens a legacy session of joch's own with an upstream: initialize, then initialized.
+    /// Returns the upstream's session id and its initialize result.
+    async fn open_legacy_session(&self, url: &str) -> Result<(Option<String>, Value), (Reason, String)> {
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": version::LEGACY[0],
+            "capabilities": {}, "clientInfo": {"name": "joch", "version": env!("CARGO_PKG_VERSION")}}});
+        let mut lh = HeaderMap::new();
+        lh.insert("content-type", HeaderValue::from_static("application/json"));
+        lh.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
+        let resp = self
+            .upstream
+            .send(reqwest::Method::POST, url, &lh, None, Some(Bytes::from(init.to_string())))
+            .await
+            .map_err(|e| (e.reason, e.message))?;
+        let sid = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let ct = resp.headers().get("content-type").cloned();
+        let bytes = read_limited(resp, MAX_INITIALIZE_ANSWER).await.map_err(|e| (Reason::UpstreamUnavailable, e))?;
+        let result = answer_message(ct.as_ref(), &bytes).and_then(|a| a.get("result").cloned()).ok_or((
+            Reason::UpstreamUnavailable,
+            "the upstream answered neither server/discover nor initialize".to_string(),
+        ))?;
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        let _ = self
+            .upstream
+            .send(reqwest::Method::POST, url, &legacy_headers(), sid.as_deref(), Some(Bytes::from(note.to_string())))
+            .await;
+        Ok((sid, result))
     }
 }
 
@@ -668,6 +696,47 @@ impl Proxy {
             Ok(r) => r,
             Err(d) => denied(d.with_id(id)),
         }
+    }
+
+    /// The server stream (GET) of a legacy session whose upstream speaks only the modern era:
+    /// a `subscriptions/listen` for every list change, relayed as the plain notifications the
+    /// legacy era sends (the acknowledgement dropped, the subscription id taken out). `None` if
+    /// the upstream offers no listen stream (the caller then gets 405, as from a server without
+    /// a stream).
+    pub(super) async fn listen_as_session_stream(
+        &self,
+        call: &Call,
+        rec: &ServerRecord,
+    ) -> Option<(Response, Outcome)> {
+        let listen_id = format!("joch-listen-{:x}", rand::random::<u64>());
+        let mut msg = json!({"jsonrpc": "2.0", "id": listen_id, "method": "subscriptions/listen", "params": {
+            "notifications": {"toolsListChanged": true, "promptsListChanged": true, "resourcesListChanged": true}}});
+        msg["params"]["_meta"] = envelope();
+        let resp = match self.send_modern(call, rec, &msg, "subscriptions/listen").await {
+            Ok(r) => r,
+            Err(d) => return Some(denied(d)),
+        };
+        if !resp.status().is_success() || !is_type(resp.headers().get("content-type"), "text/event-stream") {
+            return None;
+        }
+        let transform: super::EventMap = Box::new(|ev: Bytes| {
+            let Some(mut v) = crate::mcp::sse::data(&ev).and_then(|d| serde_json::from_str::<Value>(&d).ok()) else {
+                return Bytes::new();
+            };
+            let method = v["method"].as_str().unwrap_or_default();
+            // The acknowledgement, and the listen's own answer (its end): not for a legacy client.
+            if v.get("id").is_some() || method.is_empty() || method == "notifications/subscriptions/acknowledged" {
+                return Bytes::new();
+            }
+            if let Some(meta) = v.pointer_mut("/params/_meta").and_then(Value::as_object_mut) {
+                meta.remove(META_SUBSCRIPTION_ID);
+                if meta.is_empty() {
+                    v["params"].as_object_mut().map(|p| p.remove("_meta"));
+                }
+            }
+            crate::mcp::sse::message_event(&v.to_string())
+        });
+        Some((self.stream(call, resp.bytes_stream(), None, Some(transform)), Outcome::Forwarded { status: 200 }))
     }
 
     /// Sends a modern request to a modern upstream, with the routing headers for this server.
@@ -870,6 +939,96 @@ impl Proxy {
                 json_answer(&answer)
             }
             Err(d) => denied(d.with_id(id)),
+        }
+    }
+}
+
+/// A `subscriptions/listen` request: what it asked for (what joch can deliver of it).
+struct Listen {
+    kinds: super::streams::Kinds,
+    uris: Vec<String>,
+    id: Value,
+}
+
+impl Listen {
+    fn new(msg: &Value, can_subscribe: bool, id: &Value) -> Listen {
+        let f = &msg["params"]["notifications"];
+        let flag = |k: &str| f[k].as_bool().unwrap_or(false);
+        let kinds = super::streams::Kinds {
+            tools: flag("toolsListChanged"),
+            prompts: flag("promptsListChanged"),
+            resources: flag("resourcesListChanged"),
+        };
+        let uris = match f["resourceSubscriptions"].as_array() {
+            Some(a) if can_subscribe => a.iter().filter_map(|u| u.as_str().map(str::to_string)).collect(),
+            _ => Vec::new(),
+        };
+        Listen { kinds, uris, id: id.clone() }
+    }
+
+    /// The acknowledgement (the stream's first event): the kinds and URIs joch will deliver.
+    fn ack(&self) -> Bytes {
+        let mut honored = serde_json::Map::new();
+        let k = &self.kinds;
+        for (key, on) in
+            [("toolsListChanged", k.tools), ("promptsListChanged", k.prompts), ("resourcesListChanged", k.resources)]
+        {
+            if on {
+                honored.insert(key.into(), json!(true));
+            }
+        }
+        if !self.uris.is_empty() {
+            honored.insert("resourceSubscriptions".into(), json!(self.uris));
+        }
+        let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+            "params": {"notifications": honored, "_meta": {META_SUBSCRIPTION_ID: self.id}}});
+        crate::mcp::sse::message_event(&ack.to_string())
+    }
+
+    /// Whether a message on the listen stream is one this listener asked for (or joch's own
+    /// acknowledgement, which comes first).
+    fn wants(&self, v: &Value) -> bool {
+        let method = v["method"].as_str().unwrap_or_default();
+        if v.get("id").is_some() {
+            return false;
+        }
+        match method {
+            "notifications/subscriptions/acknowledged" => v["params"]["_meta"][META_SUBSCRIPTION_ID] == self.id,
+            "notifications/resources/updated" => {
+                v["params"]["uri"].as_str().is_some_and(|u| self.uris.iter().any(|x| x == u))
+            }
+            m => self.kinds.wants(m),
+        }
+    }
+
+    /// The event, tagged with the listen request's id.
+    fn tag(&self, ev: Bytes) -> Bytes {
+        let Some(mut v) = crate::mcp::sse::data(&ev).and_then(|d| serde_json::from_str::<Value>(&d).ok()) else {
+            return ev;
+        };
+        if !v["params"].is_object() {
+            v["params"] = json!({});
+        }
+        v["params"]["_meta"][META_SUBSCRIPTION_ID] = self.id.clone();
+        crate::mcp::sse::message_event(&v.to_string())
+    }
+}
+
+/// joch's own session with an upstream, ended (DELETE) when dropped.
+struct UpstreamSession {
+    upstream: super::upstream::Upstream,
+    url: String,
+    sid: Option<String>,
+}
+
+impl Drop for UpstreamSession {
+    fn drop(&mut self) {
+        let Some(sid) = self.sid.take() else { return };
+        let (up, url) = (self.upstream.clone(), std::mem::take(&mut self.url));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = up.send(reqwest::Method::DELETE, &url, &legacy_headers(), Some(&sid), None).await;
+            });
         }
     }
 }

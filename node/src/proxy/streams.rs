@@ -59,7 +59,7 @@ pub struct Kinds {
 impl Kinds {
     const ALL: Kinds = Kinds { tools: true, prompts: true, resources: true };
 
-    fn wants(&self, method: &str) -> bool {
+    pub fn wants(&self, method: &str) -> bool {
         match method {
             "notifications/tools/list_changed" => self.tools,
             "notifications/prompts/list_changed" => self.prompts,

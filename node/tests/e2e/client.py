@@ -14,8 +14,8 @@ Usage:
   client.py resume SERVER NODE_URL...       (a call whose stream the server closes halfway: the SDK
                                              resumes it with GET + Last-Event-ID, on another node)
   client.py listen SERVER NODE_URL           (modern era: subscriptions/listen, then a list change)
-  client.py notify SERVER NODE_URL...       (a stdio server's own notifications on the GET stream,
-                                             then resumption with Last-Event-ID, raw HTTP)
+  client.py notify SERVER NODE_URL...       (a server's own notification on the session's GET stream)
+  client.py replay SERVER NODE_URL...       (raw HTTP: a GET stream, then Last-Event-ID after a break)
 """
 import asyncio
 import itertools
@@ -222,7 +222,7 @@ async def era(server, bases):
     client, rr = connect(server, bases)
     async with client:
         tools = await client.list_tools()
-        name = sorted(t.name for t in tools.tools)[0]
+        name = next(n for n in ("add", "echo", "shout") if n in {t.name for t in tools.tools})
         args = {"text": "hi"} if name in ("echo", "shout") else {"a": 1, "b": 2}
         r = await client.call_tool(name, args)
         return {
@@ -281,13 +281,20 @@ async def listen(server, bases):
             out["announce"] = (await client.call_tool("announce", {})).content[0].text
             event = await asyncio.wait_for(sub.__anext__(), 10)
             out["event"] = type(event).__name__
+        if "streams" in {t.name for t in (await client.list_tools()).tools}:
+            # The listen stream is closed: joch must close what it opened for it upstream.
+            for _ in range(50):
+                out["upstream_streams_after"] = (await client.call_tool("streams", {})).content[0].text
+                if out["upstream_streams_after"] == "0":
+                    break
+                await asyncio.sleep(0.1)
     return out
 
 
 async def notify(server, bases):
+    """The SDK client (legacy era: it opens the session's GET stream after initialize) sees the
+    list change the server announces, whichever nodes its requests land on."""
     out = {}
-    # 1. The SDK client (legacy era: it opens the session's GET stream after initialize) sees
-    #    the list change the server announces, whichever nodes its requests land on.
     seen = asyncio.Event()
 
     async def on_message(m):
@@ -307,8 +314,12 @@ async def notify(server, bases):
         except asyncio.TimeoutError:
             out["sdk_saw_list_changed"] = False
     out["sdk_methods"] = sorted({e["method"] for e in rr.log})
+    return out
 
-    # 2. Raw HTTP, one request per node: the stream on one node, the calls on others.
+
+async def replay(server, bases):
+    """Raw HTTP, one request per node: the stream on one node, the calls on others."""
+    out = {}
     h = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
     url = lambda i: f"{bases[i % len(bases)]}/mcp/{server}"
     async with httpx2.AsyncClient(timeout=httpx2.Timeout(10.0)) as c:
@@ -365,6 +376,8 @@ async def main(argv):
         result = await listen(argv[2], argv[3:])
     elif cmd == "notify":
         result = await notify(argv[2], argv[3:])
+    elif cmd == "replay":
+        result = await replay(argv[2], argv[3:])
     elif cmd == "era":
         result = await era(argv[2], argv[3:])
     elif cmd == "aggregate":

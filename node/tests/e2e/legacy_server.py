@@ -5,13 +5,21 @@ the client in the tests is still the official SDK.
 Usage: legacy_server.py PORT
 """
 import json
+import queue
 import sys
+import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SESSIONS = set()
-TOOLS = [{"name": "echo", "description": "Echo a text.",
+STREAMS = {}  # session id -> queues of its open GET streams
+LOCK = threading.Lock()
+TOOLS = [{"name": "announce", "description": "Tell every session's stream that the tool list changed.",
+          "inputSchema": {"type": "object", "properties": {}}},
+         {"name": "streams", "description": "How many server streams (GET) are open.",
+          "inputSchema": {"type": "object", "properties": {}}},
+         {"name": "echo", "description": "Echo a text.",
           "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
          {"name": "slow", "description": "Count to steps, 50 ms each, reporting progress (SSE).",
           "inputSchema": {"type": "object", "properties": {"steps": {"type": "integer"}}, "required": ["steps"]}}]
@@ -62,13 +70,48 @@ class Handler(BaseHTTPRequestHandler):
             done = {"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": f"done {steps}"}], "isError": False}}
             self.wfile.write(f"event: message\ndata: {json.dumps(done)}\n\n".encode())
             return
+        if method == "tools/call" and msg["params"]["name"] in ("announce", "streams"):
+            with LOCK:
+                queues = [q for qs in STREAMS.values() for q in qs]
+            if msg["params"]["name"] == "announce":
+                for q in queues:
+                    q.put({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+                text = "announced"
+            else:
+                text = str(len(queues))
+            return self.answer(200, {"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": text}], "isError": False}})
         if method == "tools/call" and msg["params"]["name"] == "echo":
             text = msg["params"]["arguments"]["text"]
             return self.answer(200, {"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": text}], "isError": False}})
         return self.answer(200, {"jsonrpc": "2.0", "id": mid, "error": {"code": -32601, "message": "Method not found"}})
 
     def do_GET(self):
-        self.answer(405, None, [("allow", "POST")])
+        sid = self.headers.get("mcp-session-id")
+        if sid not in SESSIONS:
+            return self.answer(404, {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Session not found"}})
+        q = queue.Queue()
+        with LOCK:
+            STREAMS.setdefault(sid, []).append(q)
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+        try:
+            while sid in SESSIONS:
+                try:
+                    msg = q.get(timeout=0.2)
+                    self.wfile.write(f"event: message\ndata: {json.dumps(msg)}\n\n".encode())
+                except queue.Empty:
+                    self.wfile.write(b": ping\n\n")
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            with LOCK:
+                STREAMS[sid].remove(q)
+
+    def do_DELETE(self):
+        SESSIONS.discard(self.headers.get("mcp-session-id"))
+        self.answer(200)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,21 @@ forwards without them fails here.
 Usage: modern_only_server.py PORT
 """
 import json
+import queue
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 V = "2026-07-28"
 INFO = {"name": "modern-only", "version": "3.0.0"}
-TOOLS = [{"name": "shout", "description": "Upper-case a text.",
+LISTENERS = []  # queues of open subscriptions/listen streams
+LOCK = threading.Lock()
+TOOLS = [{"name": "announce", "description": "Tell every listener that the tool list changed.",
+          "inputSchema": {"type": "object", "properties": {}}},
+         {"name": "streams", "description": "How many subscriptions/listen streams are open.",
+          "inputSchema": {"type": "object", "properties": {}}},
+         {"name": "shout", "description": "Upper-case a text.",
           "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
          {"name": "slow", "description": "Count to steps, 50 ms each, reporting progress (SSE).",
           "inputSchema": {"type": "object", "properties": {"steps": {"type": "integer"}}, "required": ["steps"]}}]
@@ -56,6 +64,18 @@ class Handler(BaseHTTPRequestHandler):
             return self.error(400, mid, -32020, "mcp-method header does not match the request body's method")
         if mid is None:
             return self.answer(202)
+        if method == "subscriptions/listen":
+            return self.listen(mid, msg["params"].get("notifications") or {})
+        if method == "tools/call" and msg["params"]["name"] in ("announce", "streams"):
+            with LOCK:
+                listeners = list(LISTENERS)
+            if msg["params"]["name"] == "announce":
+                for q in listeners:
+                    q.put("notifications/tools/list_changed")
+                text = "announced"
+            else:
+                text = str(len(listeners))
+            return self.answer(200, result(mid, {"content": [{"type": "text", "text": text}], "isError": False}))
         if method == "server/discover":
             return self.answer(200, result(mid, {"supportedVersions": [V], "capabilities": {"tools": {}}}, True))
         if method == "tools/list":
@@ -82,6 +102,36 @@ class Handler(BaseHTTPRequestHandler):
             text = msg["params"]["arguments"]["text"].upper()
             return self.answer(200, result(mid, {"content": [{"type": "text", "text": text}], "isError": False}))
         return self.error(404, mid, -32601, "Method not found")
+
+    def listen(self, mid, wanted):
+        """One subscriptions/listen stream: the acknowledgement, then the list changes asked for."""
+        sub = {"io.modelcontextprotocol/subscriptionId": mid}
+        honored = {k: True for k in ("toolsListChanged", "promptsListChanged", "resourcesListChanged") if wanted.get(k)}
+        q = queue.Queue()
+        with LOCK:
+            LISTENERS.append(q)
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+        ack = {"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+               "params": {"notifications": honored, "_meta": sub}}
+        try:
+            self.wfile.write(f"event: message\ndata: {json.dumps(ack)}\n\n".encode())
+            self.wfile.flush()
+            while True:
+                try:
+                    method = q.get(timeout=0.2)
+                    if wanted.get("toolsListChanged"):
+                        note = {"jsonrpc": "2.0", "method": method, "params": {"_meta": sub}}
+                        self.wfile.write(f"event: message\ndata: {json.dumps(note)}\n\n".encode())
+                except queue.Empty:
+                    self.wfile.write(b": ping\n\n")
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            with LOCK:
+                LISTENERS.remove(q)
 
     def do_GET(self):
         self.send_response(405)

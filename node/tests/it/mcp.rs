@@ -468,9 +468,10 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
     let legacy = LegacyServer::start();
     register(&c, &modern);
     c.cli(2, &["mcp", "add", "old", "--endpoint", &legacy.url]).ok();
-    for (server, tools, call, version) in
-        [("heldout", json!(["add", "announce", "slow"]), "3", "1.4.2"), ("old", json!(["echo", "slow"]), "hi", "0.9.0")]
-    {
+    for (server, tools, call, version) in [
+        ("heldout", json!(["add", "announce", "slow"]), "3", "1.4.2"),
+        ("old", json!(["announce", "echo", "slow", "streams"]), "hi", "0.9.0"),
+    ] {
         let mut args = vec!["era".to_string(), server.into()];
         args.extend(bases(&c));
         let r = sdk_client(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -481,6 +482,15 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
         assert_eq!(r["call"], call);
         assert_eq!(r["ports"].as_array().unwrap().len(), 3);
     }
+    // A modern caller listens (`subscriptions/listen`) to the legacy-only server: joch opens a
+    // session of its own upstream, relays the kinds asked for from its stream, and closes it
+    // when the listener goes.
+    let r = sdk_client(&["listen", "old", &c.node(1).mcp_url]);
+    assert_eq!(r["honored"], json!({"toolsListChanged": true, "promptsListChanged": true}), "{r}");
+    assert_eq!(r["announce"], "announced", "{r}");
+    assert_eq!(r["event"], "ToolsListChanged", "{r}");
+    assert_eq!(r["upstream_streams_after"], "0", "{r}");
+
     // Modern callers of the legacy-only server get its progress as it happens (relayed SSE).
     let mut args = vec!["progress".to_string(), "old".into()];
     args.extend(bases(&c));
@@ -503,10 +513,18 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
         let r = sdk_client_mode(mode, &argv);
         assert_eq!(r["protocol_version"], era, "{mode}: {r}");
         assert_eq!(r["server_version"], "3.0.0");
-        assert_eq!(r["tools"], json!(["shout", "slow"]));
+        assert_eq!(r["tools"], json!(["announce", "shout", "slow", "streams"]));
         assert_eq!(r["call"], "HI");
         assert_eq!(r["ports"].as_array().unwrap().len(), 3);
     }
+    // Their session's stream (GET) is a `subscriptions/listen` to the upstream, relayed as the
+    // plain notifications of the legacy era; it is closed upstream when the session ends.
+    let mut args = vec!["notify".to_string(), "newer".into()];
+    args.extend(bases(&c));
+    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r["sdk_saw_list_changed"], true, "{r}");
+    let r = sdk_client(&["listen", "newer", &c.node(2).mcp_url]);
+    assert_eq!(r["upstream_streams_after"], "0", "the legacy session's listen was closed upstream: {r}");
     // And they get its progress as it happens: its SSE answer is relayed event by event.
     let mut args = vec!["progress".to_string(), "newer".into()];
     args.extend(bases(&c));
@@ -614,6 +632,8 @@ fn a_stdio_servers_own_notifications_reach_the_session_stream_and_resume_after_l
     assert_eq!(r["announce"], "announced", "{r}");
     assert_eq!(r["sdk_saw_list_changed"], true, "{r}");
     assert!(r["sdk_methods"].as_array().unwrap().contains(&json!("GET")), "{r}");
+    args[0] = "replay".into();
+    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
     // Raw: the stream opened on node 2 (session of node 1) gets the announcement made via node 3.
     assert_eq!(r["get_status"], 200, "{r}");
     assert_eq!(r["first"][0]["data"]["method"], "notifications/tools/list_changed", "{r}");
