@@ -37,6 +37,33 @@ impl EventSplitter {
     }
 }
 
+/// The events of an SSE body, one item each, until the body ends or fails (an error ends the
+/// stream; nothing after it is yielded).
+pub fn events<S, E>(body: S) -> impl futures::Stream<Item = Bytes> + Send + 'static
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    use futures::StreamExt;
+    let state = (Box::pin(body), Some(EventSplitter::default()), std::collections::VecDeque::new());
+    futures::stream::unfold(state, |(mut body, mut split, mut ready)| async move {
+        loop {
+            if let Some(ev) = ready.pop_front() {
+                return Some((ev, (body, split, ready)));
+            }
+            let splitter = split.as_mut()?;
+            match body.next().await {
+                Some(Ok(chunk)) => match splitter.push(&chunk) {
+                    Ok(evs) => ready.extend(evs),
+                    Err(_) => split = None,
+                },
+                Some(Err(_)) => split = None,
+                None => ready.extend(split.take().and_then(EventSplitter::finish)),
+            }
+        }
+    })
+}
+
 /// Index just past the first blank line (`\n\n`, `\r\n\r\n` or `\r\r`).
 fn find_boundary(b: &[u8]) -> Option<usize> {
     let mut i = 0;
@@ -70,6 +97,22 @@ pub fn message_event(json: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn events_of_a_body_one_by_one_across_chunks_until_it_fails() {
+        use futures::StreamExt;
+        let chunks: Vec<Result<Bytes, String>> = vec![
+            Ok(Bytes::from_static(b"data: 1\n\nda")),
+            Ok(Bytes::from_static(b"ta: 2\n\n")),
+            Err("reset".into()),
+            Ok(Bytes::from_static(b"data: 3\n\n")),
+        ];
+        let got: Vec<Bytes> = events(futures::stream::iter(chunks)).collect().await;
+        assert_eq!(got, vec![Bytes::from_static(b"data: 1\n\n"), Bytes::from_static(b"data: 2\n\n")]);
+        let tail: Vec<Bytes> =
+            events(futures::stream::iter(vec![Ok::<_, String>(Bytes::from_static(b"data: 4"))])).collect().await;
+        assert_eq!(tail, vec![Bytes::from_static(b"data: 4")], "an unterminated last event still counts");
+    }
 
     #[test]
     fn splits_across_chunks() {

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -16,11 +18,12 @@ use super::deny::{protocol_error, Reason};
 use super::modern;
 use super::pipeline::{admit, check_pin, stale, Call, Outcome};
 use super::{
-    answer_message, bad_request, denied, hand_out, header, new_session, read_limited, rejected, Proxy,
+    answer_message, bad_request, denied, hand_out, header, is_type, new_session, read_limited, rejected, Proxy,
     MAX_INITIALIZE_ANSWER, MAX_JSON_ANSWER,
 };
 use crate::mcp::jsonrpc::{self, Body as RpcBody};
 use crate::mcp::session::{Member, SessionToken};
+use crate::mcp::sse;
 use crate::mcp::version;
 
 /// Longest a member may take to answer initialize or a list.
@@ -57,6 +60,27 @@ fn route(method: &str, params: &Value) -> Option<(String, &'static str, String)>
         }
         _ => None,
     }
+}
+
+/// The key of an aggregate session's stdio member in its owner's server streams.
+fn member_key(session_id: &str, server: &str) -> String {
+    format!("{session_id}#{server}")
+}
+
+/// One member's own message as the aggregate session sees it: resource URIs wrapped; requests
+/// from the server dropped (an answer could not be routed back to the member that asked).
+fn member_event(server: &str, ev: &[u8]) -> Option<Bytes> {
+    let mut v: Value = serde_json::from_str(&sse::data(ev)?).ok()?;
+    if !v.is_object() || v.get("id").is_some() {
+        tracing::debug!(server, "aggregate stream: a server-to-client message dropped");
+        return None;
+    }
+    if v["method"] == "notifications/resources/updated" {
+        if let Some(u) = v["params"]["uri"].as_str() {
+            v["params"]["uri"] = json!(format!("{URI_PREFIX}{server}:{u}"));
+        }
+    }
+    Some(sse::message_event(&v.to_string()))
 }
 
 /// Renames one list item for the aggregate view.
@@ -219,12 +243,93 @@ impl Proxy {
         let (mut resp, outcome) = ok(
             id,
             json!({"protocolVersion": protocol_version,
-                   "capabilities": {"tools": {"listChanged": false}, "prompts": {"listChanged": false}, "resources": {}},
+                   "capabilities": {"tools": {"listChanged": true}, "prompts": {"listChanged": true}, "resources": {"listChanged": true}},
                    "serverInfo": {"name": "joch", "version": env!("CARGO_PKG_VERSION")},
                    "instructions": format!("joch aggregate endpoint over: {}. Tools and prompts are named SERVER.NAME.", names.join(", "))}),
         );
         hand_out(call, &sealer, token, &mut resp);
         (resp, outcome)
+    }
+
+    /// GET on `/mcp`: one stream merging every member's own messages (their sessions' streams
+    /// upstream, the stdio children's routed notifications); a member that stops being
+    /// admissible drops out of it alone. DELETE: ends every member's session. With a stdio
+    /// member both happen on the session's owner (its children's messages are routed there).
+    pub(super) async fn aggregate_stream_or_delete(
+        &self,
+        call: &mut Call,
+        headers: &HeaderMap,
+        method: reqwest::Method,
+    ) -> (Response, Outcome) {
+        if let Err(d) = self.check_origin(call, headers) {
+            return denied(d);
+        }
+        let token = match self.session(call, headers) {
+            Ok(t) => t,
+            Err(d) => return denied(d),
+        };
+        let sid = header(headers, "mcp-session-id").unwrap_or_default().to_string();
+        let state = self.cluster.registry.load();
+        let stdio =
+            |m: &Member| state.registry.servers.get(&m.server).is_some_and(|r| r.spec.transport == Transport::Stdio);
+        call.session = Some(token.clone());
+        if token.owner != self.cluster.id && token.members.iter().any(stdio) {
+            return self.forward_to_owner(call, token.owner, headers, Bytes::new(), Value::Null).await;
+        }
+        let mut h = HeaderMap::new();
+        h.insert("accept", HeaderValue::from_static("text/event-stream"));
+        if let Ok(v) = HeaderValue::from_str(&token.protocol_version) {
+            h.insert("mcp-protocol-version", v);
+        }
+        let (h, sid, state, base, token) = (&h, sid.as_str(), &state, &*call, &token);
+        if method == reqwest::Method::DELETE {
+            let ends = token.members.iter().map(|m| async move {
+                let Some(rec) = state.registry.servers.get(&m.server) else { return };
+                if rec.spec.transport == Transport::Stdio {
+                    let orphaned = self.stdio.streams.remove(&member_key(sid, &m.server));
+                    self.stdio.unsubscribe(rec, orphaned).await;
+                } else if let Some(us) = m.upstream_session.as_deref() {
+                    let url = Self::upstream_url(rec);
+                    let _ = self.upstream.send(reqwest::Method::DELETE, &url, h, Some(us), None).await;
+                }
+            });
+            futures::future::join_all(ends).await;
+            return (StatusCode::OK.into_response(), Outcome::Forwarded { status: 200 });
+        }
+        let opens = token.members.iter().map(|m| async move {
+            let mc = self.member_call(base, token, m);
+            let rec = admit(&mc, state, Ok(())).ok()?;
+            let events: futures::stream::BoxStream<'static, Bytes> = if rec.spec.transport == Transport::Stdio {
+                let queue = self.stdio.streams.queue(&member_key(sid, &m.server), &m.server);
+                Box::pin(
+                    queue
+                        .open(None)
+                        .take_while(|r| std::future::ready(r.is_ok()))
+                        .filter_map(|r| std::future::ready(r.ok())),
+                )
+            } else {
+                let us = m.upstream_session.as_deref();
+                let resp =
+                    self.upstream.send(reqwest::Method::GET, &Self::upstream_url(&rec), h, us, None).await.ok()?;
+                if !resp.status().is_success() || !is_type(resp.headers().get("content-type"), "text/event-stream") {
+                    return None;
+                }
+                Box::pin(sse::events(resp.bytes_stream()))
+            };
+            let server = m.server.clone();
+            let member = events
+                .filter_map(move |ev| std::future::ready(member_event(&server, &ev)))
+                .map(Ok::<_, std::convert::Infallible>)
+                .take_until(self.inadmissible(&mc));
+            Some(Box::pin(member) as futures::stream::BoxStream<'static, Result<Bytes, std::convert::Infallible>>)
+        });
+        let members: Vec<_> = futures::future::join_all(opens).await.into_iter().flatten().collect();
+        if members.is_empty() {
+            let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
+            r.headers_mut().insert("allow", HeaderValue::from_static("POST, DELETE"));
+            return (r, Outcome::Rejected { status: 405 });
+        }
+        (self.stream(call, futures::stream::select_all(members), None, None), Outcome::Forwarded { status: 200 })
     }
 
     /// Any other message on `/mcp`.
@@ -322,6 +427,10 @@ impl Proxy {
             if token.owner != self.cluster.id {
                 return self.forward_to_owner(call, token.owner, headers, body, id).await;
             }
+            let key = member_key(header(headers, "mcp-session-id").unwrap_or_default(), &server);
+            if self.stdio.streams.ended(&key) {
+                return denied(self.ended_session(call).with_id(id));
+            }
             let Ok(routed_parsed) = jsonrpc::parse(&routed_body, self.limits.max_json_depth) else {
                 return rejected(protocol_error(
                     StatusCode::BAD_REQUEST,
@@ -331,8 +440,7 @@ impl Proxy {
                     None,
                 ));
             };
-            let key = super::header(headers, "mcp-session-id").unwrap_or_default();
-            return self.stdio_request(&mc, &rec, &routed_body, &routed_parsed, id, key).await;
+            return self.stdio_request(&mc, &rec, &routed_body, &routed_parsed, id, &key).await;
         }
         let resp = match self
             .upstream

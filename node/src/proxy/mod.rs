@@ -142,21 +142,28 @@ impl Proxy {
     /// deleted, re-pinned away from the session's version): then the exchange is dropped, which
     /// closes the upstream request, and the denial is the answer.
     async fn until_cut<T>(&self, call: &Call, exchange: impl std::future::Future<Output = T>) -> Result<T, Denial> {
-        let mut changes = self.cluster.registry.subscribe();
-        let cut = async {
+        tokio::select! {
+            r = exchange => Ok(r),
+            d = self.inadmissible(call) => Err(d),
+        }
+    }
+
+    /// Resolves (with the denial) when `call`'s server stops being admissible: quarantined,
+    /// deleted, re-pinned away from the session's version.
+    fn inadmissible(&self, call: &Call) -> impl std::future::Future<Output = Denial> + Send + 'static {
+        let registry = self.cluster.registry.clone();
+        let mut changes = registry.subscribe();
+        let call = call.clone();
+        async move {
             loop {
                 if changes.changed().await.is_err() {
                     return std::future::pending().await;
                 }
-                if let Err(d) = admit(call, &self.cluster.registry.load(), Ok(())) {
+                if let Err(d) = admit(&call, &registry.load(), Ok(())) {
                     metrics::counter!("joch_mcp_streams_cut_total", "reason" => d.reason.as_str()).increment(1);
                     return d;
                 }
             }
-        };
-        tokio::select! {
-            r = exchange => Ok(r),
-            d = cut => Err(d),
         }
     }
 
@@ -326,16 +333,20 @@ async fn post_aggregate(
     resp
 }
 
-/// No aggregated server stream: 405, as a server without one answers.
-async fn get_aggregate() -> Response {
-    let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
-    r.headers_mut().insert("allow", HeaderValue::from_static("POST, DELETE"));
-    r
+async fn get_aggregate(State(p): State<Arc<Proxy>>, headers: HeaderMap) -> Response {
+    let started = Instant::now();
+    let mut call = p.call(String::new(), "GET");
+    let (resp, outcome) = p.aggregate_stream_or_delete(&mut call, &headers, reqwest::Method::GET).await;
+    p.finish(&call, &outcome, started);
+    resp
 }
 
-/// Ends an aggregate session: joch's session is stateless; upstream sessions expire on their own.
-async fn delete_aggregate() -> Response {
-    StatusCode::OK.into_response()
+async fn delete_aggregate(State(p): State<Arc<Proxy>>, headers: HeaderMap) -> Response {
+    let started = Instant::now();
+    let mut call = p.call(String::new(), "DELETE");
+    let (resp, outcome) = p.aggregate_stream_or_delete(&mut call, &headers, reqwest::Method::DELETE).await;
+    p.finish(&call, &outcome, started);
+    resp
 }
 
 async fn get_mcp(State(p): State<Arc<Proxy>>, Path(server): Path<String>, headers: HeaderMap) -> Response {
@@ -708,6 +719,10 @@ impl Proxy {
                         if r.is_err() {
                             break None;
                         }
+                        // The aggregate stream (no server) is cut member by member by its sources.
+                        if call.server.is_empty() {
+                            continue;
+                        }
                         let state = registry.load();
                         if let Err(d) = admit(&call, &state, Ok(())) {
                             break Some(d);
@@ -920,7 +935,11 @@ impl DataPlane for Proxy {
                         _ => ("DELETE", reqwest::Method::DELETE),
                     };
                     let mut call = self.call(req.server, name);
-                    let (resp, outcome) = self.stream_or_delete(&mut call, &headers, method).await;
+                    let (resp, outcome) = if call.server.is_empty() {
+                        self.aggregate_stream_or_delete(&mut call, &headers, method).await
+                    } else {
+                        self.stream_or_delete(&mut call, &headers, method).await
+                    };
                     (call, resp, outcome)
                 }
                 _ => {

@@ -14,6 +14,7 @@ Usage:
   client.py resume SERVER NODE_URL...       (a call whose stream the server closes halfway: the SDK
                                              resumes it with GET + Last-Event-ID, on another node)
   client.py listen SERVER NODE_URL           (modern era: subscriptions/listen, then a list change)
+  client.py aggregate_notify NODE_URL...    (/mcp, legacy: members' own notifications on one stream)
   client.py notify SERVER NODE_URL...       (a server's own notification on the session's GET stream)
   client.py replay SERVER NODE_URL...       (raw HTTP: a GET stream, then Last-Event-ID after a break)
 """
@@ -291,6 +292,35 @@ async def listen(server, bases):
     return out
 
 
+async def aggregate_notify(bases):
+    """The aggregate session's stream merges the members' own notifications: an announcement
+    by each member arrives, whichever nodes the requests land on."""
+    seen = []
+
+    async def on_message(m):
+        if getattr(m, "method", None) == "notifications/tools/list_changed":
+            seen.append(time.monotonic())
+
+    rr = RoundRobin(bases)
+    http = httpx2.AsyncClient(transport=rr, timeout=httpx2.Timeout(30.0, read=60.0))
+    client = Client(streamable_http_client(f"{bases[0]}/mcp", http_client=http), mode="legacy",
+                    message_handler=on_message)
+    out = {}
+    async with client:
+        await asyncio.sleep(0.5)  # the GET stream is opened in the background
+        tools = {t.name for t in (await client.list_tools()).tools}
+        for name in sorted(t for t in tools if t.endswith(".announce")):
+            before = len(seen)
+            out[name] = (await client.call_tool(name, {})).content[0].text
+            for _ in range(100):
+                if len(seen) > before:
+                    break
+                await asyncio.sleep(0.1)
+            out[name + " seen"] = len(seen) - before
+    out["methods"] = sorted({e["method"] for e in rr.log})
+    return out
+
+
 async def notify(server, bases):
     """The SDK client (legacy era: it opens the session's GET stream after initialize) sees the
     list change the server announces, whichever nodes its requests land on."""
@@ -374,6 +404,8 @@ async def main(argv):
         result = await resume(argv[2], argv[3:])
     elif cmd == "listen":
         result = await listen(argv[2], argv[3:])
+    elif cmd == "aggregate_notify":
+        result = await aggregate_notify(argv[2:])
     elif cmd == "notify":
         result = await notify(argv[2], argv[3:])
     elif cmd == "replay":

@@ -677,3 +677,26 @@ fn a_call_whose_stream_the_server_closes_resumes_with_last_event_id_on_another_n
     let gets = r["requests"].as_array().unwrap().iter().filter(|e| e["method"] == "GET").count();
     assert!(gets >= 2, "a stream GET and a resuming GET: {r}");
 }
+
+#[test]
+fn the_aggregate_stream_merges_every_members_own_notifications() {
+    let c = TestCluster::up(3, &[]);
+    register_stdio_fastmcp(&c);
+    let legacy = LegacyServer::start();
+    c.cli(2, &["mcp", "add", "old", "--endpoint", &legacy.url]).ok();
+    let mut args = vec!["aggregate_notify".to_string()];
+    args.extend(bases(&c));
+    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    // The stdio member's announcement is routed by its child's node (the session's owner); the
+    // HTTP member's comes on the member session's own upstream stream. Both reach the one GET.
+    assert_eq!(r["held.announce"], "announced", "{r}");
+    assert_eq!(r["held.announce seen"], 1, "{r}");
+    assert_eq!(r["old.announce"], "announced", "{r}");
+    assert_eq!(r["old.announce seen"], 1, "{r}");
+    assert!(r["methods"].as_array().unwrap().contains(&json!("GET")), "{r}");
+    // When the agent goes (closing its stream, then DELETE), the member's stream upstream closes.
+    crate::harness::eventually("the member's upstream stream to close", std::time::Duration::from_secs(10), || {
+        let r = sdk_client(&["listen", "old", &c.node(1).mcp_url]);
+        (r["upstream_streams_after"] == "0").then_some(())
+    });
+}
