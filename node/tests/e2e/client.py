@@ -15,6 +15,9 @@ Usage:
                                              resumes it with GET + Last-Event-ID, on another node)
   client.py listen SERVER NODE_URL           (modern era: subscriptions/listen, then a list change)
   client.py aggregate_notify NODE_URL...    (/mcp, legacy: members' own notifications on one stream)
+  client.py subscribe SERVER NODE_URL       (two sessions share a stdio child: resource updates
+                                             reach subscribers only; the child hears the last
+                                             unsubscribe)
   client.py notify SERVER NODE_URL...       (a server's own notification on the session's GET stream)
   client.py replay SERVER NODE_URL...       (raw HTTP: a GET stream, then Last-Event-ID after a break)
 """
@@ -321,6 +324,52 @@ async def aggregate_notify(bases):
     return out
 
 
+async def subscribe(server, bases):
+    updates = {"a": [], "b": []}
+
+    def recorder(who):
+        async def on_message(m):
+            if getattr(m, "method", None) == "notifications/resources/updated":
+                updates[who].append(str(m.params.uri))
+        return on_message
+
+    def session(who):
+        http = httpx2.AsyncClient(transport=RoundRobin(bases), timeout=httpx2.Timeout(30.0, read=60.0))
+        return Client(streamable_http_client(f"{bases[0]}/mcp/{server}", http_client=http), mode="legacy",
+                      message_handler=recorder(who))
+
+    async def until(cond):
+        for _ in range(50):
+            if cond():
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    text = lambda r: r.content[0].text
+    out = {}
+    async with session("a") as a:
+        async with session("b") as b:
+            await asyncio.sleep(0.5)  # both GET streams open
+            await a.subscribe_resource("note://a")
+            await b.subscribe_resource("note://a")
+            await b.subscribe_resource("note://b")
+            await a.call_tool("touch", {"uri": "note://b"})
+            out["b_got_b"] = await until(lambda: "note://b" in updates["b"])
+            await asyncio.sleep(0.3)
+            out["a_got_b"] = "note://b" in updates["a"]
+            await a.call_tool("touch", {"uri": "note://a"})
+            out["both_got_a"] = await until(lambda: "note://a" in updates["a"] and "note://a" in updates["b"])
+            await a.unsubscribe_resource("note://a")
+            out["child_after_a_unsubscribed"] = text(await a.call_tool("subscriptions", {}))
+        # b ended its session (DELETE): nobody subscribes to anything any more.
+        for _ in range(50):
+            out["child_after_b_ended"] = text(await a.call_tool("subscriptions", {}))
+            if out["child_after_b_ended"] == "":
+                break
+            await asyncio.sleep(0.1)
+    return out
+
+
 async def notify(server, bases):
     """The SDK client (legacy era: it opens the session's GET stream after initialize) sees the
     list change the server announces, whichever nodes its requests land on."""
@@ -406,6 +455,8 @@ async def main(argv):
         result = await listen(argv[2], argv[3:])
     elif cmd == "aggregate_notify":
         result = await aggregate_notify(argv[2:])
+    elif cmd == "subscribe":
+        result = await subscribe(argv[2], argv[3:])
     elif cmd == "notify":
         result = await notify(argv[2], argv[3:])
     elif cmd == "replay":

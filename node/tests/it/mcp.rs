@@ -700,3 +700,24 @@ fn the_aggregate_stream_merges_every_members_own_notifications() {
         (r["upstream_streams_after"] == "0").then_some(())
     });
 }
+
+#[test]
+fn a_shared_stdio_child_sends_resource_updates_to_subscribers_only_and_hears_the_last_unsubscribe() {
+    use crate::harness::{e2e, python};
+    let c = TestCluster::up(3, &[]);
+    let py = python().display().to_string();
+    let script = e2e("subscribe_server.py").display().to_string();
+    c.cli(1, &["mcp", "add", "notes", "--transport", "stdio", "--command", &py, "--arg", &script, "--allow-stdio"])
+        .ok();
+    let mut args = vec!["subscribe".to_string(), "notes".into()];
+    args.extend(bases(&c));
+    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    // Two sessions on one child (one owner node; their requests spread over all three nodes).
+    assert_eq!(r["b_got_b"], true, "the subscriber gets the update: {r}");
+    assert_eq!(r["a_got_b"], false, "a session that did not subscribe does not: {r}");
+    assert_eq!(r["both_got_a"], true, "{r}");
+    // a unsubscribed from note://a, but b still holds it: the child was not told.
+    assert_eq!(r["child_after_a_unsubscribed"], "note://a,note://b", "{r}");
+    // b's session ended: the child was told to drop both.
+    assert_eq!(r["child_after_b_ended"], "", "{r}");
+}
