@@ -42,12 +42,24 @@ class RoundRobin(httpx2.AsyncBaseTransport):
         self.bases = itertools.cycle([httpx2.URL(b) for b in bases])
         self.inner = httpx2.AsyncHTTPTransport()
         self.log = []
+        self.answered = []
 
     async def handle_async_request(self, request):
         base = next(self.bases)
         request.url = request.url.copy_with(host=base.host, port=base.port)
         self.log.append({"method": request.method, "port": base.port})
-        return await self.inner.handle_async_request(request)
+        response = await self.inner.handle_async_request(request)
+        self.answered.append((request.method, response.status_code))
+        return response
+
+    async def stream_open(self):
+        """Waits until a GET (the session's stream) has been answered 200: from then on the
+        server's own messages for the session reach the client."""
+        for _ in range(100):
+            if ("GET", 200) in self.answered:
+                return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"the session's stream did not open: {self.answered}")
 
     async def aclose(self):
         await self.inner.aclose()
@@ -310,7 +322,7 @@ async def aggregate_notify(bases):
                     message_handler=on_message)
     out = {}
     async with client:
-        await asyncio.sleep(0.5)  # the GET stream is opened in the background
+        await rr.stream_open()  # the SDK opens it in the background after initialize
         tools = {t.name for t in (await client.list_tools()).tools}
         for name in sorted(t for t in tools if t.endswith(".announce")):
             before = len(seen)
@@ -333,8 +345,10 @@ async def subscribe(server, bases):
                 updates[who].append(str(m.params.uri))
         return on_message
 
+    transports = {"a": RoundRobin(bases), "b": RoundRobin(bases)}
+
     def session(who):
-        http = httpx2.AsyncClient(transport=RoundRobin(bases), timeout=httpx2.Timeout(30.0, read=60.0))
+        http = httpx2.AsyncClient(transport=transports[who], timeout=httpx2.Timeout(30.0, read=60.0))
         return Client(streamable_http_client(f"{bases[0]}/mcp/{server}", http_client=http), mode="legacy",
                       message_handler=recorder(who))
 
@@ -349,7 +363,8 @@ async def subscribe(server, bases):
     out = {}
     async with session("a") as a:
         async with session("b") as b:
-            await asyncio.sleep(0.5)  # both GET streams open
+            await transports["a"].stream_open()
+            await transports["b"].stream_open()
             await a.subscribe_resource("note://a")
             await b.subscribe_resource("note://a")
             await b.subscribe_resource("note://b")
@@ -385,7 +400,7 @@ async def notify(server, bases):
     client = Client(streamable_http_client(f"{bases[0]}/mcp/{server}", http_client=http), mode="legacy",
                     message_handler=on_message)
     async with client:
-        await asyncio.sleep(0.5)  # the GET stream is opened in the background
+        await rr.stream_open()  # the SDK opens it in the background after initialize
         out["announce"] = (await client.call_tool("announce", {})).content[0].text
         try:
             await asyncio.wait_for(seen.wait(), 10)
