@@ -30,6 +30,8 @@ use crate::mcp::version;
 const MEMBER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Resource URIs are wrapped as `joch+SERVER:URI`.
 const URI_PREFIX: &str = "joch+";
+/// Ids of members' server-to-client requests are wrapped as `joch:SERVER:ID`.
+const REQUEST_ID_PREFIX: &str = "joch:";
 
 /// The list methods and the key of their items.
 fn list_key(method: &str) -> Option<&'static str> {
@@ -67,13 +69,29 @@ fn member_key(session_id: &str, server: &str) -> String {
     format!("{session_id}#{server}")
 }
 
-/// One member's own message as the aggregate session sees it: resource URIs wrapped; requests
-/// from the server dropped (an answer could not be routed back to the member that asked).
+/// A member's server-to-client request carries its id as `joch:SERVER:ID` (ID as JSON) on the
+/// aggregate session, so the agent's answer is routed back to the member that asked.
+fn wrap_request_id(server: &str, id: &Value) -> Value {
+    json!(format!("{REQUEST_ID_PREFIX}{server}:{id}"))
+}
+
+/// The member and its own id, from an answer the agent sent on the aggregate session.
+fn unwrap_request_id(id: &Value) -> Option<(String, Value)> {
+    let (server, inner) = id.as_str()?.strip_prefix(REQUEST_ID_PREFIX)?.split_once(':')?;
+    Some((server.to_string(), serde_json::from_str(inner).ok()?))
+}
+
+/// A member's message as the aggregate session sees it: the id of a server-to-client request
+/// wrapped, resource URIs in updates wrapped. Answers (a POST stream's own) pass unchanged.
 fn member_event(server: &str, ev: &[u8]) -> Option<Bytes> {
     let mut v: Value = serde_json::from_str(&sse::data(ev)?).ok()?;
-    if !v.is_object() || v.get("id").is_some() {
-        tracing::debug!(server, "aggregate stream: a server-to-client message dropped");
+    if !v.is_object() {
         return None;
+    }
+    if v.get("method").is_some() {
+        if let Some(id) = v.get("id").filter(|id| !id.is_null()) {
+            v["id"] = wrap_request_id(server, id);
+        }
     }
     if v["method"] == "notifications/resources/updated" {
         if let Some(u) = v["params"]["uri"].as_str() {
@@ -350,7 +368,7 @@ impl Proxy {
             );
         };
         let Some(method) = m.method.clone() else {
-            return (StatusCode::ACCEPTED.into_response(), Outcome::Forwarded { status: 202 });
+            return self.aggregate_answer(call, headers, &body, &token, m.id_value()).await;
         };
         if !m.is_request() {
             // initialized was sent to every member at initialize; other notifications stay here.
@@ -456,7 +474,53 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => return denied(self.deny(&mc, e.reason, "upstream", e.message).with_id(id)),
         };
-        self.relay(&mc, resp, Some(id)).await
+        let server = mc.server.clone();
+        let transform: super::EventMap = Box::new(move |ev: Bytes| member_event(&server, &ev).unwrap_or(ev));
+        self.relay_with(&mc, resp, Some(id), Some(transform)).await
+    }
+
+    /// The agent's answer to a member's server-to-client request (elicitation, sampling, roots):
+    /// sent to the member that asked, with its own id, in its own session.
+    async fn aggregate_answer(
+        &self,
+        call: &mut Call,
+        headers: &HeaderMap,
+        body: &Bytes,
+        token: &SessionToken,
+        id: Value,
+    ) -> (Response, Outcome) {
+        let Some((server, inner)) = unwrap_request_id(&id) else {
+            return bad_request(jsonrpc::INVALID_REQUEST, "an answer to no request of this session", None);
+        };
+        let Some(member) = token.members.iter().find(|m| m.server == server) else {
+            return bad_request(jsonrpc::INVALID_REQUEST, &format!("{server:?} is not part of this session"), None);
+        };
+        let mc = self.member_call(call, token, member);
+        let rec = match admit(&mc, &self.cluster.registry.load(), self.cluster.is_ready()) {
+            Ok(r) => r,
+            Err(d) => return denied(d),
+        };
+        if rec.spec.transport == Transport::Stdio {
+            // joch answers a stdio child's requests itself (see stdio.rs): nothing waits for this.
+            return (StatusCode::ACCEPTED.into_response(), Outcome::Forwarded { status: 202 });
+        }
+        let mut answer: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        answer["id"] = inner;
+        let resp = match self
+            .upstream
+            .send(
+                reqwest::Method::POST,
+                &Self::upstream_url(&rec),
+                headers,
+                member.upstream_session.as_deref(),
+                Some(Bytes::from(answer.to_string())),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return denied(self.deny(&mc, e.reason, "upstream", e.message)),
+        };
+        self.relay(&mc, resp, None).await
     }
 }
 
@@ -556,6 +620,21 @@ fn ok_error(id: Value, code: i64, message: &str) -> (Response, Outcome) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_round_trip_through_the_member_name() {
+        for id in [json!(7), json!("abc"), json!("x:y")] {
+            let wrapped = wrap_request_id("github", &id);
+            assert_eq!(unwrap_request_id(&wrapped), Some(("github".to_string(), id)));
+        }
+        assert_eq!(unwrap_request_id(&json!(7)), None);
+        assert_eq!(unwrap_request_id(&json!("other:1")), None);
+        let ev = sse::message_event(r#"{"jsonrpc":"2.0","id":3,"method":"elicitation/create","params":{}}"#);
+        let out = member_event("gh", &ev).unwrap();
+        assert!(String::from_utf8_lossy(&out).contains(r#""id":"joch:gh:3""#));
+        let answer = sse::message_event(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#);
+        assert!(String::from_utf8_lossy(&member_event("gh", &answer).unwrap()).contains(r#""id":3"#));
+    }
 
     #[test]
     fn names_round_trip() {

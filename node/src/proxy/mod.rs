@@ -628,6 +628,17 @@ impl Proxy {
 
     /// Passes an upstream answer on: SSE event by event (cut on quarantine), JSON whole.
     async fn relay(&self, call: &Call, resp: reqwest::Response, request_id: Option<Value>) -> (Response, Outcome) {
+        self.relay_with(call, resp, request_id, None).await
+    }
+
+    /// [`Proxy::relay`], each SSE event rewritten by `transform` on its way.
+    async fn relay_with(
+        &self,
+        call: &Call,
+        resp: reqwest::Response,
+        request_id: Option<Value>,
+        transform: Option<EventMap>,
+    ) -> (Response, Outcome) {
         let status = resp.status();
         let outcome = Outcome::Forwarded { status: status.as_u16() };
         let content_type = resp.headers().get("content-type").cloned();
@@ -636,7 +647,7 @@ impl Proxy {
         }
         let is_sse = is_type(content_type.as_ref(), "text/event-stream");
         if is_sse && status.is_success() {
-            return (self.stream(call, resp.bytes_stream(), request_id, None), outcome);
+            return (self.stream(call, resp.bytes_stream(), request_id, transform), outcome);
         }
         match read_limited(resp, MAX_JSON_ANSWER).await {
             Ok(bytes) => {

@@ -129,12 +129,14 @@ impl Child {
                 }
             }
             (_, Some(method)) if msg.get("id").is_some() => {
-                // A server-to-client request (sampling, roots, elicitation): not bridged yet.
+                // A server-to-client request (sampling, roots, elicitation): refused. The child is
+                // shared by every agent on this node and the request does not say which call it
+                // belongs to; guessing could send one agent's prompt to another.
                 let answer = if method == "ping" {
                     json!({"jsonrpc": "2.0", "id": msg["id"], "result": {}})
                 } else {
                     json!({"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32601,
-                        "message": format!("{method} is not bridged to agents for stdio servers by joch yet")}})
+                        "message": format!("{method} is not bridged to agents by joch for stdio servers: the server process is shared by every agent on the node, so the request cannot be attributed to one agent's call")}})
                 };
                 self.notify(&answer);
             }

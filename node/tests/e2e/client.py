@@ -18,6 +18,8 @@ Usage:
   client.py subscribe SERVER NODE_URL       (two sessions share a stdio child: resource updates
                                              reach subscribers only; the child hears the last
                                              unsubscribe)
+  client.py elicit SERVER|@SERVER NODE_URL... (a tool that asks the client: elicitation through
+                                             /mcp/SERVER, or through /mcp with @SERVER)
   client.py notify SERVER NODE_URL...       (a server's own notification on the session's GET stream)
   client.py replay SERVER NODE_URL...       (raw HTTP: a GET stream, then Last-Event-ID after a break)
 """
@@ -30,6 +32,7 @@ import sys
 import time
 
 import httpx2
+import mcp_types
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -385,6 +388,28 @@ async def subscribe(server, bases):
     return out
 
 
+async def elicit(target, bases):
+    """TARGET is SERVER (its endpoint /mcp/SERVER) or @SERVER (its tool through the aggregate /mcp)."""
+    asked = []
+
+    async def on_elicit(context, params):
+        asked.append(params.message)
+        return mcp_types.ElicitResult(action="accept", content={"value": True})
+
+    rr = RoundRobin(bases)
+    http = httpx2.AsyncClient(transport=rr, timeout=httpx2.Timeout(30.0, read=60.0))
+    aggregate = target.startswith("@")
+    url = f"{bases[0]}/mcp" if aggregate else f"{bases[0]}/mcp/{target}"
+    tool = f"{target[1:]}.confirm" if aggregate else "confirm"
+    client = Client(streamable_http_client(url, http_client=http), mode=os.environ.get("MCP_MODE", "auto"),
+                    elicitation_callback=on_elicit)
+    async with client:
+        r = await client.call_tool(tool, {"question": "Deploy?"})
+        protocol_version = client.session.protocol_version
+    return {"protocol_version": protocol_version, "result": r.content[0].text, "is_error": r.is_error,
+            "asked": asked, "ports": sorted({e["port"] for e in rr.log})}
+
+
 async def notify(server, bases):
     """The SDK client (legacy era: it opens the session's GET stream after initialize) sees the
     list change the server announces, whichever nodes its requests land on."""
@@ -472,6 +497,8 @@ async def main(argv):
         result = await aggregate_notify(argv[2:])
     elif cmd == "subscribe":
         result = await subscribe(argv[2], argv[3:])
+    elif cmd == "elicit":
+        result = await elicit(argv[2], argv[3:])
     elif cmd == "notify":
         result = await notify(argv[2], argv[3:])
     elif cmd == "replay":

@@ -37,6 +37,13 @@ async def announce(ctx: Context) -> str:
     return "announced"
 
 
+@mcp.tool
+async def confirm(question: str, ctx: Context) -> str:
+    """Ask the person behind the client (an elicitation: server-to-client)."""
+    r = await ctx.elicit(question, response_type=bool)
+    return f"{r.action}:{getattr(r, 'data', None)}"
+
+
 @mcp.resource("data://greeting")
 def greeting() -> str:
     """A fixed text."""

@@ -32,11 +32,22 @@ fn sdk_session_continues_across_every_node() {
     let r = sdk_client(&argv);
     assert_eq!(r["protocol_version"], "2026-07-28");
     walkthrough_answers(&r);
+    // A server-to-client request (elicitation) on the call's stream reaches the client, whose
+    // answer (a POST on whichever node) reaches the upstream session that asked; through the
+    // aggregate endpoint too (the request's id names the member).
+    let mut elicit_args = vec!["elicit".to_string(), "heldout".into()];
+    elicit_args.extend(bases(&c));
+    for target in ["heldout", "@heldout"] {
+        elicit_args[1] = target.into();
+        let r = sdk_client_mode("legacy", &elicit_args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(r["asked"], json!(["Deploy?"]), "{target}: {r}");
+        assert_eq!(r["result"], "accept:True", "{target}: {r}");
+    }
 }
 
 #[track_caller]
 fn walkthrough_answers(r: &Value) {
-    assert_eq!(r["tools"], json!(["add", "announce", "slow"]));
+    assert_eq!(r["tools"], json!(["add", "announce", "confirm", "slow"]));
     assert_eq!(r["add"], "3");
     assert_eq!(r["slow"], "done 5");
     assert_eq!(
@@ -395,7 +406,14 @@ fn aggregate_endpoint_names_routes_and_drops_a_quarantined_server_alone() {
         assert_eq!(r["protocol_version"], era, "{r}");
         assert_eq!(
             r["tools"],
-            json!(["heldout.add", "heldout.announce", "heldout.slow", "time.convert_time", "time.get_current_time"]),
+            json!([
+                "heldout.add",
+                "heldout.announce",
+                "heldout.confirm",
+                "heldout.slow",
+                "time.convert_time",
+                "time.get_current_time"
+            ]),
             "{mode}: {r}"
         );
         assert_eq!(r["add"], "42");
@@ -469,7 +487,7 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
     register(&c, &modern);
     c.cli(2, &["mcp", "add", "old", "--endpoint", &legacy.url]).ok();
     for (server, tools, call, version) in [
-        ("heldout", json!(["add", "announce", "slow"]), "3", "1.4.2"),
+        ("heldout", json!(["add", "announce", "confirm", "slow"]), "3", "1.4.2"),
         ("old", json!(["announce", "echo", "slow", "streams"]), "hi", "0.9.0"),
     ] {
         let mut args = vec!["era".to_string(), server.into()];
@@ -590,6 +608,13 @@ fn progress_of_a_stdio_call_streams_live_through_the_mesh() {
             assert!(call["first_event_before_end_s"].as_f64().unwrap() > 0.25, "{mode}: {r}");
         }
     }
+    // A server-to-client request from the shared child is refused with a reason the tool reports.
+    let mut args = vec!["elicit".to_string(), "held".into()];
+    args.extend(bases(&c));
+    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r["is_error"], true, "{r}");
+    assert!(r["result"].as_str().unwrap().contains("cannot be attributed to one agent's call"), "{r}");
+    assert_eq!(r["asked"], json!([]), "{r}");
     // And the calls did cross the mesh: the session belongs to one node, the balancer spread them.
     let forwarded: u64 = c.nodes.iter().map(|n| metric(&n.metrics_url, "joch_mcp_forwarded_total")).sum();
     assert!(forwarded >= 1, "no request was forwarded to the session's owner");
