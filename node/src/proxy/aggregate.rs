@@ -551,7 +551,7 @@ impl Proxy {
             let result = modern::modernize(
                 &method,
                 json!({"supportedVersions": version::MODERN,
-                       "capabilities": {"tools": {"listChanged": false}, "prompts": {"listChanged": false}, "resources": {}}}),
+                       "capabilities": {"tools": {"listChanged": true}, "prompts": {"listChanged": true}, "resources": {"listChanged": true}}}),
                 &joch_info,
             );
             return modern::json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}));
@@ -578,6 +578,9 @@ impl Proxy {
             }
             let result = modern::modernize(&method, json!({ key: items }), &joch_info);
             return modern::json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}));
+        }
+        if method == "subscriptions/listen" {
+            return self.aggregate_listen(call, &state, msg, id).await;
         }
         let Some((server, field, inner)) = msg.get("params").and_then(|p| route(&method, p)) else {
             return ok_error(
@@ -612,6 +615,91 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// `subscriptions/listen` on `/mcp`: one listen per usable server (each in its own era, as
+    /// on `/mcp/{server}`), merged into one stream behind one acknowledgement; resource URIs are
+    /// split by member and wrapped back in updates. A member that fails to listen, or is
+    /// quarantined later, drops out alone.
+    async fn aggregate_listen(
+        &self,
+        call: &Call,
+        state: &joch_raft_store::PublishedState,
+        msg: Value,
+        id: Value,
+    ) -> (Response, Outcome) {
+        let wanted = &msg["params"]["notifications"];
+        let mut kinds = serde_json::Map::new();
+        for k in ["toolsListChanged", "promptsListChanged", "resourcesListChanged"] {
+            if wanted[k].as_bool() == Some(true) {
+                kinds.insert(k.into(), json!(true));
+            }
+        }
+        let uris: Vec<(String, String)> = wanted["resourceSubscriptions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|u| {
+                let (s, inner) = u.as_str()?.strip_prefix(URI_PREFIX)?.split_once(':')?;
+                Some((s.to_string(), inner.to_string()))
+            })
+            .collect();
+        let (base, kinds_ref, uris_ref, msg_ref, id_ref) = (call, &kinds, &uris, &msg, &id);
+        let opens = state.registry.servers.keys().map(|name| async move {
+            let mc = Call { server: name.clone(), ..base.clone() };
+            let rec = admit(&mc, state, Ok(())).ok()?;
+            let mut filter = kinds_ref.clone();
+            let mine: Vec<&String> = uris_ref.iter().filter(|(s, _)| s == name).map(|(_, u)| u).collect();
+            if !mine.is_empty() {
+                filter.insert("resourceSubscriptions".into(), json!(mine));
+            }
+            let mut member_msg = msg_ref.clone();
+            member_msg["params"]["notifications"] = Value::Object(filter);
+            let (resp, _) = self.member_stream(&mc, &rec, member_msg, "subscriptions/listen", id_ref.clone()).await;
+            if !is_type(resp.headers().get("content-type"), "text/event-stream") {
+                tracing::warn!(server = %name, "aggregate listen: server left out (no listen stream)");
+                return None;
+            }
+            let server = name.clone();
+            let events = sse::events(resp.into_body().into_data_stream())
+                .filter_map(move |ev| std::future::ready(member_listen_event(&server, &ev)))
+                .map(Ok::<_, std::convert::Infallible>);
+            Some((
+                name.clone(),
+                Box::pin(events) as futures::stream::BoxStream<'static, Result<Bytes, std::convert::Infallible>>,
+            ))
+        });
+        let members: Vec<_> = futures::future::join_all(opens).await.into_iter().flatten().collect();
+        let listening: Vec<&String> = members.iter().map(|(n, _)| n).collect();
+        let honored_uris: Vec<String> =
+            uris.iter().filter(|(s, _)| listening.contains(&s)).map(|(s, u)| format!("{URI_PREFIX}{s}:{u}")).collect();
+        let mut honored = kinds;
+        if !honored_uris.is_empty() {
+            honored.insert("resourceSubscriptions".into(), json!(honored_uris));
+        }
+        let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+            "params": {"notifications": honored, "_meta": {modern::META_SUBSCRIPTION_ID: id}}});
+        let first = futures::stream::once(std::future::ready(Ok(sse::message_event(&ack.to_string()))));
+        let merged = futures::stream::select_all(members.into_iter().map(|(_, s)| s));
+        (self.stream(call, first.chain(merged), Some(id), None), Outcome::Forwarded { status: 200 })
+    }
+}
+
+/// A member's listen event as the aggregate listener sees it: its own acknowledgement and the
+/// end of its listen dropped (joch acknowledges once, for all), resource URIs wrapped.
+fn member_listen_event(server: &str, ev: &[u8]) -> Option<Bytes> {
+    let mut v: Value = serde_json::from_str(&sse::data(ev)?).ok()?;
+    let method = v["method"].as_str()?;
+    if v.get("id").is_some() || method == "notifications/subscriptions/acknowledged" {
+        return None;
+    }
+    if method == "notifications/resources/updated" {
+        if let Some(u) = v["params"]["uri"].as_str() {
+            v["params"]["uri"] = json!(format!("{URI_PREFIX}{server}:{u}"));
+        }
+    }
+    Some(sse::message_event(&v.to_string()))
+}
+
 fn ok_error(id: Value, code: i64, message: &str) -> (Response, Outcome) {
     let body = jsonrpc::error(id, code, message, None).to_string();
     (([("content-type", "application/json")], body).into_response(), Outcome::Forwarded { status: 200 })
@@ -634,6 +722,17 @@ mod tests {
         assert!(String::from_utf8_lossy(&out).contains(r#""id":"joch:gh:3""#));
         let answer = sse::message_event(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#);
         assert!(String::from_utf8_lossy(&member_event("gh", &answer).unwrap()).contains(r#""id":3"#));
+    }
+
+    #[test]
+    fn a_members_listen_events_lose_its_own_ack_and_end_and_get_wrapped_uris() {
+        let ev = |v: &str| sse::message_event(v);
+        let ack = ev(r#"{"jsonrpc":"2.0","method":"notifications/subscriptions/acknowledged","params":{}}"#);
+        assert!(member_listen_event("fs", &ack).is_none());
+        assert!(member_listen_event("fs", &ev(r#"{"jsonrpc":"2.0","id":4,"result":{}}"#)).is_none());
+        let upd = ev(r#"{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"file:///a"}}"#);
+        assert!(String::from_utf8_lossy(&member_listen_event("fs", &upd).unwrap()).contains("joch+fs:file:///a"));
+        assert!(member_listen_event("fs", b": keep-alive\n\n").is_none());
     }
 
     #[test]

@@ -20,6 +20,7 @@ Usage:
                                              unsubscribe)
   client.py elicit SERVER|@SERVER NODE_URL... (a tool that asks the client: elicitation through
                                              /mcp/SERVER, or through /mcp with @SERVER)
+  client.py aggregate_listen NODE_URL       (modern era: subscriptions/listen on /mcp, members merged)
   client.py notify SERVER NODE_URL...       (a server's own notification on the session's GET stream)
   client.py replay SERVER NODE_URL...       (raw HTTP: a GET stream, then Last-Event-ID after a break)
 """
@@ -410,6 +411,20 @@ async def elicit(target, bases):
             "asked": asked, "ports": sorted({e["port"] for e in rr.log})}
 
 
+async def aggregate_listen(bases):
+    client, _ = connect(None, bases)
+    out = {}
+    async with client:
+        out["protocol_version"] = client.session.protocol_version
+        async with client.listen(tools_list_changed=True) as sub:
+            out["honored"] = sub.honored.model_dump(by_alias=True, exclude_none=True)
+            for name in sorted(t.name for t in (await client.list_tools()).tools if t.name.endswith(".announce")):
+                out[name] = (await client.call_tool(name, {})).content[0].text
+                event = await asyncio.wait_for(sub.__anext__(), 10)
+                out[name + " event"] = type(event).__name__
+    return out
+
+
 async def notify(server, bases):
     """The SDK client (legacy era: it opens the session's GET stream after initialize) sees the
     list change the server announces, whichever nodes its requests land on."""
@@ -499,6 +514,8 @@ async def main(argv):
         result = await subscribe(argv[2], argv[3:])
     elif cmd == "elicit":
         result = await elicit(argv[2], argv[3:])
+    elif cmd == "aggregate_listen":
+        result = await aggregate_listen(argv[2:])
     elif cmd == "notify":
         result = await notify(argv[2], argv[3:])
     elif cmd == "replay":

@@ -719,6 +719,14 @@ fn the_aggregate_stream_merges_every_members_own_notifications() {
     assert_eq!(r["old.announce"], "announced", "{r}");
     assert_eq!(r["old.announce seen"], 1, "{r}");
     assert!(r["methods"].as_array().unwrap().contains(&json!("GET")), "{r}");
+    // The modern era: one `subscriptions/listen` on /mcp listens to every member (the stdio one
+    // through this node's child, the legacy-only one through a session of its own) behind one
+    // acknowledgement.
+    let r = sdk_client(&["aggregate_listen", &c.node(2).mcp_url]);
+    assert_eq!(r["protocol_version"], "2026-07-28", "{r}");
+    assert_eq!(r["honored"], json!({"toolsListChanged": true}), "{r}");
+    assert_eq!(r["held.announce event"], "ToolsListChanged", "{r}");
+    assert_eq!(r["old.announce event"], "ToolsListChanged", "{r}");
     // When the agent goes (closing its stream, then DELETE), the member's stream upstream closes.
     crate::harness::eventually("the member's upstream stream to close", std::time::Duration::from_secs(10), || {
         let r = sdk_client(&["listen", "old", &c.node(1).mcp_url]);
