@@ -15,6 +15,8 @@ pub const INVALID_REQUEST: i64 = -32600;
 pub const METHOD_NOT_FOUND: i64 = -32601;
 /// Invalid params.
 pub const INVALID_PARAMS: i64 = -32602;
+/// JSON-RPC: internal error.
+pub const INTERNAL_ERROR: i64 = -32603;
 /// MCP: unsupported protocol version.
 pub const UNSUPPORTED_VERSION: i64 = -32022;
 

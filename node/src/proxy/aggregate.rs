@@ -602,7 +602,7 @@ impl Proxy {
         if routed.pointer("/params/_meta/progressToken").is_some() {
             // Asked for progress: streamed as on `/mcp/{server}` (the names in a call's progress
             // and answer need no renaming).
-            return self.member_stream(&mc, &rec, routed, &method, id).await;
+            return self.member_stream(&mc, &rec, routed, &method, id, false).await;
         }
         let exchange = self.member_answer(&mc, &rec, routed, &method);
         match self.until_cut(&mc, exchange).await {
@@ -654,7 +654,8 @@ impl Proxy {
             }
             let mut member_msg = msg_ref.clone();
             member_msg["params"]["notifications"] = Value::Object(filter);
-            let (resp, _) = self.member_stream(&mc, &rec, member_msg, "subscriptions/listen", id_ref.clone()).await;
+            let (resp, _) =
+                self.member_stream(&mc, &rec, member_msg, "subscriptions/listen", id_ref.clone(), false).await;
             if !is_type(resp.headers().get("content-type"), "text/event-stream") {
                 tracing::warn!(server = %name, "aggregate listen: server left out (no listen stream)");
                 return None;

@@ -435,10 +435,15 @@ impl Proxy {
             return json_answer(&answer);
         }
         let answer_id = id.clone();
+        let (up, url) = (self.upstream.clone(), Self::upstream_url(rec));
         let transform: super::EventMap = Box::new(move |ev: Bytes| {
             let Some(mut v) = crate::mcp::sse::data(&ev).and_then(|d| serde_json::from_str::<Value>(&d).ok()) else {
                 return ev;
             };
+            if v.get("method").is_some() && v.get("id").is_some() {
+                refuse_upstream_request(&up, &url, sid.clone(), &v);
+                return Bytes::new();
+            }
             if !v.is_object() || (v.get("result").is_none() && v.get("error").is_none()) {
                 return ev;
             }
@@ -666,7 +671,9 @@ impl Proxy {
     }
 
     /// A modern request to one server that asked for progress: the answer streams (SSE) in the
-    /// modern shape whatever the server's era, cut if the server stops being admissible.
+    /// modern shape whatever the server's era, cut if the server stops being admissible. For a
+    /// `legacy_caller` (a legacy session of a modern-only server) an `input_required` answer
+    /// becomes an error that says why.
     pub(super) async fn member_stream(
         &self,
         call: &Call,
@@ -674,6 +681,7 @@ impl Proxy {
         msg: Value,
         method: &str,
         id: Value,
+        legacy_caller: bool,
     ) -> (Response, Outcome) {
         let (era, child) = match self.resolve_era(rec).await {
             Ok(x) => x,
@@ -685,6 +693,20 @@ impl Proxy {
         let exchange = async {
             if era.modern {
                 match self.send_modern(call, rec, &msg, method).await {
+                    Ok(resp) if legacy_caller => {
+                        let transform: super::EventMap = Box::new(|ev: Bytes| {
+                            let parsed =
+                                crate::mcp::sse::data(&ev).and_then(|d| serde_json::from_str::<Value>(&d).ok());
+                            match parsed {
+                                Some(mut v) if v["result"]["resultType"] == "input_required" => {
+                                    input_required_for_legacy(&mut v);
+                                    crate::mcp::sse::message_event(&v.to_string())
+                                }
+                                _ => ev,
+                            }
+                        });
+                        self.relay_with(call, resp, Some(id.clone()), Some(transform)).await
+                    }
                     Ok(resp) => self.relay(call, resp, Some(id.clone())).await,
                     Err(d) => denied(d.with_id(id.clone())),
                 }
@@ -824,6 +846,24 @@ impl Proxy {
             self.eras.forget(&era_key(rec));
         }
         let ct = resp.headers().get("content-type").cloned();
+        if is_type(ct.as_ref(), "text/event-stream") && resp.status().is_success() {
+            // Event by event: a server-to-client request on the way is refused (the caller
+            // cannot receive it), so the upstream is not left waiting for an answer.
+            let url = Self::upstream_url(rec);
+            let mut events = std::pin::pin!(crate::mcp::sse::events(resp.bytes_stream()));
+            while let Some(ev) = events.next().await {
+                let Some(v) = crate::mcp::sse::data(&ev).and_then(|d| serde_json::from_str::<Value>(&d).ok()) else {
+                    continue;
+                };
+                if v.get("result").is_some() || v.get("error").is_some() {
+                    return Ok(v);
+                }
+                if v.get("method").is_some() && v.get("id").is_some() {
+                    refuse_upstream_request(&self.upstream, &url, sid.map(str::to_string), &v);
+                }
+            }
+            return Err((Reason::UpstreamUnavailable, "the legacy upstream gave no answer".into()));
+        }
         let bytes = read_limited(resp, MAX_JSON_ANSWER).await.map_err(|e| (Reason::UpstreamUnavailable, e))?;
         answer_message(ct.as_ref(), &bytes)
             .ok_or((Reason::UpstreamUnavailable, "the legacy upstream gave no answer".into()))
@@ -931,16 +971,64 @@ impl Proxy {
         if msg.pointer("/params/_meta/progressToken").is_some() {
             // Asked for progress: the upstream's SSE answer is relayed event by event (the
             // caller's id and token are the ones in the request, so events pass as they are).
-            return self.member_stream(call, rec, msg, &method, id).await;
+            return self.member_stream(call, rec, msg, &method, id, true).await;
         }
         match self.member_answer(call, rec, msg, &method).await {
             Ok(mut answer) => {
                 answer["id"] = id;
+                input_required_for_legacy(&mut answer);
                 json_answer(&answer)
             }
             Err(d) => denied(d.with_id(id)),
         }
     }
+}
+
+/// Answers a legacy upstream's server-to-client request (elicitation, sampling, roots) that
+/// arrived during a modern caller's call: the caller's era has no such requests (it has
+/// `input_required` results, which joch does not translate them into yet), so the upstream gets
+/// a clear error instead of waiting for an answer that cannot come.
+fn refuse_upstream_request(up: &super::upstream::Upstream, url: &str, sid: Option<String>, request: &Value) {
+    let method = request["method"].as_str().unwrap_or_default();
+    let answer = jsonrpc::error(
+        request["id"].clone(),
+        jsonrpc::METHOD_NOT_FOUND,
+        &format!(
+            "{method} cannot reach this caller through joch: it speaks the {} era, and joch does not translate \
+             server-to-client requests into input_required results yet",
+            version::MODERN[0]
+        ),
+        None,
+    );
+    let (up, url) = (up.clone(), url.to_string());
+    tokio::spawn(async move {
+        let _ = up
+            .send(reqwest::Method::POST, &url, &legacy_headers(), sid.as_deref(), Some(Bytes::from(answer.to_string())))
+            .await;
+    });
+}
+
+/// An `input_required` result (2026-07-28) a legacy caller cannot act on: turned into an error
+/// that says so (joch does not yet translate it into server-to-client requests).
+fn input_required_for_legacy(answer: &mut Value) {
+    if answer["result"]["resultType"] != "input_required" {
+        return;
+    }
+    let asks: Vec<String> = answer["result"]["inputRequests"]
+        .as_object()
+        .map(|m| m.values().filter_map(|r| r["method"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    *answer = jsonrpc::error(
+        answer["id"].clone(),
+        jsonrpc::INTERNAL_ERROR,
+        &format!(
+            "the server needs input from the caller ({}) in the {} era, which joch does not translate for callers of \
+             the legacy era yet",
+            if asks.is_empty() { "input_required".to_string() } else { asks.join(", ") },
+            version::MODERN[0]
+        ),
+        Some(json!({"reason": "input-required-not-translated"})),
+    );
 }
 
 /// A `subscriptions/listen` request: what it asked for (what joch can deliver of it).

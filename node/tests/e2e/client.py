@@ -404,11 +404,16 @@ async def elicit(target, bases):
     tool = f"{target[1:]}.confirm" if aggregate else "confirm"
     client = Client(streamable_http_client(url, http_client=http), mode=os.environ.get("MCP_MODE", "auto"),
                     elicitation_callback=on_elicit)
+    out = {"asked": asked}
     async with client:
-        r = await client.call_tool(tool, {"question": "Deploy?"})
-        protocol_version = client.session.protocol_version
-    return {"protocol_version": protocol_version, "result": r.content[0].text, "is_error": r.is_error,
-            "asked": asked, "ports": sorted({e["port"] for e in rr.log})}
+        try:
+            r = await client.call_tool(tool, {"question": "Deploy?"})
+            out.update(result=r.content[0].text, is_error=r.is_error)
+        except MCPError as e:
+            out["error"] = err(e)
+        out["protocol_version"] = client.session.protocol_version
+    out["ports"] = sorted({e["port"] for e in rr.log})
+    return out
 
 
 async def aggregate_listen(bases):

@@ -14,11 +14,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SESSIONS = set()
 STREAMS = {}  # session id -> queues of its open GET streams
+PENDING = {}  # id of a request to the client -> (answered, [answer])
 LOCK = threading.Lock()
 TOOLS = [{"name": "announce", "description": "Tell every session's stream that the tool list changed.",
           "inputSchema": {"type": "object", "properties": {}}},
          {"name": "streams", "description": "How many server streams (GET) are open.",
           "inputSchema": {"type": "object", "properties": {}}},
+         {"name": "confirm", "description": "Ask the client (elicitation on the call's stream).",
+          "inputSchema": {"type": "object", "properties": {"question": {"type": "string"}}, "required": ["question"]}},
          {"name": "echo", "description": "Echo a text.",
           "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
          {"name": "slow", "description": "Count to steps, 50 ms each, reporting progress (SSE).",
@@ -48,6 +51,10 @@ class Handler(BaseHTTPRequestHandler):
             result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
                       "serverInfo": {"name": "legacy", "version": "0.9.0"}}
             return self.answer(200, {"jsonrpc": "2.0", "id": mid, "result": result}, [("mcp-session-id", sid)])
+        if method is None and mid in PENDING:
+            PENDING[mid][1].append(msg)
+            PENDING[mid][0].set()
+            return self.answer(202)
         if self.headers.get("mcp-session-id") not in SESSIONS:
             return self.answer(400, {"jsonrpc": "2.0", "id": mid, "error": {"code": -32600, "message": "Bad Request: Missing session ID"}})
         if mid is None:
@@ -68,6 +75,29 @@ class Handler(BaseHTTPRequestHandler):
                     self.wfile.flush()
                 time.sleep(0.05)
             done = {"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": f"done {steps}"}], "isError": False}}
+            self.wfile.write(f"event: message\ndata: {json.dumps(done)}\n\n".encode())
+            return
+        if method == "tools/call" and msg["params"]["name"] == "confirm":
+            rid = "elicit-" + uuid.uuid4().hex
+            answered, box = threading.Event(), []
+            PENDING[rid] = (answered, box)
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            ask = {"jsonrpc": "2.0", "id": rid, "method": "elicitation/create", "params": {
+                "message": msg["params"]["arguments"]["question"],
+                "requestedSchema": {"type": "object", "properties": {"value": {"type": "boolean"}}}}}
+            self.wfile.write(f"event: message\ndata: {json.dumps(ask)}\n\n".encode())
+            self.wfile.flush()
+            answered.wait(10)
+            got = box[0] if box else None
+            if got is None:
+                text = "no answer"
+            elif "error" in got:
+                text = "error: " + got["error"]["message"]
+            else:
+                text = f"{got['result']['action']}:{(got['result'].get('content') or {}).get('value')}"
+            done = {"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": text}], "isError": False}}
             self.wfile.write(f"event: message\ndata: {json.dumps(done)}\n\n".encode())
             return
         if method == "tools/call" and msg["params"]["name"] in ("announce", "streams"):

@@ -22,6 +22,8 @@ TOOLS = [{"name": "announce", "description": "Tell every listener that the tool 
           "inputSchema": {"type": "object", "properties": {}}},
          {"name": "streams", "description": "How many subscriptions/listen streams are open.",
           "inputSchema": {"type": "object", "properties": {}}},
+         {"name": "confirm", "description": "Ask the client (an input_required result, then the retry).",
+          "inputSchema": {"type": "object", "properties": {"question": {"type": "string"}}, "required": ["question"]}},
          {"name": "shout", "description": "Upper-case a text.",
           "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
          {"name": "slow", "description": "Count to steps, 50 ms each, reporting progress (SSE).",
@@ -66,6 +68,18 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(202)
         if method == "subscriptions/listen":
             return self.listen(mid, msg["params"].get("notifications") or {})
+        if method == "tools/call" and msg["params"]["name"] == "confirm":
+            responses = msg["params"].get("inputResponses")
+            if not responses:
+                ask = {"method": "elicitation/create", "params": {
+                    "message": msg["params"]["arguments"]["question"],
+                    "requestedSchema": {"type": "object", "properties": {"value": {"type": "boolean"}}}}}
+                return self.answer(200, {"jsonrpc": "2.0", "id": mid, "result": {
+                    "resultType": "input_required", "inputRequests": {"ok": ask}, "requestState": "asked",
+                    "_meta": {"io.modelcontextprotocol/serverInfo": INFO}}})
+            got = responses["ok"]
+            text = f"{got['action']}:{(got.get('content') or {}).get('value')}"
+            return self.answer(200, result(mid, {"content": [{"type": "text", "text": text}], "isError": False}))
         if method == "tools/call" and msg["params"]["name"] in ("announce", "streams"):
             with LOCK:
                 listeners = list(LISTENERS)

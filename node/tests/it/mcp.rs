@@ -488,7 +488,7 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
     c.cli(2, &["mcp", "add", "old", "--endpoint", &legacy.url]).ok();
     for (server, tools, call, version) in [
         ("heldout", json!(["add", "announce", "confirm", "slow"]), "3", "1.4.2"),
-        ("old", json!(["announce", "echo", "slow", "streams"]), "hi", "0.9.0"),
+        ("old", json!(["announce", "confirm", "echo", "slow", "streams"]), "hi", "0.9.0"),
     ] {
         let mut args = vec!["era".to_string(), server.into()];
         args.extend(bases(&c));
@@ -531,7 +531,7 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
         let r = sdk_client_mode(mode, &argv);
         assert_eq!(r["protocol_version"], era, "{mode}: {r}");
         assert_eq!(r["server_version"], "3.0.0");
-        assert_eq!(r["tools"], json!(["announce", "shout", "slow", "streams"]));
+        assert_eq!(r["tools"], json!(["announce", "confirm", "shout", "slow", "streams"]));
         assert_eq!(r["call"], "HI");
         assert_eq!(r["ports"].as_array().unwrap().len(), 3);
     }
@@ -553,6 +553,29 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
         assert_eq!(call["events"], 10, "{r}");
         assert!(call["first_event_before_end_s"].as_f64().unwrap() > 0.25, "{r}");
     }
+
+    // Server-to-client requests pass where caller and upstream speak the same era: elicitation
+    // on a legacy session's call stream; an input_required result and the SDK's retry in the
+    // modern era. Across a translation joch does not translate them yet, and says so instead of
+    // leaving the upstream or the caller waiting.
+    let elicit = |target: &str, mode: &str| {
+        let mut a = vec!["elicit".to_string(), target.into()];
+        a.extend(bases(&c));
+        sdk_client_mode(mode, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    for (target, mode) in [("old", "legacy"), ("newer", "auto")] {
+        let r = elicit(target, mode);
+        assert_eq!(r["result"], "accept:True", "{target} {mode}: {r}");
+        assert_eq!(r["asked"], json!(["Deploy?"]), "{target} {mode}: {r}");
+    }
+    let r = elicit("old", "auto");
+    assert_eq!(r["protocol_version"], "2026-07-28", "{r}");
+    assert!(r["result"].as_str().unwrap().starts_with("error: elicitation/create cannot reach this caller"), "{r}");
+    assert_eq!(r["asked"], json!([]), "{r}");
+    let r = elicit("newer", "legacy");
+    assert_eq!(r["error"]["code"], -32603, "{r}");
+    assert_eq!(r["error"]["data"]["reason"], "input-required-not-translated", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("elicitation/create"), "{r}");
 
     // A pin is enforced on modern callers too, before anything is forwarded.
     c.cli(1, &["mcp", "pin", "old", "--to", "1.0.0"]).ok();
