@@ -33,7 +33,7 @@ struct Args {
 enum Cmd {
     /// Added latency of the MCP proxy over a direct call.
     ProxyLatency {
-        /// The joch binary to measure (default: $JOCH_BIN, else the one built beside this benchmark).
+        /// The joch binary to measure (default: the one built beside this benchmark).
         #[arg(long)]
         joch: Option<PathBuf>,
         /// Measured calls per path.
@@ -48,7 +48,7 @@ enum Cmd {
     },
     /// Cluster start-up and fleet-wide quarantine acknowledgement.
     ClusterCore {
-        /// The joch binary to measure (default: $JOCH_BIN, else the one built beside this benchmark).
+        /// The joch binary to measure (default: the one built beside this benchmark).
         #[arg(long)]
         joch: Option<PathBuf>,
         /// Quarantine trials per target (leader, follower).
@@ -63,9 +63,10 @@ enum Cmd {
     },
 }
 
-/// `--joch`, else `$JOCH_BIN`, else the `joch` built beside this benchmark (same profile).
+/// `--joch`, else the `joch` built beside this benchmark (same profile). Not `$JOCH_BIN`:
+/// `scripts/env.sh` points that at the debug build, which must not be measured by mistake.
 fn joch_bin(arg: Option<PathBuf>) -> PathBuf {
-    arg.or_else(|| std::env::var_os("JOCH_BIN").map(PathBuf::from)).unwrap_or_else(|| {
+    arg.unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
             .and_then(|p| Some(p.parent()?.join("joch")))
