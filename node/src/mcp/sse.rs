@@ -37,6 +37,11 @@ impl EventSplitter {
     }
 }
 
+/// An event's data parsed as JSON (`None` for comments, empty events and non-JSON data).
+pub fn json(event: &[u8]) -> Option<serde_json::Value> {
+    serde_json::from_str(&data(event)?).ok()
+}
+
 /// The events of an SSE body, one item each, until the body ends or fails (an error ends the
 /// stream; nothing after it is yielded).
 pub fn events<S, E>(body: S) -> impl futures::Stream<Item = Bytes> + Send + 'static

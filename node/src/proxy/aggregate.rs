@@ -84,7 +84,7 @@ fn unwrap_request_id(id: &Value) -> Option<(String, Value)> {
 /// A member's message as the aggregate session sees it: the id of a server-to-client request
 /// wrapped, resource URIs in updates wrapped. Answers (a POST stream's own) pass unchanged.
 fn member_event(server: &str, ev: &[u8]) -> Option<Bytes> {
-    let mut v: Value = serde_json::from_str(&sse::data(ev)?).ok()?;
+    let mut v: Value = sse::json(ev)?;
     if !v.is_object() {
         return None;
     }
@@ -688,7 +688,7 @@ impl Proxy {
 /// A member's listen event as the aggregate listener sees it: its own acknowledgement and the
 /// end of its listen dropped (joch acknowledges once, for all), resource URIs wrapped.
 fn member_listen_event(server: &str, ev: &[u8]) -> Option<Bytes> {
-    let mut v: Value = serde_json::from_str(&sse::data(ev)?).ok()?;
+    let mut v: Value = sse::json(ev)?;
     let method = v["method"].as_str()?;
     if v.get("id").is_some() || method == "notifications/subscriptions/acknowledged" {
         return None;

@@ -991,7 +991,7 @@ fn answer_message(content_type: Option<&HeaderValue>, bytes: &[u8]) -> Option<Va
     let mut split = EventSplitter::default();
     let mut events = split.push(bytes).unwrap_or_default();
     events.extend(split.finish());
-    events.iter().filter_map(|e| sse::data(e)).find_map(|d| serde_json::from_str::<Value>(&d).ok().filter(is_answer))
+    events.iter().filter_map(|e| sse::json(e)).find(is_answer)
 }
 
 async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Bytes, String> {

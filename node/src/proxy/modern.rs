@@ -437,7 +437,7 @@ impl Proxy {
         let answer_id = id.clone();
         let (up, url) = (self.upstream.clone(), Self::upstream_url(rec));
         let transform: super::EventMap = Box::new(move |ev: Bytes| {
-            let Some(mut v) = crate::mcp::sse::data(&ev).and_then(|d| serde_json::from_str::<Value>(&d).ok()) else {
+            let Some(mut v) = crate::mcp::sse::json(&ev) else {
                 return ev;
             };
             if v.get("method").is_some() && v.get("id").is_some() {
@@ -560,9 +560,7 @@ impl Proxy {
         });
         let first = futures::stream::once(std::future::ready(Ok::<_, reqwest::Error>(ack)));
         let transform: super::EventMap = Box::new(move |ev: Bytes| {
-            let wanted = crate::mcp::sse::data(&ev)
-                .and_then(|d| serde_json::from_str::<Value>(&d).ok())
-                .is_some_and(|v| listen.wants(&v));
+            let wanted = crate::mcp::sse::json(&ev).is_some_and(|v| listen.wants(&v));
             if wanted {
                 listen.tag(ev)
             } else {
@@ -695,8 +693,7 @@ impl Proxy {
                 match self.send_modern(call, rec, &msg, method).await {
                     Ok(resp) if legacy_caller => {
                         let transform: super::EventMap = Box::new(|ev: Bytes| {
-                            let parsed =
-                                crate::mcp::sse::data(&ev).and_then(|d| serde_json::from_str::<Value>(&d).ok());
+                            let parsed = crate::mcp::sse::json(&ev);
                             match parsed {
                                 Some(mut v) if v["result"]["resultType"] == "input_required" => {
                                     input_required_for_legacy(&mut v);
@@ -742,7 +739,7 @@ impl Proxy {
             return None;
         }
         let transform: super::EventMap = Box::new(|ev: Bytes| {
-            let Some(mut v) = crate::mcp::sse::data(&ev).and_then(|d| serde_json::from_str::<Value>(&d).ok()) else {
+            let Some(mut v) = crate::mcp::sse::json(&ev) else {
                 return Bytes::new();
             };
             let method = v["method"].as_str().unwrap_or_default();
@@ -852,7 +849,7 @@ impl Proxy {
             let url = Self::upstream_url(rec);
             let mut events = std::pin::pin!(crate::mcp::sse::events(resp.bytes_stream()));
             while let Some(ev) = events.next().await {
-                let Some(v) = crate::mcp::sse::data(&ev).and_then(|d| serde_json::from_str::<Value>(&d).ok()) else {
+                let Some(v) = crate::mcp::sse::json(&ev) else {
                     continue;
                 };
                 if v.get("result").is_some() || v.get("error").is_some() {
@@ -1091,7 +1088,7 @@ impl Listen {
 
     /// The event, tagged with the listen request's id.
     fn tag(&self, ev: Bytes) -> Bytes {
-        let Some(mut v) = crate::mcp::sse::data(&ev).and_then(|d| serde_json::from_str::<Value>(&d).ok()) else {
+        let Some(mut v) = crate::mcp::sse::json(&ev) else {
             return ev;
         };
         if !v["params"].is_object() {
