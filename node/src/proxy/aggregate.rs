@@ -84,7 +84,11 @@ fn unwrap_request_id(id: &Value) -> Option<(String, Value)> {
 /// A member's message as the aggregate session sees it: the id of a server-to-client request
 /// wrapped, resource URIs in updates wrapped. Answers (a POST stream's own) pass unchanged.
 fn member_event(server: &str, ev: &[u8]) -> Option<Bytes> {
-    let mut v: Value = sse::json(ev)?;
+    member_message(server, sse::json(ev)?)
+}
+
+/// [`member_event`] for a message already parsed.
+fn member_message(server: &str, mut v: Value) -> Option<Bytes> {
     if !v.is_object() {
         return None;
     }
@@ -627,33 +631,24 @@ impl Proxy {
         msg: Value,
         id: Value,
     ) -> (Response, Outcome) {
-        let wanted = &msg["params"]["notifications"];
-        let mut kinds = serde_json::Map::new();
-        for k in ["toolsListChanged", "promptsListChanged", "resourcesListChanged"] {
-            if wanted[k].as_bool() == Some(true) {
-                kinds.insert(k.into(), json!(true));
-            }
-        }
-        let uris: Vec<(String, String)> = wanted["resourceSubscriptions"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        // Resource URIs are the aggregate's (`joch+SERVER:URI`): split by member.
+        let listen = modern::Listen::new(&msg, true, &id);
+        let uris: Vec<(String, String)> = listen
+            .uris
+            .iter()
             .filter_map(|u| {
-                let (s, inner) = u.as_str()?.strip_prefix(URI_PREFIX)?.split_once(':')?;
+                let (s, inner) = u.strip_prefix(URI_PREFIX)?.split_once(':')?;
                 Some((s.to_string(), inner.to_string()))
             })
             .collect();
-        let (base, kinds_ref, uris_ref, msg_ref, id_ref) = (call, &kinds, &uris, &msg, &id);
+        let (base, kinds, uris_ref, msg_ref, id_ref) = (call, listen.kinds, &uris, &msg, &id);
         let opens = state.registry.servers.keys().map(|name| async move {
             let mc = Call { server: name.clone(), ..base.clone() };
             let rec = admit(&mc, state, Ok(())).ok()?;
-            let mut filter = kinds_ref.clone();
-            let mine: Vec<&String> = uris_ref.iter().filter(|(s, _)| s == name).map(|(_, u)| u).collect();
-            if !mine.is_empty() {
-                filter.insert("resourceSubscriptions".into(), json!(mine));
-            }
+            let mine = uris_ref.iter().filter(|(s, _)| s == name).map(|(_, u)| u.clone()).collect();
             let mut member_msg = msg_ref.clone();
-            member_msg["params"]["notifications"] = Value::Object(filter);
+            member_msg["params"]["notifications"] =
+                Value::Object(modern::Listen { kinds, uris: mine, id: id_ref.clone() }.honored());
             let (resp, _) =
                 self.member_stream(&mc, &rec, member_msg, "subscriptions/listen", id_ref.clone(), false).await;
             if !is_type(resp.headers().get("content-type"), "text/event-stream") {
@@ -673,13 +668,8 @@ impl Proxy {
         let listening: Vec<&String> = members.iter().map(|(n, _)| n).collect();
         let honored_uris: Vec<String> =
             uris.iter().filter(|(s, _)| listening.contains(&s)).map(|(s, u)| format!("{URI_PREFIX}{s}:{u}")).collect();
-        let mut honored = kinds;
-        if !honored_uris.is_empty() {
-            honored.insert("resourceSubscriptions".into(), json!(honored_uris));
-        }
-        let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
-            "params": {"notifications": honored, "_meta": {modern::META_SUBSCRIPTION_ID: id}}});
-        let first = futures::stream::once(std::future::ready(Ok(sse::message_event(&ack.to_string()))));
+        let ack = modern::Listen { kinds: listen.kinds, uris: honored_uris, id: id.clone() }.ack();
+        let first = futures::stream::once(std::future::ready(Ok(ack)));
         let merged = futures::stream::select_all(members.into_iter().map(|(_, s)| s));
         (self.stream(call, first.chain(merged), Some(id), None), Outcome::Forwarded { status: 200 })
     }
@@ -688,17 +678,12 @@ impl Proxy {
 /// A member's listen event as the aggregate listener sees it: its own acknowledgement and the
 /// end of its listen dropped (joch acknowledges once, for all), resource URIs wrapped.
 fn member_listen_event(server: &str, ev: &[u8]) -> Option<Bytes> {
-    let mut v: Value = sse::json(ev)?;
+    let v: Value = sse::json(ev)?;
     let method = v["method"].as_str()?;
     if v.get("id").is_some() || method == "notifications/subscriptions/acknowledged" {
         return None;
     }
-    if method == "notifications/resources/updated" {
-        if let Some(u) = v["params"]["uri"].as_str() {
-            v["params"]["uri"] = json!(format!("{URI_PREFIX}{server}:{u}"));
-        }
-    }
-    Some(sse::message_event(&v.to_string()))
+    member_message(server, v)
 }
 
 fn ok_error(id: Value, code: i64, message: &str) -> (Response, Outcome) {

@@ -1029,14 +1029,14 @@ fn input_required_for_legacy(answer: &mut Value) {
 }
 
 /// A `subscriptions/listen` request: what it asked for (what joch can deliver of it).
-struct Listen {
-    kinds: super::streams::Kinds,
-    uris: Vec<String>,
-    id: Value,
+pub(super) struct Listen {
+    pub(super) kinds: super::streams::Kinds,
+    pub(super) uris: Vec<String>,
+    pub(super) id: Value,
 }
 
 impl Listen {
-    fn new(msg: &Value, can_subscribe: bool, id: &Value) -> Listen {
+    pub(super) fn new(msg: &Value, can_subscribe: bool, id: &Value) -> Listen {
         let f = &msg["params"]["notifications"];
         let flag = |k: &str| f[k].as_bool().unwrap_or(false);
         let kinds = super::streams::Kinds {
@@ -1052,7 +1052,14 @@ impl Listen {
     }
 
     /// The acknowledgement (the stream's first event): the kinds and URIs joch will deliver.
-    fn ack(&self) -> Bytes {
+    pub(super) fn ack(&self) -> Bytes {
+        let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+            "params": {"notifications": self.honored(), "_meta": {META_SUBSCRIPTION_ID: self.id}}});
+        crate::mcp::sse::message_event(&ack.to_string())
+    }
+
+    /// The filter as the wire spells it: the kinds set, and the URIs if any.
+    pub(super) fn honored(&self) -> serde_json::Map<String, Value> {
         let mut honored = serde_json::Map::new();
         let k = &self.kinds;
         for (key, on) in
@@ -1065,9 +1072,7 @@ impl Listen {
         if !self.uris.is_empty() {
             honored.insert("resourceSubscriptions".into(), json!(self.uris));
         }
-        let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
-            "params": {"notifications": honored, "_meta": {META_SUBSCRIPTION_ID: self.id}}});
-        crate::mcp::sse::message_event(&ack.to_string())
+        honored
     }
 
     /// Whether a message on the listen stream is one this listener asked for (or joch's own
