@@ -309,7 +309,7 @@ impl Proxy {
                 let Some(rec) = state.registry.servers.get(&m.server) else { return };
                 if rec.spec.transport == Transport::Stdio {
                     let orphaned = self.stdio.streams.remove(&member_key(sid, &m.server));
-                    self.stdio.unsubscribe(rec, orphaned).await;
+                    self.stdio.unsubscribe(rec, orphaned);
                 } else if let Some(us) = m.upstream_session.as_deref() {
                     let url = Self::upstream_url(rec);
                     let _ = self.upstream.send(reqwest::Method::DELETE, &url, h, Some(us), None).await;

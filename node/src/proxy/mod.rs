@@ -599,7 +599,7 @@ impl Proxy {
                 return (self.stream(call, source, None, None), Outcome::Forwarded { status: 200 });
             }
             let orphaned = self.stdio.streams.remove(key);
-            self.stdio.unsubscribe(&rec, orphaned).await;
+            self.stdio.unsubscribe(&rec, orphaned);
             return (StatusCode::OK.into_response(), Outcome::Forwarded { status: 200 });
         }
         if upstream_modern {

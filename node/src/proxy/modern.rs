@@ -493,10 +493,7 @@ impl Proxy {
         let listen = Listen::new(msg, can_subscribe, &id);
         let streams = self.stdio.streams.clone();
         let (key, queue, new) = streams.listen(&call.server, listen.kinds, &listen.uris);
-        for uri in new {
-            let _ =
-                child.call(json!({"jsonrpc": "2.0", "id": 0, "method": "resources/subscribe", "params": {"uri": uri}}));
-        }
+        child.subscriptions("resources/subscribe", new);
         let ack = listen.ack();
         let guard = ListenGuard { streams, key, child };
         let events = queue.open(None).map(move |ev| {
@@ -1133,11 +1130,7 @@ struct ListenGuard {
 
 impl Drop for ListenGuard {
     fn drop(&mut self) {
-        for uri in self.streams.forget(&self.key) {
-            let _ = self
-                .child
-                .call(json!({"jsonrpc": "2.0", "id": 0, "method": "resources/unsubscribe", "params": {"uri": uri}}));
-        }
+        self.child.subscriptions("resources/unsubscribe", self.streams.forget(&self.key));
     }
 }
 

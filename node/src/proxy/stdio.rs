@@ -98,6 +98,14 @@ impl Child {
         Ok(rx)
     }
 
+    /// Sends `resources/subscribe` or `resources/unsubscribe` for each URI on behalf of joch's
+    /// sessions; the answers are not awaited (nobody waits for them).
+    pub fn subscriptions(&self, method: &str, uris: impl IntoIterator<Item = String>) {
+        for uri in uris {
+            let _ = self.call(json!({"jsonrpc": "2.0", "id": 0, "method": method, "params": {"uri": uri}}));
+        }
+    }
+
     /// Sends a notification (no answer).
     pub fn notify(&self, msg: &Value) {
         let mut line = serde_json::to_vec(msg).unwrap_or_default();
@@ -232,13 +240,10 @@ impl StdioPool {
 
     /// Tells the running child of `rec` that nobody on this node subscribes to these URIs any
     /// more (their last session ended).
-    pub async fn unsubscribe(&self, rec: &ServerRecord, uris: Vec<String>) {
+    pub fn unsubscribe(&self, rec: &ServerRecord, uris: Vec<String>) {
         let child = self.children.lock().expect("children").get(&rec.name).cloned();
-        let Some(child) = child.filter(|c| c.alive()) else { return };
-        for uri in uris {
-            // The answer is not awaited: nobody is waiting for it.
-            let _ = child.call(json!({"jsonrpc": "2.0", "id": 0, "method": "resources/unsubscribe",
-                "params": {"uri": uri}}));
+        if let Some(child) = child.filter(|c| c.alive()) {
+            child.subscriptions("resources/unsubscribe", uris);
         }
     }
 
