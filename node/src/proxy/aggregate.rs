@@ -283,10 +283,7 @@ impl Proxy {
         headers: &HeaderMap,
         method: reqwest::Method,
     ) -> (Response, Outcome) {
-        if let Err(d) = self.check_origin(call, headers) {
-            return denied(d);
-        }
-        let token = match self.session(call, headers) {
+        let token = match self.check_origin(call, headers).and_then(|()| self.session(call, headers)) {
             Ok(t) => t,
             Err(d) => return denied(d),
         };
@@ -347,9 +344,7 @@ impl Proxy {
         });
         let members: Vec<_> = futures::future::join_all(opens).await.into_iter().flatten().collect();
         if members.is_empty() {
-            let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
-            r.headers_mut().insert("allow", HeaderValue::from_static("POST, DELETE"));
-            return (r, Outcome::Rejected { status: 405 });
+            return super::no_server_stream();
         }
         (self.stream(call, futures::stream::select_all(members), None, None), Outcome::Forwarded { status: 200 })
     }

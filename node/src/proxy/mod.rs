@@ -365,6 +365,13 @@ async fn delete_mcp(State(p): State<Arc<Proxy>>, Path(server): Path<String>, hea
     resp
 }
 
+/// 405 to a GET, as a server without a stream of its own answers.
+fn no_server_stream() -> (Response, Outcome) {
+    let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
+    r.headers_mut().insert("allow", HeaderValue::from_static("POST, DELETE"));
+    (r, Outcome::Rejected { status: 405 })
+}
+
 fn denied(d: Denial) -> (Response, Outcome) {
     let r = d.reason;
     (d.into_response(), Outcome::Denied(r))
@@ -570,10 +577,7 @@ impl Proxy {
         headers: &HeaderMap,
         method: reqwest::Method,
     ) -> (Response, Outcome) {
-        if let Err(d) = self.check_origin(call, headers) {
-            return denied(d);
-        }
-        let token = match self.session(call, headers) {
+        let token = match self.check_origin(call, headers).and_then(|()| self.session(call, headers)) {
             Ok(t) => t,
             Err(d) => return denied(d),
         };
@@ -609,9 +613,7 @@ impl Proxy {
                 if let Some(r) = self.listen_as_session_stream(call, &rec).await {
                     return r;
                 }
-                let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
-                r.headers_mut().insert("allow", HeaderValue::from_static("POST, DELETE"));
-                return (r, Outcome::Rejected { status: 405 });
+                return no_server_stream();
             }
             return (StatusCode::OK.into_response(), Outcome::Forwarded { status: 200 });
         }

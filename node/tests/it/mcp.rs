@@ -592,30 +592,9 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
 
 #[test]
 fn progress_of_a_stdio_call_streams_live_through_the_mesh() {
-    use crate::harness::{e2e, python};
-
     let c = TestCluster::up(3, &[]);
-    let py = python().display().to_string();
-    let script = e2e("fastmcp_server.py").display().to_string();
     // fastmcp itself, as a stdio server: its `slow` tool reports progress every 50 ms.
-    c.cli(
-        1,
-        &[
-            "mcp",
-            "add",
-            "held",
-            "--transport",
-            "stdio",
-            "--command",
-            &py,
-            "--arg",
-            &script,
-            "--arg",
-            "stdio",
-            "--allow-stdio",
-        ],
-    )
-    .ok();
+    register_stdio_fastmcp(&c);
     let mut args = vec!["progress".to_string(), "held".into()];
     args.extend(bases(&c));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
