@@ -132,6 +132,18 @@ impl Proxy {
         c
     }
 
+    /// POSTs a message to a member's HTTP upstream, in the member's own session.
+    async fn member_post(
+        &self,
+        rec: &ServerRecord,
+        m: &Member,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<reqwest::Response, super::upstream::UpstreamError> {
+        let url = Self::upstream_url(rec);
+        self.upstream.send(reqwest::Method::POST, &url, headers, m.upstream_session.as_deref(), Some(body)).await
+    }
+
     /// Sends one JSON-RPC message to a member's upstream (HTTP) and returns its answer message.
     async fn member_exchange(
         &self,
@@ -152,15 +164,11 @@ impl Proxy {
             }
             return Err("the stdio server ended the call without an answer".into());
         }
-        let url = Self::upstream_url(rec);
-        let body = Bytes::from(msg.to_string());
-        let resp = tokio::time::timeout(
-            MEMBER_TIMEOUT,
-            self.upstream.send(reqwest::Method::POST, &url, headers, m.upstream_session.as_deref(), Some(body)),
-        )
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.message)?;
+        let resp =
+            tokio::time::timeout(MEMBER_TIMEOUT, self.member_post(rec, m, headers, Bytes::from(msg.to_string())))
+                .await
+                .map_err(|_| "timed out".to_string())?
+                .map_err(|e| e.message)?;
         let ct = resp.headers().get("content-type").cloned();
         let bytes = read_limited(resp, MAX_JSON_ANSWER).await?;
         answer_message(ct.as_ref(), &bytes).ok_or_else(|| "no JSON-RPC answer".to_string())
@@ -459,17 +467,7 @@ impl Proxy {
             };
             return self.stdio_request(&mc, &rec, &routed_body, &routed_parsed, id, &key).await;
         }
-        let resp = match self
-            .upstream
-            .send(
-                reqwest::Method::POST,
-                &Self::upstream_url(&rec),
-                headers,
-                member.upstream_session.as_deref(),
-                Some(routed_body),
-            )
-            .await
-        {
+        let resp = match self.member_post(&rec, member, headers, routed_body).await {
             Ok(r) => r,
             Err(e) => return denied(self.deny(&mc, e.reason, "upstream", e.message).with_id(id)),
         };
@@ -505,17 +503,7 @@ impl Proxy {
         }
         let mut answer: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         answer["id"] = inner;
-        let resp = match self
-            .upstream
-            .send(
-                reqwest::Method::POST,
-                &Self::upstream_url(&rec),
-                headers,
-                member.upstream_session.as_deref(),
-                Some(Bytes::from(answer.to_string())),
-            )
-            .await
-        {
+        let resp = match self.member_post(&rec, member, headers, Bytes::from(answer.to_string())).await {
             Ok(r) => r,
             Err(e) => return denied(self.deny(&mc, e.reason, "upstream", e.message)),
         };
