@@ -142,29 +142,21 @@ impl Proxy {
     /// deleted, re-pinned away from the session's version): then the exchange is dropped, which
     /// closes the upstream request, and the denial is the answer.
     async fn until_cut<T>(&self, call: &Call, exchange: impl std::future::Future<Output = T>) -> Result<T, Denial> {
+        let registry = &self.cluster.registry;
         tokio::select! {
             r = exchange => Ok(r),
-            d = self.inadmissible(call) => Err(d),
+            d = first_denial(registry, registry.subscribe(), call) => Err(d),
         }
     }
 
     /// Resolves (with the denial) when `call`'s server stops being admissible: quarantined,
-    /// deleted, re-pinned away from the session's version.
+    /// deleted, re-pinned away from the session's version. Owns what it needs (for streams that
+    /// outlive the request); `until_cut` borrows instead, on the hot path.
     fn inadmissible(&self, call: &Call) -> impl std::future::Future<Output = Denial> + Send + 'static {
         let registry = self.cluster.registry.clone();
-        let mut changes = registry.subscribe();
+        let changes = registry.subscribe();
         let call = call.clone();
-        async move {
-            loop {
-                if changes.changed().await.is_err() {
-                    return std::future::pending().await;
-                }
-                if let Err(d) = admit(&call, &registry.load(), Ok(())) {
-                    metrics::counter!("joch_mcp_streams_cut_total", "reason" => d.reason.as_str()).increment(1);
-                    return d;
-                }
-            }
-        }
+        async move { first_denial(&registry, changes, &call).await }
     }
 
     fn sealer(&self, call: &Call) -> Result<Sealer, Denial> {
@@ -220,6 +212,23 @@ impl Proxy {
 
     fn upstream_url(rec: &joch_raft_store::ServerRecord) -> String {
         rec.spec.endpoint.as_ref().map(|e| e.url.clone()).unwrap_or_default()
+    }
+}
+
+/// Waits for registry changes until one makes `call` inadmissible; returns that denial.
+async fn first_denial(
+    registry: &joch_raft_store::RegistryHandle,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    call: &Call,
+) -> Denial {
+    loop {
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let Err(d) = admit(call, &registry.load(), Ok(())) {
+            metrics::counter!("joch_mcp_streams_cut_total", "reason" => d.reason.as_str()).increment(1);
+            return d;
+        }
     }
 }
 
