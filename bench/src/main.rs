@@ -2,7 +2,8 @@
 //!
 //! `joch-bench proxy-latency` measures one `tools/call` through joch against the same call made
 //! directly to the upstream (a canned Rust MCP server, so the upstream's own time is small and
-//! constant), sequentially on one keep-alive connection per path, and reports the added latency.
+//! constant), sequentially on one keep-alive connection per path, and reports the added latency,
+//! in the legacy era (a session) and the modern era (stateless requests), or one of them.
 //!
 //! `joch-bench cluster-core` measures (1) `joch dev up` from invocation to a cluster with a
 //! leader, and (2) a quarantine's latency from send to fleet-wide acknowledgement (every member
@@ -42,6 +43,9 @@ enum Cmd {
         /// Unmeasured calls per path first.
         #[arg(long, default_value_t = 500)]
         warmup: usize,
+        /// Protocol era(s) to measure.
+        #[arg(long, value_enum, default_value_t = EraArg::Both)]
+        era: EraArg,
         /// Where to write results (default bench/results/<date>).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -61,6 +65,17 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// Which era(s) `proxy-latency` measures.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum EraArg {
+    /// 2025-11-25: initialize, then calls in the session.
+    Legacy,
+    /// 2026-07-28: stateless calls, the envelope in `params._meta`.
+    Modern,
+    /// Both, one after the other.
+    Both,
 }
 
 /// `--joch`, else the `joch` built beside this benchmark (same profile). Not `$JOCH_BIN`:
@@ -162,14 +177,18 @@ async fn quarantine_trials(c: &Cluster, target: u64, trials: usize) -> anyhow::R
     Ok(out)
 }
 
-/// One MCP session over HTTP, for measuring.
-struct Session {
+/// A caller of one era over HTTP, for measuring: a legacy session, or modern stateless calls.
+struct Caller {
     http: reqwest::Client,
-    sid: String,
+    /// The legacy session id; `None`: the modern era.
+    sid: Option<String>,
 }
 
-impl Session {
-    async fn open(http: &reqwest::Client, url: &str) -> anyhow::Result<Session> {
+impl Caller {
+    async fn open(http: &reqwest::Client, url: &str, modern: bool) -> anyhow::Result<Caller> {
+        if modern {
+            return Ok(Caller { http: http.clone(), sid: None });
+        }
         let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25",
             "capabilities":{},"clientInfo":{"name":"joch-bench","version":"1"}}});
         let r = http
@@ -184,23 +203,34 @@ impl Session {
         }
         let sid = r.headers().get("mcp-session-id").context("no session id")?.to_str()?.to_string();
         r.bytes().await?;
-        Ok(Session { http: http.clone(), sid })
+        Ok(Caller { http: http.clone(), sid: Some(sid) })
     }
 
     /// One tools/call on `url` (another node may serve the same session).
     async fn call(&self, url: &str, id: usize) -> anyhow::Result<Duration> {
-        let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}});
-        let t = Instant::now();
-        let r = self
+        let mut params = json!({"name":"echo","arguments":{"text":"hello"}});
+        let mut req = self
             .http
             .post(url)
             .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-11-25")
-            .header("mcp-session-id", &self.sid)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await?;
+            .header("content-type", "application/json");
+        match &self.sid {
+            Some(sid) => {
+                req = req.header("mcp-protocol-version", "2025-11-25").header("mcp-session-id", sid);
+            }
+            None => {
+                params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientCapabilities": {},
+                    "io.modelcontextprotocol/clientInfo": {"name": "joch-bench", "version": "1"}});
+                req = req
+                    .header("mcp-protocol-version", "2026-07-28")
+                    .header("mcp-method", "tools/call")
+                    .header("mcp-name", "echo");
+            }
+        }
+        let body = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":params});
+        let t = Instant::now();
+        let r = req.body(body.to_string()).send().await?;
         let status = r.status();
         let bytes = r.bytes().await?;
         let took = t.elapsed();
@@ -211,7 +241,7 @@ impl Session {
     }
 }
 
-async fn measure(s: &Session, urls: &[String], warmup: usize, n: usize) -> anyhow::Result<Vec<Duration>> {
+async fn measure(s: &Caller, urls: &[String], warmup: usize, n: usize) -> anyhow::Result<Vec<Duration>> {
     for i in 0..warmup {
         s.call(&urls[i % urls.len()], i).await?;
     }
@@ -222,7 +252,21 @@ async fn measure(s: &Session, urls: &[String], warmup: usize, n: usize) -> anyho
     Ok(out)
 }
 
-async fn proxy_latency(joch: PathBuf, requests: usize, warmup: usize, out: Option<PathBuf>) -> anyhow::Result<()> {
+/// One era's three paths.
+struct EraRun {
+    name: &'static str,
+    direct: Stats,
+    one: Stats,
+    rr: Stats,
+}
+
+async fn proxy_latency(
+    joch: PathBuf,
+    requests: usize,
+    warmup: usize,
+    era: EraArg,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let version = run(&joch, &["--version"])?;
     let upstream = canned::start().await?;
     let upstream_url = format!("http://{upstream}/mcp");
@@ -233,40 +277,57 @@ async fn proxy_latency(joch: PathBuf, requests: usize, warmup: usize, out: Optio
     };
     let via: Vec<String> = (1..=3).map(|id| format!("{}/mcp/canned", mcp(id))).collect();
     let http = reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(8).build()?;
-    let direct = Session::open(&http, &upstream_url).await?;
-    let proxied = Session::open(&http, &via[0]).await?;
-    let d = stats(measure(&direct, std::slice::from_ref(&upstream_url), warmup, requests).await?);
-    let one = stats(measure(&proxied, &via[..1], warmup, requests).await?);
-    let rr = stats(measure(&proxied, &via, warmup, requests).await?);
-    let added =
-        |s: &Stats| json!({"p50_ms": ms(s.median.saturating_sub(d.median)), "p99_ms": ms(s.p99.saturating_sub(d.p99))});
+    let eras: &[(&'static str, bool)] = match era {
+        EraArg::Legacy => &[("legacy (2025-11-25, session)", false)],
+        EraArg::Modern => &[("modern (2026-07-28, stateless)", true)],
+        EraArg::Both => &[("legacy (2025-11-25, session)", false), ("modern (2026-07-28, stateless)", true)],
+    };
+    let mut runs = Vec::new();
+    for (name, modern) in eras {
+        let direct = Caller::open(&http, &upstream_url, *modern).await?;
+        let proxied = Caller::open(&http, &via[0], *modern).await?;
+        let d = stats(measure(&direct, std::slice::from_ref(&upstream_url), warmup, requests).await?);
+        let one = stats(measure(&proxied, &via[..1], warmup, requests).await?);
+        let rr = stats(measure(&proxied, &via, warmup, requests).await?);
+        runs.push(EraRun { name, direct: d, one, rr });
+    }
+    let added = |s: &Stats, d: &Stats| json!({"p50_ms": ms(s.median.saturating_sub(d.median)), "p99_ms": ms(s.p99.saturating_sub(d.p99))});
     let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let result = json!({
         "benchmark": "proxy-latency", "date": date, "joch": joch.display().to_string(), "joch_version": version.trim(),
         "machine": {"cores": cores}, "requests": requests, "warmup": warmup,
-        "direct": stats_json(&d), "via_one_node": stats_json(&one), "via_three_nodes_round_robin": stats_json(&rr),
-        "added_one_node": added(&one), "added_three_nodes": added(&rr),
+        "eras": runs.iter().map(|r| json!({"era": r.name,
+            "direct": stats_json(&r.direct), "via_one_node": stats_json(&r.one),
+            "via_three_nodes_round_robin": stats_json(&r.rr),
+            "added_one_node": added(&r.one, &r.direct), "added_three_nodes": added(&r.rr, &r.direct)})).collect::<Vec<_>>(),
     });
     let row = |name: &str, s: &Stats| {
         format!("| {name} | {} | {} ms | {} ms | {} ms | {} ms |\n", s.n, ms(s.min), ms(s.median), ms(s.p99), ms(s.max))
     };
-    let md = format!(
+    let mut md = format!(
         "# proxy-latency ({date})\n\nBinary: `{}` ({})\n\nSequential `tools/call` on one keep-alive connection per \
          path, to a canned Rust MCP server (JSON answers); 3-node cluster on loopback; {cores} cores shared by client, \
-         nodes and upstream.\n\n| path | n | min | median | p99 | max |\n|---|---|---|---|---|---|\n{}{}{}\n\
-         Added by joch (percentile differences): one node p50 {} ms, p99 {} ms; round-robin over three nodes \
-         (the session continues on every node) p50 {} ms, p99 {} ms.\n",
+         nodes and upstream.\n",
         joch.display(),
         version.trim(),
-        row("direct", &d),
-        row("through node 1", &one),
-        row("round-robin over 3 nodes", &rr),
-        ms(one.median.saturating_sub(d.median)),
-        ms(one.p99.saturating_sub(d.p99)),
-        ms(rr.median.saturating_sub(d.median)),
-        ms(rr.p99.saturating_sub(d.p99)),
     );
+    for r in &runs {
+        let (d, one, rr) = (&r.direct, &r.one, &r.rr);
+        md.push_str(&format!(
+            "\n## {}\n\n| path | n | min | median | p99 | max |\n|---|---|---|---|---|---|\n{}{}{}\n\
+             Added by joch (percentile differences): one node p50 {} ms, p99 {} ms; round-robin over three nodes \
+             p50 {} ms, p99 {} ms.\n",
+            r.name,
+            row("direct", d),
+            row("through node 1", one),
+            row("round-robin over 3 nodes", rr),
+            ms(one.median.saturating_sub(d.median)),
+            ms(one.p99.saturating_sub(d.p99)),
+            ms(rr.median.saturating_sub(d.median)),
+            ms(rr.p99.saturating_sub(d.p99)),
+        ));
+    }
     print!("{md}");
     write_results(out, "proxy-latency", &result, &md)
 }
@@ -285,8 +346,8 @@ fn write_results(out: Option<PathBuf>, name: &str, result: &serde_json::Value, m
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (joch, trials, up_trials, out) = match Args::parse().cmd {
-        Cmd::ProxyLatency { joch, requests, warmup, out } => {
-            return proxy_latency(joch_bin(joch), requests, warmup, out).await
+        Cmd::ProxyLatency { joch, requests, warmup, era, out } => {
+            return proxy_latency(joch_bin(joch), requests, warmup, era, out).await
         }
         Cmd::ClusterCore { joch, trials, up_trials, out } => (joch, trials, up_trials, out),
     };
