@@ -14,9 +14,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminApi;
+use crate::cluster::identity;
+use crate::cluster::lease::Lease;
+use crate::cluster::network::MeshNetwork;
 use crate::cluster::{ClusterNode, Settings};
 use crate::config::Config;
-use crate::mesh::raft_network::MeshNetwork;
 use crate::mesh::tls::NodeTls;
 use crate::mesh::Mesh;
 
@@ -48,6 +50,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating the data directory {}", cfg.data_dir.display()))?;
+    identity::check(&cfg.data_dir, cfg.id, None)?;
 
     let mcp_l = bind_tcp("MCP", cfg.listen.mcp).await?;
     let admin_l = bind_tcp("admin", cfg.listen.admin).await?;
@@ -72,20 +75,42 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         joch_raft_store::open(&cfg.data_dir.join("raft"), StoreOptions::default())
             .await
             .context("opening the store")?;
+    if let Some(key) = registry.load().registry.cluster_key {
+        identity::check(&cfg.data_dir, cfg.id, Some(&identity::cluster_id(&key)))?;
+    }
+    let lease = Arc::new(Lease::new(cfg.id, cfg.raft.lease));
     let raft_config = Arc::new(cfg.raft.openraft_config().context("raft settings")?);
-    let raft = Raft::new(cfg.id, raft_config, MeshNetwork::new(mesh.clone()), log_store, state_machine)
-        .await
-        .context("starting raft")?;
+    let network = MeshNetwork::new(mesh.clone(), lease.clone());
+    let raft = Raft::new(cfg.id, raft_config, network, log_store, state_machine).await.context("starting raft")?;
     let settings = Settings {
         timing: cfg.raft.clone(),
         fleet_ack_timeout: cfg.fleet_ack_timeout,
         write_timeout: cfg.write_timeout,
     };
-    let cluster = ClusterNode::new(cfg.id, addr.clone(), raft.clone(), registry, mesh.clone(), settings);
+    let cluster = ClusterNode::new(cfg.id, addr.clone(), raft.clone(), registry.clone(), mesh.clone(), lease, settings);
 
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    tasks.spawn(mesh.clone().serve(cluster.clone(), stop.clone()));
+    tasks.spawn(cluster.clone().run(stop.clone()));
+    let data_dir = cfg.data_dir.clone();
+    let id = cfg.id;
+    tasks.spawn(async move {
+        // Record the cluster this directory joined, once the cluster key is known.
+        let mut changes = registry.subscribe();
+        loop {
+            if let Some(key) = registry.load().registry.cluster_key {
+                if let Err(e) = identity::check(&data_dir, id, Some(&identity::cluster_id(&key))) {
+                    tracing::error!(error = %e, "data directory identity");
+                }
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let proxy = crate::proxy::Proxy::new(cluster.view(), cfg.proxy.clone()).context("starting the MCP proxy")?;
+    tasks.spawn(mesh.clone().serve(cluster.clone(), proxy.clone(), stop.clone()));
     let (registry_svc, cluster_svc) = AdminApi::services(cluster.clone());
     let admin_stop = stop.clone();
     tasks.spawn(async move {
@@ -99,9 +124,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             tracing::error!(error = %e, "admin API stopped");
         }
     });
-    let proxy = crate::proxy::Proxy::new(cluster.clone(), cfg.proxy.clone()).context("starting the MCP proxy")?;
-    let mcp_app = crate::http::mcp_router(cluster.clone()).merge(proxy.clone().router());
-    tasks.spawn(crate::http::serve_mcp(mcp_l, mcp_app, cfg.proxy.client_timeout, stop.clone()));
+    let mcp_app = crate::http::mcp_router(cluster.view()).merge(proxy.clone().router());
+    tasks.spawn(crate::http::serve_mcp(mcp_l, mcp_app, cfg.proxy.clone(), stop.clone()));
     let metrics_stop = stop.clone();
     let metrics_app = crate::http::metrics_router(prom.clone());
     tasks.spawn(async move {

@@ -10,19 +10,19 @@ use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::cluster::ClusterNode;
+use crate::cluster::NodeView;
 
 /// Routes served on the MCP listener (the MCP proxy adds its own).
-pub fn mcp_router(cluster: Arc<ClusterNode>) -> Router {
-    Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(readyz)).with_state(cluster)
+pub fn mcp_router(node: NodeView) -> Router {
+    Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(readyz)).with_state(Arc::new(node))
 }
 
-async fn readyz(State(cluster): State<Arc<ClusterNode>>) -> impl IntoResponse {
-    match cluster.is_ready() {
-        Ok(()) => (StatusCode::OK, Json(serde_json::json!({"ready": true, "node": cluster.id}))),
+async fn readyz(State(node): State<Arc<NodeView>>) -> impl IntoResponse {
+    match node.lease.check(std::time::Instant::now()) {
+        Ok(()) => (StatusCode::OK, Json(serde_json::json!({"ready": true, "node": node.id}))),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"ready": false, "node": cluster.id, "reason": reason})),
+            Json(serde_json::json!({"ready": false, "node": node.id, "reason": reason.to_string()})),
         ),
     }
 }
@@ -39,24 +39,35 @@ pub fn metrics_router(prom: PrometheusHandle) -> Router {
 }
 
 /// Serves `app` on `listener` (HTTP/1.1 and h2) until `stop`, then lets open connections finish
-/// (bounded by the caller's drain). A client that has not sent its request headers within
-/// `header_timeout` is disconnected (slow clients cannot hold connections open).
+/// (bounded by the caller's drain). Bounded: a client that has not sent a request's headers
+/// within `client_timeout` is disconnected (HTTP/1.1, idle keep-alive included); h2 connections
+/// are pinged and dropped when a ping goes unanswered, with a cap on streams and header size;
+/// beyond `max_connections` a new connection is answered 503 with `Retry-After` and closed.
 pub async fn serve_mcp(
     listener: tokio::net::TcpListener,
     app: Router,
-    header_timeout: std::time::Duration,
+    limits: crate::config::ProxyLimits,
     stop: tokio_util::sync::CancellationToken,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
+    use tokio::io::AsyncWriteExt;
 
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.client_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.client_timeout)
+        .keep_alive_timeout(limits.client_timeout)
+        .max_concurrent_streams(limits.max_h2_streams)
+        .max_header_list_size(64 << 10)
+        .max_pending_accept_reset_streams(64);
+    let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
-        let (stream, _) = tokio::select! {
+        let (mut stream, _) = tokio::select! {
             _ = stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -67,14 +78,34 @@ pub async fn serve_mcp(
                 }
             },
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics::counter!("joch_mcp_connections_refused_total").increment(1);
+            tokio::spawn(async move {
+                let body = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32030,"message":"the node is at its connection limit; retry shortly or on another node","data":{"reason":"node-overloaded","rule":"proxy.max_connections"}}}"#;
+                let head = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(body.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                })
+                .await;
+            });
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let svc = TowerToHyperService::new(app.clone());
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
+            metrics::gauge!("joch_mcp_connections").increment(1.0);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "MCP connection ended with an error");
             }
+            metrics::gauge!("joch_mcp_connections").decrement(1.0);
+            drop(permit);
         });
     }
     graceful.shutdown().await;

@@ -22,7 +22,7 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     PrometheusBuilder::new().install_recorder().map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))
 }
 
-/// Keeps Raft gauges current, and the cluster key set once this node leads.
+/// Keeps Raft gauges current.
 pub async fn watch_raft(cluster: Arc<ClusterNode>, prom: PrometheusHandle, stop: CancellationToken) {
     let mut rx = cluster.raft.metrics();
     let mut upkeep = tokio::time::interval(Duration::from_secs(5));
@@ -36,9 +36,6 @@ pub async fn watch_raft(cluster: Arc<ClusterNode>, prom: PrometheusHandle, stop:
         metrics::gauge!("joch_raft_commit_index").set(cluster.commit_index() as f64);
         metrics::gauge!("joch_raft_snapshot_index").set(m.snapshot.map(|l| l.index).unwrap_or(0) as f64);
         metrics::gauge!("joch_raft_purged_index").set(m.purged.map(|l| l.index).unwrap_or(0) as f64);
-        if m.state == ServerState::Leader {
-            cluster.ensure_cluster_key().await;
-        }
         tokio::select! {
             _ = stop.cancelled() => return,
             r = rx.changed() => if r.is_err() { return },

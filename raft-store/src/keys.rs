@@ -8,7 +8,8 @@
 //! | `state` | `srv/` + name | `ServerRecord` |
 //! | `state` | `pol/` + name | `PolicyRecord` |
 //! | `state` | `key/cluster` | `[u8; 32]` |
-//! | `history` | target + `0x00` + log index u64 BE + seq u32 BE | `ChangeRecord` |
+//! | `state` | `settings/retention`, `settings/history-swept` | `Retention`, `u64` |
+//! | `history` | target + `0x00` + log index u64 BE + seq u32 BE (0) | `ChangeRecord` |
 //! | `snapshot` | `current` | `StoredSnapshot` |
 //!
 //! Values are encoded by `codec.rs`. The state machine's state and `sm/applied` are written in
@@ -41,6 +42,10 @@ pub const SM_APPLIED: &[u8] = b"sm/applied";
 pub const SM_MEMBERSHIP: &[u8] = b"sm/membership";
 /// `state`: the cluster key.
 pub const CLUSTER_KEY: &[u8] = b"key/cluster";
+/// `state`: the history retention.
+pub const RETENTION: &[u8] = b"settings/retention";
+/// `state`: command time of the last history sweep.
+pub const HISTORY_SWEPT: &[u8] = b"settings/history-swept";
 /// `state`: prefix of server records.
 pub const SERVER_PREFIX: &[u8] = b"srv/";
 /// `state`: prefix of policy records.

@@ -156,13 +156,15 @@ impl StateMachineStore {
             self.put(b, CF_STATE, &keys::policy_key(name), rec.as_ref())?;
         }
         for (target, lines) in &self.registry.history {
-            for (seq, line) in lines.iter().enumerate() {
-                self.put(b, CF_HISTORY, &keys::history_key(target, line.at.index, seq as u32), line)?;
+            for line in lines.iter() {
+                self.put(b, CF_HISTORY, &keys::history_key(target, line.at.index, 0), line)?;
             }
         }
         if let Some(k) = &self.registry.cluster_key {
             self.put(b, CF_STATE, keys::CLUSTER_KEY, k)?;
         }
+        self.put(b, CF_STATE, keys::RETENTION, &self.registry.retention)?;
+        self.put(b, CF_STATE, keys::HISTORY_SWEPT, &self.registry.history_swept_ms)?;
         self.put(b, CF_STATE, keys::SM_APPLIED, &self.applied)?;
         self.put(b, CF_STATE, keys::SM_MEMBERSHIP, &self.membership)?;
         Ok(())
@@ -191,6 +193,10 @@ fn load_state(db: &DB) -> std::result::Result<LoadedState, StoreError> {
             reg.policies.insert(String::from_utf8_lossy(name).into_owned(), Arc::new(rec));
         } else if &*k == keys::CLUSTER_KEY {
             reg.cluster_key = Some(dec(&k, &v)?);
+        } else if &*k == keys::RETENTION {
+            reg.retention = dec(&k, &v)?;
+        } else if &*k == keys::HISTORY_SWEPT {
+            reg.history_swept_ms = dec(&k, &v)?;
         } else if &*k == keys::SM_APPLIED {
             applied = dec(&k, &v)?;
         } else if &*k == keys::SM_MEMBERSHIP {
@@ -285,6 +291,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         for line in &touched.history {
             self.put(&mut b, CF_HISTORY, &keys::history_key(&line.target, line.at.index, 0), line)?;
+        }
+        for (target, index) in &touched.history_removed {
+            b.delete_cf(&cf(&self.db, CF_HISTORY), keys::history_key(target, *index, 0));
+        }
+        if touched.settings {
+            self.put(&mut b, CF_STATE, keys::RETENTION, &self.registry.retention)?;
+            self.put(&mut b, CF_STATE, keys::HISTORY_SWEPT, &self.registry.history_swept_ms)?;
         }
         if touched.cluster_key {
             if let Some(k) = &self.registry.cluster_key {

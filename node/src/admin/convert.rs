@@ -69,6 +69,7 @@ impl From<&FleetAck> for pb::FleetAck {
         pb::FleetAck {
             complete: f.complete,
             waited_ms: f.waited.as_millis() as u64,
+            laggards_stop_by_unix_ms: if f.complete { 0 } else { f.laggards_stop_by_ms },
             members: f
                 .members
                 .iter()
@@ -103,6 +104,8 @@ pub fn member_status(m: &MemberView, leader_last: u64) -> pb::MemberStatus {
             out.applied_index = s.applied_index;
             out.lag = leader_last.saturating_sub(s.applied_index);
             out.leader_contact_ms = s.leader_contact_ms.unwrap_or(0);
+            out.vouched = s.leader_contact_ms.is_some();
+            out.stale = s.stale.clone().unwrap_or_default();
             out.snapshot_index = s.snapshot_index;
             out.purged_index = s.purged_index;
         }

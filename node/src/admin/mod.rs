@@ -18,8 +18,8 @@ use joch_raft_store::model::validate::{check_name, check_version};
 use joch_raft_store::{Command, NodeAddr, PublishedState};
 use tonic::{Request, Response, Status};
 
+use crate::cluster::message::MembershipChange;
 use crate::cluster::ClusterNode;
-use crate::mesh::message::MembershipChange;
 use crate::resource::manifest;
 use status::{outcome, to_status};
 
@@ -50,16 +50,25 @@ impl AdminApi {
         Ok(self.cluster.registry.load())
     }
 
-    /// Writes a command; with `fleet`, waits for every member to apply it.
-    async fn write(&self, actor: &str, command: Command, fleet: bool) -> Result<pb::WriteReply, Status> {
+    /// Writes a command; if the command is fleet-acknowledged, waits for every member to apply it.
+    async fn write(&self, actor: &str, command: Command) -> Result<pb::WriteReply, Status> {
+        let fleet = command.fleet_acknowledged();
+        let mut reply = self.write_unacknowledged(actor, command).await?;
+        if fleet {
+            reply.fleet = Some((&self.cluster.fleet_ack(reply.log_index).await).into());
+        }
+        Ok(reply)
+    }
+
+    /// Writes a command and answers once the leader applied it.
+    async fn write_unacknowledged(&self, actor: &str, command: Command) -> Result<pb::WriteReply, Status> {
         let out = self.cluster.write(actor, command).await.map_err(|e| self.err(e))?;
         let applied = out.response.result.and_then(|r| r.ok());
-        let fleet = if fleet { Some((&self.cluster.fleet_ack(out.index).await).into()) } else { None };
         Ok(pb::WriteReply {
             log_index: out.index,
             changed: applied.as_ref().is_some_and(|a| a.changed),
             summary: applied.map(|a| a.summary).unwrap_or_default(),
-            fleet,
+            fleet: None,
         })
     }
 }
@@ -150,11 +159,23 @@ impl Registry for AdminApi {
             let manifests = manifest::parse(source, &r.text).map_err(|errs| {
                 Status::invalid_argument(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
             })?;
+            // Every manifest is written in order; one fleet acknowledgement of the last one that
+            // needs it then covers them all (a member that applied index N applied every one before).
             let mut results = Vec::new();
+            let mut acked: Option<usize> = None;
             for m in manifests {
                 let (kind, name) = (m.kind().to_string(), m.name().to_string());
-                let write = self.write(&actor, m.into_command(), false).await?;
+                let command = m.into_command();
+                if command.fleet_acknowledged() {
+                    acked = Some(results.len());
+                }
+                let write = self.write_unacknowledged(&actor, command).await?;
                 results.push(pb::ApplyResult { kind, name, write: Some(write) });
+            }
+            if let Some(i) = acked {
+                if let Some(w) = results[i].write.as_mut() {
+                    w.fleet = Some((&self.cluster.fleet_ack(w.log_index).await).into());
+                }
             }
             Ok(pb::ApplyReply { results })
         })
@@ -168,7 +189,7 @@ impl Registry for AdminApi {
             check_name("name", &r.name).map_err(|e| invalid(&e.field, e.message))?;
             let spec = spec_from_add(&r)?;
             let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
-            self.write(&actor, Command::CreateServer { name: r.name, labels, spec }, false).await
+            self.write(&actor, Command::CreateServer { name: r.name, labels, spec }).await
         })
         .await
     }
@@ -176,7 +197,7 @@ impl Registry for AdminApi {
     async fn delete_server(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::WriteReply>, Status> {
         let actor = actor(&req);
         let name = req.into_inner().name;
-        observe("DeleteServer", self.write(&actor, Command::DeleteServer { name }, true)).await
+        observe("DeleteServer", self.write(&actor, Command::DeleteServer { name })).await
     }
 
     async fn pin(&self, req: Request<pb::PinRequest>) -> Result<Response<pb::WriteReply>, Status> {
@@ -184,7 +205,7 @@ impl Registry for AdminApi {
         let r = req.into_inner();
         observe("Pin", async {
             check_version("version", &r.version).map_err(|e| invalid(&e.field, e.message))?;
-            self.write(&actor, Command::Pin { name: r.name, version: r.version }, true).await
+            self.write(&actor, Command::Pin { name: r.name, version: r.version }).await
         })
         .await
     }
@@ -194,7 +215,7 @@ impl Registry for AdminApi {
         let r = req.into_inner();
         observe("Upgrade", async {
             check_version("version", &r.version).map_err(|e| invalid(&e.field, e.message))?;
-            self.write(&actor, Command::Upgrade { name: r.name, version: r.version, review: r.review }, !r.review).await
+            self.write(&actor, Command::Upgrade { name: r.name, version: r.version, review: r.review }).await
         })
         .await
     }
@@ -204,7 +225,7 @@ impl Registry for AdminApi {
         let r = req.into_inner();
         observe("Quarantine", async {
             let reason = if r.reason.trim().is_empty() { "no reason given".to_string() } else { r.reason };
-            self.write(&actor, Command::Quarantine { name: r.name, reason }, true).await
+            self.write(&actor, Command::Quarantine { name: r.name, reason }).await
         })
         .await
     }
@@ -212,7 +233,7 @@ impl Registry for AdminApi {
     async fn unquarantine(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::WriteReply>, Status> {
         let actor = actor(&req);
         let name = req.into_inner().name;
-        observe("Unquarantine", self.write(&actor, Command::Unquarantine { name }, true)).await
+        observe("Unquarantine", self.write(&actor, Command::Unquarantine { name })).await
     }
 
     async fn approve_tool(&self, req: Request<pb::ApproveToolRequest>) -> Result<Response<pb::WriteReply>, Status> {
@@ -223,7 +244,7 @@ impl Registry for AdminApi {
                 .split_once('.')
                 .filter(|(s, t)| !s.is_empty() && !t.is_empty())
                 .ok_or_else(|| invalid("tool", format!("{tool:?}: expected SERVER.TOOL, e.g. github.create_issue")))?;
-            self.write(&actor, Command::ApproveTool { server: server.into(), tool: tool.into() }, false).await
+            self.write(&actor, Command::ApproveTool { server: server.into(), tool: tool.into() }).await
         })
         .await
     }
@@ -236,7 +257,7 @@ impl Registry for AdminApi {
         let r = req.into_inner();
         observe(
             "SetServerPolicy",
-            self.write(&actor, Command::SetServerPolicy { name: r.name, read_only: r.read_only }, true),
+            self.write(&actor, Command::SetServerPolicy { name: r.name, read_only: r.read_only }),
         )
         .await
     }
@@ -244,7 +265,7 @@ impl Registry for AdminApi {
     async fn delete_policy(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::WriteReply>, Status> {
         let actor = actor(&req);
         let name = req.into_inner().name;
-        observe("DeletePolicy", self.write(&actor, Command::DeletePolicy { name }, false)).await
+        observe("DeletePolicy", self.write(&actor, Command::DeletePolicy { name })).await
     }
 
     async fn get_server(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Server>, Status> {
@@ -306,6 +327,44 @@ impl Registry for AdminApi {
                 .get(&target)
                 .ok_or_else(|| Status::not_found(format!("no history for {target:?}: it was never registered")))?;
             Ok(pb::HistoryReply { changes: lines.iter().map(convert::change).collect(), read_index: st.applied_index })
+        })
+        .await
+    }
+
+    async fn get_retention(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::Retention>, Status> {
+        let r = req.into_inner();
+        observe("GetRetention", async {
+            let st = self.read(r.stale).await?;
+            let ret = st.registry.retention;
+            Ok(pb::Retention {
+                history_per_server: ret.history_per_target,
+                history_max_age: humantime::format_duration(std::time::Duration::from_millis(ret.history_max_age_ms))
+                    .to_string(),
+                read_index: st.applied_index,
+            })
+        })
+        .await
+    }
+
+    async fn set_retention(&self, req: Request<pb::Retention>) -> Result<Response<pb::WriteReply>, Status> {
+        let actor = actor(&req);
+        let r = req.into_inner();
+        observe("SetRetention", async {
+            let current = self.cluster.registry.load().registry.retention;
+            let per = if r.history_per_server == 0 { current.history_per_target } else { r.history_per_server };
+            let age = if r.history_max_age.is_empty() {
+                current.history_max_age_ms
+            } else {
+                joch_raft_store::model::validate::parse_duration(&r.history_max_age)
+                    .ok_or_else(|| {
+                        invalid(
+                            "history_max_age",
+                            format!("{:?} is not a duration (e.g. 90d, 720h)", r.history_max_age),
+                        )
+                    })?
+                    .as_millis() as u64
+            };
+            self.write(&actor, Command::SetRetention { history_per_target: per, history_max_age_ms: age }).await
         })
         .await
     }
@@ -391,7 +450,7 @@ impl Cluster for AdminApi {
 
     async fn status(&self, _req: Request<pb::Empty>) -> Result<Response<pb::ClusterStatus>, Status> {
         observe("Status", async {
-            let v = self.cluster.view().await;
+            let v = self.cluster.view_cluster().await;
             let leader_last = v
                 .members
                 .iter()

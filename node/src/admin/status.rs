@@ -4,8 +4,8 @@
 use joch_raft_store::ApplyError;
 use tonic::Status;
 
+use crate::cluster::message::Refusal;
 use crate::cluster::ClusterError;
-use crate::mesh::message::Refusal;
 
 /// Maps a cluster error to a status, naming this node where the node matters.
 pub fn to_status(node: u64, e: ClusterError) -> Status {
@@ -26,7 +26,9 @@ pub fn to_status(node: u64, e: ClusterError) -> Status {
             ApplyError::AlreadyAtVersion { .. } => Status::failed_precondition(msg),
         },
         ClusterError::Refused(r) => match r {
-            Refusal::NotLeader { .. } | Refusal::NoQuorum(_) => Status::unavailable(on_node(&msg)),
+            Refusal::NotLeader { .. } | Refusal::NoQuorum { .. } | Refusal::NotVouching(_) => {
+                Status::unavailable(on_node(&msg))
+            }
             Refusal::Membership(_) => Status::failed_precondition(on_node(&msg)),
             Refusal::Fatal(_) => Status::internal(on_node(&msg)),
         },

@@ -95,6 +95,36 @@ pub fn req<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
+/// Longest a read waits for a settling cluster (no leader yet, a leader without a quorum yet).
+const SETTLE_WAIT: Duration = Duration::from_secs(30);
+
+/// Makes a read, waiting out a cluster that is settling: an `unavailable` answer (no leader
+/// yet, a leader not yet confirmed by a quorum, the node restarting) is retried with backoff for
+/// up to 30 s, saying so once on stderr. `call` makes one attempt (with its own client clone).
+pub async fn settle<T, F, Fut>(url: &str, mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(200);
+    let mut told = false;
+    loop {
+        match call().await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unavailable && started.elapsed() + delay < SETTLE_WAIT => {
+                if !told {
+                    eprintln!("waiting for the cluster to settle: {}", s.message());
+                    told = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(s) => return Err(status_err(url, s)),
+        }
+    }
+}
+
 /// Turns a gRPC status into an error that says which node answered.
 pub fn status_err(url: &str, s: tonic::Status) -> anyhow::Error {
     let msg = if s.message().is_empty() { format!("{:?}", s.code()) } else { s.message().to_string() };

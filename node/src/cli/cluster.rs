@@ -7,7 +7,7 @@ use clap::Subcommand;
 use joch_proto::admin as pb;
 use serde_json::json;
 
-use super::client::{self, req, status_err};
+use super::client::{self, req, settle, status_err};
 use super::output::{self, table};
 use super::{Format, Global};
 use crate::mesh::pki::{self, PkiDir};
@@ -144,7 +144,12 @@ pub async fn run(g: &Global, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
             );
         }
         ClusterCmd::Status => {
-            let s = n.cluster.status(req(pb::Empty {})).await.map_err(e)?.into_inner();
+            let c = n.cluster.clone();
+            let s = settle(&url, || {
+                let mut c = c.clone();
+                async move { c.status(req(pb::Empty {})).await }
+            })
+            .await?;
             print_status(g.output, &s);
         }
     }
@@ -160,7 +165,9 @@ pub fn print_status(format: Format, s: &pb::ClusterStatus) {
             .map(|m| {
                 json!({"id": m.id, "role": m.role, "voter": m.voter, "reachable": m.reachable, "term": m.term,
                 "last_log_index": m.last_log_index, "applied_index": m.applied_index, "lag": m.lag,
-                "leader_contact_ms": m.leader_contact_ms, "snapshot_index": m.snapshot_index, "purged_index": m.purged_index, "mesh": m.mesh, "admin": m.admin, "mcp": m.mcp,
+                "leader_contact_ms": if m.vouched { json!(m.leader_contact_ms) } else { serde_json::Value::Null },
+                "serving": m.reachable && m.stale.is_empty(), "stale": if m.stale.is_empty() { serde_json::Value::Null } else { json!(m.stale) },
+                "snapshot_index": m.snapshot_index, "purged_index": m.purged_index, "mesh": m.mesh, "admin": m.admin, "mcp": m.mcp,
                 "error": if m.error.is_empty() { serde_json::Value::Null } else { json!(m.error) }})
             })
             .collect();
@@ -185,11 +192,16 @@ pub fn print_status(format: Format, s: &pb::ClusterStatus) {
                 if m.reachable { m.applied_index.to_string() } else { "-".into() },
                 if m.reachable { m.lag.to_string() } else { "-".into() },
                 if m.reachable { "yes".into() } else { "NO".into() },
+                match (m.reachable, m.stale.is_empty()) {
+                    (false, _) => "-".into(),
+                    (true, true) => "yes".into(),
+                    (true, false) => format!("NO: {}", m.stale),
+                },
                 m.mesh.clone(),
                 m.admin.clone(),
                 m.error.clone(),
             ]
         })
         .collect();
-    table(&["ID", "ROLE", "KIND", "TERM", "APPLIED", "LAG", "REACHABLE", "MESH", "ADMIN", "ERROR"], &rows);
+    table(&["ID", "ROLE", "KIND", "TERM", "APPLIED", "LAG", "REACHABLE", "SERVING", "MESH", "ADMIN", "ERROR"], &rows);
 }

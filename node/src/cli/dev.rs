@@ -211,12 +211,71 @@ pub async fn run(g: &Global, cmd: DevCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Nodes started by this invocation: stopped again if it fails, so a failed `up` leaves no
+/// orphans behind.
+struct Started(Vec<u32>);
+
+impl Started {
+    fn disarm(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        for pid in &self.0 {
+            signal(*pid, "TERM");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.0.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for pid in self.0.iter().filter(|p| alive(**p)) {
+            signal(*pid, "KILL");
+        }
+        eprintln!("stopped the {} node(s) this command had started", self.0.len());
+    }
+}
+
+/// The nodes of a directory whose `cluster.json` is gone, from their configs (`node*/joch.yaml`).
+fn nodes_from_configs(dir: &Path) -> anyhow::Result<Vec<DevNode>> {
+    let mut nodes = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path().join("joch.yaml");
+        if !path.exists() {
+            continue;
+        }
+        let raw = crate::config::RawConfig::from_file(&path)?;
+        let id = raw.id.with_context(|| format!("{}: no node id", path.display()))?;
+        let addr = |v: &Option<String>, what: &str| {
+            v.clone().with_context(|| format!("{}: no listen.{what} address", path.display()))
+        };
+        nodes.push(DevNode {
+            id,
+            mcp_url: format!("http://{}", addr(&raw.listen.mcp, "mcp")?),
+            admin_url: format!("http://{}", addr(&raw.listen.admin, "admin")?),
+            mesh_addr: addr(&raw.listen.mesh, "mesh")?,
+            metrics_url: format!("http://{}/metrics", addr(&raw.listen.metrics, "metrics")?),
+            pid: 0,
+        });
+    }
+    nodes.sort_by_key(|n| n.id);
+    Ok(nodes)
+}
+
 async fn up(g: &Global, count: u64, dir: &Path, raft: &str) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let state = dir.join("cluster.json");
-    let fresh = !state.exists();
+    let recovered = if state.exists() { Vec::new() } else { nodes_from_configs(&dir)? };
+    let fresh = !state.exists() && recovered.is_empty();
+    // Without cluster.json nobody can say whether the data was ever initialised: try, and take
+    // "already initialised" as the answer.
+    let recovering = !recovered.is_empty();
     let mut cluster = if fresh {
         if !(1..=9).contains(&count) {
             anyhow::bail!("--nodes must be between 1 and 9");
@@ -256,6 +315,14 @@ async fn up(g: &Global, count: u64, dir: &Path, raft: &str) -> anyhow::Result<Ex
         drop(held_tcp);
         drop(held_udp);
         DevCluster { nodes }
+    } else if !recovered.is_empty() {
+        eprintln!(
+            "{} is missing: restarting the {} node(s) configured in {} on their data",
+            state.display(),
+            recovered.len(),
+            dir.display()
+        );
+        DevCluster { nodes: recovered }
     } else {
         let text = std::fs::read_to_string(&state).with_context(|| format!("reading {}", state.display()))?;
         let c: DevCluster = serde_json::from_str(&text)
@@ -266,11 +333,13 @@ async fn up(g: &Global, count: u64, dir: &Path, raft: &str) -> anyhow::Result<Ex
         c
     };
     let mut started_ids = Vec::new();
+    let mut guard = Started(Vec::new());
     for n in &mut cluster.nodes {
         if n.pid != 0 && alive(n.pid) {
             continue;
         }
         n.pid = spawn(&dir, n.id)?;
+        guard.0.push(n.pid);
         started_ids.push(n.id);
     }
     std::fs::write(&state, serde_json::to_vec_pretty(&cluster)?)?;
@@ -279,14 +348,17 @@ async fn up(g: &Global, count: u64, dir: &Path, raft: &str) -> anyhow::Result<Ex
     for n in &cluster.nodes {
         infos.push(wait_admin(&dir, n, deadline).await?);
     }
-    if fresh {
+    if fresh || recovering {
         let mut c = client::connect(&cluster.nodes[0].admin_url).await?;
-        c.cluster
-            .init(req(pb::InitRequest { members: infos }))
-            .await
-            .map_err(|s| anyhow::anyhow!("initialising the cluster: {}", s.message()))?;
+        match c.cluster.init(req(pb::InitRequest { members: infos })).await {
+            Ok(_) => {}
+            // Restarted on data that was initialised before: nothing to do.
+            Err(s) if recovering && s.code() == tonic::Code::AlreadyExists => {}
+            Err(s) => anyhow::bail!("initialising the cluster: {}", s.message()),
+        }
     }
     let status = wait_leader(&cluster.nodes, deadline).await?;
+    guard.disarm();
     let elapsed = started.elapsed();
     if g.output != Format::Table {
         super::output::data(g.output, &serde_json::to_value(&cluster)?);

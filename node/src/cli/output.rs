@@ -43,6 +43,16 @@ pub fn time(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
+/// A Unix-ms instant as a time of day, rounded up to the second: `12:04:07 UTC`.
+pub fn clock(ms: u64) -> String {
+    let secs = ms.div_ceil(1000);
+    let t = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
+    match t.split_once('T') {
+        Some((_, rest)) => format!("{} UTC", rest.trim_end_matches('Z')),
+        None => t,
+    }
+}
+
 /// Prints a table with a header row.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -141,6 +151,8 @@ pub fn write_value(target: &str, w: &pb::WriteReply) -> Value {
         v["fleet"] = json!({
             "complete": f.complete,
             "waitedMs": f.waited_ms,
+            "laggardsStopServingBy": if f.complete { Value::Null } else { json!(time(f.laggards_stop_by_unix_ms.div_ceil(1000) * 1000)) },
+            "laggardsStopServingByMs": if f.complete { Value::Null } else { json!(f.laggards_stop_by_unix_ms) },
             "members": f.members.iter().map(|m| json!({
                 "id": m.id, "mesh": m.mesh, "applied": m.applied, "appliedIndex": m.applied_index,
                 "error": if m.error.is_empty() { Value::Null } else { json!(m.error) },
@@ -178,6 +190,13 @@ pub fn write(format: Format, target: &str, w: &pb::WriteReply) -> bool {
         table(&["NODE", "MESH", "APPLIED", "INDEX", "ERROR"], &rows);
         if !f.complete {
             eprintln!("warning: committed, but not every member confirmed applying it within the wait");
+            for m in f.members.iter().filter(|m| !m.applied) {
+                eprintln!(
+                    "node {} did not confirm; it stops serving by {} at the latest (its lease runs out)",
+                    m.id,
+                    clock(f.laggards_stop_by_unix_ms)
+                );
+            }
         }
     }
     complete

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use joch_proto::admin as pb;
 use serde_json::{json, Value};
 
-use super::client::{self, req, status_err};
+use super::client::{self, req, settle, status_err};
 use super::output::{self, table, time};
 use super::{Format, Global, EXIT_FLEET_INCOMPLETE};
 
@@ -80,11 +80,22 @@ pub enum McpCmd {
         #[command(subcommand)]
         cmd: McpPolicyCmd,
     },
-    /// Who changed a server, what, when, at which log index.
+    /// Who changed a server, what, when, at which log index; `--retention` shows (or, with
+    /// `--keep`/`--max-age`, sets) how much history every replica keeps.
     History {
-        name: String,
+        #[arg(required_unless_present = "retention")]
+        name: Option<String>,
         #[arg(long)]
         stale: bool,
+        /// Show or set the retention instead.
+        #[arg(long)]
+        retention: bool,
+        /// With --retention: lines kept per resource.
+        #[arg(long, requires = "retention")]
+        keep: Option<u32>,
+        /// With --retention: drop lines older than this (e.g. 90d).
+        #[arg(long, requires = "retention")]
+        max_age: Option<String>,
     },
 }
 
@@ -170,8 +181,41 @@ pub async fn mcp(g: &Global, cmd: McpCmd) -> anyhow::Result<ExitCode> {
             let r = pb::ServerPolicyRequest { name: name.clone(), read_only };
             (format!("mcpserver/{name}"), n.registry.set_server_policy(req(r)).await.map_err(e)?.into_inner())
         }
-        McpCmd::History { name, stale } => {
-            let h = n.registry.history(req(pb::HistoryRequest { target: name, stale })).await.map_err(e)?.into_inner();
+        McpCmd::History { retention: true, keep, max_age, stale, .. } => {
+            if keep.is_some() || max_age.is_some() {
+                let r = pb::Retention {
+                    history_per_server: keep.unwrap_or(0),
+                    history_max_age: max_age.unwrap_or_default(),
+                    read_index: 0,
+                };
+                ("retention".to_string(), n.registry.set_retention(req(r)).await.map_err(e)?.into_inner())
+            } else {
+                let c = n.registry.clone();
+                let r = settle(&url, || {
+                    let mut c = c.clone();
+                    async move { c.get_retention(req(pb::ListRequest { stale })).await }
+                })
+                .await?;
+                if g.output != Format::Table {
+                    output::data(
+                        g.output,
+                        &json!({"historyPerServer": r.history_per_server, "historyMaxAge": r.history_max_age}),
+                    );
+                } else {
+                    say!("history kept: {} lines per resource, {} at most", r.history_per_server, r.history_max_age);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        McpCmd::History { name, stale, .. } => {
+            let name = name.unwrap_or_default();
+            let c = n.registry.clone();
+            let h = settle(&url, || {
+                let mut c = c.clone();
+                let r = pb::HistoryRequest { target: name.clone(), stale };
+                async move { c.history(req(r)).await }
+            })
+            .await?;
             print_history(g.output, &h);
             return Ok(ExitCode::SUCCESS);
         }
@@ -204,8 +248,12 @@ fn print_history(format: Format, h: &pb::HistoryReply) {
 }
 
 async fn list_servers(g: &Global, n: &mut client::Node, stale: bool) -> anyhow::Result<ExitCode> {
-    let list =
-        n.registry.list_servers(req(pb::ListRequest { stale })).await.map_err(|s| status_err(&n.url, s))?.into_inner();
+    let c = n.registry.clone();
+    let list = settle(&n.url, || {
+        let mut c = c.clone();
+        async move { c.list_servers(req(pb::ListRequest { stale })).await }
+    })
+    .await?;
     if g.output != Format::Table {
         output::data(g.output, &Value::Array(list.servers.iter().map(output::server_resource).collect()));
         return Ok(ExitCode::SUCCESS);
@@ -286,24 +334,26 @@ fn kind_of(kind: &str) -> anyhow::Result<&'static str> {
 }
 
 pub async fn describe(g: &Global, kind: &str, name: &str, stale: bool) -> anyhow::Result<ExitCode> {
-    let mut n = client::node(g).await?;
+    let n = client::node(g).await?;
     let url = n.url.clone();
     let v = match kind_of(kind)? {
         "mcpserver" => {
-            let s = n
-                .registry
-                .get_server(req(pb::GetRequest { name: name.into(), stale }))
-                .await
-                .map_err(|s| status_err(&url, s))?;
-            output::server_resource(&s.into_inner())
+            let c = n.registry.clone();
+            let s = settle(&url, || {
+                let mut c = c.clone();
+                async move { c.get_server(req(pb::GetRequest { name: name.into(), stale })).await }
+            })
+            .await?;
+            output::server_resource(&s)
         }
         _ => {
-            let p = n
-                .registry
-                .get_policy(req(pb::GetRequest { name: name.into(), stale }))
-                .await
-                .map_err(|s| status_err(&url, s))?;
-            output::policy_resource(&p.into_inner())
+            let c = n.registry.clone();
+            let p = settle(&url, || {
+                let mut c = c.clone();
+                async move { c.get_policy(req(pb::GetRequest { name: name.into(), stale })).await }
+            })
+            .await?;
+            output::policy_resource(&p)
         }
     };
     let format = if g.output == Format::Table { Format::Yaml } else { g.output };
@@ -316,12 +366,12 @@ pub async fn get(g: &Global, kind: &str, stale: bool) -> anyhow::Result<ExitCode
     match kind_of(kind)? {
         "mcpserver" => list_servers(g, &mut n, stale).await,
         _ => {
-            let list = n
-                .registry
-                .list_policies(req(pb::ListRequest { stale }))
-                .await
-                .map_err(|s| status_err(&n.url, s))?
-                .into_inner();
+            let c = n.registry.clone();
+            let list = settle(&n.url, || {
+                let mut c = c.clone();
+                async move { c.list_policies(req(pb::ListRequest { stale })).await }
+            })
+            .await?;
             if g.output != Format::Table {
                 output::data(g.output, &Value::Array(list.policies.iter().map(output::policy_resource).collect()));
             } else {

@@ -2,7 +2,7 @@
 
 use joch_raft_store::{ApplyError, NodeId};
 
-use crate::mesh::message::Refusal;
+use super::message::Refusal;
 use crate::mesh::MeshError;
 
 /// Why a cluster operation failed.

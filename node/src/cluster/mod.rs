@@ -1,27 +1,37 @@
 //! The cluster: this node's Raft instance and what the admin API needs from it — writes
 //! forwarded to the leader, linearizable reads (read index through the leader), fleet-wide
-//! acknowledgements, status of every member, membership changes.
+//! acknowledgements, status of every member, membership changes — and the lease that decides
+//! whether this node may serve governed traffic (`lease.rs`), kept current by two tasks
+//! ([`ClusterNode::run`]).
 //!
-//! It owns no storage; the store is joch-raft-store, the transport the mesh.
+//! It owns no storage (the store is joch-raft-store) and no transport (the mesh carries its
+//! `message`s). What the data plane may see of it is a [`NodeView`].
 
 pub mod error;
 mod handler;
+pub mod identity;
+pub mod lease;
+pub mod message;
+pub mod network;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 pub use error::ClusterError;
 use joch_raft_store::{Command, NodeAddr, NodeId, Raft, RegistryHandle, Request};
+use lease::{Lease, Role, Standing};
+use message::{
+    ControlRequest, ControlResponse, MembershipChange, MembershipOutcome, NodeStatus, Refusal, WriteOutcome,
+};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
-use openraft::{ChangeMembers, ServerState};
+use openraft::{ChangeMembers, RaftMetrics, ServerState};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::RaftTiming;
-use crate::mesh::message::{
-    McpForward, McpHead, MembershipChange, MembershipOutcome, NodeStatus, Refusal, WriteOutcome,
-};
-use crate::mesh::{Mesh, MeshRequest, MeshResponse};
+use crate::mesh::Mesh;
 
 /// Timeout of one mesh call made on behalf of an operator. A write to a live leader commits in
 /// milliseconds; a dead leader must not hold the caller past this before we look for the new one.
@@ -40,30 +50,52 @@ pub struct ClusterNode {
     pub raft: Raft,
     /// The published registry.
     pub registry: RegistryHandle,
+    /// Whether this node may serve governed traffic.
+    pub lease: Arc<Lease>,
+    members: Arc<Members>,
     mesh: Arc<Mesh>,
     settings: Settings,
-    /// Unix ms when this node last accepted AppendEntries/InstallSnapshot from a leader.
-    leader_contact_ms: AtomicU64,
-    /// Commit index last announced by a leader (followers).
+    /// Commit index last granted by a leader (followers), for `commit_index`.
     leader_commit: AtomicU64,
-    /// After losing the leader for longer than the lease: the commit index this node must apply
-    /// before it serves again (it may have missed quarantines meanwhile).
-    resync_target: AtomicU64,
-    /// The data plane, for MCP requests forwarded by peers (set once at start; weak, since the
-    /// data plane holds this node).
-    data_plane: std::sync::OnceLock<std::sync::Weak<dyn DataPlane>>,
 }
 
-/// What the cluster needs from the data plane: answering MCP requests forwarded by peers.
-pub trait DataPlane: Send + Sync + 'static {
-    /// Handles a request for a session this node owns: the answer's head, then its body.
-    fn forwarded(&self, req: McpForward) -> futures::future::BoxFuture<'_, (McpHead, crate::mesh::BodyStream)>;
+/// What the data plane may see of its node: its id, the published registry, its lease, where
+/// the other members are, and the mesh to reach them. Nothing else of the cluster.
+#[derive(Clone)]
+pub struct NodeView {
+    /// This node's id.
+    pub id: NodeId,
+    /// The published registry (lock-free reads).
+    pub registry: RegistryHandle,
+    /// Whether this node may serve governed traffic, and a watch that turns when it may not.
+    pub lease: Arc<Lease>,
+    /// The members' addresses.
+    pub members: Arc<Members>,
+    /// The mesh (forwarded MCP requests).
+    pub mesh: Arc<Mesh>,
+}
+
+/// The current members' addresses, published from Raft's membership (lock-free reads).
+#[derive(Default)]
+pub struct Members(ArcSwap<BTreeMap<NodeId, NodeAddr>>);
+
+impl Members {
+    /// A member's addresses, if it is one.
+    pub fn get(&self, id: NodeId) -> Option<NodeAddr> {
+        self.0.load().get(&id).cloned()
+    }
+
+    fn set(&self, m: BTreeMap<NodeId, NodeAddr>) {
+        if **self.0.load() != m {
+            self.0.store(Arc::new(m));
+        }
+    }
 }
 
 /// Timing the cluster handle needs from the node configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Raft timing (for the lease).
+    /// Raft timing (heartbeat, lease).
     pub timing: RaftTiming,
     /// Longest wait for every member to apply a fleet-acknowledged write.
     pub fleet_ack_timeout: Duration,
@@ -95,6 +127,9 @@ pub struct FleetAck {
     pub waited: Duration,
     /// Each member.
     pub members: Vec<MemberAck>,
+    /// Unix ms by which a member that did not confirm stops serving at the latest (its lease
+    /// runs out): the end of the wait plus the lease.
+    pub laggards_stop_by_ms: u64,
 }
 
 /// A member as seen by `cluster status`.
@@ -138,14 +173,39 @@ fn role(state: ServerState) -> &'static str {
     }
 }
 
+/// The highest index a quorum of voters holds, from the leader's replication metrics.
+fn leader_commit_index(me: NodeId, m: &RaftMetrics<NodeId, NodeAddr>) -> u64 {
+    let repl = m.replication.clone().unwrap_or_default();
+    let matched = |v: &NodeId| {
+        if *v == me {
+            m.last_log_index.unwrap_or(0)
+        } else {
+            repl.get(v).copied().flatten().map(|l| l.index).unwrap_or(0)
+        }
+    };
+    m.membership_config
+        .membership()
+        .get_joint_config()
+        .iter()
+        .filter(|set| !set.is_empty())
+        .map(|set| {
+            let mut idx: Vec<u64> = set.iter().map(matched).collect();
+            idx.sort_unstable_by(|a, b| b.cmp(a));
+            idx[set.len() / 2]
+        })
+        .min()
+        .unwrap_or(0)
+}
+
 impl ClusterNode {
-    /// Wraps a started Raft instance.
+    /// Wraps a started Raft instance; `lease` is the one its network reports to.
     pub fn new(
         id: NodeId,
         addr: NodeAddr,
         raft: Raft,
         registry: RegistryHandle,
         mesh: Arc<Mesh>,
+        lease: Arc<Lease>,
         settings: Settings,
     ) -> Arc<Self> {
         Arc::new(ClusterNode {
@@ -153,99 +213,50 @@ impl ClusterNode {
             addr,
             raft,
             registry,
+            lease,
+            members: Arc::default(),
             mesh,
             settings,
-            leader_contact_ms: AtomicU64::new(0),
             leader_commit: AtomicU64::new(0),
-            resync_target: AtomicU64::new(0),
-            data_plane: std::sync::OnceLock::new(),
         })
     }
 
+    /// What the data plane may see of this node.
+    pub fn view(&self) -> NodeView {
+        NodeView {
+            id: self.id,
+            registry: self.registry.clone(),
+            lease: self.lease.clone(),
+            members: self.members.clone(),
+            mesh: self.mesh.clone(),
+        }
+    }
+
     /// The configured control-plane lease.
-    pub fn lease(&self) -> Duration {
+    pub fn lease_duration(&self) -> Duration {
         self.settings.timing.lease
     }
 
-    /// Milliseconds since this node last heard from a leader; 0 on a leader whose quorum is fresh.
-    pub fn leader_contact_age(&self) -> Option<u64> {
-        {
-            let rx = self.raft.metrics();
-            let m = rx.borrow();
-            if m.state == ServerState::Leader {
-                return m.millis_since_quorum_ack.or(Some(0));
-            }
-        }
-        match self.leader_contact_ms.load(Ordering::Relaxed) {
-            0 => None,
-            t => Some(now_ms().saturating_sub(t)),
-        }
-    }
-
     /// Commit index as this node knows it: on the leader, the highest index a quorum of voters
-    /// holds; elsewhere, the last one a leader announced.
+    /// holds; elsewhere, the last one a leader granted.
     pub fn commit_index(&self) -> u64 {
-        let m = self.raft.metrics().borrow().clone();
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
         if m.state != ServerState::Leader {
             return self.leader_commit.load(Ordering::Relaxed);
         }
-        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
-        let repl = m.replication.unwrap_or_default();
-        let mut matched: Vec<u64> = voters
-            .iter()
-            .map(|v| {
-                if *v == self.id {
-                    m.last_log_index.unwrap_or(0)
-                } else {
-                    repl.get(v).copied().flatten().map(|l| l.index).unwrap_or(0)
-                }
-            })
-            .collect();
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        matched.get(voters.len() / 2).copied().unwrap_or(0)
+        leader_commit_index(self.id, &m)
     }
 
-    /// A leader's AppendEntries (or snapshot) reached this node. `commit` is the leader's commit
-    /// index; `in_sync` whether this node's log matched (contact counts only then). A node that
-    /// had been out of contact for longer than its lease must first apply `commit`: until then it
-    /// stays stale, so nothing committed while it was cut off can be missed.
-    fn note_leader(&self, commit: u64, in_sync: bool) {
-        self.leader_commit.fetch_max(commit, Ordering::Relaxed);
-        let now = now_ms();
-        let last = self.leader_contact_ms.load(Ordering::Relaxed);
-        if last == 0 || now.saturating_sub(last) > self.settings.timing.lease.as_millis() as u64 {
-            self.resync_target.fetch_max(commit, Ordering::Release);
-        }
-        if in_sync {
-            self.leader_contact_ms.store(now, Ordering::Release);
-        }
-    }
-
-    /// Ready: member of a cluster that has a leader, in contact with it within the lease, and,
-    /// after having lost it, caught up with what was committed meanwhile.
-    /// On the request path: reads the metrics in place (no clone, no lock held across awaits).
-    pub fn is_ready(&self) -> Result<(), String> {
-        if self.raft.metrics().borrow().current_leader.is_none() {
-            return Err("no leader known".into());
-        }
-        match self.leader_contact_age() {
-            Some(age) if age <= self.settings.timing.lease.as_millis() as u64 => {}
-            Some(age) => {
-                return Err(format!("last heard from the leader {age} ms ago (lease {:?})", self.settings.timing.lease))
-            }
-            None => return Err("has not heard from a leader yet".into()),
-        }
-        let target = self.resync_target.load(Ordering::Acquire);
-        let applied = self.applied_index();
-        if applied < target {
-            return Err(format!("catching up after losing the leader: applied {applied} of {target}"));
-        }
-        Ok(())
+    /// Ready to serve governed traffic (see `lease.rs`); the reason when not.
+    pub fn is_ready(&self) -> Result<(), lease::Stale> {
+        self.lease.check(Instant::now())
     }
 
     /// This node's own status.
     pub fn node_status(&self) -> NodeStatus {
         let m = self.raft.metrics().borrow().clone();
+        let now = Instant::now();
         NodeStatus {
             id: self.id,
             role: role(m.state).into(),
@@ -253,7 +264,8 @@ impl ClusterNode {
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
             leader: m.current_leader,
-            leader_contact_ms: self.leader_contact_age(),
+            leader_contact_ms: self.lease.age(now).map(|d| d.as_millis() as u64),
+            stale: self.lease.check(now).err().map(|e| e.to_string()),
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
         }
@@ -273,6 +285,159 @@ impl ClusterNode {
 
     fn leader_addr(&self, leader: NodeId) -> Option<NodeAddr> {
         self.members().into_iter().find(|(id, _, _)| *id == leader).map(|(_, a, _)| a)
+    }
+
+    /// Runs the tasks that keep the lease current and bootstrap the cluster's identity, until
+    /// `stop`: the monitor (Raft's standing and the published registry into the lease, the stale
+    /// watch flipped when the lease runs out), the prober (a follower's grants from the leader),
+    /// and the cluster key (set once by the first leader).
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        tokio::join!(self.clone().monitor(stop.clone()), self.clone().prober(stop.clone()), self.bootstrap(stop));
+    }
+
+    /// Raft's standing of this node, as the lease needs it.
+    fn standing(&self, m: &RaftMetrics<NodeId, NodeAddr>) -> Standing {
+        let mem = m.membership_config.membership();
+        let voters: Vec<Vec<NodeId>> = mem.get_joint_config().iter().map(|s| s.iter().copied().collect()).collect();
+        let initialised = mem.nodes().next().is_some();
+        let member = mem.nodes().any(|(id, _)| *id == self.id);
+        let role = if initialised && !member {
+            Role::Removed
+        } else if m.state == ServerState::Leader {
+            // A new leader knows the commit index only once an entry of its own term is applied.
+            let own_term_applied = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
+            if own_term_applied {
+                Role::Leader
+            } else {
+                Role::NewLeader
+            }
+        } else if m.current_leader.is_some_and(|l| l != self.id) {
+            Role::Follower
+        } else {
+            Role::NoLeader
+        };
+        let commit = if m.state == ServerState::Leader { leader_commit_index(self.id, m) } else { 0 };
+        Standing { role, term: m.current_term, voters, commit }
+    }
+
+    async fn monitor(self: Arc<Self>, stop: CancellationToken) {
+        let mut metrics = self.raft.metrics();
+        let mut applied = self.registry.subscribe();
+        let mut last: Option<(Standing, u64)> = None;
+        let mut was: Option<Result<(), lease::Stale>> = None;
+        loop {
+            let now = Instant::now();
+            let applied_index = self.registry.load().applied_index;
+            {
+                let m = metrics.borrow_and_update();
+                let s = self.standing(&m);
+                if last.as_ref() != Some(&(s.clone(), applied_index)) {
+                    self.lease.set_standing(&s, applied_index, now);
+                    self.members.set(m.membership_config.membership().nodes().map(|(i, a)| (*i, a.clone())).collect());
+                    last = Some((s, applied_index));
+                }
+            }
+            let r = self.lease.publish(now);
+            if was.as_ref().map(|w| w.is_ok()) != Some(r.is_ok()) {
+                match &r {
+                    Ok(()) => tracing::info!("control plane fresh: serving governed traffic"),
+                    Err(why) => tracing::warn!(reason = %why, "control plane stale: failing closed"),
+                }
+                metrics::gauge!("joch_lease_fresh").set(if r.is_ok() { 1.0 } else { 0.0 });
+                was = Some(r);
+            }
+            let expiry = self.lease.expires_at(now);
+            let expired = async {
+                match expiry {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = metrics.changed() => if r.is_err() { return },
+                r = applied.changed() => if r.is_err() { return },
+                _ = expired => {}
+            }
+        }
+    }
+
+    /// A follower asks its leader to vouch for it every heartbeat interval (see `lease.rs`).
+    async fn prober(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.settings.timing.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if self.lease.role() != Role::Follower {
+                continue;
+            }
+            let leader = self.raft.metrics().borrow().current_leader;
+            let Some(addr) = leader.filter(|l| *l != self.id).and_then(|l| self.leader_addr(l)) else { continue };
+            let sent = Instant::now();
+            let req = ControlRequest::LeaseProbe { from: self.id };
+            let probe = self.mesh.call(&addr.mesh, &req, self.settings.timing.lease);
+            let answer = tokio::select! {
+                _ = stop.cancelled() => return,
+                a = probe => a,
+            };
+            match answer {
+                Ok(ControlResponse::Lease(Ok(grant))) => {
+                    self.leader_commit.fetch_max(grant.commit, Ordering::Relaxed);
+                    self.lease.on_grant(sent, grant, self.registry.load().applied_index);
+                    let _ = self.lease.publish(Instant::now());
+                }
+                Ok(ControlResponse::Lease(Err(r))) => tracing::debug!(refusal = %r, "lease probe refused"),
+                Ok(other) => tracing::debug!(answer = ?other, "unexpected answer to a lease probe"),
+                Err(e) => tracing::debug!(error = %e, "lease probe failed"),
+            }
+        }
+    }
+
+    /// Leader: answers a member's lease probe (a node that is not a member gets nothing).
+    fn grant(&self, from: NodeId) -> Result<lease::Grant, Refusal> {
+        if self.members.get(from).is_none() {
+            return Err(Refusal::NotVouching(format!("node {from} is not a member of this cluster")));
+        }
+        let now = Instant::now();
+        self.lease.grant(now, self.commit_index()).ok_or_else(|| {
+            let why = match self.lease.check(now) {
+                Err(s) => s.to_string(),
+                Ok(()) => "not the leader".to_string(),
+            };
+            Refusal::NotVouching(why)
+        })
+    }
+
+    /// Sets the cluster key once this node leads and none is set yet (sealed session ids need it).
+    async fn bootstrap(self: Arc<Self>, stop: CancellationToken) {
+        let mut metrics = self.raft.metrics();
+        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            if self.registry.load().registry.cluster_key.is_some() {
+                return;
+            }
+            if metrics.borrow_and_update().state == ServerState::Leader {
+                let mut key = [0u8; 32];
+                rand::fill(&mut key);
+                let req = Request {
+                    actor: "joch/bootstrap".into(),
+                    at_ms: now_ms(),
+                    command: Command::InitClusterKey { key },
+                };
+                match self.raft.client_write(req).await {
+                    Ok(_) => tracing::info!("cluster key initialised"),
+                    Err(e) => tracing::warn!(error = %e, "could not initialise the cluster key; will retry"),
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = metrics.changed() => if r.is_err() { return },
+                _ = retry.tick() => {}
+            }
+        }
     }
 
     /// Proposes a command through the leader (forwarding if needed) and waits for it to be applied
@@ -299,8 +464,8 @@ impl ClusterNode {
         match leader {
             None => Attempt::from_result(self.local_write(req).await, "this node"),
             Some((id, addr)) => {
-                self.ask_leader(id, &addr, MeshRequest::ForwardWrite(req), PEER_CALL, |r| match r {
-                    MeshResponse::Write(x) => Ok(x),
+                self.ask_leader(id, &addr, ControlRequest::ForwardWrite(req), PEER_CALL, |r| match r {
+                    ControlResponse::Write(x) => Ok(x),
                     other => Err(Box::new(other)),
                 })
                 .await
@@ -323,9 +488,9 @@ impl ClusterNode {
         &self,
         id: NodeId,
         addr: &NodeAddr,
-        req: MeshRequest,
+        req: ControlRequest,
         timeout: Duration,
-        pick: impl FnOnce(MeshResponse) -> Result<Result<T, Refusal>, Box<MeshResponse>>,
+        pick: impl FnOnce(ControlResponse) -> Result<Result<T, Refusal>, Box<ControlResponse>>,
     ) -> Attempt<T> {
         match self.mesh.call(&addr.mesh, &req, timeout).await {
             Err(e) => Attempt::Retry(None, ClusterError::Forward { leader: id, source: e }.to_string()),
@@ -337,7 +502,7 @@ impl ClusterNode {
     }
 
     /// Runs `op` against the leader: locally first; when told who leads, over the mesh. Backs off
-    /// and retries while no leader is known, up to the write timeout.
+    /// and retries while no leader is known (or it has no quorum yet), up to the write timeout.
     async fn with_leader<T, F, Fut>(&self, op: F) -> Result<T, ClusterError>
     where
         F: Fn(Option<(NodeId, NodeAddr)>) -> Fut,
@@ -393,8 +558,8 @@ impl ClusterNode {
         match leader {
             None => Attempt::from_result(self.local_read_index().await, "this node"),
             Some((id, addr)) => {
-                self.ask_leader(id, &addr, MeshRequest::ReadIndex, PEER_CALL, |r| match r {
-                    MeshResponse::ReadIndex(x) => Ok(x),
+                self.ask_leader(id, &addr, ControlRequest::ReadIndex, PEER_CALL, |r| match r {
+                    ControlResponse::ReadIndex(x) => Ok(x),
                     other => Err(Box::new(other)),
                 })
                 .await
@@ -409,7 +574,9 @@ impl ClusterNode {
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(Refusal::NotLeader { leader: f.leader_id, leader_addr: f.leader_node })
             }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(Refusal::NoQuorum(q.to_string())),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                Err(Refusal::NoQuorum { leader: self.id, voters: q.cluster, got: q.got.into_iter().collect() })
+            }
             Err(RaftError::Fatal(f)) => Err(Refusal::Fatal(f.to_string())),
         }
     }
@@ -429,9 +596,9 @@ impl ClusterNode {
                     error: (!ok).then(|| "timed out".into()),
                 };
             }
-            let req = MeshRequest::WaitApplied { index, timeout_ms: timeout.as_millis() as u64 };
+            let req = ControlRequest::WaitApplied { index, timeout_ms: timeout.as_millis() as u64 };
             match self.mesh.call(&addr.mesh, &req, timeout + Duration::from_millis(500)).await {
-                Ok(MeshResponse::Applied { applied_index, reached }) => MemberAck {
+                Ok(ControlResponse::Applied { applied_index, reached }) => MemberAck {
                     id,
                     mesh: addr.mesh,
                     applied: reached,
@@ -454,18 +621,21 @@ impl ClusterNode {
         let complete = members.iter().all(|m| m.applied);
         metrics::histogram!("joch_fleet_ack_seconds", "complete" => complete.to_string())
             .record(started.elapsed().as_secs_f64());
-        FleetAck { complete, waited: started.elapsed(), members }
+        // The entry was committed before the wait ended; a member that has not applied it cannot
+        // be vouched for after its lease from then (lease.rs).
+        let laggards_stop_by_ms = now_ms() + self.settings.timing.lease.as_millis() as u64;
+        FleetAck { complete, waited: started.elapsed(), members, laggards_stop_by_ms }
     }
 
     /// Every member's status, probed over the mesh.
-    pub async fn view(&self) -> ClusterView {
+    pub async fn view_cluster(&self) -> ClusterView {
         let m = self.raft.metrics().borrow().clone();
         let probes = self.members().into_iter().map(|(id, addr, voter)| async move {
             let status = if id == self.id {
                 Ok(self.node_status())
             } else {
-                match self.mesh.call(&addr.mesh, &MeshRequest::Status, Duration::from_secs(1)).await {
-                    Ok(MeshResponse::Status(s)) => Ok(s),
+                match self.mesh.call(&addr.mesh, &ControlRequest::Status, Duration::from_secs(1)).await {
+                    Ok(ControlResponse::Status(s)) => Ok(s),
                     Ok(other) => Err(format!("unexpected answer: {other:?}")),
                     Err(e) => Err(e.to_string()),
                 }
@@ -498,9 +668,9 @@ impl ClusterNode {
                 match leader {
                     None => Attempt::from_result(self.local_membership(change).await, "this node"),
                     Some((id, addr)) => {
-                        let req = MeshRequest::ForwardMembership(change);
+                        let req = ControlRequest::ForwardMembership(change);
                         self.ask_leader(id, &addr, req, ADD_LEARNER_WAIT + PEER_CALL, |r| match r {
-                            MeshResponse::Membership(x) => Ok(x),
+                            ControlResponse::Membership(x) => Ok(x),
                             other => Err(Box::new(other)),
                         })
                         .await
@@ -557,53 +727,6 @@ impl ClusterNode {
         let learners: Vec<NodeId> = mem.learner_ids().collect();
         Ok(MembershipOutcome { voters, learners, index: resp.log_id.index })
     }
-
-    /// Installs the data plane (once, at start).
-    pub fn set_data_plane(&self, dp: std::sync::Weak<dyn DataPlane>) {
-        let _ = self.data_plane.set(dp);
-    }
-
-    fn data_plane(&self) -> Option<Arc<dyn DataPlane>> {
-        self.data_plane.get()?.upgrade()
-    }
-
-    /// Sends an MCP request to the node that owns its session; the answer's body streams. `Ok(None)`:
-    /// that node is no longer a member.
-    pub async fn forward_mcp(
-        &self,
-        owner: NodeId,
-        req: McpForward,
-        timeout: Duration,
-    ) -> Result<Option<(McpHead, crate::mesh::BodyStream)>, String> {
-        let Some((_, addr, _)) = self.members().into_iter().find(|(id, _, _)| *id == owner) else {
-            return Ok(None);
-        };
-        self.mesh.call_mcp(&addr.mesh, req, timeout).await.map(Some).map_err(|e| e.to_string())
-    }
-
-    /// Sets the cluster key if this node leads and none is set yet (sealed session ids need it).
-    pub async fn ensure_cluster_key(&self) {
-        if self.registry.load().registry.cluster_key.is_some() {
-            return;
-        }
-        if self.raft.metrics().borrow().state != ServerState::Leader {
-            return;
-        }
-        let mut key = [0u8; 32];
-        rand::fill(&mut key);
-        match self
-            .raft
-            .client_write(Request {
-                actor: "joch/bootstrap".into(),
-                at_ms: now_ms(),
-                command: Command::InitClusterKey { key },
-            })
-            .await
-        {
-            Ok(_) => tracing::info!("cluster key initialised"),
-            Err(e) => tracing::warn!(error = %e, "could not initialise the cluster key; will retry"),
-        }
-    }
 }
 
 /// One try of an operation against the leader.
@@ -623,7 +746,7 @@ impl<T> Attempt<T> {
             Err(Refusal::NotLeader { leader, leader_addr }) => {
                 Attempt::Retry(leader.zip(leader_addr), format!("{who} is not the leader"))
             }
-            Err(r @ Refusal::NoQuorum(_)) => Attempt::Retry(None, r.to_string()),
+            Err(r @ Refusal::NoQuorum { .. }) => Attempt::Retry(None, r.to_string()),
             Err(r) => Attempt::Done(Err(r.into())),
         }
     }

@@ -51,7 +51,9 @@ pub struct RawProxy {
     pub max_json_depth: Option<usize>,
     /// Upstream TCP/TLS connect timeout (default 5s).
     pub upstream_connect_timeout: Option<String>,
-    /// Time for an upstream to start answering (default 60s); long streams are not cut by it.
+    /// Time for an upstream to start answering, and to finish a JSON answer once started
+    /// (default 60s); a stdio call may also stay silent this long. Long SSE streams are not cut
+    /// by it.
     pub upstream_timeout: Option<String>,
     /// Interval of SSE keep-alive comments on idle streams (default 15s).
     pub keepalive: Option<String>,
@@ -61,6 +63,14 @@ pub struct RawProxy {
     /// Browser origins allowed to call the MCP endpoints (`Origin` header); others get 403.
     /// Requests without an Origin header (non-browser agents) are not affected.
     pub allowed_origins: Option<Vec<String>>,
+    /// Open client connections a node accepts (default 16384); beyond, a new connection gets 503
+    /// with `Retry-After` and is closed.
+    pub max_connections: Option<usize>,
+    /// Requests in flight at once, open streams included (default 8192); beyond, a request gets
+    /// 503 `node-overloaded` with `Retry-After`, never a queue.
+    pub max_concurrent_requests: Option<usize>,
+    /// HTTP/2 streams per connection (default 256).
+    pub max_h2_streams: Option<u32>,
 }
 
 /// Listen (or advertise) addresses.
@@ -197,6 +207,12 @@ pub struct ProxyLimits {
     pub client_timeout: Duration,
     /// Allowed browser origins.
     pub allowed_origins: Vec<String>,
+    /// Open client connections.
+    pub max_connections: usize,
+    /// Requests in flight.
+    pub max_concurrent_requests: usize,
+    /// HTTP/2 streams per connection.
+    pub max_h2_streams: u32,
 }
 
 impl Default for ProxyLimits {
@@ -209,6 +225,9 @@ impl Default for ProxyLimits {
             keepalive: Duration::from_secs(15),
             client_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
+            max_connections: 16384,
+            max_concurrent_requests: 8192,
+            max_h2_streams: 256,
         }
     }
 }
@@ -314,6 +333,9 @@ impl RawConfig {
         m(&mut self.proxy.keepalive, other.proxy.keepalive);
         m(&mut self.proxy.client_timeout, other.proxy.client_timeout);
         m(&mut self.proxy.allowed_origins, other.proxy.allowed_origins);
+        m(&mut self.proxy.max_connections, other.proxy.max_connections);
+        m(&mut self.proxy.max_concurrent_requests, other.proxy.max_concurrent_requests);
+        m(&mut self.proxy.max_h2_streams, other.proxy.max_h2_streams);
         m(&mut self.log.format, other.log.format);
         m(&mut self.log.level, other.log.level);
         self
@@ -398,7 +420,19 @@ impl RawConfig {
             keepalive: dur("proxy.keepalive", &self.proxy.keepalive, "15s").unwrap_or_default(),
             client_timeout: dur("proxy.client_timeout", &self.proxy.client_timeout, "10s").unwrap_or_default(),
             allowed_origins: self.proxy.allowed_origins.clone().unwrap_or_default(),
+            max_connections: self.proxy.max_connections.unwrap_or(defaults.max_connections),
+            max_concurrent_requests: self.proxy.max_concurrent_requests.unwrap_or(defaults.max_concurrent_requests),
+            max_h2_streams: self.proxy.max_h2_streams.unwrap_or(defaults.max_h2_streams),
         };
+        if proxy.max_connections == 0 {
+            bad("proxy.max_connections", "must be greater than 0".into());
+        }
+        if proxy.max_concurrent_requests == 0 {
+            bad("proxy.max_concurrent_requests", "must be greater than 0".into());
+        }
+        if proxy.max_h2_streams == 0 {
+            bad("proxy.max_h2_streams", "must be greater than 0".into());
+        }
         if proxy.max_body_bytes < 1024 {
             bad("proxy.max_body_bytes", "must be at least 1024".into());
         }
@@ -419,6 +453,26 @@ impl RawConfig {
         if let (Some(max), Some(l)) = (election_max, lease) {
             if l < max {
                 bad("raft.lease", format!("{l:?} must be at least election_timeout_max ({max:?})"));
+            }
+        }
+        if let (Some(h), Some(l)) = (heartbeat, lease) {
+            // A follower is vouched for by a probe every heartbeat; a lease of a few heartbeats
+            // would flap on a busy machine.
+            if l < h * 4 {
+                bad("raft.lease", format!("{l:?} must be at least 4 heartbeats ({:?})", h * 4));
+            }
+        }
+        if let Some(l) = lease {
+            // A member that does not confirm within fleet_ack_timeout is reported with the time
+            // its lease runs out; a wait as long as the lease would report a moment already past.
+            if fleet_ack_timeout >= l {
+                bad(
+                    "fleet_ack_timeout",
+                    format!(
+                        "{fleet_ack_timeout:?} must be shorter than raft.lease ({l:?}): a member that did not confirm \
+                         is guaranteed to stop serving only when its lease runs out"
+                    ),
+                );
             }
         }
         let raft = RaftTiming {

@@ -133,4 +133,32 @@ mod tests {
         assert_eq!(s.open("a81c672d779e4279ab4abc5242641fd2"), Err(SessionError::Invalid));
         assert_eq!(s.open("j1.!!"), Err(SessionError::Invalid));
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn any_id_opens_or_is_refused(id in ".{0,200}", raw in prop::collection::vec(any::<u8>(), 0..200)) {
+                let s = Sealer::new(&[3; 32]);
+                let _ = s.open(&id);
+                use base64::Engine;
+                let forged = format!("j1.{}", URL_SAFE_NO_PAD.encode(&raw));
+                prop_assert_eq!(s.open(&forged), Err(SessionError::Invalid));
+            }
+
+            #[test]
+            fn tokens_round_trip(server in "[a-z]{1,12}", up in proptest::option::of("[ -~]{0,40}"), owner in any::<u64>(), created in any::<u64>(), modern in any::<bool>()) {
+                let s = Sealer::new(&[9; 32]);
+                let t = SessionToken {
+                    owner, server, upstream_session: up.clone(), upstream_version: up, protocol_version: "2025-11-25".into(),
+                    caller: "anonymous".into(), created_ms: created, members: Vec::new(), upstream_modern: modern,
+                };
+                prop_assert_eq!(s.open(&s.seal(&t)).unwrap(), t);
+            }
+        }
+    }
 }

@@ -3,10 +3,13 @@
 
 use bytes::{Bytes, BytesMut};
 
-/// Splits a byte stream into SSE events (each including its terminating blank line).
+/// Splits a byte stream into SSE events (each including its terminating blank line). Linear:
+/// each byte is examined about once, however the stream is chunked.
 #[derive(Default)]
 pub struct EventSplitter {
     buf: BytesMut,
+    /// Where scanning resumes in `buf` (bytes before it hold no event boundary).
+    scanned: usize,
 }
 
 /// Largest single event accepted from an upstream (bounded buffers).
@@ -22,8 +25,17 @@ impl EventSplitter {
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Bytes>, EventTooLarge> {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
-        while let Some(end) = find_boundary(&self.buf) {
-            out.push(self.buf.split_to(end).freeze());
+        loop {
+            match find_boundary(&self.buf, self.scanned) {
+                Ok(end) => {
+                    out.push(self.buf.split_to(end).freeze());
+                    self.scanned = 0;
+                }
+                Err(resume) => {
+                    self.scanned = resume;
+                    break;
+                }
+            }
         }
         if self.buf.len() > MAX_EVENT {
             return Err(EventTooLarge);
@@ -69,24 +81,45 @@ where
     })
 }
 
-/// Index just past the first blank line (`\n\n`, `\r\n\r\n` or `\r\r`).
-fn find_boundary(b: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i + 1 < b.len() {
-        match (b[i], b[i + 1]) {
-            (b'\n', b'\n') | (b'\r', b'\r') => return Some(i + 2),
-            (b'\r', b'\n') if b.get(i + 2..i + 4) == Some(b"\r\n") => return Some(i + 4),
-            _ => i += 1,
+/// Length of the line terminator at `i` (CRLF, LF or CR); `None` when a CR ends the buffer
+/// (a LF may follow in the next chunk).
+fn terminator(b: &[u8], i: usize) -> Option<usize> {
+    match b[i] {
+        b'\n' => Some(1),
+        _ => match b.get(i + 1) {
+            Some(b'\n') => Some(2),
+            Some(_) => Some(1),
+            None => None,
+        },
+    }
+}
+
+/// The end of the first event in `b` (a line terminator followed by another: a blank line),
+/// scanning from `from`; else where to resume scanning once more bytes arrived.
+fn find_boundary(b: &[u8], from: usize) -> Result<usize, usize> {
+    let mut i = from;
+    while let Some(p) = b[i..].iter().position(|c| *c == b'\n' || *c == b'\r') {
+        i += p;
+        let Some(first) = terminator(b, i) else { return Err(i) };
+        let j = i + first;
+        match b.get(j) {
+            None => return Err(i),
+            Some(b'\n') => return Ok(j + 1),
+            Some(b'\r') => match terminator(b, j) {
+                Some(second) => return Ok(j + second),
+                None => return Err(i),
+            },
+            Some(_) => i = j,
         }
     }
-    None
+    Err(b.len())
 }
 
 /// The `data:` lines of an event, joined with newlines (the JSON-RPC message it carries).
 pub fn data(event: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(event).ok()?;
     let mut parts = Vec::new();
-    for line in text.lines() {
+    for line in text.split(['\n', '\r']) {
         if let Some(d) = line.strip_prefix("data:") {
             parts.push(d.strip_prefix(' ').unwrap_or(d));
         }
@@ -131,8 +164,75 @@ mod tests {
     }
 
     #[test]
+    fn every_blank_line_ends_an_event_however_it_is_chunked() {
+        let stream = b"data: a\n\ndata: b\r\n\r\ndata: c\r\rdata: d\n\r\ndata: e\r\n\ndata: f\n\r";
+        let want = ["a", "b", "c", "d", "e"];
+        for size in 1..=stream.len() {
+            let mut s = EventSplitter::default();
+            let mut got = Vec::new();
+            for chunk in stream.chunks(size) {
+                got.extend(s.push(chunk).unwrap());
+            }
+            let datas: Vec<String> = got.iter().filter_map(|e| data(e)).collect();
+            assert_eq!(datas, want, "chunks of {size}");
+            assert_eq!(s.finish().as_deref().and_then(data).as_deref(), Some("f"), "chunks of {size}");
+        }
+    }
+
+    #[test]
+    fn a_large_event_in_small_chunks_is_split_in_linear_time() {
+        // 4 MB in 1 KB chunks: a rescan from the start on every chunk would take ~8 G steps.
+        let mut s = EventSplitter::default();
+        let line = vec![b'x'; 1024];
+        s.push(b"data: ").unwrap();
+        for _ in 0..4096 {
+            assert!(s.push(&line).unwrap().is_empty());
+        }
+        let ev = s.push(b"\n\n").unwrap();
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].len(), 6 + 4096 * 1024 + 2);
+    }
+
+    #[test]
     fn multi_line_data_and_comments() {
         assert_eq!(data(b": keep-alive\n\n"), None);
         assert_eq!(data(b"data: a\ndata: b\n\n").as_deref(), Some("a\nb"));
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Whatever the bytes and however they are chunked, splitting never panics, and the
+            /// events plus what is left add up to the input.
+            #[test]
+            fn any_bytes_any_chunks(bytes in prop::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'd'), Just(b':'), any::<u8>()], 0..400), cut in 1usize..40) {
+                let mut s = EventSplitter::default();
+                let mut out = Vec::new();
+                for chunk in bytes.chunks(cut) {
+                    out.extend(s.push(chunk).unwrap().into_iter().flat_map(|e| e.to_vec()));
+                }
+                let rest = s.buf.to_vec();
+                out.extend(rest);
+                prop_assert_eq!(out, bytes);
+            }
+
+            /// Events made of data lines split back into exactly those events, in any chunking.
+            #[test]
+            fn framed_events_round_trip(datas in prop::collection::vec("[a-z0-9 {}\":]{0,30}", 1..8), sep in prop_oneof![Just("\n\n"), Just("\r\n\r\n"), Just("\r\r"), Just("\n\r\n")], cut in 1usize..25) {
+                let stream: String = datas.iter().map(|d| format!("data: {d}{sep}")).collect();
+                let mut s = EventSplitter::default();
+                let mut got = Vec::new();
+                for chunk in stream.as_bytes().chunks(cut) {
+                    got.extend(s.push(chunk).unwrap());
+                }
+                got.extend(s.finish());
+                let back: Vec<String> = got.iter().map(|e| data(e).unwrap_or_default()).collect();
+                prop_assert_eq!(back, datas);
+            }
+        }
     }
 }

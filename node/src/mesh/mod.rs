@@ -1,24 +1,29 @@
-//! The mesh: one QUIC endpoint per node (quinn, rustls, mutual TLS with the cluster CA) carrying
-//! Raft RPCs, forwarded admin writes, read-index requests, applied-index probes and status.
+//! The mesh: one QUIC endpoint per node (quinn, rustls, mutual TLS with the cluster CA), a
+//! transport for two kinds of exchange:
+//! - control calls (the cluster's: Raft RPCs, forwarded admin writes, read index, lease probes,
+//!   applied-index probes, status): one request, one answer;
+//! - streamed calls (the data plane's: an MCP request forwarded to the node that owns its
+//!   session): one request, then the answer as frames (length-prefixed: the head, then body
+//!   chunks as they are produced), so streams stay streams across nodes.
 //!
-//! Each call opens one bidirectional stream on a cached connection to the peer: the request fills
-//! the send side, the response the receive side. A forwarded MCP request is answered as frames
-//! (length-prefixed: the head, then body chunks as they are produced), so streams stay streams
-//! across nodes. The mesh knows nothing about what the messages mean; a [`Handler`] answers them.
+//! Each call opens one bidirectional stream on a cached connection to the peer; its first byte
+//! says which kind it is. The mesh knows nothing about what the messages mean: their types
+//! belong to the cluster and the proxy, and a [`ControlHandler`] and a [`StreamHandler`] (wired
+//! in `app.rs`) answer them.
 
-pub mod message;
 pub mod pki;
-pub mod raft_network;
 pub mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use joch_raft_store::codec;
-pub use message::{MeshRequest, MeshResponse};
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 /// Longest wait for a QUIC handshake (a dead peer never refuses: UDP just goes unanswered).
@@ -72,13 +77,31 @@ pub enum MeshError {
     },
 }
 
-/// Answers mesh requests (implemented by the cluster node).
-pub trait Handler: Send + Sync + 'static {
+/// Answers control calls (the cluster).
+pub trait ControlHandler: Send + Sync + 'static {
+    /// What a peer asks.
+    type Request: DeserializeOwned + Send;
+    /// What is answered.
+    type Response: Serialize + Send;
     /// Handles one request.
-    fn handle(&self, req: MeshRequest) -> impl Future<Output = MeshResponse> + Send;
-    /// Handles a forwarded MCP request: the head of the answer, then its body as it is produced.
-    fn handle_mcp(&self, req: message::McpForward) -> impl Future<Output = (message::McpHead, BodyStream)> + Send;
+    fn handle(&self, req: Self::Request) -> impl Future<Output = Self::Response> + Send;
+    /// The answer to a request that could not be decoded.
+    fn undecodable(&self, why: String) -> Self::Response;
 }
+
+/// Answers streamed calls (the data plane).
+pub trait StreamHandler: Send + Sync + 'static {
+    /// What a peer asks.
+    type Request: DeserializeOwned + Send;
+    /// The head of the answer, sent before its body.
+    type Head: Serialize + Send;
+    /// Handles one request: the head of the answer, then its body as it is produced.
+    fn handle(&self, req: Self::Request) -> impl Future<Output = (Self::Head, BodyStream)> + Send;
+}
+
+/// First byte of a call: which kind it is.
+const CONTROL: u8 = 0;
+const STREAMED: u8 = 1;
 
 /// A body produced chunk by chunk.
 pub type BodyStream = futures::stream::BoxStream<'static, bytes::Bytes>;
@@ -108,14 +131,20 @@ impl Mesh {
         self.endpoint.local_addr()
     }
 
-    /// Serves peers until `stop` is cancelled.
-    pub async fn serve<H: Handler>(self: Arc<Self>, handler: Arc<H>, stop: CancellationToken) {
+    /// Serves peers until `stop` is cancelled: control calls go to `control`, streamed ones to
+    /// `streams`.
+    pub async fn serve<C: ControlHandler, S: StreamHandler>(
+        self: Arc<Self>,
+        control: Arc<C>,
+        streams: Arc<S>,
+        stop: CancellationToken,
+    ) {
         loop {
             let incoming = tokio::select! {
                 _ = stop.cancelled() => break,
                 i = self.endpoint.accept() => match i { Some(i) => i, None => break },
             };
-            let handler = handler.clone();
+            let (control, streams) = (control.clone(), streams.clone());
             let stop = stop.clone();
             tokio::spawn(async move {
                 let conn = match incoming.await {
@@ -132,9 +161,9 @@ impl Mesh {
                         _ = stop.cancelled() => break,
                         s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => break },
                     };
-                    let handler = handler.clone();
+                    let (control, streams) = (control.clone(), streams.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = serve_stream(send, recv, handler.as_ref()).await {
+                        if let Err(e) = serve_stream(send, recv, control.as_ref(), streams.as_ref()).await {
                             tracing::debug!(error = %e, "mesh: stream failed");
                         }
                     });
@@ -144,16 +173,21 @@ impl Mesh {
         }
     }
 
-    /// Sends `req` to the node at `addr` and waits for its answer, at most `timeout`.
-    pub async fn call(&self, addr: &str, req: &MeshRequest, timeout: Duration) -> Result<MeshResponse, MeshError> {
+    /// Sends a control request to the node at `addr` and waits for its answer, at most `timeout`.
+    pub async fn call<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        addr: &str,
+        req: &Q,
+        timeout: Duration,
+    ) -> Result<A, MeshError> {
         match tokio::time::timeout(timeout, self.call_inner(addr, req)).await {
             Ok(r) => r,
             Err(_) => Err(MeshError::Timeout { addr: addr.to_string(), timeout }),
         }
     }
 
-    async fn call_inner(&self, addr: &str, req: &MeshRequest) -> Result<MeshResponse, MeshError> {
-        let bytes = codec::encode(req).map_err(|e| MeshError::Codec { addr: addr.into(), message: e.to_string() })?;
+    async fn call_inner<Q: Serialize, A: DeserializeOwned>(&self, addr: &str, req: &Q) -> Result<A, MeshError> {
+        let bytes = request_bytes(CONTROL, req, addr)?;
         let sock = resolve(addr).await?;
         // One retry on a fresh connection: a cached connection may have died since last use.
         let mut last = None;
@@ -162,18 +196,18 @@ impl Mesh {
             match exchange(&conn, &bytes, addr).await {
                 Ok(resp) => return Ok(resp),
                 Err(e @ MeshError::Stream { .. }) => {
-                    self.conns.lock().expect("mesh connection map").remove(&sock);
+                    self.conns.lock().remove(&sock);
                     last = Some(e);
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(last.expect("two attempts made"))
+        Err(last.unwrap_or_else(|| MeshError::Stream { addr: addr.to_string(), message: "no attempt made".into() }))
     }
 
     async fn connection(&self, sock: SocketAddr, addr: &str, fresh: bool) -> Result<quinn::Connection, MeshError> {
         if !fresh {
-            let cached = self.conns.lock().expect("mesh connection map").get(&sock).cloned();
+            let cached = self.conns.lock().get(&sock).cloned();
             if let Some(c) = cached {
                 if c.close_reason().is_none() {
                     return Ok(c);
@@ -190,7 +224,7 @@ impl Mesh {
             .map_err(|_| connect_err(format!("no handshake within {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| connect_err(e.to_string()))?;
         metrics::counter!("joch_mesh_connects_total").increment(1);
-        self.conns.lock().expect("mesh connection map").insert(sock, conn.clone());
+        self.conns.lock().insert(sock, conn.clone());
         Ok(conn)
     }
 
@@ -209,7 +243,14 @@ async fn resolve(addr: &str) -> Result<SocketAddr, MeshError> {
     tokio::net::lookup_host(addr).await.map_err(|e| err(e.to_string()))?.next().ok_or_else(|| err("no address".into()))
 }
 
-async fn exchange(conn: &quinn::Connection, bytes: &[u8], addr: &str) -> Result<MeshResponse, MeshError> {
+/// The kind byte, then the encoded request.
+fn request_bytes<Q: Serialize>(kind: u8, req: &Q, addr: &str) -> Result<Vec<u8>, MeshError> {
+    let mut bytes = vec![kind];
+    bytes.extend(codec::encode(req).map_err(|e| MeshError::Codec { addr: addr.into(), message: e.to_string() })?);
+    Ok(bytes)
+}
+
+async fn exchange<A: DeserializeOwned>(conn: &quinn::Connection, bytes: &[u8], addr: &str) -> Result<A, MeshError> {
     let stream_err = |message: String| MeshError::Stream { addr: addr.to_string(), message };
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(e.to_string()))?;
     send.write_all(bytes).await.map_err(|e| stream_err(e.to_string()))?;
@@ -245,17 +286,16 @@ async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>, Str
 }
 
 impl Mesh {
-    /// Sends a forwarded MCP request; returns the answer's head once it arrives (within
-    /// `timeout`) and its body as a stream that yields chunks as the owner sends them.
-    pub async fn call_mcp(
+    /// Sends a streamed request; returns the answer's head once it arrives (within `timeout`)
+    /// and its body as a stream that yields chunks as the peer sends them.
+    pub async fn call_streamed<Q: Serialize, H: DeserializeOwned>(
         &self,
         addr: &str,
-        req: message::McpForward,
+        req: &Q,
         timeout: Duration,
-    ) -> Result<(message::McpHead, BodyStream), MeshError> {
+    ) -> Result<(H, BodyStream), MeshError> {
         let stream_err = |message: String| MeshError::Stream { addr: addr.to_string(), message };
-        let bytes = codec::encode(&MeshRequest::McpForward(req))
-            .map_err(|e| MeshError::Codec { addr: addr.into(), message: e.to_string() })?;
+        let bytes = request_bytes(STREAMED, req, addr)?;
         let sock = resolve(addr).await?;
         let head = async {
             let conn = self.connection(sock, addr, false).await?;
@@ -264,7 +304,7 @@ impl Mesh {
             send.finish().map_err(|e| stream_err(e.to_string()))?;
             let frame =
                 read_frame(&mut recv).await.map_err(stream_err)?.ok_or_else(|| stream_err("no answer".into()))?;
-            let head: message::McpHead = codec::decode(&frame)
+            let head: H = codec::decode(&frame)
                 .map_err(|e| MeshError::Codec { addr: addr.to_string(), message: e.to_string() })?;
             Ok::<_, MeshError>((head, recv))
         };
@@ -281,18 +321,26 @@ impl Mesh {
     }
 }
 
-async fn serve_stream<H: Handler>(
+async fn serve_stream<C: ControlHandler, S: StreamHandler>(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    handler: &H,
+    control: &C,
+    streams: &S,
 ) -> anyhow::Result<()> {
     let bytes = recv.read_to_end(MAX_MESSAGE).await?;
     metrics::counter!("joch_mesh_bytes_total", "dir" => "received").increment(bytes.len() as u64);
-    let resp = match codec::decode::<MeshRequest>(&bytes) {
-        Ok(MeshRequest::McpForward(req)) => {
+    let resp = match bytes.split_first() {
+        Some((&STREAMED, rest)) => {
+            let req = match codec::decode::<S::Request>(rest) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "mesh: undecodable streamed request");
+                    return Ok(());
+                }
+            };
             // Streamed: the head, then each body chunk as a frame, then the end of the stream.
             use futures::StreamExt;
-            let (head, mut body) = handler.handle_mcp(req).await;
+            let (head, mut body) = streams.handle(req).await;
             write_frame(&mut send, &codec::encode(&head)?).await?;
             // A peer that stops reading (its agent went away) ends the body here at once, not
             // at the next write: a server stream may be idle for long.
@@ -311,8 +359,12 @@ async fn serve_stream<H: Handler>(
             let _ = send.stopped().await;
             return Ok(());
         }
-        Ok(req) => handler.handle(req).await,
-        Err(e) => MeshResponse::BadRequest(format!("undecodable request: {e}")),
+        Some((&CONTROL, rest)) => match codec::decode::<C::Request>(rest) {
+            Ok(req) => control.handle(req).await,
+            Err(e) => control.undecodable(format!("undecodable request: {e}")),
+        },
+        Some((k, _)) => control.undecodable(format!("unknown call kind {k}")),
+        None => control.undecodable("empty request".into()),
     };
     let out = codec::encode(&resp)?;
     send.write_all(&out).await?;

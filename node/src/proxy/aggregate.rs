@@ -1,30 +1,29 @@
 //! The aggregate endpoint `/mcp`: every server the caller may use, behind one session. Tools and
 //! prompts are named `server.name`, resources `joch+server:URI` (and `server.name`), stable and
 //! never rewritten when servers come and go. Lists fan out to every member and merge; a member
-//! that fails or is quarantined drops out alone. Calls are routed back by the prefix.
+//! that fails or is not admissible drops out alone. Calls are routed back by the prefix. Every
+//! member is reached through its own admission: a member call is an `Admitted` like any other.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use joch_raft_store::model::resource::Transport;
-use joch_raft_store::ServerRecord;
+use futures::StreamExt;
 use serde_json::{json, Value};
 
-use super::deny::{protocol_error, Reason};
-use super::modern;
-use super::pipeline::{admit, check_pin, stale, Call, Outcome};
-use super::{
-    answer_message, bad_request, denied, hand_out, header, is_type, new_session, read_limited, rejected, Proxy,
-    MAX_INITIALIZE_ANSWER, MAX_JSON_ANSWER,
-};
-use crate::mcp::jsonrpc::{self, Body as RpcBody};
+use super::admission::{check_pin, Admitted, Call, Rpc};
+use super::deny::Reason;
+use super::exit::{Answer, Event, EventMap, Reply, Stream};
+use super::modern::{validate, Listen};
+use super::request::Inbound;
+use super::session::{hand_out, new_session, no_server_stream};
+use super::upstream::{answer_message, is_type, Failure, UpstreamError};
+use super::{Proxy, MAX_INITIALIZE_ANSWER, MAX_JSON_ANSWER};
+use crate::mcp::envelope;
+use crate::mcp::jsonrpc::{self, Message};
 use crate::mcp::session::{Member, SessionToken};
-use crate::mcp::sse;
-use crate::mcp::version;
+use crate::mcp::{sse, version};
 
 /// Longest a member may take to answer initialize or a list.
 const MEMBER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,24 +43,35 @@ fn list_key(method: &str) -> Option<&'static str> {
     }
 }
 
-fn ok(id: Value, result: Value) -> (Response, Outcome) {
-    let body = json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string();
-    (([("content-type", "application/json")], body).into_response(), Outcome::Forwarded { status: 200 })
-}
-
-/// Splits `server.name` (prompts, tools) or `joch+server:uri` (resources).
-fn route(method: &str, params: &Value) -> Option<(String, &'static str, String)> {
+/// Splits `server.name` (prompts, tools) or `joch+server:uri` (resources): the member, the
+/// routed parameter, and the member's own name for it.
+fn route(method: &str, m: &Message) -> Option<(String, &'static str, String)> {
     match method {
         "tools/call" | "prompts/get" => {
-            let (s, n) = params["name"].as_str()?.split_once('.')?;
-            Some((s.to_string(), "/name", n.to_string()))
+            let (s, n) = m.params.name.as_deref()?.split_once('.')?;
+            Some((s.to_string(), "name", n.to_string()))
         }
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            let (s, u) = params["uri"].as_str()?.strip_prefix(URI_PREFIX)?.split_once(':')?;
-            Some((s.to_string(), "/uri", u.to_string()))
+            let (s, u) = m.params.uri.as_deref()?.strip_prefix(URI_PREFIX)?.split_once(':')?;
+            Some((s.to_string(), "uri", u.to_string()))
         }
         _ => None,
     }
+}
+
+/// The message routed to a member: the parameter renamed to the member's own name.
+fn routed(rpc: &Rpc, field: &str, inner: &str) -> Arc<Rpc> {
+    let mut v = rpc.value();
+    if let Some(p) = v.get_mut("params").and_then(Value::as_object_mut) {
+        p.insert(field.into(), json!(inner));
+    }
+    let body = Bytes::from(v.to_string());
+    let mut msg = rpc.msg.clone();
+    match field {
+        "name" => msg.params.name = Some(inner.to_string()),
+        _ => msg.params.uri = Some(inner.to_string()),
+    }
+    Arc::new(Rpc { msg, body })
 }
 
 /// The key of an aggregate session's stdio member in its owner's server streams.
@@ -89,245 +99,230 @@ fn member_event(server: &str, ev: &[u8]) -> Option<Bytes> {
 
 /// [`member_event`] for a message already parsed.
 fn member_message(server: &str, mut v: Value) -> Option<Bytes> {
-    if !v.is_object() {
-        return None;
-    }
-    if v.get("method").is_some() {
-        if let Some(id) = v.get("id").filter(|id| !id.is_null()) {
-            v["id"] = wrap_request_id(server, id);
+    let obj = v.as_object_mut()?;
+    if obj.contains_key("method") {
+        if let Some(id) = obj.get("id").filter(|id| !id.is_null()).cloned() {
+            obj.insert("id".into(), wrap_request_id(server, &id));
         }
     }
-    if v["method"] == "notifications/resources/updated" {
-        if let Some(u) = v["params"]["uri"].as_str() {
-            v["params"]["uri"] = json!(format!("{URI_PREFIX}{server}:{u}"));
+    if obj.get("method").and_then(Value::as_str) == Some("notifications/resources/updated") {
+        let uri = obj.get("params").and_then(|p| p.get("uri")).and_then(Value::as_str).map(str::to_string);
+        if let (Some(u), Some(p)) = (uri, obj.get_mut("params").and_then(Value::as_object_mut)) {
+            p.insert("uri".into(), json!(format!("{URI_PREFIX}{server}:{u}")));
         }
     }
     Some(sse::message_event(&v.to_string()))
 }
 
+/// A member's listen event as the aggregate listener sees it: its own acknowledgement and the
+/// end of its listen dropped (joch acknowledges once, for all), resource URIs wrapped.
+fn member_listen_event(server: &str, ev: &[u8]) -> Option<Bytes> {
+    let v: Value = sse::json(ev)?;
+    let method = v.get("method")?.as_str()?;
+    if v.get("id").is_some() || method == "notifications/subscriptions/acknowledged" {
+        return None;
+    }
+    member_message(server, v)
+}
+
 /// Renames one list item for the aggregate view.
 fn rename(server: &str, key: &str, mut item: Value) -> Value {
-    if let Some(n) = item["name"].as_str() {
-        item["name"] = json!(format!("{server}.{n}"));
+    let Some(obj) = item.as_object_mut() else { return item };
+    if let Some(n) = obj.get("name").and_then(Value::as_str).map(str::to_string) {
+        obj.insert("name".into(), json!(format!("{server}.{n}")));
     }
     let uri_field = if key == "resourceTemplates" { "uriTemplate" } else { "uri" };
-    if let Some(u) = item[uri_field].as_str() {
-        item[uri_field] = json!(format!("{URI_PREFIX}{server}:{u}"));
+    if let Some(u) = obj.get(uri_field).and_then(Value::as_str).map(str::to_string) {
+        obj.insert(uri_field.into(), json!(format!("{URI_PREFIX}{server}:{u}")));
     }
     item
 }
 
+/// The items of every member's list answer, renamed.
+fn merge(key: &str, answers: impl IntoIterator<Item = (String, Value)>) -> Vec<Value> {
+    let mut items = Vec::new();
+    for (server, answer) in answers {
+        let list = answer.get("result").and_then(|r| r.get(key)).and_then(Value::as_array).cloned().unwrap_or_default();
+        items.extend(list.into_iter().map(|item| rename(&server, key, item)));
+    }
+    items
+}
+
+fn ok_error(id: Value, code: i64, message: &str) -> Answer {
+    Answer::Own(jsonrpc::error(id, code, message, None))
+}
+
 impl Proxy {
-    fn member_call(&self, call: &Call, token: &SessionToken, m: &Member) -> Call {
-        let mut c = call.clone();
-        c.server = m.server.clone();
-        c.session = Some(SessionToken {
-            server: m.server.clone(),
-            upstream_session: m.upstream_session.clone(),
-            upstream_version: m.upstream_version.clone(),
-            members: Vec::new(),
-            upstream_modern: false,
-            ..token.clone()
-        });
-        c
+    /// Admits `call` to each member the registry has now (the ones that pass), for lists and
+    /// listens of the modern era.
+    fn admit_every_server(&self, call: &Call) -> Vec<Admitted> {
+        let state = self.gate.state();
+        state
+            .registry
+            .servers
+            .keys()
+            .filter_map(|name| self.gate.admit(call.for_member(name, call.rpc.clone())).ok())
+            .collect()
     }
 
     /// POSTs a message to a member's HTTP upstream, in the member's own session.
     async fn member_post(
         &self,
-        rec: &ServerRecord,
-        m: &Member,
+        adm: &Admitted,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> Result<reqwest::Response, super::upstream::UpstreamError> {
-        let url = Self::upstream_url(rec);
-        self.upstream.send(reqwest::Method::POST, &url, headers, m.upstream_session.as_deref(), Some(body)).await
+    ) -> Result<reqwest::Response, Failure> {
+        let sid = adm.call().session.as_ref().and_then(|t| t.upstream_session.clone());
+        self.upstream.send(adm, reqwest::Method::POST, headers, sid.as_deref(), Some(body)).await
     }
 
-    /// Sends one JSON-RPC message to a member's upstream (HTTP) and returns its answer message.
-    async fn member_exchange(
-        &self,
-        rec: &ServerRecord,
-        m: &Member,
-        headers: &HeaderMap,
-        msg: &Value,
-    ) -> Result<Value, String> {
-        if rec.spec.transport == Transport::Stdio {
-            let child = self.stdio.child(rec).await.map_err(|e| e.message)?;
-            let mut rx = child.call(msg.clone()).map_err(|e| e.message)?;
-            while let Some(v) =
-                tokio::time::timeout(MEMBER_TIMEOUT, rx.recv()).await.map_err(|_| "timed out".to_string())?
-            {
-                if v.get("result").is_some() || v.get("error").is_some() {
-                    return Ok(v);
-                }
-            }
-            return Err("the stdio server ended the call without an answer".into());
-        }
-        let resp =
-            tokio::time::timeout(MEMBER_TIMEOUT, self.member_post(rec, m, headers, Bytes::from(msg.to_string())))
+    /// Sends one JSON-RPC message to a member (HTTP or stdio) and returns its answer message.
+    async fn member_exchange(&self, adm: &Admitted, headers: &HeaderMap, msg: &Value) -> Result<Value, Failure> {
+        let timed_out =
+            || Failure::from(UpstreamError { reason: Reason::UpstreamTimeout, message: "timed out".into() });
+        if adm.is_stdio() {
+            let child = self.stdio.child(adm).await?;
+            let pending = child.call(msg.clone())?;
+            return tokio::time::timeout(MEMBER_TIMEOUT, pending.answer())
                 .await
-                .map_err(|_| "timed out".to_string())?
-                .map_err(|e| e.message)?;
+                .map_err(|_| timed_out())?
+                .ok_or_else(|| UpstreamError::unavailable("the stdio server ended the call without an answer").into());
+        }
+        let resp = tokio::time::timeout(MEMBER_TIMEOUT, self.member_post(adm, headers, Bytes::from(msg.to_string())))
+            .await
+            .map_err(|_| timed_out())??;
         let ct = resp.headers().get("content-type").cloned();
-        let bytes = read_limited(resp, MAX_JSON_ANSWER).await?;
-        answer_message(ct.as_ref(), &bytes).ok_or_else(|| "no JSON-RPC answer".to_string())
+        let bytes = self.upstream.read(resp, MAX_JSON_ANSWER).await?;
+        Ok(answer_message(ct.as_ref(), &bytes).ok_or_else(|| UpstreamError::unavailable("no JSON-RPC answer"))?)
     }
 
     /// initialize on `/mcp`: initializes every usable server in parallel; those that fail drop out.
-    pub(super) async fn aggregate_initialize(
-        &self,
-        call: &mut Call,
-        headers: &HeaderMap,
-        body: &Bytes,
-        id: Value,
-    ) -> (Response, Outcome) {
+    pub(super) async fn aggregate_initialize(&self, call: &mut Call, inb: &Inbound) -> Reply {
         let sealer = match self.sealer(call) {
             Ok(s) => s,
-            Err(d) => return denied(d.with_id(id)),
+            Err(d) => return d.into(),
         };
-        if let Err(why) = self.cluster.is_ready() {
-            return denied(stale(&Call { server: "*".into(), ..call.clone() }, &why).with_id(id));
+        if let Err(d) = self.gate.fresh(&Call { server: "*".into(), ..call.clone() }) {
+            return d.into();
         }
-        let requested: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        let protocol_version = requested["params"]["protocolVersion"]
-            .as_str()
-            .filter(|v| version::is_legacy(v))
-            .unwrap_or(version::LEGACY[0])
-            .to_string();
-        let state = self.cluster.registry.load();
-        let candidates: Vec<_> = state
+        let protocol_version =
+            super::session::requested_version(call).unwrap_or_else(|| version::LEGACY[0].to_string());
+        let members: Vec<Admitted> = self
+            .gate
+            .state()
             .registry
             .servers
             .keys()
-            .filter_map(|name| {
-                let c = Call { server: name.clone(), ..call.clone() };
-                admit(&c, &state, Ok(())).ok()
-            })
+            .filter_map(|name| self.gate.admit(call.for_member(name, None)).ok())
             .collect();
-        let base: &Call = call;
         let pv: &str = &protocol_version;
-        let inits = candidates.iter().map(|rec| async move {
-            let c = Call { server: rec.name.clone(), ..base.clone() };
+        let inits = members.iter().map(|adm| async move {
             let msg = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
                 "protocolVersion": pv, "capabilities": {},
                 "clientInfo": {"name": "joch-aggregate", "version": env!("CARGO_PKG_VERSION")}}});
             let r: Result<Member, String> = async {
-                let (sid, version) = if rec.spec.transport == Transport::Stdio {
-                    let child = self.stdio.child(rec).await.map_err(|e| e.message)?;
+                let (sid, version) = if adm.is_stdio() {
+                    let child = self.stdio.child(adm).await.map_err(|e| e.deny(adm).message)?;
                     (None, child.version().map(str::to_string))
                 } else {
                     let resp = tokio::time::timeout(
                         MEMBER_TIMEOUT,
                         self.upstream.send(
+                            adm,
                             reqwest::Method::POST,
-                            &Self::upstream_url(rec),
-                            headers,
+                            &inb.headers,
                             None,
                             Some(Bytes::from(msg.to_string())),
                         ),
                     )
                     .await
                     .map_err(|_| "timed out".to_string())?
-                    .map_err(|e| e.message)?;
-                    let sid = header(resp.headers(), "mcp-session-id").map(str::to_string);
+                    .map_err(|e| e.deny(adm).message)?;
+                    let sid = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
                     let ct = resp.headers().get("content-type").cloned();
-                    let bytes = read_limited(resp, MAX_INITIALIZE_ANSWER).await?;
+                    let bytes = self.upstream.read(resp, MAX_INITIALIZE_ANSWER).await.map_err(|e| e.message)?;
                     let answer = answer_message(ct.as_ref(), &bytes).ok_or("no initialize answer")?;
-                    let version = answer["result"]["serverInfo"]["version"].as_str().map(str::to_string);
+                    let version =
+                        answer.pointer("/result/serverInfo/version").and_then(Value::as_str).map(str::to_string);
                     (sid, version)
                 };
-                check_pin(&c, rec, version.as_deref()).map_err(|d| d.message)?;
-                Ok(Member { server: rec.name.clone(), upstream_session: sid, upstream_version: version })
+                check_pin(adm, version.as_deref()).map_err(|d| d.message)?;
+                Ok(Member { server: adm.server().name.clone(), upstream_session: sid, upstream_version: version })
             }
             .await;
             if let Err(e) = &r {
-                tracing::warn!(server = %rec.name, error = %e, "aggregate session: server left out");
+                tracing::warn!(server = %adm.server().name, error = %e, "aggregate session: server left out");
             }
-            r.ok()
+            r.ok().map(|m| (m, adm))
         });
-        let members: Vec<Member> = futures::future::join_all(inits).await.into_iter().flatten().collect();
+        let joined: Vec<(Member, &Admitted)> = futures::future::join_all(inits).await.into_iter().flatten().collect();
         // initialized, to every HTTP member (the stdio children had theirs from joch).
-        let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-        let notes = members.iter().filter_map(|m| {
-            let rec = state.registry.servers.get(&m.server)?;
-            (rec.spec.transport != Transport::Stdio).then(|| {
-                let mut h = headers.clone();
-                if let Ok(v) = HeaderValue::from_str(&protocol_version) {
-                    h.insert("mcp-protocol-version", v);
-                }
-                let (up, url, sid, body) = (
-                    self.upstream.clone(),
-                    Self::upstream_url(rec),
-                    m.upstream_session.clone(),
-                    Bytes::from(note.to_string()),
-                );
-                async move {
-                    let _ = up.send(reqwest::Method::POST, &url, &h, sid.as_deref(), Some(body)).await;
-                }
-            })
+        let note = Bytes::from(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string());
+        let mut h = inb.headers.clone();
+        if let Ok(v) = HeaderValue::from_str(&protocol_version) {
+            h.insert("mcp-protocol-version", v);
+        }
+        let notes = joined.iter().filter(|(_, adm)| !adm.is_stdio()).map(|(m, adm)| {
+            let (h, note) = (&h, note.clone());
+            async move {
+                let _ =
+                    self.upstream.send(adm, reqwest::Method::POST, h, m.upstream_session.as_deref(), Some(note)).await;
+            }
         });
         futures::future::join_all(notes).await;
+        let members: Vec<Member> = joined.into_iter().map(|(m, _)| m).collect();
         let names: Vec<String> = members.iter().map(|m| m.server.clone()).collect();
         let token = SessionToken { members, ..new_session(call, protocol_version.clone()) };
-        let (mut resp, outcome) = ok(
-            id,
-            json!({"protocolVersion": protocol_version,
-                   "capabilities": {"tools": {"listChanged": true}, "prompts": {"listChanged": true}, "resources": {"listChanged": true}},
-                   "serverInfo": {"name": "joch", "version": env!("CARGO_PKG_VERSION")},
-                   "instructions": format!("joch aggregate endpoint over: {}. Tools and prompts are named SERVER.NAME.", names.join(", "))}),
-        );
-        hand_out(call, &sealer, token, &mut resp);
-        (resp, outcome)
+        let result = json!({"protocolVersion": protocol_version,
+               "capabilities": {"tools": {"listChanged": true}, "prompts": {"listChanged": true}, "resources": {"listChanged": true}},
+               "serverInfo": {"name": "joch", "version": env!("CARGO_PKG_VERSION")},
+               "instructions": format!("joch aggregate endpoint over: {}. Tools and prompts are named SERVER.NAME.", names.join(", "))});
+        hand_out(call, &sealer, token, Answer::Message(jsonrpc::result(call.id(), result)))
     }
 
     /// GET on `/mcp`: one stream merging every member's own messages (their sessions' streams
     /// upstream, the stdio children's routed notifications); a member that stops being
-    /// admissible drops out of it alone. DELETE: ends every member's session. With a stdio
-    /// member both happen on the session's owner (its children's messages are routed there).
+    /// admissible drops out of it alone, and the whole stream ends if this node turns stale.
+    /// DELETE: ends every member's session. With a stdio member both happen on the session's
+    /// owner (its children's messages are routed there).
     pub(super) async fn aggregate_stream_or_delete(
         &self,
         call: &mut Call,
-        headers: &HeaderMap,
-        method: reqwest::Method,
-    ) -> (Response, Outcome) {
-        let token = match self.check_origin(call, headers).and_then(|()| self.session(call, headers)) {
-            Ok(t) => t,
-            Err(d) => return denied(d),
-        };
-        let sid = header(headers, "mcp-session-id").unwrap_or_default().to_string();
-        let state = self.cluster.registry.load();
-        let stdio =
-            |m: &Member| state.registry.servers.get(&m.server).is_some_and(|r| r.spec.transport == Transport::Stdio);
-        call.session = Some(token.clone());
-        if token.owner != self.cluster.id && token.members.iter().any(stdio) {
-            return self.forward_to_owner(call, token.owner, headers, Bytes::new(), Value::Null).await;
+        inb: &Inbound,
+        token: SessionToken,
+    ) -> Reply {
+        let sid = inb.session_id().unwrap_or_default().to_string();
+        let owner = token.owner;
+        let any_stdio = token.members.iter().any(|m| self.is_stdio(&m.server));
+        let servers: Vec<String> = token.members.iter().map(|m| m.server.clone()).collect();
+        call.session = Some(token);
+        if owner != self.node.id && any_stdio {
+            return self.forward_to_owner(call, owner, inb).await.into();
         }
         let mut h = HeaderMap::new();
         h.insert("accept", HeaderValue::from_static("text/event-stream"));
-        if let Ok(v) = HeaderValue::from_str(&token.protocol_version) {
+        if let Some(v) = call.session.as_ref().and_then(|t| HeaderValue::from_str(&t.protocol_version).ok()) {
             h.insert("mcp-protocol-version", v);
         }
-        let (h, sid, state, base, token) = (&h, sid.as_str(), &state, &*call, &token);
-        if method == reqwest::Method::DELETE {
-            let ends = token.members.iter().map(|m| async move {
-                let Some(rec) = state.registry.servers.get(&m.server) else { return };
-                if rec.spec.transport == Transport::Stdio {
-                    let orphaned = self.stdio.streams.remove(&member_key(sid, &m.server));
-                    self.stdio.unsubscribe(rec, orphaned);
-                } else if let Some(us) = m.upstream_session.as_deref() {
-                    let url = Self::upstream_url(rec);
-                    let _ = self.upstream.send(reqwest::Method::DELETE, &url, h, Some(us), None).await;
+        let members: Vec<Admitted> =
+            servers.iter().filter_map(|s| self.gate.admit(call.for_member(s, None)).ok()).collect();
+        let (h, sid) = (&h, sid.as_str());
+        if inb.http_method == "DELETE" {
+            let ends = members.iter().map(|adm| async move {
+                if adm.is_stdio() {
+                    let orphaned = self.stdio.streams.remove(&member_key(sid, &adm.server().name));
+                    self.stdio.unsubscribe(adm, orphaned);
+                } else if let Some(us) = adm.call().session.as_ref().and_then(|t| t.upstream_session.as_deref()) {
+                    let _ = self.upstream.send(adm, reqwest::Method::DELETE, h, Some(us), None).await;
                 }
             });
             futures::future::join_all(ends).await;
-            return (StatusCode::OK.into_response(), Outcome::Forwarded { status: 200 });
+            return Answer::Status { status: StatusCode::OK, allow: None, upstream: false }.into();
         }
-        let opens = token.members.iter().map(|m| async move {
-            let mc = self.member_call(base, token, m);
-            let rec = admit(&mc, state, Ok(())).ok()?;
-            let events: futures::stream::BoxStream<'static, Bytes> = if rec.spec.transport == Transport::Stdio {
-                let queue = self.stdio.streams.queue(&member_key(sid, &m.server), &m.server);
+        let opens = members.into_iter().map(|adm| async move {
+            let name: Arc<str> = Arc::from(adm.server().name.as_str());
+            let events: futures::stream::BoxStream<'static, Bytes> = if adm.is_stdio() {
+                let queue = self.stdio.streams.queue(&member_key(sid, &name), &name);
                 Box::pin(
                     queue
                         .open(None)
@@ -335,287 +330,241 @@ impl Proxy {
                         .filter_map(|r| std::future::ready(r.ok())),
                 )
             } else {
-                let us = m.upstream_session.as_deref();
-                let resp =
-                    self.upstream.send(reqwest::Method::GET, &Self::upstream_url(&rec), h, us, None).await.ok()?;
+                let us = adm.call().session.as_ref().and_then(|t| t.upstream_session.clone());
+                let resp = self.upstream.send(&adm, reqwest::Method::GET, h, us.as_deref(), None).await.ok()?;
                 if !resp.status().is_success() || !is_type(resp.headers().get("content-type"), "text/event-stream") {
                     return None;
                 }
                 Box::pin(sse::events(resp.bytes_stream()))
             };
-            let server = m.server.clone();
+            let from = name.clone();
             let member = events
-                .filter_map(move |ev| std::future::ready(member_event(&server, &ev)))
-                .map(Ok::<_, std::convert::Infallible>)
-                .take_until(self.inadmissible(&mc));
-            Some(Box::pin(member) as futures::stream::BoxStream<'static, Result<Bytes, std::convert::Infallible>>)
+                .filter_map(move |ev| std::future::ready(member_event(&name, &ev)))
+                .map(move |bytes| Event { from: Some(from.clone()), bytes })
+                .take_until(adm.cut());
+            Some(Box::pin(member) as futures::stream::BoxStream<'static, Event>)
         });
-        let members: Vec<_> = futures::future::join_all(opens).await.into_iter().flatten().collect();
-        if members.is_empty() {
-            return super::no_server_stream();
+        let streams: Vec<_> = futures::future::join_all(opens).await.into_iter().flatten().collect();
+        if streams.is_empty() {
+            return no_server_stream().into();
         }
-        (self.stream(call, futures::stream::select_all(members), None, None), Outcome::Forwarded { status: 200 })
+        let cut = self.gate.stale_cut(call);
+        Answer::Stream(Stream::events(futures::stream::select_all(streams), None, cut)).into()
     }
 
-    /// Any other message on `/mcp`.
-    pub(super) async fn aggregate_request(
-        &self,
-        call: &mut Call,
-        headers: &HeaderMap,
-        body: Bytes,
-        parsed: &RpcBody,
-        token: SessionToken,
-        id: Value,
-    ) -> (Response, Outcome) {
-        let RpcBody::Single(m) = parsed else {
-            return bad_request(
-                jsonrpc::INVALID_REQUEST,
-                "JSON-RPC batches are not accepted on the aggregate endpoint",
-                None,
-            );
+    /// Any other message of the legacy era on `/mcp`.
+    pub(super) async fn aggregate_request(&self, call: &mut Call, inb: &Inbound, token: SessionToken) -> Reply {
+        let Some(rpc) = call.rpc.clone() else {
+            return Answer::bad_request(jsonrpc::INVALID_REQUEST, "an empty request", None).into();
         };
-        let Some(method) = m.method.clone() else {
-            return self.aggregate_answer(call, headers, &body, &token, m.id_value()).await;
+        call.session = Some(token);
+        let id = call.id();
+        let Some(method) = rpc.msg.method.clone() else {
+            return self.aggregate_answer(call, inb).await.into();
         };
-        if !m.is_request() {
+        if !rpc.msg.is_request() {
             // initialized was sent to every member at initialize; other notifications stay here.
-            return (StatusCode::ACCEPTED.into_response(), Outcome::Forwarded { status: 202 });
+            return Answer::accepted(false).into();
         }
         if method == "ping" {
-            return ok(id, json!({}));
+            return Answer::Own(jsonrpc::result(id, json!({}))).into();
         }
-        let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let state = self.cluster.registry.load();
         if let Some(key) = list_key(&method) {
-            let lease = self.cluster.is_ready();
-            if let Err(why) = lease {
-                return denied(stale(&Call { server: "*".into(), ..call.clone() }, &why).with_id(id));
+            if let Err(d) = self.gate.fresh(&Call { server: "*".into(), ..call.clone() }) {
+                return d.into();
             }
-            let mut request = msg.clone();
+            let mut request = rpc.value();
             if let Some(p) = request.get_mut("params").and_then(Value::as_object_mut) {
                 p.remove("cursor");
             }
-            let (base, method_name): (&Call, &str) = (call, &method);
-            let fetches = token.members.iter().map(|mem| {
-                let mc = self.member_call(base, &token, mem);
-                let state = &state;
-                let request = &request;
+            let servers: Vec<String> =
+                call.session.as_ref().map(|t| t.members.iter().map(|m| m.server.clone()).collect()).unwrap_or_default();
+            let (request, method_name) = (&request, method.as_str());
+            let fetches = servers.iter().map(|server| {
+                let admitted = self.gate.admit(call.for_member(server, call.rpc.clone()));
                 async move {
-                    let rec = admit(&mc, state, Ok(())).ok()?;
-                    match self.member_exchange(&rec, mem, headers, request).await {
-                        Ok(a) => Some((mem.server.clone(), a)),
+                    let adm = admitted.ok()?;
+                    match self.member_exchange(&adm, &inb.headers, request).await {
+                        Ok(a) => Some((server.clone(), a)),
                         Err(e) => {
-                            tracing::warn!(server = %mem.server, error = %e, method = method_name, "aggregate list: server left out");
+                            let d = e.deny(&adm);
+                            tracing::warn!(server = %server, error = %d.message, method = method_name, "aggregate list: server left out");
                             None
                         }
                     }
                 }
             });
-            let mut items = Vec::new();
-            for (server, answer) in futures::future::join_all(fetches).await.into_iter().flatten() {
-                for item in answer["result"][key].as_array().cloned().unwrap_or_default() {
-                    items.push(rename(&server, key, item));
-                }
-            }
-            return ok(id, json!({ key: items }));
+            let answers = futures::future::join_all(fetches).await.into_iter().flatten();
+            return Answer::Message(jsonrpc::result(id, json!({ key: merge(key, answers) }))).into();
         }
-        let Some((server, field, inner)) = msg.get("params").and_then(|p| route(&method, p)) else {
+        let Some((server, field, inner)) = route(&method, &rpc.msg) else {
             return ok_error(
                 id,
                 jsonrpc::METHOD_NOT_FOUND,
                 &format!("{method} is not available on the aggregate endpoint (names are SERVER.NAME)"),
-            );
+            )
+            .into();
         };
-        let Some(member) = token.members.iter().find(|mm| mm.server == server) else {
-            return denied(
-                self.deny(
-                    &Call { server: server.clone(), ..call.clone() },
+        if !call.session.as_ref().is_some_and(|t| t.members.iter().any(|m| m.server == server)) {
+            return Call { server: server.clone(), ..call.clone() }
+                .deny(
                     Reason::ServerNotRegistered,
                     "aggregate.members",
                     format!("MCP server {server:?} is not part of this session (re-initialize to pick up new servers)"),
                 )
-                .with_id(id),
-            );
-        };
-        let mc = self.member_call(call, &token, member);
-        call.target = Some(inner.clone());
-        let rec = match admit(&mc, &state, self.cluster.is_ready()) {
-            Ok(r) => r,
-            Err(d) => return denied(d.with_id(id)),
-        };
-        let mut routed = msg.clone();
-        if let Some(slot) = routed.pointer_mut(&format!("/params{field}")) {
-            *slot = json!(inner);
+                .into();
         }
-        let routed_body = Bytes::from(routed.to_string());
-        if rec.spec.transport == Transport::Stdio {
-            if token.owner != self.cluster.id {
-                return self.forward_to_owner(call, token.owner, headers, body, id).await;
-            }
-            let key = member_key(header(headers, "mcp-session-id").unwrap_or_default(), &server);
+        let owner = call.session.as_ref().map(|t| t.owner).unwrap_or(self.node.id);
+        if owner != self.node.id && self.is_stdio(&server) {
+            return self.forward_to_owner(call, owner, inb).await.into();
+        }
+        // From here on the request is the member's: its server, its own name for the target.
+        *call = call.for_member(&server, Some(routed(&rpc, field, &inner)));
+        let adm = match self.gate.admit(call.clone()) {
+            Ok(a) => a,
+            Err(d) => return d.into(),
+        };
+        if adm.is_stdio() {
+            let key = member_key(inb.session_id().unwrap_or_default(), &server);
             if self.stdio.streams.ended(&key) {
-                return denied(self.ended_session(call).with_id(id));
+                return self.ended_session(call).into();
             }
-            let Ok(routed_parsed) = jsonrpc::parse(&routed_body, self.limits.max_json_depth) else {
-                return rejected(protocol_error(
-                    StatusCode::BAD_REQUEST,
-                    id,
-                    jsonrpc::INVALID_REQUEST,
-                    "invalid request",
-                    None,
-                ));
-            };
-            return self.stdio_request(&mc, &rec, &routed_body, &routed_parsed, id, &key).await;
+            return adm.until_cut(self.stdio_request(&adm, &key)).await.unwrap_or_else(Answer::from).into();
         }
-        let resp = match self.member_post(&rec, member, headers, routed_body).await {
-            Ok(r) => r,
-            Err(e) => return denied(self.deny(&mc, e.reason, "upstream", e.message).with_id(id)),
+        let body = call.rpc.as_ref().map(|r| r.body.clone()).unwrap_or_default();
+        let exchange = async {
+            match self.member_post(&adm, &inb.headers, body).await {
+                Ok(resp) => {
+                    let name = server.clone();
+                    let transform: EventMap = Box::new(move |ev: Bytes| member_event(&name, &ev).unwrap_or(ev));
+                    self.relay_with(&adm, resp, Some(id.clone()), Some(transform)).await
+                }
+                Err(e) => e.deny(&adm).into(),
+            }
         };
-        let server = mc.server.clone();
-        let transform: super::EventMap = Box::new(move |ev: Bytes| member_event(&server, &ev).unwrap_or(ev));
-        self.relay_with(&mc, resp, Some(id), Some(transform)).await
+        adm.until_cut(exchange).await.unwrap_or_else(Answer::from).into()
     }
 
     /// The agent's answer to a member's server-to-client request (elicitation, sampling, roots):
     /// sent to the member that asked, with its own id, in its own session.
-    async fn aggregate_answer(
-        &self,
-        call: &mut Call,
-        headers: &HeaderMap,
-        body: &Bytes,
-        token: &SessionToken,
-        id: Value,
-    ) -> (Response, Outcome) {
-        let Some((server, inner)) = unwrap_request_id(&id) else {
-            return bad_request(jsonrpc::INVALID_REQUEST, "an answer to no request of this session", None);
+    async fn aggregate_answer(&self, call: &mut Call, inb: &Inbound) -> Answer {
+        let Some((server, inner)) = unwrap_request_id(&call.id()) else {
+            return Answer::bad_request(jsonrpc::INVALID_REQUEST, "an answer to no request of this session", None);
         };
-        let Some(member) = token.members.iter().find(|m| m.server == server) else {
-            return bad_request(jsonrpc::INVALID_REQUEST, &format!("{server:?} is not part of this session"), None);
-        };
-        let mc = self.member_call(call, token, member);
-        let rec = match admit(&mc, &self.cluster.registry.load(), self.cluster.is_ready()) {
-            Ok(r) => r,
-            Err(d) => return denied(d),
-        };
-        if rec.spec.transport == Transport::Stdio {
-            // joch answers a stdio child's requests itself (see stdio.rs): nothing waits for this.
-            return (StatusCode::ACCEPTED.into_response(), Outcome::Forwarded { status: 202 });
+        if !call.session.as_ref().is_some_and(|t| t.members.iter().any(|m| m.server == server)) {
+            return Answer::bad_request(
+                jsonrpc::INVALID_REQUEST,
+                &format!("{server:?} is not part of this session"),
+                None,
+            );
         }
-        let mut answer: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        answer["id"] = inner;
-        let resp = match self.member_post(&rec, member, headers, Bytes::from(answer.to_string())).await {
-            Ok(r) => r,
-            Err(e) => return denied(self.deny(&mc, e.reason, "upstream", e.message)),
+        let mut answer = call.rpc.as_ref().map(|r| r.value()).unwrap_or(Value::Null);
+        if let Some(o) = answer.as_object_mut() {
+            o.insert("id".into(), inner);
+        }
+        let body = Bytes::from(answer.to_string());
+        let rpc = call.rpc.as_ref().map(|r| Arc::new(Rpc { msg: r.msg.clone(), body: body.clone() }));
+        *call = call.for_member(&server, rpc);
+        let adm = match self.gate.admit(call.clone()) {
+            Ok(a) => a,
+            Err(d) => return d.into(),
         };
-        self.relay(&mc, resp, None).await
+        if adm.is_stdio() {
+            // joch answers a stdio child's requests itself (see upstream/stdio.rs): nothing waits.
+            return Answer::accepted(false);
+        }
+        match self.member_post(&adm, &inb.headers, body).await {
+            Ok(resp) => self.relay(&adm, resp, None).await,
+            Err(e) => e.deny(&adm).into(),
+        }
     }
-}
 
-impl Proxy {
     /// A modern-era (stateless) message on `/mcp`: discover is answered by joch; lists fan out to
     /// every usable server, each in its own era; calls are routed back by the prefix.
-    pub(super) async fn aggregate_modern(
-        &self,
-        call: &mut Call,
-        headers: &HeaderMap,
-        body: &Bytes,
-        m: &jsonrpc::Message,
-        id: Value,
-    ) -> (Response, Outcome) {
-        let (method, msg) = match modern::preamble(m, body, headers, &id) {
-            Ok(x) => x,
-            Err(r) => return *r,
+    pub(super) async fn aggregate_modern(&self, call: &mut Call, inb: &Inbound) -> Reply {
+        let Some(rpc) = call.rpc.clone() else {
+            return Answer::bad_request(jsonrpc::INVALID_REQUEST, "an empty request", None).into();
         };
-        if !m.is_request() {
-            return (StatusCode::ACCEPTED.into_response(), Outcome::Forwarded { status: 202 });
+        let method = match validate::preamble(&rpc.msg, &inb.headers) {
+            Ok(m) => m,
+            Err(a) => return a.into(),
+        };
+        if !rpc.msg.is_request() {
+            return Answer::accepted(false).into();
         }
-        if let Err(why) = self.cluster.is_ready() {
-            return denied(stale(&Call { server: "*".into(), ..call.clone() }, &why).with_id(id));
+        if let Err(d) = self.gate.fresh(&Call { server: "*".into(), ..call.clone() }) {
+            return d.into();
         }
+        let id = call.id();
         let joch_info = json!({"name": "joch", "version": env!("CARGO_PKG_VERSION")});
-        let state = self.cluster.registry.load();
         if method == "server/discover" {
-            let result = modern::modernize(
+            let result = envelope::modernize(
                 &method,
                 json!({"supportedVersions": version::MODERN,
                        "capabilities": {"tools": {"listChanged": true}, "prompts": {"listChanged": true}, "resources": {"listChanged": true}}}),
                 &joch_info,
             );
-            return modern::json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}));
+            return Answer::Own(jsonrpc::result(id, result)).into();
         }
+        let msg = rpc.value();
         if let Some(key) = list_key(&method) {
-            let base: &Call = call;
-            let (msg_ref, method_ref, state_ref) = (&msg, method.as_str(), &state);
-            let fetches = state.registry.servers.keys().map(|name| async move {
-                let mc = Call { server: name.clone(), ..base.clone() };
-                let rec = admit(&mc, state_ref, Ok(())).ok()?;
-                match self.member_answer(&mc, &rec, msg_ref.clone(), method_ref).await {
-                    Ok(a) => Some((name.clone(), a)),
+            let members = self.admit_every_server(call);
+            let (msg_ref, method_ref) = (&msg, method.as_str());
+            let fetches = members.iter().map(|adm| async move {
+                match self.member_answer(adm, msg_ref.clone(), method_ref).await {
+                    Ok(a) => Some((adm.server().name.clone(), a)),
                     Err(d) => {
-                        tracing::warn!(server = %name, reason = d.reason.as_str(), error = %d.message, method = method_ref, "aggregate list: server left out");
+                        tracing::warn!(server = %adm.server().name, reason = d.reason.as_str(), error = %d.message, method = method_ref, "aggregate list: server left out");
                         None
                     }
                 }
             });
-            let mut items = Vec::new();
-            for (server, answer) in futures::future::join_all(fetches).await.into_iter().flatten() {
-                for item in answer["result"][key].as_array().cloned().unwrap_or_default() {
-                    items.push(rename(&server, key, item));
-                }
-            }
-            let result = modern::modernize(&method, json!({ key: items }), &joch_info);
-            return modern::json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}));
+            let answers = futures::future::join_all(fetches).await.into_iter().flatten();
+            let result = envelope::modernize(&method, json!({ key: merge(key, answers) }), &joch_info);
+            return Answer::Message(jsonrpc::result(id, result)).into();
         }
         if method == "subscriptions/listen" {
-            return self.aggregate_listen(call, &state, msg, id).await;
+            return self.aggregate_listen(call, msg).await.into();
         }
-        let Some((server, field, inner)) = msg.get("params").and_then(|p| route(&method, p)) else {
+        let Some((server, field, inner)) = route(&method, &rpc.msg) else {
             return ok_error(
                 id,
                 jsonrpc::METHOD_NOT_FOUND,
                 &format!("{method} is not available on the aggregate endpoint (names are SERVER.NAME)"),
-            );
+            )
+            .into();
         };
-        let mc = Call { server: server.clone(), target: Some(inner.clone()), ..call.clone() };
-        call.target = Some(inner.clone());
-        let rec = match admit(&mc, &state, Ok(())) {
-            Ok(r) => r,
-            Err(d) => return denied(d.with_id(id)),
+        let member_rpc = routed(&rpc, field, &inner);
+        let routed_msg = member_rpc.value();
+        *call = call.for_member(&server, Some(member_rpc));
+        let adm = match self.gate.admit(call.clone()) {
+            Ok(a) => a,
+            Err(d) => return d.into(),
         };
-        let mut routed = msg.clone();
-        if let Some(slot) = routed.pointer_mut(&format!("/params{field}")) {
-            *slot = json!(inner);
-        }
-        if routed.pointer("/params/_meta/progressToken").is_some() {
+        if rpc.msg.params.meta.progress_token.is_some() {
             // Asked for progress: streamed as on `/mcp/{server}` (the names in a call's progress
             // and answer need no renaming).
-            return self.member_stream(&mc, &rec, routed, &method, id, false).await;
+            return self.member_stream(&adm, routed_msg, &method, false).await.into();
         }
-        let exchange = self.member_answer(&mc, &rec, routed, &method);
-        match self.until_cut(&mc, exchange).await {
+        match adm.until_cut(self.member_answer(&adm, routed_msg, &method)).await {
             Ok(Ok(mut answer)) => {
-                answer["id"] = id;
-                modern::json_answer(&answer)
+                if let Some(o) = answer.as_object_mut() {
+                    o.insert("id".into(), id);
+                }
+                Answer::Message(answer).into()
             }
-            Ok(Err(d)) | Err(d) => denied(d.with_id(id)),
+            Ok(Err(d)) | Err(d) => d.into(),
         }
     }
-}
 
-impl Proxy {
     /// `subscriptions/listen` on `/mcp`: one listen per usable server (each in its own era, as
     /// on `/mcp/{server}`), merged into one stream behind one acknowledgement; resource URIs are
-    /// split by member and wrapped back in updates. A member that fails to listen, or is
-    /// quarantined later, drops out alone.
-    async fn aggregate_listen(
-        &self,
-        call: &Call,
-        state: &joch_raft_store::PublishedState,
-        msg: Value,
-        id: Value,
-    ) -> (Response, Outcome) {
+    /// split by member and wrapped back in updates. A member that fails to listen, or stops being
+    /// admissible later, drops out alone; the whole stream ends if this node turns stale.
+    async fn aggregate_listen(&self, call: &Call, msg: Value) -> Answer {
+        let id = call.id();
         // Resource URIs are the aggregate's (`joch+SERVER:URI`): split by member.
-        let listen = modern::Listen::new(&msg, true, &id);
+        let listen = Listen::new(&msg, true, &id);
         let uris: Vec<(String, String)> = listen
             .uris
             .iter()
@@ -624,59 +573,53 @@ impl Proxy {
                 Some((s.to_string(), inner.to_string()))
             })
             .collect();
-        let (base, kinds, uris_ref, msg_ref, id_ref) = (call, listen.kinds, &uris, &msg, &id);
-        let opens = state.registry.servers.keys().map(|name| async move {
-            let mc = Call { server: name.clone(), ..base.clone() };
-            let rec = admit(&mc, state, Ok(())).ok()?;
-            let mine = uris_ref.iter().filter(|(s, _)| s == name).map(|(_, u)| u.clone()).collect();
+        let members = self.admit_every_server(call);
+        let (kinds, uris_ref, msg_ref, id_ref) = (listen.kinds, &uris, &msg, &id);
+        let opens = members.into_iter().map(|adm| async move {
+            let name: Arc<str> = Arc::from(adm.server().name.as_str());
+            let mine = uris_ref.iter().filter(|(s, _)| **s == *name).map(|(_, u)| u.clone()).collect();
             let mut member_msg = msg_ref.clone();
-            member_msg["params"]["notifications"] =
-                Value::Object(modern::Listen { kinds, uris: mine, id: id_ref.clone() }.honored());
-            let (resp, _) =
-                self.member_stream(&mc, &rec, member_msg, "subscriptions/listen", id_ref.clone(), false).await;
-            if !is_type(resp.headers().get("content-type"), "text/event-stream") {
-                tracing::warn!(server = %name, "aggregate listen: server left out (no listen stream)");
-                return None;
+            let honored = Listen { kinds, uris: mine, id: id_ref.clone() }.honored();
+            if let Some(p) = member_msg.get_mut("params").and_then(Value::as_object_mut) {
+                p.insert("notifications".into(), Value::Object(honored));
             }
-            let server = name.clone();
-            let events = sse::events(resp.into_body().into_data_stream())
-                .filter_map(move |ev| std::future::ready(member_listen_event(&server, &ev)))
-                .map(Ok::<_, std::convert::Infallible>);
-            Some((
-                name.clone(),
-                Box::pin(events) as futures::stream::BoxStream<'static, Result<Bytes, std::convert::Infallible>>,
-            ))
+            let events = match self.listen_source(&adm, &member_msg, id_ref).await {
+                Ok(e) => e,
+                Err(_) => {
+                    tracing::warn!(server = %name, "aggregate listen: server left out (no listen stream)");
+                    return None;
+                }
+            };
+            let (from, server) = (name.clone(), name.to_string());
+            let member = events
+                .filter_map(move |ev| std::future::ready(member_listen_event(&name, &ev)))
+                .map(move |bytes| Event { from: Some(from.clone()), bytes })
+                .take_until(adm.cut());
+            Some((server, Box::pin(member) as futures::stream::BoxStream<'static, Event>))
         });
-        let members: Vec<_> = futures::future::join_all(opens).await.into_iter().flatten().collect();
-        let listening: Vec<&String> = members.iter().map(|(n, _)| n).collect();
-        let honored_uris: Vec<String> =
-            uris.iter().filter(|(s, _)| listening.contains(&s)).map(|(s, u)| format!("{URI_PREFIX}{s}:{u}")).collect();
-        let ack = modern::Listen { kinds: listen.kinds, uris: honored_uris, id: id.clone() }.ack();
-        let first = futures::stream::once(std::future::ready(Ok(ack)));
-        let merged = futures::stream::select_all(members.into_iter().map(|(_, s)| s));
-        (self.stream(call, first.chain(merged), Some(id), None), Outcome::Forwarded { status: 200 })
+        let opened: Vec<_> = futures::future::join_all(opens).await.into_iter().flatten().collect();
+        let honored_uris: Vec<String> = uris
+            .iter()
+            .filter(|(s, _)| opened.iter().any(|(n, _)| n == s))
+            .map(|(s, u)| format!("{URI_PREFIX}{s}:{u}"))
+            .collect();
+        let ack = Listen { kinds: listen.kinds, uris: honored_uris, id: id.clone() }.ack();
+        let first = futures::stream::once(std::future::ready(Event { from: None, bytes: ack }));
+        let merged = futures::stream::select_all(opened.into_iter().map(|(_, s)| s));
+        Answer::Stream(Stream::events(first.chain(merged), Some(id), self.gate.stale_cut(call)))
     }
-}
-
-/// A member's listen event as the aggregate listener sees it: its own acknowledgement and the
-/// end of its listen dropped (joch acknowledges once, for all), resource URIs wrapped.
-fn member_listen_event(server: &str, ev: &[u8]) -> Option<Bytes> {
-    let v: Value = sse::json(ev)?;
-    let method = v["method"].as_str()?;
-    if v.get("id").is_some() || method == "notifications/subscriptions/acknowledged" {
-        return None;
-    }
-    member_message(server, v)
-}
-
-fn ok_error(id: Value, code: i64, message: &str) -> (Response, Outcome) {
-    let body = jsonrpc::error(id, code, message, None).to_string();
-    (([("content-type", "application/json")], body).into_response(), Outcome::Forwarded { status: 200 })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn msg(v: Value) -> Message {
+        match jsonrpc::parse(v.to_string().as_bytes(), 64).unwrap() {
+            jsonrpc::Body::Single(m) => m,
+            jsonrpc::Body::Batch(_) => unreachable!(),
+        }
+    }
 
     #[test]
     fn request_ids_round_trip_through_the_member_name() {
@@ -691,6 +634,9 @@ mod tests {
         assert!(String::from_utf8_lossy(&out).contains(r#""id":"joch:gh:3""#));
         let answer = sse::message_event(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#);
         assert!(String::from_utf8_lossy(&member_event("gh", &answer).unwrap()).contains(r#""id":3"#));
+        assert!(member_event("gh", &sse::message_event("[1,2]")).is_none(), "not an object: dropped, no panic");
+        let odd = sse::message_event(r#"{"jsonrpc":"2.0","method":"notifications/resources/updated","params":7}"#);
+        assert!(member_event("gh", &odd).is_some());
     }
 
     #[test]
@@ -710,16 +656,18 @@ mod tests {
         assert_eq!(t["name"], "github.search_issues");
         let r = rename("docs", "resources", json!({"name": "readme", "uri": "file:///a/b.md"}));
         assert_eq!(r["uri"], "joch+docs:file:///a/b.md");
+        assert_eq!(rename("x", "tools", json!(5)), json!(5), "a non-object item is left alone");
+        let call = |name: &str| msg(json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name": name}}));
         assert_eq!(
-            route("tools/call", &json!({"name": "github.search_issues"})),
-            Some(("github".into(), "/name", "search_issues".into()))
+            route("tools/call", &call("github.search_issues")),
+            Some(("github".into(), "name", "search_issues".into()))
         );
-        assert_eq!(route("tools/call", &json!({"name": "github.a.b"})), Some(("github".into(), "/name", "a.b".into())));
-        assert_eq!(
-            route("resources/read", &json!({"uri": "joch+docs:file:///a/b.md"})),
-            Some(("docs".into(), "/uri", "file:///a/b.md".into()))
-        );
-        assert_eq!(route("tools/call", &json!({"name": "nodot"})), None);
-        assert_eq!(route("resources/read", &json!({"uri": "file:///x"})), None);
+        assert_eq!(route("tools/call", &call("github.a.b")), Some(("github".into(), "name", "a.b".into())));
+        let read =
+            msg(json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"joch+docs:file:///a/b.md"}}));
+        assert_eq!(route("resources/read", &read), Some(("docs".into(), "uri", "file:///a/b.md".into())));
+        assert_eq!(route("tools/call", &call("nodot")), None);
+        let plain = msg(json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///x"}}));
+        assert_eq!(route("resources/read", &plain), None);
     }
 }

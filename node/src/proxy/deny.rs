@@ -34,6 +34,8 @@ pub enum Reason {
     OriginNotAllowed,
     /// The client did not send its request body in time.
     RequestTimeout,
+    /// The node is at its connection or concurrent-request limit.
+    NodeOverloaded,
 }
 
 impl Reason {
@@ -52,6 +54,7 @@ impl Reason {
             Reason::BodyTooLarge => -32010,
             Reason::OriginNotAllowed => -32011,
             Reason::RequestTimeout => -32012,
+            Reason::NodeOverloaded => -32030,
         }
     }
 
@@ -70,6 +73,7 @@ impl Reason {
             Reason::BodyTooLarge => "request-too-large",
             Reason::OriginNotAllowed => "origin-not-allowed",
             Reason::RequestTimeout => "request-timeout",
+            Reason::NodeOverloaded => "node-overloaded",
         }
     }
 
@@ -88,6 +92,7 @@ impl Reason {
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::OriginNotAllowed => StatusCode::FORBIDDEN,
             Reason::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Reason::NodeOverloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -134,7 +139,13 @@ impl Denial {
 
 impl IntoResponse for Denial {
     fn into_response(self) -> Response {
-        (self.reason.status(), [("content-type", "application/json")], self.body().to_string()).into_response()
+        let mut r =
+            (self.reason.status(), [("content-type", "application/json")], self.body().to_string()).into_response();
+        if matches!(self.reason, Reason::NodeOverloaded | Reason::ControlPlaneStale) {
+            // Worth retrying (here, or on another node behind the balancer) in a moment.
+            r.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        r
     }
 }
 
@@ -163,12 +174,13 @@ mod tests {
             Reason::BodyTooLarge,
             Reason::OriginNotAllowed,
             Reason::RequestTimeout,
+            Reason::NodeOverloaded,
         ];
         let mut codes: Vec<i64> = all.iter().map(|r| r.code()).collect();
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
-        assert!(codes.iter().all(|c| (-32019..=-32000).contains(c)));
+        assert!(codes.iter().all(|c| (-32012..=-32001).contains(c) || (-32039..=-32030).contains(c)));
         let d = Denial::new(Reason::ServerQuarantined, "s", 2, "registry.quarantine", "quarantined").with_id(json!(5));
         assert_eq!(
             d.body(),

@@ -13,10 +13,11 @@
 //! stream per session at a time: a new one replaces the old.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -101,11 +102,11 @@ fn parse_event_id(id: &str, epoch: u64) -> Option<u64> {
 
 impl SessionQueue {
     fn touch(&self) {
-        self.state.lock().expect("queue").touched = Some(Instant::now());
+        self.state.lock().touched = Some(Instant::now());
     }
 
     fn push(&self, msg: &Value) {
-        let mut st = self.state.lock().expect("queue");
+        let mut st = self.state.lock();
         if st.closed {
             return;
         }
@@ -122,7 +123,7 @@ impl SessionQueue {
     }
 
     fn close(&self) {
-        self.state.lock().expect("queue").closed = true;
+        self.state.lock().closed = true;
         self.changed.send_modify(|v| *v += 1);
     }
 
@@ -131,7 +132,7 @@ impl SessionQueue {
     /// one or the session ends.
     pub fn open(self: &Arc<Self>, last_event_id: Option<&str>) -> impl futures::Stream<Item = Result<Bytes, String>> {
         let (me, after) = {
-            let mut st = self.state.lock().expect("queue");
+            let mut st = self.state.lock();
             st.reader += 1;
             st.readers_open += 1;
             st.touched = Some(Instant::now());
@@ -144,7 +145,7 @@ impl SessionQueue {
             loop {
                 r.changes.borrow_and_update();
                 {
-                    let st = r.queue.state.lock().expect("queue");
+                    let st = r.queue.state.lock();
                     if st.closed || st.reader != r.me {
                         return None;
                     }
@@ -173,7 +174,7 @@ struct Reader {
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        let mut st = self.queue.state.lock().expect("queue");
+        let mut st = self.queue.state.lock();
         st.readers_open -= 1;
         st.touched = Some(Instant::now());
     }
@@ -182,7 +183,7 @@ impl Drop for Reader {
 impl Streams {
     /// The queue of a session (`key`: its sealed id), created if new.
     pub fn queue(&self, key: &str, server: &str) -> Arc<SessionQueue> {
-        let mut sessions = self.sessions.lock().expect("sessions");
+        let mut sessions = self.sessions.lock();
         if let Some(q) = sessions.get(key) {
             q.touch();
             return q.clone();
@@ -205,7 +206,7 @@ impl Streams {
     fn evict(sessions: &mut HashMap<String, Arc<SessionQueue>>) {
         let now = Instant::now();
         let age = |q: &SessionQueue| {
-            let st = q.state.lock().expect("queue");
+            let st = q.state.lock();
             (st.readers_open == 0, st.touched.map(|t| now - t).unwrap_or_default())
         };
         let before = sessions.len();
@@ -230,7 +231,7 @@ impl Streams {
     /// the URIs no session of this node subscribed to before (the child must hear about them).
     pub fn listen(&self, server: &str, kinds: Kinds, uris: &[String]) -> (String, Arc<SessionQueue>, Vec<String>) {
         let key = format!("listen:{:x}", rand::random::<u128>());
-        let mut sessions = self.sessions.lock().expect("sessions");
+        let mut sessions = self.sessions.lock();
         let new: Vec<String> = uris.iter().filter(|u| !Self::subscribed(&sessions, server, u)).cloned().collect();
         if sessions.len() >= MAX_SESSIONS {
             Self::evict(&mut sessions);
@@ -252,10 +253,10 @@ impl Streams {
 
     /// Drops a listen queue (its stream ended); returns the URIs nobody subscribes to any more.
     pub fn forget(&self, key: &str) -> Vec<String> {
-        let mut sessions = self.sessions.lock().expect("sessions");
+        let mut sessions = self.sessions.lock();
         let Some(q) = sessions.remove(key) else { return Vec::new() };
         q.close();
-        let gone: Vec<String> = q.state.lock().expect("queue").subscriptions.drain().collect();
+        let gone: Vec<String> = q.state.lock().subscriptions.drain().collect();
         gone.into_iter().filter(|uri| !Self::subscribed(&sessions, &q.server, uri)).collect()
     }
 
@@ -263,7 +264,7 @@ impl Streams {
     /// session of this node subscribes to any more (the child can stop sending their updates).
     pub fn remove(&self, key: &str) -> Vec<String> {
         {
-            let mut ended = self.ended.lock().expect("ended");
+            let mut ended = self.ended.lock();
             if ended.0.insert(key.to_string()) {
                 ended.1.push_back(key.to_string());
             }
@@ -278,24 +279,24 @@ impl Streams {
 
     /// Whether the session was ended with DELETE.
     pub fn ended(&self, key: &str) -> bool {
-        self.ended.lock().expect("ended").0.contains(key)
+        self.ended.lock().0.contains(key)
     }
 
     fn subscribed(sessions: &HashMap<String, Arc<SessionQueue>>, server: &str, uri: &str) -> bool {
-        sessions.values().any(|q| q.server == server && q.state.lock().expect("queue").subscriptions.contains(uri))
+        sessions.values().any(|q| q.server == server && q.state.lock().subscriptions.contains(uri))
     }
 
     /// Records a session's subscription to a resource.
     pub fn subscribe(&self, key: &str, server: &str, uri: &str) {
-        self.queue(key, server).state.lock().expect("queue").subscriptions.insert(uri.to_string());
+        self.queue(key, server).state.lock().subscriptions.insert(uri.to_string());
     }
 
     /// Removes a session's subscription; true if another session of this node still
     /// subscribes to the URI (then the child must keep sending its updates).
     pub fn unsubscribe(&self, key: &str, server: &str, uri: &str) -> bool {
-        let sessions = self.sessions.lock().expect("sessions");
+        let sessions = self.sessions.lock();
         if let Some(q) = sessions.get(key) {
-            q.state.lock().expect("queue").subscriptions.remove(uri);
+            q.state.lock().subscriptions.remove(uri);
         }
         Self::subscribed(&sessions, server, uri)
     }
@@ -304,7 +305,7 @@ impl Streams {
     pub fn publish(&self, server: &str, msg: &Value) {
         let method = msg["method"].as_str().unwrap_or_default();
         let targets: Vec<Arc<SessionQueue>> = {
-            let sessions = self.sessions.lock().expect("sessions");
+            let sessions = self.sessions.lock();
             let of_server = sessions.values().filter(|q| q.server == server);
             match method {
                 "notifications/tools/list_changed"
@@ -314,7 +315,7 @@ impl Streams {
                 }
                 "notifications/resources/updated" => {
                     let uri = msg["params"]["uri"].as_str().unwrap_or_default();
-                    of_server.filter(|q| q.state.lock().expect("queue").subscriptions.contains(uri)).cloned().collect()
+                    of_server.filter(|q| q.state.lock().subscriptions.contains(uri)).cloned().collect()
                 }
                 "notifications/message" => {
                     let p = &msg["params"];
@@ -366,8 +367,8 @@ mod tests {
         streams.publish("time", &json!({"jsonrpc": "2.0", "method": "notifications/prompts/list_changed"}));
         let got = take(&mut sa, 2).await;
         assert!(String::from_utf8_lossy(&got[0]).contains("tools/list_changed"));
-        assert_eq!(b.state.lock().unwrap().events.len(), 2, "buffered for b without a stream");
-        assert!(other.state.lock().unwrap().events.is_empty(), "not for another server's session");
+        assert_eq!(b.state.lock().events.len(), 2, "buffered for b without a stream");
+        assert!(other.state.lock().events.is_empty(), "not for another server's session");
         // Reconnect after the first: the second is replayed, then new ones follow.
         let first = ids(&got)[0].clone();
         let mut again = Box::pin(a.open(Some(&first)));
@@ -393,9 +394,9 @@ mod tests {
         let update =
             |uri: &str| json!({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}});
         streams.publish("fs", &update("file:///y"));
-        assert_eq!(streams.queue("b", "fs").state.lock().unwrap().events.len(), 1);
-        assert!(streams.queue("a", "fs").state.lock().unwrap().events.is_empty());
-        assert!(c.state.lock().unwrap().events.is_empty());
+        assert_eq!(streams.queue("b", "fs").state.lock().events.len(), 1);
+        assert!(streams.queue("a", "fs").state.lock().events.is_empty());
+        assert!(c.state.lock().events.is_empty());
         assert!(streams.unsubscribe("a", "fs", "file:///x"), "b still subscribes");
         let mut orphaned = streams.remove("b");
         orphaned.sort();
@@ -419,8 +420,7 @@ mod tests {
             "fs",
             &json!({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": "file:///b"}}),
         );
-        let got: Vec<String> =
-            q.state.lock().unwrap().events.iter().map(|(_, e)| String::from_utf8_lossy(e).into()).collect();
+        let got: Vec<String> = q.state.lock().events.iter().map(|(_, e)| String::from_utf8_lossy(e).into()).collect();
         assert_eq!(got.len(), 2, "{got:?}");
         assert!(got[0].contains("tools/list_changed") && got[1].contains("file:///b"), "{got:?}");
         assert_eq!(streams.forget(&key), vec!["file:///b".to_string()], "a is still the legacy session's");
@@ -433,7 +433,7 @@ mod tests {
         let q = streams.queue("a", "time");
         let mut s = Box::pin(q.open(None));
         streams.publish("time", &json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "secret of another agent"}}));
-        assert!(q.state.lock().unwrap().events.is_empty());
+        assert!(q.state.lock().events.is_empty());
         assert!(!streams.ended("a"));
         streams.remove("a");
         assert!(tokio::time::timeout(Duration::from_secs(2), s.next()).await.expect("ends").is_none());

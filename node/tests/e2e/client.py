@@ -94,6 +94,21 @@ def find_mcp_error(e):
     return None
 
 
+async def upstream_has(tool, timeout=30.0):
+    """Waits until the upstream (a recording fastmcp_server.py) has started a call of `tool`."""
+    path = os.environ["JOCH_RECORD"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                if any(json.loads(line)["tool"] == tool for line in f if line.strip()):
+                    return
+        except FileNotFoundError:
+            pass
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"the upstream never received a {tool} call")
+
+
 def joch(binary, admin, *args):
     t = time.monotonic()
     out = subprocess.run([binary, "--server", admin, *args], capture_output=True, text=True)
@@ -138,7 +153,9 @@ async def quarantine(binary, admin, server, bases):
         out["before"] = (await client.call_tool("add", {"a": 2, "b": 2})).content[0].text
         started = time.monotonic()
         slow = asyncio.create_task(client.call_tool("slow", {"steps": 400}))
-        await asyncio.sleep(0.8)
+        # Quarantine only once the upstream has the call: the cut of a call in flight is what is
+        # tested, not a denial at admission (JOCH_RECORD is the file the upstream records in).
+        await upstream_has("slow")
         code, text, took = joch(binary, admin, "mcp", "quarantine", server, "--reason", "e2e: drift")
         acked = time.monotonic()
         out["quarantine_exit"] = code

@@ -5,9 +5,15 @@ Usage: fastmcp_server.py PORT [VERSION [resumable]]   (streamable HTTP on 127.0.
 
 `resumable` gives the server fastmcp's event store and a `resumable` tool that closes its own
 SSE stream halfway, so the client must resume with Last-Event-ID (SEP-1699 polling).
+
+With JOCH_RECORD=PATH in the environment, every tool call appends one JSON line to PATH when it
+starts ({"tool": ..., "t": unix seconds}): tests wait on what the upstream really received.
 """
 import asyncio
+import json
+import os
 import sys
+import time
 
 import mcp_types
 from fastmcp import Context, FastMCP
@@ -15,15 +21,24 @@ from fastmcp import Context, FastMCP
 mcp = FastMCP("heldout", version=sys.argv[2] if len(sys.argv) > 2 and sys.argv[1] != "stdio" else "1.4.2")
 
 
+def record(tool):
+    path = os.environ.get("JOCH_RECORD")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"tool": tool, "t": time.time()}) + "\n")
+
+
 @mcp.tool
 def add(a: int, b: int) -> int:
     """Add two numbers."""
+    record("add")
     return a + b
 
 
 @mcp.tool
 async def slow(steps: int, ctx: Context) -> str:
     """Count to `steps`, reporting progress every 50 ms."""
+    record("slow")
     for i in range(steps):
         await ctx.report_progress(i + 1, steps)
         await asyncio.sleep(0.05)

@@ -314,8 +314,18 @@ impl FastMcp {
 
     /// With extra arguments (`1.4.2 resumable`: an event store and the `resumable` tool).
     pub fn start_with(args: &[&str]) -> FastMcp {
+        Self::start_recording(args, None)
+    }
+
+    /// Recording every tool call it starts in `record` (one JSON line each, see
+    /// `Record`), so a test can wait for what the upstream really received.
+    pub fn start_recording(args: &[&str], record: Option<&Path>) -> FastMcp {
         let port = free_port();
-        let child = Command::new(python())
+        let mut cmd = Command::new(python());
+        if let Some(r) = record {
+            cmd.env("JOCH_RECORD", r);
+        }
+        let child = cmd
             .arg(e2e("fastmcp_server.py"))
             .arg(port.to_string())
             .args(args)
@@ -338,6 +348,16 @@ impl Drop for FastMcp {
     }
 }
 
+/// The tool calls a recording fastmcp server received: (tool, unix seconds when it started).
+pub fn recorded(path: &Path) -> Vec<(String, f64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| (v["tool"].as_str().unwrap_or_default().to_string(), v["t"].as_f64().unwrap_or(0.0)))
+        .collect()
+}
+
 /// Runs the SDK client script with these arguments; returns its JSON.
 #[track_caller]
 pub fn sdk_client(args: &[&str]) -> Value {
@@ -347,10 +367,17 @@ pub fn sdk_client(args: &[&str]) -> Value {
 /// Likewise, with the SDK's connect mode (`auto` negotiates the era, `legacy` forces sessions).
 #[track_caller]
 pub fn sdk_client_mode(mode: &str, args: &[&str]) -> Value {
+    sdk_client_env(mode, args, &[])
+}
+
+/// Likewise, with extra environment variables for the client.
+#[track_caller]
+pub fn sdk_client_env(mode: &str, args: &[&str], env: &[(&str, &Path)]) -> Value {
     let out = Command::new(python())
         .arg(e2e("client.py"))
         .args(args)
         .env("MCP_MODE", mode)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .output()
         .expect("run the SDK client");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -423,6 +450,54 @@ impl Partition {
 }
 
 impl Drop for Partition {
+    fn drop(&mut self) {
+        self.heal();
+    }
+}
+
+/// A partition between two groups of nodes: every UDP packet between a mesh port of one group and
+/// one of the other is dropped (iptables on loopback); each group still talks within itself.
+/// Healed on drop.
+pub struct Split {
+    rules: Vec<Vec<String>>,
+    healed: bool,
+}
+
+impl Split {
+    /// Cuts the nodes whose mesh listens on `a` off from those on `b`.
+    pub fn cut(a: &[&str], b: &[&str]) -> Split {
+        let port = |m: &str| m.rsplit_once(':').map(|(_, p)| p.to_string()).expect("mesh port");
+        let mut rules = Vec::new();
+        for x in a {
+            for y in b {
+                for (s, d) in [(port(x), port(y)), (port(y), port(x))] {
+                    rules.push(
+                        ["INPUT", "-i", "lo", "-p", "udp", "--sport", &s, "--dport", &d, "-j", "DROP"]
+                            .map(String::from)
+                            .to_vec(),
+                    );
+                }
+            }
+        }
+        for rule in &rules {
+            let st = Command::new("iptables").arg("-I").args(rule).status().expect("run iptables (root needed)");
+            assert!(st.success(), "iptables -I {rule:?} failed");
+        }
+        Split { rules, healed: false }
+    }
+
+    /// Lets packets through again.
+    pub fn heal(&mut self) {
+        if !self.healed {
+            for rule in &self.rules {
+                let _ = Command::new("iptables").arg("-D").args(rule).status();
+            }
+            self.healed = true;
+        }
+    }
+}
+
+impl Drop for Split {
     fn drop(&mut self) {
         self.heal();
     }

@@ -4,5 +4,6 @@ mod harness;
 
 mod cli;
 mod cluster;
+mod lease;
 mod mcp;
 mod mesh;

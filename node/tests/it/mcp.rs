@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use crate::harness::{http, joch_bin, metric, sdk_client, sdk_client_mode, FastMcp, LegacyServer, TestCluster};
+use crate::harness::{
+    http, joch_bin, metric, recorded, sdk_client, sdk_client_env, sdk_client_mode, FastMcp, LegacyServer, TestCluster,
+};
 
 fn bases(c: &TestCluster) -> Vec<String> {
     c.nodes.iter().map(|n| n.mcp_url.clone()).collect()
@@ -65,7 +67,8 @@ fn walkthrough_answers(r: &Value) {
 #[test]
 fn quarantine_through_node_3_is_enforced_on_every_node_and_cuts_open_streams() {
     let c = TestCluster::up(3, &[]);
-    let up = FastMcp::start();
+    let rec = c.dir.path().join("upstream.jsonl");
+    let up = FastMcp::start_recording(&[], Some(&rec));
     register(&c, &up);
     let joch = joch_bin().display().to_string();
     let mut args = vec!["quarantine".to_string(), joch, c.node(3).admin_url.clone(), "heldout".into()];
@@ -73,9 +76,12 @@ fn quarantine_through_node_3_is_enforced_on_every_node_and_cuts_open_streams() {
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     // Legacy: the open call is an SSE stream; modern: a plain JSON exchange. Both are cut.
     for mode in ["legacy", "auto"] {
-        let r = sdk_client_mode(mode, &argv);
+        let _ = std::fs::remove_file(&rec);
+        let r = sdk_client_env(mode, &argv, &[("JOCH_RECORD", &rec)]);
         assert_eq!(r["before"], "4");
         assert_eq!(r["quarantine_exit"], 0, "{}", r["quarantine_output"]);
+        let calls: Vec<String> = recorded(&rec).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(calls, ["add", "slow"], "{mode}: the open call reached the upstream, nothing after the quarantine");
         // The open call (20 s of work) ends with the denial as its answer, right after the ack.
         let slow = &r["slow"];
         assert_eq!(slow["error"]["code"], -32002, "{mode}: {r}");
@@ -169,7 +175,12 @@ fn bad_input_gets_its_specific_error_and_the_node_keeps_serving() {
     let r = http("GET", &url, &[ACCEPT], b"");
     assert_eq!((r.status, code(&r.json())), (400, -32007), "{r:?}");
 
-    // An unregistered server: 404 with the deny data; joch never contacts anything.
+    // An unregistered server: 404 with the deny data, before anything else about the request
+    // is settled (no session needed to learn that); joch never contacts anything.
+    let r = http("POST", &format!("{}/mcp/nope", c.node(1).mcp_url), &[ACCEPT, JSON_CT], list);
+    assert_eq!((r.status, code(&r.json())), (404, -32001), "{r:?}");
+    let r = http("GET", &format!("{}/mcp/nope", c.node(1).mcp_url), &[ACCEPT], b"");
+    assert_eq!((r.status, code(&r.json())), (404, -32001), "{r:?}");
     let r = http("POST", &format!("{}/mcp/nope", c.node(1).mcp_url), &[ACCEPT, JSON_CT], INIT.as_bytes());
     assert_eq!((r.status, code(&r.json())), (404, -32001), "{r:?}");
     assert_eq!(

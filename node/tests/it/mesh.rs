@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use joch_node::mesh::message::{McpForward, McpHead};
+use joch_node::cluster::message::{ControlRequest, ControlResponse};
 use joch_node::mesh::pki::{self, PkiDir};
 use joch_node::mesh::tls::NodeTls;
-use joch_node::mesh::{BodyStream, Handler, Mesh, MeshRequest, MeshResponse};
+use joch_node::mesh::{BodyStream, ControlHandler, Mesh, StreamHandler};
+use joch_node::proxy::forward::{McpForward, McpHead};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
@@ -14,14 +15,30 @@ use crate::harness::{metric, TestCluster};
 
 struct Nobody;
 
-impl Handler for Nobody {
-    async fn handle(&self, _req: MeshRequest) -> MeshResponse {
-        MeshResponse::BadRequest("test peer".into())
+impl ControlHandler for Nobody {
+    type Request = ControlRequest;
+    type Response = ControlResponse;
+
+    async fn handle(&self, _req: ControlRequest) -> ControlResponse {
+        ControlResponse::BadRequest("test peer".into())
     }
 
-    async fn handle_mcp(&self, _req: McpForward) -> (McpHead, BodyStream) {
+    fn undecodable(&self, why: String) -> ControlResponse {
+        ControlResponse::BadRequest(why)
+    }
+}
+
+impl StreamHandler for Nobody {
+    type Request = McpForward;
+    type Head = McpHead;
+
+    async fn handle(&self, _req: McpForward) -> (McpHead, BodyStream) {
         (McpHead { status: 404, content_type: None }, Box::pin(futures::stream::empty()))
     }
+}
+
+async fn status(m: &Mesh, addr: &str, t: Duration) -> Result<ControlResponse, joch_node::mesh::MeshError> {
+    m.call(addr, &ControlRequest::Status, t).await
 }
 
 fn mesh(ca: &std::path::Path, pki: &PkiDir, id: u64) -> Arc<Mesh> {
@@ -47,8 +64,8 @@ async fn mesh_refuses_a_peer_from_another_ca() {
 
     // Control: a peer with a certificate from the cluster CA is answered.
     let good = mesh(&cluster_pki.ca_cert(), &cluster_pki, 8);
-    match good.call(&node.mesh_addr, &MeshRequest::Status, t).await {
-        Ok(MeshResponse::Status(s)) => assert_eq!(s.id, 1),
+    match status(&good, &node.mesh_addr, t).await {
+        Ok(ControlResponse::Status(s)) => assert_eq!(s.id, 1),
         other => panic!("a peer from the cluster CA must be answered: {other:?}"),
     }
 
@@ -56,21 +73,21 @@ async fn mesh_refuses_a_peer_from_another_ca() {
     // refuses it during the handshake.
     let before = handshake_failures(&node.metrics_url);
     let impostor = mesh(&cluster_pki.ca_cert(), &foreign, 7);
-    let r = impostor.call(&node.mesh_addr, &MeshRequest::Status, t).await;
+    let r = status(&impostor, &node.mesh_addr, t).await;
     assert!(r.is_err(), "the node answered a peer with a foreign certificate: {r:?}");
     let after = handshake_failures(&node.metrics_url);
     assert!(after > before, "the node counts the refused handshake ({before} -> {after})");
 
     // A peer entirely from another CA does not trust the node either.
     let stranger = mesh(&foreign.ca_cert(), &foreign, 7);
-    assert!(stranger.call(&node.mesh_addr, &MeshRequest::Status, t).await.is_err());
+    assert!(status(&stranger, &node.mesh_addr, t).await.is_err());
 
     // And the cluster's side refuses a server from another CA.
     let foreign_server = mesh(&foreign.ca_cert(), &foreign, 7);
     let addr = foreign_server.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
-    tokio::spawn(foreign_server.clone().serve(Arc::new(Nobody), stop.clone()));
-    let r = good.call(&addr, &MeshRequest::Status, t).await;
+    tokio::spawn(foreign_server.clone().serve(Arc::new(Nobody), Arc::new(Nobody), stop.clone()));
+    let r = status(&good, &addr, t).await;
     assert!(matches!(r, Err(joch_node::mesh::MeshError::Connect { .. })), "{r:?}");
     stop.cancel();
 }

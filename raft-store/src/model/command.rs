@@ -47,9 +47,31 @@ pub enum Command {
     DeletePolicy { name: String },
     /// Set the cluster's 256-bit key (session sealing) once; later attempts are no-ops.
     InitClusterKey { key: [u8; 32] },
+    /// How much change history every replica keeps.
+    SetRetention { history_per_target: u32, history_max_age_ms: u64 },
 }
 
 impl Command {
+    /// Whether the admin API waits for every member to apply this command before it answers
+    /// (and reports the members that did not): every change that can make a node deny what it
+    /// allowed, or allow what it denied. Registering a new server is not one: a node that has
+    /// not applied it yet answers "not registered", which fails closed.
+    pub fn fleet_acknowledged(&self) -> bool {
+        match self {
+            Command::CreateServer { .. } | Command::InitClusterKey { .. } | Command::SetRetention { .. } => false,
+            Command::Upgrade { review, .. } => !review,
+            Command::UpsertServer { .. }
+            | Command::DeleteServer { .. }
+            | Command::Pin { .. }
+            | Command::Quarantine { .. }
+            | Command::Unquarantine { .. }
+            | Command::ApproveTool { .. }
+            | Command::SetServerPolicy { .. }
+            | Command::ApplyPolicy { .. }
+            | Command::DeletePolicy { .. } => true,
+        }
+    }
+
     /// Short name for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -65,6 +87,7 @@ impl Command {
             Command::ApplyPolicy { .. } => "apply_policy",
             Command::DeletePolicy { .. } => "delete_policy",
             Command::InitClusterKey { .. } => "init_cluster_key",
+            Command::SetRetention { .. } => "set_retention",
         }
     }
 }

@@ -146,6 +146,25 @@ pub enum ApplyError {
     },
 }
 
+/// How much change history is kept (replicated, so every replica prunes alike).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Lines kept per resource (newest first).
+    pub history_per_target: u32,
+    /// Lines older than this (by the time of the command that wrote them) are dropped, in ms.
+    pub history_max_age_ms: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { history_per_target: 1000, history_max_age_ms: 90 * 24 * 3600 * 1000 }
+    }
+}
+
+/// How often (by command time) every resource's history is swept for lines past the age limit;
+/// a resource's own history is pruned whenever it gets a new line.
+pub const HISTORY_SWEEP_MS: u64 = 3600 * 1000;
+
 /// The whole replicated registry. Cheap to clone (records are shared), so the state machine can
 /// publish a fresh immutable copy after every apply.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -154,10 +173,14 @@ pub struct Registry {
     pub servers: BTreeMap<String, Arc<ServerRecord>>,
     /// Policies by name.
     pub policies: BTreeMap<String, Arc<PolicyRecord>>,
-    /// History by target (`mcpserver/NAME`), oldest first.
+    /// History by target (`mcpserver/NAME`), oldest first; bounded by `retention`.
     pub history: BTreeMap<String, Arc<Vec<ChangeRecord>>>,
     /// The cluster key, once initialised.
     pub cluster_key: Option<[u8; 32]>,
+    /// How much history is kept.
+    pub retention: Retention,
+    /// Command time of the last sweep of every history.
+    pub history_swept_ms: u64,
 }
 
 /// What an apply touched, so the store writes only that.
@@ -169,8 +192,12 @@ pub struct Touched {
     pub policies: Vec<String>,
     /// New history lines.
     pub history: Vec<ChangeRecord>,
+    /// History lines dropped by retention: (target, log index).
+    pub history_removed: Vec<(String, u64)>,
     /// The cluster key was set.
     pub cluster_key: bool,
+    /// The retention or the sweep time changed.
+    pub settings: bool,
 }
 
 fn server_target(name: &str) -> String {
@@ -362,6 +389,34 @@ impl Registry {
                 touched.cluster_key = true;
                 return Ok(changed("cluster key set".to_string()));
             }
+            Command::SetRetention { history_per_target, history_max_age_ms } => {
+                if *history_per_target == 0 {
+                    return Err(invalid(FieldError {
+                        field: "historyPerServer".into(),
+                        message: "must keep at least 1 line".into(),
+                    }));
+                }
+                if *history_max_age_ms < 3600 * 1000 {
+                    return Err(invalid(FieldError {
+                        field: "historyMaxAge".into(),
+                        message: "must be at least 1h".into(),
+                    }));
+                }
+                let new =
+                    Retention { history_per_target: *history_per_target, history_max_age_ms: *history_max_age_ms };
+                if new == self.retention {
+                    return Ok(unchanged("retention unchanged"));
+                }
+                self.retention = new;
+                touched.settings = true;
+                // Applies at once to every history.
+                self.sweep(req.at_ms, true, touched);
+                return Ok(changed(format!(
+                    "history retention: {} lines per resource, {} days",
+                    new.history_per_target,
+                    new.history_max_age_ms / (24 * 3600 * 1000)
+                )));
+            }
         };
         if let Some(name) = target.strip_prefix("mcpserver/") {
             touched.servers.push(name.to_string());
@@ -373,10 +428,45 @@ impl Registry {
                 detail: applied.summary.clone(),
                 at: stamp,
             };
-            Arc::make_mut(self.history.entry(target).or_default()).push(rec.clone());
+            Arc::make_mut(self.history.entry(target.clone()).or_default()).push(rec.clone());
             touched.history.push(rec);
+            self.prune(&target, req.at_ms, touched);
         }
+        self.sweep(req.at_ms, false, touched);
         Ok(applied)
+    }
+
+    /// Drops a resource's history lines beyond the retention (count, then age at `now_ms`, the
+    /// command's own time: every replica prunes alike). The newest line always stays.
+    fn prune(&mut self, target: &str, now_ms: u64, touched: &mut Touched) {
+        let Some(lines) = self.history.get_mut(target) else { return };
+        let cutoff = now_ms.saturating_sub(self.retention.history_max_age_ms);
+        let max = self.retention.history_per_target.max(1) as usize;
+        let drop = lines
+            .iter()
+            .enumerate()
+            .take_while(|(i, l)| lines.len() - i > max || (l.at.at_ms < cutoff && lines.len() - i > 1))
+            .count();
+        if drop == 0 {
+            return;
+        }
+        let lines = Arc::make_mut(lines);
+        for l in lines.drain(..drop) {
+            touched.history_removed.push((target.to_string(), l.at.index));
+        }
+    }
+
+    /// Every hour of command time (or at once with `force`), prunes every history by age.
+    fn sweep(&mut self, now_ms: u64, force: bool, touched: &mut Touched) {
+        if !force && now_ms.saturating_sub(self.history_swept_ms) < HISTORY_SWEEP_MS {
+            return;
+        }
+        self.history_swept_ms = now_ms;
+        touched.settings = true;
+        let targets: Vec<String> = self.history.keys().cloned().collect();
+        for t in targets {
+            self.prune(&t, now_ms, touched);
+        }
     }
 
     fn insert_server(&mut self, name: &str, labels: &BTreeMap<String, String>, spec: &McpServerSpec, stamp: &Stamp) {
@@ -573,6 +663,53 @@ mod tests {
             apply(&mut reg, 5, Command::Upgrade { name: "g".into(), version: "1.3.0".into(), review: false }),
             Err(ApplyError::AlreadyAtVersion { .. })
         ));
+    }
+
+    #[test]
+    fn history_is_bounded_by_count_and_age_alike_on_every_replica() {
+        let mut reg = Registry::default();
+        let at = |reg: &mut Registry, i: u64, ms: u64, c: Command| {
+            reg.apply(i, &Request { actor: "a".into(), at_ms: ms, command: c }, &mut Touched::default())
+        };
+        at(&mut reg, 1, 0, Command::SetRetention { history_per_target: 3, history_max_age_ms: 3_600_000 }).unwrap();
+        at(
+            &mut reg,
+            2,
+            1,
+            Command::CreateServer { name: "g".into(), labels: Default::default(), spec: spec("https://e.example/") },
+        )
+        .unwrap();
+        for i in 3..10 {
+            let q = if i % 2 == 1 {
+                Command::Quarantine { name: "g".into(), reason: "r".into() }
+            } else {
+                Command::Unquarantine { name: "g".into() }
+            };
+            let mut t = Touched::default();
+            reg.apply(i, &Request { actor: "a".into(), at_ms: i, command: q }, &mut t).unwrap();
+        }
+        let kept: Vec<u64> = reg.server_history("g").iter().map(|c| c.at.index).collect();
+        assert_eq!(kept, [7, 8, 9], "the newest three");
+        // Two hours later, a write elsewhere sweeps g's old lines (the newest stays).
+        let mut t = Touched::default();
+        reg.apply(
+            10,
+            &Request {
+                actor: "a".into(),
+                at_ms: 7_200_000,
+                command: Command::CreateServer {
+                    name: "h".into(),
+                    labels: Default::default(),
+                    spec: spec("https://f.example/"),
+                },
+            },
+            &mut t,
+        )
+        .unwrap();
+        assert_eq!(reg.server_history("g").iter().map(|c| c.at.index).collect::<Vec<_>>(), [9]);
+        assert_eq!(t.history_removed, vec![("mcpserver/g".to_string(), 7), ("mcpserver/g".to_string(), 8)]);
+        assert!(at(&mut reg, 11, 0, Command::SetRetention { history_per_target: 0, history_max_age_ms: 3_600_000 })
+            .is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! openraft's network over the mesh.
+//! openraft's network over the mesh. On the leader it also feeds the lease: every AppendEntries
+//! a follower accepts is an acknowledgement of this leadership as of the time it was sent.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use joch_raft_store::{NodeAddr, NodeId, TypeConfig};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -11,24 +12,28 @@ use openraft::raft::{
     VoteResponse,
 };
 
-use super::{Mesh, MeshError, MeshRequest, MeshResponse};
+use super::lease::Lease;
+use super::message::{ControlRequest as Req, ControlResponse as Resp};
+use crate::mesh::{Mesh, MeshError};
 
 /// Creates one [`PeerLink`] per target.
 #[derive(Clone)]
 pub struct MeshNetwork {
     mesh: Arc<Mesh>,
+    lease: Arc<Lease>,
 }
 
 impl MeshNetwork {
-    /// A network over `mesh`.
-    pub fn new(mesh: Arc<Mesh>) -> Self {
-        MeshNetwork { mesh }
+    /// A network over `mesh`, reporting acknowledgements to `lease`.
+    pub fn new(mesh: Arc<Mesh>, lease: Arc<Lease>) -> Self {
+        MeshNetwork { mesh, lease }
     }
 }
 
 /// Raft's view of one peer.
 pub struct PeerLink {
     mesh: Arc<Mesh>,
+    lease: Arc<Lease>,
     target: NodeId,
     addr: String,
 }
@@ -37,7 +42,7 @@ impl RaftNetworkFactory<TypeConfig> for MeshNetwork {
     type Network = PeerLink;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerLink {
-        PeerLink { mesh: self.mesh.clone(), target, addr: node.mesh.clone() }
+        PeerLink { mesh: self.mesh.clone(), lease: self.lease.clone(), target, addr: node.mesh.clone() }
     }
 }
 
@@ -52,13 +57,13 @@ fn transport_err<E: std::error::Error>(e: MeshError) -> RPCError<NodeId, NodeAdd
     }
 }
 
-fn unexpected<E: std::error::Error>(resp: MeshResponse) -> RPCError<NodeId, NodeAddr, E> {
+fn unexpected<E: std::error::Error>(resp: Resp) -> RPCError<NodeId, NodeAddr, E> {
     let e = std::io::Error::other(format!("unexpected mesh answer: {resp:?}"));
     RPCError::Network(NetworkError::new(&e))
 }
 
 impl PeerLink {
-    async fn call(&self, req: MeshRequest, option: &RPCOption) -> Result<MeshResponse, MeshError> {
+    async fn call(&self, req: Req, option: &RPCOption) -> Result<Resp, MeshError> {
         let timeout = option.hard_ttl().max(Duration::from_millis(100));
         self.mesh.call(&self.addr, &req, timeout).await
     }
@@ -70,9 +75,17 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        match self.call(MeshRequest::AppendEntries(rpc), &option).await.map_err(transport_err)? {
-            MeshResponse::AppendEntries(Ok(r)) => Ok(r),
-            MeshResponse::AppendEntries(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+        let sent = Instant::now();
+        match self.call(Req::AppendEntries(rpc), &option).await.map_err(transport_err)? {
+            Resp::AppendEntries(Ok(r)) => {
+                // Anything but a higher vote means the peer accepted this leader's term.
+                if !matches!(r, AppendEntriesResponse::HigherVote(_)) {
+                    self.lease.on_ack(self.target, sent);
+                    let _ = self.lease.publish(Instant::now());
+                }
+                Ok(r)
+            }
+            Resp::AppendEntries(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             other => Err(unexpected(other)),
         }
     }
@@ -82,17 +95,17 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
-        match self.call(MeshRequest::InstallSnapshot(rpc), &option).await.map_err(transport_err)? {
-            MeshResponse::InstallSnapshot(Ok(r)) => Ok(r),
-            MeshResponse::InstallSnapshot(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+        match self.call(Req::InstallSnapshot(rpc), &option).await.map_err(transport_err)? {
+            Resp::InstallSnapshot(Ok(r)) => Ok(r),
+            Resp::InstallSnapshot(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             other => Err(unexpected(other)),
         }
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
-        match self.call(MeshRequest::Vote(rpc), &option).await.map_err(transport_err)? {
-            MeshResponse::Vote(Ok(r)) => Ok(r),
-            MeshResponse::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+        match self.call(Req::Vote(rpc), &option).await.map_err(transport_err)? {
+            Resp::Vote(Ok(r)) => Ok(r),
+            Resp::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             other => Err(unexpected(other)),
         }
     }

@@ -1,5 +1,6 @@
-//! Messages on the mesh. One request and one response per QUIC bidirectional stream, each a
-//! postcard-encoded value (see `codec` in joch-raft-store) filling its side of the stream.
+//! The cluster's control messages on the mesh: one request and one response per call, each a
+//! postcard-encoded value (see `codec` in joch-raft-store). The mesh carries them without
+//! knowing what they mean.
 
 use joch_raft_store::{NodeAddr, NodeId, Request, Response, TypeConfig};
 use openraft::error::{InstallSnapshotError, RaftError};
@@ -9,9 +10,11 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
-/// A request from one node to another.
+use super::lease::Grant;
+
+/// A control request from one node to another.
 #[derive(Serialize, Deserialize, Debug)]
-pub enum MeshRequest {
+pub enum ControlRequest {
     /// Raft AppendEntries.
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     /// Raft RequestVote.
@@ -33,41 +36,17 @@ pub enum MeshRequest {
     },
     /// This node's Raft status.
     Status,
-    /// An MCP request for a session this node owns (its stdio child lives here). Answered as a
-    /// stream of frames (see `Mesh::call_mcp`), not as a `MeshResponse`.
-    McpForward(McpForward),
+    /// Leader: vouch for the asking node's registry (see `lease.rs`); refused to a node that is
+    /// not a member.
+    LeaseProbe {
+        /// The asking node.
+        from: NodeId,
+    },
 }
 
-/// An MCP request forwarded to the node that owns its session.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct McpForward {
-    /// Server name (the path's `{server}`).
-    pub server: String,
-    /// The agent's (sealed) session id.
-    pub session_id: String,
-    /// The agent's `MCP-Protocol-Version` header, if any.
-    pub protocol_version: Option<String>,
-    /// The request body, as received (empty for GET and DELETE).
-    pub body: Vec<u8>,
-    /// The HTTP method: POST (a message), GET (the session's server stream), DELETE (its end).
-    pub method: String,
-    /// The agent's `Last-Event-ID` header (GET: where to resume the stream).
-    pub last_event_id: Option<String>,
-}
-
-/// The head of the owner's answer to a forwarded MCP request. On the stream it is followed by
-/// the body, chunk by chunk as the owner produces it (an SSE answer stays a stream).
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct McpHead {
-    /// HTTP status.
-    pub status: u16,
-    /// Content type.
-    pub content_type: Option<String>,
-}
-
-/// The answer to a [`MeshRequest`], same variant order.
+/// The answer to a [`ControlRequest`], same variant order.
 #[derive(Serialize, Deserialize, Debug)]
-pub enum MeshResponse {
+pub enum ControlResponse {
     /// Raft AppendEntries result.
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     /// Raft RequestVote result.
@@ -89,6 +68,8 @@ pub enum MeshResponse {
     },
     /// Answer to `Status`.
     Status(NodeStatus),
+    /// Answer to `LeaseProbe`.
+    Lease(Result<Grant, Refusal>),
     /// The request could not be decoded or handled at all.
     BadRequest(String),
 }
@@ -143,9 +124,20 @@ pub enum Refusal {
         /// Leader addresses, if known.
         leader_addr: Option<NodeAddr>,
     },
-    /// Leadership could not be confirmed with a quorum.
-    #[error("no quorum: {0}")]
-    NoQuorum(String),
+    /// Leadership could not be confirmed with a quorum (yet: a leader just elected or restarted
+    /// has not heard from a majority).
+    #[error("node {leader} leads but has not heard from a majority of the voters {voters} yet (only from {got:?}); is a majority of the cluster up?")]
+    NoQuorum {
+        /// The leader.
+        leader: NodeId,
+        /// The voter configuration, as openraft prints it.
+        voters: String,
+        /// The nodes it heard from.
+        got: Vec<NodeId>,
+    },
+    /// The node cannot vouch for anyone's registry now (lease probe).
+    #[error("node cannot vouch for the registry now: {0}")]
+    NotVouching(String),
     /// The membership change is not possible.
     #[error("membership change refused: {0}")]
     Membership(String),
@@ -169,8 +161,11 @@ pub struct NodeStatus {
     pub applied_index: u64,
     /// Leader it knows.
     pub leader: Option<NodeId>,
-    /// Milliseconds since it last heard from a leader (0 on the leader itself).
+    /// Milliseconds since its registry was last vouched for by a leader with a quorum (see the
+    /// lease); `None`: not vouched for.
     pub leader_contact_ms: Option<u64>,
+    /// Why it does not serve governed traffic, if it does not.
+    pub stale: Option<String>,
     /// Index of its last snapshot.
     pub snapshot_index: u64,
     /// Index up to which its log is purged.

@@ -1,13 +1,18 @@
 //! Upstream streamable-HTTP servers: one pooled client (HTTP/1.1 and h2, keep-alive), connect and
-//! first-byte timeouts. The agent's own credentials are never forwarded.
+//! first-byte timeouts, and bodies read under a size and a time limit. Every request takes an
+//! [`Admitted`] and re-validates it (cheap when nothing changed since admission). The agent's own
+//! credentials are never forwarded.
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use http::HeaderMap;
 
-use super::deny::Reason;
+use super::{Failure, UpstreamError};
 use crate::config::ProxyLimits;
+use crate::proxy::admission::Admitted;
+use crate::proxy::deny::Reason;
 
 /// Headers joch passes upstream (everything else, notably `Authorization` and cookies, stays).
 const FORWARDED: [&str; 6] =
@@ -18,15 +23,6 @@ const FORWARDED: [&str; 6] =
 pub struct Upstream {
     client: reqwest::Client,
     timeout: Duration,
-}
-
-/// An upstream failure, classified.
-#[derive(Debug)]
-pub struct UpstreamError {
-    /// Unavailable or timed out.
-    pub reason: Reason,
-    /// What happened.
-    pub message: String,
 }
 
 impl Upstream {
@@ -42,16 +38,18 @@ impl Upstream {
         Ok(Upstream { client, timeout: limits.upstream_timeout })
     }
 
-    /// Sends a request; returns once the upstream's status and headers arrived.
+    /// Sends a request to the admitted call's server; returns once the upstream's status and
+    /// headers arrived (within the upstream timeout).
     pub async fn send(
         &self,
+        adm: &Admitted,
         method: reqwest::Method,
-        url: &str,
         incoming: &HeaderMap,
         upstream_session: Option<&str>,
         body: Option<Bytes>,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        let mut req = self.client.request(method, url);
+    ) -> Result<reqwest::Response, Failure> {
+        adm.revalidate()?;
+        let mut req = self.client.request(method, adm.endpoint());
         for name in FORWARDED {
             if let Some(v) = incoming.get(name) {
                 req = req.header(name, v);
@@ -67,10 +65,10 @@ impl Upstream {
             req = req.body(b);
         }
         match tokio::time::timeout(self.timeout, req.send()).await {
-            Err(_) => Err(UpstreamError {
+            Err(_) => Err(Failure::Upstream(UpstreamError {
                 reason: Reason::UpstreamTimeout,
                 message: format!("the upstream did not answer within {:?}", self.timeout),
-            }),
+            })),
             Ok(Err(e)) => {
                 let reason = if e.is_timeout() { Reason::UpstreamTimeout } else { Reason::UpstreamUnavailable };
                 let mut message = e.to_string();
@@ -79,9 +77,34 @@ impl Upstream {
                     message.push_str(&format!(": {s}"));
                     src = s.source();
                 }
-                Err(UpstreamError { reason, message: format!("upstream request failed: {message}") })
+                Err(Failure::Upstream(UpstreamError { reason, message: format!("upstream request failed: {message}") }))
             }
             Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    /// Reads a whole (non-stream) body, at most `limit` bytes and within the upstream timeout:
+    /// an upstream that sends its headers and then stalls does not hold the call forever.
+    pub async fn read(&self, resp: reqwest::Response, limit: usize) -> Result<Bytes, UpstreamError> {
+        let read = async {
+            let mut out = BytesMut::new();
+            let mut s = resp.bytes_stream();
+            while let Some(chunk) = s.next().await {
+                let chunk =
+                    chunk.map_err(|e| UpstreamError::unavailable(format!("reading the upstream's answer: {e}")))?;
+                if out.len() + chunk.len() > limit {
+                    return Err(UpstreamError::unavailable(format!("the upstream's answer exceeds {limit} bytes")));
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(out.freeze())
+        };
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError {
+                reason: Reason::UpstreamTimeout,
+                message: format!("the upstream did not finish its answer within {:?}", self.timeout),
+            }),
         }
     }
 }

@@ -1,0 +1,475 @@
+//! Admission: the only way to an upstream.
+//!
+//! [`Gate::admit`] decides whether a [`Call`] may reach its server, from the in-memory snapshot
+//! only (no disk, no Raft round trip, no lock), in the order of DESIGN.md's request path: this
+//! node's lease, registered, quarantined, pinned version, transport allowed; then every
+//! [`Stage`]'s `on_request` (policy and RBAC plug in there). It returns an [`Admitted`], which
+//! only this module can make, and which the upstream clients (HTTP and stdio) and the aggregate's
+//! member calls require: skipping admission does not compile.
+//!
+//! An `Admitted` also carries the cut: watches of the registry and of the lease, subscribed
+//! *before* the checks ran, so a change applied at any moment after them is seen. Exchanges run
+//! under [`Admitted::until_cut`] (a biased select: a cut wins over an answer that is ready at the
+//! same moment), streams end with [`Admitted::cut`], and every send re-validates cheaply (an
+//! unchanged watch means the admission still holds).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use joch_raft_store::model::resource::Transport;
+use joch_raft_store::{PublishedState, RegistryHandle, ServerRecord};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::deny::{Denial, Reason};
+use super::stages::Stage;
+use crate::cluster::lease::{Lease, Stale};
+use crate::mcp::jsonrpc::Message;
+use crate::mcp::session::SessionToken;
+
+/// A data-plane request, as the seam sees it: parsed once at the front, carried through.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// Node handling it.
+    pub node: u64,
+    /// Server asked for (empty on the aggregate endpoint until a member is chosen).
+    pub server: String,
+    /// Caller identity.
+    pub caller: String,
+    /// HTTP method (POST, GET, DELETE).
+    pub http_method: &'static str,
+    /// The JSON-RPC message (a single one; `None` for GET, DELETE and batches).
+    pub rpc: Option<Arc<Rpc>>,
+    /// The session, when continuing one.
+    pub session: Option<SessionToken>,
+}
+
+/// A JSON-RPC message as received: the light view (method, id, name or URI, envelope version,
+/// progress token) read in one pass, and the bytes, forwarded as they are unless rewritten.
+#[derive(Debug, Clone)]
+pub struct Rpc {
+    /// What joch reads of it.
+    pub msg: Message,
+    /// The message as received.
+    pub body: Bytes,
+}
+
+impl Rpc {
+    /// The message as a JSON tree, for the places that rewrite it (`null` if it is not JSON,
+    /// which cannot happen for a parsed message).
+    pub fn value(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+impl Call {
+    /// The JSON-RPC method, if any.
+    pub fn method(&self) -> Option<&str> {
+        self.rpc.as_ref().and_then(|r| r.msg.method.as_deref())
+    }
+
+    /// The tool or prompt name, or resource URI.
+    pub fn target(&self) -> Option<&str> {
+        self.rpc.as_ref().and_then(|r| r.msg.target_name())
+    }
+
+    /// The JSON-RPC id (`null` if none).
+    pub fn id(&self) -> Value {
+        self.rpc.as_ref().map(|r| r.msg.id_value()).unwrap_or(Value::Null)
+    }
+
+    /// A denial of this call.
+    pub fn deny(&self, reason: Reason, rule: &str, message: impl Into<String>) -> Denial {
+        Denial::new(reason, &self.server, self.node, rule, message).with_id(self.id())
+    }
+
+    /// The same call, aimed at one member of an aggregate session (`rpc`: the routed message).
+    pub fn for_member(&self, server: &str, rpc: Option<Arc<Rpc>>) -> Call {
+        let session = self.session.as_ref().map(|t| {
+            let m = t.members.iter().find(|m| m.server == server);
+            SessionToken {
+                server: server.to_string(),
+                upstream_session: m.and_then(|m| m.upstream_session.clone()),
+                upstream_version: m.and_then(|m| m.upstream_version.clone()),
+                members: Vec::new(),
+                upstream_modern: false,
+                ..t.clone()
+            }
+        });
+        Call { server: server.to_string(), rpc, session, ..self.clone() }
+    }
+}
+
+/// The denial of a node whose control plane is stale (see `cluster/lease.rs`).
+pub fn stale(call: &Call, why: &Stale) -> Denial {
+    call.deny(
+        Reason::ControlPlaneStale,
+        "node.lease",
+        format!("node {} cannot vouch for the registry ({why}); try another node", call.node),
+    )
+}
+
+/// Decides admission.
+#[derive(Clone)]
+pub struct Gate {
+    registry: RegistryHandle,
+    lease: Arc<Lease>,
+    stages: Arc<[Arc<dyn Stage>]>,
+}
+
+impl Gate {
+    /// A gate over this node's registry and lease, running these stages.
+    pub fn new(registry: RegistryHandle, lease: Arc<Lease>, stages: Arc<[Arc<dyn Stage>]>) -> Gate {
+        Gate { registry, lease, stages }
+    }
+
+    /// The published registry (for what joch answers itself: aggregate lists of members).
+    pub fn state(&self) -> Arc<PublishedState> {
+        self.registry.load()
+    }
+
+    /// Whether this node may serve governed traffic now.
+    pub fn fresh(&self, call: &Call) -> Result<(), Denial> {
+        self.lease.check(Instant::now()).map_err(|why| stale(call, &why))
+    }
+
+    /// Admits `call` to its server, or denies it.
+    pub fn admit(&self, call: Call) -> Result<Admitted, Denial> {
+        // Subscribe first, then check: a change applied from here on is seen by the cut.
+        let changes = self.registry.subscribe();
+        let stale_rx = self.lease.subscribe();
+        let state = self.registry.load();
+        self.lease.check(Instant::now()).map_err(|why| stale(&call, &why))?;
+        let server = registry_checks(&call, &state)?;
+        for s in self.stages.iter() {
+            s.on_request(&call, &server)?;
+        }
+        Ok(Admitted(Arc::new(Inner {
+            call,
+            server,
+            index: state.applied_index,
+            changes,
+            stale: stale_rx,
+            gate: self.clone(),
+        })))
+    }
+
+    /// Resolves with the denial once this node turns stale: the cut of what joch serves itself
+    /// across servers (the aggregate endpoint's own streams). Owns what it needs.
+    pub fn stale_cut(&self, call: &Call) -> impl Future<Output = Denial> + Send + 'static {
+        let mut rx = self.lease.subscribe();
+        let lease = self.lease.clone();
+        let call = call.clone();
+        async move {
+            loop {
+                if rx.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                if *rx.borrow_and_update() {
+                    if let Err(why) = lease.check(Instant::now()) {
+                        metrics::counter!("joch_mcp_streams_cut_total", "reason" => "control-plane-stale").increment(1);
+                        return stale(&call, &why);
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Inner {
+    call: Call,
+    server: Arc<ServerRecord>,
+    index: u64,
+    changes: watch::Receiver<u64>,
+    stale: watch::Receiver<bool>,
+    gate: Gate,
+}
+
+/// A call admitted to its server: the proof the upstream clients require. Cheap to clone.
+#[derive(Clone)]
+pub struct Admitted(Arc<Inner>);
+
+impl std::fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admitted").field("server", &self.0.call.server).field("index", &self.0.index).finish()
+    }
+}
+
+impl Admitted {
+    /// The call.
+    pub fn call(&self) -> &Call {
+        &self.0.call
+    }
+
+    /// The server's record, as admitted.
+    pub fn server(&self) -> &ServerRecord {
+        &self.0.server
+    }
+
+    /// The registry index the decision was made at.
+    pub fn index(&self) -> u64 {
+        self.0.index
+    }
+
+    /// The gate that admitted it (to admit related calls, such as joch's own session cleanup).
+    pub fn gate(&self) -> &Gate {
+        &self.0.gate
+    }
+
+    /// The server's streamable-HTTP endpoint ("" for a stdio server).
+    pub fn endpoint(&self) -> &str {
+        self.0.server.spec.endpoint.as_ref().map(|e| e.url.as_str()).unwrap_or_default()
+    }
+
+    /// Whether the server runs as a stdio child.
+    pub fn is_stdio(&self) -> bool {
+        self.0.server.spec.transport == Transport::Stdio
+    }
+
+    /// A denial of this call.
+    pub fn deny(&self, reason: Reason, rule: &str, message: impl Into<String>) -> Denial {
+        self.0.call.deny(reason, rule, message)
+    }
+
+    /// Whether the admission still holds; cheap when nothing changed since (two atomic loads).
+    pub fn revalidate(&self) -> Result<(), Denial> {
+        let i = &self.0;
+        let changed = i.changes.has_changed().unwrap_or(true) || i.stale.has_changed().unwrap_or(true);
+        if !changed {
+            return Ok(());
+        }
+        i.gate.lease.check(Instant::now()).map_err(|why| stale(&i.call, &why))?;
+        registry_checks(&i.call, &i.gate.registry.load()).map(|_| ())
+    }
+
+    /// Resolves (with the denial) when the call stops being admissible: its server quarantined,
+    /// deleted, re-pinned away from the session's version, no longer allowed stdio; or this node
+    /// turned stale. Counts from the admission, not from the call of this method.
+    pub fn cut(&self) -> impl Future<Output = Denial> + Send + 'static {
+        let me = self.clone();
+        async move { me.first_denial().await }
+    }
+
+    async fn first_denial(&self) -> Denial {
+        let i = &self.0;
+        // Clones keep the version seen at admission: a change since then fires at once.
+        let (mut changes, mut stale_rx) = (i.changes.clone(), i.stale.clone());
+        let mut registry_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                r = changes.changed(), if registry_open => {
+                    if r.is_err() {
+                        registry_open = false;
+                        continue;
+                    }
+                    if let Err(d) = registry_checks(&i.call, &i.gate.registry.load()) {
+                        metrics::counter!("joch_mcp_streams_cut_total", "reason" => d.reason.as_str()).increment(1);
+                        return d;
+                    }
+                }
+                r = stale_rx.changed() => {
+                    if r.is_err() {
+                        return std::future::pending().await;
+                    }
+                    if *stale_rx.borrow_and_update() {
+                        if let Err(why) = i.gate.lease.check(Instant::now()) {
+                            metrics::counter!("joch_mcp_streams_cut_total", "reason" => "control-plane-stale").increment(1);
+                            return stale(&i.call, &why);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs an exchange unless the call stops being admissible first; then the exchange is
+    /// dropped (which closes the upstream request) and the denial is the answer. Biased: a cut
+    /// that is ready wins over an answer that is ready.
+    pub async fn until_cut<T>(&self, exchange: impl Future<Output = T>) -> Result<T, Denial> {
+        tokio::select! {
+            biased;
+            d = self.first_denial() => Err(d),
+            r = exchange => Ok(r),
+        }
+    }
+}
+
+/// The registry checks, in order: registered, quarantined, pinned version (of the session's
+/// upstream, when it has one), transport allowed. Pure: the same snapshot and call give the same
+/// answer.
+pub fn registry_checks(call: &Call, state: &PublishedState) -> Result<Arc<ServerRecord>, Denial> {
+    let deny = |reason, rule: &str, message: String| Err(call.deny(reason, rule, message));
+    let Some(rec) = state.registry.servers.get(&call.server) else {
+        return deny(
+            Reason::ServerNotRegistered,
+            "registry.registered",
+            format!("MCP server {:?} is not registered", call.server),
+        );
+    };
+    if let Some(q) = &rec.status.quarantine {
+        return deny(
+            Reason::ServerQuarantined,
+            "registry.quarantine",
+            format!("MCP server {:?} is quarantined: {}", call.server, q.reason),
+        );
+    }
+    let sec = &rec.spec.security;
+    if let (true, Some(pinned), Some(actual)) = (
+        sec.pin_server_version,
+        sec.pinned_version.as_deref(),
+        call.session.as_ref().and_then(|s| s.upstream_version.as_deref()),
+    ) {
+        if pinned != actual {
+            return deny(
+                Reason::VersionPinMismatch,
+                "mcpserver.spec.security.pinnedVersion",
+                format!("MCP server {:?} is pinned to {pinned} but runs {actual}", call.server),
+            );
+        }
+    }
+    if rec.spec.transport == Transport::Stdio && !sec.allow_stdio {
+        return deny(
+            Reason::StdioNotAllowed,
+            "mcpserver.spec.security.allowStdio",
+            format!("MCP server {:?} uses stdio, which its record does not allow", call.server),
+        );
+    }
+    Ok(rec.clone())
+}
+
+/// Checks the version an upstream reports (at initialize, in a discover result, in any modern
+/// answer) against the pin.
+pub fn check_pin(adm: &Admitted, actual: Option<&str>) -> Result<(), Denial> {
+    let sec = &adm.server().spec.security;
+    match (sec.pin_server_version, sec.pinned_version.as_deref()) {
+        (true, Some(pinned)) if actual != Some(pinned) => Err(adm.deny(
+            Reason::VersionPinMismatch,
+            "mcpserver.spec.security.pinnedVersion",
+            format!(
+                "MCP server {:?} is pinned to {pinned} but runs {}",
+                adm.call().server,
+                actual.unwrap_or("an unknown version")
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::lease::{Role, Standing};
+    use joch_raft_store::model::registry::Touched;
+    use joch_raft_store::model::resource::{Endpoint, McpServerSpec, StdioSpec};
+    use joch_raft_store::{Command, Registry, Request};
+
+    fn state(cmds: Vec<Command>) -> PublishedState {
+        let mut reg = Registry::default();
+        for (i, c) in cmds.into_iter().enumerate() {
+            reg.apply(i as u64 + 1, &Request { actor: "t".into(), at_ms: 0, command: c }, &mut Touched::default())
+                .unwrap();
+        }
+        PublishedState { registry: reg, applied_index: 9 }
+    }
+
+    fn call(server: &str, version: Option<&str>) -> Call {
+        Call {
+            node: 1,
+            server: server.into(),
+            caller: "anonymous".into(),
+            http_method: "POST",
+            rpc: None,
+            session: version.map(|v| SessionToken {
+                owner: 1,
+                server: server.into(),
+                upstream_session: None,
+                upstream_version: Some(v.into()),
+                protocol_version: "2025-11-25".into(),
+                caller: "anonymous".into(),
+                created_ms: 0,
+                members: Vec::new(),
+                upstream_modern: false,
+            }),
+        }
+    }
+
+    fn http(name: &str) -> Command {
+        Command::CreateServer {
+            name: name.into(),
+            labels: Default::default(),
+            spec: McpServerSpec {
+                endpoint: Some(Endpoint { url: "http://127.0.0.1:1/mcp".into() }),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn reason(r: Result<Arc<ServerRecord>, Denial>) -> Option<&'static str> {
+        r.err().map(|d| d.reason.as_str())
+    }
+
+    #[test]
+    fn checks_run_in_order() {
+        let st = state(vec![
+            http("a"),
+            http("q"),
+            Command::Quarantine { name: "q".into(), reason: "drift".into() },
+            http("p"),
+            Command::Pin { name: "p".into(), version: "1.4.2".into() },
+            Command::CreateServer {
+                name: "s".into(),
+                labels: Default::default(),
+                spec: McpServerSpec {
+                    transport: Transport::Stdio,
+                    stdio: Some(StdioSpec { command: "x".into(), ..Default::default() }),
+                    ..Default::default()
+                },
+            },
+        ]);
+        assert_eq!(reason(registry_checks(&call("nope", None), &st)), Some("server-not-registered"));
+        assert_eq!(reason(registry_checks(&call("q", None), &st)), Some("server-quarantined"));
+        assert_eq!(reason(registry_checks(&call("p", Some("1.5.0")), &st)), Some("version-pin-mismatch"));
+        assert_eq!(reason(registry_checks(&call("p", Some("1.4.2")), &st)), None);
+        assert_eq!(reason(registry_checks(&call("p", None), &st)), None, "initialize: checked on the answer");
+        assert_eq!(reason(registry_checks(&call("s", None), &st)), Some("stdio-not-allowed"));
+        assert_eq!(reason(registry_checks(&call("a", None), &st)), None);
+    }
+
+    fn fresh_lease() -> Arc<Lease> {
+        let lease = Arc::new(Lease::new(1, std::time::Duration::from_secs(6)));
+        let now = Instant::now();
+        lease.set_standing(&Standing { role: Role::Leader, term: 1, voters: vec![vec![1]], commit: 0 }, 0, now);
+        let _ = lease.publish(now);
+        lease
+    }
+
+    #[tokio::test]
+    async fn admission_sees_the_lease_first_and_the_cut_sees_what_changed_after_it() {
+        let registry = RegistryHandle::default();
+        let lease = Arc::new(Lease::new(1, std::time::Duration::from_secs(6)));
+        let gate = Gate::new(registry.clone(), lease, Arc::new([]));
+        assert_eq!(gate.admit(call("a", None)).unwrap_err().reason, Reason::ControlPlaneStale);
+        let gate = Gate::new(registry.clone(), fresh_lease(), Arc::new([]));
+        assert_eq!(gate.admit(call("a", None)).unwrap_err().reason, Reason::ServerNotRegistered);
+    }
+
+    #[test]
+    fn pins_are_checked_on_what_the_upstream_reports() {
+        let st = state(vec![http("p"), Command::Pin { name: "p".into(), version: "1.4.2".into() }]);
+        let rec = st.registry.servers["p"].clone();
+        let adm = Admitted(Arc::new(Inner {
+            call: call("p", None),
+            server: rec,
+            index: 1,
+            changes: watch::channel(0).1,
+            stale: watch::channel(false).1,
+            gate: Gate::new(RegistryHandle::default(), fresh_lease(), Arc::new([])),
+        }));
+        assert!(check_pin(&adm, Some("1.4.2")).is_ok());
+        assert_eq!(check_pin(&adm, Some("2.0.0")).unwrap_err().reason, Reason::VersionPinMismatch);
+        assert_eq!(check_pin(&adm, None).unwrap_err().reason, Reason::VersionPinMismatch);
+    }
+}

@@ -1,0 +1,370 @@
+//! The one exit: every answer leaves for the agent through [`Exit::respond`], which runs the
+//! stages on each message (a JSON answer, each SSE event, each routed member's event), in every
+//! era, translation and endpoint. The layers answer with an [`Answer`]; only this module turns an
+//! answer into an HTTP response, so upstream content cannot leave without the stages.
+//!
+//! Streams stay streams: SSE is relayed event by event, with keep-alive comments while idle, and
+//! ends when the source ends, the agent goes away, or the cut fires (the server stopped being
+//! admissible, or this node turned stale); a POST stream's pending request then gets the denial
+//! as its answer.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use serde_json::Value;
+
+use super::admission::Call;
+use super::deny::Denial;
+use super::stages::{Outcome, Stage};
+use crate::mcp::sse::{self, EventSplitter};
+use crate::mesh::BodyStream;
+
+/// A rewrite applied to each SSE event on its way (an era translation, a member's ids); an event
+/// rewritten to nothing (empty) is dropped.
+pub type EventMap = Box<dyn Fn(Bytes) -> Bytes + Send + Sync>;
+
+/// What a layer answers.
+pub enum Answer {
+    /// The upstream's answer, passed on with its status and content type.
+    Upstream {
+        /// Its status.
+        status: u16,
+        /// Its content type.
+        content_type: Option<HeaderValue>,
+        /// Its body.
+        body: Bytes,
+    },
+    /// A JSON-RPC message joch built from upstream answers (translated, merged, routed).
+    Message(Value),
+    /// A JSON-RPC message joch answers itself (a ping, its own discover or initialize).
+    Own(Value),
+    /// An SSE stream.
+    Stream(Stream),
+    /// A status without a body (202 to a notification, 200 to a DELETE, 405 to a GET).
+    Status {
+        /// The status.
+        status: StatusCode,
+        /// An `Allow` header (405).
+        allow: Option<&'static str>,
+        /// Whether the upstream said it (else joch did).
+        upstream: bool,
+    },
+    /// A denial.
+    Denied(Denial),
+    /// A protocol error joch answers before anything is forwarded.
+    Rejected {
+        /// HTTP status.
+        status: StatusCode,
+        /// The JSON-RPC error.
+        body: Value,
+    },
+    /// The answer of the node that owns the session (it admitted the request and ran the stages).
+    Relayed {
+        /// The owner.
+        owner: u64,
+        /// Its status.
+        status: u16,
+        /// Its content type.
+        content_type: Option<String>,
+        /// Its body, as it streams in.
+        body: BodyStream,
+    },
+}
+
+impl From<Denial> for Answer {
+    fn from(d: Denial) -> Answer {
+        Answer::Denied(d)
+    }
+}
+
+impl Answer {
+    /// 202 Accepted (a notification or an answer taken).
+    pub fn accepted(upstream: bool) -> Answer {
+        Answer::Status { status: StatusCode::ACCEPTED, allow: None, upstream }
+    }
+
+    /// A protocol error (400 unless said otherwise).
+    pub fn reject(status: StatusCode, id: Value, code: i64, message: &str, data: Option<Value>) -> Answer {
+        Answer::Rejected { status, body: crate::mcp::jsonrpc::error(id, code, message, data) }
+    }
+
+    /// A 400 protocol error without an id.
+    pub fn bad_request(code: i64, message: &str, data: Option<Value>) -> Answer {
+        Answer::reject(StatusCode::BAD_REQUEST, Value::Null, code, message, data)
+    }
+}
+
+/// A message of a stream that is already framed as an SSE event.
+pub struct Event {
+    /// On the aggregate endpoint: the member it came from.
+    pub from: Option<Arc<str>>,
+    /// The event.
+    pub bytes: Bytes,
+}
+
+/// Where a stream's events come from.
+pub enum Source {
+    /// SSE bytes as they arrive (an upstream's body): split into events here.
+    Sse(BoxStream<'static, Result<Bytes, String>>),
+    /// Events already framed (a stdio child's messages, merged members).
+    Events(BoxStream<'static, Event>),
+}
+
+/// An SSE answer.
+pub struct Stream {
+    source: Source,
+    request_id: Option<Value>,
+    transform: Option<EventMap>,
+    cut: BoxFuture<'static, Denial>,
+}
+
+impl Stream {
+    /// A stream from `source`, ending with the cut's denial (sent as the answer to
+    /// `request_id`, if this stream answers a request) when `cut` resolves first.
+    pub fn new(source: Source, request_id: Option<Value>, cut: impl Future<Output = Denial> + Send + 'static) -> Self {
+        Stream { source, request_id, transform: None, cut: Box::pin(cut) }
+    }
+
+    /// Each event rewritten on its way (before the stages see it).
+    pub fn map(mut self, transform: EventMap) -> Self {
+        self.transform = Some(transform);
+        self
+    }
+
+    /// An upstream's SSE body.
+    pub fn sse<S, E>(body: S, request_id: Option<Value>, cut: impl Future<Output = Denial> + Send + 'static) -> Self
+    where
+        S: futures::Stream<Item = Result<Bytes, E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let body = body.map(|r| r.map_err(|e| e.to_string()));
+        Stream::new(Source::Sse(Box::pin(body)), request_id, cut)
+    }
+
+    /// Events already framed.
+    pub fn events(
+        events: impl futures::Stream<Item = Event> + Send + 'static,
+        request_id: Option<Value>,
+        cut: impl Future<Output = Denial> + Send + 'static,
+    ) -> Self {
+        Stream::new(Source::Events(Box::pin(events)), request_id, cut)
+    }
+}
+
+/// An answer with the session id to hand out, if any.
+pub struct Reply {
+    /// The answer.
+    pub answer: Answer,
+    /// A sealed session id for the `Mcp-Session-Id` header.
+    pub session_id: Option<String>,
+}
+
+impl<T: Into<Answer>> From<T> for Reply {
+    fn from(a: T) -> Reply {
+        Reply { answer: a.into(), session_id: None }
+    }
+}
+
+impl From<Stream> for Answer {
+    fn from(s: Stream) -> Answer {
+        Answer::Stream(s)
+    }
+}
+
+/// The exit.
+#[derive(Clone)]
+pub struct Exit {
+    stages: Arc<[Arc<dyn Stage>]>,
+    keepalive: Duration,
+}
+
+fn json_response(status: StatusCode, content_type: Option<HeaderValue>, body: Bytes) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    if let Some(ct) = content_type {
+        r.headers_mut().insert("content-type", ct);
+    }
+    r
+}
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+impl Exit {
+    /// An exit running these stages; idle streams get a keep-alive comment every `keepalive`.
+    pub fn new(stages: Arc<[Arc<dyn Stage>]>, keepalive: Duration) -> Exit {
+        Exit { stages, keepalive }
+    }
+
+    fn stage(&self, call: &Call, server: &str, bytes: &mut Bytes) {
+        for s in self.stages.iter() {
+            s.on_message(call, server, bytes);
+        }
+    }
+
+    /// Turns a reply into the HTTP response, running the stages on what leaves; says how the
+    /// request ended.
+    pub fn respond(&self, call: &Call, reply: Reply) -> (Response, Outcome) {
+        let (mut resp, outcome) = match reply.answer {
+            Answer::Upstream { status, content_type, mut body } => {
+                self.stage(call, &call.server, &mut body);
+                let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                (json_response(code, content_type, body), Outcome::Forwarded { status })
+            }
+            Answer::Message(v) => {
+                let mut body = Bytes::from(v.to_string());
+                self.stage(call, &call.server, &mut body);
+                (json_response(StatusCode::OK, Some(JSON), body), Outcome::Forwarded { status: 200 })
+            }
+            Answer::Own(v) => {
+                let mut body = Bytes::from(v.to_string());
+                self.stage(call, &call.server, &mut body);
+                (json_response(StatusCode::OK, Some(JSON), body), Outcome::Answered)
+            }
+            Answer::Stream(s) => (self.stream(call, s), Outcome::Forwarded { status: 200 }),
+            Answer::Status { status, allow, upstream } => {
+                let mut r = status.into_response();
+                if let Some(a) = allow {
+                    r.headers_mut().insert("allow", HeaderValue::from_static(a));
+                }
+                let outcome = if upstream || status == StatusCode::METHOD_NOT_ALLOWED {
+                    if status == StatusCode::METHOD_NOT_ALLOWED {
+                        Outcome::Rejected { status: 405 }
+                    } else {
+                        Outcome::Forwarded { status: status.as_u16() }
+                    }
+                } else {
+                    Outcome::Answered
+                };
+                (r, outcome)
+            }
+            Answer::Denied(d) => {
+                let reason = d.reason;
+                (d.into_response(), Outcome::Denied(reason))
+            }
+            Answer::Rejected { status, body } => {
+                let r = json_response(status, Some(JSON), Bytes::from(body.to_string()));
+                (r, Outcome::Rejected { status: status.as_u16() })
+            }
+            Answer::Relayed { owner, status, content_type, body } => {
+                let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let mut r = Response::new(Body::from_stream(body.map(Ok::<_, Infallible>)));
+                *r.status_mut() = code;
+                if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                    r.headers_mut().insert("content-type", ct);
+                }
+                (r, Outcome::Relayed { owner, status })
+            }
+        };
+        if let Some(v) = reply.session_id.and_then(|s| HeaderValue::from_str(&s).ok()) {
+            resp.headers_mut().insert("mcp-session-id", v);
+        }
+        (resp, outcome)
+    }
+
+    /// Relays a stream event by event (see the module doc).
+    fn stream(&self, call: &Call, s: Stream) -> Response {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
+        let exit = self.clone();
+        let call = call.clone();
+        let keepalive = self.keepalive;
+        tokio::spawn(async move {
+            metrics::gauge!("joch_mcp_open_streams").increment(1.0);
+            let Stream { source, request_id, transform, cut } = s;
+            let mut cut = cut;
+            let mut split = EventSplitter::default();
+            let mut ka = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+            // Both sources as one stream of events: SSE bytes are split here.
+            let (mut sse, mut events) = match source {
+                Source::Sse(s) => (Some(s), None),
+                Source::Events(e) => (None, Some(e)),
+            };
+            // An event on its way out: rewritten, then seen by the stages (`None`: dropped).
+            let staged = |ev: Event| {
+                let mut bytes = match &transform {
+                    Some(t) => t(ev.bytes),
+                    None => ev.bytes,
+                };
+                if bytes.is_empty() {
+                    return None;
+                }
+                let server = ev.from.as_deref().unwrap_or(&call.server);
+                exit.stage(&call, server, &mut bytes);
+                Some(bytes)
+            };
+            let cut_denial = 'relay: loop {
+                tokio::select! {
+                    biased;
+                    d = &mut cut => break Some(d),
+                    _ = tx.closed() => break None,
+                    chunk = async { sse.as_mut()?.next().await }, if sse.is_some() => match chunk {
+                        Some(Ok(b)) => match split.push(&b) {
+                            Ok(evs) => {
+                                for bytes in evs {
+                                    if let Some(out) = staged(Event { from: None, bytes }) {
+                                        if tx.send(Ok(out)).await.is_err() {
+                                            break 'relay None;
+                                        }
+                                    }
+                                }
+                                ka.reset();
+                            }
+                            Err(e) => {
+                                tracing::warn!(server = %call.server, error = %e, "closing stream");
+                                break None;
+                            }
+                        },
+                        Some(Err(e)) => {
+                            tracing::debug!(server = %call.server, error = %e, "upstream stream ended with an error");
+                            break None;
+                        }
+                        None => {
+                            let rest = std::mem::take(&mut split).finish();
+                            if let Some(out) = rest.and_then(|bytes| staged(Event { from: None, bytes })) {
+                                let _ = tx.send(Ok(out)).await;
+                            }
+                            break None;
+                        }
+                    },
+                    ev = async { events.as_mut()?.next().await }, if events.is_some() => match ev {
+                        Some(ev) => {
+                            if let Some(out) = staged(ev) {
+                                if tx.send(Ok(out)).await.is_err() {
+                                    break None;
+                                }
+                            }
+                            ka.reset();
+                        }
+                        None => break None,
+                    },
+                    _ = ka.tick() => {
+                        if tx.send(Ok(Bytes::from_static(b": keep-alive\n\n"))).await.is_err() {
+                            break None;
+                        }
+                    }
+                }
+            };
+            if let Some(d) = cut_denial {
+                tracing::info!(server = %call.server, reason = d.reason.as_str(), "stream cut");
+                if let Some(id) = request_id {
+                    let _ = tx.send(Ok(sse::message_event(&d.with_id(id).body().to_string()))).await;
+                }
+            }
+            metrics::gauge!("joch_mcp_open_streams").decrement(1.0);
+        });
+        let body = Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        let mut r = Response::new(body);
+        r.headers_mut().insert("content-type", HeaderValue::from_static("text/event-stream"));
+        r.headers_mut().insert("cache-control", HeaderValue::from_static("no-cache, no-transform"));
+        r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+        r
+    }
+}

@@ -1,0 +1,321 @@
+//! The front: the MCP routes, the request body read under its limits, the node's concurrency
+//! limit, and for each request: origin, protocol version, the JSON-RPC body parsed once, the
+//! server's existence, the session; then the layer for its endpoint and era. Every answer goes
+//! out through the exit, and every request is finished (counted, logged) once.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+
+use super::admission::{Call, Rpc};
+use super::deny::{Denial, Reason};
+use super::exit::{Answer, Reply};
+use super::request::Inbound;
+use super::stages::Outcome;
+use super::Proxy;
+use crate::mcp::jsonrpc::{self, Body as RpcBody, Message};
+use crate::mcp::session::SessionToken;
+use crate::mcp::version;
+
+impl Proxy {
+    /// The MCP routes. Bodies are read whole, under the size limit and the client timeout,
+    /// before any handler runs; beyond `proxy.max_concurrent_requests` a node answers 503.
+    pub fn router(self: Arc<Self>) -> Router {
+        let limit = self.limits.max_body_bytes;
+        Router::new()
+            .route("/mcp/{server}", post(server_route).get(server_route).delete(server_route))
+            .route("/mcp", post(aggregate_route).get(aggregate_route).delete(aggregate_route))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), read_body))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), concurrency))
+            .layer(DefaultBodyLimit::max(limit))
+            .with_state(self)
+    }
+
+    /// Serves one request (received here, or relayed by a peer) and finishes it.
+    pub(crate) async fn serve(&self, inbound: Inbound) -> Response {
+        let started = Instant::now();
+        let mut call = self.call(inbound.server.clone(), inbound.http_method);
+        let reply = match inbound.http_method {
+            "POST" => self.post(&mut call, &inbound).await,
+            _ => self.stream_or_delete(&mut call, &inbound).await,
+        };
+        let (resp, outcome) = self.exit.respond(&call, reply);
+        self.finish(&call, &outcome, started);
+        resp
+    }
+
+    fn check_origin(&self, call: &Call, inb: &Inbound) -> Result<(), Denial> {
+        match inb.header("origin") {
+            None => Ok(()),
+            Some(o) if self.limits.allowed_origins.iter().any(|a| a == o) => Ok(()),
+            Some(o) => Err(call.deny(
+                Reason::OriginNotAllowed,
+                "proxy.allowed_origins",
+                format!("origin {o:?} is not allowed (proxy.allowed_origins)"),
+            )),
+        }
+    }
+
+    /// A request to a server that is not registered is answered 404 before anything else about
+    /// it is settled (a session, a handshake): the client learns what is wrong at once.
+    fn registered(&self, call: &Call) -> Result<(), Denial> {
+        if call.server.is_empty() || self.node.registry.load().registry.servers.contains_key(&call.server) {
+            return Ok(());
+        }
+        Err(call.deny(
+            Reason::ServerNotRegistered,
+            "registry.registered",
+            format!("MCP server {:?} is not registered", call.server),
+        ))
+    }
+
+    /// Opens the session a request names, bound to this server and caller.
+    pub(super) fn session(&self, call: &Call, inb: &Inbound) -> Result<SessionToken, Denial> {
+        let Some(id) = inb.session_id() else {
+            return Err(call.deny(
+                Reason::SessionRequired,
+                "mcp.session",
+                "Bad Request: Mcp-Session-Id header is required (send initialize first)",
+            ));
+        };
+        let token = self
+            .sealer(call)?
+            .open(id)
+            .map_err(|_| call.deny(Reason::SessionUnknown, "mcp.session", "Session not found: re-initialize"))?;
+        if token.server != call.server || token.caller != call.caller {
+            return Err(call.deny(Reason::SessionUnknown, "mcp.session", "Session not found: re-initialize"));
+        }
+        Ok(token)
+    }
+
+    /// A stdio session ended with DELETE.
+    pub(super) fn ended_session(&self, call: &Call) -> Denial {
+        call.deny(Reason::SessionUnknown, "mcp.session", "Session not found: it was ended (DELETE); re-initialize")
+    }
+
+    async fn post(&self, call: &mut Call, inb: &Inbound) -> Reply {
+        if let Err(d) = self.check_origin(call, inb) {
+            return d.into();
+        }
+        let header_version = inb.header("mcp-protocol-version");
+        if let Some(v) = header_version {
+            if !version::is_legacy(v) && !version::is_modern(v) {
+                let all: Vec<&str> = version::MODERN.iter().chain(version::LEGACY.iter()).copied().collect();
+                return Answer::bad_request(
+                    jsonrpc::UNSUPPORTED_VERSION,
+                    "Unsupported protocol version",
+                    Some(serde_json::json!({"supported": all, "requested": v})),
+                )
+                .into();
+            }
+        }
+        let m = match jsonrpc::parse(&inb.body, self.limits.max_json_depth) {
+            Ok(RpcBody::Single(m)) => m,
+            Ok(RpcBody::Batch(v)) => return self.batch(call, inb, &v).await,
+            Err(e) => return Answer::bad_request(e.code(), &e.to_string(), None).into(),
+        };
+        let modern = header_version.is_some_and(version::is_modern)
+            || m.method.as_deref() == Some("server/discover")
+            || m.is_modern();
+        let initialize = m.method.as_deref() == Some("initialize");
+        call.rpc = Some(Arc::new(Rpc { msg: m, body: inb.body.clone() }));
+        if modern {
+            return match inb.aggregate() {
+                true => self.aggregate_modern(call, inb).await,
+                false => self.modern(call, inb).await,
+            };
+        }
+        if let Err(d) = self.registered(call) {
+            return d.into();
+        }
+        if initialize {
+            return match inb.aggregate() {
+                true => self.aggregate_initialize(call, inb).await,
+                false => self.initialize(call, inb).await,
+            };
+        }
+        let token = match self.session(call, inb) {
+            Ok(t) => t,
+            Err(d) => return d.into(),
+        };
+        match inb.aggregate() {
+            true => self.aggregate_request(call, inb, token).await,
+            false => self.session_request(call, inb, token).await,
+        }
+    }
+
+    /// A JSON-RPC batch: only at 2025-03-26, only in a session with an HTTP upstream (passed on
+    /// as it is).
+    async fn batch(&self, call: &mut Call, inb: &Inbound, msgs: &[Message]) -> Reply {
+        if msgs.iter().any(|m| m.method.as_deref() == Some("initialize")) {
+            return Answer::bad_request(
+                jsonrpc::INVALID_REQUEST,
+                "initialize must not be part of a JSON-RPC batch",
+                None,
+            )
+            .into();
+        }
+        if let Err(d) = self.registered(call) {
+            return d.into();
+        }
+        let token = match self.session(call, inb) {
+            Ok(t) => t,
+            Err(d) => return d.into(),
+        };
+        let v = inb.header("mcp-protocol-version").unwrap_or(&token.protocol_version).to_string();
+        if !version::batches_allowed(&v) {
+            return Answer::bad_request(
+                jsonrpc::INVALID_REQUEST,
+                &format!("JSON-RPC batches are not allowed at protocol version {v}"),
+                None,
+            )
+            .into();
+        }
+        if inb.aggregate() {
+            return Answer::bad_request(
+                jsonrpc::INVALID_REQUEST,
+                "JSON-RPC batches are not accepted on the aggregate endpoint",
+                None,
+            )
+            .into();
+        }
+        self.session_batch(call, inb, token).await
+    }
+
+    /// GET (the session's server stream) and DELETE (its end).
+    async fn stream_or_delete(&self, call: &mut Call, inb: &Inbound) -> Reply {
+        if let Err(d) = self.check_origin(call, inb).and_then(|()| self.registered(call)) {
+            return d.into();
+        }
+        let token = match self.session(call, inb) {
+            Ok(t) => t,
+            Err(d) => return d.into(),
+        };
+        match inb.aggregate() {
+            true => self.aggregate_stream_or_delete(call, inb, token).await,
+            false => self.session_stream_or_delete(call, inb, token).await,
+        }
+    }
+}
+
+fn http_method(m: &Method) -> &'static str {
+    match m.as_str() {
+        "GET" => "GET",
+        "DELETE" => "DELETE",
+        _ => "POST",
+    }
+}
+
+async fn server_route(
+    State(p): State<Arc<Proxy>>,
+    Path(server): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    p.serve(Inbound { server, http_method: http_method(&method), headers, body }).await
+}
+
+async fn aggregate_route(State(p): State<Arc<Proxy>>, method: Method, headers: HeaderMap, body: Bytes) -> Response {
+    p.serve(Inbound { server: String::new(), http_method: http_method(&method), headers, body }).await
+}
+
+/// Denies a request before it reached a handler (limits), counted like any other.
+fn early(p: &Proxy, server: &str, method: &Method, d: Denial) -> Response {
+    let call = p.call(server.to_string(), http_method(method));
+    let (resp, outcome) = p.exit.respond(&call, Reply::from(d));
+    p.finish(&call, &outcome, Instant::now());
+    resp
+}
+
+fn server_of(path: &str) -> &str {
+    path.strip_prefix("/mcp").unwrap_or_default().trim_start_matches('/')
+}
+
+/// The node's concurrency limit: beyond `proxy.max_concurrent_requests` requests in flight
+/// (open streams included), a request is answered 503 with `Retry-After` at once, never queued.
+async fn concurrency(
+    State(p): State<Arc<Proxy>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(permit) = p.in_flight.clone().try_acquire_owned() else {
+        let server = server_of(req.uri().path()).to_string();
+        let call = p.call(server.clone(), http_method(req.method()));
+        let d = call.deny(
+            Reason::NodeOverloaded,
+            "proxy.max_concurrent_requests",
+            format!(
+                "node {} is at its limit of {} concurrent requests; retry shortly or on another node",
+                p.node.id, p.limits.max_concurrent_requests
+            ),
+        );
+        return early(&p, &server, req.method(), d);
+    };
+    let resp = next.run(req).await;
+    // The permit lives as long as the answer's body: a stream holds it until it ends.
+    let (parts, body) = resp.into_parts();
+    let body = Body::new(HoldPermit { body, _permit: permit });
+    Response::from_parts(parts, body)
+}
+
+/// A body that holds a permit until it is dropped.
+struct HoldPermit {
+    body: Body,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl http_body::Body for HoldPermit {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Reads the request body under `proxy.max_body_bytes` and `proxy.client_timeout`: a body too
+/// large gets 413, one that does not arrive in time 408, both as JSON-RPC errors.
+async fn read_body(State(p): State<Arc<Proxy>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let server = server_of(parts.uri.path()).to_string();
+    let limit = p.limits.max_body_bytes;
+    let deny = |reason, rule: &str, message: String| {
+        early(&p, &server, &parts.method, p.call(server.clone(), "POST").deny(reason, rule, message))
+    };
+    match tokio::time::timeout(p.limits.client_timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => deny(
+            Reason::RequestTimeout,
+            "proxy.client_timeout",
+            format!("the request body did not arrive within {:?}", p.limits.client_timeout),
+        ),
+        Ok(Err(e)) if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) => {
+            deny(Reason::BodyTooLarge, "proxy.max_body_bytes", format!("request body larger than {limit} bytes"))
+        }
+        Ok(Err(_)) => {
+            // The client went away mid-body: nobody to answer.
+            let call = p.call(server.clone(), http_method(&parts.method));
+            p.finish(&call, &Outcome::Rejected { status: 400 }, Instant::now());
+            StatusCode::BAD_REQUEST.into_response()
+        }
+        Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, Body::from(bytes))).await,
+    }
+}
