@@ -5,5 +5,6 @@ mod harness;
 mod cli;
 mod cluster;
 mod lease;
+mod limits;
 mod mcp;
 mod mesh;
