@@ -86,6 +86,35 @@ pub enum MetaShape {
     NotObject,
 }
 
+/// The visitor methods for every JSON value that is not an object (arrays are read through and
+/// dropped): each gives `$value`.
+macro_rules! not_an_object {
+    ($t:ty, $value:expr) => {
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<$t, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok($value)
+        }
+        fn visit_unit<E>(self) -> Result<$t, E> {
+            Ok($value)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<$t, E> {
+            Ok($value)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<$t, E> {
+            Ok($value)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<$t, E> {
+            Ok($value)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<$t, E> {
+            Ok($value)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<$t, E> {
+            Ok($value)
+        }
+    };
+}
+
 impl<'de> Deserialize<'de> for Params {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -109,28 +138,7 @@ impl<'de> Deserialize<'de> for Params {
                 Ok(p)
             }
             // Positional (array) or scalar params: nothing joch reads.
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Params, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Params::default())
-            }
-            fn visit_unit<E>(self) -> Result<Params, E> {
-                Ok(Params::default())
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Params, E> {
-                Ok(Params::default())
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Params, E> {
-                Ok(Params::default())
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Params, E> {
-                Ok(Params::default())
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Params, E> {
-                Ok(Params::default())
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Params, E> {
-                Ok(Params::default())
-            }
+            not_an_object!(Params, Params::default());
         }
         d.deserialize_any(V)
     }
@@ -161,28 +169,7 @@ impl<'de> Deserialize<'de> for Meta {
                 }
                 Ok(m)
             }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Meta, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Meta { shape: MetaShape::NotObject, ..Meta::default() })
-            }
-            fn visit_unit<E>(self) -> Result<Meta, E> {
-                Ok(Meta { shape: MetaShape::NotObject, ..Meta::default() })
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Meta, E> {
-                Ok(Meta { shape: MetaShape::NotObject, ..Meta::default() })
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Meta, E> {
-                Ok(Meta { shape: MetaShape::NotObject, ..Meta::default() })
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Meta, E> {
-                Ok(Meta { shape: MetaShape::NotObject, ..Meta::default() })
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Meta, E> {
-                Ok(Meta { shape: MetaShape::NotObject, ..Meta::default() })
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Meta, E> {
-                Ok(Meta { shape: MetaShape::NotObject, ..Meta::default() })
-            }
+            not_an_object!(Meta, Meta { shape: MetaShape::NotObject, ..Meta::default() });
         }
         d.deserialize_any(V)
     }

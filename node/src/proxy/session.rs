@@ -108,17 +108,24 @@ impl Proxy {
         hand_out(call, &sealer, token, Answer::Upstream { status: status.as_u16(), content_type, body: bytes })
     }
 
-    /// A request in a session of `/mcp/{server}`.
-    pub(super) async fn session_request(&self, call: &mut Call, inb: &Inbound, token: SessionToken) -> Reply {
-        let (owner, upstream_modern) = (token.owner, token.upstream_modern);
+    /// A message in a session of `/mcp/{server}`, up to its admission: relayed to the session's
+    /// owner if its stdio child lives there (the owner admits, answers and counts it; a session's
+    /// server stream and its buffer live there too), else admitted here.
+    async fn admit_in_session(&self, call: &mut Call, inb: &Inbound, token: SessionToken) -> Result<Admitted, Reply> {
+        let owner = token.owner;
         call.session = Some(token);
         if owner != self.node.id && self.is_stdio(&call.server) {
-            // The child lives on the owner: it admits, answers, counts.
-            return self.forward_to_owner(call, owner, inb).await.into();
+            return Err(self.forward_to_owner(call, owner, inb).await.into());
         }
-        let adm = match self.gate.admit(call.clone()) {
+        self.gate.admit(call.clone()).map_err(Reply::from)
+    }
+
+    /// A request in a session of `/mcp/{server}`.
+    pub(super) async fn session_request(&self, call: &mut Call, inb: &Inbound, token: SessionToken) -> Reply {
+        let upstream_modern = token.upstream_modern;
+        let adm = match self.admit_in_session(call, inb, token).await {
             Ok(a) => a,
-            Err(d) => return d.into(),
+            Err(r) => return r,
         };
         if upstream_modern {
             return adm.until_cut(self.legacy_to_modern(&adm)).await.unwrap_or_else(Answer::from).into();
@@ -135,14 +142,10 @@ impl Proxy {
 
     /// A batch in a session (2025-03-26): only to an HTTP upstream, passed on as it is.
     pub(super) async fn session_batch(&self, call: &mut Call, inb: &Inbound, token: SessionToken) -> Reply {
-        let (upstream_modern, owner) = (token.upstream_modern, token.owner);
-        call.session = Some(token);
-        if owner != self.node.id && self.is_stdio(&call.server) {
-            return self.forward_to_owner(call, owner, inb).await.into();
-        }
-        let adm = match self.gate.admit(call.clone()) {
+        let upstream_modern = token.upstream_modern;
+        let adm = match self.admit_in_session(call, inb, token).await {
             Ok(a) => a,
-            Err(d) => return d.into(),
+            Err(r) => return r,
         };
         let refuse = |what: &str| {
             Answer::bad_request(
@@ -175,16 +178,10 @@ impl Proxy {
 
     /// GET (the session's server stream) and DELETE (its end) on `/mcp/{server}`.
     pub(super) async fn session_stream_or_delete(&self, call: &mut Call, inb: &Inbound, token: SessionToken) -> Reply {
-        let (owner, upstream_modern, upstream_session) =
-            (token.owner, token.upstream_modern, token.upstream_session.clone());
-        call.session = Some(token);
-        if owner != self.node.id && self.is_stdio(&call.server) {
-            // The session's server stream and its buffer live on the node that runs the child.
-            return self.forward_to_owner(call, owner, inb).await.into();
-        }
-        let adm = match self.gate.admit(call.clone()) {
+        let (upstream_modern, upstream_session) = (token.upstream_modern, token.upstream_session.clone());
+        let adm = match self.admit_in_session(call, inb, token).await {
             Ok(a) => a,
-            Err(d) => return d.into(),
+            Err(r) => return r,
         };
         let get = inb.http_method == "GET";
         if adm.is_stdio() {

@@ -65,7 +65,20 @@ fn a_misbehaving_stdio_server_gets_a_specific_error_and_never_a_panic() {
     for (name, mode) in [("odd", "odd-init"), ("noisy", "noisy")] {
         c.cli(
             1,
-            &["mcp", "add", name, "--transport", "stdio", "--command", &py, "--arg", &script, "--arg", mode, "--allow-stdio"],
+            &[
+                "mcp",
+                "add",
+                name,
+                "--transport",
+                "stdio",
+                "--command",
+                &py,
+                "--arg",
+                &script,
+                "--arg",
+                mode,
+                "--allow-stdio",
+            ],
         )
         .ok();
     }
@@ -80,7 +93,8 @@ fn a_misbehaving_stdio_server_gets_a_specific_error_and_never_a_panic() {
     let r = http("POST", &format!("{base}/mcp/noisy"), &[ACCEPT, JSON_CT], INIT.as_bytes());
     assert_eq!(r.status, 200, "{r:?}");
     let sid = r.header("mcp-session-id").unwrap();
-    let call = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{}}}).to_string();
+    let call =
+        json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{}}}).to_string();
     let h = [ACCEPT, JSON_CT, ("mcp-session-id", sid.as_str()), ("mcp-protocol-version", "2025-11-25")];
     let r = http("POST", &format!("{base}/mcp/noisy"), &h, call.as_bytes());
     assert_eq!(r.status, 200, "{r:?}");
@@ -88,7 +102,8 @@ fn a_misbehaving_stdio_server_gets_a_specific_error_and_never_a_panic() {
     // The modern era translates for it too (notifications with a non-object _meta included).
     let m = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{},"_meta":{
         "io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}});
-    let h = [ACCEPT, JSON_CT, ("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "echo")];
+    let h =
+        [ACCEPT, JSON_CT, ("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "echo")];
     let r = http("POST", &format!("{base}/mcp/noisy"), &h, m.to_string().as_bytes());
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["result"]["content"][0]["text"], "still here", "{r:?}");
