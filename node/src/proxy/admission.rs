@@ -17,90 +17,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use joch_raft_store::model::resource::Transport;
 use joch_raft_store::{PublishedState, RegistryHandle, ServerRecord};
-use serde_json::Value;
 use tokio::sync::watch;
 
 use super::deny::{Denial, Reason};
+pub use super::request::{Call, Rpc};
 use super::stages::Stage;
 use crate::cluster::lease::{Lease, Stale};
-use crate::mcp::jsonrpc::Message;
-use crate::mcp::session::SessionToken;
-
-/// A data-plane request, as the seam sees it: parsed once at the front, carried through.
-#[derive(Debug, Clone)]
-pub struct Call {
-    /// Node handling it.
-    pub node: u64,
-    /// Server asked for (empty on the aggregate endpoint until a member is chosen).
-    pub server: String,
-    /// Caller identity.
-    pub caller: String,
-    /// HTTP method (POST, GET, DELETE).
-    pub http_method: &'static str,
-    /// The JSON-RPC message (a single one; `None` for GET, DELETE and batches).
-    pub rpc: Option<Arc<Rpc>>,
-    /// The session, when continuing one.
-    pub session: Option<SessionToken>,
-}
-
-/// A JSON-RPC message as received: the light view (method, id, name or URI, envelope version,
-/// progress token) read in one pass, and the bytes, forwarded as they are unless rewritten.
-#[derive(Debug, Clone)]
-pub struct Rpc {
-    /// What joch reads of it.
-    pub msg: Message,
-    /// The message as received.
-    pub body: Bytes,
-}
-
-impl Rpc {
-    /// The message as a JSON tree, for the places that rewrite it (`null` if it is not JSON,
-    /// which cannot happen for a parsed message).
-    pub fn value(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-}
-
-impl Call {
-    /// The JSON-RPC method, if any.
-    pub fn method(&self) -> Option<&str> {
-        self.rpc.as_ref().and_then(|r| r.msg.method.as_deref())
-    }
-
-    /// The tool or prompt name, or resource URI.
-    pub fn target(&self) -> Option<&str> {
-        self.rpc.as_ref().and_then(|r| r.msg.target_name())
-    }
-
-    /// The JSON-RPC id (`null` if none).
-    pub fn id(&self) -> Value {
-        self.rpc.as_ref().map(|r| r.msg.id_value()).unwrap_or(Value::Null)
-    }
-
-    /// A denial of this call.
-    pub fn deny(&self, reason: Reason, rule: &str, message: impl Into<String>) -> Denial {
-        Denial::new(reason, &self.server, self.node, rule, message).with_id(self.id())
-    }
-
-    /// The same call, aimed at one member of an aggregate session (`rpc`: the routed message).
-    pub fn for_member(&self, server: &str, rpc: Option<Arc<Rpc>>) -> Call {
-        let session = self.session.as_ref().map(|t| {
-            let m = t.members.iter().find(|m| m.server == server);
-            SessionToken {
-                server: server.to_string(),
-                upstream_session: m.and_then(|m| m.upstream_session.clone()),
-                upstream_version: m.and_then(|m| m.upstream_version.clone()),
-                members: Vec::new(),
-                upstream_modern: false,
-                ..t.clone()
-            }
-        });
-        Call { server: server.to_string(), rpc, session, ..self.clone() }
-    }
-}
 
 /// The denial of a node whose control plane is stale (see `cluster/lease.rs`).
 pub fn stale(call: &Call, why: &Stale) -> Denial {
@@ -362,6 +286,7 @@ pub fn check_pin(adm: &Admitted, actual: Option<&str>) -> Result<(), Denial> {
 mod tests {
     use super::*;
     use crate::cluster::lease::{Role, Standing};
+    use crate::mcp::session::SessionToken;
     use joch_raft_store::model::registry::Touched;
     use joch_raft_store::model::resource::{Endpoint, McpServerSpec, StdioSpec};
     use joch_raft_store::{Command, Registry, Request};

@@ -1,9 +1,17 @@
-//! The inbound request, as the front reads it: which endpoint, which HTTP method, the headers
-//! joch looks at, and the body (read whole under the size and time limits before any handler
-//! runs). Requests relayed by a peer arrive in the same shape (`forward.rs`).
+//! The request as the layers see it: the inbound HTTP request (which endpoint, which method, the
+//! headers joch looks at, the body read whole under the size and time limits before any handler
+//! runs; requests relayed by a peer arrive in the same shape, `forward.rs`), and the [`Call`]
+//! the front makes of it once, which admission decides on and every stage reads.
+
+use std::sync::Arc;
 
 use axum::http::HeaderMap;
 use bytes::Bytes;
+use serde_json::Value;
+
+use super::deny::{Denial, Reason};
+use crate::mcp::jsonrpc::Message;
+use crate::mcp::session::SessionToken;
 
 /// One request to the MCP endpoints.
 pub struct Inbound {
@@ -31,5 +39,78 @@ impl Inbound {
     /// On the aggregate endpoint.
     pub fn aggregate(&self) -> bool {
         self.server.is_empty()
+    }
+}
+
+/// A data-plane request, as the seam sees it: parsed once at the front, carried through.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// Node handling it.
+    pub node: u64,
+    /// Server asked for (empty on the aggregate endpoint until a member is chosen).
+    pub server: String,
+    /// Caller identity.
+    pub caller: String,
+    /// HTTP method (POST, GET, DELETE).
+    pub http_method: &'static str,
+    /// The JSON-RPC message (a single one; `None` for GET, DELETE and batches).
+    pub rpc: Option<Arc<Rpc>>,
+    /// The session, when continuing one.
+    pub session: Option<SessionToken>,
+}
+
+/// A JSON-RPC message as received: the light view (method, id, name or URI, envelope version,
+/// progress token) read in one pass, and the bytes, forwarded as they are unless rewritten.
+#[derive(Debug, Clone)]
+pub struct Rpc {
+    /// What joch reads of it.
+    pub msg: Message,
+    /// The message as received.
+    pub body: Bytes,
+}
+
+impl Rpc {
+    /// The message as a JSON tree, for the places that rewrite it (`null` if it is not JSON,
+    /// which cannot happen for a parsed message).
+    pub fn value(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+impl Call {
+    /// The JSON-RPC method, if any.
+    pub fn method(&self) -> Option<&str> {
+        self.rpc.as_ref().and_then(|r| r.msg.method.as_deref())
+    }
+
+    /// The tool or prompt name, or resource URI.
+    pub fn target(&self) -> Option<&str> {
+        self.rpc.as_ref().and_then(|r| r.msg.target_name())
+    }
+
+    /// The JSON-RPC id (`null` if none).
+    pub fn id(&self) -> Value {
+        self.rpc.as_ref().map(|r| r.msg.id_value()).unwrap_or(Value::Null)
+    }
+
+    /// A denial of this call.
+    pub fn deny(&self, reason: Reason, rule: &str, message: impl Into<String>) -> Denial {
+        Denial::new(reason, &self.server, self.node, rule, message).with_id(self.id())
+    }
+
+    /// The same call, aimed at one member of an aggregate session (`rpc`: the routed message).
+    pub fn for_member(&self, server: &str, rpc: Option<Arc<Rpc>>) -> Call {
+        let session = self.session.as_ref().map(|t| {
+            let m = t.members.iter().find(|m| m.server == server);
+            SessionToken {
+                server: server.to_string(),
+                upstream_session: m.and_then(|m| m.upstream_session.clone()),
+                upstream_version: m.and_then(|m| m.upstream_version.clone()),
+                members: Vec::new(),
+                upstream_modern: false,
+                ..t.clone()
+            }
+        });
+        Call { server: server.to_string(), rpc, session, ..self.clone() }
     }
 }

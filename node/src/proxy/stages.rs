@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use joch_raft_store::ServerRecord;
 
-use super::admission::Call;
+use super::request::Call;
 use super::deny::{Denial, Reason};
 
 /// How a request ended.
