@@ -338,8 +338,11 @@ impl Registry for AdminApi {
             let ret = st.registry.retention;
             Ok(pb::Retention {
                 history_per_server: ret.history_per_target,
-                history_max_age: humantime::format_duration(std::time::Duration::from_millis(ret.history_max_age_ms))
-                    .to_string(),
+                history_max_age: match ret.history_max_age_ms {
+                    ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+                    ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+                    ms => humantime::format_duration(std::time::Duration::from_millis(ms)).to_string(),
+                },
                 read_index: st.applied_index,
             })
         })

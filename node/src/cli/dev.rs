@@ -162,7 +162,8 @@ async fn wait_admin(dir: &Path, n: &DevNode, deadline: Instant) -> anyhow::Resul
     }
 }
 
-/// Waits until some node reports a leader that every running member can see.
+/// Waits until some node reports a leader that every running member can see, caught up and
+/// serving (its lease vouched for).
 async fn wait_leader(nodes: &[DevNode], deadline: Instant) -> anyhow::Result<pb::ClusterStatus> {
     let mut last = String::from("no answer yet");
     loop {
@@ -172,13 +173,16 @@ async fn wait_leader(nodes: &[DevNode], deadline: Instant) -> anyhow::Result<pb:
                     Ok(s) => {
                         let s = s.into_inner();
                         let running: Vec<u64> = nodes.iter().filter(|n| alive(n.pid)).map(|n| n.id).collect();
-                        let all_see =
-                            s.members.iter().filter(|m| running.contains(&m.id)).all(|m| m.reachable && m.lag == 0);
+                        let all_see = s
+                            .members
+                            .iter()
+                            .filter(|m| running.contains(&m.id))
+                            .all(|m| m.reachable && m.lag == 0 && m.stale.is_empty());
                         if s.has_leader && all_see {
                             return Ok(s);
                         }
                         last = format!(
-                            "node {}: leader {}, members caught up: {all_see}",
+                            "node {}: leader {}, members caught up and serving: {all_see}",
                             n.id,
                             if s.has_leader { s.leader.to_string() } else { "none".into() }
                         );

@@ -362,15 +362,20 @@ impl ClusterNode {
         }
     }
 
-    /// A follower asks its leader to vouch for it every heartbeat interval (see `lease.rs`).
+    /// A follower asks its leader to vouch for it every heartbeat interval (see `lease.rs`); while
+    /// it is not vouched for (just started, back from a partition, a new leader) it asks every
+    /// 50 ms, so it serves again as soon as it may.
     async fn prober(self: Arc<Self>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(self.settings.timing.heartbeat);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut wait = Duration::ZERO;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(wait) => {}
             }
+            wait = match self.lease.check(Instant::now()) {
+                Ok(()) => self.settings.timing.heartbeat,
+                Err(_) => Duration::from_millis(50).min(self.settings.timing.heartbeat),
+            };
             if self.lease.role() != Role::Follower {
                 continue;
             }

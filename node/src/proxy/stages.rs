@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use joch_raft_store::ServerRecord;
 
-use super::request::Call;
 use super::deny::{Denial, Reason};
+use super::request::Call;
 
 /// How a request ended.
 #[derive(Debug, Clone)]

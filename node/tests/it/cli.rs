@@ -87,3 +87,23 @@ fn seed_commands_and_specific_errors() {
         assert!(e.contains(field), "{field} missing from: {e}");
     }
 }
+
+#[test]
+fn history_is_kept_within_the_replicated_retention_on_every_node() {
+    let c = TestCluster::up(3, &[]);
+    let shown = c.cli(1, &["mcp", "history", "--retention", "-o", "json"]).ok().json();
+    assert_eq!(shown, serde_json::json!({"historyPerServer": 1000, "historyMaxAge": "90d"}));
+    c.cli(2, &["mcp", "history", "--retention", "--keep", "2", "--max-age", "30d"]).ok();
+    c.cli(1, &["mcp", "add", "s", "--endpoint", "http://127.0.0.1:9/mcp"]).ok();
+    for reason in ["a", "b"] {
+        c.cli(1, &["mcp", "quarantine", "s", "--reason", reason]).ok();
+        c.cli(1, &["mcp", "unquarantine", "s"]).ok();
+    }
+    for n in 1..=3 {
+        let h = c.cli(n, &["mcp", "history", "s", "-o", "json"]).ok().json();
+        let actions: Vec<&str> = h.as_array().unwrap().iter().map(|l| l["action"].as_str().unwrap()).collect();
+        assert_eq!(actions, ["quarantine", "unquarantine"], "node {n} keeps the newest two: {h}");
+    }
+    let bad = c.cli(1, &["mcp", "history", "--retention", "--max-age", "10m"]).fails(1);
+    assert!(bad.contains("historyMaxAge: must be at least 1h"), "{bad}");
+}
