@@ -4,9 +4,9 @@
 //! the mesh) and never touches RocksDB.
 //!
 //! The request path, one layer per file (ARCHITECTURE.md draws it):
-//! - `request.rs`: the inbound request; `routing.rs`: the front — origin, protocol version, the
-//!   JSON-RPC body parsed once into the [`Call`](admission::Call), the session opened, and the
-//!   request handed to the layer for its endpoint and era;
+//! - `request.rs`: the inbound request and the [`Call`](request::Call) made of it once;
+//!   `routing.rs`: the front — origin, protocol version, the JSON-RPC body parsed once into the
+//!   call, the session opened, and the request handed to the layer for its endpoint and era;
 //! - `admission.rs`: the only maker of an `Admitted`, which everything that talks to an upstream
 //!   requires; it carries the cut (registry and lease watches taken before the checks);
 //! - `session.rs`: the legacy session path on `/mcp/{server}` (initialize, requests, the
