@@ -272,12 +272,18 @@ fn a_node_cut_off_fails_closed_after_its_lease_and_serves_again_after_healing() 
     let c = TestCluster::up(3, &[]);
     let up = FastMcp::start();
     register(&c, &up);
+    let time_bin = crate::harness::python().parent().unwrap().join("mcp-server-time").display().to_string();
+    c.cli(1, &["mcp", "add", "time", "--transport", "stdio", "--command", &time_bin, "--allow-stdio"]).ok();
     // Cut off the leader: the hard case (it cannot tell it was deposed).
     let cut_id = c.leader();
     let cut = c.node(cut_id).clone();
     let other = c.nodes.iter().find(|n| n.id != cut_id).unwrap().clone();
     let sid = raw_session(&cut.mcp_url);
     assert_eq!(raw_list(&cut.mcp_url, &sid).status, 200);
+    // A stdio child running on the cut node.
+    let r = http("POST", &format!("{}/mcp/time", cut.mcp_url), &[ACCEPT, JSON_CT], INIT.as_bytes());
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(stdio_children(&c).iter().any(|(_, n)| *n == cut_id), "the child runs on the cut node");
 
     let mut partition = Partition::cut(&cut.mesh_addr);
     let t0 = Instant::now();
@@ -286,6 +292,10 @@ fn a_node_cut_off_fails_closed_after_its_lease_and_serves_again_after_healing() 
         (r.status == 503).then_some(r)
     });
     let took = t0.elapsed();
+    // It cannot know whether its stdio servers were quarantined meanwhile: their children stop.
+    eventually("the stale node's stdio child to stop", Duration::from_secs(10), || {
+        (!stdio_children(&c).iter().any(|(_, n)| *n == cut_id)).then_some(())
+    });
     let e = stale.json();
     assert_eq!(e["error"]["code"], -32005, "{stale:?}");
     assert_eq!(e["error"]["data"]["reason"], "control-plane-stale");
