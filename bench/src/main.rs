@@ -22,6 +22,7 @@ use joch_proto::admin::cluster_client::ClusterClient;
 use joch_proto::admin::registry_client::RegistryClient;
 use joch_proto::admin::{AddServerRequest, Empty, NameRequest, QuarantineRequest};
 use serde_json::json;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 #[derive(Parser)]
 #[command(about = "joch benchmarks")]
@@ -90,9 +91,16 @@ fn joch_bin(arg: Option<PathBuf>) -> PathBuf {
 }
 
 fn run(joch: &Path, args: &[&str]) -> anyhow::Result<String> {
+    run_env(joch, args, &[])
+}
+
+fn run_env(joch: &Path, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<String> {
     let out = Command::new(joch)
         .args(args)
         .env_remove("JOCH_SERVER")
+        .env_remove("JOCH_TOKEN")
+        .env_remove("JOCH_CA")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .with_context(|| format!("running {}", joch.display()))?;
     if !out.status.success() {
@@ -127,6 +135,11 @@ struct Cluster {
     joch: PathBuf,
     dir: tempfile::TempDir,
     nodes: Vec<serde_json::Value>,
+    /// `cluster.json`'s admin token, CA and agent token (absent with binaries older than
+    /// authentication, which serve plaintext without tokens).
+    admin_token: Option<String>,
+    ca: Option<String>,
+    agent_token: Option<String>,
 }
 
 impl Cluster {
@@ -137,7 +150,41 @@ impl Cluster {
         let took = t.elapsed();
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("cluster.json"))?)?;
         let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
-        Ok((Cluster { joch: joch.to_path_buf(), dir, nodes }, took))
+        let text = |k: &str| v[k].as_str().map(str::to_string);
+        let (admin_token, ca, agent_token) = (text("admin_token"), text("ca"), text("agent_token"));
+        Ok((Cluster { joch: joch.to_path_buf(), dir, nodes, admin_token, ca, agent_token }, took))
+    }
+
+    /// A channel to node `id`'s admin API (TLS verified with the cluster CA when it serves it).
+    async fn channel(&self, id: u64) -> anyhow::Result<Channel> {
+        let url = self.admin(id);
+        let mut endpoint = Channel::from_shared(url.clone())?;
+        if let Some(ca) = &self.ca {
+            let pem = std::fs::read(ca)?;
+            endpoint = endpoint.tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
+        }
+        endpoint.connect().await.with_context(|| format!("connecting to {url}"))
+    }
+
+    /// A gRPC request carrying the admin token, if any.
+    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(v) = self.admin_token.as_ref().and_then(|t| format!("Bearer {t}").parse().ok()) {
+            r.metadata_mut().insert("authorization", v);
+        }
+        r
+    }
+
+    /// The environment that makes the CLI an admin of this cluster.
+    fn admin_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = Vec::new();
+        if let Some(t) = &self.admin_token {
+            env.push(("JOCH_TOKEN", t.clone()));
+        }
+        if let Some(ca) = &self.ca {
+            env.push(("JOCH_CA", ca.clone()));
+        }
+        env
     }
 
     fn admin(&self, id: u64) -> String {
@@ -152,27 +199,29 @@ impl Drop for Cluster {
 }
 
 async fn quarantine_trials(c: &Cluster, target: u64, trials: usize) -> anyhow::Result<Vec<Duration>> {
-    let mut reg = RegistryClient::connect(c.admin(target)).await?;
+    let mut reg = RegistryClient::new(c.channel(target).await?);
     let name = format!("bench-{target}");
-    reg.add_server(AddServerRequest {
+    reg.add_server(c.req(AddServerRequest {
         name: name.clone(),
         endpoint: "http://127.0.0.1:9/mcp".into(),
         ..Default::default()
-    })
+    }))
     .await?;
     let mut out = Vec::with_capacity(trials);
     for i in 0..trials {
         // Quarantine (measured), then lift it (not measured), so every trial changes state.
         let t = Instant::now();
-        let r =
-            reg.quarantine(QuarantineRequest { name: name.clone(), reason: format!("bench {i}") }).await?.into_inner();
+        let r = reg
+            .quarantine(c.req(QuarantineRequest { name: name.clone(), reason: format!("bench {i}") }))
+            .await?
+            .into_inner();
         let took = t.elapsed();
         let fleet = r.fleet.unwrap_or_default();
         if !r.changed || !fleet.complete || fleet.members.len() != 3 {
             bail!("trial {i}: quarantine not acknowledged by all three members: {fleet:?}");
         }
         out.push(took);
-        reg.unquarantine(NameRequest { name: name.clone() }).await?;
+        reg.unquarantine(c.req(NameRequest { name: name.clone() })).await?;
     }
     Ok(out)
 }
@@ -182,38 +231,45 @@ struct Caller {
     http: reqwest::Client,
     /// The legacy session id; `None`: the modern era.
     sid: Option<String>,
+    /// The agent's token, sent as `Authorization: Bearer` (to joch; not to the upstream).
+    bearer: Option<String>,
 }
 
 impl Caller {
-    async fn open(http: &reqwest::Client, url: &str, modern: bool) -> anyhow::Result<Caller> {
+    async fn open(http: &reqwest::Client, url: &str, modern: bool, token: Option<&str>) -> anyhow::Result<Caller> {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let mut c = Caller { http: http.clone(), sid: None, bearer };
         if modern {
-            return Ok(Caller { http: http.clone(), sid: None });
+            return Ok(c);
         }
         let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25",
             "capabilities":{},"clientInfo":{"name":"joch-bench","version":"1"}}});
-        let r = http
-            .post(url)
-            .header("accept", "application/json, text/event-stream")
-            .header("content-type", "application/json")
-            .body(init.to_string())
-            .send()
-            .await?;
+        let r = c.post(url).body(init.to_string()).send().await?;
         if !r.status().is_success() {
             bail!("initialize at {url}: {} {}", r.status(), r.text().await.unwrap_or_default());
         }
         let sid = r.headers().get("mcp-session-id").context("no session id")?.to_str()?.to_string();
         r.bytes().await?;
-        Ok(Caller { http: http.clone(), sid: Some(sid) })
+        c.sid = Some(sid);
+        Ok(c)
     }
 
-    /// One tools/call on `url` (another node may serve the same session).
-    async fn call(&self, url: &str, id: usize) -> anyhow::Result<Duration> {
-        let mut params = json!({"name":"echo","arguments":{"text":"hello"}});
+    fn post(&self, url: &str) -> reqwest::RequestBuilder {
         let mut req = self
             .http
             .post(url)
             .header("accept", "application/json, text/event-stream")
             .header("content-type", "application/json");
+        if let Some(b) = &self.bearer {
+            req = req.header("authorization", b);
+        }
+        req
+    }
+
+    /// One tools/call on `url` (another node may serve the same session).
+    async fn call(&self, url: &str, id: usize) -> anyhow::Result<Duration> {
+        let mut params = json!({"name":"echo","arguments":{"text":"hello"}});
+        let mut req = self.post(url);
         match &self.sid {
             Some(sid) => {
                 req = req.header("mcp-protocol-version", "2025-11-25").header("mcp-session-id", sid);
@@ -271,7 +327,7 @@ async fn proxy_latency(
     let upstream = canned::start().await?;
     let upstream_url = format!("http://{upstream}/mcp");
     let (c, _) = Cluster::up(&joch)?;
-    run(&joch, &["--server", &c.admin(1), "mcp", "add", "canned", "--endpoint", &upstream_url])?;
+    run_env(&joch, &["--server", &c.admin(1), "mcp", "add", "canned", "--endpoint", &upstream_url], &c.admin_env())?;
     let mcp = |id: u64| {
         c.nodes.iter().find(|n| n["id"] == id).and_then(|n| n["mcp_url"].as_str()).unwrap_or_default().to_string()
     };
@@ -284,8 +340,8 @@ async fn proxy_latency(
     };
     let mut runs = Vec::new();
     for (name, modern) in eras {
-        let direct = Caller::open(&http, &upstream_url, *modern).await?;
-        let proxied = Caller::open(&http, &via[0], *modern).await?;
+        let direct = Caller::open(&http, &upstream_url, *modern, None).await?;
+        let proxied = Caller::open(&http, &via[0], *modern, c.agent_token.as_deref()).await?;
         let d = stats(measure(&direct, std::slice::from_ref(&upstream_url), warmup, requests).await?);
         let one = stats(measure(&proxied, &via[..1], warmup, requests).await?);
         let rr = stats(measure(&proxied, &via, warmup, requests).await?);
@@ -359,7 +415,7 @@ async fn main() -> anyhow::Result<()> {
         ups.push(took);
     }
     let (c, _) = Cluster::up(&joch)?;
-    let status = ClusterClient::connect(c.admin(1)).await?.status(Empty {}).await?.into_inner();
+    let status = ClusterClient::new(c.channel(1).await?).status(c.req(Empty {})).await?.into_inner();
     let leader = status.leader;
     let follower = status.members.iter().map(|m| m.id).find(|id| *id != leader).context("a follower")?;
     let to_leader = stats(quarantine_trials(&c, leader, trials).await?);

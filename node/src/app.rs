@@ -65,9 +65,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         mesh: mesh.local_addr()?,
         metrics: metrics_l.local_addr()?,
     };
+    let admin_scheme = if cfg.insecure_dev { "http" } else { "https" };
     let addr = NodeAddr {
         mesh: cfg.advertise.mesh.clone().unwrap_or_else(|| bound.mesh.to_string()),
-        admin: format!("http://{}", cfg.advertise.admin.clone().unwrap_or_else(|| bound.admin.to_string())),
+        admin: format!("{admin_scheme}://{}", cfg.advertise.admin.clone().unwrap_or_else(|| bound.admin.to_string())),
         mcp: format!("http://{}", cfg.advertise.mcp.clone().unwrap_or_else(|| bound.mcp.to_string())),
     };
 
@@ -109,15 +110,48 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             }
         }
     });
-    let proxy = crate::proxy::Proxy::new(cluster.view(), cfg.proxy.clone()).context("starting the MCP proxy")?;
+    let proxy = crate::proxy::Proxy::new(cluster.view(), cfg.proxy.clone(), cfg.allow_anonymous, cfg.mcp_tls.is_some())
+        .context("starting the MCP proxy")?;
     tasks.spawn(mesh.clone().serve(cluster.clone(), proxy.clone(), stop.clone()));
-    let (registry_svc, cluster_svc) = AdminApi::services(cluster.clone());
+    let keyring = Arc::new(crate::secrets::Keyring::load(&cfg.kek_files).context("loading the key-encryption keys")?);
+    let (registry_svc, cluster_svc, access_svc) = AdminApi::services(cluster.clone(), keyring.clone());
+    let bootstrap = match &cfg.admin_token_file {
+        Some(p) => {
+            let t =
+                std::fs::read_to_string(p).with_context(|| format!("reading the admin token file {}", p.display()))?;
+            let t = t.trim();
+            if t.is_empty() {
+                anyhow::bail!("the admin token file {} is empty", p.display());
+            }
+            Some(crate::auth::token::hash(t))
+        }
+        None => None,
+    };
+    let auth = crate::auth::admin::AuthLayer::new(crate::auth::admin::AdminAuth::new(
+        cfg.id,
+        cluster.registry.clone(),
+        bootstrap,
+        cfg.insecure_dev,
+    ));
+    let mut admin_server = tonic::transport::Server::builder();
+    if !cfg.insecure_dev {
+        // The admin API is served with the node's certificate from the cluster CA.
+        let identity = tonic::transport::Identity::from_pem(
+            std::fs::read(&cfg.tls.cert).context("reading the node certificate")?,
+            std::fs::read(&cfg.tls.key).context("reading the node key")?,
+        );
+        admin_server = admin_server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .context("admin API TLS")?;
+    }
     let admin_stop = stop.clone();
     tasks.spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(admin_l).with_nodelay(Some(true));
-        if let Err(e) = tonic::transport::Server::builder()
+        if let Err(e) = admin_server
+            .layer(auth)
             .add_service(registry_svc)
             .add_service(cluster_svc)
+            .add_service(access_svc)
             .serve_with_incoming_shutdown(incoming, admin_stop.cancelled_owned())
             .await
         {

@@ -1,7 +1,7 @@
 //! joch: a governance gateway for MCP, built as a cluster. Every node is an MCP proxy (the data
 //! plane) and a Raft replica of the registry (the control plane).
 //!
-//! Map: `app` wires a node; `proxy` is the MCP data plane (over `mcp`, the protocol pieces);
+//! Map: `app` wires a node; `auth` says who an operator or an agent is; `proxy` is the MCP data plane (over `mcp`, the protocol pieces);
 //! `cluster` is its Raft handle; `mesh` the QUIC transport between nodes;
 //! `admin` the gRPC API; `resource` the manifests operators write; `cli` the operator commands;
 //! `config` static node config; `telemetry` logs and metrics; `http` health and metrics endpoints.
@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -18,4 +19,5 @@ pub mod mcp;
 pub mod mesh;
 pub mod proxy;
 pub mod resource;
+pub mod secrets;
 pub mod telemetry;

@@ -9,6 +9,7 @@
 //! | `state` | `pol/` + name | `PolicyRecord` |
 //! | `state` | `key/cluster` | `[u8; 32]` |
 //! | `state` | `settings/retention`, `settings/history-swept` | `Retention`, `u64` |
+//! | `state` | `access` | `Access` (token hashes, agents, identity providers, sealed secrets, session keys) |
 //! | `history` | target + `0x00` + log index u64 BE + seq u32 BE (0) | `ChangeRecord` |
 //! | `snapshot` | `current` | `StoredSnapshot` |
 //!
@@ -42,6 +43,8 @@ pub const SM_APPLIED: &[u8] = b"sm/applied";
 pub const SM_MEMBERSHIP: &[u8] = b"sm/membership";
 /// `state`: the cluster key.
 pub const CLUSTER_KEY: &[u8] = b"key/cluster";
+/// `state`: tokens, agents, identity providers, sealed secrets, session keys.
+pub const ACCESS: &[u8] = b"access";
 /// `state`: the history retention.
 pub const RETENTION: &[u8] = b"settings/retention";
 /// `state`: command time of the last history sweep.

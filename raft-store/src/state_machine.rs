@@ -164,6 +164,7 @@ impl StateMachineStore {
             self.put(b, CF_STATE, keys::CLUSTER_KEY, k)?;
         }
         self.put(b, CF_STATE, keys::RETENTION, &self.registry.retention)?;
+        self.put(b, CF_STATE, keys::ACCESS, self.registry.access.as_ref())?;
         self.put(b, CF_STATE, keys::HISTORY_SWEPT, &self.registry.history_swept_ms)?;
         self.put(b, CF_STATE, keys::SM_APPLIED, &self.applied)?;
         self.put(b, CF_STATE, keys::SM_MEMBERSHIP, &self.membership)?;
@@ -195,6 +196,8 @@ fn load_state(db: &DB) -> std::result::Result<LoadedState, StoreError> {
             reg.cluster_key = Some(dec(&k, &v)?);
         } else if &*k == keys::RETENTION {
             reg.retention = dec(&k, &v)?;
+        } else if &*k == keys::ACCESS {
+            reg.access = Arc::new(dec(&k, &v)?);
         } else if &*k == keys::HISTORY_SWEPT {
             reg.history_swept_ms = dec(&k, &v)?;
         } else if &*k == keys::SM_APPLIED {
@@ -294,6 +297,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         for (target, index) in &touched.history_removed {
             b.delete_cf(&cf(&self.db, CF_HISTORY), keys::history_key(target, *index, 0));
+        }
+        if touched.access {
+            self.put(&mut b, CF_STATE, keys::ACCESS, self.registry.access.as_ref())?;
         }
         if touched.settings {
             self.put(&mut b, CF_STATE, keys::RETENTION, &self.registry.retention)?;

@@ -1,6 +1,7 @@
 //! The gRPC admin API (tonic): the `Registry` and `Cluster` services every node serves. Writes go
 //! through the cluster (forwarded to the leader); reads are linearizable unless `stale`.
 
+mod access;
 mod convert;
 pub mod status;
 
@@ -18,25 +19,30 @@ use joch_raft_store::model::validate::{check_name, check_version};
 use joch_raft_store::{Command, NodeAddr, PublishedState};
 use tonic::{Request, Response, Status};
 
+use crate::auth::admin::{denied, Operator};
 use crate::cluster::message::MembershipChange;
 use crate::cluster::ClusterNode;
 use crate::resource::manifest;
+use crate::secrets::Keyring;
+use joch_proto::admin::access_server::AccessServer;
+use joch_raft_store::model::access::Role;
 use status::{outcome, to_status};
 
-/// Request metadata naming the operator (until admin authentication lands, self-declared).
-pub const ACTOR_HEADER: &str = "x-joch-actor";
-
-/// Both admin services over one cluster node.
+/// The admin services over one cluster node.
 #[derive(Clone)]
 pub struct AdminApi {
     cluster: Arc<ClusterNode>,
+    keyring: Arc<Keyring>,
 }
 
 impl AdminApi {
-    /// The services, ready to add to a tonic router.
-    pub fn services(cluster: Arc<ClusterNode>) -> (RegistryServer<AdminApi>, ClusterServer<AdminApi>) {
-        let api = AdminApi { cluster };
-        (RegistryServer::new(api.clone()), ClusterServer::new(api))
+    /// The services, ready to add to a tonic router (behind the auth layer).
+    pub fn services(
+        cluster: Arc<ClusterNode>,
+        keyring: Arc<Keyring>,
+    ) -> (RegistryServer<AdminApi>, ClusterServer<AdminApi>, AccessServer<AdminApi>) {
+        let api = AdminApi { cluster, keyring };
+        (RegistryServer::new(api.clone()), ClusterServer::new(api.clone()), AccessServer::new(api))
     }
 
     fn err(&self, e: crate::cluster::ClusterError) -> Status {
@@ -73,13 +79,25 @@ impl AdminApi {
     }
 }
 
+/// The authenticated operator (the auth layer put it there; without it, nothing is allowed).
+fn operator<T>(req: &Request<T>) -> Result<Operator, Status> {
+    req.extensions()
+        .get::<Operator>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("the request was not authenticated"))
+}
+
+/// The actor recorded for a change: the authenticated operator's name, never a claim.
 fn actor<T>(req: &Request<T>) -> String {
-    req.metadata()
-        .get(ACTOR_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.chars().take(128).collect())
-        .unwrap_or_else(|| "anonymous".to_string())
+    operator(req).map(|o| o.name).unwrap_or_else(|_| "unauthenticated".into())
+}
+
+/// Registering a server that runs a command on every node (stdio) needs the admin role.
+fn stdio_needs_admin(op: &Operator, spec: &McpServerSpec, name: &str) -> Result<(), Status> {
+    if spec.transport == Transport::Stdio && op.role < Role::Admin {
+        return Err(denied(op, Role::Admin, &format!("registering the stdio server {name:?}")));
+    }
+    Ok(())
 }
 
 fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
@@ -153,6 +171,7 @@ fn spec_from_add(r: &pb::AddServerRequest) -> Result<McpServerSpec, Status> {
 impl Registry for AdminApi {
     async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyReply>, Status> {
         let actor = actor(&req);
+        let op = operator(&req)?;
         let r = req.into_inner();
         observe("Apply", async {
             let source = if r.source.is_empty() { "<input>" } else { r.source.as_str() };
@@ -161,6 +180,11 @@ impl Registry for AdminApi {
             })?;
             // Every manifest is written in order; one fleet acknowledgement of the last one that
             // needs it then covers them all (a member that applied index N applied every one before).
+            for m in &manifests {
+                if let manifest::Manifest::McpServer { name, spec, .. } = m {
+                    stdio_needs_admin(&op, spec, name)?;
+                }
+            }
             let mut results = Vec::new();
             let mut acked: Option<usize> = None;
             for m in manifests {
@@ -184,10 +208,12 @@ impl Registry for AdminApi {
 
     async fn add_server(&self, req: Request<pb::AddServerRequest>) -> Result<Response<pb::WriteReply>, Status> {
         let actor = actor(&req);
+        let op = operator(&req)?;
         let r = req.into_inner();
         observe("AddServer", async {
             check_name("name", &r.name).map_err(|e| invalid(&e.field, e.message))?;
             let spec = spec_from_add(&r)?;
+            stdio_needs_admin(&op, &spec, &r.name)?;
             let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
             self.write(&actor, Command::CreateServer { name: r.name, labels, spec }).await
         })

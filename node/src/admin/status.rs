@@ -24,6 +24,8 @@ pub fn to_status(node: u64, e: ClusterError) -> Status {
             ApplyError::ServerExists { .. } => Status::already_exists(msg),
             ApplyError::Invalid(_) => Status::invalid_argument(msg),
             ApplyError::AlreadyAtVersion { .. } => Status::failed_precondition(msg),
+            ApplyError::Access { exists: true, .. } => Status::already_exists(msg),
+            ApplyError::Access { exists: false, .. } => Status::not_found(msg),
         },
         ClusterError::Refused(r) => match r {
             Refusal::NotLeader { .. } | Refusal::NoQuorum { .. } | Refusal::NotVouching(_) => {

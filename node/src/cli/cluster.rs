@@ -52,6 +52,9 @@ pub enum ClusterCmd {
     },
     /// Every member's role, term, applied index, lag and reachability.
     Status,
+    /// Add a session-sealing key: new session ids are sealed with it, older ids still open until
+    /// they expire.
+    RotateSessionKey,
     /// The cluster CA and node certificates.
     Ca {
         #[command(subcommand)]
@@ -114,6 +117,7 @@ pub async fn run(g: &Global, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
     let e = |s| status_err(&url, s);
     match cmd {
         ClusterCmd::Ca { .. } => unreachable!("handled above"),
+        ClusterCmd::RotateSessionKey => return super::access::rotate_session_key(g).await,
         ClusterCmd::Init { members } => {
             let members = members.iter().map(|m| parse_member(m)).collect::<anyhow::Result<Vec<_>>>()?;
             let r = n.cluster.init(req(pb::InitRequest { members })).await.map_err(e)?.into_inner();

@@ -33,6 +33,13 @@ pub enum DevCmd {
         /// Raft: log entries kept after a snapshot (first start only; default 1000).
         #[arg(long)]
         logs_to_keep: Option<u64>,
+        /// An executable or directory the nodes may run as stdio servers (repeatable; first start
+        /// only; default none).
+        #[arg(long = "stdio-allow")]
+        stdio_allow: Vec<PathBuf>,
+        /// Let agents call without a credential (as `anonymous`; first start only; off by default).
+        #[arg(long)]
+        allow_anonymous: bool,
     },
     /// Stop the nodes of a local cluster (SIGTERM, then SIGKILL after 10 s). Data is kept.
     Down {
@@ -45,10 +52,26 @@ pub enum DevCmd {
 }
 
 /// `cluster.json`.
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct DevCluster {
     /// The nodes.
     pub nodes: Vec<DevNode>,
+    /// The cluster CA's certificate (the CLI verifies nodes with it).
+    #[serde(default)]
+    pub ca: String,
+    /// An admin token (every node's bootstrap token): the CLI run in the directory uses it.
+    #[serde(default)]
+    pub admin_token: String,
+    /// The token of the agent `dev-agent`.
+    #[serde(default)]
+    pub agent_token: Option<String>,
+}
+
+/// Settings written into every node's config at the first start.
+struct NodeSettings<'a> {
+    raft: &'a str,
+    stdio_allow: &'a [PathBuf],
+    allow_anonymous: bool,
 }
 
 /// One node of `cluster.json`.
@@ -88,7 +111,7 @@ fn free_tcp() -> anyhow::Result<TcpListener> {
     TcpListener::bind("127.0.0.1:0").context("finding a free TCP port")
 }
 
-fn write_config(dir: &Path, id: u64, ports: [u16; 4], raft: &str) -> anyhow::Result<PathBuf> {
+fn write_config(dir: &Path, id: u64, ports: [u16; 4], settings: &NodeSettings) -> anyhow::Result<PathBuf> {
     let pki = PkiDir(dir.join("pki"));
     let nd = node_dir(dir, id);
     std::fs::create_dir_all(&nd)?;
@@ -107,7 +130,24 @@ fn write_config(dir: &Path, id: u64, ports: [u16; 4], raft: &str) -> anyhow::Res
         cert = pki.node_cert(id).display(),
         key = pki.node_key(id).display(),
     );
-    let cfg = if raft.is_empty() { cfg } else { format!("{cfg}raft:\n{raft}") };
+    let mut cfg = format!(
+        "{cfg}admin:\n  token_file: {}\nsecrets:\n  kek_file: {}\n",
+        dir.join("admin-token").display(),
+        dir.join("kek").display()
+    );
+    if !settings.raft.is_empty() {
+        cfg.push_str(&format!("raft:\n{}", settings.raft));
+    }
+    if !settings.stdio_allow.is_empty() {
+        cfg.push_str("stdio:\n  allow:\n");
+        for p in settings.stdio_allow {
+            let p = p.canonicalize().unwrap_or_else(|_| p.clone());
+            cfg.push_str(&format!("    - {}\n", p.display()));
+        }
+    }
+    if settings.allow_anonymous {
+        cfg.push_str("agents:\n  allow_anonymous: true\n");
+    }
     let path = nd.join("joch.yaml");
     std::fs::write(&path, cfg)?;
     Ok(path)
@@ -201,7 +241,7 @@ async fn wait_leader(nodes: &[DevNode], deadline: Instant) -> anyhow::Result<pb:
 
 pub async fn run(g: &Global, cmd: DevCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        DevCmd::Up { nodes, dir, snapshot_after_logs, logs_to_keep } => {
+        DevCmd::Up { nodes, dir, snapshot_after_logs, logs_to_keep, stdio_allow, allow_anonymous } => {
             let mut raft = String::new();
             if let Some(n) = snapshot_after_logs {
                 raft.push_str(&format!("  snapshot_after_logs: {n}\n"));
@@ -209,10 +249,29 @@ pub async fn run(g: &Global, cmd: DevCmd) -> anyhow::Result<ExitCode> {
             if let Some(n) = logs_to_keep {
                 raft.push_str(&format!("  logs_to_keep: {n}\n"));
             }
-            up(g, nodes, &dir, &raft).await
+            let cwd = std::env::current_dir().context("the current directory")?;
+            let stdio_allow: Vec<PathBuf> = stdio_allow.into_iter().map(|p| cwd.join(p)).collect();
+            up(g, nodes, &dir, &NodeSettings { raft: &raft, stdio_allow: &stdio_allow, allow_anonymous }).await
         }
         DevCmd::Down { dir, purge } => down(&dir, purge),
     }
+}
+
+/// The agent `dev-agent`'s token: created once and kept in DIR/agent-token (a cluster whose
+/// agent-token file was lost gets a new agent, `dev-agent-2` and so on: a token cannot be read
+/// back).
+async fn dev_agent(admin_url: &str) -> anyhow::Result<String> {
+    let mut c = client::connect(admin_url).await?;
+    for i in 1..100 {
+        let name = if i == 1 { "dev-agent".to_string() } else { format!("dev-agent-{i}") };
+        let labels = [("env".to_string(), "dev".to_string())].into();
+        match c.access.create_agent(req(pb::CreateAgentRequest { name, labels })).await {
+            Ok(r) => return Ok(r.into_inner().token),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => continue,
+            Err(s) => anyhow::bail!("creating the dev agent: {}", s.message()),
+        }
+    }
+    anyhow::bail!("creating the dev agent: dev-agent..dev-agent-99 all exist")
 }
 
 /// Nodes started by this invocation: stopped again if it fails, so a failed `up` leaves no
@@ -260,7 +319,7 @@ fn nodes_from_configs(dir: &Path) -> anyhow::Result<Vec<DevNode>> {
         nodes.push(DevNode {
             id,
             mcp_url: format!("http://{}", addr(&raw.listen.mcp, "mcp")?),
-            admin_url: format!("http://{}", addr(&raw.listen.admin, "admin")?),
+            admin_url: format!("https://{}", addr(&raw.listen.admin, "admin")?),
             mesh_addr: addr(&raw.listen.mesh, "mesh")?,
             metrics_url: format!("http://{}/metrics", addr(&raw.listen.metrics, "metrics")?),
             pid: 0,
@@ -270,7 +329,21 @@ fn nodes_from_configs(dir: &Path) -> anyhow::Result<Vec<DevNode>> {
     Ok(nodes)
 }
 
-async fn up(g: &Global, count: u64, dir: &Path, raft: &str) -> anyhow::Result<ExitCode> {
+/// Writes a file readable by its owner only (a token, a key).
+fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(content.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
+async fn up(g: &Global, count: u64, dir: &Path, settings: &NodeSettings<'_>) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
@@ -287,6 +360,13 @@ async fn up(g: &Global, count: u64, dir: &Path, raft: &str) -> anyhow::Result<Ex
         let pki = PkiDir(dir.join("pki"));
         if !pki.ca_key().exists() {
             pki::init_ca(&pki)?;
+        }
+        // Every node's bootstrap admin token and key-encryption key: the same files for all.
+        if !dir.join("admin-token").exists() {
+            write_private(&dir.join("admin-token"), &crate::auth::token::generate(crate::auth::token::ADMIN_PREFIX))?;
+        }
+        if !dir.join("kek").exists() {
+            write_private(&dir.join("kek"), &crate::secrets::Keyring::generate())?;
         }
         let mut nodes = Vec::new();
         // Hold every listener until all ports are chosen, so no two are the same.
@@ -306,11 +386,11 @@ async fn up(g: &Global, count: u64, dir: &Path, raft: &str) -> anyhow::Result<Ex
                     held_tcp.push(l);
                 }
             }
-            write_config(&dir, id, ports, raft)?;
+            write_config(&dir, id, ports, settings)?;
             nodes.push(DevNode {
                 id,
                 mcp_url: format!("http://127.0.0.1:{}", ports[0]),
-                admin_url: format!("http://127.0.0.1:{}", ports[1]),
+                admin_url: format!("https://127.0.0.1:{}", ports[1]),
                 mesh_addr: format!("127.0.0.1:{}", ports[2]),
                 metrics_url: format!("http://127.0.0.1:{}/metrics", ports[3]),
                 pid: 0,
@@ -318,7 +398,7 @@ async fn up(g: &Global, count: u64, dir: &Path, raft: &str) -> anyhow::Result<Ex
         }
         drop(held_tcp);
         drop(held_udp);
-        DevCluster { nodes }
+        DevCluster { nodes, ..Default::default() }
     } else if !recovered.is_empty() {
         eprintln!(
             "{} is missing: restarting the {} node(s) configured in {} on their data",
@@ -326,7 +406,7 @@ async fn up(g: &Global, count: u64, dir: &Path, raft: &str) -> anyhow::Result<Ex
             recovered.len(),
             dir.display()
         );
-        DevCluster { nodes: recovered }
+        DevCluster { nodes: recovered, ..Default::default() }
     } else {
         let text = std::fs::read_to_string(&state).with_context(|| format!("reading {}", state.display()))?;
         let c: DevCluster = serde_json::from_str(&text)
@@ -336,6 +416,13 @@ async fn up(g: &Global, count: u64, dir: &Path, raft: &str) -> anyhow::Result<Ex
         }
         c
     };
+    cluster.ca = PkiDir(dir.join("pki")).ca_cert().display().to_string();
+    cluster.admin_token = std::fs::read_to_string(dir.join("admin-token"))
+        .with_context(|| format!("reading {}", dir.join("admin-token").display()))?
+        .trim()
+        .to_string();
+    client::use_token(Some(cluster.admin_token.clone()));
+    client::use_ca(Some(PathBuf::from(&cluster.ca)));
     let mut started_ids = Vec::new();
     let mut guard = Started(Vec::new());
     for n in &mut cluster.nodes {
@@ -362,6 +449,18 @@ async fn up(g: &Global, count: u64, dir: &Path, raft: &str) -> anyhow::Result<Ex
         }
     }
     let status = wait_leader(&cluster.nodes, deadline).await?;
+    if cluster.agent_token.is_none() {
+        let kept = dir.join("agent-token");
+        cluster.agent_token = Some(match std::fs::read_to_string(&kept) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => {
+                let t = dev_agent(&cluster.nodes[0].admin_url).await?;
+                write_private(&kept, &t)?;
+                t
+            }
+        });
+    }
+    std::fs::write(&state, serde_json::to_vec_pretty(&cluster)?)?;
     guard.disarm();
     let elapsed = started.elapsed();
     if g.output != Format::Table {
@@ -401,7 +500,11 @@ async fn up(g: &Global, count: u64, dir: &Path, raft: &str) -> anyhow::Result<Ex
             "       (the CLI finds this cluster from ./{DEV_DIR}; elsewhere: export JOCH_SERVER={})",
             cluster.nodes[0].admin_url
         );
-        say!("note:  a dev cluster: agent authentication is not configured.");
+        say!(
+            "auth:  the CLI here uses the admin token in {} (elsewhere: JOCH_TOKEN and JOCH_CA, or `joch login`);\n       \
+             agents send the token of `dev-agent` (\"agent_token\" in it) as Authorization: Bearer",
+            state.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

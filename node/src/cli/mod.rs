@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod output;
+mod access;
 mod client;
 mod cluster;
 mod dev;
@@ -16,6 +17,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Exit code: the write was committed but not every member confirmed applying it in time.
 pub const EXIT_FLEET_INCOMPLETE: u8 = 3;
+/// Exit code: no token, or a token the node does not accept.
+pub const EXIT_UNAUTHENTICATED: u8 = 4;
+/// Exit code: the token's role does not allow the command.
+pub const EXIT_PERMISSION_DENIED: u8 = 5;
 
 /// joch: a governance gateway for the Model Context Protocol.
 #[derive(Parser, Debug)]
@@ -31,9 +36,14 @@ pub struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct Global {
     /// Admin URL of the node to talk to (any node works). Default: node 1 of ./.joch-dev, else
-    /// http://127.0.0.1:7100.
+    /// the current context of `joch login`, else https://127.0.0.1:7100. The operator's token
+    /// comes from JOCH_TOKEN, else ./.joch-dev, else the login context.
     #[arg(long, global = true, env = "JOCH_SERVER")]
     pub server: Option<String>,
+    /// The cluster CA's certificate, to verify the node (default: ./.joch-dev's, else the login
+    /// context's).
+    #[arg(long, global = true, env = "JOCH_CA")]
+    pub ca: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -100,6 +110,37 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: dev::DevCmd,
     },
+    /// Operators' tokens.
+    Admin {
+        #[command(subcommand)]
+        cmd: access::AdminCmd,
+    },
+    /// Agents (their tokens).
+    Agent {
+        #[command(subcommand)]
+        cmd: access::AgentCmd,
+    },
+    /// Identity providers whose JWTs name agents.
+    Idp {
+        #[command(subcommand)]
+        cmd: access::IdpCmd,
+    },
+    /// Secrets for upstream credentials (sealed; values are never shown).
+    Secret {
+        #[command(subcommand)]
+        cmd: access::SecretCmd,
+    },
+    /// Check a token against a node and save it as the current context (kubeconfig-style).
+    Login {
+        /// The context's name.
+        #[arg(long, default_value = "default")]
+        context: String,
+        /// Read the token from this file (else JOCH_TOKEN, else stdin).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// The operator the current token names.
+    Whoami,
 }
 
 /// Entry point of the binary.
@@ -115,11 +156,18 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let t = client::target(&cli.global);
+    client::use_token(t.token);
+    client::use_ca(t.ca);
     match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", output::error_chain(&e));
-            ExitCode::FAILURE
+            match e.downcast_ref::<client::StatusError>().map(|s| s.code) {
+                Some(tonic::Code::Unauthenticated) => ExitCode::from(EXIT_UNAUTHENTICATED),
+                Some(tonic::Code::PermissionDenied) => ExitCode::from(EXIT_PERMISSION_DENIED),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -135,5 +183,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Delete { kind, name } => registry::delete(&g, &kind, &name).await,
         Cmd::Cluster { cmd } => cluster::run(&g, cmd).await,
         Cmd::Dev { cmd } => dev::run(&g, cmd).await,
+        Cmd::Admin { cmd } => access::admin(&g, cmd).await,
+        Cmd::Agent { cmd } => access::agent(&g, cmd).await,
+        Cmd::Idp { cmd } => access::idp(&g, cmd).await,
+        Cmd::Secret { cmd } => access::secret(&g, cmd).await,
+        Cmd::Login { context, token_file } => access::login(&g, context, token_file).await,
+        Cmd::Whoami => access::whoami(&g).await,
     }
 }

@@ -47,10 +47,19 @@ pub struct ServeArgs {
     /// Log filter (tracing syntax).
     #[arg(long, env = "JOCH_LOG")]
     pub log_level: Option<String>,
+    /// File with this node's bootstrap admin token.
+    #[arg(long, env = "JOCH_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Allow agents without a credential (they are the agent `anonymous`).
+    #[arg(long, env = "JOCH_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+    /// Development only: operators are not authenticated and the admin API is plaintext.
+    #[arg(long)]
+    pub insecure_dev: bool,
 }
 
 /// Environment variables `joch serve` reads (cleared for nodes started by `joch dev`).
-pub const SERVE_ENV: [&str; 13] = [
+pub const SERVE_ENV: [&str; 15] = [
     "JOCH_CONFIG",
     "JOCH_NODE_ID",
     "JOCH_DATA_DIR",
@@ -64,6 +73,8 @@ pub const SERVE_ENV: [&str; 13] = [
     "JOCH_LOG_FORMAT",
     "JOCH_LOG",
     "JOCH_SERVER",
+    "JOCH_ADMIN_TOKEN_FILE",
+    "JOCH_ALLOW_ANONYMOUS",
 ];
 
 pub fn run(a: ServeArgs) -> ExitCode {
@@ -83,6 +94,9 @@ pub fn run(a: ServeArgs) -> ExitCode {
         listen: RawListen { mcp: a.mcp_listen, admin: a.admin_listen, mesh: a.mesh_listen, metrics: a.metrics_listen },
         tls: RawTls { ca: a.ca, cert: a.cert, key: a.key },
         log: RawLog { format: a.log_format, level: a.log_level },
+        admin: crate::config::RawAdmin { token_file: a.admin_token_file },
+        agents: crate::config::RawAgents { allow_anonymous: a.allow_anonymous.then_some(true) },
+        insecure_dev: a.insecure_dev.then_some(true),
         ..Default::default()
     };
     let cfg = match base.merge(flags).validate(a.config.as_ref().map(|p| p.display().to_string())) {
@@ -94,6 +108,17 @@ pub fn run(a: ServeArgs) -> ExitCode {
     };
     crate::telemetry::init_tracing(&cfg.log_level, cfg.log_json);
     tracing::info!(config = ?cfg, "effective configuration");
+    if cfg.insecure_dev {
+        tracing::warn!(
+            "INSECURE: --insecure-dev: operators are NOT authenticated and the admin API is plaintext; \
+             anyone who reaches {} can change the registry. Development only.",
+            cfg.listen.admin
+        );
+        eprintln!(
+            "WARNING: joch serve --insecure-dev: the admin API on {} is unauthenticated and plaintext",
+            cfg.listen.admin
+        );
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -39,6 +39,73 @@ pub struct RawConfig {
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
+    /// Operators: this node's bootstrap admin token.
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// Agents on the data plane.
+    #[serde(default)]
+    pub agents: RawAgents,
+    /// Upstream secrets: the key-encryption key(s).
+    #[serde(default)]
+    pub secrets: RawSecrets,
+    /// Which stdio servers this node may run.
+    #[serde(default)]
+    pub stdio: RawStdio,
+    /// TLS for the MCP listener.
+    #[serde(default)]
+    pub mcp_tls: RawMcpTls,
+    /// Run without authenticating operators, with a plaintext admin API (development only; logged
+    /// loudly). Default false.
+    pub insecure_dev: Option<bool>,
+}
+
+/// `admin:`.
+#[derive(Deserialize, Serialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// A file holding this node's bootstrap admin token (role admin, valid on this node only; how
+    /// a cluster is initialised before any token is replicated). Required unless `insecure_dev`.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `agents:`.
+#[derive(Deserialize, Serialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgents {
+    /// A request without a credential is the agent `anonymous` (default false).
+    pub allow_anonymous: Option<bool>,
+}
+
+/// `secrets:`.
+#[derive(Deserialize, Serialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecrets {
+    /// The key-encryption key: a file of 32 random bytes, base64 (the same on every node). Without
+    /// it this node cannot seal or open secrets.
+    pub kek_file: Option<PathBuf>,
+    /// Earlier keys, still opened during a rotation (`joch secret rotate-kek`).
+    pub previous_kek_files: Option<Vec<PathBuf>>,
+}
+
+/// `stdio:`.
+#[derive(Deserialize, Serialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawStdio {
+    /// Executables (or directories of them) this node may run as stdio servers (default none):
+    /// the replicated record alone is not enough.
+    pub allow: Option<Vec<PathBuf>>,
+}
+
+/// `mcp_tls:`.
+#[derive(Deserialize, Serialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcpTls {
+    /// Certificate chain (PEM) of the MCP listener; reloaded when the file changes.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address anyway (behind a TLS-terminating balancer).
+    pub allow_plain_http: Option<bool>,
 }
 
 /// MCP proxy limits.
@@ -153,6 +220,18 @@ pub struct Config {
     pub log_json: bool,
     /// Log filter.
     pub log_level: String,
+    /// The bootstrap admin token's file (`None` only with `insecure_dev`).
+    pub admin_token_file: Option<PathBuf>,
+    /// Operators are not authenticated (development only).
+    pub insecure_dev: bool,
+    /// Anonymous agents allowed.
+    pub allow_anonymous: bool,
+    /// Key-encryption key files: the current one first, then earlier ones.
+    pub kek_files: Vec<PathBuf>,
+    /// Executables or directories this node may run as stdio servers.
+    pub stdio_allow: Vec<PathBuf>,
+    /// TLS certificate and key of the MCP listener.
+    pub mcp_tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Listen addresses.
@@ -338,6 +417,15 @@ impl RawConfig {
         m(&mut self.proxy.max_h2_streams, other.proxy.max_h2_streams);
         m(&mut self.log.format, other.log.format);
         m(&mut self.log.level, other.log.level);
+        m(&mut self.admin.token_file, other.admin.token_file);
+        m(&mut self.agents.allow_anonymous, other.agents.allow_anonymous);
+        m(&mut self.secrets.kek_file, other.secrets.kek_file);
+        m(&mut self.secrets.previous_kek_files, other.secrets.previous_kek_files);
+        m(&mut self.stdio.allow, other.stdio.allow);
+        m(&mut self.mcp_tls.cert, other.mcp_tls.cert);
+        m(&mut self.mcp_tls.key, other.mcp_tls.key);
+        m(&mut self.mcp_tls.allow_plain_http, other.mcp_tls.allow_plain_http);
+        m(&mut self.insecure_dev, other.insecure_dev);
         self
     }
 
@@ -495,6 +583,62 @@ impl RawConfig {
             }
         };
         let advertise = Advertise { mcp: self.advertise.mcp, admin: self.advertise.admin, mesh: self.advertise.mesh };
+        let insecure_dev = self.insecure_dev.unwrap_or(false);
+        match &self.admin.token_file {
+            None if !insecure_dev => bad(
+                "admin.token_file",
+                "required: a file with this node's bootstrap admin token (operators must be authenticated; \
+                 --insecure-dev turns that off, for development only)"
+                    .into(),
+            ),
+            Some(p) if !p.exists() => bad("admin.token_file", format!("{} does not exist", p.display())),
+            _ => {}
+        }
+        let mut kek_files = Vec::new();
+        for (field, p) in self
+            .secrets
+            .kek_file
+            .iter()
+            .map(|p| ("secrets.kek_file", p))
+            .chain(self.secrets.previous_kek_files.iter().flatten().map(|p| ("secrets.previous_kek_files", p)))
+        {
+            if !p.exists() {
+                bad(field, format!("{} does not exist", p.display()));
+            }
+            kek_files.push(p.clone());
+        }
+        if self.secrets.kek_file.is_none() && self.secrets.previous_kek_files.as_ref().is_some_and(|v| !v.is_empty()) {
+            bad("secrets.kek_file", "required when previous_kek_files are given (the current key)".into());
+        }
+        let mcp_tls = match (&self.mcp_tls.cert, &self.mcp_tls.key) {
+            (Some(c), Some(k)) => {
+                for (field, p) in [("mcp_tls.cert", c), ("mcp_tls.key", k)] {
+                    if !p.exists() {
+                        bad(field, format!("{} does not exist", p.display()));
+                    }
+                }
+                Some((c.clone(), k.clone()))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                bad("mcp_tls.key", "required with mcp_tls.cert".into());
+                None
+            }
+            (None, Some(_)) => {
+                bad("mcp_tls.cert", "required with mcp_tls.key".into());
+                None
+            }
+        };
+        if mcp_tls.is_none() && !listen.mcp.ip().is_loopback() && !self.mcp_tls.allow_plain_http.unwrap_or(false) {
+            bad(
+                "mcp_tls",
+                format!(
+                    "the MCP listener {} is not on loopback: give it a certificate (mcp_tls.cert, mcp_tls.key), or \
+                     set mcp_tls.allow_plain_http behind a TLS-terminating balancer",
+                    listen.mcp
+                ),
+            );
+        }
         if !problems.is_empty() {
             return Err(ConfigError { source_name, problems });
         }
@@ -510,6 +654,12 @@ impl RawConfig {
             proxy,
             log_json,
             log_level: self.log.level.unwrap_or_else(|| "info".into()),
+            admin_token_file: self.admin.token_file,
+            insecure_dev,
+            allow_anonymous: self.agents.allow_anonymous.unwrap_or(false),
+            kek_files,
+            stdio_allow: self.stdio.allow.unwrap_or_default(),
+            mcp_tls,
         })
     }
 }
@@ -537,7 +687,8 @@ mod tests {
                 "tls.key",
                 "raft.lease",
                 "raft.election_timeout_min",
-                "log.format"
+                "log.format",
+                "admin.token_file"
             ]
         );
         assert!(err.to_string().starts_with("invalid node configuration (node.yaml):"), "{err}");

@@ -221,11 +221,18 @@ impl Admitted {
     }
 }
 
-/// The registry checks, in order: registered, quarantined, pinned version (of the session's
-/// upstream, when it has one), transport allowed. Pure: the same snapshot and call give the same
+/// The registry checks, in order: the caller still stands (not revoked), registered,
+/// quarantined, pinned version (of the session's upstream, when it has one), transport allowed. Pure: the same snapshot and call give the same
 /// answer.
 pub fn registry_checks(call: &Call, state: &PublishedState) -> Result<Arc<ServerRecord>, Denial> {
     let deny = |reason, rule: &str, message: String| Err(call.deny(reason, rule, message));
+    if !call.caller.stands(&state.registry.access) {
+        return deny(
+            Reason::AgentRevoked,
+            "agent.revoked",
+            format!("agent {:?} was revoked (or its identity provider removed)", call.caller.name),
+        );
+    }
     let Some(rec) = state.registry.servers.get(&call.server) else {
         return deny(
             Reason::ServerNotRegistered,
@@ -304,7 +311,7 @@ mod tests {
         Call {
             node: 1,
             server: server.into(),
-            caller: "anonymous".into(),
+            caller: crate::auth::agent::Caller::anonymous(),
             http_method: "POST",
             rpc: None,
             session: version.map(|v| SessionToken {

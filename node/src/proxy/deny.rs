@@ -36,6 +36,10 @@ pub enum Reason {
     RequestTimeout,
     /// The node is at its connection or concurrent-request limit.
     NodeOverloaded,
+    /// No valid agent credential (and anonymous callers not allowed).
+    Unauthenticated,
+    /// The agent was revoked (or its identity provider removed) since its session began.
+    AgentRevoked,
 }
 
 impl Reason {
@@ -55,6 +59,8 @@ impl Reason {
             Reason::OriginNotAllowed => -32011,
             Reason::RequestTimeout => -32012,
             Reason::NodeOverloaded => -32030,
+            Reason::Unauthenticated => -32040,
+            Reason::AgentRevoked => -32041,
         }
     }
 
@@ -74,6 +80,8 @@ impl Reason {
             Reason::OriginNotAllowed => "origin-not-allowed",
             Reason::RequestTimeout => "request-timeout",
             Reason::NodeOverloaded => "node-overloaded",
+            Reason::Unauthenticated => "unauthenticated",
+            Reason::AgentRevoked => "agent-revoked",
         }
     }
 
@@ -93,6 +101,7 @@ impl Reason {
             Reason::OriginNotAllowed => StatusCode::FORBIDDEN,
             Reason::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Reason::NodeOverloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Unauthenticated | Reason::AgentRevoked => StatusCode::UNAUTHORIZED,
         }
     }
 }
@@ -103,26 +112,42 @@ pub struct Denial {
     /// Why.
     pub reason: Reason,
     /// The server asked for.
-    pub server: String,
+    pub server: Box<str>,
     /// The node that decided.
     pub node: u64,
     /// The rule or check that decided.
-    pub rule: String,
+    pub rule: Box<str>,
     /// Human-readable message.
     pub message: String,
     /// The JSON-RPC id it answers (null if none).
     pub id: Value,
+    /// A `WWW-Authenticate` challenge to send with it (401).
+    pub challenge: Option<Box<str>>,
 }
 
 impl Denial {
     /// A denial.
     pub fn new(reason: Reason, server: &str, node: u64, rule: &str, message: impl Into<String>) -> Denial {
-        Denial { reason, server: server.into(), node, rule: rule.into(), message: message.into(), id: Value::Null }
+        Denial {
+            reason,
+            server: server.into(),
+            node,
+            rule: rule.into(),
+            message: message.into(),
+            id: Value::Null,
+            challenge: None,
+        }
     }
 
     /// Answers request `id`.
     pub fn with_id(mut self, id: Value) -> Denial {
         self.id = id;
+        self
+    }
+
+    /// Sent with a `WWW-Authenticate` challenge.
+    pub fn with_challenge(mut self, challenge: String) -> Denial {
+        self.challenge = Some(challenge.into());
         self
     }
 
@@ -144,6 +169,9 @@ impl IntoResponse for Denial {
         if matches!(self.reason, Reason::NodeOverloaded | Reason::ControlPlaneStale) {
             // Worth retrying (here, or on another node behind the balancer) in a moment.
             r.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        if let Some(v) = self.challenge.as_deref().and_then(|c| axum::http::HeaderValue::from_str(c).ok()) {
+            r.headers_mut().insert("www-authenticate", v);
         }
         r
     }
@@ -175,12 +203,14 @@ mod tests {
             Reason::OriginNotAllowed,
             Reason::RequestTimeout,
             Reason::NodeOverloaded,
+            Reason::Unauthenticated,
+            Reason::AgentRevoked,
         ];
         let mut codes: Vec<i64> = all.iter().map(|r| r.code()).collect();
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
-        assert!(codes.iter().all(|c| (-32012..=-32001).contains(c) || (-32039..=-32030).contains(c)));
+        assert!(codes.iter().all(|c| (-32012..=-32001).contains(c) || (-32049..=-32030).contains(c)));
         let d = Denial::new(Reason::ServerQuarantined, "s", 2, "registry.quarantine", "quarantined").with_id(json!(5));
         assert_eq!(
             d.body(),

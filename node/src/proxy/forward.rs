@@ -30,6 +30,9 @@ pub struct McpForward {
     pub method: String,
     /// The agent's `Last-Event-ID` header (GET: where to resume the stream).
     pub last_event_id: Option<String>,
+    /// The agent's `Authorization` header: the owner authenticates the agent itself (the mesh
+    /// is mutually authenticated, and the credential never leaves the cluster).
+    pub authorization: Option<String>,
 }
 
 /// The head of the owner's answer. On the stream it is followed by the body, chunk by chunk as
@@ -52,6 +55,7 @@ impl Proxy {
             body: inb.body.to_vec(),
             method: inb.http_method.to_string(),
             last_event_id: inb.header("last-event-id").map(str::to_string),
+            authorization: inb.header("authorization").map(str::to_string),
         };
         let Some(addr) = self.node.members.get(owner) else {
             return call
@@ -92,6 +96,7 @@ impl StreamHandler for Proxy {
         set("mcp-session-id", Some(&req.session_id));
         set("mcp-protocol-version", req.protocol_version.as_deref());
         set("last-event-id", req.last_event_id.as_deref());
+        set("authorization", req.authorization.as_deref());
         let http_method = match req.method.as_str() {
             "GET" => "GET",
             "DELETE" => "DELETE",

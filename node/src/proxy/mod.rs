@@ -49,12 +49,10 @@ use stages::{Outcome, Stage, Telemetry};
 use upstream::http::Upstream;
 use upstream::stdio::StdioPool;
 
+use crate::auth::agent::{AgentAuth, Caller};
 use crate::cluster::NodeView;
 use crate::config::ProxyLimits;
 use crate::mcp::session::Sealer;
-
-/// Identity of callers until agent authentication exists (issue 14).
-pub const ANONYMOUS: &str = "anonymous";
 
 /// Largest initialize answer joch reads whole (to check the pinned version).
 pub(crate) const MAX_INITIALIZE_ANSWER: usize = 1 << 20;
@@ -73,11 +71,16 @@ pub struct Proxy {
     limits: ProxyLimits,
     /// Requests in flight (streams included), bounded by `proxy.max_concurrent_requests`.
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// Who calls.
+    agents: AgentAuth,
+    /// The MCP listener serves TLS (for the URLs joch gives out).
+    tls: bool,
 }
 
 impl Proxy {
-    /// A proxy over this node's view; it also answers the MCP requests peers relay here.
-    pub fn new(node: NodeView, limits: ProxyLimits) -> anyhow::Result<Arc<Self>> {
+    /// A proxy over this node's view; it also answers the MCP requests peers relay here. With
+    /// `allow_anonymous`, a request without a credential is the agent `anonymous`.
+    pub fn new(node: NodeView, limits: ProxyLimits, allow_anonymous: bool, tls: bool) -> anyhow::Result<Arc<Self>> {
         let stages: Arc<[Arc<dyn Stage>]> = Arc::from(vec![Arc::new(Telemetry) as Arc<dyn Stage>]);
         let gate = Gate::new(node.registry.clone(), node.lease.clone(), stages.clone());
         let exit = Exit::new(stages.clone(), limits.keepalive);
@@ -95,6 +98,8 @@ impl Proxy {
             eras: modern::Eras::default(),
             limits,
             in_flight,
+            agents: AgentAuth::new(allow_anonymous),
+            tls,
         }))
     }
 
@@ -103,9 +108,9 @@ impl Proxy {
         self.stdio.stop_all().await;
     }
 
-    /// A call to `server` (empty: the aggregate endpoint) received by this node.
-    fn call(&self, server: String, http_method: &'static str) -> Call {
-        Call { node: self.node.id, server, caller: ANONYMOUS.into(), http_method, rpc: None, session: None }
+    /// A call to `server` (empty: the aggregate endpoint) from `caller`, received by this node.
+    fn call(&self, server: String, http_method: &'static str, caller: Arc<Caller>) -> Call {
+        Call { node: self.node.id, server, caller, http_method, rpc: None, session: None }
     }
 
     /// Once per request: every stage's `on_finish`.

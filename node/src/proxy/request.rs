@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::deny::{Denial, Reason};
+use crate::auth::agent::Caller;
 use crate::mcp::jsonrpc::Message;
 use crate::mcp::session::SessionToken;
 
@@ -49,8 +50,8 @@ pub struct Call {
     pub node: u64,
     /// Server asked for (empty on the aggregate endpoint until a member is chosen).
     pub server: String,
-    /// Caller identity.
-    pub caller: String,
+    /// Who calls (authenticated at the front).
+    pub caller: Arc<Caller>,
     /// HTTP method (POST, GET, DELETE).
     pub http_method: &'static str,
     /// The JSON-RPC message (a single one; `None` for GET, DELETE and batches).

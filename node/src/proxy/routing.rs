@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 
@@ -20,6 +20,7 @@ use super::exit::{Answer, Reply};
 use super::request::Inbound;
 use super::stages::Outcome;
 use super::Proxy;
+use crate::auth::agent::Caller;
 use crate::mcp::jsonrpc::{self, Body as RpcBody, Message};
 use crate::mcp::session::SessionToken;
 use crate::mcp::version;
@@ -30,6 +31,8 @@ impl Proxy {
     pub fn router(self: Arc<Self>) -> Router {
         let limit = self.limits.max_body_bytes;
         Router::new()
+            .route("/.well-known/oauth-protected-resource", get(resource_metadata))
+            .route("/.well-known/oauth-protected-resource/{*resource}", get(resource_metadata))
             .route("/mcp/{server}", post(server_route).get(server_route).delete(server_route))
             .route("/mcp", post(aggregate_route).get(aggregate_route).delete(aggregate_route))
             .layer(axum::middleware::from_fn_with_state(self.clone(), read_body))
@@ -38,17 +41,38 @@ impl Proxy {
             .with_state(self)
     }
 
-    /// Serves one request (received here, or relayed by a peer) and finishes it.
+    /// Serves one request (received here, or relayed by a peer) and finishes it. Who calls is
+    /// settled first: without a valid credential nothing else about the request is looked at.
     pub(crate) async fn serve(&self, inbound: Inbound) -> Response {
         let started = Instant::now();
-        let mut call = self.call(inbound.server.clone(), inbound.http_method);
-        let reply = match inbound.http_method {
-            "POST" => self.post(&mut call, &inbound).await,
-            _ => self.stream_or_delete(&mut call, &inbound).await,
+        let access = self.node.registry.load().registry.access.clone();
+        let (call, reply) = match self.agents.authenticate(&access, inbound.header("authorization")) {
+            Ok(caller) => {
+                let mut call = self.call(inbound.server.clone(), inbound.http_method, caller);
+                let reply = match inbound.http_method {
+                    "POST" => self.post(&mut call, &inbound).await,
+                    _ => self.stream_or_delete(&mut call, &inbound).await,
+                };
+                (call, reply)
+            }
+            Err(why) => {
+                let call = self.call(inbound.server.clone(), inbound.http_method, Caller::unauthenticated());
+                let challenge = format!("Bearer resource_metadata=\"{}\"", self.metadata_url(&inbound));
+                let d =
+                    call.deny(Reason::Unauthenticated, "agent.credential", why.to_string()).with_challenge(challenge);
+                (call, Reply::from(d))
+            }
         };
         let (resp, outcome) = self.exit.respond(&call, reply);
         self.finish(&call, &outcome, started);
         resp
+    }
+
+    /// Where this node's protected-resource metadata is (RFC 9728), as the agent addressed it.
+    fn metadata_url(&self, inb: &Inbound) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        let host = inb.header("host").unwrap_or("localhost");
+        format!("{scheme}://{host}/.well-known/oauth-protected-resource")
     }
 
     fn check_origin(&self, call: &Call, inb: &Inbound) -> Result<(), Denial> {
@@ -89,7 +113,7 @@ impl Proxy {
             .sealer(call)?
             .open(id)
             .map_err(|_| call.deny(Reason::SessionUnknown, "mcp.session", "Session not found: re-initialize"))?;
-        if token.server != call.server || token.caller != call.caller {
+        if token.server != call.server || token.caller != call.caller.principal() {
             return Err(call.deny(Reason::SessionUnknown, "mcp.session", "Session not found: re-initialize"));
         }
         Ok(token)
@@ -205,6 +229,22 @@ impl Proxy {
     }
 }
 
+/// RFC 9728 protected-resource metadata: the MCP endpoints of this fleet (as the agent addressed
+/// it) and the identity providers whose tokens it accepts. Agent tokens minted by `joch agent
+/// create` need no authorization server.
+async fn resource_metadata(State(p): State<Arc<Proxy>>, headers: HeaderMap) -> Response {
+    let scheme = if p.tls { "https" } else { "http" };
+    let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+    let issuers: Vec<String> = p.node.registry.load().registry.access.idps.values().map(|i| i.issuer.clone()).collect();
+    let body = serde_json::json!({
+        "resource": format!("{scheme}://{host}/mcp"),
+        "authorization_servers": issuers,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "joch MCP gateway",
+    });
+    ([("content-type", "application/json")], body.to_string()).into_response()
+}
+
 fn http_method(m: &Method) -> &'static str {
     match m.as_str() {
         "GET" => "GET",
@@ -229,7 +269,7 @@ async fn aggregate_route(State(p): State<Arc<Proxy>>, method: Method, headers: H
 
 /// Denies a request before it reached a handler (limits), counted like any other.
 fn early(p: &Proxy, server: &str, method: &Method, d: Denial) -> Response {
-    let call = p.call(server.to_string(), http_method(method));
+    let call = p.call(server.to_string(), http_method(method), Caller::unauthenticated());
     let (resp, outcome) = p.exit.respond(&call, Reply::from(d));
     p.finish(&call, &outcome, Instant::now());
     resp
@@ -248,7 +288,7 @@ async fn concurrency(
 ) -> Response {
     let Ok(permit) = p.in_flight.clone().try_acquire_owned() else {
         let server = server_of(req.uri().path()).to_string();
-        let call = p.call(server.clone(), http_method(req.method()));
+        let call = p.call(server.clone(), http_method(req.method()), Caller::unauthenticated());
         let d = call.deny(
             Reason::NodeOverloaded,
             "proxy.max_concurrent_requests",
@@ -299,7 +339,8 @@ async fn read_body(State(p): State<Arc<Proxy>>, req: axum::extract::Request, nex
     let server = server_of(parts.uri.path()).to_string();
     let limit = p.limits.max_body_bytes;
     let deny = |reason, rule: &str, message: String| {
-        early(&p, &server, &parts.method, p.call(server.clone(), "POST").deny(reason, rule, message))
+        let call = p.call(server.clone(), http_method(&parts.method), Caller::unauthenticated());
+        early(&p, &server, &parts.method, call.deny(reason, rule, message))
     };
     match tokio::time::timeout(p.limits.client_timeout, axum::body::to_bytes(body, limit)).await {
         Err(_) => deny(
@@ -312,7 +353,7 @@ async fn read_body(State(p): State<Arc<Proxy>>, req: axum::extract::Request, nex
         }
         Ok(Err(_)) => {
             // The client went away mid-body: nobody to answer.
-            let call = p.call(server.clone(), http_method(&parts.method));
+            let call = p.call(server.clone(), http_method(&parts.method), Caller::unauthenticated());
             p.finish(&call, &Outcome::Rejected { status: 400 }, Instant::now());
             StatusCode::BAD_REQUEST.into_response()
         }

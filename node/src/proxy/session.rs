@@ -27,7 +27,7 @@ pub(super) fn new_session(call: &Call, protocol_version: String) -> SessionToken
         upstream_session: None,
         upstream_version: None,
         protocol_version,
-        caller: call.caller.clone(),
+        caller: call.caller.principal(),
         created_ms: now_ms(),
         members: Vec::new(),
         upstream_modern: false,

@@ -73,7 +73,7 @@ impl Stage for Telemetry {
         metrics::histogram!("joch_mcp_request_seconds", "outcome" => label).record(elapsed.as_secs_f64());
         tracing::info!(
             target: "joch::mcp",
-            node = call.node, server = %call.server, caller = %call.caller, http = call.http_method,
+            node = call.node, server = %call.server, caller = %call.caller.name, http = call.http_method,
             method = call.method().unwrap_or("-"), target = call.target().unwrap_or("-"),
             outcome = label, status, micros = elapsed.as_micros() as u64,
             "mcp request"

@@ -39,6 +39,12 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 
+def agent_headers():
+    """The agent's credential (JOCH_AGENT_TOKEN): joch authenticates every agent."""
+    token = os.environ.get("JOCH_AGENT_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class RoundRobin(httpx2.AsyncBaseTransport):
     """Sends each request to the next node, keeping the path: no stickiness at all."""
 
@@ -72,7 +78,7 @@ class RoundRobin(httpx2.AsyncBaseTransport):
 def connect(server, bases, rr=None):
     """A client for /mcp/SERVER, or for the aggregate /mcp when server is None."""
     rr = rr or RoundRobin(bases)
-    http = httpx2.AsyncClient(transport=rr, timeout=httpx2.Timeout(30.0, read=60.0))
+    http = httpx2.AsyncClient(transport=rr, timeout=httpx2.Timeout(30.0, read=60.0), headers=agent_headers())
     url = f"{bases[0]}/mcp/{server}" if server else f"{bases[0]}/mcp"
     # MCP_MODE=legacy forces the initialize handshake (sessions); the default negotiates.
     mode = os.environ.get("MCP_MODE", "auto")
@@ -338,7 +344,7 @@ async def aggregate_notify(bases):
             seen.append(time.monotonic())
 
     rr = RoundRobin(bases)
-    http = httpx2.AsyncClient(transport=rr, timeout=httpx2.Timeout(30.0, read=60.0))
+    http = httpx2.AsyncClient(transport=rr, timeout=httpx2.Timeout(30.0, read=60.0), headers=agent_headers())
     client = Client(streamable_http_client(f"{bases[0]}/mcp", http_client=http), mode="legacy",
                     message_handler=on_message)
     out = {}
@@ -369,7 +375,8 @@ async def subscribe(server, bases):
     transports = {"a": RoundRobin(bases), "b": RoundRobin(bases)}
 
     def session(who):
-        http = httpx2.AsyncClient(transport=transports[who], timeout=httpx2.Timeout(30.0, read=60.0))
+        http = httpx2.AsyncClient(transport=transports[who], timeout=httpx2.Timeout(30.0, read=60.0),
+                              headers=agent_headers())
         return Client(streamable_http_client(f"{bases[0]}/mcp/{server}", http_client=http), mode="legacy",
                       message_handler=recorder(who))
 
@@ -416,7 +423,7 @@ async def elicit(target, bases):
         return mcp_types.ElicitResult(action="accept", content={"value": True})
 
     rr = RoundRobin(bases)
-    http = httpx2.AsyncClient(transport=rr, timeout=httpx2.Timeout(30.0, read=60.0))
+    http = httpx2.AsyncClient(transport=rr, timeout=httpx2.Timeout(30.0, read=60.0), headers=agent_headers())
     aggregate = target.startswith("@")
     url = f"{bases[0]}/mcp" if aggregate else f"{bases[0]}/mcp/{target}"
     tool = f"{target[1:]}.confirm" if aggregate else "confirm"
@@ -459,7 +466,7 @@ async def notify(server, bases):
             seen.set()
 
     rr = RoundRobin(bases)
-    http = httpx2.AsyncClient(transport=rr, timeout=httpx2.Timeout(30.0, read=60.0))
+    http = httpx2.AsyncClient(transport=rr, timeout=httpx2.Timeout(30.0, read=60.0), headers=agent_headers())
     client = Client(streamable_http_client(f"{bases[0]}/mcp/{server}", http_client=http), mode="legacy",
                     message_handler=on_message)
     async with client:
@@ -477,7 +484,7 @@ async def notify(server, bases):
 async def replay(server, bases):
     """Raw HTTP, one request per node: the stream on one node, the calls on others."""
     out = {}
-    h = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    h = {"accept": "application/json, text/event-stream", "content-type": "application/json", **agent_headers()}
     url = lambda i: f"{bases[i % len(bases)]}/mcp/{server}"
     async with httpx2.AsyncClient(timeout=httpx2.Timeout(10.0)) as c:
         init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {

@@ -8,6 +8,8 @@ SSE stream halfway, so the client must resume with Last-Event-ID (SEP-1699 polli
 
 With JOCH_RECORD=PATH in the environment, every tool call appends one JSON line to PATH when it
 starts ({"tool": ..., "t": unix seconds}): tests wait on what the upstream really received.
+With JOCH_RECORD_HEADERS=PATH, every HTTP request appends {"method": ..., "headers": {...}} to PATH
+(what credentials reached the upstream).
 """
 import asyncio
 import json
@@ -81,6 +83,19 @@ async def resumable(steps: int, ctx: Context) -> str:
     return f"resumed {steps}"
 
 
+def header_recorder(app, path):
+    """An ASGI wrapper writing every HTTP request's method and headers to `path`."""
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            with open(path, "a") as f:
+                f.write(json.dumps({"method": scope["method"], "headers": headers}) + "\n")
+        await app(scope, receive, send)
+
+    return wrapped
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "stdio":
         mcp.run(transport="stdio", show_banner=False)
@@ -90,6 +105,11 @@ if __name__ == "__main__":
 
         mcp.tool(resumable)
         app = mcp.http_app(path="/mcp", event_store=EventStore(), retry_interval=100)
+        uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    elif os.environ.get("JOCH_RECORD_HEADERS"):
+        import uvicorn
+
+        app = header_recorder(mcp.http_app(path="/mcp"), os.environ["JOCH_RECORD_HEADERS"])
         uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
     else:
         mcp.run(transport="http", host="127.0.0.1", port=int(sys.argv[1]), path="/mcp", log_level="warning")

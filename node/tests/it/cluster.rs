@@ -42,7 +42,7 @@ fn three_nodes_replicate_and_quarantine_is_acknowledged_fleet_wide() {
         assert!(servers(&v).contains(&("suspicious-server".into(), "Quarantined".into())), "node {n}: {v}");
         let d = c.cli(n, &["describe", "mcpserver", "suspicious-server", "-o", "json"]).ok().json();
         assert_eq!(d["status"]["quarantine"]["reason"], "schema drift detected at 03:14");
-        assert_eq!(d["status"]["quarantine"]["since"]["by"], "test-operator");
+        assert_eq!(d["status"]["quarantine"]["since"]["by"], "bootstrap");
         assert_eq!(d["status"]["quarantine"]["since"]["logIndex"].as_u64(), Some(index));
     }
 
@@ -72,7 +72,7 @@ fn three_nodes_replicate_and_quarantine_is_acknowledged_fleet_wide() {
             ("upgrade".to_string(), "upgraded 1.2.0 -> 1.3.0".to_string()),
         ]
     );
-    assert!(h.as_array().unwrap().iter().all(|l| l["actor"] == "test-operator"));
+    assert!(h.as_array().unwrap().iter().all(|l| l["actor"] == "bootstrap"));
 
     // The status command sees every member.
     let s = c.cli(3, &["cluster", "status", "-o", "json"]).ok().json();
@@ -151,7 +151,7 @@ fn late_joiner_is_brought_up_by_snapshot() {
     let (mut child, addrs) =
         start_extra_node(c.dir.path(), &c.pki_dir(), 4, "raft: { snapshot_after_logs: 20, logs_to_keep: 0 }\n");
     let mesh = addrs["mesh"].as_str().unwrap().to_string();
-    let admin = format!("http://{}", addrs["admin"].as_str().unwrap());
+    let admin = format!("https://{}", addrs["admin"].as_str().unwrap());
     let mcp = format!("http://{}", addrs["mcp"].as_str().unwrap());
     let follower = c.nodes.iter().map(|n| n.id).find(|id| *id != leader).unwrap();
     // Through a follower: the membership change is forwarded to the leader.
@@ -166,10 +166,10 @@ fn late_joiner_is_brought_up_by_snapshot() {
 
     let names = |v: &Value| servers(v).len();
     // A linearizable read through node 4 sees everything at once; its local copy converges.
-    let out = joch(["--server", &admin, "mcp", "ls", "-o", "json"]).ok();
+    let out = c.run_at(&admin, &["mcp", "ls", "-o", "json"]).ok();
     assert_eq!(names(&out.json()), 40, "node 4 has the whole registry once it is a voter");
     eventually("node 4's local copy to hold every server", Duration::from_secs(10), || {
-        let out = joch(["--server", &admin, "mcp", "ls", "--stale", "-o", "json"]).ok();
+        let out = c.run_at(&admin, &["mcp", "ls", "--stale", "-o", "json"]).ok();
         (names(&out.json()) == 40).then_some(())
     });
     let s = c.cli(1, &["cluster", "status", "-o", "json"]).ok().json();
@@ -178,15 +178,15 @@ fn late_joiner_is_brought_up_by_snapshot() {
     assert_eq!(n4["reachable"], true);
 
     // A linearizable read through the new node.
-    joch(["--server", &admin, "describe", "mcpserver", "s39", "-o", "json"]).ok();
+    c.run_at(&admin, &["describe", "mcpserver", "s39", "-o", "json"]).ok();
 
     // A fifth node joins from its own side (`cluster join --via` any member).
     joch(["cluster", "ca", "issue", "--dir", &c.pki_dir().display().to_string(), "--id", "5"]).ok();
     let (mut child5, addrs5) = start_extra_node(c.dir.path(), &c.pki_dir(), 5, "");
-    let admin5 = format!("http://{}", addrs5["admin"].as_str().unwrap());
-    let m = joch(["--server", &admin5, "cluster", "join", "--via", &c.node(3).admin_url, "-o", "json"]).ok().json();
+    let admin5 = format!("https://{}", addrs5["admin"].as_str().unwrap());
+    let m = c.run_at(&admin5, &["cluster", "join", "--via", &c.node(3).admin_url, "-o", "json"]).ok().json();
     assert_eq!(m["voters"], serde_json::json!([1, 2, 3, 4, 5]), "{m}");
-    let out = joch(["--server", &admin5, "mcp", "ls", "-o", "json"]).ok();
+    let out = c.run_at(&admin5, &["mcp", "ls", "-o", "json"]).ok();
     assert_eq!(names(&out.json()), 40);
 
     // Remove both again.
@@ -206,18 +206,18 @@ fn a_bare_node_is_initialised_alone_and_only_once() {
     let c = TestCluster::up(1, &[]); // only for its CA
     joch(["cluster", "ca", "issue", "--dir", &c.pki_dir().display().to_string(), "--id", "7"]).ok();
     let (mut child, addrs) = start_extra_node(c.dir.path(), &c.pki_dir(), 7, "");
-    let admin = format!("http://{}", addrs["admin"].as_str().unwrap());
-    let e = joch(["--server", &admin, "mcp", "ls"]).fails(1);
+    let admin = format!("https://{}", addrs["admin"].as_str().unwrap());
+    let e = c.run_at(&admin, &["mcp", "ls"]).fails(1);
     assert!(e.contains("not part of an initialised cluster"), "{e}");
-    joch(["--server", &admin, "cluster", "init"]).ok();
-    let e = joch(["--server", &admin, "cluster", "init"]).fails(1);
+    c.run_at(&admin, &["cluster", "init"]).ok();
+    let e = c.run_at(&admin, &["cluster", "init"]).fails(1);
     assert!(e.contains("node 7: the cluster is already initialised"), "{e}");
     eventually("node 7 to lead its own cluster", Duration::from_secs(30), || {
-        let s = joch(["--server", &admin, "cluster", "status", "-o", "json"]).ok().json();
+        let s = c.run_at(&admin, &["cluster", "status", "-o", "json"]).ok().json();
         (s["leader"].as_u64() == Some(7)).then_some(())
     });
-    joch(["--server", &admin, "mcp", "add", "solo", "--endpoint", "http://127.0.0.1:9/mcp"]).ok();
-    let v = joch(["--server", &admin, "mcp", "ls", "-o", "json"]).ok().json();
+    c.run_at(&admin, &["mcp", "add", "solo", "--endpoint", "http://127.0.0.1:9/mcp"]).ok();
+    let v = c.run_at(&admin, &["mcp", "ls", "-o", "json"]).ok().json();
     assert_eq!(servers(&v), [("solo".to_string(), "Ready".to_string())]);
     let _ = child.kill();
     let _ = child.wait();

@@ -43,8 +43,17 @@ impl Out {
     }
 }
 
-/// Runs the CLI with these arguments (no JOCH_SERVER from the environment).
+/// Runs the CLI with these arguments (no JOCH_SERVER, token or CA from the environment).
 pub fn joch<I, S>(args: I) -> Out
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    joch_env(args, &[])
+}
+
+/// Runs the CLI with these arguments and environment variables.
+pub fn joch_env<I, S>(args: I, env: &[(&str, &str)]) -> Out
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
@@ -52,7 +61,10 @@ where
     let out = Command::new(joch_bin())
         .args(args)
         .env_remove("JOCH_SERVER")
-        .env("JOCH_ACTOR", "test-operator")
+        .env_remove("JOCH_TOKEN")
+        .env_remove("JOCH_CA")
+        .env("JOCH_CLI_CONFIG", "/nonexistent/joch-test-config.yaml")
+        .envs(env.iter().copied())
         .output()
         .expect("run joch");
     Out {
@@ -92,6 +104,14 @@ pub struct Node {
 pub struct TestCluster {
     pub dir: TempDir,
     pub nodes: Vec<Node>,
+    /// An admin token (the nodes' bootstrap token).
+    pub admin_token: String,
+    /// The cluster CA's certificate.
+    pub ca: String,
+    /// The agent `dev-agent`'s token.
+    pub agent_token: String,
+    /// Its `Authorization` header value.
+    pub agent_bearer: String,
 }
 
 impl TestCluster {
@@ -102,15 +122,72 @@ impl TestCluster {
         args.push(dir.path().display().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
         joch(&args).ok();
-        let mut c = TestCluster { dir, nodes: Vec::new() };
+        let mut c = TestCluster {
+            dir,
+            nodes: Vec::new(),
+            admin_token: String::new(),
+            ca: String::new(),
+            agent_token: String::new(),
+            agent_bearer: String::new(),
+        };
         c.reload();
         c
+    }
+
+    /// The environment that authenticates the CLI as an admin of this cluster.
+    pub fn admin_env(&self) -> [(&str, &str); 2] {
+        [("JOCH_TOKEN", self.admin_token.as_str()), ("JOCH_CA", self.ca.as_str())]
+    }
+
+    /// Runs the CLI as an admin of this cluster (without `--server`).
+    pub fn run(&self, args: &[&str]) -> Out {
+        joch_env(args, &self.admin_env())
+    }
+
+    /// Runs the CLI against the admin API at `url`, as an admin of this cluster.
+    pub fn run_at(&self, url: &str, args: &[&str]) -> Out {
+        let mut all = vec!["--server", url];
+        all.extend_from_slice(args);
+        joch_env(all, &self.admin_env())
+    }
+
+    /// The `Authorization` header of the agent `dev-agent`.
+    pub fn auth(&self) -> (&'static str, &str) {
+        ("authorization", self.agent_bearer.as_str())
+    }
+
+    /// The SDK client script (auto mode) as `dev-agent`.
+    #[track_caller]
+    pub fn sdk(&self, args: &[&str]) -> Value {
+        self.sdk_env("auto", args, &[])
+    }
+
+    /// Likewise, in the SDK's connect mode (`auto` negotiates the era, `legacy` forces sessions).
+    #[track_caller]
+    pub fn sdk_mode(&self, mode: &str, args: &[&str]) -> Value {
+        self.sdk_env(mode, args, &[])
+    }
+
+    /// Likewise, with more environment (the client's `joch` runs as an admin of this cluster).
+    #[track_caller]
+    pub fn sdk_env(&self, mode: &str, args: &[&str], env: &[(&str, &Path)]) -> Value {
+        let mut all: Vec<(&str, &std::ffi::OsStr)> = vec![
+            ("JOCH_AGENT_TOKEN", self.agent_token.as_ref()),
+            ("JOCH_TOKEN", self.admin_token.as_ref()),
+            ("JOCH_CA", self.ca.as_ref()),
+        ];
+        all.extend(env.iter().map(|(k, v)| (*k, v.as_os_str())));
+        sdk_client_with(mode, args, &all)
     }
 
     /// Re-reads cluster.json.
     pub fn reload(&mut self) {
         let text = std::fs::read_to_string(self.dir.path().join("cluster.json")).expect("cluster.json");
         let v: Value = serde_json::from_str(&text).expect("cluster.json is JSON");
+        self.admin_token = v["admin_token"].as_str().unwrap_or_default().to_string();
+        self.ca = v["ca"].as_str().unwrap_or_default().to_string();
+        self.agent_token = v["agent_token"].as_str().unwrap_or_default().to_string();
+        self.agent_bearer = format!("Bearer {}", self.agent_token);
         self.nodes = v["nodes"]
             .as_array()
             .expect("nodes")
@@ -130,11 +207,11 @@ impl TestCluster {
         self.nodes.iter().find(|n| n.id == id).expect("node id")
     }
 
-    /// Runs the CLI against node `id`.
+    /// Runs the CLI against node `id`, as an admin of this cluster.
     pub fn cli(&self, id: u64, args: &[&str]) -> Out {
         let mut all = vec!["--server", self.node(id).admin_url.as_str()];
         all.extend_from_slice(args);
-        joch(all)
+        joch_env(all, &self.admin_env())
     }
 
     /// The leader, as seen by any node that answers, waiting for one.
@@ -320,11 +397,18 @@ impl FastMcp {
     /// Recording every tool call it starts in `record` (one JSON line each, see
     /// `Record`), so a test can wait for what the upstream really received.
     pub fn start_recording(args: &[&str], record: Option<&Path>) -> FastMcp {
+        match record {
+            Some(r) => Self::start_env(args, &[("JOCH_RECORD", r)]),
+            None => Self::start_env(args, &[]),
+        }
+    }
+
+    /// With this environment (`JOCH_RECORD_HEADERS`: every request's headers, see
+    /// `recorded_headers`).
+    pub fn start_env(args: &[&str], env: &[(&str, &Path)]) -> FastMcp {
         let port = free_port();
         let mut cmd = Command::new(python());
-        if let Some(r) = record {
-            cmd.env("JOCH_RECORD", r);
-        }
+        cmd.envs(env.iter().map(|(k, v)| (*k, v.as_os_str())));
         let child = cmd
             .arg(e2e("fastmcp_server.py"))
             .arg(port.to_string())
@@ -358,26 +442,15 @@ pub fn recorded(path: &Path) -> Vec<(String, f64)> {
         .collect()
 }
 
-/// Runs the SDK client script with these arguments; returns its JSON.
+/// Runs the SDK client script in this connect mode with these arguments and environment;
+/// returns its JSON.
 #[track_caller]
-pub fn sdk_client(args: &[&str]) -> Value {
-    sdk_client_mode("auto", args)
-}
-
-/// Likewise, with the SDK's connect mode (`auto` negotiates the era, `legacy` forces sessions).
-#[track_caller]
-pub fn sdk_client_mode(mode: &str, args: &[&str]) -> Value {
-    sdk_client_env(mode, args, &[])
-}
-
-/// Likewise, with extra environment variables for the client.
-#[track_caller]
-pub fn sdk_client_env(mode: &str, args: &[&str], env: &[(&str, &Path)]) -> Value {
+pub fn sdk_client_with(mode: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Value {
     let out = Command::new(python())
         .arg(e2e("client.py"))
         .args(args)
         .env("MCP_MODE", mode)
-        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .envs(env.iter().copied())
         .output()
         .expect("run the SDK client");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -392,9 +465,12 @@ pub fn start_extra_node(dir: &Path, pki: &Path, id: u64, raft: &str) -> (std::pr
     std::fs::create_dir_all(&nd).unwrap();
     let cfg = format!(
         "id: {id}\ndata_dir: {data}\nlisten: {{ mcp: 127.0.0.1:0, admin: 127.0.0.1:0, mesh: 127.0.0.1:0, metrics: 127.0.0.1:0 }}\n\
-         tls: {{ ca: {p}/ca.pem, cert: {p}/node{id}.pem, key: {p}/node{id}-key.pem }}\n{raft}",
+         tls: {{ ca: {p}/ca.pem, cert: {p}/node{id}.pem, key: {p}/node{id}-key.pem }}\n\
+         admin: {{ token_file: {token} }}\nsecrets: {{ kek_file: {kek} }}\n{raft}",
         data = nd.join("data").display(),
         p = pki.display(),
+        token = dir.join("admin-token").display(),
+        kek = dir.join("kek").display(),
     );
     std::fs::write(nd.join("joch.yaml"), cfg).unwrap();
     let log = std::fs::File::create(nd.join("node.log")).unwrap();

@@ -22,18 +22,19 @@ fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
-fn session(base: &str) -> String {
-    let r = http("POST", &format!("{base}/mcp/heldout"), &[ACCEPT, JSON_CT], INIT.as_bytes());
+fn session(bearer: &str, base: &str) -> String {
+    let r =
+        http("POST", &format!("{base}/mcp/heldout"), &[ACCEPT, JSON_CT, ("authorization", bearer)], INIT.as_bytes());
     assert_eq!(r.status, 200, "{r:?}");
     r.header("mcp-session-id").expect("session id")
 }
 
-fn add(base: &str, sid: &str) -> crate::harness::HttpReply {
+fn add(bearer: &str, base: &str, sid: &str) -> crate::harness::HttpReply {
     let body = br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}}"#;
     http(
         "POST",
         &format!("{base}/mcp/heldout"),
-        &[ACCEPT, JSON_CT, ("mcp-session-id", sid), ("mcp-protocol-version", "2025-11-25")],
+        &[ACCEPT, JSON_CT, ("authorization", bearer), ("mcp-session-id", sid), ("mcp-protocol-version", "2025-11-25")],
         body,
     )
 }
@@ -41,16 +42,21 @@ fn add(base: &str, sid: &str) -> crate::harness::HttpReply {
 /// A long legacy `slow` call with progress on `base`, read as it streams in a thread. Sends
 /// `()` on `progress` at the first progress event; the thread returns the last JSON-RPC
 /// message it read (the answer, or the denial that cut it) and when the stream ended.
-fn long_call(base: &str, sid: &str, progress: mpsc::Sender<()>) -> std::thread::JoinHandle<(Value, Instant)> {
+fn long_call(
+    bearer: &str,
+    base: &str,
+    sid: &str,
+    progress: mpsc::Sender<()>,
+) -> std::thread::JoinHandle<(Value, Instant)> {
     let rest = base.strip_prefix("http://").unwrap().to_string();
-    let sid = sid.to_string();
+    let (sid, bearer) = (sid.to_string(), bearer.to_string());
     std::thread::spawn(move || {
         let body = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow","arguments":{"steps":2000},"_meta":{"progressToken":"p"}}}"#;
         let mut s = std::net::TcpStream::connect(&rest).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
         let req = format!(
             "POST /mcp/heldout HTTP/1.1\r\nHost: {rest}\r\nConnection: close\r\ncontent-type: application/json\r\n\
-             accept: application/json, text/event-stream\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-11-25\r\n\
+             accept: application/json, text/event-stream\r\nauthorization: {bearer}\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-11-25\r\n\
              content-length: {}\r\n\r\n{body}",
             body.len()
         );
@@ -74,10 +80,10 @@ fn long_call(base: &str, sid: &str, progress: mpsc::Sender<()>) -> std::thread::
 }
 
 /// Calls `add` on `base` until it is denied as stale (503); returns when that happened.
-fn until_stale(base: &str, sid: &str, within: Duration) -> Instant {
+fn until_stale(bearer: &str, base: &str, sid: &str, within: Duration) -> Instant {
     let deadline = Instant::now() + within;
     loop {
-        let r = add(base, sid);
+        let r = add(bearer, base, sid);
         if r.status == 503 {
             assert_eq!(r.json()["error"]["data"]["reason"], "control-plane-stale", "{r:?}");
             return Instant::now();
@@ -109,11 +115,11 @@ fn a_minority_with_the_old_leader_stops_forwarding_within_its_lease_and_cuts_wha
     let leader = c.leader();
     let follower = c.nodes.iter().find(|n| n.id != leader).unwrap().clone();
     let majority: Vec<_> = c.nodes.iter().filter(|n| n.id != leader && n.id != follower.id).cloned().collect();
-    let sid = session(&follower.mcp_url);
-    assert_eq!(add(&follower.mcp_url, &sid).status, 200);
+    let sid = session(&c.agent_bearer, &follower.mcp_url);
+    assert_eq!(add(&c.agent_bearer, &follower.mcp_url, &sid).status, 200);
     // A long call in flight on the follower: under way at the upstream before the cut.
     let (tx, rx) = mpsc::channel();
-    let call = long_call(&follower.mcp_url, &sid, tx);
+    let call = long_call(&c.agent_bearer, &follower.mcp_url, &sid, tx);
     rx.recv_timeout(Duration::from_secs(30)).expect("the long call is under way");
     assert!(recorded(&rec).iter().any(|(t, _)| t == "slow"), "the upstream has the call");
 
@@ -123,14 +129,14 @@ fn a_minority_with_the_old_leader_stops_forwarding_within_its_lease_and_cuts_wha
     let cut = Instant::now();
     // The follower keeps hearing from its old leader, which cannot reach a quorum any more: it
     // must fail closed within the lease all the same.
-    let stale = until_stale(&follower.mcp_url, &sid, LEASE + Duration::from_secs(4));
+    let stale = until_stale(&c.agent_bearer, &follower.mcp_url, &sid, LEASE + Duration::from_secs(4));
     let bound = stale - cut;
     eprintln!(
         "freshness bound measured: the minority follower failed closed {:.2} s after the cut (lease 6 s)",
         bound.as_secs_f64()
     );
     assert!(bound <= LEASE + Duration::from_secs(2), "failed closed {bound:?} after the cut; the lease is 6 s");
-    let old_leader_stale = until_stale(&c.node(leader).mcp_url, &sid, Duration::from_secs(10));
+    let old_leader_stale = until_stale(&c.agent_bearer, &c.node(leader).mcp_url, &sid, Duration::from_secs(10));
     assert!(old_leader_stale - cut <= LEASE + Duration::from_secs(2));
     // The call in flight was cut when the lease ran out, with the reason.
     let (last, ended) = call.join().unwrap();
@@ -145,7 +151,7 @@ fn a_minority_with_the_old_leader_stops_forwarding_within_its_lease_and_cuts_wha
     let late: Vec<_> = recorded(&rec).into_iter().filter(|(t, at)| t == "add" && *at > by + slack).collect();
     assert!(late.is_empty(), "forwarded after the quarantine's bound ({by}): {late:?}");
     for n in &majority {
-        let r = add(&n.mcp_url, &sid);
+        let r = add(&c.agent_bearer, &n.mcp_url, &sid);
         assert_eq!(r.status, 403, "{r:?}");
     }
 
@@ -153,7 +159,7 @@ fn a_minority_with_the_old_leader_stops_forwarding_within_its_lease_and_cuts_wha
     split.heal();
     for id in [follower.id, leader] {
         let back = eventually("the healed node to answer again", Duration::from_secs(30), || {
-            let r = add(&c.node(id).mcp_url, &sid);
+            let r = add(&c.agent_bearer, &c.node(id).mcp_url, &sid);
             (r.status != 503).then_some(r)
         });
         assert_eq!(back.status, 403, "{back:?}");
@@ -170,15 +176,15 @@ fn a_quarantine_committed_before_the_cut_node_knows_it_is_cut_reaches_nothing_af
     let cut_id = c.leader();
     let cut = c.node(cut_id).clone();
     let other = c.nodes.iter().find(|n| n.id != cut_id).unwrap().clone();
-    let sid = session(&cut.mcp_url);
+    let sid = session(&c.agent_bearer, &cut.mcp_url);
     // Calls through the cut node all along, as an agent behind a balancer would make them.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let hammer = {
-        let (url, sid, stop) = (cut.mcp_url.clone(), sid.clone(), stop.clone());
+        let (url, sid, stop, bearer) = (cut.mcp_url.clone(), sid.clone(), stop.clone(), c.agent_bearer.clone());
         std::thread::spawn(move || {
             let mut statuses = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                statuses.push((add(&url, &sid).status, unix_now()));
+                statuses.push((add(&bearer, &url, &sid).status, unix_now()));
                 std::thread::sleep(Duration::from_millis(20));
             }
             statuses
@@ -188,7 +194,7 @@ fn a_quarantine_committed_before_the_cut_node_knows_it_is_cut_reaches_nothing_af
     // At once, before the cut node's lease can have run out.
     let by = quarantine_on_majority(&c, other.id);
     eventually("the cut node to fail closed", Duration::from_secs(15), || {
-        (add(&cut.mcp_url, &sid).status == 503).then_some(())
+        (add(&c.agent_bearer, &cut.mcp_url, &sid).status == 503).then_some(())
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let statuses = hammer.join().unwrap();
@@ -199,7 +205,7 @@ fn a_quarantine_committed_before_the_cut_node_knows_it_is_cut_reaches_nothing_af
     assert!(served_late.is_empty(), "served after the bound {by}: {served_late:?}");
     partition.heal();
     let back = eventually("the healed node to answer again", Duration::from_secs(30), || {
-        let r = add(&cut.mcp_url, &sid);
+        let r = add(&c.agent_bearer, &cut.mcp_url, &sid);
         (r.status != 503).then_some(r)
     });
     assert_eq!(back.status, 403, "{back:?}");
@@ -211,12 +217,12 @@ fn a_removed_member_stops_serving_and_a_data_directory_serves_only_its_own_node(
     let up = FastMcp::start();
     c.cli(1, &["mcp", "add", "heldout", "--endpoint", &up.url]).ok();
     let gone = c.nodes.iter().find(|n| n.id != c.leader()).unwrap().clone();
-    let sid = session(&gone.mcp_url);
-    assert_eq!(add(&gone.mcp_url, &sid).status, 200);
+    let sid = session(&c.agent_bearer, &gone.mcp_url);
+    assert_eq!(add(&c.agent_bearer, &gone.mcp_url, &sid).status, 200);
     c.cli(1, &["cluster", "remove", "--id", &gone.id.to_string()]).ok();
     let removed = Instant::now();
     let r = eventually("the removed node to stop serving", Duration::from_secs(15), || {
-        let r = add(&gone.mcp_url, &sid);
+        let r = add(&c.agent_bearer, &gone.mcp_url, &sid);
         (r.status == 503).then_some(r)
     });
     assert_eq!(r.json()["error"]["data"]["reason"], "control-plane-stale", "{r:?}");
@@ -249,6 +255,8 @@ fn a_removed_member_stops_serving_and_a_data_directory_serves_only_its_own_node(
         "127.0.0.1:0",
         "--metrics-listen",
         "127.0.0.1:0",
+        "--admin-token-file",
+        c.dir.path().join("admin-token").to_str().unwrap(),
     ]);
     assert_ne!(out.code, 0, "{out:?}");
     assert!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{alive, e2e, eventually, http, joch, python, start_extra_node, FastMcp, TestCluster};
+use crate::harness::{alive, e2e, eventually, http, joch, joch_env, python, start_extra_node, FastMcp, TestCluster};
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 const ACCEPT: (&str, &str) = ("accept", "application/json, text/event-stream");
@@ -19,13 +19,18 @@ fn a_node_at_its_request_limit_answers_503_with_retry_after_at_once() {
     let c = TestCluster::up(1, &[]);
     joch(["cluster", "ca", "issue", "--dir", &c.pki_dir().display().to_string(), "--id", "9"]).ok();
     let (mut node, addrs) = start_extra_node(c.dir.path(), &c.pki_dir(), 9, "proxy: { max_concurrent_requests: 1 }\n");
-    let admin = format!("http://{}", addrs["admin"].as_str().unwrap());
+    let admin = format!("https://{}", addrs["admin"].as_str().unwrap());
     let mcp = format!("http://{}", addrs["mcp"].as_str().unwrap());
-    joch(["--server", &admin, "cluster", "init"]).ok();
+    c.run_at(&admin, &["cluster", "init"]).ok();
     let up = FastMcp::start();
-    joch(["--server", &admin, "mcp", "add", "heldout", "--endpoint", &up.url]).ok();
+    c.run_at(&admin, &["mcp", "add", "heldout", "--endpoint", &up.url]).ok();
+    // Its own cluster: its own agent.
+    let token =
+        c.run_at(&admin, &["agent", "create", "a", "-o", "json"]).ok().json()["token"].as_str().unwrap().to_string();
+    let bearer = format!("Bearer {token}");
+    let auth = ("authorization", bearer.as_str());
     let init = eventually("the node to serve", Duration::from_secs(20), || {
-        let r = http("POST", &format!("{mcp}/mcp/heldout"), &[ACCEPT, JSON_CT], INIT.as_bytes());
+        let r = http("POST", &format!("{mcp}/mcp/heldout"), &[ACCEPT, JSON_CT, auth], INIT.as_bytes());
         (r.status == 200).then_some(r)
     });
     let sid = init.header("mcp-session-id").unwrap();
@@ -34,14 +39,14 @@ fn a_node_at_its_request_limit_answers_503_with_retry_after_at_once() {
     let mut held = std::net::TcpStream::connect(host).unwrap();
     write!(
         held,
-        "GET /mcp/heldout HTTP/1.1\r\nHost: {host}\r\naccept: text/event-stream\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-11-25\r\n\r\n"
+        "GET /mcp/heldout HTTP/1.1\r\nHost: {host}\r\naccept: text/event-stream\r\nauthorization: {bearer}\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-11-25\r\n\r\n"
     )
     .unwrap();
     let mut head = [0u8; 12];
     held.read_exact(&mut head).unwrap();
     assert_eq!(&head, b"HTTP/1.1 200", "the stream is open");
     // The next request is refused at once, with the reason and when to retry.
-    let r = http("POST", &format!("{mcp}/mcp/heldout"), &[ACCEPT, JSON_CT], INIT.as_bytes());
+    let r = http("POST", &format!("{mcp}/mcp/heldout"), &[ACCEPT, JSON_CT, auth], INIT.as_bytes());
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.header("retry-after").as_deref(), Some("1"), "{r:?}");
     assert_eq!(r.json()["error"]["code"], -32030);
@@ -50,7 +55,7 @@ fn a_node_at_its_request_limit_answers_503_with_retry_after_at_once() {
     // When the stream ends, the node serves again.
     drop(held);
     eventually("the node to serve again", Duration::from_secs(10), || {
-        let r = http("POST", &format!("{mcp}/mcp/heldout"), &[ACCEPT, JSON_CT], INIT.as_bytes());
+        let r = http("POST", &format!("{mcp}/mcp/heldout"), &[ACCEPT, JSON_CT, auth], INIT.as_bytes());
         (r.status == 200).then_some(())
     });
     let _ = node.kill();
@@ -84,26 +89,32 @@ fn a_misbehaving_stdio_server_gets_a_specific_error_and_never_a_panic() {
     }
     let base = &c.node(1).mcp_url;
     // initialize answered with a result that is not an object: the child is refused, said why.
-    let r = http("POST", &format!("{base}/mcp/odd"), &[ACCEPT, JSON_CT], INIT.as_bytes());
+    let r = http("POST", &format!("{base}/mcp/odd"), &[ACCEPT, JSON_CT, c.auth()], INIT.as_bytes());
     assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(r.json()["error"]["data"]["reason"], "upstream-unavailable");
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("initialize result is not a JSON object"), "{r:?}");
     // A child that sends a 17 MiB line, a non-object message and notifications with odd params
     // before its answer: they are dropped, the answer arrives.
-    let r = http("POST", &format!("{base}/mcp/noisy"), &[ACCEPT, JSON_CT], INIT.as_bytes());
+    let r = http("POST", &format!("{base}/mcp/noisy"), &[ACCEPT, JSON_CT, c.auth()], INIT.as_bytes());
     assert_eq!(r.status, 200, "{r:?}");
     let sid = r.header("mcp-session-id").unwrap();
     let call =
         json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{}}}).to_string();
-    let h = [ACCEPT, JSON_CT, ("mcp-session-id", sid.as_str()), ("mcp-protocol-version", "2025-11-25")];
+    let h = [ACCEPT, JSON_CT, c.auth(), ("mcp-session-id", sid.as_str()), ("mcp-protocol-version", "2025-11-25")];
     let r = http("POST", &format!("{base}/mcp/noisy"), &h, call.as_bytes());
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["result"]["content"][0]["text"], "still here", "{r:?}");
     // The modern era translates for it too (notifications with a non-object _meta included).
     let m = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{},"_meta":{
         "io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}});
-    let h =
-        [ACCEPT, JSON_CT, ("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "echo")];
+    let h = [
+        ACCEPT,
+        JSON_CT,
+        c.auth(),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "echo"),
+    ];
     let r = http("POST", &format!("{base}/mcp/noisy"), &h, m.to_string().as_bytes());
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["result"]["content"][0]["text"], "still here", "{r:?}");
@@ -118,7 +129,11 @@ fn a_read_waits_out_a_cluster_without_a_quorum_instead_of_failing() {
     c.kill9(3);
     // A read while no quorum exists: it waits (with backoff) rather than exit with a dump...
     let admin = c.node(1).admin_url.clone();
-    let reader = std::thread::spawn(move || joch(["--server", &admin, "mcp", "ls", "-o", "json"]));
+    let env = c.admin_env().map(|(k, v)| (k.to_string(), v.to_string()));
+    let reader = std::thread::spawn(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        joch_env(["--server", &admin, "mcp", "ls", "-o", "json"], &env)
+    });
     // ...and succeeds once the cluster is back.
     c.restart();
     let out = reader.join().unwrap();

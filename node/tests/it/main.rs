@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod access;
 mod cli;
 mod cluster;
 mod lease;

@@ -6,9 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use crate::harness::{
-    http, joch_bin, metric, recorded, sdk_client, sdk_client_env, sdk_client_mode, FastMcp, LegacyServer, TestCluster,
-};
+use crate::harness::{http, joch_bin, metric, recorded, FastMcp, LegacyServer, TestCluster};
 
 fn bases(c: &TestCluster) -> Vec<String> {
     c.nodes.iter().map(|n| n.mcp_url.clone()).collect()
@@ -27,11 +25,11 @@ fn sdk_session_continues_across_every_node() {
     args.extend(bases(&c));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     // The legacy era: one session, created on one node, continued on the others.
-    let r = sdk_client_mode("legacy", &argv);
+    let r = c.sdk_mode("legacy", &argv);
     assert_eq!(r["protocol_version"], "2025-11-25");
     walkthrough_answers(&r);
     // The modern era (negotiated by the SDK in auto mode): stateless, any node.
-    let r = sdk_client(&argv);
+    let r = c.sdk(&argv);
     assert_eq!(r["protocol_version"], "2026-07-28");
     walkthrough_answers(&r);
     // A server-to-client request (elicitation) on the call's stream reaches the client, whose
@@ -41,7 +39,7 @@ fn sdk_session_continues_across_every_node() {
     elicit_args.extend(bases(&c));
     for target in ["heldout", "@heldout"] {
         elicit_args[1] = target.into();
-        let r = sdk_client_mode("legacy", &elicit_args.iter().map(String::as_str).collect::<Vec<_>>());
+        let r = c.sdk_mode("legacy", &elicit_args.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(r["asked"], json!(["Deploy?"]), "{target}: {r}");
         assert_eq!(r["result"], "accept:True", "{target}: {r}");
     }
@@ -77,7 +75,7 @@ fn quarantine_through_node_3_is_enforced_on_every_node_and_cuts_open_streams() {
     // Legacy: the open call is an SSE stream; modern: a plain JSON exchange. Both are cut.
     for mode in ["legacy", "auto"] {
         let _ = std::fs::remove_file(&rec);
-        let r = sdk_client_env(mode, &argv, &[("JOCH_RECORD", &rec)]);
+        let r = c.sdk_env(mode, &argv, &[("JOCH_RECORD", &rec)]);
         assert_eq!(r["before"], "4");
         assert_eq!(r["quarantine_exit"], 0, "{}", r["quarantine_output"]);
         let calls: Vec<String> = recorded(&rec).into_iter().map(|(t, _)| t).collect();
@@ -114,7 +112,7 @@ fn pin_mismatch_denies_until_the_pin_is_fixed() {
     args.extend(bases(&c));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     for mode in ["legacy", "auto"] {
-        let r = sdk_client_mode(mode, &argv);
+        let r = c.sdk_mode(mode, &argv);
         assert_eq!(r["before"], "7");
         assert_eq!(r["pin_wrong"], 0);
         for key in ["existing_session", "new_session"] {
@@ -144,7 +142,7 @@ fn bad_input_gets_its_specific_error_and_the_node_keeps_serving() {
     register(&c, &up);
     let url = format!("{}/mcp/heldout", c.node(1).mcp_url);
     let post = |headers: &[(&str, &str)], body: &[u8]| {
-        let mut h = vec![ACCEPT, JSON_CT];
+        let mut h = vec![ACCEPT, JSON_CT, c.auth()];
         h.extend_from_slice(headers);
         http("POST", &url, &h, body)
     };
@@ -172,16 +170,16 @@ fn bad_input_gets_its_specific_error_and_the_node_keeps_serving() {
     assert_eq!(r.json()["id"], 2);
     let r = post(&[("mcp-session-id", "j1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")], list);
     assert_eq!((r.status, code(&r.json())), (404, -32006), "{r:?}");
-    let r = http("GET", &url, &[ACCEPT], b"");
+    let r = http("GET", &url, &[ACCEPT, c.auth()], b"");
     assert_eq!((r.status, code(&r.json())), (400, -32007), "{r:?}");
 
     // An unregistered server: 404 with the deny data, before anything else about the request
     // is settled (no session needed to learn that); joch never contacts anything.
-    let r = http("POST", &format!("{}/mcp/nope", c.node(1).mcp_url), &[ACCEPT, JSON_CT], list);
+    let r = http("POST", &format!("{}/mcp/nope", c.node(1).mcp_url), &[ACCEPT, JSON_CT, c.auth()], list);
     assert_eq!((r.status, code(&r.json())), (404, -32001), "{r:?}");
-    let r = http("GET", &format!("{}/mcp/nope", c.node(1).mcp_url), &[ACCEPT], b"");
+    let r = http("GET", &format!("{}/mcp/nope", c.node(1).mcp_url), &[ACCEPT, c.auth()], b"");
     assert_eq!((r.status, code(&r.json())), (404, -32001), "{r:?}");
-    let r = http("POST", &format!("{}/mcp/nope", c.node(1).mcp_url), &[ACCEPT, JSON_CT], INIT.as_bytes());
+    let r = http("POST", &format!("{}/mcp/nope", c.node(1).mcp_url), &[ACCEPT, JSON_CT, c.auth()], INIT.as_bytes());
     assert_eq!((r.status, code(&r.json())), (404, -32001), "{r:?}");
     assert_eq!(
         r.json()["error"]["data"],
@@ -241,24 +239,28 @@ fn bad_input_gets_its_specific_error_and_the_node_keeps_serving() {
     assert!(r.body.contains("\"name\":\"add\""), "{r:?}");
     // A session is bound to its server.
     c.cli(1, &["mcp", "add", "other", "--endpoint", &up.url]).ok();
-    let r =
-        http("POST", &format!("{}/mcp/other", c.node(1).mcp_url), &[ACCEPT, JSON_CT, ("mcp-session-id", &sid)], list);
+    let r = http(
+        "POST",
+        &format!("{}/mcp/other", c.node(1).mcp_url),
+        &[ACCEPT, JSON_CT, c.auth(), ("mcp-session-id", &sid)],
+        list,
+    );
     assert_eq!((r.status, code(&r.json())), (404, -32006), "{r:?}");
 }
 
 /// Initializes a raw session on `base`; returns the session id.
-fn raw_session(base: &str) -> String {
-    let r = http("POST", &format!("{base}/mcp/heldout"), &[ACCEPT, JSON_CT], INIT.as_bytes());
+fn raw_session(c: &TestCluster, base: &str) -> String {
+    let r = http("POST", &format!("{base}/mcp/heldout"), &[ACCEPT, JSON_CT, c.auth()], INIT.as_bytes());
     assert_eq!(r.status, 200, "{r:?}");
     r.header("mcp-session-id").expect("session id")
 }
 
-fn raw_list(base: &str, sid: &str) -> crate::harness::HttpReply {
+fn raw_list(c: &TestCluster, base: &str, sid: &str) -> crate::harness::HttpReply {
     let list = br#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#;
     http(
         "POST",
         &format!("{base}/mcp/heldout"),
-        &[ACCEPT, JSON_CT, ("mcp-session-id", sid), ("mcp-protocol-version", "2025-11-25")],
+        &[ACCEPT, JSON_CT, c.auth(), ("mcp-session-id", sid), ("mcp-protocol-version", "2025-11-25")],
         list,
     )
 }
@@ -278,17 +280,17 @@ fn a_node_cut_off_fails_closed_after_its_lease_and_serves_again_after_healing() 
     let cut_id = c.leader();
     let cut = c.node(cut_id).clone();
     let other = c.nodes.iter().find(|n| n.id != cut_id).unwrap().clone();
-    let sid = raw_session(&cut.mcp_url);
-    assert_eq!(raw_list(&cut.mcp_url, &sid).status, 200);
+    let sid = raw_session(&c, &cut.mcp_url);
+    assert_eq!(raw_list(&c, &cut.mcp_url, &sid).status, 200);
     // A stdio child running on the cut node.
-    let r = http("POST", &format!("{}/mcp/time", cut.mcp_url), &[ACCEPT, JSON_CT], INIT.as_bytes());
+    let r = http("POST", &format!("{}/mcp/time", cut.mcp_url), &[ACCEPT, JSON_CT, c.auth()], INIT.as_bytes());
     assert_eq!(r.status, 200, "{r:?}");
     assert!(stdio_children(&c).iter().any(|(_, n)| *n == cut_id), "the child runs on the cut node");
 
     let mut partition = Partition::cut(&cut.mesh_addr);
     let t0 = Instant::now();
     let stale = eventually("the cut-off node to fail closed", Duration::from_secs(30), || {
-        let r = raw_list(&cut.mcp_url, &sid);
+        let r = raw_list(&c, &cut.mcp_url, &sid);
         (r.status == 503).then_some(r)
     });
     let took = t0.elapsed();
@@ -307,7 +309,7 @@ fn a_node_cut_off_fails_closed_after_its_lease_and_serves_again_after_healing() 
 
     // The majority side elects a leader and keeps serving the same session (sealed id).
     eventually("the majority to serve", Duration::from_secs(30), || {
-        (raw_list(&other.mcp_url, &sid).status == 200).then_some(())
+        (raw_list(&c, &other.mcp_url, &sid).status == 200).then_some(())
     });
     // A quarantine committed while the node is cut off...
     let q = c.cli(other.id, &["mcp", "quarantine", "heldout", "--reason", "during partition", "-o", "json"]);
@@ -316,14 +318,14 @@ fn a_node_cut_off_fails_closed_after_its_lease_and_serves_again_after_healing() 
     // ...is enforced by that node as soon as it is back: it never serves in between.
     partition.heal();
     let back = eventually("the healed node to answer again", Duration::from_secs(30), || {
-        let r = raw_list(&cut.mcp_url, &sid);
+        let r = raw_list(&c, &cut.mcp_url, &sid);
         (r.status != 503).then_some(r)
     });
     assert_eq!(back.status, 403, "{back:?}");
     assert_eq!(back.json()["error"]["data"]["reason"], "server-quarantined");
     c.cli(other.id, &["mcp", "unquarantine", "heldout"]).ok();
     eventually("the healed node to serve", Duration::from_secs(10), || {
-        (raw_list(&cut.mcp_url, &sid).status == 200).then_some(())
+        (raw_list(&c, &cut.mcp_url, &sid).status == 200).then_some(())
     });
 }
 
@@ -362,7 +364,7 @@ fn stdio_server_runs_once_on_the_owner_is_reached_through_the_mesh_and_restarts(
     args.extend(bases(&c));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     // Legacy era: one session, owned by the node that created it; the others forward to it.
-    let r = sdk_client_mode("legacy", &argv);
+    let r = c.sdk_mode("legacy", &argv);
     assert_eq!(r["protocol_version"], "2025-11-25");
     assert_eq!(r["tools"], json!(["convert_time", "get_current_time"]));
     assert_eq!(r["zones"], json!(["UTC", "UTC", "UTC"]));
@@ -381,14 +383,14 @@ fn stdio_server_runs_once_on_the_owner_is_reached_through_the_mesh_and_restarts(
     eventually("the dead child to be gone", Duration::from_secs(10), || {
         (stdio_children(&c).iter().all(|(p, _)| *p != pid)).then_some(())
     });
-    let r = sdk_client_mode("legacy", &argv);
+    let r = c.sdk_mode("legacy", &argv);
     assert_eq!(r["zones"], json!(["UTC", "UTC", "UTC"]));
     let again = stdio_children(&c);
     assert_eq!(again.len(), 1, "{again:?}");
     assert_ne!(again[0].0, pid, "restarted");
 
     // Modern era (the SDK negotiates it): stateless, so each node serves from its own child.
-    let r = sdk_client(&argv);
+    let r = c.sdk(&argv);
     assert_eq!(r["protocol_version"], "2026-07-28", "{r}");
     assert_eq!(r["zones"], json!(["UTC", "UTC", "UTC"]));
     assert_eq!(r["tokyo"], "21:00");
@@ -402,7 +404,8 @@ fn stdio_server_runs_once_on_the_owner_is_reached_through_the_mesh_and_restarts(
     });
 
     // A stdio server whose record does not allow stdio is refused, and nothing is started.
-    let r = http("POST", &format!("{}/mcp/time-unsafe", c.node(3).mcp_url), &[ACCEPT, JSON_CT], INIT.as_bytes());
+    let r =
+        http("POST", &format!("{}/mcp/time-unsafe", c.node(3).mcp_url), &[ACCEPT, JSON_CT, c.auth()], INIT.as_bytes());
     assert_eq!((r.status, code(&r.json())), (403, -32004), "{r:?}");
     assert_eq!(r.json()["error"]["data"]["rule"], "mcpserver.spec.security.allowStdio");
     assert!(stdio_children(&c).is_empty());
@@ -422,7 +425,7 @@ fn aggregate_endpoint_names_routes_and_drops_a_quarantined_server_alone() {
     args.extend(bases(&c));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     for mode in ["legacy", "auto"] {
-        let r = sdk_client_mode(mode, &argv);
+        let r = c.sdk_mode(mode, &argv);
         let era = if mode == "legacy" { "2025-11-25" } else { "2026-07-28" };
         assert_eq!(r["protocol_version"], era, "{r}");
         assert_eq!(
@@ -513,7 +516,7 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
     ] {
         let mut args = vec!["era".to_string(), server.into()];
         args.extend(bases(&c));
-        let r = sdk_client(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let r = c.sdk(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(r["protocol_version"], "2026-07-28", "{server}: {r}");
         assert_eq!(r["modern"], true);
         assert_eq!(r["server_version"], version, "{server}: the version reaches the client in _meta");
@@ -524,7 +527,7 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
     // A modern caller listens (`subscriptions/listen`) to the legacy-only server: joch opens a
     // session of its own upstream, relays the kinds asked for from its stream, and closes it
     // when the listener goes.
-    let r = sdk_client(&["listen", "old", &c.node(1).mcp_url]);
+    let r = c.sdk(&["listen", "old", &c.node(1).mcp_url]);
     assert_eq!(r["honored"], json!({"toolsListChanged": true, "promptsListChanged": true}), "{r}");
     assert_eq!(r["announce"], "announced", "{r}");
     assert_eq!(r["event"], "ToolsListChanged", "{r}");
@@ -533,7 +536,7 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
     // Modern callers of the legacy-only server get its progress as it happens (relayed SSE).
     let mut args = vec!["progress".to_string(), "old".into()];
     args.extend(bases(&c));
-    let r = sdk_client(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let r = c.sdk(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(r["protocol_version"], "2026-07-28", "{r}");
     for call in r["calls"].as_array().unwrap() {
         assert_eq!(call["result"], "done 10", "{r}");
@@ -549,7 +552,7 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
     args.extend(bases(&c));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     for (mode, era) in [("legacy", "2025-11-25"), ("auto", "2026-07-28")] {
-        let r = sdk_client_mode(mode, &argv);
+        let r = c.sdk_mode(mode, &argv);
         assert_eq!(r["protocol_version"], era, "{mode}: {r}");
         assert_eq!(r["server_version"], "3.0.0");
         assert_eq!(r["tools"], json!(["announce", "confirm", "shout", "slow", "streams"]));
@@ -560,14 +563,14 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
     // plain notifications of the legacy era; it is closed upstream when the session ends.
     let mut args = vec!["notify".to_string(), "newer".into()];
     args.extend(bases(&c));
-    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let r = c.sdk_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(r["sdk_saw_list_changed"], true, "{r}");
-    let r = sdk_client(&["listen", "newer", &c.node(2).mcp_url]);
+    let r = c.sdk(&["listen", "newer", &c.node(2).mcp_url]);
     assert_eq!(r["upstream_streams_after"], "0", "the legacy session's listen was closed upstream: {r}");
     // And they get its progress as it happens: its SSE answer is relayed event by event.
     let mut args = vec!["progress".to_string(), "newer".into()];
     args.extend(bases(&c));
-    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let r = c.sdk_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(r["protocol_version"], "2025-11-25", "{r}");
     for call in r["calls"].as_array().unwrap() {
         assert_eq!(call["result"], "done 10", "{r}");
@@ -582,7 +585,7 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
     let elicit = |target: &str, mode: &str| {
         let mut a = vec!["elicit".to_string(), target.into()];
         a.extend(bases(&c));
-        sdk_client_mode(mode, &a.iter().map(String::as_str).collect::<Vec<_>>())
+        c.sdk_mode(mode, &a.iter().map(String::as_str).collect::<Vec<_>>())
     };
     for (target, mode) in [("old", "legacy"), ("newer", "auto")] {
         let r = elicit(target, mode);
@@ -604,7 +607,7 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
     let r = http(
         "POST",
         &format!("{}/mcp/old", c.node(3).mcp_url),
-        &[ACCEPT, JSON_CT, ("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list")],
+        &[ACCEPT, JSON_CT, c.auth(), ("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list")],
         body.as_bytes(),
     );
     assert_eq!((r.status, code(&r.json())), (403, -32003), "{r:?}");
@@ -622,7 +625,7 @@ fn progress_of_a_stdio_call_streams_live_through_the_mesh() {
     // Legacy: the session's owner runs the child, the others forward over the mesh. Modern: each
     // node's own child, through the translation. Either way progress streams.
     for (mode, era) in [("legacy", "2025-11-25"), ("auto", "2026-07-28")] {
-        let r = sdk_client_mode(mode, &argv);
+        let r = c.sdk_mode(mode, &argv);
         assert_eq!(r["protocol_version"], era, "{r}");
         for call in r["calls"].as_array().unwrap() {
             assert_eq!(call["result"], "done 10", "{mode}: {r}");
@@ -634,7 +637,7 @@ fn progress_of_a_stdio_call_streams_live_through_the_mesh() {
     // A server-to-client request from the shared child is refused with a reason the tool reports.
     let mut args = vec!["elicit".to_string(), "held".into()];
     args.extend(bases(&c));
-    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let r = c.sdk_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(r["is_error"], true, "{r}");
     assert!(r["result"].as_str().unwrap().contains("cannot be attributed to one agent's call"), "{r}");
     assert_eq!(r["asked"], json!([]), "{r}");
@@ -674,14 +677,14 @@ fn a_stdio_servers_own_notifications_reach_the_session_stream_and_resume_after_l
     register_stdio_fastmcp(&c);
     let mut args = vec!["notify".to_string(), "held".into()];
     args.extend(bases(&c));
-    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let r = c.sdk_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
     // The SDK client's GET stream (through whichever node) carries the list change the shared
     // child announced during the session's call.
     assert_eq!(r["announce"], "announced", "{r}");
     assert_eq!(r["sdk_saw_list_changed"], true, "{r}");
     assert!(r["sdk_methods"].as_array().unwrap().contains(&json!("GET")), "{r}");
     args[0] = "replay".into();
-    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let r = c.sdk_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
     // Raw: the stream opened on node 2 (session of node 1) gets the announcement made via node 3.
     assert_eq!(r["get_status"], 200, "{r}");
     assert_eq!(r["first"][0]["data"]["method"], "notifications/tools/list_changed", "{r}");
@@ -702,7 +705,7 @@ fn a_stdio_servers_own_notifications_reach_the_session_stream_and_resume_after_l
 
     // The modern era has no session stream: a caller listens (`subscriptions/listen`) and gets
     // the changes of the node's child it asked for, acknowledged first, tagged with its id.
-    let r = sdk_client(&["listen", "held", &c.node(2).mcp_url]);
+    let r = c.sdk(&["listen", "held", &c.node(2).mcp_url]);
     assert_eq!(r["protocol_version"], "2026-07-28", "{r}");
     assert_eq!(r["honored"], json!({"toolsListChanged": true, "promptsListChanged": true}), "{r}");
     assert_eq!(r["announce"], "announced", "{r}");
@@ -716,7 +719,7 @@ fn a_call_whose_stream_the_server_closes_resumes_with_last_event_id_on_another_n
     register(&c, &up);
     let mut args = vec!["resume".to_string(), "heldout".into()];
     args.extend(bases(&c));
-    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let r = c.sdk_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(r["result"], "resumed 10", "{r}");
     // Every progress event arrives once, in order, across the break.
     assert_eq!(r["progress"], json!([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]), "{r}");
@@ -734,7 +737,7 @@ fn the_aggregate_stream_merges_every_members_own_notifications() {
     c.cli(2, &["mcp", "add", "old", "--endpoint", &legacy.url]).ok();
     let mut args = vec!["aggregate_notify".to_string()];
     args.extend(bases(&c));
-    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let r = c.sdk_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
     // The stdio member's announcement is routed by its child's node (the session's owner); the
     // HTTP member's comes on the member session's own upstream stream. Both reach the one GET.
     assert_eq!(r["held.announce"], "announced", "{r}");
@@ -745,14 +748,14 @@ fn the_aggregate_stream_merges_every_members_own_notifications() {
     // The modern era: one `subscriptions/listen` on /mcp listens to every member (the stdio one
     // through this node's child, the legacy-only one through a session of its own) behind one
     // acknowledgement.
-    let r = sdk_client(&["aggregate_listen", &c.node(2).mcp_url]);
+    let r = c.sdk(&["aggregate_listen", &c.node(2).mcp_url]);
     assert_eq!(r["protocol_version"], "2026-07-28", "{r}");
     assert_eq!(r["honored"], json!({"toolsListChanged": true}), "{r}");
     assert_eq!(r["held.announce event"], "ToolsListChanged", "{r}");
     assert_eq!(r["old.announce event"], "ToolsListChanged", "{r}");
     // When the agent goes (closing its stream, then DELETE), the member's stream upstream closes.
     crate::harness::eventually("the member's upstream stream to close", std::time::Duration::from_secs(10), || {
-        let r = sdk_client(&["listen", "old", &c.node(1).mcp_url]);
+        let r = c.sdk(&["listen", "old", &c.node(1).mcp_url]);
         (r["upstream_streams_after"] == "0").then_some(())
     });
 }
@@ -767,7 +770,7 @@ fn a_shared_stdio_child_sends_resource_updates_to_subscribers_only_and_hears_the
         .ok();
     let mut args = vec!["subscribe".to_string(), "notes".into()];
     args.extend(bases(&c));
-    let r = sdk_client_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let r = c.sdk_mode("legacy", &args.iter().map(String::as_str).collect::<Vec<_>>());
     // Two sessions on one child (one owner node; their requests spread over all three nodes).
     assert_eq!(r["b_got_b"], true, "the subscriber gets the update: {r}");
     assert_eq!(r["a_got_b"], false, "a session that did not subscribe does not: {r}");

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::access::{Role, Sealed};
 use super::registry::ApplyError;
 use super::resource::McpServerSpec;
 
@@ -49,6 +50,35 @@ pub enum Command {
     InitClusterKey { key: [u8; 32] },
     /// How much change history every replica keeps.
     SetRetention { history_per_target: u32, history_max_age_ms: u64 },
+    /// An operator token (its hash); fails if the name is taken.
+    CreateAdminToken { name: String, role: Role, token_sha256: [u8; 32] },
+    /// Revokes an operator token.
+    RevokeAdminToken { name: String },
+    /// An agent with a token (its hash); fails if the name is taken.
+    CreateAgent { name: String, labels: BTreeMap<String, String>, token_sha256: [u8; 32] },
+    /// Revokes an agent: its token stops working, its sessions and streams are cut.
+    RevokeAgent { name: String },
+    /// Creates or replaces an identity provider.
+    SetIdp {
+        name: String,
+        issuer: String,
+        audience: String,
+        jwks_json: String,
+        name_claim: String,
+        label_claims: BTreeMap<String, String>,
+    },
+    /// Removes an identity provider (its tokens stop working).
+    DeleteIdp { name: String },
+    /// Creates or replaces a secret (sealed by the node that received it).
+    SetSecret { name: String, data: BTreeMap<String, Sealed> },
+    /// Removes a secret.
+    DeleteSecret { name: String },
+    /// Re-seals secrets under a new key-encryption key; a secret changed since its `version`
+    /// was read is left as it is (re-run the rotation).
+    ResealSecrets { secrets: BTreeMap<String, (u64, BTreeMap<String, Sealed>)> },
+    /// Adds a session-sealing key: new ids are sealed with it; ids sealed with older keys still open
+    /// until they expire.
+    AddSessionKey { key: [u8; 32] },
 }
 
 impl Command {
@@ -58,7 +88,19 @@ impl Command {
     /// not applied it yet answers "not registered", which fails closed.
     pub fn fleet_acknowledged(&self) -> bool {
         match self {
-            Command::CreateServer { .. } | Command::InitClusterKey { .. } | Command::SetRetention { .. } => false,
+            Command::CreateServer { .. }
+            | Command::InitClusterKey { .. }
+            | Command::SetRetention { .. }
+            | Command::CreateAdminToken { .. }
+            | Command::CreateAgent { .. }
+            | Command::AddSessionKey { .. } => false,
+            Command::RevokeAdminToken { .. }
+            | Command::RevokeAgent { .. }
+            | Command::SetIdp { .. }
+            | Command::DeleteIdp { .. }
+            | Command::SetSecret { .. }
+            | Command::DeleteSecret { .. }
+            | Command::ResealSecrets { .. } => true,
             Command::Upgrade { review, .. } => !review,
             Command::UpsertServer { .. }
             | Command::DeleteServer { .. }
@@ -88,6 +130,16 @@ impl Command {
             Command::DeletePolicy { .. } => "delete_policy",
             Command::InitClusterKey { .. } => "init_cluster_key",
             Command::SetRetention { .. } => "set_retention",
+            Command::CreateAdminToken { .. } => "create_admin_token",
+            Command::RevokeAdminToken { .. } => "revoke_admin_token",
+            Command::CreateAgent { .. } => "create_agent",
+            Command::RevokeAgent { .. } => "revoke_agent",
+            Command::SetIdp { .. } => "set_idp",
+            Command::DeleteIdp { .. } => "delete_idp",
+            Command::SetSecret { .. } => "set_secret",
+            Command::DeleteSecret { .. } => "delete_secret",
+            Command::ResealSecrets { .. } => "reseal_secrets",
+            Command::AddSessionKey { .. } => "add_session_key",
         }
     }
 }

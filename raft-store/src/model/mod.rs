@@ -1,5 +1,6 @@
 //! The replicated data model: resources, commands, the registry and its deterministic apply.
 
+pub mod access;
 pub mod command;
 pub mod registry;
 pub mod resource;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::access::{Access, AdminToken, Agent, Idp, Secret, SessionKey};
 use super::command::{Applied, Command, Request};
 use super::resource::McpServerSpec;
 use super::validate::{check_name, check_version, FieldError};
@@ -144,6 +145,17 @@ pub enum ApplyError {
         /// Version.
         version: String,
     },
+    /// A named access object (token, agent, identity provider, secret) that is not there, or is
+    /// there already.
+    #[error("{kind} {name:?} {}", if *.exists { "already exists" } else { "does not exist" })]
+    Access {
+        /// `admin token`, `agent`, `identity provider`, `secret`.
+        kind: String,
+        /// Its name.
+        name: String,
+        /// It exists (else it does not).
+        exists: bool,
+    },
 }
 
 /// How much change history is kept (replicated, so every replica prunes alike).
@@ -179,6 +191,8 @@ pub struct Registry {
     pub cluster_key: Option<[u8; 32]>,
     /// How much history is kept.
     pub retention: Retention,
+    /// Tokens, agents, identity providers, secrets, session keys.
+    pub access: Arc<Access>,
     /// Command time of the last sweep of every history.
     pub history_swept_ms: u64,
 }
@@ -198,6 +212,8 @@ pub struct Touched {
     pub cluster_key: bool,
     /// The retention or the sweep time changed.
     pub settings: bool,
+    /// Something in `access` changed.
+    pub access: bool,
 }
 
 fn server_target(name: &str) -> String {
@@ -387,7 +403,26 @@ impl Registry {
                 }
                 self.cluster_key = Some(*key);
                 touched.cluster_key = true;
+                let access = Arc::make_mut(&mut self.access);
+                if access.session_keys.is_empty() {
+                    access.session_keys.push(SessionKey { id: 0, key: *key, created_ms: req.at_ms });
+                    touched.access = true;
+                }
                 return Ok(changed("cluster key set".to_string()));
+            }
+            Command::CreateAdminToken { .. }
+            | Command::RevokeAdminToken { .. }
+            | Command::CreateAgent { .. }
+            | Command::RevokeAgent { .. }
+            | Command::SetIdp { .. }
+            | Command::DeleteIdp { .. }
+            | Command::SetSecret { .. }
+            | Command::DeleteSecret { .. }
+            | Command::ResealSecrets { .. }
+            | Command::AddSessionKey { .. } => {
+                let (target, applied) = self.apply_access(&req.command, &stamp)?;
+                touched.access = true;
+                (target, applied)
             }
             Command::SetRetention { history_per_target, history_max_age_ms } => {
                 if *history_per_target == 0 {
@@ -434,6 +469,140 @@ impl Registry {
         }
         self.sweep(req.at_ms, false, touched);
         Ok(applied)
+    }
+
+    /// The access commands. History lines name what changed, never a token or a secret value.
+    fn apply_access(&mut self, command: &Command, stamp: &Stamp) -> Result<(String, Applied), ApplyError> {
+        let gone = |kind: &str, name: &str| ApplyError::Access { kind: kind.into(), name: name.into(), exists: false };
+        let taken = |kind: &str, name: &str| ApplyError::Access { kind: kind.into(), name: name.into(), exists: true };
+        let access = Arc::make_mut(&mut self.access);
+        Ok(match command {
+            Command::CreateAdminToken { name, role, token_sha256 } => {
+                check_name("name", name).map_err(invalid)?;
+                if access.admin_tokens.contains_key(name) {
+                    return Err(taken("admin token", name));
+                }
+                access.admin_tokens.insert(
+                    name.clone(),
+                    AdminToken { name: name.clone(), role: *role, token_sha256: *token_sha256, created: stamp.clone() },
+                );
+                (format!("admintoken/{name}"), changed(format!("admin token created (role {})", role.as_str())))
+            }
+            Command::RevokeAdminToken { name } => {
+                access.admin_tokens.remove(name).ok_or_else(|| gone("admin token", name))?;
+                (format!("admintoken/{name}"), changed("admin token revoked".into()))
+            }
+            Command::CreateAgent { name, labels, token_sha256 } => {
+                check_name("name", name).map_err(invalid)?;
+                for (k, v) in labels {
+                    check_label(k, v)?;
+                }
+                if access.agents.contains_key(name) {
+                    return Err(taken("agent", name));
+                }
+                access.agent_tokens.insert(*token_sha256, name.clone());
+                access.agents.insert(
+                    name.clone(),
+                    Agent {
+                        name: name.clone(),
+                        labels: labels.clone(),
+                        token_sha256: *token_sha256,
+                        created: stamp.clone(),
+                    },
+                );
+                let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                (format!("agent/{name}"), changed(format!("agent created (labels: {})", labels.join(", "))))
+            }
+            Command::RevokeAgent { name } => {
+                let a = access.agents.remove(name).ok_or_else(|| gone("agent", name))?;
+                access.agent_tokens.remove(&a.token_sha256);
+                (format!("agent/{name}"), changed("agent revoked".into()))
+            }
+            Command::SetIdp { name, issuer, audience, jwks_json, name_claim, label_claims } => {
+                check_name("name", name).map_err(invalid)?;
+                let mut problems = Vec::new();
+                if issuer.is_empty() {
+                    problems.push(FieldError { field: "issuer".into(), message: "required".into() });
+                }
+                if audience.is_empty() {
+                    problems.push(FieldError { field: "audience".into(), message: "required".into() });
+                }
+                if name_claim.is_empty() {
+                    problems.push(FieldError { field: "nameClaim".into(), message: "required".into() });
+                }
+                if !problems.is_empty() {
+                    return Err(ApplyError::Invalid(problems));
+                }
+                let existed = access.idps.contains_key(name);
+                access.idps.insert(
+                    name.clone(),
+                    Idp {
+                        name: name.clone(),
+                        issuer: issuer.clone(),
+                        audience: audience.clone(),
+                        jwks_json: jwks_json.clone(),
+                        name_claim: name_claim.clone(),
+                        label_claims: label_claims.clone(),
+                        updated: stamp.clone(),
+                    },
+                );
+                let what = if existed { "updated" } else { "added" };
+                (
+                    format!("idp/{name}"),
+                    changed(format!("identity provider {what} (issuer {issuer}, audience {audience})")),
+                )
+            }
+            Command::DeleteIdp { name } => {
+                access.idps.remove(name).ok_or_else(|| gone("identity provider", name))?;
+                (format!("idp/{name}"), changed("identity provider removed".into()))
+            }
+            Command::SetSecret { name, data } => {
+                check_name("name", name).map_err(invalid)?;
+                let version = access.secrets.get(name).map(|s| s.version + 1).unwrap_or(1);
+                access.secrets.insert(
+                    name.clone(),
+                    Secret { name: name.clone(), data: data.clone(), version, updated: stamp.clone() },
+                );
+                let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+                (
+                    format!("secret/{name}"),
+                    changed(format!("secret set (keys: {}; version {version})", keys.join(", "))),
+                )
+            }
+            Command::DeleteSecret { name } => {
+                access.secrets.remove(name).ok_or_else(|| gone("secret", name))?;
+                (format!("secret/{name}"), changed("secret deleted".into()))
+            }
+            Command::ResealSecrets { secrets } => {
+                let mut done = Vec::new();
+                for (name, (version, data)) in secrets {
+                    if let Some(s) = access.secrets.get_mut(name).filter(|s| s.version == *version) {
+                        s.data = data.clone();
+                        s.version += 1;
+                        s.updated = stamp.clone();
+                        done.push(name.as_str());
+                    }
+                }
+                (
+                    "secrets".to_string(),
+                    changed(format!("re-sealed under a new key-encryption key: {}", done.join(", "))),
+                )
+            }
+            Command::AddSessionKey { key } => {
+                let id = access.session_keys.last().map(|k| k.id + 1).unwrap_or(0);
+                access.session_keys.push(SessionKey { id, key: *key, created_ms: stamp.at_ms });
+                (
+                    "cluster/session-keys".to_string(),
+                    changed(format!("session key {id} added; new sessions are sealed with it")),
+                )
+            }
+            other => {
+                return Err(invalid(FieldError {
+                    field: "command".into(),
+                    message: format!("{} is not an access command", other.kind()),
+                }))
+            }
+        })
     }
 
     /// Drops a resource's history lines beyond the retention (count, then age at `now_ms`, the
@@ -500,6 +669,20 @@ impl Registry {
         rec.generation += 1;
         self.servers.insert(name.to_string(), Arc::new(rec));
         Ok(Some(detail))
+    }
+}
+
+fn check_label(k: &str, v: &str) -> Result<(), ApplyError> {
+    let ok = |s: &str, max| {
+        !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+    };
+    if ok(k, 63) && (v.is_empty() || ok(v, 63)) {
+        Ok(())
+    } else {
+        Err(invalid(FieldError {
+            field: format!("labels.{k}"),
+            message: "label keys and values: up to 63 letters, digits, '-', '_', '.', '/'".into(),
+        }))
     }
 }
 
