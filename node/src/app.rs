@@ -87,6 +87,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         timing: cfg.raft.clone(),
         fleet_ack_timeout: cfg.fleet_ack_timeout,
         write_timeout: cfg.write_timeout,
+        stdio_allow: crate::config::stdio_allow::StdioAllow::new(cfg.id, cfg.stdio_allow.clone()),
     };
     let cluster = ClusterNode::new(cfg.id, addr.clone(), raft.clone(), registry.clone(), mesh.clone(), lease, settings);
 
@@ -110,10 +111,19 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             }
         }
     });
-    let proxy = crate::proxy::Proxy::new(cluster.view(), cfg.proxy.clone(), cfg.allow_anonymous, cfg.mcp_tls.is_some())
-        .context("starting the MCP proxy")?;
-    tasks.spawn(mesh.clone().serve(cluster.clone(), proxy.clone(), stop.clone()));
     let keyring = Arc::new(crate::secrets::Keyring::load(&cfg.kek_files).context("loading the key-encryption keys")?);
+    let proxy = crate::proxy::Proxy::new(
+        cluster.view(),
+        crate::proxy::Options {
+            limits: cfg.proxy.clone(),
+            allow_anonymous: cfg.allow_anonymous,
+            tls: cfg.mcp_tls.is_some(),
+            keyring: keyring.clone(),
+            stdio_allow: crate::config::stdio_allow::StdioAllow::new(cfg.id, cfg.stdio_allow.clone()),
+        },
+    )
+    .context("starting the MCP proxy")?;
+    tasks.spawn(mesh.clone().serve(cluster.clone(), proxy.clone(), stop.clone()));
     let (registry_svc, cluster_svc, access_svc) = AdminApi::services(cluster.clone(), keyring.clone());
     let bootstrap = match &cfg.admin_token_file {
         Some(p) => {

@@ -108,6 +108,7 @@ pub fn member_status(m: &MemberView, leader_last: u64) -> pb::MemberStatus {
             out.stale = s.stale.clone().unwrap_or_default();
             out.snapshot_index = s.snapshot_index;
             out.purged_index = s.purged_index;
+            out.stdio_refused = s.stdio_refused.clone();
         }
         Err(e) => {
             out.role = "unknown".into();

@@ -13,7 +13,7 @@ use joch_proto::admin as pb;
 use joch_proto::admin::cluster_server::{Cluster, ClusterServer};
 use joch_proto::admin::registry_server::{Registry, RegistryServer};
 use joch_raft_store::model::resource::{
-    Auth, AuthKind, Endpoint, McpServerSpec, SecretRef, Security, StdioSpec, Transport,
+    Auth, AuthKind, Endpoint, EnvValue, McpServerSpec, SecretRef, Security, StdioSpec, Transport,
 };
 use joch_raft_store::model::validate::{check_name, check_version};
 use joch_raft_store::{Command, NodeAddr, PublishedState};
@@ -124,8 +124,17 @@ fn default_secret_suffix(kind: AuthKind) -> &'static str {
     match kind {
         AuthKind::None => "none",
         AuthKind::Bearer => "token",
+        AuthKind::Header => "header",
         AuthKind::ApiKey => "api-key",
         AuthKind::Oauth2 => "oauth",
+    }
+}
+
+/// `SECRET` or `SECRET/KEY`.
+fn secret_ref(s: &str) -> SecretRef {
+    match s.split_once('/') {
+        Some((name, key)) => SecretRef { name: name.into(), key: Some(key.into()) },
+        None => SecretRef { name: s.into(), key: None },
     }
 }
 
@@ -135,19 +144,35 @@ fn spec_from_add(r: &pb::AddServerRequest) -> Result<McpServerSpec, Status> {
         "stdio" => Transport::Stdio,
         other => return Err(invalid("transport", format!("{other:?}: expected streamable_http or stdio"))),
     };
+    let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let auth = match r.auth.as_str() {
         "" => None,
         a => {
             let kind = AuthKind::parse(a)
-                .ok_or_else(|| invalid("auth", format!("{a:?}: expected none, bearer, api_key or oauth2")))?;
+                .ok_or_else(|| invalid("auth", format!("{a:?}: expected none, bearer, header, api_key or oauth2")))?;
             let secret = match (kind, r.secret_ref.as_str()) {
                 (AuthKind::None, _) => None,
-                (_, "") => Some(format!("{}-mcp-{}", r.name, default_secret_suffix(kind))),
-                (_, s) => Some(s.to_string()),
+                (_, "") => {
+                    Some(SecretRef { name: format!("{}-mcp-{}", r.name, default_secret_suffix(kind)), key: None })
+                }
+                (_, s) => Some(secret_ref(s)),
             };
-            Some(Auth { kind, secret_ref: secret.map(|name| SecretRef { name }) })
+            Some(Auth {
+                kind,
+                secret_ref: secret,
+                header: text(&r.header),
+                token_url: text(&r.token_url),
+                scopes: r.scopes.clone(),
+                audience: text(&r.audience),
+            })
         }
     };
+    let mut env: BTreeMap<String, EnvValue> =
+        r.env.iter().map(|(k, v)| (k.clone(), EnvValue::Value(v.clone()))).collect();
+    env.extend(r.env_secrets.iter().map(|(k, v)| (k.clone(), EnvValue::SecretRef(secret_ref(v)))));
+    if !env.is_empty() && r.stdio_command.is_empty() {
+        return Err(invalid("env", "--env and --env-secret apply to stdio servers (give --command)"));
+    }
     let spec = McpServerSpec {
         transport,
         endpoint: (!r.endpoint.is_empty()).then(|| Endpoint { url: r.endpoint.clone() }),
@@ -155,7 +180,7 @@ fn spec_from_add(r: &pb::AddServerRequest) -> Result<McpServerSpec, Status> {
         stdio: (!r.stdio_command.is_empty()).then(|| StdioSpec {
             command: r.stdio_command.clone(),
             args: r.stdio_args.clone(),
-            env: Default::default(),
+            env,
         }),
         security: Security { allow_stdio: r.allow_stdio, ..Default::default() },
         ..Default::default()

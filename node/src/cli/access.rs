@@ -1,7 +1,6 @@
 //! `joch admin token ...`, `joch agent ...`, `joch idp ...`, `joch secret ...`, `joch login`,
 //! `joch whoami`: who may do what. Tokens are printed once, when created.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::client::{self, req, settle, status_err, LoginConfig, LoginContext};
 use super::output::{self, table, time};
+use super::registry::parse_pairs;
 use super::{Format, Global, EXIT_FLEET_INCOMPLETE};
 
 #[derive(Subcommand, Debug)]
@@ -101,18 +101,6 @@ pub enum SecretCmd {
     RotateKek,
 }
 
-fn pairs(items: &[String], what: &str) -> anyhow::Result<HashMap<String, String>> {
-    items
-        .iter()
-        .map(|l| {
-            l.split_once('=')
-                .filter(|(k, _)| !k.is_empty())
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| anyhow::anyhow!("{what} {l:?}: expected KEY=VALUE"))
-        })
-        .collect()
-}
-
 fn done(w: &pb::WriteReply) -> ExitCode {
     if w.fleet.as_ref().is_none_or(|f| f.complete) {
         ExitCode::SUCCESS
@@ -176,7 +164,7 @@ pub async fn agent(g: &Global, cmd: AgentCmd) -> anyhow::Result<ExitCode> {
     let e = |s| status_err(&url, s);
     match cmd {
         AgentCmd::Create { name, labels } => {
-            let labels = pairs(&labels, "--label")?;
+            let labels = parse_pairs(&labels, "--label")?;
             let r = n.access.create_agent(req(pb::CreateAgentRequest { name, labels })).await.map_err(e)?;
             print_token(g, "agent", &r.into_inner());
         }
@@ -228,7 +216,7 @@ pub async fn idp(g: &Global, cmd: IdpCmd) -> anyhow::Result<ExitCode> {
         IdpCmd::Add { name, issuer, audience, jwks_file, name_claim, label_claims } => {
             let jwks_json =
                 std::fs::read_to_string(&jwks_file).with_context(|| format!("reading {}", jwks_file.display()))?;
-            let label_claims = pairs(&label_claims, "--label-claim")?;
+            let label_claims = parse_pairs(&label_claims, "--label-claim")?;
             let r = pb::IdpRequest { name: name.clone(), issuer, audience, jwks_json, name_claim, label_claims };
             let w = n.access.set_idp(req(r)).await.map_err(e)?.into_inner();
             output::write(g.output, &format!("idp/{name}"), &w);
@@ -283,8 +271,8 @@ pub async fn secret(g: &Global, cmd: SecretCmd) -> anyhow::Result<ExitCode> {
     let e = |s| status_err(&url, s);
     match cmd {
         SecretCmd::Set { name, literals, files } => {
-            let mut data = pairs(&literals, "--from-literal")?;
-            for (k, path) in pairs(&files, "--from-file")? {
+            let mut data = parse_pairs(&literals, "--from-literal")?;
+            for (k, path) in parse_pairs(&files, "--from-file")? {
                 let v = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
                 data.insert(k, v);
             }

@@ -172,6 +172,7 @@ pub fn print_status(format: Format, s: &pb::ClusterStatus) {
                 "leader_contact_ms": if m.vouched { json!(m.leader_contact_ms) } else { serde_json::Value::Null },
                 "serving": m.reachable && m.stale.is_empty(), "stale": if m.stale.is_empty() { serde_json::Value::Null } else { json!(m.stale) },
                 "snapshot_index": m.snapshot_index, "purged_index": m.purged_index, "mesh": m.mesh, "admin": m.admin, "mcp": m.mcp,
+                "stdio_refused": m.stdio_refused,
                 "error": if m.error.is_empty() { serde_json::Value::Null } else { json!(m.error) }})
             })
             .collect();
@@ -208,4 +209,9 @@ pub fn print_status(format: Format, s: &pb::ClusterStatus) {
         })
         .collect();
     table(&["ID", "ROLE", "KIND", "TERM", "APPLIED", "LAG", "REACHABLE", "SERVING", "MESH", "ADMIN", "ERROR"], &rows);
+    for m in &s.members {
+        for r in &m.stdio_refused {
+            say!("node {} answers stdio-not-allowed for {r}", m.id);
+        }
+    }
 }

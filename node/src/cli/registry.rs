@@ -13,37 +13,59 @@ use super::client::{self, req, settle, status_err};
 use super::output::{self, table, time};
 use super::{Format, Global, EXIT_FLEET_INCOMPLETE};
 
+/// `joch mcp add`.
+#[derive(clap::Args, Debug)]
+pub struct AddArgs {
+    /// Server name (lowercase letters, digits, '-').
+    name: String,
+    /// Streamable-HTTP endpoint URL.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Upstream credential type: none, bearer, header, api_key, oauth2.
+    #[arg(long)]
+    auth: Option<String>,
+    /// Secret holding the credential (default NAME-mcp-AUTH); SECRET/KEY names its key.
+    #[arg(long)]
+    secret_ref: Option<String>,
+    /// header / api_key: the header the credential goes in.
+    #[arg(long)]
+    header: Option<String>,
+    /// oauth2: the token endpoint (client-credentials grant).
+    #[arg(long)]
+    token_url: Option<String>,
+    /// oauth2: a scope to ask for (repeatable).
+    #[arg(long = "scope")]
+    scopes: Vec<String>,
+    /// oauth2: the audience parameter.
+    #[arg(long)]
+    audience: Option<String>,
+    /// stdio: VAR=VALUE in the child's environment (repeatable; not for secrets).
+    #[arg(long = "env")]
+    env: Vec<String>,
+    /// stdio: VAR=SECRET[/KEY]: a secret's value in the child's environment (repeatable).
+    #[arg(long = "env-secret")]
+    env_secrets: Vec<String>,
+    /// streamable_http (default) or stdio.
+    #[arg(long)]
+    transport: Option<String>,
+    /// Command of a stdio server.
+    #[arg(long = "command")]
+    stdio_command: Option<String>,
+    /// Argument of the stdio command (repeatable).
+    #[arg(long = "arg", allow_hyphen_values = true)]
+    stdio_args: Vec<String>,
+    /// Allow the stdio transport for this server.
+    #[arg(long)]
+    allow_stdio: bool,
+    /// Label KEY=VALUE (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum McpCmd {
     /// Register an MCP server.
-    Add {
-        /// Server name (lowercase letters, digits, '-').
-        name: String,
-        /// Streamable-HTTP endpoint URL.
-        #[arg(long)]
-        endpoint: Option<String>,
-        /// Upstream credential type: none, bearer, api_key, oauth2.
-        #[arg(long)]
-        auth: Option<String>,
-        /// Secret holding the credential (default NAME-mcp-AUTH).
-        #[arg(long)]
-        secret_ref: Option<String>,
-        /// streamable_http (default) or stdio.
-        #[arg(long)]
-        transport: Option<String>,
-        /// Command of a stdio server.
-        #[arg(long = "command")]
-        stdio_command: Option<String>,
-        /// Argument of the stdio command (repeatable).
-        #[arg(long = "arg", allow_hyphen_values = true)]
-        stdio_args: Vec<String>,
-        /// Allow the stdio transport for this server.
-        #[arg(long)]
-        allow_stdio: bool,
-        /// Label KEY=VALUE (repeatable).
-        #[arg(long = "label")]
-        labels: Vec<String>,
-    },
+    Add(Box<AddArgs>),
     /// List MCP servers.
     Ls {
         /// Read this node's local copy instead of a linearizable read.
@@ -113,14 +135,15 @@ pub enum McpPolicyCmd {
     },
 }
 
-fn parse_labels(labels: &[String]) -> anyhow::Result<HashMap<String, String>> {
-    labels
+/// `KEY=VALUE` arguments of `flag`, as a map (a specific error names the one that is not).
+pub(super) fn parse_pairs(items: &[String], flag: &str) -> anyhow::Result<HashMap<String, String>> {
+    items
         .iter()
         .map(|l| {
             l.split_once('=')
                 .filter(|(k, _)| !k.is_empty())
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| anyhow::anyhow!("--label {l:?}: expected KEY=VALUE"))
+                .ok_or_else(|| anyhow::anyhow!("{flag} {l:?}: expected KEY=VALUE"))
         })
         .collect()
 }
@@ -138,17 +161,40 @@ pub async fn mcp(g: &Global, cmd: McpCmd) -> anyhow::Result<ExitCode> {
     let url = n.url.clone();
     let e = |s| status_err(&url, s);
     let (target, reply) = match cmd {
-        McpCmd::Add { name, endpoint, auth, secret_ref, transport, stdio_command, stdio_args, allow_stdio, labels } => {
+        McpCmd::Add(a) => {
+            let AddArgs {
+                name,
+                endpoint,
+                auth,
+                secret_ref,
+                header,
+                token_url,
+                scopes,
+                audience,
+                env,
+                env_secrets,
+                transport,
+                stdio_command,
+                stdio_args,
+                allow_stdio,
+                labels,
+            } = *a;
             let r = pb::AddServerRequest {
                 name: name.clone(),
                 endpoint: endpoint.unwrap_or_default(),
                 auth: auth.unwrap_or_default(),
                 secret_ref: secret_ref.unwrap_or_default(),
+                header: header.unwrap_or_default(),
+                token_url: token_url.unwrap_or_default(),
+                scopes,
+                audience: audience.unwrap_or_default(),
+                env: parse_pairs(&env, "--env")?,
+                env_secrets: parse_pairs(&env_secrets, "--env-secret")?,
                 transport: transport.unwrap_or_default(),
                 stdio_command: stdio_command.unwrap_or_default(),
                 stdio_args,
                 allow_stdio,
-                labels: parse_labels(&labels)?,
+                labels: parse_pairs(&labels, "--label")?,
             };
             (format!("mcpserver/{name}"), n.registry.add_server(req(r)).await.map_err(e)?.into_inner())
         }

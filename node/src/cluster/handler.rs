@@ -17,7 +17,7 @@ impl ControlHandler for ClusterNode {
             ControlRequest::InstallSnapshot(rpc) => {
                 ControlResponse::InstallSnapshot(self.raft.install_snapshot(rpc).await)
             }
-            ControlRequest::ForwardWrite(req) => ControlResponse::Write(self.local_write(req).await),
+            ControlRequest::ForwardWrite(req) => ControlResponse::Write(self.local_write(*req).await),
             ControlRequest::ForwardMembership(change) => {
                 ControlResponse::Membership(self.local_membership(change).await)
             }

@@ -22,7 +22,7 @@ pub enum ControlRequest {
     /// Raft InstallSnapshot (one chunk).
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// An admin write received by a follower, for the leader to propose.
-    ForwardWrite(Request),
+    ForwardWrite(Box<Request>),
     /// A membership change received by a follower, for the leader to carry out.
     ForwardMembership(MembershipChange),
     /// Leader: confirm leadership with a quorum and return the index a linearizable read must wait for.
@@ -170,4 +170,6 @@ pub struct NodeStatus {
     pub snapshot_index: u64,
     /// Index up to which its log is purged.
     pub purged_index: u64,
+    /// Registered stdio servers its local allow-list does not let it run ("NAME: why").
+    pub stdio_refused: Vec<String>,
 }

@@ -101,6 +101,8 @@ pub struct Settings {
     pub fleet_ack_timeout: Duration,
     /// Longest wait for a leader to accept a write or confirm a read.
     pub write_timeout: Duration,
+    /// The stdio commands this node runs (shown in its status).
+    pub stdio_allow: crate::config::stdio_allow::StdioAllow,
 }
 
 /// A member's answer to a fleet acknowledgement.
@@ -268,7 +270,24 @@ impl ClusterNode {
             stale: self.lease.check(now).err().map(|e| e.to_string()),
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+            stdio_refused: self.stdio_refused(),
         }
+    }
+
+    /// The stdio servers registered that this node's own allow-list does not let it run, with
+    /// the reason.
+    fn stdio_refused(&self) -> Vec<String> {
+        let state = self.registry.load();
+        state
+            .registry
+            .servers
+            .values()
+            .filter_map(|r| {
+                let command = &r.spec.stdio.as_ref()?.command;
+                let why = self.settings.stdio_allow.check(command).err()?;
+                Some(format!("{}: {why}", r.name))
+            })
+            .collect()
     }
 
     fn applied_index(&self) -> u64 {
@@ -469,7 +488,7 @@ impl ClusterNode {
         match leader {
             None => Attempt::from_result(self.local_write(req).await, "this node"),
             Some((id, addr)) => {
-                self.ask_leader(id, &addr, ControlRequest::ForwardWrite(req), PEER_CALL, |r| match r {
+                self.ask_leader(id, &addr, ControlRequest::ForwardWrite(Box::new(req)), PEER_CALL, |r| match r {
                     ControlResponse::Write(x) => Ok(x),
                     other => Err(Box::new(other)),
                 })

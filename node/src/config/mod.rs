@@ -2,6 +2,8 @@
 //! validated once, every problem reported at once. Governance state (servers, policies) is not
 //! here: it lives in the replicated store and changes only by commands.
 
+pub mod stdio_allow;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -638,6 +640,14 @@ impl RawConfig {
                     listen.mcp
                 ),
             );
+        }
+        for (i, p) in self.stdio.allow.iter().flatten().enumerate() {
+            if !p.is_absolute() {
+                bad(
+                    &format!("stdio.allow[{i}]"),
+                    format!("{} is not an absolute path (an executable, or a directory of them)", p.display()),
+                );
+            }
         }
         if !problems.is_empty() {
             return Err(ConfigError { source_name, problems });

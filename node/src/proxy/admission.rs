@@ -142,6 +142,11 @@ impl Admitted {
         &self.0.gate
     }
 
+    /// Who may do what, as of now (secrets the upstream credentials come from).
+    pub fn access(&self) -> Arc<joch_raft_store::model::access::Access> {
+        self.0.gate.registry.load().registry.access.clone()
+    }
+
     /// The server's streamable-HTTP endpoint ("" for a stdio server).
     pub fn endpoint(&self) -> &str {
         self.0.server.spec.endpoint.as_ref().map(|e| e.url.as_str()).unwrap_or_default()

@@ -40,10 +40,13 @@ pub enum Reason {
     Unauthenticated,
     /// The agent was revoked (or its identity provider removed) since its session began.
     AgentRevoked,
+    /// joch could not get the credential it presents upstream (a missing secret, a key that
+    /// does not open here, an OAuth token endpoint that refused).
+    UpstreamCredentials,
 }
 
 impl Reason {
-    /// The stable JSON-RPC error code (-32001..-32012; -32013..-32019 are reserved).
+    /// The stable JSON-RPC error code (-32001..-32013; -32014..-32019 are reserved).
     pub fn code(self) -> i64 {
         match self {
             Reason::ServerNotRegistered => -32001,
@@ -58,6 +61,7 @@ impl Reason {
             Reason::BodyTooLarge => -32010,
             Reason::OriginNotAllowed => -32011,
             Reason::RequestTimeout => -32012,
+            Reason::UpstreamCredentials => -32013,
             Reason::NodeOverloaded => -32030,
             Reason::Unauthenticated => -32040,
             Reason::AgentRevoked => -32041,
@@ -82,6 +86,7 @@ impl Reason {
             Reason::NodeOverloaded => "node-overloaded",
             Reason::Unauthenticated => "unauthenticated",
             Reason::AgentRevoked => "agent-revoked",
+            Reason::UpstreamCredentials => "upstream-credentials",
         }
     }
 
@@ -102,6 +107,7 @@ impl Reason {
             Reason::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Reason::NodeOverloaded => StatusCode::SERVICE_UNAVAILABLE,
             Reason::Unauthenticated | Reason::AgentRevoked => StatusCode::UNAUTHORIZED,
+            Reason::UpstreamCredentials => StatusCode::BAD_GATEWAY,
         }
     }
 }
@@ -205,12 +211,13 @@ mod tests {
             Reason::NodeOverloaded,
             Reason::Unauthenticated,
             Reason::AgentRevoked,
+            Reason::UpstreamCredentials,
         ];
         let mut codes: Vec<i64> = all.iter().map(|r| r.code()).collect();
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
-        assert!(codes.iter().all(|c| (-32012..=-32001).contains(c) || (-32049..=-32030).contains(c)));
+        assert!(codes.iter().all(|c| (-32013..=-32001).contains(c) || (-32049..=-32030).contains(c)));
         let d = Denial::new(Reason::ServerQuarantined, "s", 2, "registry.quarantine", "quarantined").with_id(json!(5));
         assert_eq!(
             d.body(),

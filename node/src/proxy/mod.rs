@@ -46,18 +46,35 @@ use admission::{Call, Gate};
 use deny::{Denial, Reason};
 use exit::Exit;
 use stages::{Outcome, Stage, Telemetry};
+use upstream::credentials::Credentials;
 use upstream::http::Upstream;
 use upstream::stdio::StdioPool;
 
 use crate::auth::agent::{AgentAuth, Caller};
 use crate::cluster::NodeView;
+use crate::config::stdio_allow::StdioAllow;
 use crate::config::ProxyLimits;
 use crate::mcp::session::Sealer;
+use crate::secrets::Keyring;
 
 /// Largest initialize answer joch reads whole (to check the pinned version).
 pub(crate) const MAX_INITIALIZE_ANSWER: usize = 1 << 20;
 /// Largest JSON (non-stream) answer joch passes on.
 pub(crate) const MAX_JSON_ANSWER: usize = 64 << 20;
+
+/// How a node's proxy is set up.
+pub struct Options {
+    /// Its limits.
+    pub limits: ProxyLimits,
+    /// A request without a credential is the agent `anonymous`.
+    pub allow_anonymous: bool,
+    /// The MCP listener serves TLS (for the URLs joch gives out).
+    pub tls: bool,
+    /// Opens upstream secrets.
+    pub keyring: Arc<Keyring>,
+    /// The stdio commands this node runs.
+    pub stdio_allow: StdioAllow,
+}
 
 /// The proxy of one node.
 pub struct Proxy {
@@ -78,14 +95,14 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// A proxy over this node's view; it also answers the MCP requests peers relay here. With
-    /// `allow_anonymous`, a request without a credential is the agent `anonymous`.
-    pub fn new(node: NodeView, limits: ProxyLimits, allow_anonymous: bool, tls: bool) -> anyhow::Result<Arc<Self>> {
+    /// A proxy over this node's view; it also answers the MCP requests peers relay here.
+    pub fn new(node: NodeView, opts: Options) -> anyhow::Result<Arc<Self>> {
+        let Options { limits, allow_anonymous, tls, keyring, stdio_allow } = opts;
         let stages: Arc<[Arc<dyn Stage>]> = Arc::from(vec![Arc::new(Telemetry) as Arc<dyn Stage>]);
         let gate = Gate::new(node.registry.clone(), node.lease.clone(), stages.clone());
         let exit = Exit::new(stages.clone(), limits.keepalive);
-        let upstream = Upstream::new(&limits)?;
-        let stdio = Arc::new(StdioPool::new(limits.upstream_timeout));
+        let upstream = Upstream::new(&limits, Arc::new(Credentials::new(keyring.clone())?))?;
+        let stdio = Arc::new(StdioPool::new(limits.upstream_timeout, stdio_allow, keyring));
         tokio::spawn(stdio.clone().reap(node.registry.clone(), node.lease.clone()));
         let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests));
         Ok(Arc::new(Proxy {

@@ -13,7 +13,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use joch_raft_store::model::access::Sealed;
+use joch_raft_store::model::access::{Access, Sealed};
+use joch_raft_store::model::resource::SecretRef;
 
 /// Why a value could not be sealed or opened.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -34,6 +35,40 @@ pub enum SealError {
         path: String,
         /// What is wrong.
         message: String,
+    },
+}
+
+/// Why a secret's value is not available on this node.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SecretError {
+    /// No secret of that name.
+    #[error("secret {0:?} does not exist (joch secret set {0} ...)")]
+    Missing(String),
+    /// The secret has no such key.
+    #[error("secret {secret:?} has no key {key:?} (its keys: {has})")]
+    NoKey {
+        /// The secret.
+        secret: String,
+        /// The key asked for.
+        key: String,
+        /// The keys it has.
+        has: String,
+    },
+    /// The value does not open here.
+    #[error("secret {secret:?}: {err}")]
+    Sealed {
+        /// The secret.
+        secret: String,
+        /// Why.
+        err: SealError,
+    },
+    /// The value is not UTF-8 text (headers and environment variables need text).
+    #[error("secret {secret:?} key {key:?} is not UTF-8 text")]
+    NotText {
+        /// The secret.
+        secret: String,
+        /// The key.
+        key: String,
     },
 }
 
@@ -105,6 +140,24 @@ impl Keyring {
         cipher
             .decrypt(Nonce::from_slice(&s.nonce), Payload { msg: &s.ciphertext, aad: &aad })
             .map_err(|_| SealError::Corrupt)
+    }
+}
+
+impl Keyring {
+    /// The value a reference names (its key, or `default_key`), opened, with the secret's
+    /// version (so what was built from it can tell when it changed).
+    pub fn value(&self, access: &Access, r: &SecretRef, default_key: &str) -> Result<(String, u64), SecretError> {
+        let secret = access.secrets.get(&r.name).ok_or_else(|| SecretError::Missing(r.name.clone()))?;
+        let key = r.key_or(default_key);
+        let sealed = secret.data.get(key).ok_or_else(|| SecretError::NoKey {
+            secret: r.name.clone(),
+            key: key.to_string(),
+            has: secret.data.keys().cloned().collect::<Vec<_>>().join(", "),
+        })?;
+        let raw = self.open(&r.name, key, sealed).map_err(|err| SecretError::Sealed { secret: r.name.clone(), err })?;
+        let text = String::from_utf8(raw)
+            .map_err(|_| SecretError::NotText { secret: r.name.clone(), key: key.to_string() })?;
+        Ok((text, secret.version))
     }
 }
 

@@ -8,8 +8,13 @@ SSE stream halfway, so the client must resume with Last-Event-ID (SEP-1699 polli
 
 With JOCH_RECORD=PATH in the environment, every tool call appends one JSON line to PATH when it
 starts ({"tool": ..., "t": unix seconds}): tests wait on what the upstream really received.
-With JOCH_RECORD_HEADERS=PATH, every HTTP request appends {"method": ..., "headers": {...}} to PATH
-(what credentials reached the upstream).
+With JOCH_RECORD_HEADERS=PATH, every HTTP request appends {"method", "path", "headers"} to PATH
+(what credentials reached the upstream), and the server also serves an OAuth 2.0 token endpoint
+at /token (client credentials; the client must be JOCH_OAUTH_CLIENT=ID:SECRET; tokens at-1,
+at-2, ... living JOCH_OAUTH_TTL seconds).
+
+In stdio mode, a LEAK variable in its environment is printed to stderr at start (as servers that
+log their configuration do).
 """
 import asyncio
 import json
@@ -61,6 +66,12 @@ async def confirm(question: str, ctx: Context) -> str:
     return f"{r.action}:{getattr(r, 'data', None)}"
 
 
+@mcp.tool
+def getenv(name: str) -> str:
+    """The value of an environment variable of this server ("" if unset)."""
+    return os.environ.get(name, "")
+
+
 @mcp.resource("data://greeting")
 def greeting() -> str:
     """A fixed text."""
@@ -84,20 +95,46 @@ async def resumable(steps: int, ctx: Context) -> str:
 
 
 def header_recorder(app, path):
-    """An ASGI wrapper writing every HTTP request's method and headers to `path`."""
+    """An ASGI wrapper writing every HTTP request's method, path and headers to `path`."""
 
     async def wrapped(scope, receive, send):
         if scope["type"] == "http":
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             with open(path, "a") as f:
-                f.write(json.dumps({"method": scope["method"], "headers": headers}) + "\n")
+                f.write(json.dumps({"method": scope["method"], "path": scope["path"], "headers": headers}) + "\n")
         await app(scope, receive, send)
 
     return wrapped
 
 
+issued = [0]
+
+
+async def token(request):
+    """OAuth 2.0 client-credentials token endpoint (RFC 6749 4.4), client auth by HTTP Basic."""
+    import base64
+
+    from starlette.responses import JSONResponse
+
+    form = await request.form()
+    auth = request.headers.get("authorization", "")
+    try:
+        client = base64.b64decode(auth.removeprefix("Basic ")).decode() if auth.startswith("Basic ") else ""
+    except Exception:
+        client = ""
+    if client != os.environ.get("JOCH_OAUTH_CLIENT"):
+        return JSONResponse({"error": "invalid_client", "error_description": "unknown client"}, status_code=401)
+    if form.get("grant_type") != "client_credentials":
+        return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
+    issued[0] += 1
+    ttl = int(os.environ.get("JOCH_OAUTH_TTL", "3600"))
+    return JSONResponse({"access_token": f"at-{issued[0]}", "token_type": "Bearer", "expires_in": ttl})
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "stdio":
+        if os.environ.get("LEAK"):
+            print(f"starting with token {os.environ['LEAK']}", file=sys.stderr, flush=True)
         mcp.run(transport="stdio", show_banner=False)
     elif sys.argv[3:4] == ["resumable"]:
         import uvicorn
@@ -109,7 +146,11 @@ if __name__ == "__main__":
     elif os.environ.get("JOCH_RECORD_HEADERS"):
         import uvicorn
 
-        app = header_recorder(mcp.http_app(path="/mcp"), os.environ["JOCH_RECORD_HEADERS"])
+        from starlette.routing import Route
+
+        app = mcp.http_app(path="/mcp")
+        app.router.routes.append(Route("/token", token, methods=["POST"]))
+        app = header_recorder(app, os.environ["JOCH_RECORD_HEADERS"])
         uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
     else:
         mcp.run(transport="http", host="127.0.0.1", port=int(sys.argv[1]), path="/mcp", log_level="warning")

@@ -134,6 +134,12 @@ impl TestCluster {
         c
     }
 
+    /// Likewise, every node allowed to run the test venv's executables as stdio servers (by
+    /// default a node runs none).
+    pub fn up_stdio(n: usize) -> TestCluster {
+        TestCluster::up(n, &["--stdio-allow", &venv_bin().display().to_string()])
+    }
+
     /// The environment that authenticates the CLI as an admin of this cluster.
     pub fn admin_env(&self) -> [(&str, &str); 2] {
         [("JOCH_TOKEN", self.admin_token.as_str()), ("JOCH_CA", self.ca.as_str())]
@@ -369,6 +375,11 @@ pub fn python() -> PathBuf {
 }
 
 /// The e2e scripts' folder.
+/// The test venv's `bin` directory (python, mcp-server-time, ...).
+pub fn venv_bin() -> PathBuf {
+    python().parent().expect("the venv's bin directory").to_path_buf()
+}
+
 pub fn e2e(script: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e").join(script)
 }
@@ -439,6 +450,20 @@ pub fn recorded(path: &Path) -> Vec<(String, f64)> {
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .map(|v| (v["tool"].as_str().unwrap_or_default().to_string(), v["t"].as_f64().unwrap_or(0.0)))
+        .collect()
+}
+
+/// The requests a fastmcp server started with `JOCH_RECORD_HEADERS` received: (method, path,
+/// headers).
+pub fn recorded_headers(path: &Path) -> Vec<(String, String, Value)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| {
+            let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            (text("method"), text("path"), v["headers"].clone())
+        })
         .collect()
 }
 
@@ -619,4 +644,25 @@ impl ModernOnlyServer {
     pub fn start() -> ScriptServer {
         ScriptServer::start("modern_only_server.py")
     }
+}
+
+/// Live processes whose command line contains `needle` and whose parent is one of the cluster's
+/// nodes: (pid, node id).
+pub fn node_children(c: &TestCluster, needle: &str) -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some((_, rest)) = stat.rsplit_once(") ") else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let (state, ppid) = (fields.first().copied().unwrap_or("Z"), fields.get(1).and_then(|p| p.parse::<u32>().ok()));
+        if state == "Z" || !cmd.contains(needle) {
+            continue;
+        }
+        if let Some(node) = c.nodes.iter().find(|n| Some(n.pid) == ppid) {
+            out.push((pid, node.id));
+        }
+    }
+    out
 }

@@ -64,7 +64,7 @@ fn a_node_at_its_request_limit_answers_503_with_retry_after_at_once() {
 
 #[test]
 fn a_misbehaving_stdio_server_gets_a_specific_error_and_never_a_panic() {
-    let c = TestCluster::up(1, &[]);
+    let c = TestCluster::up_stdio(1);
     let py = python().display().to_string();
     let script = e2e("odd_stdio_server.py").display().to_string();
     for (name, mode) in [("odd", "odd-init"), ("noisy", "noisy")] {

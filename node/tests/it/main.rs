@@ -9,3 +9,4 @@ mod lease;
 mod limits;
 mod mcp;
 mod mesh;
+mod secrets;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use crate::harness::{http, joch_bin, metric, recorded, FastMcp, LegacyServer, TestCluster};
+use crate::harness::{http, joch_bin, metric, node_children, recorded, FastMcp, LegacyServer, TestCluster};
 
 fn bases(c: &TestCluster) -> Vec<String> {
     c.nodes.iter().map(|n| n.mcp_url.clone()).collect()
@@ -47,7 +47,7 @@ fn sdk_session_continues_across_every_node() {
 
 #[track_caller]
 fn walkthrough_answers(r: &Value) {
-    assert_eq!(r["tools"], json!(["add", "announce", "confirm", "slow"]));
+    assert_eq!(r["tools"], json!(["add", "announce", "confirm", "getenv", "slow"]));
     assert_eq!(r["add"], "3");
     assert_eq!(r["slow"], "done 5");
     assert_eq!(
@@ -271,7 +271,7 @@ fn a_node_cut_off_fails_closed_after_its_lease_and_serves_again_after_healing() 
 
     use crate::harness::{eventually, Partition};
 
-    let c = TestCluster::up(3, &[]);
+    let c = TestCluster::up_stdio(3);
     let up = FastMcp::start();
     register(&c, &up);
     let time_bin = crate::harness::python().parent().unwrap().join("mcp-server-time").display().to_string();
@@ -285,7 +285,7 @@ fn a_node_cut_off_fails_closed_after_its_lease_and_serves_again_after_healing() 
     // A stdio child running on the cut node.
     let r = http("POST", &format!("{}/mcp/time", cut.mcp_url), &[ACCEPT, JSON_CT, c.auth()], INIT.as_bytes());
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(stdio_children(&c).iter().any(|(_, n)| *n == cut_id), "the child runs on the cut node");
+    assert!(node_children(&c, "mcp-server-time").iter().any(|(_, n)| *n == cut_id), "the child runs on the cut node");
 
     let mut partition = Partition::cut(&cut.mesh_addr);
     let t0 = Instant::now();
@@ -296,7 +296,7 @@ fn a_node_cut_off_fails_closed_after_its_lease_and_serves_again_after_healing() 
     let took = t0.elapsed();
     // It cannot know whether its stdio servers were quarantined meanwhile: their children stop.
     eventually("the stale node's stdio child to stop", Duration::from_secs(10), || {
-        (!stdio_children(&c).iter().any(|(_, n)| *n == cut_id)).then_some(())
+        (!node_children(&c, "mcp-server-time").iter().any(|(_, n)| *n == cut_id)).then_some(())
     });
     let e = stale.json();
     assert_eq!(e["error"]["code"], -32005, "{stale:?}");
@@ -329,33 +329,13 @@ fn a_node_cut_off_fails_closed_after_its_lease_and_serves_again_after_healing() 
     });
 }
 
-/// Pids of `mcp-server-time` processes whose parent is one of these node pids.
-fn stdio_children(c: &TestCluster) -> Vec<(u32, u64)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let Some((_, rest)) = stat.rsplit_once(") ") else { continue };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let (state, ppid) = (fields.first().copied().unwrap_or("Z"), fields.get(1).and_then(|p| p.parse::<u32>().ok()));
-        if state == "Z" || !cmd.contains("mcp-server-time") {
-            continue;
-        }
-        if let Some(node) = c.nodes.iter().find(|n| Some(n.pid) == ppid) {
-            out.push((pid, node.id));
-        }
-    }
-    out
-}
-
 #[test]
 fn stdio_server_runs_once_on_the_owner_is_reached_through_the_mesh_and_restarts() {
     use std::time::Duration;
 
     use crate::harness::{eventually, python};
 
-    let c = TestCluster::up(3, &[]);
+    let c = TestCluster::up_stdio(3);
     let server_bin = python().parent().unwrap().join("mcp-server-time").display().to_string();
     c.cli(1, &["mcp", "add", "time", "--transport", "stdio", "--command", &server_bin, "--allow-stdio"]).ok();
     c.cli(1, &["mcp", "add", "time-unsafe", "--transport", "stdio", "--command", &server_bin]).ok();
@@ -371,7 +351,7 @@ fn stdio_server_runs_once_on_the_owner_is_reached_through_the_mesh_and_restarts(
     assert_eq!(r["tokyo"], "21:00");
     assert_eq!(r["ports"].as_array().unwrap().len(), 3, "the session was served through every node: {r}");
     // One child in the whole cluster: on the node that created the session; the others forwarded.
-    let children = stdio_children(&c);
+    let children = node_children(&c, "mcp-server-time");
     assert_eq!(children.len(), 1, "{children:?}");
     let (pid, owner) = children[0];
     let forwarded: u64 =
@@ -381,11 +361,11 @@ fn stdio_server_runs_once_on_the_owner_is_reached_through_the_mesh_and_restarts(
     // The child dies: the next session gets a new one.
     std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     eventually("the dead child to be gone", Duration::from_secs(10), || {
-        (stdio_children(&c).iter().all(|(p, _)| *p != pid)).then_some(())
+        (node_children(&c, "mcp-server-time").iter().all(|(p, _)| *p != pid)).then_some(())
     });
     let r = c.sdk_mode("legacy", &argv);
     assert_eq!(r["zones"], json!(["UTC", "UTC", "UTC"]));
-    let again = stdio_children(&c);
+    let again = node_children(&c, "mcp-server-time");
     assert_eq!(again.len(), 1, "{again:?}");
     assert_ne!(again[0].0, pid, "restarted");
 
@@ -394,13 +374,13 @@ fn stdio_server_runs_once_on_the_owner_is_reached_through_the_mesh_and_restarts(
     assert_eq!(r["protocol_version"], "2026-07-28", "{r}");
     assert_eq!(r["zones"], json!(["UTC", "UTC", "UTC"]));
     assert_eq!(r["tokyo"], "21:00");
-    let owners: BTreeSet<u64> = stdio_children(&c).iter().map(|(_, n)| *n).collect();
+    let owners: BTreeSet<u64> = node_children(&c, "mcp-server-time").iter().map(|(_, n)| *n).collect();
     assert_eq!(owners, BTreeSet::from([1, 2, 3]), "one child per node");
 
     // Quarantine stops the child (stdin closed, then SIGTERM, then SIGKILL).
     c.cli(2, &["mcp", "quarantine", "time", "--reason", "test"]).ok();
     eventually("the quarantined server's child to stop", Duration::from_secs(10), || {
-        stdio_children(&c).is_empty().then_some(())
+        node_children(&c, "mcp-server-time").is_empty().then_some(())
     });
 
     // A stdio server whose record does not allow stdio is refused, and nothing is started.
@@ -408,14 +388,14 @@ fn stdio_server_runs_once_on_the_owner_is_reached_through_the_mesh_and_restarts(
         http("POST", &format!("{}/mcp/time-unsafe", c.node(3).mcp_url), &[ACCEPT, JSON_CT, c.auth()], INIT.as_bytes());
     assert_eq!((r.status, code(&r.json())), (403, -32004), "{r:?}");
     assert_eq!(r.json()["error"]["data"]["rule"], "mcpserver.spec.security.allowStdio");
-    assert!(stdio_children(&c).is_empty());
+    assert!(node_children(&c, "mcp-server-time").is_empty());
 }
 
 #[test]
 fn aggregate_endpoint_names_routes_and_drops_a_quarantined_server_alone() {
     use crate::harness::python;
 
-    let c = TestCluster::up(3, &[]);
+    let c = TestCluster::up_stdio(3);
     let up = FastMcp::start();
     register(&c, &up);
     let server_bin = python().parent().unwrap().join("mcp-server-time").display().to_string();
@@ -434,6 +414,7 @@ fn aggregate_endpoint_names_routes_and_drops_a_quarantined_server_alone() {
                 "heldout.add",
                 "heldout.announce",
                 "heldout.confirm",
+                "heldout.getenv",
                 "heldout.slow",
                 "time.convert_time",
                 "time.get_current_time"
@@ -511,7 +492,7 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
     register(&c, &modern);
     c.cli(2, &["mcp", "add", "old", "--endpoint", &legacy.url]).ok();
     for (server, tools, call, version) in [
-        ("heldout", json!(["add", "announce", "confirm", "slow"]), "3", "1.4.2"),
+        ("heldout", json!(["add", "announce", "confirm", "getenv", "slow"]), "3", "1.4.2"),
         ("old", json!(["announce", "confirm", "echo", "slow", "streams"]), "hi", "0.9.0"),
     ] {
         let mut args = vec!["era".to_string(), server.into()];
@@ -616,7 +597,7 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
 
 #[test]
 fn progress_of_a_stdio_call_streams_live_through_the_mesh() {
-    let c = TestCluster::up(3, &[]);
+    let c = TestCluster::up_stdio(3);
     // fastmcp itself, as a stdio server: its `slow` tool reports progress every 50 ms.
     register_stdio_fastmcp(&c);
     let mut args = vec!["progress".to_string(), "held".into()];
@@ -673,7 +654,7 @@ fn register_stdio_fastmcp(c: &TestCluster) {
 
 #[test]
 fn a_stdio_servers_own_notifications_reach_the_session_stream_and_resume_after_last_event_id() {
-    let c = TestCluster::up(3, &[]);
+    let c = TestCluster::up_stdio(3);
     register_stdio_fastmcp(&c);
     let mut args = vec!["notify".to_string(), "held".into()];
     args.extend(bases(&c));
@@ -731,7 +712,7 @@ fn a_call_whose_stream_the_server_closes_resumes_with_last_event_id_on_another_n
 
 #[test]
 fn the_aggregate_stream_merges_every_members_own_notifications() {
-    let c = TestCluster::up(3, &[]);
+    let c = TestCluster::up_stdio(3);
     register_stdio_fastmcp(&c);
     let legacy = LegacyServer::start();
     c.cli(2, &["mcp", "add", "old", "--endpoint", &legacy.url]).ok();
@@ -763,7 +744,7 @@ fn the_aggregate_stream_merges_every_members_own_notifications() {
 #[test]
 fn a_shared_stdio_child_sends_resource_updates_to_subscribers_only_and_hears_the_last_unsubscribe() {
     use crate::harness::{e2e, python};
-    let c = TestCluster::up(3, &[]);
+    let c = TestCluster::up_stdio(3);
     let py = python().display().to_string();
     let script = e2e("subscribe_server.py").display().to_string();
     c.cli(1, &["mcp", "add", "notes", "--transport", "stdio", "--command", &py, "--arg", &script, "--allow-stdio"])

@@ -2,7 +2,7 @@
 //!
 //! The same types are stored in the Raft log and the state machine (postcard-encoded), so they
 //! must not use serde features that need a self-describing format (`skip_serializing_if`,
-//! `flatten`, untagged enums).
+//! `flatten`, untagged enums), except behind `is_human_readable` (see [`EnvValue`]).
 
 use std::collections::BTreeMap;
 
@@ -70,16 +70,42 @@ pub struct Endpoint {
     pub url: String,
 }
 
-/// `spec.auth`.
+/// `spec.auth`: the credential joch presents upstream, from a replicated secret.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Auth {
-    /// `none`, `bearer`, `api_key` or `oauth2`.
+    /// `none`, `bearer`, `header`, `api_key` or `oauth2`.
     #[serde(rename = "type")]
     pub kind: AuthKind,
-    /// The replicated secret holding the credential.
+    /// The replicated secret holding the credential: for `bearer`, `header` and `api_key` its
+    /// key (`token` unless `secretRef.key` says otherwise); for `oauth2`, its keys `client_id`
+    /// and `client_secret`.
     #[serde(default)]
     pub secret_ref: Option<SecretRef>,
+    /// `header`: the header's name; `api_key`: likewise, `X-API-Key` by default.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// `oauth2`: the token endpoint of the client-credentials grant (else the secret's key
+    /// `token_url`).
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// `oauth2`: the scopes asked for.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `oauth2`: the `audience` parameter, for providers that want one.
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+impl Auth {
+    /// The header `header`/`api_key` credentials go in.
+    pub fn header_name(&self) -> &str {
+        match (self.kind, self.header.as_deref()) {
+            (_, Some(h)) => h,
+            (AuthKind::ApiKey, None) => "X-API-Key",
+            _ => "Authorization",
+        }
+    }
 }
 
 /// Kind of upstream credential.
@@ -89,11 +115,13 @@ pub enum AuthKind {
     /// No credential.
     #[default]
     None,
-    /// A static bearer token.
+    /// A static token, sent as `Authorization: Bearer TOKEN`.
     Bearer,
-    /// An API key header.
+    /// A static value in a header of the spec's choosing (`auth.header`).
+    Header,
+    /// An API key header (`X-API-Key` unless `auth.header` says otherwise).
     ApiKey,
-    /// OAuth 2.0 client credentials / token exchange.
+    /// OAuth 2.0 client credentials: joch fetches (and refreshes) a token per node.
     Oauth2,
 }
 
@@ -103,6 +131,7 @@ impl AuthKind {
         match self {
             AuthKind::None => "none",
             AuthKind::Bearer => "bearer",
+            AuthKind::Header => "header",
             AuthKind::ApiKey => "api_key",
             AuthKind::Oauth2 => "oauth2",
         }
@@ -113,6 +142,7 @@ impl AuthKind {
         Some(match s {
             "none" => AuthKind::None,
             "bearer" => AuthKind::Bearer,
+            "header" => AuthKind::Header,
             "api_key" | "api-key" | "apikey" => AuthKind::ApiKey,
             "oauth2" => AuthKind::Oauth2,
             _ => return None,
@@ -120,12 +150,22 @@ impl AuthKind {
     }
 }
 
-/// A reference to a replicated secret.
+/// A reference to a replicated secret (and one of its keys).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretRef {
     /// Secret name.
     pub name: String,
+    /// Which of its keys (where one value is meant; each use says its default).
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+impl SecretRef {
+    /// The key meant, or `default`.
+    pub fn key_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.key.as_deref().unwrap_or(default)
+    }
 }
 
 /// `spec.stdio`: how a local server is started (only with `security.allowStdio: true`).
@@ -137,9 +177,76 @@ pub struct StdioSpec {
     /// Its arguments.
     #[serde(default)]
     pub args: Vec<String>,
-    /// Extra environment (values come from the operator, never from the agent).
+    /// Extra environment (from the operator, never from the agent): a plain value, or
+    /// `{secretRef: {name, key}}` for a secret's value (`key` defaults to the variable's name).
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, EnvValue>,
+}
+
+/// One environment variable's value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EnvValue {
+    /// A plain value (not for secrets: it shows in `describe`).
+    Value(String),
+    /// A replicated secret's value, opened by the node that starts the child.
+    SecretRef(SecretRef),
+}
+
+/// The manifest form: `VALUE` or `{secretRef: {name: ..., key: ...}}`.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum EnvManifest {
+    Value(String),
+    Ref(EnvRef),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EnvRef {
+    secret_ref: SecretRef,
+}
+
+/// The stored form (postcard is not self-describing: a tagged enum).
+#[derive(Serialize, Deserialize)]
+enum EnvStored {
+    Value(String),
+    SecretRef(SecretRef),
+}
+
+impl Serialize for EnvValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            match self {
+                EnvValue::Value(v) => EnvManifest::Value(v.clone()),
+                EnvValue::SecretRef(r) => EnvManifest::Ref(EnvRef { secret_ref: r.clone() }),
+            }
+            .serialize(s)
+        } else {
+            match self {
+                EnvValue::Value(v) => EnvStored::Value(v.clone()),
+                EnvValue::SecretRef(r) => EnvStored::SecretRef(r.clone()),
+            }
+            .serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            match EnvManifest::deserialize(d)
+                .map_err(|_| serde::de::Error::custom("expected a string, or {secretRef: {name: SECRET, key: KEY}}"))?
+            {
+                EnvManifest::Value(v) => Ok(EnvValue::Value(v)),
+                EnvManifest::Ref(r) => Ok(EnvValue::SecretRef(r.secret_ref)),
+            }
+        } else {
+            Ok(match EnvStored::deserialize(d)? {
+                EnvStored::Value(v) => EnvValue::Value(v),
+                EnvStored::SecretRef(r) => EnvValue::SecretRef(r),
+            })
+        }
+    }
 }
 
 /// `spec.exposes`.

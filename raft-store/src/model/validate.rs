@@ -3,7 +3,7 @@
 //! The state machine re-runs them on apply so a bad command is rejected deterministically on every
 //! replica, whoever proposed it.
 
-use super::resource::{McpServerSpec, Transport};
+use super::resource::{Auth, AuthKind, EnvValue, McpServerSpec, Transport};
 
 /// One problem with one field of a resource.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -139,9 +139,17 @@ impl McpServerSpec {
             },
         }
         if let Some(auth) = &self.auth {
-            if let Some(r) = &auth.secret_ref {
-                if let Err(e) = check_name("spec.auth.secretRef.name", &r.name) {
-                    out.push(e);
+            self.auth_problems(auth, &mut out);
+        }
+        if let Some(stdio) = &self.stdio {
+            for (k, v) in &stdio.env {
+                if k.is_empty() || k.contains('=') || k.contains('\0') {
+                    out.push(err(&format!("spec.stdio.env.{k}"), "not a valid environment variable name"));
+                }
+                if let EnvValue::SecretRef(r) = v {
+                    if let Err(e) = check_name(&format!("spec.stdio.env.{k}.secretRef.name"), &r.name) {
+                        out.push(e);
+                    }
                 }
             }
         }
@@ -169,6 +177,49 @@ impl McpServerSpec {
             }
         }
         out
+    }
+}
+
+impl McpServerSpec {
+    fn auth_problems(&self, auth: &Auth, out: &mut Vec<FieldError>) {
+        if auth.kind == AuthKind::None {
+            return;
+        }
+        if self.transport == Transport::Stdio {
+            out.push(err(
+                "spec.auth",
+                "applies to streamable_http servers; a stdio server gets secrets through spec.stdio.env secretRef",
+            ));
+        }
+        match &auth.secret_ref {
+            None => out.push(err("spec.auth.secretRef.name", format!("required for auth type {}", auth.kind.as_str()))),
+            Some(r) => {
+                if let Err(e) = check_name("spec.auth.secretRef.name", &r.name) {
+                    out.push(e);
+                }
+            }
+        }
+        if auth.kind == AuthKind::Header && auth.header.is_none() {
+            out.push(err("spec.auth.header", "required for auth type header (the header's name)"));
+        }
+        if let Some(h) = &auth.header {
+            let ok = !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if !ok {
+                out.push(err("spec.auth.header", format!("{h:?} is not a header name")));
+            }
+        }
+        if auth.kind == AuthKind::Oauth2 {
+            // Absent: the secret's `token_url` key names it (the seeds' form: type and secretRef).
+            match auth.token_url.as_deref() {
+                None => {}
+                Some(u) if !(u.starts_with("https://") || u.starts_with("http://")) => {
+                    out.push(err("spec.auth.tokenUrl", format!("invalid URL {u:?}: expected https://...")))
+                }
+                Some(_) => {}
+            }
+        } else if auth.token_url.is_some() || !auth.scopes.is_empty() || auth.audience.is_some() {
+            out.push(err("spec.auth.tokenUrl", "tokenUrl, scopes and audience apply to auth type oauth2 only"));
+        }
     }
 }
 

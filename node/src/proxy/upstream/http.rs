@@ -1,14 +1,17 @@
 //! Upstream streamable-HTTP servers: one pooled client (HTTP/1.1 and h2, keep-alive), connect and
 //! first-byte timeouts, and bodies read under a size and a time limit. Every request takes an
 //! [`Admitted`] and re-validates it (cheap when nothing changed since admission). The agent's own
-//! credentials are never forwarded.
+//! credentials are never forwarded; the only `Authorization` an upstream sees is the one its
+//! `spec.auth` names ([`Credentials`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use http::HeaderMap;
 
+use super::credentials::Credentials;
 use super::{Failure, UpstreamError};
 use crate::config::ProxyLimits;
 use crate::proxy::admission::Admitted;
@@ -23,11 +26,12 @@ const FORWARDED: [&str; 6] =
 pub struct Upstream {
     client: reqwest::Client,
     timeout: Duration,
+    credentials: Arc<Credentials>,
 }
 
 impl Upstream {
     /// A client with these limits.
-    pub fn new(limits: &ProxyLimits) -> anyhow::Result<Self> {
+    pub fn new(limits: &ProxyLimits, credentials: Arc<Credentials>) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .connect_timeout(limits.upstream_connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -35,7 +39,7 @@ impl Upstream {
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Upstream { client, timeout: limits.upstream_timeout })
+        Ok(Upstream { client, timeout: limits.upstream_timeout, credentials })
     }
 
     /// Sends a request to the admitted call's server; returns once the upstream's status and
@@ -61,10 +65,19 @@ impl Upstream {
         if let Some(sid) = upstream_session {
             req = req.header("mcp-session-id", sid);
         }
+        if let Some((name, value)) = self.credentials.header(adm).await? {
+            req = req.header(name, value);
+        }
         if let Some(b) = body {
             req = req.body(b);
         }
-        match tokio::time::timeout(self.timeout, req.send()).await {
+        let answer = tokio::time::timeout(self.timeout, req.send()).await;
+        if let Ok(Ok(r)) = &answer {
+            if r.status() == reqwest::StatusCode::UNAUTHORIZED {
+                self.credentials.refused(&adm.server().name);
+            }
+        }
+        match answer {
             Err(_) => Err(Failure::Upstream(UpstreamError {
                 reason: Reason::UpstreamTimeout,
                 message: format!("the upstream did not answer within {:?}", self.timeout),

@@ -2,6 +2,7 @@
 //! Both take an [`Admitted`](super::admission::Admitted) for every request: only admission can
 //! make one. What an upstream answers goes back as an `Answer` through the exit.
 
+pub mod credentials;
 pub mod http;
 pub mod stdio;
 
@@ -27,9 +28,21 @@ impl UpstreamError {
         UpstreamError { reason: Reason::UpstreamUnavailable, message: message.into() }
     }
 
+    /// joch could not get the credential it presents upstream.
+    pub fn credentials(message: impl Into<String>) -> UpstreamError {
+        UpstreamError { reason: Reason::UpstreamCredentials, message: message.into() }
+    }
+
     /// The denial this failure is for the call.
     pub fn deny(self, adm: &Admitted) -> Denial {
-        adm.deny(self.reason, if adm.is_stdio() { "upstream.stdio" } else { "upstream" }, self.message)
+        let rule = match (self.reason, adm.is_stdio()) {
+            (Reason::StdioNotAllowed, _) => "node.stdio.allow",
+            (Reason::UpstreamCredentials, true) => "mcpserver.spec.stdio.env",
+            (Reason::UpstreamCredentials, false) => "mcpserver.spec.auth",
+            (_, true) => "upstream.stdio",
+            (_, false) => "upstream",
+        };
+        adm.deny(self.reason, rule, self.message)
     }
 }
 

@@ -3,7 +3,12 @@
 //! rewriting JSON-RPC ids (and progress tokens) to ones unique in the child, and mapped back on
 //! the way out. A child that dies is restarted on the next request; a child whose server is
 //! quarantined, deleted or no longer allowed stdio, and every child of a node that turns stale,
-//! is stopped: stdin closed, then SIGTERM, then SIGKILL. Its stderr goes to the node's log.
+//! is stopped: stdin closed, then SIGTERM, then SIGKILL. Its stderr goes to the node's log, with
+//! the values of the secrets in its environment replaced by `[secret NAME/KEY]`.
+//!
+//! A node runs only commands its own config allows ([`StdioAllow`]), from the absolute path it
+//! checked; a child's environment is a short allow-list of the node's, the record's plain values,
+//! and secrets opened on this node when the child starts (a new secret version restarts it).
 //!
 //! Bounded everywhere: the lines a child may send (read up to a limit, the rest skipped), the
 //! messages waiting for its stdin, the progress waiting for a slow agent (dropped beyond that,
@@ -16,7 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use joch_raft_store::model::resource::StdioSpec;
+use joch_raft_store::model::access::Access;
+use joch_raft_store::model::resource::{EnvValue, StdioSpec};
 use joch_raft_store::RegistryHandle;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -25,9 +31,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Failure, UpstreamError};
 use crate::cluster::lease::Lease;
+use crate::config::stdio_allow::StdioAllow;
 use crate::proxy::admission::Admitted;
 use crate::proxy::deny::Reason;
 use crate::proxy::streams::Streams;
+use crate::secrets::Keyring;
 
 /// How long a child may take to answer joch's initialize.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,6 +57,10 @@ pub struct StdioPool {
     pub streams: Arc<Streams>,
     /// How long a call may go without a message from the child.
     idle: Duration,
+    /// What this node may run.
+    allow: StdioAllow,
+    /// Opens the secrets in children's environments.
+    keyring: Arc<Keyring>,
 }
 
 struct PendingCall {
@@ -63,6 +75,8 @@ struct PendingCall {
 pub struct Child {
     server: String,
     spec: StdioSpec,
+    /// The versions of the secrets in its environment when it started.
+    secret_versions: Vec<Option<u64>>,
     stdin: mpsc::Sender<Vec<u8>>,
     pending: Mutex<HashMap<u64, PendingCall>>,
     tokens: Mutex<HashMap<String, u64>>,
@@ -318,14 +332,21 @@ async fn stop_process(mut proc: tokio::process::Child, server: &str) {
 }
 
 impl StdioPool {
-    /// A pool whose calls may stay silent for at most `idle`.
-    pub fn new(idle: Duration) -> StdioPool {
+    /// A pool whose calls may stay silent for at most `idle`, running what `allow` allows.
+    pub fn new(idle: Duration, allow: StdioAllow, keyring: Arc<Keyring>) -> StdioPool {
         StdioPool {
             children: Mutex::default(),
             starting: tokio::sync::Mutex::new(()),
             streams: Arc::new(Streams::default()),
             idle,
+            allow,
+            keyring,
         }
+    }
+
+    /// What this node may run.
+    pub fn allow(&self) -> &StdioAllow {
+        &self.allow
     }
 
     /// The running child for the admitted call's server, started (and initialised) if needed.
@@ -334,8 +355,15 @@ impl StdioPool {
         let rec = adm.server();
         let spec =
             rec.spec.stdio.clone().ok_or_else(|| unavailable("no stdio command in the server's record".into()))?;
-        let current =
-            |this: &Self| this.children.lock().get(&rec.name).filter(|c| c.alive() && c.spec == spec).cloned();
+        let access = adm.access();
+        let versions = secret_versions(&spec, &access);
+        let current = |this: &Self| {
+            this.children
+                .lock()
+                .get(&rec.name)
+                .filter(|c| c.alive() && c.spec == spec && c.secret_versions == versions)
+                .cloned()
+        };
         if let Some(c) = current(self) {
             return Ok(c);
         }
@@ -347,7 +375,12 @@ impl StdioPool {
         if let Some(old) = old {
             old.stop().await;
         }
-        let child = start(&rec.name, spec, self.streams.clone(), self.idle).await?;
+        let program = self
+            .allow
+            .check(&spec.command)
+            .map_err(|message| UpstreamError { reason: Reason::StdioNotAllowed, message })?;
+        let env = Env::open(&spec, &access, &self.keyring)?;
+        let child = start(&rec.name, &program, spec, env, versions, self.streams.clone(), self.idle).await?;
         self.children.lock().insert(rec.name.clone(), child.clone());
         metrics::counter!("joch_stdio_starts_total").increment(1);
         Ok(child)
@@ -409,15 +442,64 @@ impl StdioPool {
     }
 }
 
-/// The environment a child gets: a minimal allow-list from the node, plus the record's `env`.
-/// Never anything from the agent.
-fn child_env(spec: &StdioSpec) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = ["PATH", "HOME", "LANG", "LC_ALL", "TZ"]
-        .iter()
-        .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
-        .collect();
-    env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env
+/// The versions of the secrets a spec's environment names (`None`: missing).
+fn secret_versions(spec: &StdioSpec, access: &Access) -> Vec<Option<u64>> {
+    spec.env
+        .values()
+        .filter_map(|v| match v {
+            EnvValue::SecretRef(r) => Some(access.secrets.get(&r.name).map(|s| s.version)),
+            EnvValue::Value(_) => None,
+        })
+        .collect()
+}
+
+/// The environment a child gets: a minimal allow-list from the node, plus the record's `env`
+/// (secrets opened here). Never anything from the agent.
+struct Env {
+    vars: Vec<(String, String)>,
+    /// Secret values and what to write instead where the child prints them.
+    redact: Vec<(String, String)>,
+}
+
+/// Secret values shorter than this are not searched for in stderr (they would match anything).
+const MIN_REDACTED: usize = 4;
+
+impl Env {
+    fn open(spec: &StdioSpec, access: &Access, keyring: &Keyring) -> Result<Env, UpstreamError> {
+        let mut vars: Vec<(String, String)> = ["PATH", "HOME", "LANG", "LC_ALL", "TZ"]
+            .iter()
+            .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
+            .collect();
+        let mut redact = Vec::new();
+        for (k, v) in &spec.env {
+            match v {
+                EnvValue::Value(v) => vars.push((k.clone(), v.clone())),
+                EnvValue::SecretRef(r) => {
+                    let (value, _) = keyring
+                        .value(access, r, k)
+                        .map_err(|e| UpstreamError::credentials(format!("environment variable {k}: {e}")))?;
+                    if value.len() >= MIN_REDACTED {
+                        redact.push((value.clone(), format!("[secret {}/{}]", r.name, r.key_or(k))));
+                    }
+                    vars.push((k.clone(), value));
+                }
+            }
+        }
+        // Longest first, so a value containing another is replaced whole.
+        redact.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+        Ok(Env { vars, redact })
+    }
+}
+
+/// A line of a child's stderr with the secrets it was given replaced.
+fn redacted(line: &str, redact: &[(String, String)]) -> String {
+    let mut out = line.to_string();
+    for (value, with) in redact {
+        if out.contains(value.as_str()) {
+            out = out.replace(value.as_str(), with);
+        }
+    }
+    out
 }
 
 /// What reading one line gave.
@@ -466,14 +548,17 @@ pub async fn read_line_bounded<R: AsyncBufRead + Unpin>(
 
 async fn start(
     server: &str,
+    program: &std::path::Path,
     spec: StdioSpec,
+    env: Env,
+    secret_versions: Vec<Option<u64>>,
     streams: Arc<Streams>,
     idle: Duration,
 ) -> Result<Arc<Child>, UpstreamError> {
-    let mut proc = tokio::process::Command::new(&spec.command)
+    let mut proc = tokio::process::Command::new(program)
         .args(&spec.args)
         .env_clear()
-        .envs(child_env(&spec))
+        .envs(env.vars.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -495,15 +580,16 @@ async fn start(
         }
     });
     let name = server.to_string();
+    let redact = env.redact;
     tokio::spawn(async move {
         let mut lines = BufReader::new(stderr);
         let mut buf = Vec::new();
         while let Ok(Line::Line | Line::TooLong) = read_line_bounded(&mut lines, &mut buf, 64 << 10).await {
-            let line = String::from_utf8_lossy(&buf);
-            tracing::info!(target: "joch::stdio", server = %name, "{}", line.trim_end());
+            let line = redacted(String::from_utf8_lossy(&buf).trim_end(), &redact);
+            tracing::info!(target: "joch::stdio", server = %name, "{line}");
         }
     });
-    tracing::info!(server, command = %spec.command, pid, "started stdio server");
+    tracing::info!(server, command = %program.display(), pid, "started stdio server");
     let send = |v: &Value| {
         let mut line = serde_json::to_vec(v).unwrap_or_default();
         line.push(b'\n');
@@ -547,6 +633,7 @@ async fn start(
     let child = Arc::new(Child {
         server: server.to_string(),
         spec,
+        secret_versions,
         stdin: tx,
         pending: Mutex::new(HashMap::new()),
         tokens: Mutex::new(HashMap::new()),
