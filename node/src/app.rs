@@ -69,7 +69,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let addr = NodeAddr {
         mesh: cfg.advertise.mesh.clone().unwrap_or_else(|| bound.mesh.to_string()),
         admin: format!("{admin_scheme}://{}", cfg.advertise.admin.clone().unwrap_or_else(|| bound.admin.to_string())),
-        mcp: format!("http://{}", cfg.advertise.mcp.clone().unwrap_or_else(|| bound.mcp.to_string())),
+        mcp: format!(
+            "{}://{}",
+            if cfg.mcp_tls.is_some() { "https" } else { "http" },
+            cfg.advertise.mcp.clone().unwrap_or_else(|| bound.mcp.to_string())
+        ),
     };
 
     let (log_store, state_machine, registry) =
@@ -143,33 +147,41 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         bootstrap,
         cfg.insecure_dev,
     ));
-    let mut admin_server = tonic::transport::Server::builder();
-    if !cfg.insecure_dev {
-        // The admin API is served with the node's certificate from the cluster CA.
-        let identity = tonic::transport::Identity::from_pem(
-            std::fs::read(&cfg.tls.cert).context("reading the node certificate")?,
-            std::fs::read(&cfg.tls.key).context("reading the node key")?,
-        );
-        admin_server = admin_server
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .context("admin API TLS")?;
-    }
+    // The admin API is served with the node's certificate from the cluster CA (reloaded when
+    // `joch cluster cert renew` replaces it).
+    tasks.spawn(tls.pair.clone().watch("node", stop.clone()));
+    let admin = tonic::transport::Server::builder()
+        .layer(auth)
+        .add_service(registry_svc)
+        .add_service(cluster_svc)
+        .add_service(access_svc);
     let admin_stop = stop.clone();
-    tasks.spawn(async move {
-        let incoming = tonic::transport::server::TcpIncoming::from(admin_l).with_nodelay(Some(true));
-        if let Err(e) = admin_server
-            .layer(auth)
-            .add_service(registry_svc)
-            .add_service(cluster_svc)
-            .add_service(access_svc)
-            .serve_with_incoming_shutdown(incoming, admin_stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "admin API stopped");
+    if cfg.insecure_dev {
+        tasks.spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(admin_l).with_nodelay(Some(true));
+            if let Err(e) = admin.serve_with_incoming_shutdown(incoming, admin_stop.cancelled_owned()).await {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+    } else {
+        let acceptor = crate::http::tls_acceptor(tls.pair.clone(), &[b"h2"]).context("admin API TLS")?;
+        let incoming = crate::http::tls_incoming(admin_l, acceptor, Duration::from_secs(10), stop.clone());
+        tasks.spawn(async move {
+            if let Err(e) = admin.serve_with_incoming_shutdown(incoming, admin_stop.cancelled_owned()).await {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+    }
+    let mcp_tls = match &cfg.mcp_tls {
+        Some((cert, key)) => {
+            let pair = crate::certs::CertStore::load(cert, key).context("loading the MCP listener's certificate")?;
+            tasks.spawn(pair.clone().watch("mcp", stop.clone()));
+            Some(crate::http::tls_acceptor(pair, &[b"h2", b"http/1.1"]).context("MCP listener TLS")?)
         }
-    });
+        None => None,
+    };
     let mcp_app = crate::http::mcp_router(cluster.view()).merge(proxy.clone().router());
-    tasks.spawn(crate::http::serve_mcp(mcp_l, mcp_app, cfg.proxy.clone(), stop.clone()));
+    tasks.spawn(crate::http::serve_mcp(mcp_l, mcp_app, cfg.proxy.clone(), mcp_tls, stop.clone()));
     let metrics_stop = stop.clone();
     let metrics_app = crate::http::metrics_router(prom.clone());
     tasks.spawn(async move {

@@ -43,10 +43,13 @@ pub fn metrics_router(prom: PrometheusHandle) -> Router {
 /// within `client_timeout` is disconnected (HTTP/1.1, idle keep-alive included); h2 connections
 /// are pinged and dropped when a ping goes unanswered, with a cap on streams and header size;
 /// beyond `max_connections` a new connection is answered 503 with `Retry-After` and closed.
+///
+/// With `tls`, every connection is TLS (its handshake bounded by `client_timeout` too).
 pub async fn serve_mcp(
     listener: tokio::net::TcpListener,
     app: Router,
     limits: crate::config::ProxyLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -97,11 +100,27 @@ pub async fn serve_mcp(
         };
         let _ = stream.set_nodelay(true);
         let svc = TowerToHyperService::new(app.clone());
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+        let handshake = limits.client_timeout;
         tokio::spawn(async move {
             metrics::gauge!("joch_mcp_connections").increment(1.0);
-            if let Err(e) = conn.await {
+            let served = match tls {
+                None => {
+                    watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned()).await
+                }
+                Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).into_owned()).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "MCP listener: TLS handshake failed");
+                        metrics::counter!("joch_mcp_tls_handshake_failures_total").increment(1);
+                        Ok(())
+                    }
+                    Err(_) => Ok(()),
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "MCP connection ended with an error");
             }
             metrics::gauge!("joch_mcp_connections").decrement(1.0);
@@ -109,4 +128,53 @@ pub async fn serve_mcp(
         });
     }
     graceful.shutdown().await;
+}
+
+/// A TLS server configuration serving `pair` (reloaded as its files change), ALPN `alpn`.
+pub fn tls_acceptor(pair: Arc<crate::certs::CertStore>, alpn: &[&[u8]]) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(pair);
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// TLS connections accepted on `listener`, for a tonic server: each handshake runs on its own
+/// (bounded by `handshake`), so a slow client does not hold up the others.
+pub fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    handshake: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> impl futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin listener: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "admin listener: TLS handshake failed"),
+                    Err(_) => tracing::debug!("admin listener: TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (s, rx)) })
 }

@@ -4,12 +4,14 @@
 //! Map: `app` wires a node; `auth` says who an operator or an agent is; `proxy` is the MCP data plane (over `mcp`, the protocol pieces);
 //! `cluster` is its Raft handle; `mesh` the QUIC transport between nodes;
 //! `admin` the gRPC API; `resource` the manifests operators write; `cli` the operator commands;
-//! `config` static node config; `telemetry` logs and metrics; `http` health and metrics endpoints.
+//! `config` static node config; `secrets` sealing upstream secrets; `certs` certificates
+//! reloaded from files; `telemetry` logs and metrics; `http` health and metrics endpoints.
 //! The replicated store itself is the `joch-raft-store` crate.
 
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod config;

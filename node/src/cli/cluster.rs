@@ -60,6 +60,26 @@ pub enum ClusterCmd {
         #[command(subcommand)]
         cmd: CaCmd,
     },
+    /// A node's certificate.
+    Cert {
+        #[command(subcommand)]
+        cmd: CertCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCmd {
+    /// Replace node ID's certificate in DIR (the CA's directory) with a new one: same names, a
+    /// new key, valid DAYS from now. The node reloads it within seconds, without a restart.
+    Renew {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        id: u64,
+        /// Lifetime in days.
+        #[arg(long)]
+        days: Option<u32>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -78,6 +98,9 @@ pub enum CaCmd {
         /// Extra DNS name or IP for the certificate (repeatable).
         #[arg(long = "host")]
         hosts: Vec<String>,
+        /// Lifetime in days (default 180).
+        #[arg(long)]
+        days: Option<u32>,
     },
 }
 
@@ -105,18 +128,28 @@ pub async fn run(g: &Global, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
                 pki::init_ca(&PkiDir(dir.clone()))?;
                 say!("created cluster CA in {}", dir.display());
             }
-            CaCmd::Issue { dir, id, hosts } => {
-                pki::issue_node(&PkiDir(dir.clone()), id, &hosts)?;
-                say!("issued node{id}.pem and node{id}-key.pem in {}", dir.display());
+            CaCmd::Issue { dir, id, hosts, days } => {
+                pki::issue_node(&PkiDir(dir.clone()), id, &hosts, days)?;
+                let days = days.unwrap_or(pki::NODE_CERT_DAYS);
+                say!("issued node{id}.pem and node{id}-key.pem in {} (valid {days} days)", dir.display());
             }
         }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let ClusterCmd::Cert { cmd: CertCmd::Renew { dir, id, days } } = cmd {
+        pki::renew_node(&PkiDir(dir.clone()), id, days)?;
+        let days = days.unwrap_or(pki::NODE_CERT_DAYS);
+        say!(
+            "renewed node{id}.pem in {} (valid {days} days); node {id} reloads it within seconds, without a restart",
+            dir.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let mut n = client::node(g).await?;
     let url = n.url.clone();
     let e = |s| status_err(&url, s);
     match cmd {
-        ClusterCmd::Ca { .. } => unreachable!("handled above"),
+        ClusterCmd::Ca { .. } | ClusterCmd::Cert { .. } => unreachable!("handled above"),
         ClusterCmd::RotateSessionKey => return super::access::rotate_session_key(g).await,
         ClusterCmd::Init { members } => {
             let members = members.iter().map(|m| parse_member(m)).collect::<anyhow::Result<Vec<_>>>()?;

@@ -373,7 +373,7 @@ async fn up(g: &Global, count: u64, dir: &Path, settings: &NodeSettings<'_>) -> 
         let mut held_tcp = Vec::new();
         let mut held_udp = Vec::new();
         for id in 1..=count {
-            pki::issue_node(&pki, id, &[])?;
+            pki::issue_node(&pki, id, &[], None)?;
             let mut ports = [0u16; 4];
             for (i, p) in ports.iter_mut().enumerate() {
                 if i == 2 {

@@ -353,6 +353,9 @@ impl ClusterNode {
                 if last.as_ref() != Some(&(s.clone(), applied_index)) {
                     self.lease.set_standing(&s, applied_index, now);
                     self.members.set(m.membership_config.membership().nodes().map(|(i, a)| (*i, a.clone())).collect());
+                    self.mesh.set_members(
+                        m.membership_config.membership().nodes().map(|(i, a)| (*i, a.mesh.clone())).collect(),
+                    );
                     last = Some((s, applied_index));
                 }
             }

@@ -140,6 +140,9 @@ pub struct RawProxy {
     pub max_concurrent_requests: Option<usize>,
     /// HTTP/2 streams per connection (default 256).
     pub max_h2_streams: Option<u32>,
+    /// How long a session id stays valid after its initialize (default 24h); an older one is
+    /// answered "session not found: re-initialize".
+    pub session_max_age: Option<String>,
 }
 
 /// Listen (or advertise) addresses.
@@ -294,6 +297,8 @@ pub struct ProxyLimits {
     pub max_concurrent_requests: usize,
     /// HTTP/2 streams per connection.
     pub max_h2_streams: u32,
+    /// Lifetime of a session id.
+    pub session_max_age: Duration,
 }
 
 impl Default for ProxyLimits {
@@ -309,6 +314,7 @@ impl Default for ProxyLimits {
             max_connections: 16384,
             max_concurrent_requests: 8192,
             max_h2_streams: 256,
+            session_max_age: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -412,6 +418,7 @@ impl RawConfig {
         m(&mut self.proxy.upstream_connect_timeout, other.proxy.upstream_connect_timeout);
         m(&mut self.proxy.upstream_timeout, other.proxy.upstream_timeout);
         m(&mut self.proxy.keepalive, other.proxy.keepalive);
+        m(&mut self.proxy.session_max_age, other.proxy.session_max_age);
         m(&mut self.proxy.client_timeout, other.proxy.client_timeout);
         m(&mut self.proxy.allowed_origins, other.proxy.allowed_origins);
         m(&mut self.proxy.max_connections, other.proxy.max_connections);
@@ -513,6 +520,7 @@ impl RawConfig {
             max_connections: self.proxy.max_connections.unwrap_or(defaults.max_connections),
             max_concurrent_requests: self.proxy.max_concurrent_requests.unwrap_or(defaults.max_concurrent_requests),
             max_h2_streams: self.proxy.max_h2_streams.unwrap_or(defaults.max_h2_streams),
+            session_max_age: dur("proxy.session_max_age", &self.proxy.session_max_age, "24h").unwrap_or_default(),
         };
         if proxy.max_connections == 0 {
             bad("proxy.max_connections", "must be greater than 0".into());

@@ -1,7 +1,10 @@
-//! joch's session ids: sealed with the cluster key (ChaCha20-Poly1305, a raw 256-bit key from the
-//! replicated store, never a password KDF), carrying everything any node needs to continue the
-//! session: owner node, server, the upstream's session id and version, the caller it is bound to.
-//! A tampered or foreign id fails to open.
+//! joch's session ids: sealed with a session key of the cluster (ChaCha20-Poly1305, a raw 256-bit
+//! key from the replicated store, never a password KDF), carrying everything any node needs to
+//! continue the session: owner node, server, the upstream's session id and version, the caller it
+//! is bound to, when it began. An id names the key that sealed it (`j2.<key id>.<sealed>`): the
+//! newest key seals, every kept key opens, so `joch cluster rotate-session-key` takes effect for
+//! new sessions at once while open ones continue until they expire. A tampered, foreign or
+//! expired id fails to open.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -9,8 +12,8 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use serde::{Deserialize, Serialize};
 
-const PREFIX: &str = "j1.";
-const AAD: &[u8] = b"joch-session-v1";
+const PREFIX: &str = "j2.";
+const AAD: &str = "joch-session-v2";
 
 /// What a session id carries.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -49,41 +52,56 @@ pub struct Member {
 /// Why a session id was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SessionError {
-    /// Not a joch session id, tampered, or sealed with another cluster's key.
+    /// Not a joch session id, tampered, sealed with another cluster's key or with a key no
+    /// longer kept.
     #[error("unknown or invalid session id")]
     Invalid,
+    /// Valid, but older than the session lifetime.
+    #[error("the session expired")]
+    Expired,
 }
 
-/// Seals and opens session ids with the cluster key.
+/// Seals and opens session ids with the cluster's session keys.
 #[derive(Clone)]
 pub struct Sealer {
-    cipher: ChaCha20Poly1305,
+    /// (key id, key), oldest first; the last seals.
+    keys: Vec<(u32, [u8; 32])>,
+    /// Lifetime of an id, from its `created_ms`.
+    max_age_ms: u64,
+}
+
+fn aad(key_id: u32) -> Vec<u8> {
+    format!("{AAD}\0{key_id}").into_bytes()
 }
 
 impl Sealer {
-    /// A sealer for this cluster key.
-    pub fn new(key: &[u8; 32]) -> Self {
-        Sealer { cipher: ChaCha20Poly1305::new(Key::from_slice(key)) }
+    /// A sealer over these keys (id, key; oldest first, at least one), ids living `max_age`.
+    pub fn new(keys: impl IntoIterator<Item = (u32, [u8; 32])>, max_age: std::time::Duration) -> Option<Self> {
+        let keys: Vec<(u32, [u8; 32])> = keys.into_iter().collect();
+        (!keys.is_empty()).then_some(Sealer { keys, max_age_ms: max_age.as_millis() as u64 })
     }
 
-    /// Seals a token into a session id.
+    /// Seals a token into a session id, with the newest key.
     pub fn seal(&self, t: &SessionToken) -> String {
+        let (id, key) = self.keys.last().expect("a sealer has a key");
         let plain = postcard::to_allocvec(t).expect("a token always serialises");
         let mut nonce = [0u8; 12];
         rand::fill(&mut nonce);
-        let ct = self
-            .cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plain, aad: AAD })
+        let ct = ChaCha20Poly1305::new(Key::from_slice(key))
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plain, aad: &aad(*id) })
             .expect("encryption of a bounded buffer does not fail");
         let mut raw = Vec::with_capacity(12 + ct.len());
         raw.extend_from_slice(&nonce);
         raw.extend_from_slice(&ct);
-        format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(raw))
+        format!("{PREFIX}{id}.{}", URL_SAFE_NO_PAD.encode(raw))
     }
 
-    /// Opens a session id.
-    pub fn open(&self, id: &str) -> Result<SessionToken, SessionError> {
-        let b64 = id.strip_prefix(PREFIX).ok_or(SessionError::Invalid)?;
+    /// Opens a session id (`now_ms`: Unix ms, for its expiry).
+    pub fn open(&self, id: &str, now_ms: u64) -> Result<SessionToken, SessionError> {
+        let rest = id.strip_prefix(PREFIX).ok_or(SessionError::Invalid)?;
+        let (key_id, b64) = rest.split_once('.').ok_or(SessionError::Invalid)?;
+        let key_id: u32 = key_id.parse().map_err(|_| SessionError::Invalid)?;
+        let (_, key) = self.keys.iter().find(|(k, _)| *k == key_id).ok_or(SessionError::Invalid)?;
         if b64.len() > 4096 {
             return Err(SessionError::Invalid);
         }
@@ -92,11 +110,14 @@ impl Sealer {
             return Err(SessionError::Invalid);
         }
         let (nonce, ct) = raw.split_at(12);
-        let plain = self
-            .cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: AAD })
+        let plain = ChaCha20Poly1305::new(Key::from_slice(key))
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad(key_id) })
             .map_err(|_| SessionError::Invalid)?;
-        postcard::from_bytes(&plain).map_err(|_| SessionError::Invalid)
+        let t: SessionToken = postcard::from_bytes(&plain).map_err(|_| SessionError::Invalid)?;
+        if now_ms.saturating_sub(t.created_ms) > self.max_age_ms {
+            return Err(SessionError::Expired);
+        }
+        Ok(t)
     }
 }
 
@@ -118,46 +139,74 @@ mod tests {
         }
     }
 
+    const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+    fn sealer(keys: &[(u32, u8)]) -> Sealer {
+        Sealer::new(keys.iter().map(|(id, b)| (*id, [*b; 32])), DAY).unwrap()
+    }
+
     #[test]
     fn round_trip_and_tamper() {
-        let s = Sealer::new(&[7; 32]);
+        let s = sealer(&[(0, 7)]);
         let id = s.seal(&token());
-        assert!(id.starts_with("j1.") && id.is_ascii());
-        assert_eq!(s.open(&id).unwrap(), token());
+        assert!(id.starts_with("j2.0.") && id.is_ascii());
+        assert_eq!(s.open(&id, 8).unwrap(), token());
         assert_ne!(s.seal(&token()), id, "fresh nonce per id");
         let mut bad = id.clone().into_bytes();
         let n = bad.len() - 5;
         bad[n] = if bad[n] == b'A' { b'B' } else { b'A' };
-        assert_eq!(s.open(std::str::from_utf8(&bad).unwrap()), Err(SessionError::Invalid));
-        assert_eq!(Sealer::new(&[8; 32]).open(&id), Err(SessionError::Invalid), "another cluster's key");
-        assert_eq!(s.open("a81c672d779e4279ab4abc5242641fd2"), Err(SessionError::Invalid));
-        assert_eq!(s.open("j1.!!"), Err(SessionError::Invalid));
+        assert_eq!(s.open(std::str::from_utf8(&bad).unwrap(), 8), Err(SessionError::Invalid));
+        assert_eq!(sealer(&[(0, 8)]).open(&id, 8), Err(SessionError::Invalid), "another cluster's key");
+        assert_eq!(s.open(&id.replacen("j2.0.", "j2.1.", 1), 8), Err(SessionError::Invalid), "another key id");
+        assert_eq!(s.open("a81c672d779e4279ab4abc5242641fd2", 8), Err(SessionError::Invalid));
+        assert_eq!(s.open("j2.0.!!", 8), Err(SessionError::Invalid));
+        assert!(Sealer::new([], DAY).is_none());
+    }
+
+    #[test]
+    fn rotation_seals_with_the_newest_key_and_old_ids_open_until_they_expire() {
+        let before = sealer(&[(0, 7)]);
+        let old = before.seal(&token());
+        let after = sealer(&[(0, 7), (1, 9)]);
+        let new = after.seal(&token());
+        assert!(new.starts_with("j2.1."), "{new}");
+        assert_eq!(after.open(&old, 8).unwrap(), token(), "an id of the previous key still opens");
+        assert_eq!(before.open(&new, 8), Err(SessionError::Invalid), "a node without the new key cannot");
+        let day_ms = DAY.as_millis() as u64;
+        assert_eq!(after.open(&old, 7 + day_ms).unwrap(), token());
+        assert_eq!(after.open(&old, 8 + day_ms), Err(SessionError::Expired));
+        // Once its key is dropped (bounded key list), an old id no longer opens.
+        assert_eq!(sealer(&[(1, 9)]).open(&old, 8), Err(SessionError::Invalid));
     }
 
     mod props {
         use super::super::*;
         use proptest::prelude::*;
 
+        fn sealer(b: u8) -> Sealer {
+            Sealer::new([(0, [b; 32])], std::time::Duration::from_secs(86_400)).unwrap()
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(256))]
 
             #[test]
             fn any_id_opens_or_is_refused(id in ".{0,200}", raw in prop::collection::vec(any::<u8>(), 0..200)) {
-                let s = Sealer::new(&[3; 32]);
-                let _ = s.open(&id);
+                let s = sealer(3);
+                let _ = s.open(&id, 0);
                 use base64::Engine;
-                let forged = format!("j1.{}", URL_SAFE_NO_PAD.encode(&raw));
-                prop_assert_eq!(s.open(&forged), Err(SessionError::Invalid));
+                let forged = format!("j2.0.{}", URL_SAFE_NO_PAD.encode(&raw));
+                prop_assert_eq!(s.open(&forged, 0), Err(SessionError::Invalid));
             }
 
             #[test]
             fn tokens_round_trip(server in "[a-z]{1,12}", up in proptest::option::of("[ -~]{0,40}"), owner in any::<u64>(), created in any::<u64>(), modern in any::<bool>()) {
-                let s = Sealer::new(&[9; 32]);
+                let s = sealer(9);
                 let t = SessionToken {
                     owner, server, upstream_session: up.clone(), upstream_version: up, protocol_version: "2025-11-25".into(),
                     caller: "anonymous".into(), created_ms: created, members: Vec::new(), upstream_modern: modern,
                 };
-                prop_assert_eq!(s.open(&s.seal(&t)).unwrap(), t);
+                prop_assert_eq!(s.open(&s.seal(&t), created).unwrap(), t);
             }
         }
     }

@@ -7,14 +7,20 @@
 //!   chunks as they are produced), so streams stay streams across nodes.
 //!
 //! Each call opens one bidirectional stream on a cached connection to the peer; its first byte
-//! says which kind it is. The mesh knows nothing about what the messages mean: their types
+//! says which kind it is.
+//!
+//! Who is who: a certificate names its node (`node<ID>.joch`). Dialing an address membership
+//! gives to node N, the mesh asks for N's name, so a CA-signed certificate of another node there
+//! fails the handshake. Accepting, once this node is in a cluster, it serves only current
+//! members, each from the address membership gives it (a removed node's connections are
+//! closed). A node not yet in a cluster answers any peer of its CA (that is how it joins). The mesh knows nothing about what the messages mean: their types
 //! belong to the cluster and the proxy, and a [`ControlHandler`] and a [`StreamHandler`] (wired
 //! in `app.rs`) answer them.
 
 pub mod pki;
 pub mod tls;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,7 +120,14 @@ pub struct Mesh {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    /// The cluster's members and their mesh addresses (empty: not in a cluster yet).
+    members: Mutex<Arc<BTreeMap<u64, String>>>,
+    /// Connections peers opened to this node, with the node id their certificate names.
+    incoming: Mutex<HashMap<usize, (Option<u64>, quinn::Connection)>>,
 }
+
+/// Close code of a connection refused after the handshake (not a member, wrong address).
+const NOT_A_MEMBER: u32 = 403;
 
 impl Mesh {
     /// Binds the endpoint on `addr`.
@@ -123,7 +136,59 @@ impl Mesh {
             .map_err(|e| anyhow::anyhow!("cannot bind the mesh (QUIC/UDP) on {addr}: {e}"))?;
         let client = tls.client_config()?;
         endpoint.set_default_client_config(client.clone());
-        Ok(Arc::new(Mesh { endpoint, client, conns: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Mesh {
+            endpoint,
+            client,
+            conns: Mutex::new(HashMap::new()),
+            members: Mutex::default(),
+            incoming: Mutex::default(),
+        }))
+    }
+
+    /// The current members (id -> mesh address), from Raft's membership. Connections to an
+    /// address whose node changed are dropped; peers no longer members are disconnected.
+    pub fn set_members(&self, members: BTreeMap<u64, String>) {
+        {
+            let mut cur = self.members.lock();
+            if **cur == members {
+                return;
+            }
+            *cur = Arc::new(members.clone());
+        }
+        self.conns.lock().clear();
+        let gone: Vec<quinn::Connection> = self
+            .incoming
+            .lock()
+            .values()
+            .filter(|(id, _)| !id.is_some_and(|id| members.contains_key(&id)))
+            .map(|(_, c)| c.clone())
+            .collect();
+        for c in gone {
+            c.close(NOT_A_MEMBER.into(), b"not a member of this cluster");
+        }
+    }
+
+    /// Whether a peer whose certificate names `peer` (from `remote`) may talk to this node.
+    async fn admits(&self, peer: Option<u64>, remote: SocketAddr) -> Result<(), String> {
+        let members = self.members.lock().clone();
+        if members.is_empty() {
+            return Ok(());
+        }
+        let id = peer.ok_or("its certificate names no node (node<ID>.joch)")?;
+        let addr = members.get(&id).ok_or_else(|| format!("node {id} is not a member of this cluster"))?;
+        let expected: Vec<SocketAddr> = match addr.parse::<SocketAddr>() {
+            Ok(a) => vec![a],
+            Err(_) => tokio::net::lookup_host(addr.as_str()).await.map(|i| i.collect()).unwrap_or_default(),
+        };
+        let same = |e: &SocketAddr| {
+            e.port() == remote.port()
+                && (e.ip().is_unspecified() || e.ip().to_canonical() == remote.ip().to_canonical())
+        };
+        if expected.iter().any(same) {
+            Ok(())
+        } else {
+            Err(format!("node {id} lives at {addr}, not at {remote}"))
+        }
     }
 
     /// The bound address.
@@ -146,6 +211,7 @@ impl Mesh {
             };
             let (control, streams) = (control.clone(), streams.clone());
             let stop = stop.clone();
+            let me = self.clone();
             tokio::spawn(async move {
                 let conn = match incoming.await {
                     Ok(c) => c,
@@ -155,6 +221,17 @@ impl Mesh {
                         return;
                     }
                 };
+                let peer = conn
+                    .peer_identity()
+                    .and_then(|i| i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+                    .and_then(|chain| tls::node_id_of(chain.first()?));
+                if let Err(why) = me.admits(peer, conn.remote_address()).await {
+                    tracing::warn!(peer = ?peer, remote = %conn.remote_address(), reason = %why, "mesh: refused peer");
+                    metrics::counter!("joch_mesh_peers_refused_total").increment(1);
+                    conn.close(NOT_A_MEMBER.into(), why.as_bytes());
+                    return;
+                }
+                me.incoming.lock().insert(conn.stable_id(), (peer, conn.clone()));
                 metrics::gauge!("joch_mesh_connections", "dir" => "in").increment(1.0);
                 loop {
                     let (send, recv) = tokio::select! {
@@ -168,6 +245,7 @@ impl Mesh {
                         }
                     });
                 }
+                me.incoming.lock().remove(&conn.stable_id());
                 metrics::gauge!("joch_mesh_connections", "dir" => "in").decrement(1.0);
             });
         }
@@ -215,10 +293,16 @@ impl Mesh {
             }
         }
         let connect_err = |message: String| MeshError::Connect { addr: addr.to_string(), message };
-        let connecting = self
-            .endpoint
-            .connect_with(self.client.clone(), sock, pki::MESH_SERVER_NAME)
-            .map_err(|e| connect_err(e.to_string()))?;
+        // The node membership says lives there must answer, not any node of the CA.
+        let name = self
+            .members
+            .lock()
+            .iter()
+            .find(|(_, a)| a.as_str() == addr)
+            .map(|(id, _)| tls::node_server_name(*id))
+            .unwrap_or_else(|| pki::MESH_SERVER_NAME.to_string());
+        let connecting =
+            self.endpoint.connect_with(self.client.clone(), sock, &name).map_err(|e| connect_err(e.to_string()))?;
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| connect_err(format!("no handshake within {CONNECT_TIMEOUT:?}")))?

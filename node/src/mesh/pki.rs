@@ -1,7 +1,10 @@
 //! The cluster CA and node certificates (`joch cluster ca init|issue`, and `joch dev up`).
 //!
-//! One CA per cluster; each node gets a certificate for client and server authentication, with
-//! the SANs `joch-mesh` (the name peers dial) and `node<ID>.joch`, plus any hosts given.
+//! One CA per cluster (valid ten years); each node gets a certificate for client and server
+//! authentication, with the SANs `joch-mesh` and `node<ID>.joch` (the name a peer dials when
+//! membership says node ID lives at the address), plus any hosts given (kept beside it in
+//! `node<ID>.hosts`, so a renewal keeps them). A node certificate lives [`NODE_CERT_DAYS`] days
+//! by default; `joch cluster cert renew` replaces it in place and the node reloads it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,8 +14,11 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
-/// The TLS server name every node's certificate carries and every peer dials.
+/// The TLS server name every node's certificate carries (dialed where no member is known).
 pub const MESH_SERVER_NAME: &str = "joch-mesh";
+
+/// Default lifetime of a node certificate.
+pub const NODE_CERT_DAYS: u32 = 180;
 
 /// A problem creating or reading certificates.
 #[derive(Debug, thiserror::Error)]
@@ -57,19 +63,38 @@ impl PkiDir {
     pub fn node_key(&self, id: u64) -> PathBuf {
         self.0.join(format!("node{id}-key.pem"))
     }
+    /// The extra hosts of node `id`'s certificate (one per line).
+    pub fn node_hosts(&self, id: u64) -> PathBuf {
+        self.0.join(format!("node{id}.hosts"))
+    }
 }
 
+/// Writes a file whole (a temporary file renamed over it): a node reloading it never reads half.
 fn write(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let io = |source| PkiError::Io { path: path.to_path_buf(), source };
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(io)?;
     }
-    fs::write(path, contents).map_err(io)?;
-    if secret {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)?;
-    }
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(contents.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)?;
     Ok(())
+}
+
+/// `days` from now (an hour back, for clocks slightly behind).
+fn validity(days: u32) -> (time::OffsetDateTime, time::OffsetDateTime) {
+    let now = time::OffsetDateTime::now_utc();
+    (now - time::Duration::hours(1), now + time::Duration::days(i64::from(days)))
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
@@ -85,8 +110,7 @@ fn ca_params() -> Result<CertificateParams, PkiError> {
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
-    p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    // Signing only uses the name and key; the CA certificate's own validity is set in init_ca.
     Ok(p)
 }
 
@@ -96,14 +120,17 @@ pub fn init_ca(dir: &PkiDir) -> Result<(), PkiError> {
         return Err(PkiError::Exists(dir.ca_key()));
     }
     let key = KeyPair::generate()?;
-    let cert = ca_params()?.self_signed(&key)?;
+    let mut p = ca_params()?;
+    (p.not_before, p.not_after) = validity(3653);
+    let cert = p.self_signed(&key)?;
     write(&dir.ca_cert(), &cert.pem(), false)?;
     write(&dir.ca_key(), &key.serialize_pem(), true)?;
     Ok(())
 }
 
-/// Issues a certificate for node `id`, signed by the CA in `dir`.
-pub fn issue_node(dir: &PkiDir, id: u64, extra_hosts: &[String]) -> Result<(), PkiError> {
+/// Issues a certificate for node `id`, signed by the CA in `dir`, valid `days` (default
+/// [`NODE_CERT_DAYS`]); replaces one there (a new key too).
+pub fn issue_node(dir: &PkiDir, id: u64, extra_hosts: &[String], days: Option<u32>) -> Result<(), PkiError> {
     let ca_key = KeyPair::from_pem(&read(&dir.ca_key())?)?;
     let issuer = Issuer::new(ca_params()?, ca_key);
     let mut names = vec![MESH_SERVER_NAME.to_string(), format!("node{id}.joch"), "localhost".to_string()];
@@ -121,11 +148,28 @@ pub fn issue_node(dir: &PkiDir, id: u64, extra_hosts: &[String]) -> Result<(), P
     p.distinguished_name = dn;
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
-    p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    (p.not_before, p.not_after) = validity(days.unwrap_or(NODE_CERT_DAYS));
     let key = KeyPair::generate()?;
     let cert = p.signed_by(&key, &issuer)?;
-    write(&dir.node_cert(id), &cert.pem(), false)?;
+    write(&dir.node_hosts(id), &extra_hosts.join("\n"), false)?;
     write(&dir.node_key(id), &key.serialize_pem(), true)?;
+    write(&dir.node_cert(id), &cert.pem(), false)?;
     Ok(())
+}
+
+/// Renews node `id`'s certificate in `dir` (same hosts, a new key, valid `days` from now).
+pub fn renew_node(dir: &PkiDir, id: u64, days: Option<u32>) -> Result<(), PkiError> {
+    if !dir.node_cert(id).exists() {
+        return Err(PkiError::Io {
+            path: dir.node_cert(id),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no certificate to renew"),
+        });
+    }
+    let hosts: Vec<String> = fs::read_to_string(dir.node_hosts(id))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
+        .collect();
+    issue_node(dir, id, &hosts, days)
 }

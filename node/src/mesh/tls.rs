@@ -1,13 +1,18 @@
 //! rustls configurations for the mesh: TLS 1.3 only, ring provider, mutual authentication against
 //! the cluster CA. A peer whose certificate the CA did not sign fails the handshake, both ways.
+//! A node's certificate names its id (`node<ID>.joch`): a dialer asks for the name of the node
+//! membership says lives at the address, and an acceptor reads the id off the client's
+//! certificate ([`node_id_of`]). The node's own pair is reloaded when its files change.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
+
+use crate::certs::CertStore;
 
 /// ALPN protocol of the mesh.
 pub const ALPN: &[u8] = b"joch-mesh/1";
@@ -37,8 +42,22 @@ pub enum TlsError {
 /// The TLS material of one node.
 pub struct NodeTls {
     roots: Arc<RootCertStore>,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    /// This node's certificate and key (reloaded on change).
+    pub pair: Arc<CertStore>,
+}
+
+/// The TLS name of node `id`'s certificate.
+pub fn node_server_name(id: u64) -> String {
+    format!("node{id}.joch")
+}
+
+/// The node id a certificate names (its one `node<ID>.joch` name).
+pub fn node_id_of(cert: &CertificateDer<'_>) -> Option<u64> {
+    let ee = webpki::EndEntityCert::try_from(cert).ok()?;
+    let mut ids =
+        ee.valid_dns_names().filter_map(|n| n.strip_prefix("node")?.strip_suffix(".joch")?.parse::<u64>().ok());
+    let id = ids.next()?;
+    ids.next().is_none().then_some(id)
 }
 
 fn pem_err(path: &Path, e: impl std::fmt::Display) -> TlsError {
@@ -63,15 +82,8 @@ impl NodeTls {
         for c in ca_certs {
             roots.add(c).map_err(|e| pem_err(ca, e))?;
         }
-        let chain: Vec<_> = CertificateDer::pem_file_iter(cert)
-            .map_err(|e| pem_err(cert, e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| pem_err(cert, e))?;
-        if chain.is_empty() {
-            return Err(pem_err(cert, "no certificate in file"));
-        }
-        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, e))?;
-        Ok(NodeTls { roots: Arc::new(roots), chain, key: key_der })
+        let pair = CertStore::load(cert, key).map_err(|e| pem_err(cert, e))?;
+        Ok(NodeTls { roots: Arc::new(roots), pair })
     }
 
     /// QUIC server configuration: requires a client certificate signed by the cluster CA.
@@ -80,7 +92,7 @@ impl NodeTls {
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+            .with_cert_resolver(self.pair.clone());
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -93,7 +105,7 @@ impl NodeTls {
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(self.roots.clone())
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+            .with_client_cert_resolver(self.pair.clone());
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(|e| TlsError::Quic(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(quic));

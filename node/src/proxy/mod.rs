@@ -137,12 +137,12 @@ impl Proxy {
         }
     }
 
-    /// The sealer of session ids (the cluster key is set by the first leader).
+    /// The sealer of session ids (the first session key is set by the first leader).
     fn sealer(&self, call: &Call) -> Result<Sealer, Denial> {
-        match self.node.registry.load().registry.cluster_key {
-            Some(k) => Ok(Sealer::new(&k)),
-            None => Err(call.deny(Reason::ControlPlaneStale, "cluster.key", "the cluster is not initialised yet")),
-        }
+        let state = self.node.registry.load();
+        let keys = state.registry.access.session_keys.iter().map(|k| (k.id, k.key));
+        Sealer::new(keys, self.limits.session_max_age)
+            .ok_or_else(|| call.deny(Reason::ControlPlaneStale, "cluster.key", "the cluster is not initialised yet"))
     }
 
     /// Whether `server` is registered as a stdio server (a lookup, not a decision: where a stdio

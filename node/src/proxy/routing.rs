@@ -22,7 +22,7 @@ use super::stages::Outcome;
 use super::Proxy;
 use crate::auth::agent::Caller;
 use crate::mcp::jsonrpc::{self, Body as RpcBody, Message};
-use crate::mcp::session::SessionToken;
+use crate::mcp::session::{SessionError, SessionToken};
 use crate::mcp::version;
 
 impl Proxy {
@@ -109,10 +109,16 @@ impl Proxy {
                 "Bad Request: Mcp-Session-Id header is required (send initialize first)",
             ));
         };
-        let token = self
-            .sealer(call)?
-            .open(id)
-            .map_err(|_| call.deny(Reason::SessionUnknown, "mcp.session", "Session not found: re-initialize"))?;
+        let token = self.sealer(call)?.open(id, crate::cluster::now_ms()).map_err(|e| match e {
+            SessionError::Expired => call.deny(
+                Reason::SessionUnknown,
+                "proxy.session_max_age",
+                "Session not found: it expired (proxy.session_max_age); re-initialize",
+            ),
+            SessionError::Invalid => {
+                call.deny(Reason::SessionUnknown, "mcp.session", "Session not found: re-initialize")
+            }
+        })?;
         if token.server != call.server || token.caller != call.caller.principal() {
             return Err(call.deny(Reason::SessionUnknown, "mcp.session", "Session not found: re-initialize"));
         }

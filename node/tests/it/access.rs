@@ -310,3 +310,34 @@ fn a_jwt_from_a_configured_idp_names_the_agent_and_forged_or_stale_ones_are_refu
     c.cli(1, &["idp", "rm", "corp"]).ok();
     assert_eq!(list(&alice).status, 401);
 }
+
+#[test]
+fn a_rotated_session_key_seals_new_sessions_and_open_ones_continue() {
+    let c = TestCluster::up(3, &[]);
+    let up = FastMcp::start();
+    c.cli(1, &["mcp", "add", "heldout", "--endpoint", &up.url]).ok();
+    let init = |node: u64| {
+        let r = http(
+            "POST",
+            &format!("{}/mcp/heldout", c.node(node).mcp_url),
+            &[ACCEPT, JSON_CT, c.auth()],
+            INIT.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        r.header("mcp-session-id").unwrap()
+    };
+    let list = |node: u64, sid: &str| {
+        let h = [ACCEPT, JSON_CT, c.auth(), ("mcp-session-id", sid), ("mcp-protocol-version", "2025-11-25")];
+        http("POST", &format!("{}/mcp/heldout", c.node(node).mcp_url), &h, LIST.as_bytes()).status
+    };
+    let old = init(1);
+    assert!(old.starts_with("j2.0."), "{old}");
+    let w = c.cli(2, &["cluster", "rotate-session-key", "-o", "json"]).ok().json();
+    assert_eq!(w["fleet"]["complete"], true, "{w}");
+    for n in 1..=3 {
+        let new = init(n);
+        assert!(new.starts_with("j2.1."), "node {n} seals with the new key: {new}");
+        assert_eq!(list(n, &new), 200);
+        assert_eq!(list(n, &old), 200, "node {n}: an open session continues");
+    }
+}

@@ -168,7 +168,7 @@ fn bad_input_gets_its_specific_error_and_the_node_keeps_serving() {
     let r = post(&[], list);
     assert_eq!((r.status, code(&r.json())), (400, -32007), "{r:?}");
     assert_eq!(r.json()["id"], 2);
-    let r = post(&[("mcp-session-id", "j1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")], list);
+    let r = post(&[("mcp-session-id", "j2.0.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")], list);
     assert_eq!((r.status, code(&r.json())), (404, -32006), "{r:?}");
     let r = http("GET", &url, &[ACCEPT, c.auth()], b"");
     assert_eq!((r.status, code(&r.json())), (400, -32007), "{r:?}");
@@ -226,7 +226,7 @@ fn bad_input_gets_its_specific_error_and_the_node_keeps_serving() {
     let r = post(&[], INIT.as_bytes());
     assert_eq!(r.status, 200, "{r:?}");
     let sid = r.header("mcp-session-id").expect("a session id");
-    assert!(sid.starts_with("j1."), "sealed: {sid}");
+    assert!(sid.starts_with("j2.0."), "sealed with key 0: {sid}");
     let batch = br#"[{"jsonrpc":"2.0","id":3,"method":"tools/list"}]"#;
     let r = post(&[("mcp-session-id", &sid), ("mcp-protocol-version", "2025-11-25")], batch);
     assert_eq!((r.status, code(&r.json())), (400, -32600), "{r:?}");

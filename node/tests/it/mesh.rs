@@ -1,4 +1,5 @@
-//! The mesh refuses peers whose certificate the cluster CA did not sign.
+//! The mesh refuses peers whose certificate the cluster CA did not sign, peers that are not
+//! members, and a member's certificate presented at another member's address.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,15 +12,18 @@ use joch_node::proxy::forward::{McpForward, McpHead};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{metric, TestCluster};
+use crate::harness::{eventually, metric, start_extra_node, TestCluster};
 
-struct Nobody;
+/// A test peer that answers nothing useful, counting what reaches it.
+#[derive(Default)]
+struct Nobody(std::sync::atomic::AtomicUsize);
 
 impl ControlHandler for Nobody {
     type Request = ControlRequest;
     type Response = ControlResponse;
 
     async fn handle(&self, _req: ControlRequest) -> ControlResponse {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         ControlResponse::BadRequest("test peer".into())
     }
 
@@ -33,6 +37,7 @@ impl StreamHandler for Nobody {
     type Head = McpHead;
 
     async fn handle(&self, _req: McpForward) -> (McpHead, BodyStream) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         (McpHead { status: 404, content_type: None }, Box::pin(futures::stream::empty()))
     }
 }
@@ -41,9 +46,13 @@ async fn status(m: &Mesh, addr: &str, t: Duration) -> Result<ControlResponse, jo
     m.call(addr, &ControlRequest::Status, t).await
 }
 
-fn mesh(ca: &std::path::Path, pki: &PkiDir, id: u64) -> Arc<Mesh> {
+fn mesh_at(ca: &std::path::Path, pki: &PkiDir, id: u64, addr: &str) -> Arc<Mesh> {
     let tls = NodeTls::load(ca, &pki.node_cert(id), &pki.node_key(id)).expect("tls");
-    Mesh::bind("127.0.0.1:0".parse().unwrap(), &tls).expect("bind")
+    Mesh::bind(addr.parse().unwrap(), &tls).expect("bind")
+}
+
+fn mesh(ca: &std::path::Path, pki: &PkiDir, id: u64) -> Arc<Mesh> {
+    mesh_at(ca, pki, id, "127.0.0.1:0")
 }
 
 fn handshake_failures(metrics_url: &str) -> u64 {
@@ -51,23 +60,35 @@ fn handshake_failures(metrics_url: &str) -> u64 {
 }
 
 #[tokio::test]
-async fn mesh_refuses_a_peer_from_another_ca() {
+async fn mesh_refuses_a_peer_from_another_ca_and_serves_members_only() {
     let c = TestCluster::up(1, &[]);
     let node = c.node(1).clone();
     let cluster_pki = PkiDir(c.pki_dir());
     let foreign_dir = TempDir::new().unwrap();
     let foreign = PkiDir(foreign_dir.path().to_path_buf());
     pki::init_ca(&foreign).unwrap();
-    pki::issue_node(&foreign, 7, &[]).unwrap();
-    pki::issue_node(&cluster_pki, 8, &[]).unwrap();
+    pki::issue_node(&foreign, 7, &[], None).unwrap();
+    pki::issue_node(&cluster_pki, 8, &[], None).unwrap();
+    pki::issue_node(&cluster_pki, 9, &[], None).unwrap();
     let t = Duration::from_secs(3);
 
-    // Control: a peer with a certificate from the cluster CA is answered.
+    // A node not in a cluster yet answers any peer of its CA (that is how it joins one)...
+    let (mut bare, addrs) = start_extra_node(c.dir.path(), &c.pki_dir(), 9, "");
     let good = mesh(&cluster_pki.ca_cert(), &cluster_pki, 8);
-    match status(&good, &node.mesh_addr, t).await {
-        Ok(ControlResponse::Status(s)) => assert_eq!(s.id, 1),
-        other => panic!("a peer from the cluster CA must be answered: {other:?}"),
+    match status(&good, addrs["mesh"].as_str().unwrap(), t).await {
+        Ok(ControlResponse::Status(s)) => assert_eq!(s.id, 9),
+        other => panic!("a bare node answers a peer of its CA: {other:?}"),
     }
+    let _ = bare.kill();
+    // ...a node in a cluster answers its members only: node 8 is not one.
+    let r = status(&good, &node.mesh_addr, t).await;
+    assert!(r.is_err(), "a non-member was answered: {r:?}");
+    eventually("the refusal counted", Duration::from_secs(5), || {
+        (metric(&node.metrics_url, "joch_mesh_peers_refused_total") > 0).then_some(())
+    });
+    // Not even with the node's own certificate, from another address.
+    let copy = mesh(&cluster_pki.ca_cert(), &cluster_pki, 1);
+    assert!(status(&copy, &node.mesh_addr, t).await.is_err());
 
     // A peer that trusts the cluster CA but presents a certificate from another CA: the node
     // refuses it during the handshake.
@@ -86,8 +107,97 @@ async fn mesh_refuses_a_peer_from_another_ca() {
     let foreign_server = mesh(&foreign.ca_cert(), &foreign, 7);
     let addr = foreign_server.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
-    tokio::spawn(foreign_server.clone().serve(Arc::new(Nobody), Arc::new(Nobody), stop.clone()));
+    tokio::spawn(foreign_server.clone().serve(Arc::new(Nobody::default()), Arc::new(Nobody::default()), stop.clone()));
     let r = status(&good, &addr, t).await;
     assert!(matches!(r, Err(joch_node::mesh::MeshError::Connect { .. })), "{r:?}");
     stop.cancel();
+}
+
+// Multi-threaded: the impostor must answer handshakes while the test blocks on the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_node_2_presented_at_node_3s_address_is_refused() {
+    let c = TestCluster::up(3, &[]);
+    let pki = PkiDir(c.pki_dir());
+    let three = c.node(3).clone();
+    c.kill9(3);
+    // An impostor with node 2's certificate (signed by the cluster CA) where node 3 lives.
+    let impostor = mesh_at(&pki.ca_cert(), &pki, 2, &three.mesh_addr);
+    let seen = Arc::new(Nobody::default());
+    let stop = CancellationToken::new();
+    tokio::spawn(impostor.clone().serve(seen.clone(), seen.clone(), stop.clone()));
+    // Node 1 keeps dialing node 3 (heartbeats, status): it refuses the certificate.
+    let err = eventually("node 1 to report node 3's certificate", Duration::from_secs(20), || {
+        let st = c.cli(1, &["cluster", "status", "-o", "json"]);
+        let v = (st.code == 0).then(|| st.json())?;
+        let m = v["members"].as_array()?.iter().find(|m| m["id"] == 3)?.clone();
+        let e = m["error"].as_str()?.to_string();
+        (m["reachable"] == false && e.contains("certificate")).then_some(e)
+    });
+    assert!(err.contains("node3.joch") || err.contains("NotValidForName"), "{err}");
+    assert_eq!(seen.0.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing reached the impostor");
+    // And as a client, from node 3's address, claiming to be node 2: refused by node 1.
+    let r = status(&impostor, &c.node(1).mesh_addr, Duration::from_secs(3)).await;
+    assert!(r.is_err(), "node 1 answered node 2's certificate from node 3's address: {r:?}");
+    stop.cancel();
+}
+
+/// The certificate node `addr` (HOST:PORT) serves over TLS, verified with the CA `ca`.
+async fn served_certificate(ca: &std::path::Path, addr: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls =
+        tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.expect("a verified TLS handshake");
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn first_cert(path: &std::path::Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_file_iter(path).unwrap().next().unwrap().unwrap().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    let c = TestCluster::up(3, &[]);
+    let pki = PkiDir(c.pki_dir());
+    let admin2 = c.node(2).admin_url.strip_prefix("https://").unwrap().to_string();
+    let old = first_cert(&pki.node_cert(2));
+    assert_eq!(served_certificate(&pki.ca_cert(), &admin2).await, old);
+
+    let out = crate::harness::joch([
+        "cluster",
+        "cert",
+        "renew",
+        "--dir",
+        pki.0.to_str().unwrap(),
+        "--id",
+        "2",
+        "--days",
+        "30",
+    ])
+    .ok();
+    assert!(out.stderr.contains("valid 30 days") || out.stdout.contains("valid 30 days"), "{out:?}");
+    let new = first_cert(&pki.node_cert(2));
+    assert_ne!(new, old);
+    let reloads = "joch_certificate_reloads_total{what=\"node\"}";
+    eventually("node 2 to reload its certificate", Duration::from_secs(10), || {
+        (metric(&c.node(2).metrics_url, reloads) >= 1).then_some(())
+    });
+    assert_eq!(served_certificate(&pki.ca_cert(), &admin2).await, new, "the admin API serves the new one");
+    assert!(crate::harness::alive(c.node(2).pid), "no restart");
+    // The mesh too: node 2's peers accept it on new connections, the fleet acknowledges a write.
+    c.cli(2, &["mcp", "add", "s", "--endpoint", "http://127.0.0.1:9/mcp"]).ok();
+    let q = c.cli(2, &["mcp", "quarantine", "s", "--reason", "after renewal", "-o", "json"]).ok().json();
+    assert_eq!(q["fleet"]["complete"], true, "{q}");
 }

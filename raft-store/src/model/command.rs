@@ -92,9 +92,10 @@ impl Command {
             | Command::InitClusterKey { .. }
             | Command::SetRetention { .. }
             | Command::CreateAdminToken { .. }
-            | Command::CreateAgent { .. }
-            | Command::AddSessionKey { .. } => false,
-            Command::RevokeAdminToken { .. }
+            | Command::CreateAgent { .. } => false,
+            // Every node must have a new session key before the ids it seals reach them.
+            Command::AddSessionKey { .. }
+            | Command::RevokeAdminToken { .. }
             | Command::RevokeAgent { .. }
             | Command::SetIdp { .. }
             | Command::DeleteIdp { .. }

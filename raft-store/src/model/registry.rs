@@ -177,6 +177,10 @@ impl Default for Retention {
 /// a resource's own history is pruned whenever it gets a new line.
 pub const HISTORY_SWEEP_MS: u64 = 3600 * 1000;
 
+/// Session-sealing keys kept (the newest seals; all open). Rotating more often than sessions
+/// live drops the oldest, and the ids it sealed stop opening.
+pub const MAX_SESSION_KEYS: usize = 8;
+
 /// The whole replicated registry. Cheap to clone (records are shared), so the state machine can
 /// publish a fresh immutable copy after every apply.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -591,6 +595,9 @@ impl Registry {
             Command::AddSessionKey { key } => {
                 let id = access.session_keys.last().map(|k| k.id + 1).unwrap_or(0);
                 access.session_keys.push(SessionKey { id, key: *key, created_ms: stamp.at_ms });
+                // Bounded: ids sealed with a key dropped here no longer open.
+                let excess = access.session_keys.len().saturating_sub(MAX_SESSION_KEYS);
+                access.session_keys.drain(..excess);
                 (
                     "cluster/session-keys".to_string(),
                     changed(format!("session key {id} added; new sessions are sealed with it")),
