@@ -15,6 +15,29 @@ use super::convert::stamp;
 use super::{actor, invalid, observe, operator, AdminApi};
 use crate::auth::token;
 
+impl AdminApi {
+    /// The command setting secret `name` to `data`, sealed here under this node's key-encryption
+    /// key (only ciphertext enters the log). An error names the key, never a value.
+    pub(super) fn seal_secret(&self, name: &str, data: &BTreeMap<String, String>) -> Result<Command, Status> {
+        check_name("name", name).map_err(|e| invalid(&e.field, e.message))?;
+        if data.is_empty() {
+            return Err(invalid("data", "a secret needs at least one key"));
+        }
+        let mut sealed = BTreeMap::new();
+        for (k, v) in data {
+            if !crate::resource::manifest::valid_secret_key(k) {
+                return Err(invalid("data", format!("key {k:?}: letters, digits, '-', '_' and '.' only")));
+            }
+            let s = self
+                .keyring
+                .seal(name, k, v.as_bytes())
+                .map_err(|e| Status::failed_precondition(format!("node {}: {e}", self.cluster.id)))?;
+            sealed.insert(k.clone(), s);
+        }
+        Ok(Command::SetSecret { name: name.to_string(), data: sealed })
+    }
+}
+
 #[tonic::async_trait]
 impl Access for AdminApi {
     async fn who_am_i(&self, req: Request<pb::Empty>) -> Result<Response<pb::Operator>, Status> {
@@ -163,22 +186,9 @@ impl Access for AdminApi {
         let actor = actor(&req);
         let r = req.into_inner();
         observe("SetSecret", async {
-            check_name("name", &r.name).map_err(|e| invalid(&e.field, e.message))?;
-            if r.data.is_empty() {
-                return Err(invalid("data", "a secret needs at least one key"));
-            }
-            let mut data = BTreeMap::new();
-            for (k, v) in &r.data {
-                if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-                    return Err(invalid("data", format!("key {k:?}: letters, digits, '-', '_' and '.' only")));
-                }
-                let sealed = self
-                    .keyring
-                    .seal(&r.name, k, v.as_bytes())
-                    .map_err(|e| Status::failed_precondition(format!("node {}: {e}", self.cluster.id)))?;
-                data.insert(k.clone(), sealed);
-            }
-            self.write(&actor, Command::SetSecret { name: r.name, data }).await
+            let data: BTreeMap<String, String> = r.data.into_iter().collect();
+            let command = self.seal_secret(&r.name, &data)?;
+            self.write(&actor, command).await
         })
         .await
     }

@@ -206,15 +206,19 @@ impl Registry for AdminApi {
             // Every manifest is written in order; one fleet acknowledgement of the last one that
             // needs it then covers them all (a member that applied index N applied every one before).
             for m in &manifests {
-                if let manifest::Manifest::McpServer { name, spec, .. } = m {
-                    stdio_needs_admin(&op, spec, name)?;
+                match m {
+                    manifest::Manifest::McpServer { name, spec, .. } => stdio_needs_admin(&op, spec, name)?,
+                    manifest::Manifest::Secret { name, .. } if op.role < Role::Admin => {
+                        return Err(denied(&op, Role::Admin, &format!("applying secret {name:?}")));
+                    }
+                    _ => {}
                 }
             }
             let mut results = Vec::new();
             let mut acked: Option<usize> = None;
             for m in manifests {
                 let (kind, name) = (m.kind().to_string(), m.name().to_string());
-                let command = m.into_command();
+                let command = m.into_command(|name, data| self.seal_secret(name, data))?;
                 if command.fleet_acknowledged() {
                     acked = Some(results.len());
                 }

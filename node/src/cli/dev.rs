@@ -40,6 +40,9 @@ pub enum DevCmd {
         /// Let agents call without a credential (as `anonymous`; first start only; off by default).
         #[arg(long)]
         allow_anonymous: bool,
+        /// Do not run (and register) the demo MCP server.
+        #[arg(long)]
+        no_demo: bool,
     },
     /// Stop the nodes of a local cluster (SIGTERM, then SIGKILL after 10 s). Data is kept.
     Down {
@@ -65,6 +68,18 @@ pub struct DevCluster {
     /// The token of the agent `dev-agent`.
     #[serde(default)]
     pub agent_token: Option<String>,
+    /// The demo MCP server (registered as `demo`), if it runs.
+    #[serde(default)]
+    pub demo: Option<DevDemo>,
+}
+
+/// The demo MCP server of a dev cluster.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct DevDemo {
+    /// Its process.
+    pub pid: u32,
+    /// Its MCP endpoint.
+    pub url: String,
 }
 
 /// Settings written into every node's config at the first start.
@@ -72,6 +87,7 @@ struct NodeSettings<'a> {
     raft: &'a str,
     stdio_allow: &'a [PathBuf],
     allow_anonymous: bool,
+    demo: bool,
 }
 
 /// One node of `cluster.json`.
@@ -241,7 +257,7 @@ async fn wait_leader(nodes: &[DevNode], deadline: Instant) -> anyhow::Result<pb:
 
 pub async fn run(g: &Global, cmd: DevCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        DevCmd::Up { nodes, dir, snapshot_after_logs, logs_to_keep, stdio_allow, allow_anonymous } => {
+        DevCmd::Up { nodes, dir, snapshot_after_logs, logs_to_keep, stdio_allow, allow_anonymous, no_demo } => {
             let mut raft = String::new();
             if let Some(n) = snapshot_after_logs {
                 raft.push_str(&format!("  snapshot_after_logs: {n}\n"));
@@ -251,7 +267,8 @@ pub async fn run(g: &Global, cmd: DevCmd) -> anyhow::Result<ExitCode> {
             }
             let cwd = std::env::current_dir().context("the current directory")?;
             let stdio_allow: Vec<PathBuf> = stdio_allow.into_iter().map(|p| cwd.join(p)).collect();
-            up(g, nodes, &dir, &NodeSettings { raft: &raft, stdio_allow: &stdio_allow, allow_anonymous }).await
+            let settings = NodeSettings { raft: &raft, stdio_allow: &stdio_allow, allow_anonymous, demo: !no_demo };
+            up(g, nodes, &dir, &settings).await
         }
         DevCmd::Down { dir, purge } => down(&dir, purge),
     }
@@ -272,6 +289,86 @@ async fn dev_agent(admin_url: &str) -> anyhow::Result<String> {
         }
     }
     anyhow::bail!("creating the dev agent: dev-agent..dev-agent-99 all exist")
+}
+
+/// Runs the demo MCP server (unless it runs) and registers it as `demo`. A restarted demo
+/// takes its former port when it is free, so the registered endpoint stays right; otherwise the
+/// record's endpoint is updated.
+async fn demo(dir: &Path, cluster: &mut DevCluster, guard: &mut Started) -> anyhow::Result<()> {
+    if cluster.demo.as_ref().is_some_and(|d| alive(d.pid)) {
+        return Ok(());
+    }
+    let addr_file = dir.join("demo.addr");
+    let former = cluster
+        .demo
+        .as_ref()
+        .and_then(|d| d.url.strip_prefix("http://")?.strip_suffix("/mcp").map(str::to_string))
+        .or_else(|| std::fs::read_to_string(&addr_file).ok())
+        .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok());
+    let exe = std::env::current_exe().context("locating the joch binary")?;
+    let start = |listen: String| -> anyhow::Result<u32> {
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("demo.log"))?;
+        use std::os::unix::process::CommandExt;
+        let child = Command::new(&exe)
+            .args(["demo-server", "--listen", &listen, "--addr-file"])
+            .arg(&addr_file)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("starting the demo MCP server")?;
+        Ok(child.id())
+    };
+    let wait = |pid: u32| {
+        let addr_file = addr_file.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                    if !a.is_empty() {
+                        return Some(a);
+                    }
+                }
+                if !alive(pid) || Instant::now() > deadline {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let mut pid = start(former.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:0".into()))?;
+    guard.0.push(pid);
+    let mut bound = wait(pid).await;
+    if bound.is_none() && former.is_some() {
+        // Its former port is taken: any port, and the record follows.
+        pid = start("127.0.0.1:0".into())?;
+        guard.0.push(pid);
+        bound = wait(pid).await;
+    }
+    let bound =
+        bound.with_context(|| format!("the demo MCP server did not start; see {}", dir.join("demo.log").display()))?;
+    let url = format!("http://{bound}/mcp");
+    let mut c = client::connect(&cluster.nodes[0].admin_url).await?;
+    let add = pb::AddServerRequest { name: "demo".into(), endpoint: url.clone(), ..Default::default() };
+    match c.registry.add_server(req(add)).await {
+        Ok(_) => {}
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {
+            if former.map(|a| a.to_string()) != Some(bound.clone()) {
+                let manifest = format!(
+                    "apiVersion: joch.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: demo\nspec:\n  endpoint:\n    url: {url}\n"
+                );
+                c.registry
+                    .apply(req(pb::ApplyRequest { source: "dev up (demo)".into(), text: manifest }))
+                    .await
+                    .map_err(|s| anyhow::anyhow!("updating the demo server's endpoint: {}", s.message()))?;
+            }
+        }
+        Err(s) => anyhow::bail!("registering the demo MCP server: {}", s.message()),
+    }
+    cluster.demo = Some(DevDemo { pid, url });
+    Ok(())
 }
 
 /// Nodes started by this invocation: stopped again if it fails, so a failed `up` leaves no
@@ -460,6 +557,10 @@ async fn up(g: &Global, count: u64, dir: &Path, settings: &NodeSettings<'_>) -> 
             }
         });
     }
+    // The demo runs where it ran before (or on a first start), unless --no-demo says otherwise.
+    if settings.demo && (fresh || cluster.demo.is_some() || dir.join("demo.addr").exists()) {
+        demo(&dir, &mut cluster, &mut guard).await?;
+    }
     std::fs::write(&state, serde_json::to_vec_pretty(&cluster)?)?;
     guard.disarm();
     let elapsed = started.elapsed();
@@ -495,7 +596,13 @@ async fn up(g: &Global, count: u64, dir: &Path, settings: &NodeSettings<'_>) -> 
             .collect();
         table(&["ID", "PID", "ADMIN", "MCP", "MESH", "METRICS"], &rows);
         say!("\nstate: {}\nlogs:  {}/node*/node.log", state.display(), dir.display());
-        say!("try:   joch mcp add github --endpoint https://mcp.example.com/github --auth oauth2");
+        if let Some(d) = &cluster.demo {
+            say!(
+                "demo:  the MCP server `demo` ({}) is registered: agents reach it at {}/mcp/demo",
+                d.url,
+                cluster.nodes[0].mcp_url
+            );
+        }
         say!(
             "       (the CLI finds this cluster from ./{DEV_DIR}; elsewhere: export JOCH_SERVER={})",
             cluster.nodes[0].admin_url
@@ -527,6 +634,10 @@ fn down(dir: &Path, purge: bool) -> anyhow::Result<ExitCode> {
         signal(n.pid, "KILL");
     }
     say!("stopped {} node(s)", running.len());
+    if let Some(d) = cluster.demo.as_ref().filter(|d| alive(d.pid)) {
+        signal(d.pid, "TERM");
+        say!("stopped the demo MCP server");
+    }
     if purge {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
         say!("removed {}", dir.display());

@@ -141,6 +141,16 @@ pub enum Cmd {
     },
     /// The operator the current token names.
     Whoami,
+    /// Run the small demo MCP server shipped with joch (tools echo, add, utc_now; what `joch dev
+    /// up` registers as `demo`).
+    DemoServer {
+        /// Address to listen on (streamable HTTP on /mcp).
+        #[arg(long, default_value = "127.0.0.1:7300")]
+        listen: std::net::SocketAddr,
+        /// Write the bound address to this file.
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
+    },
 }
 
 /// Entry point of the binary.
@@ -189,5 +199,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Secret { cmd } => access::secret(&g, cmd).await,
         Cmd::Login { context, token_file } => access::login(&g, context, token_file).await,
         Cmd::Whoami => access::whoami(&g).await,
+        Cmd::DemoServer { listen, addr_file } => {
+            crate::demo::serve(listen, addr_file).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -32,6 +32,24 @@ pub enum Manifest {
         /// spec, as canonical JSON (sorted keys)
         spec_json: String,
     },
+    /// `kind: Secret`: values in the clear, sealed by the node that applies it (see
+    /// [`Manifest::into_command`]); never logged.
+    Secret {
+        /// metadata.name
+        name: String,
+        /// stringData, and data decoded from base64.
+        data: SecretData,
+    },
+}
+
+/// A secret's values; its `Debug` shows the keys only.
+#[derive(Clone, PartialEq)]
+pub struct SecretData(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for SecretData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 impl Manifest {
@@ -40,22 +58,28 @@ impl Manifest {
         match self {
             Manifest::McpServer { .. } => "MCPServer",
             Manifest::Policy { .. } => "Policy",
+            Manifest::Secret { .. } => "Secret",
         }
     }
 
     /// metadata.name.
     pub fn name(&self) -> &str {
         match self {
-            Manifest::McpServer { name, .. } | Manifest::Policy { name, .. } => name,
+            Manifest::McpServer { name, .. } | Manifest::Policy { name, .. } | Manifest::Secret { name, .. } => name,
         }
     }
 
-    /// The command that applies it.
-    pub fn into_command(self) -> Command {
-        match self {
+    /// The command that applies it; a secret's values are sealed with `seal` first (only
+    /// ciphertext enters the log).
+    pub fn into_command<E>(
+        self,
+        seal: impl FnOnce(&str, &BTreeMap<String, String>) -> Result<Command, E>,
+    ) -> Result<Command, E> {
+        Ok(match self {
             Manifest::McpServer { name, labels, spec } => Command::UpsertServer { name, labels, spec: *spec },
             Manifest::Policy { name, labels, spec_json } => Command::ApplyPolicy { name, labels, spec_json },
-        }
+            Manifest::Secret { name, data } => return seal(&name, &data.0),
+        })
     }
 }
 
@@ -121,6 +145,29 @@ struct McpServerDoc {
     /// Status is written by joch; accepted (so `describe -o yaml` output re-applies) and ignored.
     #[serde(default)]
     status: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct SecretDoc {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    /// Values as text.
+    #[serde(default)]
+    string_data: BTreeMap<String, String>,
+    /// Values in base64.
+    #[serde(default)]
+    data: BTreeMap<String, String>,
+    /// Accepted (`Opaque`), not used.
+    #[serde(default, rename = "type")]
+    kind_of: Option<String>,
+}
+
+/// A secret's keys: letters, digits, '-', '_' and '.'.
+pub fn valid_secret_key(k: &str) -> bool {
+    !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 #[derive(Deserialize)]
@@ -259,12 +306,38 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Manifest>, Vec<ManifestErro
                 let spec_json = d.spec.to_string();
                 (Manifest::Policy { name: d.metadata.name, labels: d.metadata.labels, spec_json }, problems)
             }),
+            "Secret" => serde_yaml_ng::from_str::<SecretDoc>(doc.text).map(|d| {
+                use base64::Engine;
+                let mut problems = Vec::new();
+                let problem = |field: String, message: &str| joch_raft_store::model::validate::FieldError {
+                    field,
+                    message: message.into(),
+                };
+                let mut data = d.string_data;
+                for (k, v) in d.data {
+                    // Never the value in a message: only which key.
+                    match base64::engine::general_purpose::STANDARD.decode(v.trim()).ok().map(String::from_utf8) {
+                        Some(Ok(text)) => {
+                            data.insert(k, text);
+                        }
+                        Some(Err(_)) => problems.push(problem(format!("data.{k}"), "not UTF-8 text once decoded")),
+                        None => problems.push(problem(format!("data.{k}"), "not base64")),
+                    }
+                }
+                if data.is_empty() {
+                    problems.push(problem("stringData".into(), "a secret needs at least one key (stringData or data)"));
+                }
+                for k in data.keys().filter(|k| !valid_secret_key(k)) {
+                    problems.push(problem(format!("stringData.{k}"), "keys are letters, digits, '-', '_' and '.'"));
+                }
+                (Manifest::Secret { name: d.metadata.name, data: SecretData(data) }, problems)
+            }),
             "" => {
-                errors.push(at("kind", "required (MCPServer or Policy)".into()));
+                errors.push(at("kind", "required (MCPServer, Policy or Secret)".into()));
                 continue;
             }
             other => {
-                errors.push(at("kind", format!("unknown kind {other:?}: expected MCPServer or Policy")));
+                errors.push(at("kind", format!("unknown kind {other:?}: expected MCPServer, Policy or Secret")));
                 continue;
             }
         };
@@ -410,7 +483,7 @@ spec:
         let errs = parse("x", "apiVersion: v1\nkind: MCPServer\n").unwrap_err();
         assert_eq!(errs[0].to_string(), "x:1: apiVersion: expected joch.dev/v1alpha1, got \"v1\"");
         let errs = parse("x", "apiVersion: joch.dev/v1alpha1\nkind: Pod\n").unwrap_err();
-        assert_eq!(errs[0].to_string(), "x:2: kind: unknown kind \"Pod\": expected MCPServer or Policy");
+        assert_eq!(errs[0].to_string(), "x:2: kind: unknown kind \"Pod\": expected MCPServer, Policy or Secret");
         let errs = parse("x", &SEED_002.replace("name: github", "name: GitHub.com")).unwrap_err();
         assert!(errs[0].to_string().starts_with("x:4: metadata.name: invalid name \"GitHub.com\""), "{}", errs[0]);
         let errs = parse("x", "# nothing\n").unwrap_err();

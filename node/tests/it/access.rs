@@ -341,3 +341,77 @@ fn a_rotated_session_key_seals_new_sessions_and_open_ones_continue() {
         assert_eq!(list(n, &old), 200, "node {n}: an open session continues");
     }
 }
+
+#[test]
+fn login_saves_a_context_the_cli_then_uses() {
+    let c = TestCluster::up(1, &[]);
+    let cfg = c.dir.path().join("cli-config.yaml");
+    let cfg_s = cfg.to_str().unwrap();
+    let server = c.node(1).admin_url.as_str();
+    let out = joch_env(
+        ["--server", server, "--ca", &c.ca, "login", "--context", "dev"],
+        &[("JOCH_TOKEN", c.admin_token.as_str()), ("JOCH_CLI_CONFIG", cfg_s)],
+    )
+    .ok();
+    assert!(out.stderr.contains("bootstrap") || out.stdout.contains("bootstrap"), "{out:?}");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains(server), "{text}");
+    // No flag, no environment: the saved context.
+    let who = joch_env(["whoami", "-o", "json"], &[("JOCH_CLI_CONFIG", cfg_s)]).ok().json();
+    assert_eq!((who["name"].as_str(), who["role"].as_str()), (Some("bootstrap"), Some("admin")), "{who}");
+    // A wrong token is refused at login and saves nothing.
+    let e = joch_env(
+        ["--server", server, "--ca", &c.ca, "login", "--context", "bad"],
+        &[("JOCH_TOKEN", "joch_adm_wrong"), ("JOCH_CLI_CONFIG", cfg_s)],
+    );
+    assert_eq!(e.code, 4, "{e:?}");
+    assert!(!std::fs::read_to_string(&cfg).unwrap().contains("bad"));
+}
+
+#[test]
+fn anonymous_agents_exist_only_where_a_node_allows_them() {
+    let c = TestCluster::up(1, &["--allow-anonymous"]);
+    let up = FastMcp::start();
+    c.cli(1, &["mcp", "add", "heldout", "--endpoint", &up.url]).ok();
+    let url = format!("{}/mcp/heldout", c.node(1).mcp_url);
+    let r = http("POST", &url, &[ACCEPT, JSON_CT], INIT.as_bytes());
+    assert_eq!(r.status, 200, "anonymous is allowed here: {r:?}");
+    let sid = r.header("mcp-session-id").unwrap();
+    // The session is anonymous's: dev-agent cannot use it.
+    let h = [ACCEPT, JSON_CT, c.auth(), ("mcp-session-id", sid.as_str()), ("mcp-protocol-version", "2025-11-25")];
+    assert_eq!(http("POST", &url, &h, LIST.as_bytes()).status, 404);
+    // A credential that does not hold is still refused (never downgraded to anonymous).
+    let r = http("POST", &url, &[ACCEPT, JSON_CT, ("authorization", "Bearer joch_agt_nope")], INIT.as_bytes());
+    assert_eq!(r.status, 401, "{r:?}");
+}
+
+#[test]
+fn a_node_without_a_way_to_authenticate_operators_refuses_to_start() {
+    let c = TestCluster::up(1, &[]);
+    let pki = c.pki_dir();
+    let data = c.dir.path().join("lonely");
+    let p = |f: &str| pki.join(f).display().to_string();
+    let base = [
+        "serve",
+        "--id",
+        "1",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--ca",
+        &p("ca.pem"),
+        "--cert",
+        &p("node1.pem"),
+        "--key",
+        &p("node1-key.pem"),
+        "--mcp-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--mesh-listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let e = crate::harness::joch(base).fails(1);
+    assert!(e.contains("admin.token_file: required") && e.contains("--insecure-dev"), "{e}");
+}

@@ -112,11 +112,21 @@ pub struct TestCluster {
     pub agent_token: String,
     /// Its `Authorization` header value.
     pub agent_bearer: String,
+    /// The demo MCP server `dev up` runs: (pid, endpoint).
+    pub demo: Option<(u32, String)>,
 }
 
 impl TestCluster {
-    /// `joch dev up --nodes n` in a temp dir, with extra flags.
+    /// `joch dev up --nodes n --no-demo` in a temp dir, with extra flags (the demo server would
+    /// be one more registered server in every test).
     pub fn up(n: usize, extra: &[&str]) -> TestCluster {
+        let mut all = vec!["--no-demo"];
+        all.extend_from_slice(extra);
+        TestCluster::up_as_is(n, &all)
+    }
+
+    /// `joch dev up --nodes n` in a temp dir, with these flags only (the demo server included).
+    pub fn up_as_is(n: usize, extra: &[&str]) -> TestCluster {
         let dir = TempDir::new().expect("temp dir");
         let mut args = vec!["dev".to_string(), "up".into(), "--nodes".into(), n.to_string(), "--dir".into()];
         args.push(dir.path().display().to_string());
@@ -129,6 +139,7 @@ impl TestCluster {
             ca: String::new(),
             agent_token: String::new(),
             agent_bearer: String::new(),
+            demo: None,
         };
         c.reload();
         c
@@ -194,6 +205,7 @@ impl TestCluster {
         self.ca = v["ca"].as_str().unwrap_or_default().to_string();
         self.agent_token = v["agent_token"].as_str().unwrap_or_default().to_string();
         self.agent_bearer = format!("Bearer {}", self.agent_token);
+        self.demo = v["demo"]["pid"].as_u64().map(|p| (p as u32, v["demo"]["url"].as_str().unwrap_or_default().into()));
         self.nodes = v["nodes"]
             .as_array()
             .expect("nodes")
@@ -250,8 +262,8 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        for n in &self.nodes {
-            let _ = Command::new("kill").arg("-9").arg(n.pid.to_string()).status();
+        for pid in self.nodes.iter().map(|n| n.pid).chain(self.demo.as_ref().map(|d| d.0)) {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
         }
         if std::thread::panicking() {
             // Keep the node logs and data of a failed test.

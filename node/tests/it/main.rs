@@ -9,4 +9,5 @@ mod lease;
 mod limits;
 mod mcp;
 mod mesh;
+mod quickstart;
 mod secrets;

@@ -201,3 +201,44 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     let q = c.cli(2, &["mcp", "quarantine", "s", "--reason", "after renewal", "-o", "json"]).ok().json();
     assert_eq!(q["fleet"]["complete"], true, "{q}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mcp_listener_serves_tls_from_files_it_reloads() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = TestCluster::up(1, &[]);
+    let pki = PkiDir(c.pki_dir());
+    // A certificate for the MCP listener (any CA would do; the cluster's is at hand).
+    pki::issue_node(&pki, 50, &[], Some(30)).unwrap();
+    pki::issue_node(&pki, 9, &[], None).unwrap();
+    let tls = format!("mcp_tls: {{ cert: {}, key: {} }}\n", pki.node_cert(50).display(), pki.node_key(50).display());
+    let (mut node, addrs) = start_extra_node(c.dir.path(), &c.pki_dir(), 9, &tls);
+    let mcp = addrs["mcp"].as_str().unwrap().to_string();
+    let served = eventually("the MCP listener to serve TLS", Duration::from_secs(10), || {
+        let rt = tokio::runtime::Handle::current();
+        let (ca, mcp) = (pki.ca_cert(), mcp.clone());
+        std::thread::spawn(move || {
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(2), served_certificate(&ca, &mcp)).await.ok()
+            })
+        })
+        .join()
+        .unwrap()
+    });
+    assert_eq!(served, first_cert(&pki.node_cert(50)));
+    // Plain HTTP gets no answer.
+    let mut plain = tokio::net::TcpStream::connect(&mcp).await.unwrap();
+    plain.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"), "plain HTTP answered: {buf:?}");
+    // Replaced on disk: served from the next handshake on, no restart.
+    pki::renew_node(&pki, 50, Some(30)).unwrap();
+    let renewed = first_cert(&pki.node_cert(50));
+    eventually("the renewed certificate to be served", Duration::from_secs(10), || {
+        let rt = tokio::runtime::Handle::current();
+        let (ca, mcp) = (pki.ca_cert(), mcp.clone());
+        let got = std::thread::spawn(move || rt.block_on(served_certificate(&ca, &mcp))).join().unwrap();
+        (got == renewed).then_some(())
+    });
+    let _ = node.kill();
+}

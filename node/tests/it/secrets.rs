@@ -111,11 +111,29 @@ fn the_upstream_gets_the_secret_never_the_agents_token_and_no_value_is_kept_in_t
     assert_eq!(r.json()["error"]["data"]["rule"], "mcpserver.spec.auth");
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("secret \"missing\" does not exist"), "{r:?}");
 
+    // `kind: Secret` applies too (stringData, or data in base64), sealed the same way.
+    let applied = "sk_AppliedManifestValue_91d2";
+    let manifest = c.dir.path().join("secret.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: joch.dev/v1alpha1\nkind: Secret\nmetadata:\n  name: from-manifest\ntype: Opaque\n\
+             stringData:\n  token: {applied}\ndata:\n  other: {}\n",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "second-value")
+        ),
+    )
+    .unwrap();
+    let out = c.cli(1, &["apply", "-f", manifest.to_str().unwrap()]).ok();
+    assert!(out.stdout.contains("secret/from-manifest configured") && !out.stdout.contains(applied), "{out:?}");
+    let ls = c.cli(1, &["secret", "ls", "-o", "json"]).ok().json();
+    let entry = ls.as_array().unwrap().iter().find(|s| s["name"] == "from-manifest").cloned().unwrap();
+    assert_eq!(entry["keys"], json!(["other", "token"]), "{ls}");
+
     // Neither value is in any node's files (RocksDB, its WAL and snapshots, logs), while what
     // is stored in the clear there (the endpoint) is: the search finds what is there.
     for dir in node_files(&c) {
         assert!(!files_containing(&dir, up.url.as_bytes()).is_empty(), "control: the endpoint is in {}", dir.display());
-        for v in [value, rotated] {
+        for v in [value, rotated, applied] {
             let found = files_containing(&dir, v.as_bytes());
             assert!(found.is_empty(), "a secret value in the clear: {found:?}");
         }
