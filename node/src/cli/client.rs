@@ -1,8 +1,10 @@
 //! Connecting to a node's admin API: which node, which CA verifies its certificate, which token
 //! the CLI presents. Each comes from, in this order: a flag or its variable (`--server`/`JOCH_SERVER`,
-//! `--ca`/`JOCH_CA`, `JOCH_TOKEN`), the dev cluster in `./.joch-dev` (its `cluster.json` names the
-//! nodes, the CA and an admin token), the current context of `joch login`'s config
-//! (`$JOCH_CLI_CONFIG`, else `~/.config/joch/config.yaml`, kubeconfig-style), the defaults.
+//! `--ca`/`JOCH_CA`, `JOCH_TOKEN`), the dev cluster here (`./.joch-dev/cluster.json`, or a
+//! `cluster.json` of `joch dev up` in the current directory: it names the nodes, the CA and an
+//! admin token), the current context of `joch login`'s config (`$JOCH_CLI_CONFIG`, else
+//! `~/.config/joch/config.yaml`, kubeconfig-style), the defaults. A dev cluster's or a context's
+//! token is only ever sent to that cluster's or context's server, never to another `--server`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -107,8 +109,10 @@ impl LoginConfig {
 
 /// The dev cluster's `cluster.json`, if there is one here.
 fn dev_cluster() -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(Path::new(DEV_DIR).join("cluster.json")).ok()?;
-    serde_json::from_str(&text).ok()
+    [Path::new(DEV_DIR).join("cluster.json"), PathBuf::from("cluster.json")].iter().find_map(|p| {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
+        (v["nodes"].is_array() && v["admin_token"].is_string()).then_some(v)
+    })
 }
 
 /// Where and how to connect, resolved from the global options.
@@ -124,16 +128,19 @@ pub struct Target {
 
 /// Resolves the target (see the module doc for the order).
 pub fn target(g: &Global) -> Target {
-    let dev = dev_cluster();
     let login = LoginConfig::load().unwrap_or_default();
-    let ctx = login.current().cloned();
     let url = g
         .server
         .clone()
         .map(|s| normalize(&s))
-        .or_else(|| dev.as_ref().and_then(|v| v["nodes"][0]["admin_url"].as_str().map(str::to_string)))
-        .or_else(|| ctx.as_ref().map(|c| c.server.clone()))
+        .or_else(|| dev_cluster().and_then(|v| v["nodes"][0]["admin_url"].as_str().map(str::to_string)))
+        .or_else(|| login.current().map(|c| c.server.clone()))
         .unwrap_or_else(|| "https://127.0.0.1:7100".to_string());
+    // Credentials of the dev cluster or of the context, for their own servers only.
+    let dev = dev_cluster().filter(|v| {
+        v["nodes"].as_array().is_some_and(|n| n.iter().any(|n| n["admin_url"].as_str() == Some(url.as_str())))
+    });
+    let ctx = login.current().filter(|c| normalize(&c.server) == url).cloned();
     let token = std::env::var("JOCH_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())
