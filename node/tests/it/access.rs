@@ -388,30 +388,7 @@ fn anonymous_agents_exist_only_where_a_node_allows_them() {
 #[test]
 fn a_node_without_a_way_to_authenticate_operators_refuses_to_start() {
     let c = TestCluster::up(1, &[]);
-    let pki = c.pki_dir();
-    let data = c.dir.path().join("lonely");
-    let p = |f: &str| pki.join(f).display().to_string();
-    let base = [
-        "serve",
-        "--id",
-        "1",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--ca",
-        &p("ca.pem"),
-        "--cert",
-        &p("node1.pem"),
-        "--key",
-        &p("node1-key.pem"),
-        "--mcp-listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--mesh-listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ];
+    let base = c.serve_args(1, 1, &c.dir.path().join("lonely"));
     let e = crate::harness::joch(base).fails(1);
     assert!(e.contains("admin.token_file: required") && e.contains("--insecure-dev"), "{e}");
 }

@@ -225,6 +225,39 @@ impl TestCluster {
         self.nodes.iter().find(|n| n.id == id).expect("node id")
     }
 
+    /// Registers the e2e Python script `script` (with `args`) as the stdio server `name`, allowed
+    /// stdio, plus `extra` flags (`--env`, `--env-secret` ...).
+    pub fn add_python_stdio(&self, name: &str, script: &str, args: &[&str], extra: &[&str]) {
+        let (py, script) = (python().display().to_string(), e2e(script).display().to_string());
+        let mut all = vec!["mcp", "add", name, "--transport", "stdio", "--command", &py, "--arg", &script];
+        for a in args {
+            all.extend(["--arg", a]);
+        }
+        all.push("--allow-stdio");
+        all.extend_from_slice(extra);
+        self.cli(1, &all).ok();
+    }
+
+    /// `joch serve` arguments for a node with node `cert_id`'s certificate of this cluster's CA,
+    /// every listener on a free loopback port.
+    pub fn serve_args(&self, id: u64, cert_id: u64, data: &Path) -> Vec<String> {
+        let pki = self.pki_dir();
+        let p = |f: String| pki.join(f).display().to_string();
+        let mut v: Vec<String> = vec!["serve".into(), "--id".into(), id.to_string(), "--data-dir".into()];
+        v.push(data.display().to_string());
+        for (flag, value) in [
+            ("--ca", p("ca.pem".into())),
+            ("--cert", p(format!("node{cert_id}.pem"))),
+            ("--key", p(format!("node{cert_id}-key.pem"))),
+        ] {
+            v.extend([flag.to_string(), value]);
+        }
+        for flag in ["--mcp-listen", "--admin-listen", "--mesh-listen", "--metrics-listen"] {
+            v.extend([flag.to_string(), "127.0.0.1:0".to_string()]);
+        }
+        v
+    }
+
     /// Runs the CLI against node `id`, as an admin of this cluster.
     pub fn cli(&self, id: u64, args: &[&str]) -> Out {
         let mut all = vec!["--server", self.node(id).admin_url.as_str()];

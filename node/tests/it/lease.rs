@@ -234,30 +234,9 @@ fn a_removed_member_stops_serving_and_a_data_directory_serves_only_its_own_node(
     let data = c.dir.path().join(format!("node{}", gone.id)).join("data");
     let _ = std::process::Command::new("kill").arg("-9").arg(gone.pid.to_string()).status();
     eventually("the node to be gone", Duration::from_secs(10), || (!crate::harness::alive(gone.pid)).then_some(()));
-    let pki = c.pki_dir();
-    let out = joch([
-        "serve",
-        "--id",
-        "7",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--ca",
-        pki.join("ca.pem").to_str().unwrap(),
-        "--cert",
-        pki.join(format!("node{}.pem", gone.id)).to_str().unwrap(),
-        "--key",
-        pki.join(format!("node{}-key.pem", gone.id)).to_str().unwrap(),
-        "--mcp-listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--mesh-listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--admin-token-file",
-        c.dir.path().join("admin-token").to_str().unwrap(),
-    ]);
+    let mut args = c.serve_args(7, gone.id, &data);
+    args.extend(["--admin-token-file".to_string(), c.dir.path().join("admin-token").display().to_string()]);
+    let out = joch(args);
     assert_ne!(out.code, 0, "{out:?}");
     assert!(
         out.stderr.contains(&format!("belongs to node {}", gone.id)) && out.stderr.contains("configured as node 7"),

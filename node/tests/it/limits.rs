@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{alive, e2e, eventually, http, joch, joch_env, python, start_extra_node, FastMcp, TestCluster};
+use crate::harness::{alive, eventually, http, joch, joch_env, start_extra_node, FastMcp, TestCluster};
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 const ACCEPT: (&str, &str) = ("accept", "application/json, text/event-stream");
@@ -65,27 +65,8 @@ fn a_node_at_its_request_limit_answers_503_with_retry_after_at_once() {
 #[test]
 fn a_misbehaving_stdio_server_gets_a_specific_error_and_never_a_panic() {
     let c = TestCluster::up_stdio(1);
-    let py = python().display().to_string();
-    let script = e2e("odd_stdio_server.py").display().to_string();
     for (name, mode) in [("odd", "odd-init"), ("noisy", "noisy")] {
-        c.cli(
-            1,
-            &[
-                "mcp",
-                "add",
-                name,
-                "--transport",
-                "stdio",
-                "--command",
-                &py,
-                "--arg",
-                &script,
-                "--arg",
-                mode,
-                "--allow-stdio",
-            ],
-        )
-        .ok();
+        c.add_python_stdio(name, "odd_stdio_server.py", &[mode], &[]);
     }
     let base = &c.node(1).mcp_url;
     // initialize answered with a result that is not an object: the child is refused, said why.

@@ -629,27 +629,7 @@ fn progress_of_a_stdio_call_streams_live_through_the_mesh() {
 
 /// Registers fastmcp itself as a stdio server named `held` (allowed stdio).
 fn register_stdio_fastmcp(c: &TestCluster) {
-    use crate::harness::{e2e, python};
-    let py = python().display().to_string();
-    let script = e2e("fastmcp_server.py").display().to_string();
-    c.cli(
-        1,
-        &[
-            "mcp",
-            "add",
-            "held",
-            "--transport",
-            "stdio",
-            "--command",
-            &py,
-            "--arg",
-            &script,
-            "--arg",
-            "stdio",
-            "--allow-stdio",
-        ],
-    )
-    .ok();
+    c.add_python_stdio("held", "fastmcp_server.py", &["stdio"], &[]);
 }
 
 #[test]

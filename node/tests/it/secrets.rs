@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{eventually, http, node_children, python, recorded_headers, FastMcp, TestCluster};
+use crate::harness::{eventually, http, node_children, recorded_headers, FastMcp, TestCluster};
 
 const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
 const ACCEPT: (&str, &str) = ("accept", "application/json, text/event-stream");
@@ -151,19 +151,15 @@ fn oauth_client_credentials_are_fetched_once_cached_and_refreshed_before_expiry(
         &[("JOCH_RECORD_HEADERS", &headers), ("JOCH_OAUTH_TTL", ttl), ("JOCH_OAUTH_CLIENT", client)],
     );
     let token_url = up.url.replace("/mcp", "/token");
-    c.cli(
-        1,
-        &[
-            "secret",
-            "set",
-            "idp-client",
-            "--from-literal",
-            "client_id=joch-client",
-            "--from-literal",
-            "client_secret=wrong",
-        ],
-    )
-    .ok();
+    let set_client = |secret: &str| {
+        let secret = format!("client_secret={secret}");
+        c.cli(
+            1,
+            &["secret", "set", "idp-client", "--from-literal", "client_id=joch-client", "--from-literal", &secret],
+        )
+        .ok();
+    };
+    set_client("wrong");
     c.cli(
         1,
         &[
@@ -190,19 +186,7 @@ fn oauth_client_credentials_are_fetched_once_cached_and_refreshed_before_expiry(
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("invalid_client"), "{r:?}");
     assert!(!r.body.contains("s3cret"), "{r:?}");
 
-    c.cli(
-        1,
-        &[
-            "secret",
-            "set",
-            "idp-client",
-            "--from-literal",
-            "client_id=joch-client",
-            "--from-literal",
-            "client_secret=s3cret-client-secret",
-        ],
-    )
-    .ok();
+    set_client("s3cret-client-secret");
     let s = Session::open(&c, 1, "heldout");
     for i in 0..5 {
         assert_eq!(s.call("add", json!({"a": i, "b": 1})).status, 200);
@@ -241,30 +225,7 @@ fn a_stdio_child_gets_its_secret_by_reference_and_the_node_log_never_shows_it() 
     let c = TestCluster::up_stdio(1);
     let value = "sk_StdioEnvSecret_0b7e55";
     c.cli(1, &["secret", "set", "child", "--from-literal", &format!("LEAK={value}")]).ok();
-    let script = crate::harness::e2e("fastmcp_server.py").display().to_string();
-    let py = python().display().to_string();
-    c.cli(
-        1,
-        &[
-            "mcp",
-            "add",
-            "envy",
-            "--transport",
-            "stdio",
-            "--command",
-            &py,
-            "--arg",
-            &script,
-            "--arg",
-            "stdio",
-            "--allow-stdio",
-            "--env-secret",
-            "LEAK=child",
-            "--env",
-            "MODE=plain",
-        ],
-    )
-    .ok();
+    c.add_python_stdio("envy", "fastmcp_server.py", &["stdio"], &["--env-secret", "LEAK=child", "--env", "MODE=plain"]);
     let d = c.cli(1, &["describe", "mcpserver", "envy", "-o", "json"]).ok().json();
     assert_eq!(d["spec"]["stdio"]["env"], json!({"LEAK": {"secretRef": {"name": "child"}}, "MODE": "plain"}), "{d}");
     let s = Session::open(&c, 1, "envy");
