@@ -269,3 +269,53 @@ fn a_stdio_command_not_on_a_nodes_allow_list_does_not_run_there() {
         "{table:?}"
     );
 }
+
+/// A new key-encryption key file (32 random bytes, base64).
+fn new_kek(path: &Path) {
+    use std::io::Read;
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut key).unwrap();
+    std::fs::write(path, base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key)).unwrap();
+}
+
+/// Points node 1's config at these key files (the current one first) and restarts it.
+fn use_keks(c: &mut TestCluster, current: &Path, previous: &[&Path]) {
+    let cfg = c.dir.path().join("node1/joch.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let start = text.find("secrets:\n").expect("a secrets section");
+    let body = start + "secrets:\n".len();
+    let rest = body + text[body..].lines().take_while(|l| l.starts_with("  ")).map(|l| l.len() + 1).sum::<usize>();
+    let prev: Vec<String> = previous.iter().map(|p| p.display().to_string()).collect();
+    let section = format!("secrets:\n  kek_file: {}\n  previous_kek_files: [{}]\n", current.display(), prev.join(", "));
+    std::fs::write(&cfg, format!("{}{section}{}", &text[..start], &text[rest..])).unwrap();
+    c.kill9(1);
+    c.restart();
+}
+
+#[test]
+fn the_key_encryption_key_rotates_without_losing_a_secret() {
+    let mut c = TestCluster::up(1, &[]);
+    let headers = c.dir.path().join("headers.jsonl");
+    let up = FastMcp::start_env(&[], &[("JOCH_RECORD_HEADERS", &headers)]);
+    let value = "ghp_BeforeAndAfterRotation_5e0c";
+    c.cli(1, &["secret", "set", "gh", "--from-literal", &format!("token={value}")]).ok();
+    c.cli(1, &["mcp", "add", "heldout", "--endpoint", &up.url, "--auth", "bearer", "--secret-ref", "gh"]).ok();
+    let kek_ids = |c: &TestCluster| c.cli(1, &["secret", "ls", "-o", "json"]).ok().json()[0]["kekIds"].clone();
+    let old_id = kek_ids(&c);
+
+    // Every node gets the new key as current and the old one as previous, then re-seal.
+    let (old, new) = (c.dir.path().join("kek"), c.dir.path().join("kek-2"));
+    new_kek(&new);
+    use_keks(&mut c, &new, &[&old]);
+    let w = c.cli(1, &["secret", "rotate-kek", "-o", "json"]).ok().json();
+    assert_eq!(w["fleet"]["complete"], true, "{w}");
+    let new_id = kek_ids(&c);
+    assert_ne!(new_id, old_id, "re-sealed under the new key");
+
+    // The old key retired: the secret still reaches the upstream.
+    use_keks(&mut c, &new, &[]);
+    let s = Session::open(&c, 1, "heldout");
+    assert_eq!(s.call("add", json!({"a": 1, "b": 1})).status, 200);
+    let last = recorded_headers(&headers).pop().unwrap();
+    assert_eq!(last.2["authorization"], format!("Bearer {value}"));
+}
