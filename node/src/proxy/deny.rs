@@ -46,7 +46,9 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// The stable JSON-RPC error code (-32001..-32013; -32014..-32019 are reserved).
+    /// The stable JSON-RPC error code: -32001..-32012 the registry, sessions, the upstream and
+    /// the request; -32013..-32019 reserved for policy and approvals; -32030.. node limits;
+    /// -32040.. identity and credentials.
     pub fn code(self) -> i64 {
         match self {
             Reason::ServerNotRegistered => -32001,
@@ -61,7 +63,7 @@ impl Reason {
             Reason::BodyTooLarge => -32010,
             Reason::OriginNotAllowed => -32011,
             Reason::RequestTimeout => -32012,
-            Reason::UpstreamCredentials => -32013,
+            Reason::UpstreamCredentials => -32042,
             Reason::NodeOverloaded => -32030,
             Reason::Unauthenticated => -32040,
             Reason::AgentRevoked => -32041,
@@ -217,7 +219,7 @@ mod tests {
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
-        assert!(codes.iter().all(|c| (-32013..=-32001).contains(c) || (-32049..=-32030).contains(c)));
+        assert!(codes.iter().all(|c| (-32012..=-32001).contains(c) || (-32049..=-32030).contains(c)));
         let d = Denial::new(Reason::ServerQuarantined, "s", 2, "registry.quarantine", "quarantined").with_id(json!(5));
         assert_eq!(
             d.body(),

@@ -107,7 +107,7 @@ fn the_upstream_gets_the_secret_never_the_agents_token_and_no_value_is_kept_in_t
     // A server whose secret does not exist: a specific error, nothing sent.
     c.cli(1, &["mcp", "add", "nokey", "--endpoint", &up.url, "--auth", "api_key", "--secret-ref", "missing"]).ok();
     let r = http("POST", &format!("{}/mcp/nokey", c.node(1).mcp_url), &[ACCEPT, JSON_CT, c.auth()], INIT.as_bytes());
-    assert_eq!((r.status, r.json()["error"]["code"].as_i64()), (502, Some(-32013)), "{r:?}");
+    assert_eq!((r.status, r.json()["error"]["code"].as_i64()), (502, Some(-32042)), "{r:?}");
     assert_eq!(r.json()["error"]["data"]["rule"], "mcpserver.spec.auth");
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("secret \"missing\" does not exist"), "{r:?}");
 
