@@ -74,9 +74,17 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn up(joch: &Path) -> anyhow::Result<(Cluster, Duration)> {
+        Cluster::up_with(joch, 3, &[])
+    }
+
+    /// `joch dev up --nodes N` with extra flags; how long it took.
+    pub fn up_with(joch: &Path, nodes: usize, extra: &[&str]) -> anyhow::Result<(Cluster, Duration)> {
         let dir = tempfile::TempDir::new()?;
         let t = Instant::now();
-        run(joch, &["dev", "up", "--nodes", "3", "--dir", dir.path().to_str().unwrap()])?;
+        let n = nodes.to_string();
+        let mut args = vec!["dev", "up", "--nodes", &n, "--dir", dir.path().to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run(joch, &args)?;
         let took = t.elapsed();
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("cluster.json"))?)?;
         let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
@@ -115,6 +123,34 @@ impl Cluster {
             env.push(("JOCH_CA", ca.clone()));
         }
         env
+    }
+
+    /// Node `id`'s MCP base URL.
+    pub fn mcp(&self, id: u64) -> String {
+        self.nodes.iter().find(|n| n["id"] == id).and_then(|n| n["mcp_url"].as_str()).unwrap_or_default().to_string()
+    }
+
+    /// Node `id`'s process.
+    pub fn pid(&self, id: u64) -> u32 {
+        self.nodes.iter().find(|n| n["id"] == id).and_then(|n| n["pid"].as_u64()).unwrap_or_default() as u32
+    }
+
+    /// Every node's process.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(|n| n["pid"].as_u64()).map(|p| p as u32).collect()
+    }
+
+    /// The agent's `Authorization` value, if the build authenticates agents.
+    pub fn bearer(&self) -> Option<String> {
+        self.agent_token.as_ref().map(|t| format!("Bearer {t}"))
+    }
+
+    /// Runs the CLI against node 1 as an admin of this cluster.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let admin = self.admin(1);
+        let mut all = vec!["--server", admin.as_str()];
+        all.extend_from_slice(args);
+        run_env(&self.joch, &all, &self.admin_env())
     }
 
     pub fn admin(&self, id: u64) -> String {

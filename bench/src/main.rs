@@ -1,5 +1,9 @@
 //! joch benchmarks: real `joch` processes on loopback, measured from outside.
 //!
+//! `joch-bench all` runs the whole suite (open-loop load beside direct and an nginx hop, stdio,
+//! quarantine propagation, admin writes, memory, session continuation): see `suite.rs`.
+//! `joch-bench load` is the open-loop generator alone, against any MCP endpoint.
+//!
 //! `joch-bench proxy-latency` measures one `tools/call` through joch against the same call made
 //! directly to the upstream (a canned Rust MCP server, so the upstream's own time is small and
 //! constant), sequentially on one keep-alive connection per path, and reports the added latency,
@@ -12,7 +16,13 @@
 
 mod canned;
 mod common;
+mod floor;
+mod loadgen;
 mod micro;
+mod plot;
+mod procs;
+mod report;
+mod suite;
 
 use std::path::PathBuf;
 
@@ -27,6 +37,61 @@ struct Args {
 
 #[derive(clap::Subcommand)]
 enum Cmd {
+    /// The whole suite, beside direct calls and an nginx hop (writes bench/results/<date>/suite).
+    All {
+        /// The joch binary to measure (default: the one built beside this benchmark).
+        #[arg(long)]
+        joch: Option<PathBuf>,
+        /// Measured seconds per rate step.
+        #[arg(long, default_value_t = 4.0)]
+        step: f64,
+        /// Keep-alive connections of the load.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Quarantine propagation trials per condition.
+        #[arg(long, default_value_t = 200)]
+        trials: usize,
+        /// Servers registered for the "many servers" propagation conditions.
+        #[arg(long, default_value_t = 10_000)]
+        many_servers: usize,
+        /// Bytes in each call's argument.
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Where to write (default bench/results/<date>/suite).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Open-loop load against MCP endpoints (several: round-robin per connection).
+    Load {
+        /// Target URL(s), e.g. http://127.0.0.1:8080/mcp/github.
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        #[arg(long, value_enum, default_value_t = loadgen::Era::Legacy)]
+        era: loadgen::Era,
+        /// Requests per second.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// An agent token (sent as Authorization: Bearer).
+        #[arg(long, env = "JOCH_AGENT_TOKEN")]
+        token: Option<String>,
+    },
+    /// The canned upstream as a process (what the suite starts).
+    Canned {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
+        /// Serve on stdin/stdout instead.
+        #[arg(long)]
+        stdio: bool,
+    },
     /// Added latency of the MCP proxy over a direct call.
     ProxyLatency {
         /// The joch binary to measure (default: the one built beside this benchmark).
@@ -77,6 +142,39 @@ enum EraArg {
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Args::parse().cmd {
+        Cmd::All { joch, step, connections, trials, many_servers, payload, out } => {
+            let s = suite::Settings {
+                step: std::time::Duration::from_secs_f64(step),
+                connections,
+                trials,
+                many_servers,
+                p99_bound_ms: 10.0,
+                payload,
+            };
+            suite::all(common::joch_bin(joch), s, out.unwrap_or_else(suite::default_out)).await
+        }
+        Cmd::Load { targets, era, rate, duration, connections, payload, token } => {
+            let spec = loadgen::Spec {
+                targets,
+                era,
+                rate,
+                duration: std::time::Duration::from_secs_f64(duration),
+                warmup: std::time::Duration::from_secs(1),
+                connections,
+                payload,
+                bearer: token.map(|t| format!("Bearer {t}")),
+            };
+            let o = loadgen::run(spec)?;
+            println!("{}", serde_json::to_string_pretty(&o)?);
+            Ok(())
+        }
+        Cmd::Canned { listen, addr_file, stdio } => {
+            if stdio {
+                canned::stdio().await
+            } else {
+                canned::serve(listen, addr_file).await
+            }
+        }
         Cmd::ProxyLatency { joch, requests, warmup, era, out } => {
             micro::proxy_latency(common::joch_bin(joch), requests, warmup, era, out).await
         }
