@@ -107,7 +107,8 @@ fn parse(url: &str) -> anyhow::Result<Target> {
 }
 
 async fn connect(t: &Target) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-    let stream = tokio::net::TcpStream::connect(&t.authority).await.with_context(|| format!("connecting to {}", t.authority))?;
+    let stream =
+        tokio::net::TcpStream::connect(&t.authority).await.with_context(|| format!("connecting to {}", t.authority))?;
     stream.set_nodelay(true)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::task::spawn_local(async move {

@@ -47,7 +47,12 @@ pub fn rates(result: &Value, path: &Path) -> anyhow::Result<()> {
             .x_label_area_size(45)
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..xmax * 1.05, (0.02f64..200f64).log_scale())?;
-        chart.configure_mesh().x_desc("offered requests per second").y_desc("latency, ms (log)").label_style(("sans-serif", 14)).draw()?;
+        chart
+            .configure_mesh()
+            .x_desc("offered requests per second")
+            .y_desc("latency, ms (log)")
+            .label_style(("sans-serif", 14))
+            .draw()?;
         for (i, s) in mine.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
             let pts = |q: &str| -> Vec<(f64, f64)> {
@@ -124,7 +129,12 @@ pub fn propagation(result: &Value, path: &Path) -> anyhow::Result<()> {
             .label(name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     }
-    chart.configure_series_labels().label_font(("sans-serif", 14)).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }

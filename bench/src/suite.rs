@@ -111,7 +111,14 @@ pub struct Sweep {
     pub max_sustained_rps: f64,
 }
 
-fn sweep(name: &str, targets: Vec<String>, era: Era, bearer: Option<String>, pids: &[u32], s: &Settings) -> anyhow::Result<Sweep> {
+fn sweep(
+    name: &str,
+    targets: Vec<String>,
+    era: Era,
+    bearer: Option<String>,
+    pids: &[u32],
+    s: &Settings,
+) -> anyhow::Result<Sweep> {
     let mut points = Vec::new();
     let mut best = 0.0;
     for rate in RATES {
@@ -172,7 +179,8 @@ struct Probe {
 impl Probe {
     async fn open(url: &str, bearer: Option<String>) -> anyhow::Result<Probe> {
         let rest = url.strip_prefix("http://").context("http URL")?;
-        let (authority, path) = rest.split_once('/').map(|(a, p)| (a.to_string(), format!("/{p}"))).context("a path")?;
+        let (authority, path) =
+            rest.split_once('/').map(|(a, p)| (a.to_string(), format!("/{p}"))).context("a path")?;
         let stream = tokio::net::TcpStream::connect(&authority).await?;
         stream.set_nodelay(true)?;
         let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
@@ -351,7 +359,10 @@ async fn propagation(c: &Cluster, server: &str, trials: usize) -> anyhow::Result
         let denied = loop {
             let d = probes.denials();
             if d.iter().all(Option::is_some) {
-                break d.into_iter().map(|t| t.map(|t| t.saturating_duration_since(t0)).unwrap_or_default()).collect::<Vec<_>>();
+                break d
+                    .into_iter()
+                    .map(|t| t.map(|t| t.saturating_duration_since(t0)).unwrap_or_default())
+                    .collect::<Vec<_>>();
             }
             if t0.elapsed() > Duration::from_secs(10) {
                 bail!("trial {i}: not every node denied within 10 s");
@@ -382,12 +393,20 @@ async fn register_many(c: &Cluster, n: usize, prefix: &str) -> anyhow::Result<Du
 }
 
 fn trial_stats(trials: &[Trial]) -> Value {
-    let d = |f: &dyn Fn(&Trial) -> f64| stats_json(&stats(trials.iter().map(|t| Duration::from_secs_f64(f(t) / 1000.0)).collect()));
+    let d = |f: &dyn Fn(&Trial) -> f64| {
+        stats_json(&stats(trials.iter().map(|t| Duration::from_secs_f64(f(t) / 1000.0)).collect()))
+    };
     json!({"trials": trials.len(), "ack": d(&|t| t.ack_ms), "denied_on_every_node": d(&|t| t.all_denied_ms)})
 }
 
 /// Scenario 4: sequential write latency and concurrent throughput.
-async fn admin_writes(c: &Cluster, prefix: &str, sequential: usize, concurrent: usize, per_task: usize) -> anyhow::Result<Value> {
+async fn admin_writes(
+    c: &Cluster,
+    prefix: &str,
+    sequential: usize,
+    concurrent: usize,
+    per_task: usize,
+) -> anyhow::Result<Value> {
     let mut reg = RegistryClient::new(c.channel(2).await?);
     let mut lat = Vec::new();
     for i in 0..sequential {
@@ -500,13 +519,20 @@ fn process_per_call(n: usize) -> anyhow::Result<Stats> {
     let mut out = Vec::new();
     for _ in 0..n {
         let t = Instant::now();
-        let mut child = Command::new(&exe).args(["canned", "--stdio"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        let mut child =
+            Command::new(&exe).args(["canned", "--stdio"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
         let mut stdin = child.stdin.take().context("stdin")?;
         let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        writeln!(stdin, r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":"2025-11-25","capabilities":{{}},"clientInfo":{{"name":"b","version":"1"}}}}}}"#)?;
+        writeln!(
+            stdin,
+            r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":"2025-11-25","capabilities":{{}},"clientInfo":{{"name":"b","version":"1"}}}}}}"#
+        )?;
         lines.next().context("initialize answer")??;
         writeln!(stdin, r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#)?;
-        writeln!(stdin, r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"hi"}}}}}}"#)?;
+        writeln!(
+            stdin,
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"hi"}}}}}}"#
+        )?;
         lines.next().context("call answer")??;
         drop(stdin);
         child.wait()?;
@@ -530,7 +556,20 @@ pub async fn all(joch: PathBuf, s: Settings, out: PathBuf) -> anyhow::Result<()>
     c.cli(&["mcp", "add", "canned", "--endpoint", &up.url])?;
     c.cli(&["mcp", "add", "victim", "--endpoint", &up.url])?;
     let exe = std::env::current_exe()?.display().to_string();
-    c.cli(&["mcp", "add", "stdio", "--transport", "stdio", "--command", &exe, "--arg", "canned", "--arg", "--stdio", "--allow-stdio"])?;
+    c.cli(&[
+        "mcp",
+        "add",
+        "stdio",
+        "--transport",
+        "stdio",
+        "--command",
+        &exe,
+        "--arg",
+        "canned",
+        "--arg",
+        "--stdio",
+        "--allow-stdio",
+    ])?;
 
     eprintln!("1/6 added latency and maximum rate (open loop, {} connections)", s.connections);
     let sweeps = rates(&c, &up, &nginx, &s)?;
@@ -596,7 +635,10 @@ pub async fn all(joch: PathBuf, s: Settings, out: PathBuf) -> anyhow::Result<()>
     std::fs::write(out.join("suite.json"), serde_json::to_vec_pretty(&result)?)?;
     crate::plot::rates(&result, &out.join("latency-vs-rate.png"))?;
     crate::plot::propagation(&result, &out.join("propagation.png"))?;
-    let md = crate::report::markdown(&result, &[("stdio pooled", stats_ms(&stdio_pooled)), ("process per call", stats_ms(&per_call))]);
+    let md = crate::report::markdown(
+        &result,
+        &[("stdio pooled", stats_ms(&stdio_pooled)), ("process per call", stats_ms(&per_call))],
+    );
     std::fs::write(out.join("README.md"), &md)?;
     print!("{md}");
     eprintln!("results written to {}", out.display());

@@ -65,8 +65,9 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// Store tuning that is static node config.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
-    /// fsync every append and apply before acknowledging (on by default; tests of the storage
-    /// suite may turn it off for speed, never production).
+    /// fsync every log append and vote before acknowledging (on by default; tests of the storage
+    /// suite may turn it off for speed, never production). The state machine's writes ride on
+    /// them (see `state_machine.rs`).
     pub sync_writes: bool,
 }
 
@@ -84,7 +85,7 @@ pub async fn open(
 ) -> Result<(LogStore, StateMachineStore, RegistryHandle), error::StoreError> {
     let db = Arc::new(open_db(dir)?);
     let log = LogStore::new(db.clone(), opts.clone());
-    let sm = StateMachineStore::load(db, opts).await?;
+    let sm = StateMachineStore::load(db).await?;
     let handle = sm.handle();
     Ok((log, sm, handle))
 }

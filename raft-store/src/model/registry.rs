@@ -2,6 +2,8 @@
 //! deterministic `apply`; persistence lives in `state_machine.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use imbl::{OrdMap, Vector};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -186,11 +188,11 @@ pub const MAX_SESSION_KEYS: usize = 8;
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Registry {
     /// Servers by name.
-    pub servers: BTreeMap<String, Arc<ServerRecord>>,
+    pub servers: OrdMap<String, Arc<ServerRecord>>,
     /// Policies by name.
-    pub policies: BTreeMap<String, Arc<PolicyRecord>>,
+    pub policies: OrdMap<String, Arc<PolicyRecord>>,
     /// History by target (`mcpserver/NAME`), oldest first; bounded by `retention`.
-    pub history: BTreeMap<String, Arc<Vec<ChangeRecord>>>,
+    pub history: OrdMap<String, Vector<ChangeRecord>>,
     /// The cluster key, once initialised.
     pub cluster_key: Option<[u8; 32]>,
     /// How much history is kept.
@@ -230,8 +232,8 @@ fn invalid(e: FieldError) -> ApplyError {
 
 impl Registry {
     /// History of a server (kept after it is deleted).
-    pub fn server_history(&self, name: &str) -> &[ChangeRecord] {
-        self.history.get(&server_target(name)).map(|v| v.as_slice()).unwrap_or(&[])
+    pub fn server_history(&self, name: &str) -> impl Iterator<Item = &ChangeRecord> {
+        self.history.get(&server_target(name)).into_iter().flat_map(|v| v.iter())
     }
 
     /// Applies one command at `index`. On `Err`, nothing changed.
@@ -467,7 +469,7 @@ impl Registry {
                 detail: applied.summary.clone(),
                 at: stamp,
             };
-            Arc::make_mut(self.history.entry(target.clone()).or_default()).push(rec.clone());
+            self.history.entry(target.clone()).or_default().push_back(rec.clone());
             touched.history.push(rec);
             self.prune(&target, req.at_ms, touched);
         }
@@ -626,9 +628,10 @@ impl Registry {
         if drop == 0 {
             return;
         }
-        let lines = Arc::make_mut(lines);
-        for l in lines.drain(..drop) {
-            touched.history_removed.push((target.to_string(), l.at.index));
+        for _ in 0..drop {
+            if let Some(l) = lines.pop_front() {
+                touched.history_removed.push((target.to_string(), l.at.index));
+            }
         }
     }
 
@@ -800,7 +803,7 @@ mod tests {
         let rec = &reg.servers["github"];
         assert_eq!(rec.phase(), "Quarantined");
         assert_eq!(rec.status.quarantine.as_ref().unwrap().at.index, 5, "the first quarantine stands");
-        let hist: Vec<_> = reg.server_history("github").iter().map(|c| (c.at.index, c.action.as_str())).collect();
+        let hist: Vec<_> = reg.server_history("github").map(|c| (c.at.index, c.action.as_str())).collect();
         assert_eq!(hist, [(1, "create_server"), (3, "pin"), (5, "quarantine")]);
     }
 
@@ -878,7 +881,7 @@ mod tests {
             let mut t = Touched::default();
             reg.apply(i, &Request { actor: "a".into(), at_ms: i, command: q }, &mut t).unwrap();
         }
-        let kept: Vec<u64> = reg.server_history("g").iter().map(|c| c.at.index).collect();
+        let kept: Vec<u64> = reg.server_history("g").map(|c| c.at.index).collect();
         assert_eq!(kept, [7, 8, 9], "the newest three");
         // Two hours later, a write elsewhere sweeps g's old lines (the newest stays).
         let mut t = Touched::default();
@@ -896,7 +899,7 @@ mod tests {
             &mut t,
         )
         .unwrap();
-        assert_eq!(reg.server_history("g").iter().map(|c| c.at.index).collect::<Vec<_>>(), [9]);
+        assert_eq!(reg.server_history("g").map(|c| c.at.index).collect::<Vec<_>>(), [9]);
         assert_eq!(t.history_removed, vec![("mcpserver/g".to_string(), 7), ("mcpserver/g".to_string(), 8)]);
         assert!(at(&mut reg, 11, 0, Command::SetRetention { history_per_target: 0, history_max_age_ms: 3_600_000 })
             .is_err());
@@ -922,6 +925,6 @@ mod tests {
         assert!(reg.servers["g"].status.quarantine.is_some());
         apply(&mut reg, 4, Command::DeleteServer { name: "g".into() }).unwrap();
         assert!(reg.servers.is_empty());
-        assert_eq!(reg.server_history("g").len(), 4);
+        assert_eq!(reg.server_history("g").count(), 4);
     }
 }
