@@ -57,6 +57,9 @@ enum Cmd {
         /// Bytes in each call's argument.
         #[arg(long, default_value_t = 64)]
         payload: usize,
+        /// Run only these scenarios (1-6; repeatable), e.g. while working on one.
+        #[arg(long)]
+        only: Vec<u32>,
         /// Where to write (default bench/results/<date>/suite).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -142,7 +145,7 @@ enum EraArg {
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Args::parse().cmd {
-        Cmd::All { joch, step, connections, trials, many_servers, payload, out } => {
+        Cmd::All { joch, step, connections, trials, many_servers, payload, only, out } => {
             let s = suite::Settings {
                 step: std::time::Duration::from_secs_f64(step),
                 connections,
@@ -150,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
                 many_servers,
                 p99_bound_ms: 10.0,
                 payload,
+                only: (!only.is_empty()).then_some(only),
             };
             suite::all(common::joch_bin(joch), s, out.unwrap_or_else(suite::default_out)).await
         }

@@ -38,6 +38,8 @@ pub struct Settings {
     pub trials: usize,
     /// Servers registered for the "many servers" conditions.
     pub many_servers: usize,
+    /// Only these scenarios (1..=6), if given.
+    pub only: Option<Vec<u32>>,
     /// The p99 bound of a sustained rate, ms.
     pub p99_bound_ms: f64,
     /// Payload of each call, bytes.
@@ -571,47 +573,77 @@ pub async fn all(joch: PathBuf, s: Settings, out: PathBuf) -> anyhow::Result<()>
         "--allow-stdio",
     ])?;
 
-    eprintln!("1/6 added latency and maximum rate (open loop, {} connections)", s.connections);
-    let sweeps = rates(&c, &up, &nginx, &s)?;
+    let runs = |n: u32| s.only.as_ref().is_none_or(|o| o.contains(&n));
+    let mut sweeps = Vec::new();
+    if runs(1) {
+        eprintln!("1/6 added latency and maximum rate (open loop, {} connections)", s.connections);
+        sweeps = rates(&c, &up, &nginx, &s)?;
+    }
 
-    eprintln!("2/6 stdio upstream: pooled by joch vs a process per call");
-    let (stdio_pooled, stdio_away) = continuation(&c, "stdio", 2000).await?;
-    let per_call = process_per_call(200)?;
+    let mut stdio = Value::Null;
+    let mut stdio_lines = Vec::new();
+    if runs(2) {
+        eprintln!("2/6 stdio upstream: pooled by joch vs a process per call");
+        let (pooled, away) = continuation(&c, "stdio", 2000).await?;
+        let per_call = process_per_call(200)?;
+        stdio = json!({"pooled_by_joch": stats_json(&pooled), "pooled_forwarded_from_another_node": stats_json(&away),
+                       "process_per_call": stats_json(&per_call)});
+        stdio_lines = vec![("stdio pooled by joch", stats_ms(&pooled)), ("a process per call", stats_ms(&per_call))];
+    }
 
-    eprintln!("3/6 quarantine propagation ({} trials per condition)", s.trials);
-    let idle_1 = propagation(&c, "victim", s.trials).await?;
-    let traffic = || {
-        BackgroundLoad::start(loadgen::Spec {
-            targets: (1..=3).map(|i| format!("{}/mcp/canned", c.mcp(i))).collect(),
-            era: Era::Modern,
-            rate: 1500.0,
-            duration: Duration::from_secs(3600),
-            warmup: Duration::ZERO,
-            connections: 8,
-            payload: s.payload,
-            bearer: c.bearer(),
-        })
-    };
-    let load = traffic();
-    let busy_1 = propagation(&c, "victim", s.trials).await?;
-    drop(load);
-    let reg_many = register_many(&c, s.many_servers, "bulk").await?;
-    let idle_many = propagation(&c, "victim", s.trials).await?;
-    let load = traffic();
-    let busy_many = propagation(&c, "victim", s.trials).await?;
-    drop(load);
+    let mut propagation_result = Value::Null;
+    if runs(3) {
+        eprintln!("3/6 quarantine propagation ({} trials per condition)", s.trials);
+        let traffic = || {
+            BackgroundLoad::start(loadgen::Spec {
+                targets: (1..=3).map(|i| format!("{}/mcp/canned", c.mcp(i))).collect(),
+                era: Era::Modern,
+                rate: 1500.0,
+                duration: Duration::from_secs(3600),
+                warmup: Duration::ZERO,
+                connections: 8,
+                payload: s.payload,
+                bearer: c.bearer(),
+            })
+        };
+        let idle_1 = propagation(&c, "victim", s.trials).await?;
+        let load = traffic();
+        let busy_1 = propagation(&c, "victim", s.trials).await?;
+        drop(load);
+        let reg_many = register_many(&c, s.many_servers, "bulk").await?;
+        let idle_many = propagation(&c, "victim", s.trials).await?;
+        let load = traffic();
+        let busy_many = propagation(&c, "victim", s.trials).await?;
+        drop(load);
+        propagation_result = json!({"one_server_idle": trial_stats(&idle_1), "one_server_1500rps": trial_stats(&busy_1),
+            "many_servers_idle": trial_stats(&idle_many), "many_servers_1500rps": trial_stats(&busy_many),
+            "many_servers": s.many_servers, "registering_them_s": reg_many.as_secs_f64(),
+            "raw": {"one_server_idle": idle_1, "one_server_1500rps": busy_1,
+                    "many_servers_idle": idle_many, "many_servers_1500rps": busy_many}});
+    }
 
-    eprintln!("4/6 admin writes");
-    let writes = admin_writes(&c, "w", 200, 8, 50).await?;
+    let mut writes = Value::Null;
+    if runs(4) {
+        eprintln!("4/6 admin writes");
+        writes = admin_writes(&c, "w", 200, 8, 50).await?;
+    }
 
-    eprintln!("5/6 memory");
-    let (cm, _) = Cluster::up_with(&joch, 3, &["--no-demo"])?;
-    cm.cli(&["mcp", "add", "canned", "--endpoint", &up.url])?;
-    let mem = memory(&cm, 1000).await?;
-    drop(cm);
+    let mut mem = Value::Null;
+    if runs(5) {
+        eprintln!("5/6 memory");
+        let (cm, _) = Cluster::up_with(&joch, 3, &["--no-demo"])?;
+        cm.cli(&["mcp", "add", "canned", "--endpoint", &up.url])?;
+        mem = memory(&cm, 1000).await?;
+    }
 
-    eprintln!("6/6 session continuation");
-    let (http_home, http_away) = continuation(&c, "canned", 2000).await?;
+    let mut cont = Value::Null;
+    if runs(6) {
+        eprintln!("6/6 session continuation");
+        let (http_home, http_away) = continuation(&c, "canned", 2000).await?;
+        let (stdio_home, stdio_away) = continuation(&c, "stdio", 2000).await?;
+        cont = json!({"http_same_node": stats_json(&http_home), "http_other_node": stats_json(&http_away),
+                      "stdio_owner_node": stats_json(&stdio_home), "stdio_other_node_via_mesh": stats_json(&stdio_away)});
+    }
 
     let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let result = json!({
@@ -620,25 +652,16 @@ pub async fn all(joch: PathBuf, s: Settings, out: PathBuf) -> anyhow::Result<()>
         "settings": {"step_s": s.step.as_secs_f64(), "connections": s.connections, "trials": s.trials,
                      "many_servers": s.many_servers, "p99_bound_ms": s.p99_bound_ms, "payload": s.payload},
         "rates": sweeps,
-        "stdio": {"pooled_by_joch": stats_json(&stdio_pooled), "pooled_forwarded_from_another_node": stats_json(&stdio_away),
-                  "process_per_call": stats_json(&per_call)},
-        "propagation": {"one_server_idle": trial_stats(&idle_1), "one_server_1500rps": trial_stats(&busy_1),
-                        "many_servers_idle": trial_stats(&idle_many), "many_servers_1500rps": trial_stats(&busy_many),
-                        "many_servers": s.many_servers, "registering_them_s": reg_many.as_secs_f64(),
-                        "raw": {"one_server_idle": idle_1, "one_server_1500rps": busy_1,
-                                "many_servers_idle": idle_many, "many_servers_1500rps": busy_many}},
+        "stdio": stdio,
+        "propagation": propagation_result,
         "admin_writes": writes,
         "memory": mem,
-        "continuation": {"http_same_node": stats_json(&http_home), "http_other_node": stats_json(&http_away),
-                         "stdio_owner_node": stats_json(&stdio_pooled), "stdio_other_node_via_mesh": stats_json(&stdio_away)},
+        "continuation": cont,
     });
     std::fs::write(out.join("suite.json"), serde_json::to_vec_pretty(&result)?)?;
     crate::plot::rates(&result, &out.join("latency-vs-rate.png"))?;
     crate::plot::propagation(&result, &out.join("propagation.png"))?;
-    let md = crate::report::markdown(
-        &result,
-        &[("stdio pooled", stats_ms(&stdio_pooled)), ("process per call", stats_ms(&per_call))],
-    );
+    let md = crate::report::markdown(&result, &stdio_lines);
     std::fs::write(out.join("README.md"), &md)?;
     print!("{md}");
     eprintln!("results written to {}", out.display());

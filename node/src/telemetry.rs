@@ -9,12 +9,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterNode;
 
-/// Installs the tracing subscriber (stderr).
-pub fn init_tracing(level: &str, json: bool) {
+/// Installs the tracing subscriber: lines go to stderr from a writer thread of their own (a
+/// request's task never waits on the write), in colour only when stderr is a terminal (a log
+/// file gets plain text). Keep the guard for the life of the process: dropping it flushes.
+pub fn init_tracing(level: &str, json: bool) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
     let filter =
         tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Not lossy: under a burst the writer applies back-pressure rather than drop lines.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("joch-log")
+        .finish(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    guard
 }
 
 /// Installs the Prometheus recorder for this process.

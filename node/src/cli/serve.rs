@@ -106,7 +106,7 @@ pub fn run(a: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    crate::telemetry::init_tracing(&cfg.log_level, cfg.log_json);
+    let _log = crate::telemetry::init_tracing(&cfg.log_level, cfg.log_json);
     tracing::info!(config = ?cfg, "effective configuration");
     if cfg.insecure_dev {
         tracing::warn!(

@@ -71,12 +71,23 @@ impl Stage for Telemetry {
         };
         metrics::counter!("joch_mcp_requests_total", "outcome" => label).increment(1);
         metrics::histogram!("joch_mcp_request_seconds", "outcome" => label).record(elapsed.as_secs_f64());
-        tracing::info!(
-            target: "joch::mcp",
-            node = call.node, server = %call.server, caller = %call.caller.name, http = call.http_method,
-            method = call.method().unwrap_or("-"), target = call.target().unwrap_or("-"),
-            outcome = label, status, micros = elapsed.as_micros() as u64,
-            "mcp request"
-        );
+        // A decision against the request is worth a line at info; a request that went through
+        // only at debug (`log.level: info,joch::mcp=debug` gives an access log): one line per
+        // forwarded request cost a tenth of a node's maximum rate. Metrics count them all.
+        macro_rules! line {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "joch::mcp",
+                    node = call.node, server = %call.server, caller = %call.caller.name, http = call.http_method,
+                    method = call.method().unwrap_or("-"), target = call.target().unwrap_or("-"),
+                    outcome = label, status, micros = elapsed.as_micros() as u64,
+                    "mcp request"
+                )
+            };
+        }
+        match outcome {
+            Outcome::Denied(_) | Outcome::Rejected { .. } => line!(info),
+            _ => line!(debug),
+        }
     }
 }

@@ -27,6 +27,8 @@ pub struct Upstream {
     client: reqwest::Client,
     timeout: Duration,
     credentials: Arc<Credentials>,
+    /// Endpoints parsed once (parsing, IDNA included, showed in every request's profile).
+    urls: Arc<parking_lot::RwLock<std::collections::HashMap<String, reqwest::Url>>>,
 }
 
 impl Upstream {
@@ -38,8 +40,11 @@ impl Upstream {
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::none())
+            // Upstreams are reached as registered: never through a proxy named by the
+            // environment (HTTP_PROXY and the like), which would also be looked up per request.
+            .no_proxy()
             .build()?;
-        Ok(Upstream { client, timeout: limits.upstream_timeout, credentials })
+        Ok(Upstream { client, timeout: limits.upstream_timeout, credentials, urls: Arc::default() })
     }
 
     /// Sends a request to the admitted call's server; returns once the upstream's status and
@@ -53,7 +58,7 @@ impl Upstream {
         body: Option<Bytes>,
     ) -> Result<reqwest::Response, Failure> {
         adm.revalidate()?;
-        let mut req = self.client.request(method, adm.endpoint());
+        let mut req = self.client.request(method, self.url(adm.endpoint())?);
         for name in FORWARDED {
             if let Some(v) = incoming.get(name) {
                 req = req.header(name, v);
@@ -94,6 +99,22 @@ impl Upstream {
             }
             Ok(Ok(r)) => Ok(r),
         }
+    }
+
+    /// The endpoint, parsed (once per distinct endpoint; bounded by the registry).
+    fn url(&self, endpoint: &str) -> Result<reqwest::Url, Failure> {
+        if let Some(u) = self.urls.read().get(endpoint) {
+            return Ok(u.clone());
+        }
+        let u = reqwest::Url::parse(endpoint).map_err(|e| {
+            Failure::Upstream(UpstreamError::unavailable(format!("the endpoint {endpoint:?} is not a URL: {e}")))
+        })?;
+        let mut urls = self.urls.write();
+        if urls.len() > 10_000 {
+            urls.clear();
+        }
+        urls.insert(endpoint.to_string(), u.clone());
+        Ok(u)
     }
 
     /// Reads a whole (non-stream) body, at most `limit` bytes and within the upstream timeout:
