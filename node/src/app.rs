@@ -43,8 +43,10 @@ async fn bind_tcp(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("binding the {what} listener on {addr}"))
 }
 
-/// Runs a node until `shutdown` completes.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Runs a node until `shutdown` completes. This runs on the control plane's runtime (Raft, the
+/// mesh, the admin API, the lease); the MCP listener and the proxy run on `data`, a runtime of
+/// their own, so agents' traffic queues behind agents' traffic and never in front of a quarantine.
+pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let prom = crate::telemetry::init_metrics()?;
     // One TLS provider for the process (upstream HTTPS uses it); the mesh passes its own.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -116,6 +118,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         }
     });
     let keyring = Arc::new(crate::secrets::Keyring::load(&cfg.kek_files).context("loading the key-encryption keys")?);
+    // Made on the data runtime: the proxy's own tasks (stdio reaper, streams) run there.
+    let on_data = data.enter();
     let proxy = crate::proxy::Proxy::new(
         cluster.view(),
         crate::proxy::Options {
@@ -127,7 +131,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         },
     )
     .context("starting the MCP proxy")?;
-    tasks.spawn(mesh.clone().serve(cluster.clone(), proxy.clone(), stop.clone()));
+    drop(on_data);
+    let relayed = Arc::new(crate::proxy::forward::Relayed { proxy: proxy.clone(), runtime: data.clone() });
+    tasks.spawn(mesh.clone().serve(cluster.clone(), relayed, stop.clone()));
     let (registry_svc, cluster_svc, access_svc) = AdminApi::services(cluster.clone(), keyring.clone());
     let bootstrap = match &cfg.admin_token_file {
         Some(p) => {
@@ -181,7 +187,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         None => None,
     };
     let mcp_app = crate::http::mcp_router(cluster.view()).merge(proxy.clone().router());
-    tasks.spawn(crate::http::serve_mcp(mcp_l, mcp_app, cfg.proxy.clone(), mcp_tls, stop.clone()));
+    let serving = data.spawn(crate::http::serve_mcp(mcp_l, mcp_app, cfg.proxy.clone(), mcp_tls, stop.clone()));
+    tasks.spawn(async move {
+        let _ = serving.await;
+    });
     let metrics_stop = stop.clone();
     let metrics_app = crate::http::metrics_router(prom.clone());
     tasks.spawn(async move {

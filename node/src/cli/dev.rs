@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::client::{self, req, DEV_DIR};
 use super::output::table;
 use super::{Format, Global};
+use crate::lifecycle::alive;
 use crate::mesh::pki::{self, PkiDir};
 
 #[derive(Subcommand, Debug)]
@@ -109,14 +110,6 @@ pub struct DevNode {
 
 fn node_dir(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("node{id}"))
-}
-
-/// Whether `pid` is a live (not zombie) process.
-pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')).unwrap_or(false),
-        Err(_) => false,
-    }
 }
 
 fn signal(pid: u32, sig: &str) {

@@ -119,14 +119,27 @@ pub fn run(a: ServeArgs) -> ExitCode {
             cfg.listen.admin
         );
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
+    // Two runtimes: the control plane (Raft, mesh, admin API, lease) on one thread of its own,
+    // the data plane (agents' requests) on one per core; see app::run.
+    let runtimes = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("joch-control")
+        .enable_all()
+        .build()
+        .and_then(|control| {
+            let data = tokio::runtime::Builder::new_multi_thread().thread_name("joch-data").enable_all().build()?;
+            Ok((control, data))
+        });
+    let (control, data) = match runtimes {
+        Ok(rts) => rts,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(crate::app::run(cfg, crate::lifecycle::shutdown_signal())) {
+    let result = control.block_on(crate::app::run(cfg, data.handle().clone(), crate::lifecycle::shutdown_signal()));
+    data.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %super::output::error_chain(&e), "node failed");

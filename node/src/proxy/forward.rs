@@ -4,6 +4,8 @@
 //! answer on as it streams in (an SSE answer stays a stream across nodes). If the owner is gone,
 //! so is the session: 404, and the agent re-initializes.
 
+use std::sync::Arc;
+
 use axum::http::{HeaderMap, HeaderValue};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -80,11 +82,31 @@ impl Proxy {
     }
 }
 
-impl StreamHandler for Proxy {
+/// The proxy as the mesh's stream handler, serving relayed requests on the data plane's runtime
+/// (the mesh runs on the control plane's: a burst of relayed traffic must not delay Raft).
+pub struct Relayed {
+    /// The proxy.
+    pub proxy: Arc<Proxy>,
+    /// The data plane's runtime.
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl StreamHandler for Relayed {
     type Request = McpForward;
     type Head = McpHead;
 
     async fn handle(&self, req: McpForward) -> (McpHead, BodyStream) {
+        let proxy = self.proxy.clone();
+        match self.runtime.spawn(async move { proxy.relayed(req).await }).await {
+            Ok(answer) => answer,
+            Err(_) => (McpHead { status: 503, content_type: None }, Box::pin(futures::stream::empty()) as BodyStream),
+        }
+    }
+}
+
+impl Proxy {
+    /// Serves a request another node relayed here (its session's owner).
+    async fn relayed(&self, req: McpForward) -> (McpHead, BodyStream) {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("application/json"));
         headers.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));

@@ -306,13 +306,8 @@ impl Drop for TestCluster {
     }
 }
 
-/// Whether a process is alive (and not a zombie).
-pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')).unwrap_or(false),
-        Err(_) => false,
-    }
-}
+/// Whether a process is alive (as `joch dev` decides it).
+pub use joch_node::lifecycle::alive;
 
 /// Names of the servers in a `mcp ls -o json` answer, with their phase.
 pub fn servers(v: &Value) -> Vec<(String, String)> {

@@ -46,13 +46,9 @@ async fn status(m: &Mesh, addr: &str, t: Duration) -> Result<ControlResponse, jo
     m.call(addr, &ControlRequest::Status, t).await
 }
 
-fn mesh_at(ca: &std::path::Path, pki: &PkiDir, id: u64, addr: &str) -> Arc<Mesh> {
-    let tls = NodeTls::load(ca, &pki.node_cert(id), &pki.node_key(id)).expect("tls");
-    Mesh::bind(addr.parse().unwrap(), &tls).expect("bind")
-}
-
 fn mesh(ca: &std::path::Path, pki: &PkiDir, id: u64) -> Arc<Mesh> {
-    mesh_at(ca, pki, id, "127.0.0.1:0")
+    let tls = NodeTls::load(ca, &pki.node_cert(id), &pki.node_key(id)).expect("tls");
+    Mesh::bind("127.0.0.1:0".parse().unwrap(), &tls).expect("bind")
 }
 
 fn handshake_failures(metrics_url: &str) -> u64 {
@@ -120,8 +116,12 @@ async fn a_certificate_for_node_2_presented_at_node_3s_address_is_refused() {
     let pki = PkiDir(c.pki_dir());
     let three = c.node(3).clone();
     c.kill9(3);
-    // An impostor with node 2's certificate (signed by the cluster CA) where node 3 lives.
-    let impostor = mesh_at(&pki.ca_cert(), &pki, 2, &three.mesh_addr);
+    // An impostor with node 2's certificate (signed by the cluster CA) where node 3 lived, once
+    // the port is free (a killed process's threads may still be closing its sockets).
+    let impostor = eventually("node 3's mesh port to be free", Duration::from_secs(10), || {
+        let tls = NodeTls::load(&pki.ca_cert(), &pki.node_cert(2), &pki.node_key(2)).expect("tls");
+        Mesh::bind(three.mesh_addr.parse().unwrap(), &tls).ok()
+    });
     let seen = Arc::new(Nobody::default());
     let stop = CancellationToken::new();
     tokio::spawn(impostor.clone().serve(seen.clone(), seen.clone(), stop.clone()));
