@@ -13,11 +13,29 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 /// `scripts/env.sh` points that at the debug build, which must not be measured by mistake.
 pub fn joch_bin(arg: Option<PathBuf>) -> PathBuf {
     arg.unwrap_or_else(|| {
+        build_joch_beside();
         std::env::current_exe()
             .ok()
             .and_then(|p| Some(p.parent()?.join("joch")))
             .unwrap_or_else(|| PathBuf::from("joch"))
     })
+}
+
+/// Under `cargo run`, builds the `joch` binary of the same profile first (cargo builds only the
+/// benchmark itself), so `cargo run --release -p joch-bench -- all` measures the current code.
+fn build_joch_beside() {
+    let Some(cargo) = std::env::var_os("CARGO") else { return };
+    let release = std::env::current_exe().ok().is_some_and(|p| p.parent().is_some_and(|d| d.ends_with("release")));
+    let mut c = Command::new(cargo);
+    c.args(["build", "-p", "joch-node", "--bin", "joch"]);
+    if release {
+        c.arg("--release");
+    }
+    eprintln!("bench: building joch ({})", if release { "release" } else { "debug" });
+    match c.status() {
+        Ok(s) if s.success() => {}
+        other => eprintln!("bench: building joch failed ({other:?}); measuring the binary that is there"),
+    }
 }
 
 pub fn run(joch: &Path, args: &[&str]) -> anyhow::Result<String> {
