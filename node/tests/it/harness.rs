@@ -523,9 +523,32 @@ pub fn sdk_client_with(mode: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("client.py printed no JSON ({e}): {stdout}"))
 }
 
+/// A child process killed when dropped (a failing test leaves no node behind).
+pub struct Killed(pub std::process::Child);
+
+impl std::ops::Deref for Killed {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Writes a node config with port-0 listeners and starts `joch serve` on it; returns the child
-/// and its bound addresses (from addrs.json).
-pub fn start_extra_node(dir: &Path, pki: &Path, id: u64, raft: &str) -> (std::process::Child, Value) {
+/// (killed when dropped) and its bound addresses (from addrs.json).
+pub fn start_extra_node(dir: &Path, pki: &Path, id: u64, raft: &str) -> (Killed, Value) {
     let nd = dir.join(format!("extra{id}"));
     std::fs::create_dir_all(&nd).unwrap();
     let cfg = format!(
@@ -545,6 +568,7 @@ pub fn start_extra_node(dir: &Path, pki: &Path, id: u64, raft: &str) -> (std::pr
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
+        .map(Killed)
         .expect("start joch serve");
     let addrs = nd.join("data").join("addrs.json");
     let v = eventually("the extra node to bind", Duration::from_secs(30), || {
