@@ -56,6 +56,14 @@ pub struct Spec {
     pub payload: usize,
     /// `Authorization` header value, if any.
     pub bearer: Option<String>,
+    /// The tool called and its arguments; `None`: `echo` with a `text` of `payload` bytes.
+    pub tool: Option<(String, serde_json::Value)>,
+}
+
+impl Spec {
+    fn tool_name(&self) -> &str {
+        self.tool.as_ref().map(|(n, _)| n.as_str()).unwrap_or("echo")
+    }
 }
 
 /// What a run measured.
@@ -118,8 +126,12 @@ async fn connect(t: &Target) -> anyhow::Result<SendRequest<Full<Bytes>>> {
 }
 
 /// The body of the measured call.
-fn call_body(era: Era, payload: &str, id: u64) -> Bytes {
-    let mut params = json!({"name": "echo", "arguments": {"text": payload}});
+fn call_body(spec: &Spec, id: u64) -> Bytes {
+    let mut params = match &spec.tool {
+        Some((name, args)) => json!({"name": name, "arguments": args}),
+        None => json!({"name": "echo", "arguments": {"text": "x".repeat(spec.payload)}}),
+    };
+    let era = spec.era;
     if era == Era::Modern {
         params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
             "io.modelcontextprotocol/clientCapabilities": {}, "io.modelcontextprotocol/clientInfo": {"name": "joch-bench", "version": "1"}});
@@ -134,6 +146,7 @@ fn request(
     bearer: Option<&str>,
     body: Bytes,
     method: &str,
+    tool: &str,
 ) -> hyper::Request<Full<Bytes>> {
     let mut b = hyper::Request::post(&t.path)
         .header("host", &t.authority)
@@ -151,7 +164,7 @@ fn request(
         Era::Modern => {
             b = b.header("mcp-protocol-version", "2026-07-28").header("mcp-method", method);
             if method == "tools/call" {
-                b = b.header("mcp-name", "echo");
+                b = b.header("mcp-name", tool);
             }
         }
     }
@@ -162,7 +175,8 @@ fn request(
 async fn open_session(s: &mut SendRequest<Full<Bytes>>, t: &Target, bearer: Option<&str>) -> anyhow::Result<String> {
     let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25",
         "capabilities": {}, "clientInfo": {"name": "joch-bench", "version": "1"}}});
-    let r = s.send_request(request(t, Era::Legacy, None, bearer, Bytes::from(init.to_string()), "initialize")).await?;
+    let r =
+        s.send_request(request(t, Era::Legacy, None, bearer, Bytes::from(init.to_string()), "initialize", "")).await?;
     let status = r.status();
     let sid = r.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
     let body = r.into_body().collect().await?.to_bytes();
@@ -232,14 +246,22 @@ async fn worker(
     let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
     // One body for every call of the connection (a connection has one call in flight at a time,
     // so the JSON-RPC id may repeat): the generator's cost per request stays small.
-    let body = call_body(spec.era, &"x".repeat(spec.payload), 1);
+    let body = call_body(&spec, 1);
     let mut free_at = Instant::now();
     while let Some((j, due)) = slots.recv().await {
         let picked = Instant::now();
         let from = if free_at <= due { picked } else { due };
         let ti = (j as usize) % conn.targets.len();
         let (t, s) = &mut conn.targets[ti];
-        let req = request(t, spec.era, conn.session.as_deref(), spec.bearer.as_deref(), body.clone(), "tools/call");
+        let req = request(
+            t,
+            spec.era,
+            conn.session.as_deref(),
+            spec.bearer.as_deref(),
+            body.clone(),
+            "tools/call",
+            spec.tool_name(),
+        );
         let result = async {
             s.ready().await?;
             let r = s.send_request(req).await?;

@@ -167,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
                 connections,
                 payload,
                 bearer: token.map(|t| format!("Bearer {t}")),
+                tool: None,
             };
             let o = loadgen::run(spec)?;
             println!("{}", serde_json::to_string_pretty(&o)?);

@@ -23,7 +23,14 @@ fn font() -> bool {
     })
 }
 
-const COLORS: [RGBColor; 4] = [RGBColor(90, 90, 90), RGBColor(0, 120, 200), RGBColor(220, 80, 0), RGBColor(0, 150, 60)];
+const COLORS: [RGBColor; 6] = [
+    RGBColor(90, 90, 90),
+    RGBColor(0, 120, 200),
+    RGBColor(220, 80, 0),
+    RGBColor(0, 150, 60),
+    RGBColor(150, 60, 170),
+    RGBColor(200, 160, 0),
+];
 
 /// Latency (p50 solid, p99 dashed-looking thin) against offered rate, one panel per era.
 pub fn rates(result: &Value, path: &Path) -> anyhow::Result<()> {

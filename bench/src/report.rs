@@ -5,6 +5,8 @@ use serde_json::Value;
 
 /// The reference rate latencies are compared at.
 const REF_RPS: f64 = 1000.0;
+/// Likewise, with the Python upstream.
+const PY_REF_RPS: f64 = 100.0;
 
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
@@ -48,14 +50,19 @@ pub fn markdown(r: &Value, extra: &[(&str, String)]) -> String {
         let d50 = direct.and_then(|d| at(d, REF_RPS)).map(|p| f(&p["p50_ms"])).unwrap_or(f64::NAN);
         let d99 = direct.and_then(|d| at(d, REF_RPS)).map(|p| f(&p["p99_ms"])).unwrap_or(f64::NAN);
         md.push_str(&format!(
-            "### {era} era\n\n| path | max sustained rps | p50 at {REF_RPS} rps | p99 | p99.9 | added p50 | added p99 | CPU s per 1,000 requests |\n|---|---|---|---|---|---|---|---|\n"
+            "### {era} era\n\n| path | max sustained rps | p50 at the reference rate | p99 | p99.9 | added p50 | added p99 | CPU s per 1,000 requests |\n|---|---|---|---|---|---|---|---|\n"
         ));
         for s in &mine {
-            let p = at(s, REF_RPS);
+            // The Python upstream is compared with itself, at a rate it sustains.
+            let python = s["target"].as_str().is_some_and(|t| t.contains("Python"));
+            let (rps, base) = if python { (PY_REF_RPS, by("direct (fastmcp, Python)")) } else { (REF_RPS, direct) };
+            let b = |k: &str| base.and_then(|d| at(d, rps)).map(|p| f(&p[k])).unwrap_or(f64::NAN);
+            let (d50, d99) = (b("p50_ms"), b("p99_ms"));
+            let p = at(s, rps);
             let g = |k: &str| p.map(|p| f(&p[k])).unwrap_or(f64::NAN);
             let cpu = p.and_then(|p| p["cpu_s_per_1000"].as_f64()).map(r3).unwrap_or_else(|| "-".into());
             md.push_str(&format!(
-                "| {} | {} | {} ms | {} ms | {} ms | {} ms | {} ms | {cpu} |\n",
+                "| {} | {} | {} ms at {rps} rps | {} ms | {} ms | {} ms | {} ms | {cpu} |\n",
                 s["target"].as_str().unwrap_or("?"),
                 f(&s["max_sustained_rps"]),
                 r3(g("p50_ms")),

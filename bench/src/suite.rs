@@ -113,17 +113,21 @@ pub struct Sweep {
     pub max_sustained_rps: f64,
 }
 
-fn sweep(
-    name: &str,
+/// What a sweep loads: a path to the upstream, how it is called, whose CPU counts.
+struct Route<'a> {
+    name: &'a str,
     targets: Vec<String>,
-    era: Era,
     bearer: Option<String>,
-    pids: &[u32],
-    s: &Settings,
-) -> anyhow::Result<Sweep> {
+    pids: Vec<u32>,
+    tool: Option<(String, Value)>,
+}
+
+fn sweep(r: Route, era: Era, s: &Settings, rates: &[f64]) -> anyhow::Result<Sweep> {
+    let Route { name, targets, bearer, pids, tool } = r;
+    let pids = &pids[..];
     let mut points = Vec::new();
     let mut best = 0.0;
-    for rate in RATES {
+    for &rate in rates {
         let spec = loadgen::Spec {
             targets: targets.clone(),
             era,
@@ -133,6 +137,7 @@ fn sweep(
             connections: s.connections,
             payload: s.payload,
             bearer: bearer.clone(),
+            tool: tool.clone(),
         };
         let cpu0 = procs::cpu_total(pids);
         let o = loadgen::run(spec)?;
@@ -156,16 +161,88 @@ fn sweep(
     Ok(Sweep { target: name.to_string(), era, points, max_sustained_rps: best })
 }
 
+/// Offered rates against the Python upstream (it saturates far earlier).
+const PY_RATES: [f64; 8] = [50.0, 100.0, 200.0, 300.0, 500.0, 800.0, 1200.0, 2000.0];
+
+/// The test suite's fastmcp server (Python, the MCP SDK's stack), if the venv is there.
+pub struct PyUpstream {
+    child: Child,
+    /// Its MCP URL.
+    pub url: String,
+}
+
+impl PyUpstream {
+    /// Starts it, or `None` without the venv (`scripts/setup` makes it).
+    pub fn start() -> Option<PyUpstream> {
+        let python = std::env::var_os("JOCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/joch-venv/bin/python")
+        });
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/tests/e2e/fastmcp_server.py");
+        if !python.exists() || !script.exists() {
+            eprintln!("bench: no venv with fastmcp ({}): the Python upstream is skipped", python.display());
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let child = Command::new(python)
+            .arg(script)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let up = PyUpstream { child, url: format!("http://127.0.0.1:{port}/mcp") };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                eprintln!("bench: the fastmcp server did not listen: skipped");
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(up)
+    }
+}
+
+impl Drop for PyUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Scenario 1.
-fn rates(c: &Cluster, up: &Upstream, nginx: &Nginx, s: &Settings) -> anyhow::Result<Vec<Sweep>> {
+fn rates(
+    c: &Cluster,
+    up: &Upstream,
+    nginx: &Nginx,
+    python: Option<&PyUpstream>,
+    s: &Settings,
+) -> anyhow::Result<Vec<Sweep>> {
     let one = vec![format!("{}/mcp/canned", c.mcp(1))];
     let three: Vec<String> = (1..=3).map(|i| format!("{}/mcp/canned", c.mcp(i))).collect();
     let mut out = Vec::new();
     for era in [Era::Legacy, Era::Modern] {
-        out.push(sweep("direct", vec![up.url.clone()], era, None, &[], s)?);
-        out.push(sweep("nginx", vec![nginx.url.clone()], era, None, &nginx.pids(), s)?);
-        out.push(sweep("joch, one node", one.clone(), era, c.bearer(), &[c.pid(1)], s)?);
-        out.push(sweep("joch, three nodes round-robin", three.clone(), era, c.bearer(), &c.pids(), s)?);
+        let route = |name, targets: Vec<String>, bearer: Option<String>, pids: Vec<u32>, tool| Route {
+            name,
+            targets,
+            bearer,
+            pids,
+            tool,
+        };
+        out.push(sweep(route("direct", vec![up.url.clone()], None, vec![], None), era, s, &RATES)?);
+        out.push(sweep(route("nginx", vec![nginx.url.clone()], None, nginx.pids(), None), era, s, &RATES)?);
+        out.push(sweep(route("joch, one node", one.clone(), c.bearer(), vec![c.pid(1)], None), era, s, &RATES)?);
+        let three_nodes = route("joch, three nodes round-robin", three.clone(), c.bearer(), c.pids(), None);
+        out.push(sweep(three_nodes, era, s, &RATES)?);
+        // For realism: a real Python SDK server (fastmcp) upstream, where it is installed.
+        if let Some(py) = python {
+            let add = Some(("add".to_string(), json!({"a": 1, "b": 2})));
+            let via = vec![format!("{}/mcp/python", c.mcp(1))];
+            let direct = route("direct (fastmcp, Python)", vec![py.url.clone()], None, vec![], add.clone());
+            out.push(sweep(direct, era, s, &PY_RATES)?);
+            let through = route("joch, one node (fastmcp, Python)", via, c.bearer(), vec![c.pid(1)], add);
+            out.push(sweep(through, era, s, &PY_RATES)?);
+        }
     }
     Ok(out)
 }
@@ -577,7 +654,11 @@ pub async fn all(joch: PathBuf, s: Settings, out: PathBuf) -> anyhow::Result<()>
     let mut sweeps = Vec::new();
     if runs(1) {
         eprintln!("1/6 added latency and maximum rate (open loop, {} connections)", s.connections);
-        sweeps = rates(&c, &up, &nginx, &s)?;
+        let python = PyUpstream::start();
+        if let Some(py) = &python {
+            c.cli(&["mcp", "add", "python", "--endpoint", &py.url])?;
+        }
+        sweeps = rates(&c, &up, &nginx, python.as_ref(), &s)?;
     }
 
     let mut stdio = Value::Null;
@@ -604,6 +685,7 @@ pub async fn all(joch: PathBuf, s: Settings, out: PathBuf) -> anyhow::Result<()>
                 connections: 8,
                 payload: s.payload,
                 bearer: c.bearer(),
+                tool: None,
             })
         };
         let idle_1 = propagation(&c, "victim", s.trials).await?;
