@@ -134,7 +134,8 @@ pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Futur
     drop(on_data);
     let relayed = Arc::new(crate::proxy::forward::Relayed { proxy: proxy.clone(), runtime: data.clone() });
     tasks.spawn(mesh.clone().serve(cluster.clone(), relayed, stop.clone()));
-    let (registry_svc, cluster_svc, access_svc) = AdminApi::services(cluster.clone(), keyring.clone());
+    let (registry_svc, cluster_svc, access_svc) =
+        AdminApi::services(cluster.clone(), keyring.clone(), proxy.governance());
     let bootstrap = match &cfg.admin_token_file {
         Some(p) => {
             let t =

@@ -4,7 +4,7 @@
 //! Map: `app` wires a node; `auth` says who an operator or an agent is; `proxy` is the MCP data plane (over `mcp`, the protocol pieces);
 //! `cluster` is its Raft handle; `mesh` the QUIC transport between nodes;
 //! `admin` the gRPC API; `resource` the manifests operators write; `cli` the operator commands;
-//! `config` static node config; `demo` the quick start's MCP server; `secrets` sealing upstream secrets; `certs` certificates
+//! `policy` the decision on every call and list item; `config` static node config; `demo` the quick start's MCP server; `secrets` sealing upstream secrets; `certs` certificates
 //! reloaded from files; `telemetry` logs and metrics; `http` health and metrics endpoints.
 //! The replicated store itself is the `joch-raft-store` crate.
 
@@ -20,6 +20,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod mcp;
 pub mod mesh;
+pub mod policy;
 pub mod proxy;
 pub mod resource;
 pub mod secrets;

@@ -55,6 +55,13 @@ impl Default for RegistryHandle {
 }
 
 impl RegistryHandle {
+    /// A handle holding one state, which nothing changes (unit tests of what reads it).
+    pub fn fixed(state: PublishedState) -> RegistryHandle {
+        let h = RegistryHandle::default();
+        h.publish(state);
+        h
+    }
+
     /// The current registry.
     pub fn load(&self) -> Arc<PublishedState> {
         self.current.load_full()
@@ -213,6 +220,7 @@ fn load_state(db: &DB) -> std::result::Result<LoadedState, StoreError> {
             membership = dec(&k, &v)?;
         }
     }
+    reg.compile_policies();
     let history = cf(db, CF_HISTORY);
     let mut by_target: BTreeMap<String, Vec<ChangeRecord>> = BTreeMap::new();
     for item in db.iterator_cf(&history, rocksdb::IteratorMode::Start) {
@@ -351,7 +359,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<()> {
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
         let data = snapshot.into_inner();
-        let registry: Registry = decode(&data).map_err(|e| io_err(subject.clone(), ErrorVerb::Read, &e))?;
+        let mut registry: Registry = decode(&data).map_err(|e| io_err(subject.clone(), ErrorVerb::Read, &e))?;
+        registry.compile_policies();
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), servers = registry.servers.len(), "installing snapshot");
         self.registry = registry;
         self.applied = meta.last_log_id;

@@ -33,6 +33,8 @@ use status::{outcome, to_status};
 pub struct AdminApi {
     cluster: Arc<ClusterNode>,
     keyring: Arc<Keyring>,
+    /// The proxy's governance (what it learned of tools' annotations), for `policy explain`.
+    gov: Arc<crate::policy::Governance>,
 }
 
 impl AdminApi {
@@ -40,8 +42,9 @@ impl AdminApi {
     pub fn services(
         cluster: Arc<ClusterNode>,
         keyring: Arc<Keyring>,
+        gov: Arc<crate::policy::Governance>,
     ) -> (RegistryServer<AdminApi>, ClusterServer<AdminApi>, AccessServer<AdminApi>) {
-        let api = AdminApi { cluster, keyring };
+        let api = AdminApi { cluster, keyring, gov };
         (RegistryServer::new(api.clone()), ClusterServer::new(api.clone()), AccessServer::new(api))
     }
 
@@ -200,9 +203,20 @@ impl Registry for AdminApi {
         let r = req.into_inner();
         observe("Apply", async {
             let source = if r.source.is_empty() { "<input>" } else { r.source.as_str() };
-            let manifests = manifest::parse(source, &r.text).map_err(|errs| {
+            let show = |errs: Vec<manifest::ManifestError>| {
                 Status::invalid_argument(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
-            })?;
+            };
+            let mut manifests = manifest::parse(source, &r.text).map_err(show)?;
+            let st = self.read(false).await?;
+            let existing: Vec<String> = st.registry.policies.keys().cloned().collect();
+            manifest::resolve_policies(
+                source,
+                &r.text,
+                &mut manifests,
+                &|n| st.registry.policies.contains_key(n),
+                &existing,
+            )
+            .map_err(show)?;
             // Every manifest is written in order; one fleet acknowledgement of the last one that
             // needs it then covers them all (a member that applied index N applied every one before).
             for m in &manifests {
@@ -367,6 +381,54 @@ impl Registry for AdminApi {
             let st = self.read(r.stale).await?;
             let policies = st.registry.policies.values().map(|p| convert::policy(p, st.applied_index)).collect();
             Ok(pb::PolicyList { policies, read_index: st.applied_index })
+        })
+        .await
+    }
+
+    async fn explain_policy(&self, req: Request<pb::ExplainRequest>) -> Result<Response<pb::ExplainReply>, Status> {
+        let r = req.into_inner();
+        observe("ExplainPolicy", async {
+            let st = self.read(r.stale).await?;
+            let rec = st
+                .registry
+                .servers
+                .get(&r.server)
+                .ok_or_else(|| Status::not_found(format!("MCP server {:?} is not registered", r.server)))?;
+            let labels = match st.registry.access.agents.get(&r.agent) {
+                Some(a) if r.labels.is_empty() => a.labels.clone(),
+                _ => r.labels.into_iter().collect(),
+            };
+            let caller = crate::auth::agent::Caller {
+                name: r.agent.clone(),
+                source: crate::auth::agent::Source::Anonymous,
+                labels,
+            };
+            let kind = match r.kind.as_str() {
+                "" | "tool" => joch_policy::Kind::Tool,
+                "prompt" => joch_policy::Kind::Prompt,
+                "resource" => joch_policy::Kind::Resource,
+                other => return Err(invalid("kind", format!("unknown kind {other:?}: tool, prompt or resource"))),
+            };
+            let args: Option<serde_json::Value> = if r.args_json.is_empty() {
+                None
+            } else {
+                Some(serde_json::from_str(&r.args_json).map_err(|e| invalid("args", format!("not JSON: {e}")))?)
+            };
+            let method = match kind {
+                joch_policy::Kind::Tool => "tools/call",
+                joch_policy::Kind::Prompt => "prompts/get",
+                joch_policy::Kind::Resource => "resources/read",
+            };
+            let subject = crate::policy::Subject {
+                kind,
+                method,
+                name: &r.name,
+                annotations: None,
+                args: Some(args.as_ref().unwrap_or(&serde_json::Value::Null)),
+                now_ms: crate::policy::list::now_ms(),
+            };
+            let v = self.gov.explain(&st, &caller, rec, &subject);
+            Ok(pb::ExplainReply { json: v.to_string(), read_index: st.applied_index })
         })
         .await
     }

@@ -102,9 +102,10 @@ pub fn required_role(path: &str) -> Role {
         None => return Role::Admin,
     };
     match (service, method) {
-        ("Registry", "GetServer" | "ListServers" | "GetPolicy" | "ListPolicies" | "History" | "GetRetention") => {
-            Role::Viewer
-        }
+        (
+            "Registry",
+            "GetServer" | "ListServers" | "GetPolicy" | "ListPolicies" | "ExplainPolicy" | "History" | "GetRetention",
+        ) => Role::Viewer,
         (
             "Registry",
             "Apply" | "AddServer" | "DeleteServer" | "Pin" | "Upgrade" | "Quarantine" | "Unquarantine" | "ApproveTool"

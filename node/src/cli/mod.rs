@@ -7,6 +7,7 @@ mod access;
 mod client;
 mod cluster;
 mod dev;
+mod policy;
 mod registry;
 mod serve;
 
@@ -38,7 +39,9 @@ pub struct Global {
     /// Admin URL of the node to talk to (any node works). Default: node 1 of ./.joch-dev, else
     /// the current context of `joch login`, else https://127.0.0.1:7100. The operator's token
     /// comes from JOCH_TOKEN, else ./.joch-dev, else the login context.
-    #[arg(long, global = true, env = "JOCH_SERVER")]
+    /// (`--node` is the same; under `policy explain`, where `--server` names the MCP server, use
+    /// `--node`.)
+    #[arg(long, visible_alias = "node", global = true, env = "JOCH_SERVER")]
     pub server: Option<String>,
     /// The cluster CA's certificate, to verify the node (default: ./.joch-dev's, else the login
     /// context's).
@@ -74,6 +77,11 @@ pub enum Cmd {
         /// Manifest file.
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
+    },
+    /// Policies: list, explain a decision, test policy files against expected decisions.
+    Policy {
+        #[command(subcommand)]
+        cmd: policy::PolicyCmd,
     },
     /// Show one resource in full.
     Describe {
@@ -155,7 +163,7 @@ pub enum Cmd {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(policy::explain_args(std::env::args_os().collect()));
     if let Cmd::Serve(args) = cli.command {
         return serve::run(args);
     }
@@ -188,6 +196,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Serve(_) => unreachable!("handled before the runtime starts"),
         Cmd::Mcp { cmd } => registry::mcp(&g, cmd).await,
         Cmd::Apply { file } => registry::apply(&g, &file).await,
+        Cmd::Policy { cmd } => policy::run(&g, cmd).await,
         Cmd::Describe { kind, name, stale } => registry::describe(&g, &kind, &name, stale).await,
         Cmd::Get { kind, stale } => registry::get(&g, &kind, stale).await,
         Cmd::Delete { kind, name } => registry::delete(&g, &kind, &name).await,

@@ -2,8 +2,11 @@
 //!
 //! [`Gate::admit`] decides whether a [`Call`] may reach its server, from the in-memory snapshot
 //! only (no disk, no Raft round trip, no lock), in the order of DESIGN.md's request path: this
-//! node's lease, registered, quarantined, pinned version, transport allowed; then every
-//! [`Stage`]'s `on_request` (policy and RBAC plug in there). It returns an [`Admitted`], which
+//! node's lease, registered, quarantined, pinned version, transport allowed; then, for a
+//! capability call (`tools/call`, `prompts/get`, `resources/read`), the registry's controls and
+//! the policies (`crate::policy`: exposes, tool approval, read-only, the compiled policies); then
+//! every [`Stage`]'s `on_request`. A registry change re-runs all of them on what is in flight, so
+//! a policy that now denies a running call cuts it, as a quarantine does. It returns an [`Admitted`], which
 //! only this module can make, and which the upstream clients (HTTP and stdio) and the aggregate's
 //! member calls require: skipping admission does not compile.
 //!
@@ -25,6 +28,7 @@ use super::deny::{Denial, Reason};
 pub use super::request::{Call, Rpc};
 use super::stages::Stage;
 use crate::cluster::lease::{Lease, Stale};
+use crate::policy::{list::now_ms, subject_kind, Governance, Grant, Refusal, RefusalKind, Subject};
 
 /// The denial of a node whose control plane is stale (see `cluster/lease.rs`).
 pub fn stale(call: &Call, why: &Stale) -> Denial {
@@ -40,13 +44,19 @@ pub fn stale(call: &Call, why: &Stale) -> Denial {
 pub struct Gate {
     registry: RegistryHandle,
     lease: Arc<Lease>,
+    gov: Arc<Governance>,
     stages: Arc<[Arc<dyn Stage>]>,
 }
 
 impl Gate {
-    /// A gate over this node's registry and lease, running these stages.
-    pub fn new(registry: RegistryHandle, lease: Arc<Lease>, stages: Arc<[Arc<dyn Stage>]>) -> Gate {
-        Gate { registry, lease, stages }
+    /// A gate over this node's registry and lease, deciding with `gov`, running these stages.
+    pub fn new(
+        registry: RegistryHandle,
+        lease: Arc<Lease>,
+        gov: Arc<Governance>,
+        stages: Arc<[Arc<dyn Stage>]>,
+    ) -> Gate {
+        Gate { registry, lease, gov, stages }
     }
 
     /// The published registry (for what joch answers itself: aggregate lists of members).
@@ -66,13 +76,17 @@ impl Gate {
         let stale_rx = self.lease.subscribe();
         let state = self.registry.load();
         self.lease.check(Instant::now()).map_err(|why| stale(&call, &why))?;
-        let server = registry_checks(&call, &state)?;
+        let (server, grant) = checks(&self.gov, &call, &state)?;
         for s in self.stages.iter() {
             s.on_request(&call, &server)?;
         }
+        let deadline =
+            grant.constraints.max_runtime_sec.map(|s| tokio::time::Instant::now() + std::time::Duration::from_secs(s));
         Ok(Admitted(Arc::new(Inner {
             call,
             server,
+            grant,
+            deadline,
             index: state.applied_index,
             changes,
             stale: stale_rx,
@@ -105,6 +119,10 @@ impl Gate {
 struct Inner {
     call: Call,
     server: Arc<ServerRecord>,
+    /// What the controls and policies granted (bounds included).
+    grant: Grant,
+    /// ALLOW_WITH_CONSTRAINTS's runtime limit: the call is cut then.
+    deadline: Option<tokio::time::Instant>,
     index: u64,
     changes: watch::Receiver<u64>,
     stale: watch::Receiver<bool>,
@@ -130,6 +148,11 @@ impl Admitted {
     /// The server's record, as admitted.
     pub fn server(&self) -> &ServerRecord {
         &self.0.server
+    }
+
+    /// What the controls and policies granted.
+    pub fn grant(&self) -> &Grant {
+        &self.0.grant
     }
 
     /// The registry index the decision was made at.
@@ -170,7 +193,7 @@ impl Admitted {
             return Ok(());
         }
         i.gate.lease.check(Instant::now()).map_err(|why| stale(&i.call, &why))?;
-        registry_checks(&i.call, &i.gate.registry.load()).map(|_| ())
+        checks(&i.gate.gov, &i.call, &i.gate.registry.load()).map(|_| ())
     }
 
     /// Resolves (with the denial) when the call stops being admissible: its server quarantined,
@@ -186,15 +209,26 @@ impl Admitted {
         // Clones keep the version seen at admission: a change since then fires at once.
         let (mut changes, mut stale_rx) = (i.changes.clone(), i.stale.clone());
         let mut registry_open = true;
+        let deadline = i.deadline;
         loop {
             tokio::select! {
                 biased;
+                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                    metrics::counter!("joch_mcp_streams_cut_total", "reason" => "constraint-violated").increment(1);
+                    let secs = i.grant.constraints.max_runtime_sec.unwrap_or_default();
+                    let rule = i.grant.by.as_ref().map(|m| format!("{}/{}", m.policy, m.rule)).unwrap_or_default();
+                    return i.call.deny(
+                        Reason::ConstraintViolated,
+                        &rule,
+                        format!("the call ran into its runtime limit of {secs} s (max_runtime_sec of policy rule {rule}); the upstream call was cancelled"),
+                    );
+                }
                 r = changes.changed(), if registry_open => {
                     if r.is_err() {
                         registry_open = false;
                         continue;
                     }
-                    if let Err(d) = registry_checks(&i.call, &i.gate.registry.load()) {
+                    if let Err(d) = checks(&i.gate.gov, &i.call, &i.gate.registry.load()) {
                         metrics::counter!("joch_mcp_streams_cut_total", "reason" => d.reason.as_str()).increment(1);
                         return d;
                     }
@@ -223,6 +257,56 @@ impl Admitted {
             d = self.first_denial() => Err(d),
             r = exchange => Ok(r),
         }
+    }
+}
+
+/// The registry checks, then the controls and policies.
+fn checks(gov: &Governance, call: &Call, state: &PublishedState) -> Result<(Arc<ServerRecord>, Grant), Denial> {
+    let rec = registry_checks(call, state)?;
+    let grant = decide(gov, call, &rec, state)?;
+    Ok((rec, grant))
+}
+
+/// The controls and policies, for a capability call (other methods pass: sessions, lists, pings
+/// are not about one capability; lists are filtered on their way back by the same decision).
+pub fn decide(gov: &Governance, call: &Call, rec: &ServerRecord, state: &PublishedState) -> Result<Grant, Denial> {
+    let Some((method, kind)) = call.method().and_then(|m| Some((m, subject_kind(m)?))) else {
+        return Ok(Grant::default());
+    };
+    let name = call.target().unwrap_or_default();
+    // Arguments are parsed again only when some rule looks at them.
+    let args = if state.registry.compiled.set.needs_args() {
+        call.rpc.as_ref().and_then(|r| r.value().get_mut("params")?.get_mut("arguments").map(serde_json::Value::take))
+    } else {
+        None
+    };
+    let subject = Subject {
+        kind,
+        method,
+        name,
+        annotations: None,
+        args: Some(args.as_ref().unwrap_or(&serde_json::Value::Null)),
+        now_ms: now_ms(),
+    };
+    gov.judge(state, &call.caller, rec, &subject, None).map_err(|r| refusal(call, r))
+}
+
+/// The denial of a refusal.
+pub fn refusal(call: &Call, r: Refusal) -> Denial {
+    let reason = match r.kind {
+        RefusalKind::NotExposed => Reason::CapabilityNotExposed,
+        RefusalKind::NotApproved => Reason::ToolNotApproved,
+        RefusalKind::ReadOnly => Reason::ServerReadOnly,
+        RefusalKind::Policy => Reason::PolicyDenied,
+        RefusalKind::Approval => Reason::ApprovalRequired,
+        RefusalKind::Constraint => Reason::ConstraintViolated,
+    };
+    let d = call.deny(reason, &r.rule, r.message);
+    match r.by {
+        Some(m) => d.with_policy(serde_json::json!({
+            "policy": m.policy, "rule": m.rule, "decision": m.decision.as_str(), "reason": m.reason,
+        })),
+        None => d,
     }
 }
 
@@ -387,9 +471,9 @@ mod tests {
     async fn admission_sees_the_lease_first_and_the_cut_sees_what_changed_after_it() {
         let registry = RegistryHandle::default();
         let lease = Arc::new(Lease::new(1, std::time::Duration::from_secs(6)));
-        let gate = Gate::new(registry.clone(), lease, Arc::new([]));
+        let gate = Gate::new(registry.clone(), lease, Default::default(), Arc::new([]));
         assert_eq!(gate.admit(call("a", None)).unwrap_err().reason, Reason::ControlPlaneStale);
-        let gate = Gate::new(registry.clone(), fresh_lease(), Arc::new([]));
+        let gate = Gate::new(registry.clone(), fresh_lease(), Default::default(), Arc::new([]));
         assert_eq!(gate.admit(call("a", None)).unwrap_err().reason, Reason::ServerNotRegistered);
     }
 
@@ -401,12 +485,42 @@ mod tests {
             call: call("p", None),
             server: rec,
             index: 1,
+            grant: Grant::default(),
+            deadline: None,
             changes: watch::channel(0).1,
             stale: watch::channel(false).1,
-            gate: Gate::new(RegistryHandle::default(), fresh_lease(), Arc::new([])),
+            gate: Gate::new(RegistryHandle::default(), fresh_lease(), Default::default(), Arc::new([])),
         }));
         assert!(check_pin(&adm, Some("1.4.2")).is_ok());
         assert_eq!(check_pin(&adm, Some("2.0.0")).unwrap_err().reason, Reason::VersionPinMismatch);
         assert_eq!(check_pin(&adm, None).unwrap_err().reason, Reason::VersionPinMismatch);
+    }
+
+    #[tokio::test]
+    async fn a_runtime_limit_cuts_the_call_and_names_the_rule() {
+        let st = state(vec![
+            http("a"),
+            Command::ApplyPolicy {
+                name: "bounded".into(),
+                labels: Default::default(),
+                spec_json: r#"{"rules":[{"id":"short","decision":"ALLOW_WITH_CONSTRAINTS","constraints":{"max_runtime_sec":1}}]}"#
+                    .into(),
+            },
+        ]);
+        let gate = Gate::new(RegistryHandle::fixed(st), fresh_lease(), Default::default(), Arc::new([]));
+        let body = bytes::Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"t","arguments":{}}}"#,
+        );
+        let crate::mcp::jsonrpc::Body::Single(msg) = crate::mcp::jsonrpc::parse(&body, 64).unwrap() else { panic!() };
+        let mut c = call("a", None);
+        c.rpc = Some(Arc::new(Rpc { msg, body }));
+        let adm = gate.admit(c.clone()).unwrap();
+        assert_eq!(adm.grant().constraints.max_runtime_sec, Some(1));
+        let d = adm.until_cut(std::future::pending::<()>()).await.unwrap_err();
+        assert_eq!((d.reason, &*d.rule), (Reason::ConstraintViolated, "bounded/short"));
+        assert!(d.message.contains("runtime limit of 1 s"), "{}", d.message);
+        // A call of another method is not a capability call: no bounds.
+        c.rpc = None;
+        assert!(gate.admit(c).unwrap().grant().constraints.is_empty());
     }
 }

@@ -33,7 +33,7 @@ const URI_PREFIX: &str = "joch+";
 const REQUEST_ID_PREFIX: &str = "joch:";
 
 /// The list methods and the key of their items.
-fn list_key(method: &str) -> Option<&'static str> {
+pub(crate) fn list_key(method: &str) -> Option<&'static str> {
     match method {
         "tools/list" => Some("tools"),
         "prompts/list" => Some("prompts"),
@@ -136,6 +136,22 @@ fn rename(server: &str, key: &str, mut item: Value) -> Value {
         obj.insert(uri_field.into(), json!(format!("{URI_PREFIX}{server}:{u}")));
     }
     item
+}
+
+/// The member and the member's own name of an item of a merged list (`key`: `tools`, ...): the
+/// inverse of [`rename`].
+pub(crate) fn member_item(key: &str, item: &Value) -> Option<(String, String)> {
+    match key {
+        "tools" | "prompts" => {
+            let (s, n) = item.get("name")?.as_str()?.split_once('.')?;
+            Some((s.to_string(), n.to_string()))
+        }
+        _ => {
+            let field = if key == "resourceTemplates" { "uriTemplate" } else { "uri" };
+            let (s, u) = item.get(field)?.as_str()?.strip_prefix(URI_PREFIX)?.split_once(':')?;
+            Some((s.to_string(), u.to_string()))
+        }
+    }
 }
 
 /// The items of every member's list answer, renamed.

@@ -43,6 +43,19 @@ pub enum Reason {
     /// joch could not get the credential it presents upstream (a missing secret, a key that
     /// does not open here, an OAuth token endpoint that refused).
     UpstreamCredentials,
+    /// A policy rule decided DENY.
+    PolicyDenied,
+    /// `toolApproval: manual` and the tool is not approved.
+    ToolNotApproved,
+    /// The server is read-only and the tool writes.
+    ServerReadOnly,
+    /// The server's record does not expose that kind of capability.
+    CapabilityNotExposed,
+    /// A policy rule requires an operator's approval.
+    ApprovalRequired,
+    /// The call cannot meet its ALLOW_WITH_CONSTRAINTS bounds (an upstream host outside the
+    /// allow-list, the runtime limit reached).
+    ConstraintViolated,
 }
 
 impl Reason {
@@ -64,6 +77,12 @@ impl Reason {
             Reason::OriginNotAllowed => -32011,
             Reason::RequestTimeout => -32012,
             Reason::UpstreamCredentials => -32042,
+            Reason::PolicyDenied => -32013,
+            Reason::ToolNotApproved => -32014,
+            Reason::ServerReadOnly => -32015,
+            Reason::CapabilityNotExposed => -32016,
+            Reason::ApprovalRequired => -32017,
+            Reason::ConstraintViolated => -32019,
             Reason::NodeOverloaded => -32030,
             Reason::Unauthenticated => -32040,
             Reason::AgentRevoked => -32041,
@@ -89,6 +108,12 @@ impl Reason {
             Reason::Unauthenticated => "unauthenticated",
             Reason::AgentRevoked => "agent-revoked",
             Reason::UpstreamCredentials => "upstream-credentials",
+            Reason::PolicyDenied => "policy-denied",
+            Reason::ToolNotApproved => "tool-not-approved",
+            Reason::ServerReadOnly => "server-read-only",
+            Reason::CapabilityNotExposed => "capability-not-exposed",
+            Reason::ApprovalRequired => "approval-required",
+            Reason::ConstraintViolated => "constraint-violated",
         }
     }
 
@@ -110,6 +135,12 @@ impl Reason {
             Reason::NodeOverloaded => StatusCode::SERVICE_UNAVAILABLE,
             Reason::Unauthenticated | Reason::AgentRevoked => StatusCode::UNAUTHORIZED,
             Reason::UpstreamCredentials => StatusCode::BAD_GATEWAY,
+            Reason::PolicyDenied
+            | Reason::ToolNotApproved
+            | Reason::ServerReadOnly
+            | Reason::CapabilityNotExposed
+            | Reason::ApprovalRequired
+            | Reason::ConstraintViolated => StatusCode::FORBIDDEN,
         }
     }
 }
@@ -129,8 +160,18 @@ pub struct Denial {
     pub message: String,
     /// The JSON-RPC id it answers (null if none).
     pub id: Value,
+    /// What few denials carry (kept out of line: a denial travels in every `Result` of the
+    /// request path).
+    pub extra: Option<Box<Extra>>,
+}
+
+/// The rarer parts of a denial.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
     /// A `WWW-Authenticate` challenge to send with it (401).
-    pub challenge: Option<Box<str>>,
+    pub challenge: Option<String>,
+    /// The policy decision that refused: `{policy, rule, decision, reason}` in `error.data.policy`.
+    pub policy: Option<Value>,
 }
 
 impl Denial {
@@ -143,7 +184,7 @@ impl Denial {
             rule: rule.into(),
             message: message.into(),
             id: Value::Null,
-            challenge: None,
+            extra: None,
         }
     }
 
@@ -155,18 +196,24 @@ impl Denial {
 
     /// Sent with a `WWW-Authenticate` challenge.
     pub fn with_challenge(mut self, challenge: String) -> Denial {
-        self.challenge = Some(challenge.into());
+        self.extra.get_or_insert_with(Default::default).challenge = Some(challenge);
+        self
+    }
+
+    /// Names the policy decision that refused.
+    pub fn with_policy(mut self, policy: Value) -> Denial {
+        self.extra.get_or_insert_with(Default::default).policy = Some(policy);
         self
     }
 
     /// The JSON-RPC error body.
     pub fn body(&self) -> Value {
-        jsonrpc::error(
-            self.id.clone(),
-            self.reason.code(),
-            &self.message,
-            Some(json!({"reason": self.reason.as_str(), "server": self.server, "node": self.node, "rule": self.rule})),
-        )
+        let mut data =
+            json!({"reason": self.reason.as_str(), "server": self.server, "node": self.node, "rule": self.rule});
+        if let Some(p) = self.extra.as_ref().and_then(|e| e.policy.as_ref()) {
+            data["policy"] = p.clone();
+        }
+        jsonrpc::error(self.id.clone(), self.reason.code(), &self.message, Some(data))
     }
 }
 
@@ -178,7 +225,12 @@ impl IntoResponse for Denial {
             // Worth retrying (here, or on another node behind the balancer) in a moment.
             r.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
         }
-        if let Some(v) = self.challenge.as_deref().and_then(|c| axum::http::HeaderValue::from_str(c).ok()) {
+        if let Some(v) = self
+            .extra
+            .as_ref()
+            .and_then(|e| e.challenge.as_deref())
+            .and_then(|c| axum::http::HeaderValue::from_str(c).ok())
+        {
             r.headers_mut().insert("www-authenticate", v);
         }
         r
@@ -214,12 +266,18 @@ mod tests {
             Reason::Unauthenticated,
             Reason::AgentRevoked,
             Reason::UpstreamCredentials,
+            Reason::PolicyDenied,
+            Reason::ToolNotApproved,
+            Reason::ServerReadOnly,
+            Reason::CapabilityNotExposed,
+            Reason::ApprovalRequired,
+            Reason::ConstraintViolated,
         ];
         let mut codes: Vec<i64> = all.iter().map(|r| r.code()).collect();
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
-        assert!(codes.iter().all(|c| (-32012..=-32001).contains(c) || (-32049..=-32030).contains(c)));
+        assert!(codes.iter().all(|c| (-32019..=-32001).contains(c) || (-32049..=-32030).contains(c)));
         let d = Denial::new(Reason::ServerQuarantined, "s", 2, "registry.quarantine", "quarantined").with_id(json!(5));
         assert_eq!(
             d.body(),

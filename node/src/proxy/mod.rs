@@ -26,12 +26,12 @@
 //! protocol pieces joch needs are small (`crate::mcp`) and checked against the SDKs end to end.
 
 pub mod admission;
-mod aggregate;
+pub(crate) mod aggregate;
 pub mod deny;
 pub mod exit;
 pub mod forward;
 mod modern;
-mod request;
+pub(crate) mod request;
 mod routing;
 mod session;
 pub mod stages;
@@ -42,6 +42,7 @@ pub mod upstream;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::policy::{list::ListFilter, Governance};
 use admission::{Call, Gate};
 use deny::{Denial, Reason};
 use exit::Exit;
@@ -92,14 +93,20 @@ pub struct Proxy {
     agents: AgentAuth,
     /// The MCP listener serves TLS (for the URLs joch gives out).
     tls: bool,
+    /// Decides calls and list items.
+    gov: Arc<Governance>,
 }
 
 impl Proxy {
     /// A proxy over this node's view; it also answers the MCP requests peers relay here.
     pub fn new(node: NodeView, opts: Options) -> anyhow::Result<Arc<Self>> {
         let Options { limits, allow_anonymous, tls, keyring, stdio_allow } = opts;
-        let stages: Arc<[Arc<dyn Stage>]> = Arc::from(vec![Arc::new(Telemetry) as Arc<dyn Stage>]);
-        let gate = Gate::new(node.registry.clone(), node.lease.clone(), stages.clone());
+        let gov = Arc::new(Governance::default());
+        let stages: Arc<[Arc<dyn Stage>]> = Arc::from(vec![
+            Arc::new(ListFilter::new(gov.clone(), node.registry.clone())) as Arc<dyn Stage>,
+            Arc::new(Telemetry) as Arc<dyn Stage>,
+        ]);
+        let gate = Gate::new(node.registry.clone(), node.lease.clone(), gov.clone(), stages.clone());
         let exit = Exit::new(stages.clone(), limits.keepalive);
         let upstream = Upstream::new(&limits, Arc::new(Credentials::new(keyring.clone())?))?;
         let stdio = Arc::new(StdioPool::new(limits.upstream_timeout, stdio_allow, keyring));
@@ -117,7 +124,13 @@ impl Proxy {
             in_flight,
             agents: AgentAuth::new(allow_anonymous),
             tls,
+            gov,
         }))
+    }
+
+    /// The node's governance (the admin API's `policy explain` decides with it).
+    pub fn governance(&self) -> Arc<Governance> {
+        self.gov.clone()
     }
 
     /// Stops every stdio child (node shutdown).

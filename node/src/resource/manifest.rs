@@ -209,20 +209,52 @@ fn split_docs(text: &str) -> Vec<Doc<'_>> {
         .collect()
 }
 
-/// Finds the line of a field path like `spec.security.pinnedVersion` or `spec.policies[0].name`
-/// in a document: each segment is looked for after the previous one.
+/// Finds the line of a field path like `spec.security.pinnedVersion` or
+/// `spec.rules[2].match.labels.mcp.action` in a document written in block style: each segment is
+/// looked for after the previous one, `[i]` picks the i-th item of a list, and a key with dots
+/// in it (`mcp.action`) is tried whole. A field written in flow style (`{ a: 1 }`) gives the
+/// line of the closest enclosing field found.
 fn locate(doc: &str, field: &str) -> Option<usize> {
-    let mut from = 0usize;
-    let mut found = None;
     let lines: Vec<&str> = doc.lines().collect();
-    for seg in field.split('.') {
-        let key = seg.split('[').next().unwrap_or(seg);
-        let hit = (from..lines.len()).find(|&i| {
-            let t = lines[i].trim_start().trim_start_matches("- ");
-            t.starts_with(&format!("{key}:")) || t.starts_with(&format!("\"{key}\":"))
-        })?;
-        found = Some(hit);
-        from = hit + 1;
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let key_at = |i: usize, key: &str| {
+        let t = lines[i].trim_start().trim_start_matches("- ");
+        t.starts_with(&format!("{key}:")) || t.starts_with(&format!("\"{key}\":"))
+    };
+    let segs: Vec<&str> = field.split('.').collect();
+    let (mut from, mut found, mut k) = (0usize, None, 0usize);
+    while k < segs.len() {
+        // The longest run of segments that is one key (`mcp.action`), else one segment.
+        let mut hit = None;
+        for end in (k + 1..=segs.len()).rev() {
+            if end > k + 1 && segs[k..end].iter().any(|s| s.contains('[')) {
+                continue;
+            }
+            let joined = segs[k..end].join(".");
+            let (key, index) = match joined.split_once('[') {
+                Some((key, rest)) => (key.to_string(), rest.trim_end_matches(']').parse::<usize>().ok()),
+                None => (joined.clone(), None),
+            };
+            if let Some(line) = (from..lines.len()).find(|&i| key_at(i, &key)) {
+                hit = Some((end, line, index));
+                break;
+            }
+        }
+        // Not found (flow style): the closest enclosing field found so far.
+        let Some((end, line, index)) = hit else { break };
+        found = Some(line);
+        from = line + 1;
+        if let Some(n) = index {
+            // The n-th item: lines starting with "- " at the first item's indentation.
+            let first = (from..lines.len()).find(|&i| lines[i].trim_start().starts_with("- "))?;
+            let col = indent(lines[first]);
+            let item = (first..lines.len())
+                .filter(|&i| indent(lines[i]) == col && lines[i].trim_start().starts_with("- "))
+                .nth(n)?;
+            found = Some(item);
+            from = item;
+        }
+        k = end;
     }
     found
 }
@@ -244,6 +276,90 @@ fn yaml_error(source: &str, doc: &Doc<'_>, e: &serde_yaml_ng::Error) -> Manifest
         column: loc.as_ref().map(|l| l.column()),
         field,
         message,
+    }
+}
+
+/// A policy compiles (the state machine compiles it again when it applies it).
+fn check_policy(m: &Manifest) -> Result<(), Vec<joch_raft_store::model::validate::FieldError>> {
+    match m {
+        Manifest::Policy { name, spec_json, .. } => {
+            joch_raft_store::model::registry::compile_policy(name, spec_json).map(|_| ())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Seed 003's shape: a document of `version: v1` and `rules` without apiVersion/kind/metadata,
+/// applied as the Policy named after the file (`governance.yaml` is policy `governance`).
+fn bare_policy(source: &str, text: &str) -> Result<Manifest, String> {
+    let spec: serde_json::Value = serde_yaml_ng::from_str(text).map_err(|e| format!("not a manifest: {e}"))?;
+    let looks_like_rules = spec.get("rules").is_some() || spec.get("version").is_some();
+    if !looks_like_rules {
+        return Err(format!(
+            "no apiVersion and kind: expected a manifest (apiVersion: {API_VERSION}, kind: MCPServer, Policy or Secret) or a policy rule file (version: v1, rules: [...])"
+        ));
+    }
+    let stem = std::path::Path::new(source).file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    let name = stem.to_ascii_lowercase().replace(['_', ' ', '.'], "-");
+    if check_name("metadata.name", &name).is_err() || source == "-" || source == "<input>" {
+        return Err(format!(
+            "a policy rule file without a header is named after its file, and {source:?} gives no valid name: add\n  apiVersion: {API_VERSION}\n  kind: Policy\n  metadata: {{ name: NAME }}\n  spec:\nabove its rules (indented under spec), or save it as NAME.yaml"
+        ));
+    }
+    Ok(Manifest::Policy { name, labels: BTreeMap::new(), spec_json: spec.to_string() })
+}
+
+/// Checks that the policies the servers name (`spec.policies`) exist, in the registry (`known`)
+/// or among these manifests, and puts policies before the servers that name them.
+pub fn resolve_policies(
+    source: &str,
+    text: &str,
+    manifests: &mut [Manifest],
+    known: &dyn Fn(&str) -> bool,
+    existing: &[String],
+) -> Result<(), Vec<ManifestError>> {
+    let here: Vec<String> = manifests
+        .iter()
+        .filter_map(|m| match m {
+            Manifest::Policy { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for m in manifests.iter() {
+        let Manifest::McpServer { name, spec, .. } = m else { continue };
+        for (i, p) in spec.policies.iter().enumerate() {
+            if here.contains(&p.name) || known(&p.name) {
+                continue;
+            }
+            let field = format!("spec.policies[{i}].name");
+            let all = here.iter().chain(existing).map(String::as_str);
+            let line = split_docs(text).iter().find_map(|d| {
+                let names_it = d.text.lines().any(|l| l.trim() == format!("name: {name}"));
+                names_it.then(|| locate(d.text, &field).map(|l| l + d.first_line)).flatten()
+            });
+            errors.push(ManifestError {
+                source: source.into(),
+                line,
+                column: None,
+                field: Some(field),
+                message: format!(
+                    "MCPServer {name}: {}",
+                    joch_raft_store::model::registry::missing_policy(&p.name, all)
+                ),
+            });
+        }
+    }
+    // Secrets first (servers use them), then policies (servers name them), then servers.
+    manifests.sort_by_key(|m| match m {
+        Manifest::Secret { .. } => 0,
+        Manifest::Policy { .. } => 1,
+        Manifest::McpServer { .. } => 2,
+    });
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
     }
 }
 
@@ -276,6 +392,33 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Manifest>, Vec<ManifestErro
                 continue;
             }
         };
+        if header.api_version.is_none() && header.kind.is_none() {
+            // Seed 003's rule file as it stands: `version: v1` and `rules`, no header. It is a
+            // Policy named after the file.
+            match bare_policy(source, doc.text) {
+                Ok(m) => match check_policy(&m) {
+                    Ok(()) => out.push(m),
+                    Err(problems) => errors.extend(problems.into_iter().map(|p| {
+                        let inner = p.field.strip_prefix("spec.").unwrap_or(&p.field).to_string();
+                        ManifestError {
+                            source: source.into(),
+                            line: locate(doc.text, &inner).map(|l| l + doc.first_line),
+                            column: None,
+                            field: Some(inner),
+                            message: p.message,
+                        }
+                    })),
+                },
+                Err(e) => errors.push(ManifestError {
+                    source: source.into(),
+                    line: Some(doc.first_line),
+                    column: None,
+                    field: None,
+                    message: e,
+                }),
+            }
+            continue;
+        }
         let api = header.api_version.as_ref().and_then(|v| v.as_str()).unwrap_or("");
         if api != API_VERSION {
             errors.push(at("apiVersion", format!("expected {API_VERSION}, got {:?}", api)));
@@ -291,20 +434,13 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Manifest>, Vec<ManifestErro
                 )
             }),
             "Policy" => serde_yaml_ng::from_str::<PolicyDoc>(doc.text).map(|d| {
-                let mut problems = Vec::new();
-                if !d.spec.is_object() {
-                    problems.push(joch_raft_store::model::validate::FieldError {
-                        field: "spec".into(),
-                        message: "must be a mapping".into(),
-                    });
-                } else if !d.spec.get("rules").is_some_and(|r| r.is_array()) {
-                    problems.push(joch_raft_store::model::validate::FieldError {
-                        field: "spec.rules".into(),
-                        message: "required: a list of rules".into(),
-                    });
-                }
-                let spec_json = d.spec.to_string();
-                (Manifest::Policy { name: d.metadata.name, labels: d.metadata.labels, spec_json }, problems)
+                let m = Manifest::Policy {
+                    name: d.metadata.name,
+                    labels: d.metadata.labels,
+                    spec_json: d.spec.to_string(),
+                };
+                let problems = check_policy(&m).err().unwrap_or_default();
+                (m, problems)
             }),
             "Secret" => serde_yaml_ng::from_str::<SecretDoc>(doc.text).map(|d| {
                 use base64::Engine;
@@ -471,7 +607,7 @@ spec:
         assert_eq!(
             shown,
             [
-                "all.yaml: spec.endpoint.url: required for transport streamable_http".to_string(),
+                format!("all.yaml:{}: spec.endpoint.url: required for transport streamable_http", policy_lines + 6),
                 format!("all.yaml:{}: spec.discovery.refreshInterval: invalid duration \"soon\": expected e.g. 30s, 10m, 1h", policy_lines + 9),
                 format!("all.yaml:{}: spec.security.pinnedVersion: invalid version \"latest\": expected MAJOR[.MINOR[.PATCH]][-PRE][+BUILD], e.g. 1.2.0", policy_lines + 11),
             ]
@@ -494,5 +630,90 @@ spec:
     fn json_input_is_accepted() {
         let json = r#"{"apiVersion":"joch.dev/v1alpha1","kind":"MCPServer","metadata":{"name":"t"},"spec":{"endpoint":{"url":"http://127.0.0.1:9/mcp"}}}"#;
         assert_eq!(parse("t.json", json).unwrap().len(), 1);
+    }
+
+    /// Seed 003's rule file, indented as YAML needs (the seed's text lost its indentation).
+    pub(crate) const SEED_003: &str = r#"version: v1
+rules:
+  - id: allow-read-approved-servers
+    match:
+      labels:
+        mcp.action: read
+        mcp.server: ["github", "jira", "snowflake", "slack"]
+    decision: ALLOW
+  - id: require-approval-production-write
+    match:
+      labels:
+        mcp.action: write
+        risk_tags: ["prod"]
+    decision: REQUIRE_APPROVAL
+    constraints:
+      max_runtime_sec: 60
+      max_retries: 1
+  - id: constrain-medium-risk
+    match:
+      labels:
+        mcp.action: write
+        risk_tags: ["non_prod"]
+    decision: ALLOW_WITH_CONSTRAINTS
+    constraints:
+      max_runtime_sec: 30
+      network_allowlist: ["api.github.com", "api.slack.com"]
+  - id: deny-unregistered-server
+    match:
+      labels:
+        mcp.server: "*"
+      mcp:
+        deny_servers_not_in: ["github", "jira", "snowflake", "slack"]
+    decision: DENY
+"#;
+
+    #[test]
+    fn seed_003_rule_file_applies_as_the_policy_named_after_it() {
+        let ms = parse("policies/mcp-governance.yaml", SEED_003).unwrap();
+        let Manifest::Policy { name, spec_json, .. } = &ms[0] else { panic!() };
+        assert_eq!(name, "mcp-governance");
+        assert!(spec_json.contains("deny_servers_not_in"));
+        let errs = parse("-", SEED_003).unwrap_err();
+        assert!(errs[0].message.contains("kind: Policy"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn policy_problems_name_file_line_rule_and_field() {
+        let bad = SEED_003
+            .replace("    decision: ALLOW_WITH_CONSTRAINTS", "    decision: ALLOW_WITH_LIMITS")
+            .replace("        mcp.server: \"*\"", "        mcp.srv: \"*\"");
+        let errs = parse("gov.yaml", &bad).unwrap_err();
+        let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "gov.yaml:23: rules[2].decision: rule \"constrain-medium-risk\": unknown decision \"ALLOW_WITH_LIMITS\": expected ALLOW, DENY, REQUIRE_APPROVAL or ALLOW_WITH_CONSTRAINTS",
+                "gov.yaml:30: rules[3].match.labels.mcp.srv: rule \"deny-unregistered-server\": unknown condition \"mcp.srv\"; known: agent, agent.labels.KEY, mcpServer (mcp.server), mcpServer.labels.KEY, mcpServer.trustScore, mcpServer.schemaDrift, tool (mcp.tool), prompt, resource, mcp.name, mcp.kind, mcp.method, mcp.action, risk_tags, args.PATH (args./json/pointer), mcpResult.PATH, time",
+            ]
+        );
+        let wrapped =
+            SEED_000_POLICY.replace("action: { deny: true, reason: schema-drift-detected }", "action: { block: true }");
+        let errs = parse("p.yaml", &wrapped).unwrap_err();
+        let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            shown[0].starts_with("p.yaml:14: spec.rules[1].action.block: rule \"rule-2\": unknown field"),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn servers_must_name_policies_that_exist() {
+        let text = format!("{SEED_002}---\n{SEED_000_POLICY}");
+        let mut ms = parse("seed.yaml", &text).unwrap();
+        let errs = resolve_policies("seed.yaml", &text, &mut ms, &|_| false, &[]).unwrap_err();
+        assert_eq!(
+            errs[0].to_string(),
+            "seed.yaml:28: spec.policies[0].name: MCPServer github: policy \"mcp-tool-safety-policy\" does not exist; did you mean \"mcp-tool-safety\"? (apply the Policy first, or fix the name)"
+        );
+        let fixed = text.replace("mcp-tool-safety-policy", "mcp-tool-safety");
+        let mut ms = parse("seed.yaml", &fixed).unwrap();
+        resolve_policies("seed.yaml", &fixed, &mut ms, &|_| false, &[]).unwrap();
+        assert_eq!(ms[0].kind(), "Policy", "policies are applied before the servers naming them");
     }
 }

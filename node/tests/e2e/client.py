@@ -23,6 +23,10 @@ Usage:
   client.py aggregate_listen NODE_URL       (modern era: subscriptions/listen on /mcp, members merged)
   client.py notify SERVER NODE_URL...       (a server's own notification on the session's GET stream)
   client.py replay SERVER NODE_URL...       (raw HTTP: a GET stream, then Last-Event-ID after a break)
+  client.py probe SERVER|- CALLS_JSON NODE_URL...  (what the caller is shown and may do: the tool,
+                                             prompt and resource lists, then each call of
+                                             CALLS_JSON [[tool, args], ...], its text or its error;
+                                             `-` is the aggregate /mcp)
 """
 import asyncio
 import itertools
@@ -527,6 +531,27 @@ async def replay(server, bases):
     return out
 
 
+async def probe(server, calls, bases):
+    client, rr = connect(None if server == "-" else server, bases)
+    out = {"calls": {}}
+    async with client:
+        listed = await client.list_tools()
+        out["tools"] = sorted(t.name for t in listed.tools)
+        out["tools_meta"] = (listed.meta or {}).get("dev.joch/policy") if hasattr(listed, "meta") else None
+        try:
+            out["prompts"] = sorted(p.name for p in (await client.list_prompts()).prompts)
+        except MCPError as e:
+            out["prompts"] = err(e)
+        for name, args in calls:
+            try:
+                r = await client.call_tool(name, args)
+                out["calls"][name] = r.content[0].text if r.content else ""
+            except MCPError as e:
+                out["calls"][name] = err(e)
+        out["protocol_version"] = client.session.protocol_version
+    return out
+
+
 async def main(argv):
     cmd = argv[1]
     if cmd == "walkthrough":
@@ -549,6 +574,8 @@ async def main(argv):
         result = await aggregate_listen(argv[2:])
     elif cmd == "notify":
         result = await notify(argv[2], argv[3:])
+    elif cmd == "probe":
+        result = await probe(argv[2], json.loads(argv[3]), argv[4:])
     elif cmd == "replay":
         result = await replay(argv[2], argv[3:])
     elif cmd == "era":

@@ -31,8 +31,14 @@ fn seed_commands_and_specific_errors() {
     let yaml = c.cli(1, &["describe", "mcpserver", "suspicious-server"]).ok().stdout;
     assert!(yaml.contains("kind: MCPServer") && yaml.contains("phase: Ready"), "{yaml}");
 
-    // Seed 002's MCPServer and seed 000's Policy, applied exactly as written.
+    // Seed 002's MCPServer and seed 000's Policy as written name the policy differently: the
+    // user is told which name exists, and nothing is written.
     let f = dir.join("seed.yaml");
+    std::fs::write(&f, SEED_SERVER.replace("    - name: mcp-tool-safety\n", "    - name: mcp-tool-safety-policy\n"))
+        .unwrap();
+    let e = c.cli(1, &["apply", "-f", f.to_str().unwrap()]).fails(1);
+    assert!(e.contains("policy \"mcp-tool-safety-policy\" does not exist; did you mean \"mcp-tool-safety\"?"), "{e}");
+    // With the server naming seed 000's policy (docs/examples/github.yaml).
     std::fs::write(&f, SEED_SERVER).unwrap();
     let out = c.cli(1, &["apply", "-f", f.to_str().unwrap()]).ok().stdout;
     assert!(out.contains("mcpserver/github configured") && out.contains("policy/mcp-tool-safety configured"), "{out}");
@@ -67,7 +73,7 @@ fn seed_commands_and_specific_errors() {
     )
     .unwrap();
     let e = c.cli(1, &["apply", "-f", bad.to_str().unwrap()]).fails(1);
-    assert!(e.contains(&format!("{}:20:5: spec.discovery: unknown field `refreshIntervall`", bad.display())), "{e}");
+    assert!(e.contains(&format!("{}:23:5: spec.discovery: unknown field `refreshIntervall`", bad.display())), "{e}");
     let bad2 = dir.join("bad2.yaml");
     std::fs::write(
         &bad2,
@@ -75,7 +81,7 @@ fn seed_commands_and_specific_errors() {
     )
     .unwrap();
     let e = c.cli(1, &["apply", "-f", bad2.to_str().unwrap()]).fails(1);
-    assert!(e.contains(":25: spec.security.pinnedVersion: invalid version \"one\""), "{e}");
+    assert!(e.contains(":28: spec.security.pinnedVersion: invalid version \"one\""), "{e}");
     let v = c.cli(1, &["mcp", "ls", "-o", "json"]).ok().json();
     assert_eq!(v.as_array().unwrap().len(), 2, "no document of a rejected apply was written");
     let e = joch(["--server", "http://127.0.0.1:1", "mcp", "ls"]).fails(1);

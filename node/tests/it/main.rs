@@ -9,5 +9,6 @@ mod lease;
 mod limits;
 mod mcp;
 mod mesh;
+mod policy;
 mod quickstart;
 mod secrets;

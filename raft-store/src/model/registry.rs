@@ -12,6 +12,7 @@ use super::access::{Access, AdminToken, Agent, Idp, Secret, SessionKey};
 use super::command::{Applied, Command, Request};
 use super::resource::McpServerSpec;
 use super::validate::{check_name, check_version, FieldError};
+use joch_policy::{Policy, PolicySet};
 
 /// Who did something, when, at which log index.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -136,6 +137,14 @@ pub enum ApplyError {
         /// The name asked for.
         name: String,
     },
+    /// A policy still named by servers' `spec.policies`.
+    #[error("policy {name:?} is still used by MCP server(s) {servers} (spec.policies): remove it there first")]
+    PolicyInUse {
+        /// The policy.
+        name: String,
+        /// The servers naming it.
+        servers: String,
+    },
     /// A field is invalid.
     #[error("invalid {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<FieldError>),
@@ -201,6 +210,43 @@ pub struct Registry {
     pub access: Arc<Access>,
     /// Command time of the last sweep of every history.
     pub history_swept_ms: u64,
+    /// The policies, compiled (derived from `policies`: rebuilt when one changes, on load and on
+    /// snapshot install; never stored).
+    #[serde(skip)]
+    pub compiled: CompiledPolicies,
+}
+
+/// The registry's policies compiled and indexed for the request path. Derived from
+/// [`Registry::policies`], so it takes no part in equality.
+#[derive(Clone, Default, Debug)]
+pub struct CompiledPolicies {
+    /// Every policy, indexed.
+    pub set: Arc<PolicySet>,
+    /// Each policy compiled, by name (recompiling one leaves the others as they are).
+    by_name: OrdMap<String, Arc<Policy>>,
+}
+
+impl PartialEq for CompiledPolicies {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// Compiles a stored policy document.
+pub fn compile_policy(name: &str, spec_json: &str) -> Result<Policy, Vec<FieldError>> {
+    let spec: serde_json::Value = serde_json::from_str(spec_json)
+        .map_err(|e| vec![FieldError { field: "spec".into(), message: format!("not JSON: {e}") }])?;
+    Policy::compile(name, &spec).map_err(|errs| {
+        errs.into_iter()
+            .map(|e| FieldError {
+                field: e.field,
+                message: match e.rule {
+                    Some(r) => format!("rule {r:?}: {}", e.message),
+                    None => e.message,
+                },
+            })
+            .collect()
+    })
 }
 
 /// What an apply touched, so the store writes only that.
@@ -231,6 +277,42 @@ fn invalid(e: FieldError) -> ApplyError {
 }
 
 impl Registry {
+    /// Compiles every stored policy (after loading or installing a snapshot). A stored policy
+    /// that no longer compiles (written by an older build) is replaced by one that denies every
+    /// call it could apply to, and logged: failing closed, loudly.
+    pub fn compile_policies(&mut self) {
+        let mut by_name = OrdMap::new();
+        for (name, rec) in &self.policies {
+            let p = compile_policy(name, &rec.spec_json).unwrap_or_else(|errs| {
+                tracing::error!(policy = %name, problems = ?errs, "a stored policy does not compile: it denies every call until it is re-applied");
+                let deny_all = serde_json::json!({"rules": [{"id": "does-not-compile", "decision": "DENY",
+                    "reason": format!("policy {name} does not compile with this version of joch; re-apply it")}]});
+                Policy::compile(name, &deny_all).expect("a constant policy compiles")
+            });
+            by_name.insert(name.clone(), Arc::new(p));
+        }
+        self.compiled = CompiledPolicies { set: Arc::new(PolicySet::new(by_name.values().cloned())), by_name };
+    }
+
+    /// Every policy a server's `spec.policies` names must exist.
+    fn check_policy_refs(&self, spec: &McpServerSpec) -> Result<(), ApplyError> {
+        let problems: Vec<FieldError> = spec
+            .policies
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !self.policies.contains_key(&p.name))
+            .map(|(i, p)| FieldError {
+                field: format!("spec.policies[{i}].name"),
+                message: missing_policy(&p.name, self.policies.keys().map(String::as_str)),
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyError::Invalid(problems))
+        }
+    }
+
     /// History of a server (kept after it is deleted).
     pub fn server_history(&self, name: &str) -> impl Iterator<Item = &ChangeRecord> {
         self.history.get(&server_target(name)).into_iter().flat_map(|v| v.iter())
@@ -244,6 +326,7 @@ impl Registry {
             Command::CreateServer { name, labels, spec } => {
                 check_name("metadata.name", name).map_err(invalid)?;
                 check_spec(spec)?;
+                self.check_policy_refs(spec)?;
                 if self.servers.contains_key(name) {
                     return Err(ApplyError::ServerExists { name: name.clone() });
                 }
@@ -253,6 +336,7 @@ impl Registry {
             Command::UpsertServer { name, labels, spec } => {
                 check_name("metadata.name", name).map_err(invalid)?;
                 check_spec(spec)?;
+                self.check_policy_refs(spec)?;
                 let summary = match self.servers.get(name) {
                     Some(old) if old.spec == *spec && old.labels == *labels => {
                         (server_target(name), unchanged("applied; no change"))
@@ -363,6 +447,9 @@ impl Registry {
             }
             Command::ApplyPolicy { name, labels, spec_json } => {
                 check_name("metadata.name", name).map_err(invalid)?;
+                let compiled = compile_policy(name, spec_json).map_err(ApplyError::Invalid)?;
+                self.compiled.by_name.insert(name.clone(), Arc::new(compiled));
+                self.compiled.set = Arc::new(PolicySet::new(self.compiled.by_name.values().cloned()));
                 let target = format!("policy/{name}");
                 let applied = match self.policies.get(name) {
                     Some(old) if old.spec_json == *spec_json && old.labels == *labels => {
@@ -397,9 +484,21 @@ impl Registry {
                 (target, applied)
             }
             Command::DeletePolicy { name } => {
-                if self.policies.remove(name).is_none() {
+                if !self.policies.contains_key(name) {
                     return Err(ApplyError::UnknownPolicy { name: name.clone() });
                 }
+                let users: Vec<&str> = self
+                    .servers
+                    .values()
+                    .filter(|s| s.spec.policies.iter().any(|p| p.name == *name))
+                    .map(|s| s.name.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(ApplyError::PolicyInUse { name: name.clone(), servers: users.join(", ") });
+                }
+                self.policies.remove(name);
+                self.compiled.by_name.remove(name);
+                self.compiled.set = Arc::new(PolicySet::new(self.compiled.by_name.values().cloned()));
                 touched.policies.push(name.clone());
                 (format!("policy/{name}"), changed("policy deleted".to_string()))
             }
@@ -696,6 +795,37 @@ fn check_label(k: &str, v: &str) -> Result<(), ApplyError> {
     }
 }
 
+/// "policy X does not exist", with the closest existing name when one is close.
+pub fn missing_policy<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> String {
+    let known: Vec<&str> = known.collect();
+    let close = known
+        .iter()
+        .filter(|k| name.starts_with(*k) || k.starts_with(name) || edit_distance(name, k) <= 3)
+        .min_by_key(|k| edit_distance(name, k));
+    match close {
+        Some(k) => {
+            format!("policy {name:?} does not exist; did you mean {k:?}? (apply the Policy first, or fix the name)")
+        }
+        None if known.is_empty() => {
+            format!("policy {name:?} does not exist (no policies are applied; apply the Policy first)")
+        }
+        None => format!("policy {name:?} does not exist (policies: {})", known.join(", ")),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 fn check_spec(spec: &McpServerSpec) -> Result<(), ApplyError> {
     let problems = spec.problems();
     if problems.is_empty() {
@@ -926,5 +1056,52 @@ mod tests {
         apply(&mut reg, 4, Command::DeleteServer { name: "g".into() }).unwrap();
         assert!(reg.servers.is_empty());
         assert_eq!(reg.server_history("g").count(), 4);
+    }
+
+    #[test]
+    fn policies_compile_when_applied_and_servers_name_only_existing_ones() {
+        let mut reg = Registry::default();
+        let bad = Command::ApplyPolicy {
+            name: "p".into(),
+            labels: Default::default(),
+            spec_json: r#"{"rules":[{"id":"x","decision":"MAYBE"}]}"#.into(),
+        };
+        match apply(&mut reg, 1, bad) {
+            Err(ApplyError::Invalid(e)) => {
+                assert_eq!(e[0].field, "spec.rules[0].decision");
+                assert!(e[0].message.starts_with("rule \"x\": unknown decision"), "{}", e[0].message);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(reg.policies.is_empty() && reg.compiled.set.is_empty());
+        let mut github = spec("https://e.example/");
+        github.policies = vec![crate::model::resource::PolicyRef { name: "mcp-tool-safety-policy".into() }];
+        let create = Command::CreateServer { name: "github".into(), labels: Default::default(), spec: github };
+        match apply(&mut reg, 2, create.clone()) {
+            Err(ApplyError::Invalid(e)) => assert_eq!(e[0].field, "spec.policies[0].name"),
+            other => panic!("{other:?}"),
+        }
+        let good = Command::ApplyPolicy {
+            name: "mcp-tool-safety".into(),
+            labels: Default::default(),
+            spec_json: r#"{"rules":[{"when":{"mcpServer.schemaDrift":true},"action":{"deny":true}}]}"#.into(),
+        };
+        apply(&mut reg, 3, good).unwrap();
+        assert!(reg.compiled.set.contains("mcp-tool-safety"));
+        let Err(ApplyError::Invalid(e)) = apply(&mut reg, 4, create) else { panic!() };
+        assert_eq!(e[0].message, "policy \"mcp-tool-safety-policy\" does not exist; did you mean \"mcp-tool-safety\"? (apply the Policy first, or fix the name)");
+        let mut github = spec("https://e.example/");
+        github.policies = vec![crate::model::resource::PolicyRef { name: "mcp-tool-safety".into() }];
+        apply(&mut reg, 5, Command::CreateServer { name: "github".into(), labels: Default::default(), spec: github })
+            .unwrap();
+        assert!(matches!(
+            apply(&mut reg, 6, Command::DeletePolicy { name: "mcp-tool-safety".into() }),
+            Err(ApplyError::PolicyInUse { .. })
+        ));
+        // A reload compiles what is stored.
+        let mut reloaded = reg.clone();
+        reloaded.compiled = CompiledPolicies::default();
+        reloaded.compile_policies();
+        assert!(reloaded.compiled.set.contains("mcp-tool-safety"));
     }
 }

@@ -39,6 +39,46 @@ pub struct McpServerSpec {
     /// Result scanning and redaction.
     #[serde(default)]
     pub scanning: Scanning,
+    /// Risk tags of every call to this server (`prod`, `pii`): policies match them as
+    /// `risk_tags`.
+    #[serde(default)]
+    pub risk_tags: Vec<String>,
+    /// Per-tool settings that override what the upstream declares, by bare tool name.
+    #[serde(default)]
+    pub tools: BTreeMap<String, ToolSettings>,
+}
+
+/// `spec.tools.NAME`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ToolSettings {
+    /// `read` or `write`, whatever the tool's annotations say.
+    #[serde(default)]
+    pub action: Option<ToolAction>,
+    /// Risk tags of calls to this tool (added to the server's).
+    #[serde(default)]
+    pub risk_tags: Vec<String>,
+}
+
+/// Whether a tool reads or writes, as the registry says.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolAction {
+    /// Only reads.
+    Read,
+    /// Changes something.
+    Write,
+}
+
+/// `spec.security.toolApproval`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolApproval {
+    /// Every tool the server offers may be used (subject to policy).
+    #[default]
+    Auto,
+    /// Only tools approved with `joch mcp approve-tool SERVER.TOOL`; others are hidden and denied.
+    Manual,
 }
 
 /// Upstream transport of an MCP server.
@@ -342,6 +382,9 @@ pub struct Security {
     /// Minimum trust score (0..=1) for the server to be used.
     #[serde(default)]
     pub min_trust_score: Option<f64>,
+    /// `manual`: only approved tools may be used (`joch mcp approve-tool`).
+    #[serde(default)]
+    pub tool_approval: ToolApproval,
 }
 
 /// `spec.policies[]`.

@@ -153,6 +153,26 @@ impl McpServerSpec {
                 }
             }
         }
+        let tag_ok = |t: &str| {
+            !t.is_empty() && t.len() <= 63 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        for (i, t) in self.risk_tags.iter().enumerate().filter(|(_, t)| !tag_ok(t)) {
+            out.push(err(
+                &format!("spec.riskTags[{i}]"),
+                format!("invalid risk tag {t:?}: letters, digits, '-', '_', '.'"),
+            ));
+        }
+        for (name, tool) in &self.tools {
+            if name.is_empty() {
+                out.push(err("spec.tools", "a tool name is empty"));
+            }
+            for (i, t) in tool.risk_tags.iter().enumerate().filter(|(_, t)| !tag_ok(t)) {
+                out.push(err(
+                    &format!("spec.tools.{name}.riskTags[{i}]"),
+                    format!("invalid risk tag {t:?}: letters, digits, '-', '_', '.'"),
+                ));
+            }
+        }
         if parse_duration(&self.discovery.refresh_interval).is_none() {
             out.push(err(
                 "spec.discovery.refreshInterval",

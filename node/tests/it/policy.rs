@@ -1,0 +1,306 @@
+//! Policies end to end: the seeds' files applied as written with `joch apply -f`, decisions seen
+//! by the official SDK client on `/mcp/{server}` and `/mcp`, in both eras; the registry's own
+//! controls (read-only, approve-tool, exposes); `policy explain` and `policy test`.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::harness::{FastMcp, TestCluster};
+
+fn bases(c: &TestCluster) -> Vec<String> {
+    c.nodes.iter().map(|n| n.mcp_url.clone()).collect()
+}
+
+/// What `agent_token` is shown and may do on `target` (`-`: the aggregate), in `mode`.
+fn probe(c: &TestCluster, mode: &str, agent_token: &str, target: &str, calls: &Value) -> Value {
+    let calls = calls.to_string();
+    let mut args = vec!["probe".to_string(), target.to_string(), calls];
+    args.extend(bases(c));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.sdk_env(mode, &argv, &[("JOCH_AGENT_TOKEN", Path::new(agent_token))])
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+/// Seed 003's rule file, indented as YAML needs (the seed's text lost its indentation).
+const SEED_003: &str = r#"version: v1
+rules:
+  - id: allow-read-approved-servers
+    match:
+      labels:
+        mcp.action: read
+        mcp.server: ["github", "jira", "snowflake", "slack"]
+    decision: ALLOW
+  - id: require-approval-production-write
+    match:
+      labels:
+        mcp.action: write
+        risk_tags: ["prod"]
+    decision: REQUIRE_APPROVAL
+    constraints:
+      max_runtime_sec: 60
+      max_retries: 1
+  - id: constrain-medium-risk
+    match:
+      labels:
+        mcp.action: write
+        risk_tags: ["non_prod"]
+    decision: ALLOW_WITH_CONSTRAINTS
+    constraints:
+      max_runtime_sec: 30
+      network_allowlist: ["api.github.com", "api.slack.com"]
+  - id: deny-unregistered-server
+    match:
+      labels:
+        mcp.server: "*"
+      mcp:
+        deny_servers_not_in: ["github", "jira", "snowflake", "slack"]
+    decision: DENY
+"#;
+
+const SEED_000: &str = r#"apiVersion: joch.dev/v1alpha1
+kind: Policy
+metadata:
+  name: mcp-tool-safety
+spec:
+  appliesTo:
+    agents: { selector: { matchLabels: { env: prod } } }
+  rules:
+    - when:
+        mcpServer.trustScore: "<0.75"
+      action: { deny: true, reason: trust-score-too-low }
+    - when:
+        mcpServer.schemaDrift: true
+      action: { deny: true, reason: schema-drift-detected }
+    - when:
+        mcpResult.injectionScan.hit: true
+      action: { modify: redact, reason: prompt-injection-stripped }
+"#;
+
+fn servers(url: &str) -> String {
+    // One real fastmcp upstream, registered under three names: github (prod, its `add` declared a
+    // read in the registry), jira (non-prod), notion (not on the seed's allow-list).
+    format!(
+        r#"apiVersion: joch.dev/v1alpha1
+kind: MCPServer
+metadata:
+  name: github
+spec:
+  endpoint: {{ url: "{url}" }}
+  riskTags: [prod]
+  tools:
+    add: {{ action: read }}
+  policies:
+    - name: mcp-tool-safety
+---
+apiVersion: joch.dev/v1alpha1
+kind: MCPServer
+metadata:
+  name: jira
+spec:
+  endpoint: {{ url: "{url}" }}
+  riskTags: [non_prod]
+---
+apiVersion: joch.dev/v1alpha1
+kind: MCPServer
+metadata:
+  name: notion
+spec:
+  endpoint: {{ url: "{url}" }}
+"#
+    )
+}
+
+#[test]
+fn seed_policies_applied_as_written_decide_through_the_sdk_in_both_eras() {
+    let c = TestCluster::up(3, &[]);
+    let up = FastMcp::start();
+    let dir = c.dir.path();
+    // Seed 002 names `mcp-tool-safety-policy`, seed 000 defines `mcp-tool-safety`: the user is
+    // told, before anything is written.
+    let wrong = servers(&up.url).replace("name: mcp-tool-safety", "name: mcp-tool-safety-policy");
+    let f = write(dir, "servers.yaml", &format!("{wrong}---\n{SEED_000}"));
+    let e = c.cli(1, &["apply", "-f", &f]).fails(1);
+    assert!(
+        e.contains(&format!("{f}:11: spec.policies[0].name: MCPServer github: policy \"mcp-tool-safety-policy\" does not exist; did you mean \"mcp-tool-safety\"?")),
+        "{e}"
+    );
+    assert!(
+        c.cli(2, &["get", "mcpservers", "-o", "json"]).ok().json().as_array().unwrap().is_empty(),
+        "nothing written"
+    );
+    // As the seeds stand (seed 003's file has no header: it is the policy named after its file).
+    let seed3 = write(dir, "mcp-governance.yaml", SEED_003);
+    c.cli(2, &["apply", "-f", &seed3]).ok();
+    let f = write(dir, "servers.yaml", &format!("{}---\n{SEED_000}", servers(&up.url)));
+    c.cli(3, &["apply", "-f", &f]).ok();
+    let ls = c.cli(1, &["policy", "ls", "-o", "json"]).ok().json();
+    let names: Vec<&str> = ls.as_array().unwrap().iter().map(|p| p["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["mcp-governance", "mcp-tool-safety"]);
+
+    let bot = c.cli(1, &["agent", "create", "prod-bot", "--label", "env=prod", "-o", "json"]).ok().json();
+    let token = bot["token"].as_str().unwrap().to_string();
+    let calls = json!([["add", {"a": 1, "b": 2}], ["slow", {"steps": 1}]]);
+    for mode in ["legacy", "auto"] {
+        // github: `add` reads (ALLOW by allow-read-approved-servers); `slow` writes on a prod
+        // server (REQUIRE_APPROVAL: listed, and refused until held calls exist).
+        let r = probe(&c, mode, &token, "github", &calls);
+        assert_eq!(r["calls"]["add"], "3", "{mode}: {r}");
+        assert_eq!(r["calls"]["slow"]["code"], -32017, "{mode}: {r}");
+        assert_eq!(r["calls"]["slow"]["data"]["reason"], "approval-required");
+        assert_eq!(r["calls"]["slow"]["data"]["policy"]["rule"], "require-approval-production-write");
+        assert!(r["tools"].as_array().unwrap().contains(&json!("slow")), "{mode}: held calls stay listed: {r}");
+        assert_eq!(r["prompts"], json!(["review"]));
+        // jira: a non-prod write is ALLOW_WITH_CONSTRAINTS, and its upstream (127.0.0.1) is not
+        // on the network allow-list: refused before anything is sent.
+        let r = probe(&c, mode, &token, "jira", &calls);
+        assert_eq!(r["calls"]["add"]["code"], -32019, "{mode}: {r}");
+        assert!(r["calls"]["add"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"127.0.0.1\" is not in the network_allowlist"));
+        // notion: not on the seed's list: every tool hidden, every call denied with the rule.
+        let r = probe(&c, mode, &token, "notion", &calls);
+        assert_eq!(r["tools"], json!([]), "{mode}: {r}");
+        assert_eq!(r["calls"]["add"]["code"], -32013, "{mode}: {r}");
+        assert_eq!(r["calls"]["add"]["data"]["reason"], "policy-denied");
+        assert_eq!(r["calls"]["add"]["data"]["policy"]["policy"], "mcp-governance");
+        assert_eq!(r["calls"]["add"]["data"]["policy"]["rule"], "deny-unregistered-server");
+        assert_eq!(
+            r["calls"]["add"]["message"],
+            "denied by policy mcp-governance, rule deny-unregistered-server: deny-unregistered-server"
+        );
+        // The aggregate endpoint: the same decisions, by `server.tool`.
+        let agg = json!([["github.add", {"a": 2, "b": 2}], ["notion.add", {"a": 1, "b": 1}]]);
+        let r = probe(&c, mode, &token, "-", &agg);
+        let tools: Vec<&str> = r["tools"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        assert!(tools.contains(&"github.add") && tools.contains(&"jira.add"), "{mode}: {r}");
+        assert!(!tools.iter().any(|t| t.starts_with("notion.")), "{mode}: {r}");
+        assert_eq!(r["calls"]["github.add"], "4", "{mode}: {r}");
+        assert_eq!(r["calls"]["notion.add"]["code"], -32013, "{mode}: {r}");
+    }
+
+    // explain, from any node, for the call the agent would make.
+    let x = c
+        .cli(2, &["policy", "explain", "--agent", "prod-bot", "--server", "notion", "--tool", "add", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(x["decision"], "DENY");
+    assert_eq!(x["decidedBy"], "mcp-governance/deny-unregistered-server");
+    assert_eq!(x["listed"], false);
+    let x = c.cli(3, &["policy", "explain", "--agent", "prod-bot", "--server", "github", "--tool", "slow"]).ok().stdout;
+    assert!(x.contains("decision:    REQUIRE_APPROVAL"), "{x}");
+    assert!(x.contains("mcp-governance  require-approval-production-write"), "{x}");
+
+    // Deleting a policy a server names is refused.
+    let e = c.cli(1, &["delete", "policy", "mcp-tool-safety"]).fails(1);
+    assert!(e.contains("still used by MCP server(s) github"), "{e}");
+}
+
+#[test]
+fn read_only_approval_and_exposes_are_enforced_and_hidden() {
+    let c = TestCluster::up(2, &[]);
+    let up = FastMcp::start();
+    let dir = c.dir.path();
+    let f = write(
+        dir,
+        "s.yaml",
+        &format!(
+            r#"apiVersion: joch.dev/v1alpha1
+kind: MCPServer
+metadata:
+  name: gated
+spec:
+  endpoint: {{ url: "{url}" }}
+  exposes: {{ prompts: false }}
+  security: {{ toolApproval: manual }}
+---
+apiVersion: joch.dev/v1alpha1
+kind: MCPServer
+metadata:
+  name: ro
+spec:
+  endpoint: {{ url: "{url}" }}
+  tools:
+    add: {{ action: read }}
+"#,
+            url = up.url
+        ),
+    );
+    c.cli(1, &["apply", "-f", &f]).ok();
+    c.cli(2, &["mcp", "approve-tool", "gated.add"]).ok();
+    c.cli(1, &["mcp", "policy", "set", "ro", "--read-only"]).ok();
+    let calls = json!([["add", {"a": 1, "b": 1}], ["slow", {"steps": 1}]]);
+    for mode in ["legacy", "auto"] {
+        let r = probe(&c, mode, &c.agent_token, "gated", &calls);
+        assert_eq!(r["tools"], json!(["add"]), "{mode}: only the approved tool: {r}");
+        assert_eq!(r["calls"]["add"], "2");
+        assert_eq!(r["calls"]["slow"]["code"], -32014, "{mode}: {r}");
+        assert_eq!(r["calls"]["slow"]["data"]["rule"], "mcpserver.spec.security.toolApproval");
+        assert_eq!(r["prompts"], json!([]), "{mode}: prompts are not exposed: {r}");
+        let r = probe(&c, mode, &c.agent_token, "ro", &calls);
+        assert_eq!(r["tools"], json!(["add"]), "{mode}: write tools hidden: {r}");
+        assert_eq!(r["calls"]["add"], "2");
+        assert_eq!(r["calls"]["slow"]["code"], -32015, "{mode}: {r}");
+    }
+    // Lifting read-only shows the write tools again, on every node (fleet-acknowledged).
+    c.cli(2, &["mcp", "policy", "set", "ro", "--read-write"]).ok();
+    let r = probe(&c, "auto", &c.agent_token, "ro", &calls);
+    assert_eq!(r["calls"]["slow"], "done 1", "{r}");
+}
+
+#[test]
+fn policy_test_checks_files_against_expected_decisions_offline() {
+    let dir = tempfile::TempDir::new().unwrap();
+    // The bare seed-003 file beside seed 000's manifest, as two files in CI would be.
+    let seed3 = write(dir.path(), "mcp-governance.yaml", SEED_003);
+    let cases = write(
+        dir.path(),
+        "cases.yaml",
+        r#"cases:
+  - name: reads on approved servers
+    agent: { name: bot }
+    server: { name: github }
+    tool: search_issues
+    action: read
+    expect: ALLOW
+    rule: allow-read-approved-servers
+  - name: production writes wait for a person
+    agent: { name: bot }
+    server: { name: github, riskTags: [prod] }
+    tool: create_issue
+    expect: REQUIRE_APPROVAL
+  - name: unknown servers are denied
+    agent: { name: bot }
+    server: { name: notion }
+    tool: search
+    action: read
+    expect: DENY
+    rule: mcp-governance/deny-unregistered-server
+"#,
+    );
+    let out = crate::harness::joch(["policy", "test", "-f", &seed3, "--cases", &cases]).ok().stdout;
+    assert!(out.contains("3 of 3 cases passed"), "{out}");
+    let wrong = write(
+        dir.path(),
+        "wrong.yaml",
+        "cases:\n  - agent: { name: bot }\n    server: { name: notion }\n    tool: x\n    expect: ALLOW\n",
+    );
+    let out = crate::harness::joch(["policy", "test", "-f", &seed3, "--cases", &wrong]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stdout.contains("FAIL") && out.stdout.contains("expected ALLOW"), "{}", out.stdout);
+    // Seed 000 in CI: a prod agent on a low-trust server is denied with the rule's reason.
+    let s0 = write(dir.path(), "safety.yaml", SEED_000);
+    let c0 = write(
+        dir.path(),
+        "c0.yaml",
+        "cases:\n  - agent: { name: bot, labels: { env: prod } }\n    server: { name: github, trustScore: 0.5 }\n    tool: create_issue\n    expect: DENY\n    rule: mcp-tool-safety/rule-1\n  - agent: { name: bot, labels: { env: dev } }\n    server: { name: github, trustScore: 0.5 }\n    tool: create_issue\n    expect: ALLOW\n",
+    );
+    let out = crate::harness::joch(["policy", "test", "-f", &s0, "--cases", &c0, "-o", "json"]).ok().json();
+    assert_eq!(out["failed"], 0, "{out}");
+}

@@ -1,0 +1,408 @@
+//! Deciding: the compiled policies, indexed by the servers they name, against one request's facts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::compile::{Attr, Cond, LabelReq, Policy, Selector};
+use crate::matcher::{Test, Val};
+use crate::{Action, Constraints, Decision, Enforcement};
+
+/// What a request is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// `tools/call` (or a tool in a list).
+    Tool,
+    /// `prompts/get`.
+    Prompt,
+    /// `resources/read`.
+    Resource,
+}
+
+impl Kind {
+    /// `tool`, `prompt` or `resource`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tool => "tool",
+            Kind::Prompt => "prompt",
+            Kind::Resource => "resource",
+        }
+    }
+}
+
+/// The facts one decision reads: who calls, which server, what, with which arguments, when.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// The agent's name.
+    pub agent: &'a str,
+    /// Its labels.
+    pub agent_labels: &'a BTreeMap<String, String>,
+    /// The server's registered name.
+    pub server: &'a str,
+    /// Its labels.
+    pub server_labels: &'a BTreeMap<String, String>,
+    /// Its trust score, once discovery computed one.
+    pub trust_score: Option<f64>,
+    /// Whether its capabilities drifted, once discovery looked.
+    pub schema_drift: Option<bool>,
+    /// What kind of capability.
+    pub kind: Kind,
+    /// The JSON-RPC method (`tools/call`; a list item is decided as the call it would be).
+    pub method: &'a str,
+    /// The tool or prompt name, or the resource URI.
+    pub name: &'a str,
+    /// Read or write.
+    pub action: Action,
+    /// Risk tags of the server and the tool.
+    pub risk_tags: &'a [String],
+    /// The call's arguments.
+    pub args: Option<&'a Value>,
+    /// Deciding whether a list shows the capability, not a call: the arguments are not known,
+    /// so a condition on them is taken to hold for a rule that allows (some call may match it)
+    /// and not to hold for a DENY (some call may escape it). A capability is then listed exactly
+    /// when some call to it could be allowed or held: the list never hides what a call may use,
+    /// and never shows what every call would be denied.
+    pub listing: bool,
+    /// Now, in Unix milliseconds.
+    pub now_ms: u64,
+    /// The answer's facts (`mcpResult.*`), when deciding on an answer.
+    pub result: Option<&'a Value>,
+}
+
+/// One rule (or a policy's default) that matched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Match {
+    /// The policy.
+    pub policy: String,
+    /// The rule id (`default` for the policy's default decision).
+    pub rule: String,
+    /// What it decides.
+    pub decision: Decision,
+    /// The reason it gives.
+    pub reason: String,
+    /// From a policy in `enforcement: audit` (recorded, not enforced).
+    pub audit: bool,
+}
+
+/// The outcome of a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// What is enforced.
+    pub decision: Decision,
+    /// The rule that decided (`None`: no enforcing policy had a matching rule or a default, so
+    /// the call is allowed).
+    pub decided_by: Option<Match>,
+    /// Bounds merged from every matching constrained rule.
+    pub constraints: Constraints,
+    /// What audit-only policies would have decided (their most severe match each).
+    pub audited: Vec<Match>,
+}
+
+struct Indexed {
+    policy: Arc<Policy>,
+    /// In `PolicySet::global`.
+    global: bool,
+    /// Rules naming exact servers, by server.
+    rules_by_server: HashMap<String, Vec<u32>>,
+    /// Rules for any server.
+    rules_any: Vec<u32>,
+}
+
+/// Every policy of the registry, compiled and indexed. Immutable; rebuilt when a policy changes.
+#[derive(Default, Clone)]
+pub struct PolicySet {
+    policies: Vec<Arc<Indexed>>,
+    by_name: HashMap<String, usize>,
+    /// Policies whose `appliesTo.servers` names exact servers, by server.
+    scoped: HashMap<String, Vec<usize>>,
+    /// Policies for every server (or a server selector).
+    global: Vec<usize>,
+    /// Some rule looks at arguments (else callers need not parse them).
+    needs_args: bool,
+}
+
+impl std::fmt::Debug for PolicySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.policies.iter().map(|p| &p.policy.name)).finish()
+    }
+}
+
+fn exact_servers(conds: &[Cond]) -> Option<Vec<&str>> {
+    conds.iter().find_map(|c| match c {
+        Cond::Attr(Attr::ServerName, t) => t.exact_names(),
+        _ => None,
+    })
+}
+
+impl PolicySet {
+    /// Indexes compiled policies (any order; they are kept by name).
+    pub fn new(policies: impl IntoIterator<Item = Arc<Policy>>) -> PolicySet {
+        let mut list: Vec<Arc<Policy>> = policies.into_iter().collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut set = PolicySet::default();
+        for (i, p) in list.into_iter().enumerate() {
+            let mut rules_by_server: HashMap<String, Vec<u32>> = HashMap::new();
+            let mut rules_any = Vec::new();
+            for (r, rule) in p.rules.iter().enumerate() {
+                set.needs_args |= rule.conds.iter().any(|c| matches!(c, Cond::Attr(Attr::Arg(_), _)));
+                match exact_servers(&rule.conds) {
+                    Some(names) => {
+                        for n in names {
+                            rules_by_server.entry(n.to_string()).or_default().push(r as u32);
+                        }
+                    }
+                    None => rules_any.push(r as u32),
+                }
+            }
+            let global = match p
+                .servers
+                .as_ref()
+                .filter(|s| s.labels.is_empty())
+                .and_then(|s| s.names.as_ref()?.exact_names())
+            {
+                Some(names) => {
+                    for n in names {
+                        set.scoped.entry(n.to_string()).or_default().push(i);
+                    }
+                    false
+                }
+                None => {
+                    set.global.push(i);
+                    true
+                }
+            };
+            set.by_name.insert(p.name.clone(), i);
+            set.policies.push(Arc::new(Indexed { policy: p, global, rules_by_server, rules_any }));
+        }
+        set
+    }
+
+    /// The policies, by name.
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.policies.iter().map(|p| &*p.policy)
+    }
+
+    /// Whether some rule looks at a call's arguments.
+    pub fn needs_args(&self) -> bool {
+        self.needs_args
+    }
+
+    /// Whether there are no policies.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// Whether a policy of that name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Decides a request (or, with `facts.result`, an answer). `attached`: the policies the
+    /// server's record lists (`spec.policies`), in scope for it whatever their `appliesTo.servers`.
+    /// With `trace`, every matching rule is pushed there, in evaluation order (`explain`).
+    pub fn decide(&self, f: &Facts<'_>, attached: &[&str], mut trace: Option<&mut Vec<Match>>) -> Verdict {
+        let mut verdict = Verdict {
+            decision: Decision::Allow,
+            decided_by: None,
+            constraints: Constraints::default(),
+            audited: Vec::new(),
+        };
+        if self.policies.is_empty() {
+            return verdict;
+        }
+        // The policies in scope: fleet-wide ones, those naming this server, those the server
+        // attaches (each once). Ties between policies go to the first by name (lowest index).
+        let scoped = self.scoped.get(f.server).map(Vec::as_slice).unwrap_or_default();
+        let attached_ix = attached.iter().filter_map(|a| self.by_name.get(*a).copied());
+        let extra: Vec<usize> = attached_ix.filter(|i| !self.policies[*i].global && !scoped.contains(i)).collect();
+        let candidates = self.global.iter().chain(scoped).chain(&extra).copied();
+        let mut decided_ix = usize::MAX;
+        let answer = f.result.is_some();
+        // `server.tool`, built once if a tool pattern asks for it.
+        let qualified = std::cell::OnceCell::new();
+        for i in candidates {
+            let ix = &self.policies[i];
+            let p = &ix.policy;
+            let attached_here = attached.contains(&p.name.as_str());
+            if !p.agents.as_ref().is_none_or(|s| s.matches(f.agent, f.agent_labels)) {
+                continue;
+            }
+            if !attached_here && !p.servers.as_ref().is_none_or(|s| s.matches(f.server, f.server_labels)) {
+                continue;
+            }
+            // The policy's own verdict: its most severe matching rule, first in file order.
+            let mut own: Option<(Decision, u32)> = None;
+            let mut constraints = Constraints::default();
+            let traced_from = trace.as_deref().map(Vec::len);
+            let by_server = ix.rules_by_server.get(f.server).map(Vec::as_slice).unwrap_or_default();
+            for &r in ix.rules_any.iter().chain(by_server) {
+                let rule = &p.rules[r as usize];
+                let Some(d) = rule.decision else { continue };
+                let optimistic = d != Decision::Deny;
+                if rule.answer != answer || !rule.conds.iter().all(|c| c.holds(f, optimistic, &qualified)) {
+                    continue;
+                }
+                if let Some(t) = trace.as_deref_mut() {
+                    t.push(Match {
+                        policy: p.name.clone(),
+                        rule: rule.id.clone(),
+                        decision: d,
+                        reason: rule.reason.clone(),
+                        audit: p.enforcement == Enforcement::Audit,
+                    });
+                }
+                if matches!(d, Decision::AllowWithConstraints | Decision::RequireApproval) {
+                    constraints.merge(&rule.constraints);
+                }
+                if own.is_none_or(|(o, oi)| d > o || (d == o && r < oi)) {
+                    own = Some((d, r));
+                }
+            }
+            if let (Some(t), Some(from)) = (trace.as_deref_mut(), traced_from) {
+                // In file order (rules naming this server were checked after the others).
+                let pos = |m: &Match| p.rules.iter().position(|r| r.id == m.rule).unwrap_or(usize::MAX);
+                t[from..].sort_by_key(pos);
+            }
+            let m = match own {
+                Some((d, r)) => {
+                    let rule = &p.rules[r as usize];
+                    Match {
+                        policy: p.name.clone(),
+                        rule: rule.id.clone(),
+                        decision: d,
+                        reason: rule.reason.clone(),
+                        audit: p.enforcement == Enforcement::Audit,
+                    }
+                }
+                None => match p.default {
+                    Some(d) if !answer => {
+                        let m = Match {
+                            policy: p.name.clone(),
+                            rule: "default".into(),
+                            decision: d,
+                            reason: format!("no rule of policy {} matched (defaultDecision {})", p.name, d.as_str()),
+                            audit: p.enforcement == Enforcement::Audit,
+                        };
+                        if let Some(t) = trace.as_deref_mut() {
+                            t.push(m.clone());
+                        }
+                        m
+                    }
+                    _ => continue,
+                },
+            };
+            if m.audit {
+                verdict.audited.push(m);
+                continue;
+            }
+            verdict.constraints.merge(&constraints);
+            if verdict
+                .decided_by
+                .as_ref()
+                .is_none_or(|by| m.decision > by.decision || (m.decision == by.decision && i < decided_ix))
+            {
+                decided_ix = i;
+                verdict.decision = m.decision;
+                verdict.decided_by = Some(m);
+            }
+        }
+        if !matches!(verdict.decision, Decision::AllowWithConstraints | Decision::RequireApproval) {
+            verdict.constraints = Constraints::default();
+        }
+        verdict
+    }
+}
+
+impl Selector {
+    pub(crate) fn matches(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        if let Some(n) = &self.names {
+            if !n.holds(Val::Str(name)) {
+                return false;
+            }
+        }
+        self.labels.iter().all(|(k, req)| match (req, labels.get(k)) {
+            (LabelReq::In(vs), Some(v)) => vs.contains(v),
+            (LabelReq::In(_), None) => false,
+            (LabelReq::NotIn(vs), Some(v)) => !vs.contains(v),
+            (LabelReq::NotIn(_), None) => true,
+            (LabelReq::Exists, v) => v.is_some(),
+            (LabelReq::DoesNotExist, v) => v.is_none(),
+        })
+    }
+}
+
+impl Cond {
+    fn holds(&self, f: &Facts<'_>, optimistic: bool, qualified: &std::cell::OnceCell<String>) -> bool {
+        match self {
+            Cond::Attr(Attr::Arg(_), _) if f.listing => optimistic,
+            Cond::Agents(s) => s.matches(f.agent, f.agent_labels),
+            Cond::Time(w) => w.holds(f.now_ms),
+            Cond::Action { read, write } => match f.action {
+                Action::Read => *read,
+                Action::Write => *write,
+            },
+            Cond::Attr(Attr::Tool, t) => {
+                f.kind == Kind::Tool
+                    && (t.holds(Val::Str(f.name))
+                        || (needs_qualified(t)
+                            && t.holds(Val::Str(qualified.get_or_init(|| format!("{}.{}", f.server, f.name))))))
+            }
+            Cond::Attr(a, t) => t.holds(value(a, f)),
+        }
+    }
+}
+
+/// Whether a tool test can hold for `server.tool` (it names a dot): only then is the qualified
+/// name built.
+fn needs_qualified(t: &Test) -> bool {
+    match t {
+        Test::Str(s) => s.contains('.'),
+        Test::Glob(_) | Test::Regex(_) => true,
+        Test::Any(l) | Test::None(l) | Test::All(l) => l.iter().any(needs_qualified),
+        _ => false,
+    }
+}
+
+fn value<'a>(a: &Attr, f: &Facts<'a>) -> Val<'a> {
+    match a {
+        Attr::AgentName => Val::Str(f.agent),
+        Attr::AgentLabel(k) => f.agent_labels.get(k).map(|v| Val::Str(v)).unwrap_or(Val::Missing),
+        Attr::ServerName => Val::Str(f.server),
+        Attr::ServerLabel(k) => f.server_labels.get(k).map(|v| Val::Str(v)).unwrap_or(Val::Missing),
+        Attr::TrustScore => f.trust_score.map(Val::Num).unwrap_or(Val::Missing),
+        Attr::SchemaDrift => f.schema_drift.map(Val::Bool).unwrap_or(Val::Missing),
+        Attr::Tool => unreachable_tool(f),
+        Attr::Prompt => {
+            if f.kind == Kind::Prompt {
+                Val::Str(f.name)
+            } else {
+                Val::Missing
+            }
+        }
+        Attr::Resource => {
+            if f.kind == Kind::Resource {
+                Val::Str(f.name)
+            } else {
+                Val::Missing
+            }
+        }
+        Attr::Name => Val::Str(f.name),
+        Attr::Kind => Val::Str(f.kind.as_str()),
+        Attr::Method => Val::Str(f.method),
+        Attr::Action => Val::Str(f.action.as_str()),
+        Attr::RiskTags => Val::Words(f.risk_tags),
+        Attr::Arg(p) => f.args.and_then(|a| p.get(a)).map(Val::Json).unwrap_or(Val::Missing),
+        Attr::Result(p) => f.result.and_then(|r| p.get(r)).map(Val::Json).unwrap_or(Val::Missing),
+    }
+}
+
+/// Tools are matched in [`Cond::holds`] (plain and qualified names); here only for completeness.
+fn unreachable_tool<'a>(f: &Facts<'a>) -> Val<'a> {
+    if f.kind == Kind::Tool {
+        Val::Str(f.name)
+    } else {
+        Val::Missing
+    }
+}

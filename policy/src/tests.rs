@@ -1,0 +1,369 @@
+//! The seeds' policies decide as the seeds describe; errors are located; both shapes decide alike.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use crate::*;
+
+fn seed_000() -> Value {
+    json!({
+        "appliesTo": {"agents": {"selector": {"matchLabels": {"env": "prod"}}}},
+        "rules": [
+            {"when": {"mcpServer.trustScore": "<0.75"}, "action": {"deny": true, "reason": "trust-score-too-low"}},
+            {"when": {"mcpServer.schemaDrift": true}, "action": {"deny": true, "reason": "schema-drift-detected"}},
+            {"when": {"mcpResult.injectionScan.hit": true}, "action": {"modify": "redact", "reason": "prompt-injection-stripped"}}
+        ]
+    })
+}
+
+fn seed_003() -> Value {
+    json!({
+        "version": "v1",
+        "rules": [
+            {"id": "allow-read-approved-servers",
+             "match": {"labels": {"mcp.action": "read", "mcp.server": ["github", "jira", "snowflake", "slack"]}},
+             "decision": "ALLOW"},
+            {"id": "require-approval-production-write",
+             "match": {"labels": {"mcp.action": "write", "risk_tags": ["prod"]}},
+             "decision": "REQUIRE_APPROVAL", "constraints": {"max_runtime_sec": 60, "max_retries": 1}},
+            {"id": "constrain-medium-risk",
+             "match": {"labels": {"mcp.action": "write", "risk_tags": ["non_prod"]}},
+             "decision": "ALLOW_WITH_CONSTRAINTS",
+             "constraints": {"max_runtime_sec": 30, "network_allowlist": ["api.github.com", "api.slack.com"]}},
+            {"id": "deny-unregistered-server",
+             "match": {"labels": {"mcp.server": "*"}, "mcp": {"deny_servers_not_in": ["github", "jira", "snowflake", "slack"]}},
+             "decision": "DENY"}
+        ]
+    })
+}
+
+fn set(ps: &[(&str, Value)]) -> PolicySet {
+    PolicySet::new(ps.iter().map(|(n, v)| Arc::new(Policy::compile(n, v).unwrap())))
+}
+
+struct F {
+    agent_labels: BTreeMap<String, String>,
+    server_labels: BTreeMap<String, String>,
+    tags: Vec<String>,
+}
+
+impl F {
+    fn new(env: &str, tags: &[&str]) -> F {
+        F {
+            agent_labels: [("env".to_string(), env.to_string())].into(),
+            server_labels: BTreeMap::new(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+    fn facts<'a>(&'a self, server: &'a str, tool: &'a str, action: Action) -> Facts<'a> {
+        Facts {
+            agent: "a",
+            agent_labels: &self.agent_labels,
+            server,
+            server_labels: &self.server_labels,
+            trust_score: None,
+            schema_drift: None,
+            kind: Kind::Tool,
+            method: "tools/call",
+            name: tool,
+            action,
+            risk_tags: &self.tags,
+            args: None,
+            listing: false,
+            now_ms: 0,
+            result: None,
+        }
+    }
+}
+
+#[test]
+fn seed_000_denies_prod_agents_on_low_trust_or_drift_only() {
+    let s = set(&[("mcp-tool-safety", seed_000())]);
+    let prod = F::new("prod", &[]);
+    let mut f = prod.facts("github", "create_issue", Action::Write);
+    assert_eq!(s.decide(&f, &[], None).decision, Decision::Allow, "unknown trust score: no rule matches");
+    f.trust_score = Some(0.5);
+    let v = s.decide(&f, &[], None);
+    assert_eq!(v.decision, Decision::Deny);
+    let by = v.decided_by.unwrap();
+    assert_eq!(
+        (by.policy.as_str(), by.rule.as_str(), by.reason.as_str()),
+        ("mcp-tool-safety", "rule-1", "trust-score-too-low")
+    );
+    f.trust_score = Some(0.9);
+    f.schema_drift = Some(true);
+    assert_eq!(s.decide(&f, &[], None).decided_by.unwrap().reason, "schema-drift-detected");
+    let dev = F::new("dev", &[]);
+    let mut f = dev.facts("github", "create_issue", Action::Write);
+    f.trust_score = Some(0.1);
+    assert_eq!(s.decide(&f, &[], None).decision, Decision::Allow, "appliesTo: prod agents only");
+    let p = Policy::compile("x", &seed_000()).unwrap();
+    assert!(
+        p.rules[2].answer && p.rules[2].modify.as_deref() == Some("redact"),
+        "the redact rule is decided on answers"
+    );
+}
+
+#[test]
+fn seed_003_decides_as_its_table_says() {
+    let s = set(&[("seed-003", seed_003())]);
+    let none = F::new("prod", &[]);
+    let prod = F::new("prod", &["prod"]);
+    let non_prod = F::new("prod", &["non_prod"]);
+    let d = |f: &Facts| s.decide(f, &[], None);
+    let v = d(&none.facts("github", "search_issues", Action::Read));
+    assert_eq!((v.decision, v.decided_by.unwrap().rule.as_str()), (Decision::Allow, "allow-read-approved-servers"));
+    let v = d(&prod.facts("github", "create_issue", Action::Write));
+    assert_eq!(v.decision, Decision::RequireApproval);
+    assert_eq!(v.constraints.max_runtime_sec, Some(60));
+    assert_eq!(v.constraints.max_retries, Some(1));
+    let v = d(&non_prod.facts("slack", "post", Action::Write));
+    assert_eq!(v.decision, Decision::AllowWithConstraints);
+    assert_eq!(v.constraints.max_runtime_sec, Some(30));
+    assert!(v.constraints.host_allowed("api.github.com") && !v.constraints.host_allowed("evil.example"));
+    let v = d(&none.facts("notion", "search", Action::Read));
+    let by = v.decided_by.unwrap();
+    assert_eq!(
+        (v.decision, by.rule.as_str(), by.reason.as_str()),
+        (Decision::Deny, "deny-unregistered-server", "deny-unregistered-server")
+    );
+    // Deny overrides: a prod write to an unlisted server is denied, not held.
+    assert_eq!(d(&prod.facts("notion", "write", Action::Write)).decision, Decision::Deny);
+}
+
+#[test]
+fn explain_traces_every_match_and_audit_policies_do_not_enforce() {
+    let mut audit = seed_003();
+    audit["enforcement"] = json!("audit");
+    let s = set(&[("enforced", seed_003()), ("dry-run", audit)]);
+    let f = F::new("prod", &["prod"]);
+    let mut trace = Vec::new();
+    let v = s.decide(&f.facts("notion", "x", Action::Write), &[], Some(&mut trace));
+    assert_eq!(v.decision, Decision::Deny);
+    assert_eq!(v.decided_by.as_ref().unwrap().policy, "enforced");
+    assert_eq!(v.audited.len(), 1);
+    assert_eq!((v.audited[0].policy.as_str(), v.audited[0].decision), ("dry-run", Decision::Deny));
+    let seen: Vec<(String, String)> = trace.iter().map(|m| (m.policy.clone(), m.rule.clone())).collect();
+    assert_eq!(
+        seen,
+        [
+            ("dry-run".into(), "require-approval-production-write".into()),
+            ("dry-run".into(), "deny-unregistered-server".into()),
+            ("enforced".into(), "require-approval-production-write".into()),
+            ("enforced".into(), "deny-unregistered-server".into()),
+        ]
+    );
+}
+
+#[test]
+fn scope_attachment_default_and_conditions() {
+    let scoped = json!({
+        "appliesTo": {"servers": {"names": ["jira"]}},
+        "defaultDecision": "DENY",
+        "rules": [{"id": "reads", "match": {"labels": {"mcp.action": "read"}, "tools": ["search_*"]}, "decision": "ALLOW"}]
+    });
+    let args = json!({"rules": [
+        {"id": "no-main", "when": {"args./branch": "main", "tool": "git.push"}, "action": {"deny": true, "reason": "protected branch"}},
+        {"id": "office-hours", "match": {"time": {"days": ["sat", "sun"]}}, "decision": "DENY"}
+    ]});
+    let s = set(&[("jira-only", scoped), ("args", args)]);
+    let f = F::new("prod", &[]);
+    let mut x = f.facts("jira", "search_issues", Action::Read);
+    x.now_ms = 1_764_547_200_000; // 2025-12-01, a Monday
+    assert_eq!(s.decide(&x, &[], None).decision, Decision::Allow);
+    x.name = "delete_issue";
+    let v = s.decide(&x, &[], None);
+    assert_eq!((v.decision, v.decided_by.unwrap().rule.as_str()), (Decision::Deny, "default"));
+    let mut g = f.facts("git", "push", Action::Write);
+    g.now_ms = x.now_ms;
+    assert_eq!(s.decide(&g, &[], None).decision, Decision::Allow, "jira-only does not apply to git; no args");
+    assert_eq!(s.decide(&g, &["jira-only"], None).decision, Decision::Deny, "attached by the server's policies list");
+    let a = json!({"branch": "main"});
+    g.args = Some(&a);
+    assert_eq!(
+        s.decide(&g, &[], None).decided_by.unwrap().reason,
+        "protected branch",
+        "server.tool glob and an argument"
+    );
+    g.args = None;
+    g.now_ms += 5 * 86_400_000; // Saturday
+    assert_eq!(s.decide(&g, &[], None).decided_by.unwrap().rule, "office-hours");
+}
+
+#[test]
+fn errors_name_field_and_rule() {
+    let bad = json!({"version": "v1", "rules": [
+        {"id": "ok", "match": {"labels": {"mcp.action": "read"}}, "decision": "ALLOW"},
+        {"id": "typo", "match": {"labels": {"mcp.acton": "read"}}, "decision": "ALLOWED"},
+        {"id": "no-bounds", "decision": "ALLOW_WITH_CONSTRAINTS"},
+        {"when": {"mcp.action": "delete"}, "action": {"deny": true, "allow": true}}
+    ]});
+    let errs = Policy::compile("p", &bad).unwrap_err();
+    let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert!(
+        shown.iter().any(|e| e.starts_with("spec.rules[1].match.labels.mcp.acton: rule \"typo\": unknown condition")),
+        "{shown:?}"
+    );
+    assert!(
+        shown.iter().any(|e| e.starts_with("spec.rules[1].decision: rule \"typo\": unknown decision \"ALLOWED\"")),
+        "{shown:?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|e| e.starts_with("spec.rules[2].constraints: rule \"no-bounds\": ALLOW_WITH_CONSTRAINTS needs")),
+        "{shown:?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|e| e.starts_with("spec.rules[3].when.mcp.action: rule \"rule-4\": mcp.action is read or write")),
+        "{shown:?}"
+    );
+    assert!(shown.iter().any(|e| e.starts_with("spec.rules[3].action: rule \"rule-4\": exactly one of")), "{shown:?}");
+    assert_eq!(shown.len(), 5, "{shown:?}");
+    let dup = json!({"rules": [{"id": "a", "decision": "DENY"}, {"id": "a", "decision": "DENY"}]});
+    assert!(Policy::compile("p", &dup).unwrap_err()[0].message.contains("duplicate rule id"));
+    assert!(Policy::compile("p", &json!({"rulez": []})).is_err());
+}
+
+#[test]
+fn a_list_shows_what_some_call_may_use() {
+    let p = json!({"defaultDecision": "DENY", "rules": [
+        {"id": "only-acme", "match": {"args": {"/repo": "acme/*"}}, "decision": "ALLOW"},
+        {"id": "never-main", "match": {"args": {"/branch": "main"}}, "decision": "DENY"}
+    ]});
+    let s = set(&[("p", p)]);
+    let f = F::new("prod", &[]);
+    let mut x = f.facts("git", "push", Action::Write);
+    x.listing = true;
+    assert_eq!(s.decide(&x, &[], None).decision, Decision::Allow, "listed: a call with acme args is allowed");
+    x.listing = false;
+    let args = json!({"repo": "acme/x", "branch": "main"});
+    x.args = Some(&args);
+    assert_eq!(s.decide(&x, &[], None).decision, Decision::Deny);
+    let args = json!({"repo": "acme/x", "branch": "dev"});
+    x.args = Some(&args);
+    assert_eq!(s.decide(&x, &[], None).decision, Decision::Allow);
+}
+
+/// A rule in both shapes, from the same parts.
+fn both_shapes(server: &Value, action: &Value, tool: &Value, decision: &str) -> (Value, Value) {
+    let mut labels = serde_json::Map::new();
+    if !server.is_null() {
+        labels.insert("mcp.server".into(), server.clone());
+    }
+    if !action.is_null() {
+        labels.insert("mcp.action".into(), action.clone());
+    }
+    if !tool.is_null() {
+        labels.insert("tool".into(), tool.clone());
+    }
+    let a = json!({"version": "v1", "rules": [{"id": "r", "match": {"labels": labels.clone()}, "decision": decision}]});
+    let act = match decision {
+        "DENY" => json!({"deny": true, "reason": "r"}),
+        "REQUIRE_APPROVAL" => json!({"requireApproval": true, "reason": "r"}),
+        _ => json!({"allow": true, "reason": "r"}),
+    };
+    let b = json!({"rules": [{"id": "r", "when": labels, "action": act}]});
+    (a, b)
+}
+
+proptest! {
+    #[test]
+    fn both_shapes_of_one_rule_decide_alike(
+        server in prop::sample::select(vec![json!(null), json!("github"), json!(["github", "jira"]), json!("j*"), json!("*")]),
+        action in prop::sample::select(vec![json!(null), json!("read"), json!("write"), json!(["read", "write"])]),
+        tool in prop::sample::select(vec![json!(null), json!("create_*"), json!("github.search_issues"), json!(["a", "b"])]),
+        decision in prop::sample::select(vec!["ALLOW", "DENY", "REQUIRE_APPROVAL"]),
+        req_server in prop::sample::select(vec!["github", "jira", "slack"]),
+        req_tool in prop::sample::select(vec!["create_issue", "search_issues", "a"]),
+        read in any::<bool>(),
+    ) {
+        let (a, b) = both_shapes(&server, &action, &tool, decision);
+        let (sa, sb) = (set(&[("p", a)]), set(&[("p", b)]));
+        let f = F::new("prod", &[]);
+        let facts = f.facts(req_server, req_tool, if read { Action::Read } else { Action::Write });
+        let (va, vb) = (sa.decide(&facts, &[], None), sb.decide(&facts, &[], None));
+        prop_assert_eq!(va.decision, vb.decision);
+        prop_assert_eq!(va.decided_by.map(|m| m.rule), vb.decided_by.map(|m| m.rule));
+    }
+
+    #[test]
+    fn deny_overrides_whatever_the_order(order in Just(()).prop_perturb(|_, mut rng| {
+        let mut names = vec!["a", "b", "c"];
+        for i in (1..names.len()).rev() { names.swap(i, (rng.next_u32() as usize) % (i + 1)); }
+        names
+    })) {
+        let kinds = ["ALLOW", "DENY", "REQUIRE_APPROVAL"];
+        let ps: Vec<(&str, Value)> = order.iter().zip(kinds).map(|(n, d)| (*n, json!({"rules": [{"id": "r", "decision": d}]}))).collect();
+        let f = F::new("prod", &[]);
+        prop_assert_eq!(set(&ps).decide(&f.facts("s", "t", Action::Read), &[], None).decision, Decision::Deny);
+    }
+}
+
+fn arb_rule() -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(vec!["ALLOW", "DENY", "REQUIRE_APPROVAL"]),
+        prop::option::of(prop::sample::select(vec!["read", "write"])),
+        prop::option::of(prop::sample::select(vec!["s1", "s2", "s*"])),
+        prop::option::of(prop::sample::select(vec!["main", "dev", "*"])),
+        prop::option::of(prop::sample::select(vec!["push", "p*", "s1.pull"])),
+    )
+        .prop_map(|(d, action, server, branch, tool)| {
+            let mut labels = serde_json::Map::new();
+            if let Some(a) = action {
+                labels.insert("mcp.action".into(), json!(a));
+            }
+            if let Some(s) = server {
+                labels.insert("mcp.server".into(), json!(s));
+            }
+            if let Some(t) = tool {
+                labels.insert("tool".into(), json!(t));
+            }
+            let mut m = json!({"labels": labels});
+            if let Some(b) = branch {
+                m["args"] = json!({"/branch": b});
+            }
+            json!({"match": m, "decision": d})
+        })
+}
+
+proptest! {
+    /// The list filter and the call decision never disagree: whatever a call may use (allowed or
+    /// held) is listed, and whatever is not listed every call is denied.
+    #[test]
+    fn list_and_call_never_disagree(
+        rules in prop::collection::vec(arb_rule(), 0..6),
+        default_deny in any::<bool>(),
+        server in prop::sample::select(vec!["s1", "s2", "t"]),
+        tool in prop::sample::select(vec!["push", "pull", "x"]),
+        branch in prop::sample::select(vec!["main", "dev", "feature"]),
+        read in any::<bool>(),
+    ) {
+        let mut p = json!({"rules": rules.iter().enumerate().map(|(i, r)| { let mut r = r.clone(); r["id"] = json!(format!("r{i}")); r }).collect::<Vec<_>>()});
+        if default_deny {
+            p["defaultDecision"] = json!("DENY");
+        }
+        let s = set(&[("p", p)]);
+        let f = F::new("prod", &[]);
+        let mut x = f.facts(server, tool, if read { Action::Read } else { Action::Write });
+        x.listing = true;
+        let listed = s.decide(&x, &[], None).decision.visible();
+        x.listing = false;
+        let args = json!({"branch": branch});
+        x.args = Some(&args);
+        let callable = s.decide(&x, &[], None).decision.visible();
+        prop_assert!(listed || !callable, "a call may use what the list hides");
+        let no_args = json!({});
+        x.args = Some(&no_args);
+        let bare = s.decide(&x, &[], None).decision.visible();
+        prop_assert!(listed || !bare);
+        if rules.iter().all(|r| r["match"].get("args").is_none()) {
+            prop_assert_eq!(listed, callable, "without conditions on arguments the two are the same decision");
+        }
+    }
+}
