@@ -39,6 +39,29 @@ pub struct Bound {
     pub metrics: SocketAddr,
 }
 
+/// The proxy's way to commit approval requests: a write through this node's cluster handle, run
+/// on the control plane's runtime.
+struct ClusterProposer {
+    cluster: Arc<ClusterNode>,
+    control: tokio::runtime::Handle,
+}
+
+impl crate::policy::approvals::Proposer for ClusterProposer {
+    fn propose(&self, command: joch_raft_store::Command) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        let cluster = self.cluster.clone();
+        let task = self.control.spawn(async move {
+            let actor = format!("node {}", cluster.id);
+            let out = cluster.write(&actor, command).await.map_err(|e| e.to_string())?;
+            match out.response.result {
+                Some(Ok(_)) => Ok(()),
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err("the state machine gave no answer".to_string()),
+            }
+        });
+        Box::pin(async move { task.await.map_err(|e| e.to_string())? })
+    }
+}
+
 async fn bind_tcp(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("binding the {what} listener on {addr}"))
 }
@@ -128,6 +151,10 @@ pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Futur
             tls: cfg.mcp_tls.is_some(),
             keyring: keyring.clone(),
             stdio_allow: crate::config::stdio_allow::StdioAllow::new(cfg.id, cfg.stdio_allow.clone()),
+            proposer: Arc::new(ClusterProposer {
+                cluster: cluster.clone(),
+                control: tokio::runtime::Handle::current(),
+            }),
         },
     )
     .context("starting the MCP proxy")?;

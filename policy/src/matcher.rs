@@ -269,10 +269,10 @@ fn two_pointer<T: PartialEq + Copy + Star>(p: &[T], t: &[T]) -> bool {
     let (mut i, mut j) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while j < t.len() {
-        if i < p.len() && (p[i].is_one() || p[i] == t[j]) {
+        if i < p.len() && (p[i].any_one() || p[i] == t[j]) {
             i += 1;
             j += 1;
-        } else if i < p.len() && p[i].is_star() {
+        } else if i < p.len() && p[i].any_run() {
             star = Some((i, j));
             i += 1;
         } else if let Some((si, sj)) = star {
@@ -283,28 +283,28 @@ fn two_pointer<T: PartialEq + Copy + Star>(p: &[T], t: &[T]) -> bool {
             return false;
         }
     }
-    p[i..].iter().all(|c| c.is_star())
+    p[i..].iter().all(|c| c.any_run())
 }
 
 trait Star {
-    fn is_star(self) -> bool;
-    fn is_one(self) -> bool;
+    fn any_run(self) -> bool;
+    fn any_one(self) -> bool;
 }
 
 impl Star for u8 {
-    fn is_star(self) -> bool {
+    fn any_run(self) -> bool {
         self == b'*'
     }
-    fn is_one(self) -> bool {
+    fn any_one(self) -> bool {
         self == b'?'
     }
 }
 
 impl Star for char {
-    fn is_star(self) -> bool {
+    fn any_run(self) -> bool {
         self == '*'
     }
-    fn is_one(self) -> bool {
+    fn any_one(self) -> bool {
         self == '?'
     }
 }

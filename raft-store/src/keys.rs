@@ -53,6 +53,10 @@ pub const HISTORY_SWEPT: &[u8] = b"settings/history-swept";
 pub const SERVER_PREFIX: &[u8] = b"srv/";
 /// `state`: prefix of policy records.
 pub const POLICY_PREFIX: &[u8] = b"pol/";
+/// Prefix of approval requests (`apr/ID`).
+pub const APPROVAL_PREFIX: &[u8] = b"apr/";
+/// The policies' epoch (bumped by every policy change; approvals are bound to it).
+pub const POLICY_EPOCH: &[u8] = b"settings/policy-epoch";
 
 /// `snapshot`: the current snapshot.
 pub const SNAPSHOT_CURRENT: &[u8] = b"current";
@@ -75,6 +79,11 @@ pub fn server_key(name: &str) -> Vec<u8> {
 /// Key of a policy record.
 pub fn policy_key(name: &str) -> Vec<u8> {
     [POLICY_PREFIX, name.as_bytes()].concat()
+}
+
+/// Key of an approval request.
+pub fn approval_key(id: &str) -> Vec<u8> {
+    [APPROVAL_PREFIX, id.as_bytes()].concat()
 }
 
 /// Key of a history line. Targets never contain `0x00`, so one target's lines sort together,

@@ -169,6 +169,10 @@ impl StateMachineStore {
         for (name, rec) in &self.registry.policies {
             self.put(b, CF_STATE, &keys::policy_key(name), rec.as_ref())?;
         }
+        for (id, a) in &self.registry.approvals {
+            self.put(b, CF_STATE, &keys::approval_key(id), a.as_ref())?;
+        }
+        self.put(b, CF_STATE, keys::POLICY_EPOCH, &self.registry.policy_epoch)?;
         for (target, lines) in &self.registry.history {
             for line in lines.iter() {
                 self.put(b, CF_HISTORY, &keys::history_key(target, line.at.index, 0), line)?;
@@ -206,6 +210,11 @@ fn load_state(db: &DB) -> std::result::Result<LoadedState, StoreError> {
         } else if let Some(name) = k.strip_prefix(keys::POLICY_PREFIX) {
             let rec: PolicyRecord = dec(&k, &v)?;
             reg.policies.insert(String::from_utf8_lossy(name).into_owned(), Arc::new(rec));
+        } else if let Some(id) = k.strip_prefix(keys::APPROVAL_PREFIX) {
+            let a: crate::model::approval::Approval = dec(&k, &v)?;
+            reg.approvals.insert(String::from_utf8_lossy(id).into_owned(), Arc::new(a));
+        } else if &*k == keys::POLICY_EPOCH {
+            reg.policy_epoch = dec(&k, &v)?;
         } else if &*k == keys::CLUSTER_KEY {
             reg.cluster_key = Some(dec(&k, &v)?);
         } else if &*k == keys::RETENTION {
@@ -306,6 +315,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 Some(rec) => self.put(&mut b, CF_STATE, &keys::policy_key(name), rec.as_ref())?,
                 None => b.delete_cf(&cf(&self.db, CF_STATE), keys::policy_key(name)),
             }
+        }
+        for id in &touched.approvals {
+            match self.registry.approvals.get(id) {
+                Some(a) => self.put(&mut b, CF_STATE, &keys::approval_key(id), a.as_ref())?,
+                None => b.delete_cf(&cf(&self.db, CF_STATE), keys::approval_key(id)),
+            }
+        }
+        if touched.policy_epoch {
+            self.put(&mut b, CF_STATE, keys::POLICY_EPOCH, &self.registry.policy_epoch)?;
         }
         for line in &touched.history {
             self.put(&mut b, CF_HISTORY, &keys::history_key(&line.target, line.at.index, 0), line)?;

@@ -11,6 +11,33 @@ pub fn stamp(s: &Stamp) -> pb::Stamp {
     pb::Stamp { actor: s.actor.clone(), at_ms: s.at_ms, index: s.index }
 }
 
+/// An approval as the API shows it.
+pub fn approval(a: &joch_raft_store::model::approval::Approval) -> pb::Approval {
+    use joch_raft_store::model::approval::ApprovalState;
+    let (decided, reason) = match &a.state {
+        ApprovalState::Pending => (None, String::new()),
+        ApprovalState::Approved { by, reason }
+        | ApprovalState::Denied { by, reason }
+        | ApprovalState::Used { by, reason, .. } => (Some(stamp(by)), reason.clone()),
+    };
+    pb::Approval {
+        id: a.id.clone(),
+        agent: a.agent.clone(),
+        server: a.server.clone(),
+        kind: a.kind.clone(),
+        name: a.name.clone(),
+        policy: a.policy.clone(),
+        rule: a.rule.clone(),
+        state: a.state.as_str().to_string(),
+        node: a.node,
+        requested: Some(stamp(&a.requested)),
+        expires_ms: a.expires_ms,
+        decided,
+        reason,
+        args_sha256: a.args_sha256.iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
 /// A server record as the API shows it.
 pub fn server(rec: &ServerRecord, read_index: u64) -> pb::Server {
     let sec = &rec.spec.security;

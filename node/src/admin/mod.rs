@@ -433,6 +433,33 @@ impl Registry for AdminApi {
         .await
     }
 
+    async fn list_approvals(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ApprovalList>, Status> {
+        let r = req.into_inner();
+        observe("ListApprovals", async {
+            let st = self.read(r.stale).await?;
+            let mut approvals: Vec<pb::Approval> =
+                st.registry.approvals.values().map(|a| convert::approval(a)).collect();
+            approvals.sort_by_key(|a| std::cmp::Reverse(a.requested.as_ref().map(|s| s.index)));
+            Ok(pb::ApprovalList { approvals, read_index: st.applied_index })
+        })
+        .await
+    }
+
+    async fn decide_approval(
+        &self,
+        req: Request<pb::DecideApprovalRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let actor = actor(&req);
+        let r = req.into_inner();
+        observe("DecideApproval", async {
+            if !r.approve && r.reason.trim().is_empty() {
+                return Err(invalid("reason", "a denial needs a reason (--reason): the agent is told it"));
+            }
+            self.write(&actor, Command::DecideApproval { id: r.id, approve: r.approve, reason: r.reason }).await
+        })
+        .await
+    }
+
     async fn history(&self, req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryReply>, Status> {
         let r = req.into_inner();
         observe("History", async {

@@ -23,7 +23,9 @@ pub fn to_status(node: u64, e: ClusterError) -> Status {
             ApplyError::UnknownServer { .. } | ApplyError::UnknownPolicy { .. } => Status::not_found(msg),
             ApplyError::ServerExists { .. } => Status::already_exists(msg),
             ApplyError::Invalid(_) => Status::invalid_argument(msg),
-            ApplyError::AlreadyAtVersion { .. } | ApplyError::PolicyInUse { .. } => Status::failed_precondition(msg),
+            ApplyError::AlreadyAtVersion { .. } | ApplyError::PolicyInUse { .. } | ApplyError::Approval { .. } => {
+                Status::failed_precondition(msg)
+            }
             ApplyError::Access { exists: true, .. } => Status::already_exists(msg),
             ApplyError::Access { exists: false, .. } => Status::not_found(msg),
         },

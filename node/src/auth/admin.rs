@@ -104,12 +104,13 @@ pub fn required_role(path: &str) -> Role {
     match (service, method) {
         (
             "Registry",
-            "GetServer" | "ListServers" | "GetPolicy" | "ListPolicies" | "ExplainPolicy" | "History" | "GetRetention",
+            "GetServer" | "ListServers" | "GetPolicy" | "ListPolicies" | "ExplainPolicy" | "ListApprovals" | "History"
+            | "GetRetention",
         ) => Role::Viewer,
         (
             "Registry",
             "Apply" | "AddServer" | "DeleteServer" | "Pin" | "Upgrade" | "Quarantine" | "Unquarantine" | "ApproveTool"
-            | "SetServerPolicy" | "DeletePolicy",
+            | "SetServerPolicy" | "DeletePolicy" | "DecideApproval",
         ) => Role::Operator,
         ("Cluster", "NodeInfo" | "Status") => Role::Viewer,
         ("Access", "WhoAmI" | "ListAgents" | "ListIdps") => Role::Viewer,

@@ -83,6 +83,11 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: policy::PolicyCmd,
     },
+    /// Calls held for an operator's approval: list, approve, deny.
+    Approvals {
+        #[command(subcommand)]
+        cmd: policy::ApprovalsCmd,
+    },
     /// Show one resource in full.
     Describe {
         /// mcpserver | policy
@@ -197,6 +202,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Mcp { cmd } => registry::mcp(&g, cmd).await,
         Cmd::Apply { file } => registry::apply(&g, &file).await,
         Cmd::Policy { cmd } => policy::run(&g, cmd).await,
+        Cmd::Approvals { cmd } => policy::approvals(&g, cmd).await,
         Cmd::Describe { kind, name, stale } => registry::describe(&g, &kind, &name, stale).await,
         Cmd::Get { kind, stale } => registry::get(&g, &kind, stale).await,
         Cmd::Delete { kind, name } => registry::delete(&g, &kind, &name).await,

@@ -333,3 +333,100 @@ fn run_case(set: &PolicySet, c: &Case, now: u64) -> Result<(Decision, Option<Str
     let v = set.decide(&facts, &attached, None);
     Ok((v.decision, v.decided_by.map(|m| format!("{}/{}", m.policy, m.rule))))
 }
+
+#[derive(Subcommand, Debug)]
+pub enum ApprovalsCmd {
+    /// Calls held for an approval (all states, newest first; `--pending` for the queue).
+    Ls {
+        /// Only those waiting for a decision.
+        #[arg(long)]
+        pending: bool,
+        /// Read this node's local copy instead of a linearizable read.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Approve a held call: it runs once (fleet-acknowledged).
+    Approve {
+        /// The approval id (`apr-...`).
+        id: String,
+        /// Why (recorded, and shown to the agent's operators).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Deny a held call: the agent gets approval-denied with the reason (fleet-acknowledged).
+    Deny {
+        /// The approval id (`apr-...`).
+        id: String,
+        /// Why (required: the agent is told).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// Runs a `joch approvals` command.
+pub async fn approvals(g: &Global, cmd: ApprovalsCmd) -> anyhow::Result<ExitCode> {
+    let n = client::node(g).await?;
+    match cmd {
+        ApprovalsCmd::Ls { pending, stale } => {
+            let c = n.registry.clone();
+            let list = settle(&n.url, || {
+                let mut c = c.clone();
+                async move { c.list_approvals(req(pb::ListRequest { stale })).await }
+            })
+            .await?;
+            let shown: Vec<&pb::Approval> =
+                list.approvals.iter().filter(|a| !pending || a.state == "pending").collect();
+            let v: Vec<Value> = shown
+                .iter()
+                .map(|a| {
+                    json!({"id": a.id, "state": a.state, "agent": a.agent, "server": a.server, "kind": a.kind,
+                        "name": a.name, "policy": a.policy, "rule": a.rule, "node": a.node,
+                        "requested": a.requested.as_ref().map(|s| output::time(s.at_ms)),
+                        "expires": output::time(a.expires_ms),
+                        "decidedBy": a.decided.as_ref().map(|s| s.actor.clone()), "reason": a.reason,
+                        "argsSha256": a.args_sha256})
+                })
+                .collect();
+            if g.output != Format::Table {
+                output::data(g.output, &Value::Array(v));
+            } else {
+                let rows: Vec<Vec<String>> = shown
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            a.id.clone(),
+                            a.state.clone(),
+                            a.agent.clone(),
+                            format!("{} {}.{}", a.kind, a.server, a.name),
+                            format!("{}/{}", a.policy, a.rule),
+                            a.requested.as_ref().map(|s| output::time(s.at_ms)).unwrap_or_default(),
+                            a.decided.as_ref().map(|s| format!("{}: {}", s.actor, a.reason)).unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "STATE", "AGENT", "CALL", "RULE", "REQUESTED", "DECIDED"], &rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ApprovalsCmd::Approve { id, reason } => decide(g, n, id, true, reason).await,
+        ApprovalsCmd::Deny { id, reason } => decide(g, n, id, false, reason).await,
+    }
+}
+
+async fn decide(
+    g: &Global,
+    mut n: client::Node,
+    id: String,
+    approve: bool,
+    reason: String,
+) -> anyhow::Result<ExitCode> {
+    let target = format!("approval/{id}");
+    let r = pb::DecideApprovalRequest { id, approve, reason };
+    let url = n.url.clone();
+    let w = n.registry.decide_approval(req(r)).await.map_err(|s| client::status_err(&url, s))?.into_inner();
+    Ok(if output::write(g.output, &target, &w) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(super::EXIT_FLEET_INCOMPLETE)
+    })
+}

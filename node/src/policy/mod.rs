@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 use crate::auth::agent::Caller;
 
+pub mod approvals;
 pub mod list;
 
 /// Why the registry's own controls or a policy refused.
@@ -34,6 +35,8 @@ pub struct Refusal {
     pub message: String,
     /// The policy's match, when a policy decided.
     pub by: Option<Box<Match>>,
+    /// A REQUIRE_APPROVAL's bounds (they hold once approved).
+    pub constraints: Option<Box<Constraints>>,
 }
 
 /// The controls that refuse.
@@ -47,7 +50,7 @@ pub enum RefusalKind {
     ReadOnly,
     /// A policy's DENY.
     Policy,
-    /// A policy's REQUIRE_APPROVAL (held calls are not built yet: refused, failing closed).
+    /// A policy's REQUIRE_APPROVAL (the call is held for an approval).
     Approval,
     /// ALLOW_WITH_CONSTRAINTS whose bounds this call cannot meet (the upstream's host).
     Constraint,
@@ -138,7 +141,9 @@ impl Governance {
         trace: Option<&mut Vec<Match>>,
     ) -> Result<Grant, Refusal> {
         let (listing, now_ms) = (s.args.is_none(), s.now_ms);
-        let refuse = |kind, rule: &str, message: String| Err(Refusal { kind, rule: rule.into(), message, by: None });
+        let refuse = |kind, rule: &str, message: String| {
+            Err(Refusal { kind, rule: rule.into(), message, by: None, constraints: None })
+        };
         let server = rec.name.as_str();
         let exposes = &rec.spec.exposes;
         let (exposed, field) = match s.kind {
@@ -217,6 +222,7 @@ impl Governance {
                     rule: rule(&decided_by),
                     message: format!("denied by policy {policy}, rule {r}: {reason}"),
                     by: m.map(Box::new),
+                    constraints: None,
                 })
             }
             Decision::RequireApproval if listing => Ok(Grant { constraints, by: decided_by }),
@@ -225,10 +231,9 @@ impl Governance {
                 Err(Refusal {
                     kind: RefusalKind::Approval,
                     rule: rule(&decided_by),
-                    message: format!(
-                        "policy {policy}, rule {r} requires an operator's approval for this call; held calls are not available in this version, so it is refused"
-                    ),
+                    message: format!("policy {policy}, rule {r} requires an operator's approval for this call"),
                     by: decided_by.map(Box::new),
+                    constraints: Some(Box::new(constraints)),
                 })
             }
             Decision::AllowWithConstraints => {
@@ -244,6 +249,7 @@ impl Governance {
                                     constraints.network_allowlist.as_deref().unwrap_or_default().join(", ")
                                 ),
                                 by: decided_by.map(Box::new),
+                                constraints: None,
                             });
                         }
                     } else if constraints.network_allowlist.is_some() {
@@ -255,6 +261,7 @@ impl Governance {
                                 rule(&decided_by)
                             ),
                             by: decided_by.map(Box::new),
+                            constraints: None,
                         });
                     }
                 }

@@ -134,6 +134,7 @@ fn call(method: &str, server: &str) -> Call {
         http_method: "POST",
         rpc: Some(Arc::new(Rpc { msg, body })),
         session: None,
+        approval: None,
     }
 }
 

@@ -275,11 +275,7 @@ pub fn decide(gov: &Governance, call: &Call, rec: &ServerRecord, state: &Publish
     };
     let name = call.target().unwrap_or_default();
     // Arguments are parsed again only when some rule looks at them.
-    let args = if state.registry.compiled.set.needs_args() {
-        call.rpc.as_ref().and_then(|r| r.value().get_mut("params")?.get_mut("arguments").map(serde_json::Value::take))
-    } else {
-        None
-    };
+    let args = state.registry.compiled.set.needs_args().then(|| call_args(call));
     let subject = Subject {
         kind,
         method,
@@ -288,7 +284,27 @@ pub fn decide(gov: &Governance, call: &Call, rec: &ServerRecord, state: &Publish
         args: Some(args.as_ref().unwrap_or(&serde_json::Value::Null)),
         now_ms: now_ms(),
     };
-    gov.judge(state, &call.caller, rec, &subject, None).map_err(|r| refusal(call, r))
+    match gov.judge(state, &call.caller, rec, &subject, None) {
+        Ok(g) => Ok(g),
+        // Held and approved: this call runs, within the rule's bounds.
+        Err(r)
+            if r.kind == RefusalKind::Approval && call.approval.is_some() && {
+                let args = call_args(call);
+                crate::policy::approvals::admits(state, call, kind, name, &args, call.node)
+            } =>
+        {
+            Ok(Grant { constraints: r.constraints.map(|c| *c).unwrap_or_default(), by: r.by.map(|m| *m) })
+        }
+        Err(r) => Err(refusal(call, r)),
+    }
+}
+
+/// A call's arguments (`null` when it has none).
+pub fn call_args(call: &Call) -> serde_json::Value {
+    call.rpc
+        .as_ref()
+        .and_then(|r| r.value().get_mut("params")?.get_mut("arguments").map(serde_json::Value::take))
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// The denial of a refusal.
@@ -414,6 +430,7 @@ mod tests {
                 members: Vec::new(),
                 upstream_modern: false,
             }),
+            approval: None,
         }
     }
 

@@ -436,7 +436,7 @@ impl Proxy {
         }
         // From here on the request is the member's: its server, its own name for the target.
         *call = call.for_member(&server, Some(routed(&rpc, field, &inner)));
-        let adm = match self.gate.admit(call.clone()) {
+        let adm = match self.admit_call(call, &inb.headers).await {
             Ok(a) => a,
             Err(d) => return d.into(),
         };
@@ -553,7 +553,7 @@ impl Proxy {
         let member_rpc = routed(&rpc, field, &inner);
         let routed_msg = member_rpc.value();
         *call = call.for_member(&server, Some(member_rpc));
-        let adm = match self.gate.admit(call.clone()) {
+        let adm = match self.admit_call(call, &inb.headers).await {
             Ok(a) => a,
             Err(d) => return d.into(),
         };

@@ -53,6 +53,12 @@ pub enum Reason {
     CapabilityNotExposed,
     /// A policy rule requires an operator's approval.
     ApprovalRequired,
+    /// The call is held for an approval and the caller did not wait (or went away): the id.
+    ApprovalPending,
+    /// An operator denied the held call.
+    ApprovalDenied,
+    /// No operator decided within the rule's approval timeout.
+    ApprovalTimeout,
     /// The call cannot meet its ALLOW_WITH_CONSTRAINTS bounds (an upstream host outside the
     /// allow-list, the runtime limit reached).
     ConstraintViolated,
@@ -60,8 +66,8 @@ pub enum Reason {
 
 impl Reason {
     /// The stable JSON-RPC error code: -32001..-32012 the registry, sessions, the upstream and
-    /// the request; -32013..-32019 reserved for policy and approvals; -32030.. node limits;
-    /// -32040.. identity and credentials.
+    /// the request; -32013..-32019 policy; -32030.. node limits; -32040.. identity and
+    /// credentials; -32050.. approvals.
     pub fn code(self) -> i64 {
         match self {
             Reason::ServerNotRegistered => -32001,
@@ -83,6 +89,9 @@ impl Reason {
             Reason::CapabilityNotExposed => -32016,
             Reason::ApprovalRequired => -32017,
             Reason::ConstraintViolated => -32019,
+            Reason::ApprovalPending => -32050,
+            Reason::ApprovalDenied => -32051,
+            Reason::ApprovalTimeout => -32052,
             Reason::NodeOverloaded => -32030,
             Reason::Unauthenticated => -32040,
             Reason::AgentRevoked => -32041,
@@ -114,6 +123,9 @@ impl Reason {
             Reason::CapabilityNotExposed => "capability-not-exposed",
             Reason::ApprovalRequired => "approval-required",
             Reason::ConstraintViolated => "constraint-violated",
+            Reason::ApprovalPending => "approval-pending",
+            Reason::ApprovalDenied => "approval-denied",
+            Reason::ApprovalTimeout => "approval-timeout",
         }
     }
 
@@ -140,7 +152,10 @@ impl Reason {
             | Reason::ServerReadOnly
             | Reason::CapabilityNotExposed
             | Reason::ApprovalRequired
-            | Reason::ConstraintViolated => StatusCode::FORBIDDEN,
+            | Reason::ConstraintViolated
+            | Reason::ApprovalPending
+            | Reason::ApprovalDenied => StatusCode::FORBIDDEN,
+            Reason::ApprovalTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 }
@@ -272,12 +287,17 @@ mod tests {
             Reason::CapabilityNotExposed,
             Reason::ApprovalRequired,
             Reason::ConstraintViolated,
+            Reason::ApprovalPending,
+            Reason::ApprovalDenied,
+            Reason::ApprovalTimeout,
         ];
         let mut codes: Vec<i64> = all.iter().map(|r| r.code()).collect();
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
-        assert!(codes.iter().all(|c| (-32019..=-32001).contains(c) || (-32049..=-32030).contains(c)));
+        assert!(codes
+            .iter()
+            .all(|c| (-32019..=-32001).contains(c) || (-32059..=-32050).contains(c) || (-32049..=-32030).contains(c)));
         let d = Denial::new(Reason::ServerQuarantined, "s", 2, "registry.quarantine", "quarantined").with_id(json!(5));
         assert_eq!(
             d.body(),

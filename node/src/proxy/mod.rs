@@ -42,7 +42,8 @@ pub mod upstream;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::policy::{list::ListFilter, Governance};
+use crate::policy::{list::ListFilter, Governance, RefusalKind};
+use admission::Admitted;
 use admission::{Call, Gate};
 use deny::{Denial, Reason};
 use exit::Exit;
@@ -75,6 +76,8 @@ pub struct Options {
     pub keyring: Arc<Keyring>,
     /// The stdio commands this node runs.
     pub stdio_allow: StdioAllow,
+    /// Commits approval requests and their use (held calls).
+    pub proposer: Arc<dyn crate::policy::approvals::Proposer>,
 }
 
 /// The proxy of one node.
@@ -95,12 +98,15 @@ pub struct Proxy {
     tls: bool,
     /// Decides calls and list items.
     gov: Arc<Governance>,
+    /// Holds calls that need an approval.
+    approvals: Arc<crate::policy::approvals::Approvals>,
 }
 
 impl Proxy {
     /// A proxy over this node's view; it also answers the MCP requests peers relay here.
     pub fn new(node: NodeView, opts: Options) -> anyhow::Result<Arc<Self>> {
-        let Options { limits, allow_anonymous, tls, keyring, stdio_allow } = opts;
+        let Options { limits, allow_anonymous, tls, keyring, stdio_allow, proposer } = opts;
+        let approvals = Arc::new(crate::policy::approvals::Approvals::new(node.id, node.registry.clone(), proposer));
         let gov = Arc::new(Governance::default());
         let stages: Arc<[Arc<dyn Stage>]> = Arc::from(vec![
             Arc::new(ListFilter::new(gov.clone(), node.registry.clone())) as Arc<dyn Stage>,
@@ -125,6 +131,7 @@ impl Proxy {
             agents: AgentAuth::new(allow_anonymous),
             tls,
             gov,
+            approvals,
         }))
     }
 
@@ -140,7 +147,62 @@ impl Proxy {
 
     /// A call to `server` (empty: the aggregate endpoint) from `caller`, received by this node.
     fn call(&self, server: String, http_method: &'static str, caller: Arc<Caller>) -> Call {
-        Call { node: self.node.id, server, caller, http_method, rpc: None, session: None }
+        Call { node: self.node.id, server, caller, http_method, rpc: None, session: None, approval: None }
+    }
+
+    /// Admits a call to its server; a call a policy holds for approval waits here for the
+    /// decision first (`policy/approvals.rs`), on the node that admits it.
+    async fn admit_call(&self, call: &mut Call, headers: &axum::http::HeaderMap) -> Result<Admitted, Denial> {
+        match self.gate.admit(call.clone()) {
+            Err(d) if d.reason == Reason::ApprovalRequired && call.approval.is_none() => {
+                let state = self.gate.state();
+                let (Some(rpc), Some(rec)) = (call.rpc.clone(), state.registry.servers.get(&call.server).cloned())
+                else {
+                    return Err(d);
+                };
+                let (Some(method), Some(name)) = (rpc.msg.method.as_deref(), call.target().map(str::to_string)) else {
+                    return Err(d);
+                };
+                let Some(kind) = crate::policy::subject_kind(method) else { return Err(d) };
+                let args = admission::call_args(call);
+                let subject = crate::policy::Subject {
+                    kind,
+                    method,
+                    name: &name,
+                    annotations: None,
+                    args: Some(&args),
+                    now_ms: crate::policy::list::now_ms(),
+                };
+                let Err(r) = self.gov.judge(&state, &call.caller, &rec, &subject, None) else {
+                    return self.gate.admit(call.clone());
+                };
+                let (Some(by), RefusalKind::Approval) = (r.by.as_deref(), r.kind) else { return Err(d) };
+                let timeout = r
+                    .constraints
+                    .as_deref()
+                    .and_then(|c| c.approval_timeout_sec)
+                    .map(std::time::Duration::from_secs)
+                    .unwrap_or(crate::policy::approvals::DEFAULT_TIMEOUT);
+                let no_wait = headers
+                    .get("prefer")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|p| p.split(',').any(|x| x.trim().eq_ignore_ascii_case("respond-async")));
+                let held = crate::policy::approvals::Held {
+                    server: &rec.name,
+                    kind,
+                    name: &name,
+                    args: &args,
+                    policy: &by.policy,
+                    rule: &by.rule,
+                    timeout,
+                    no_wait,
+                };
+                let id = self.approvals.hold(call, held).await?;
+                call.approval = Some(id.into());
+                self.gate.admit(call.clone())
+            }
+            other => other,
+        }
     }
 
     /// Once per request: every stage's `on_finish`.

@@ -58,6 +58,8 @@ pub struct Call {
     pub rpc: Option<Arc<Rpc>>,
     /// The session, when continuing one.
     pub session: Option<SessionToken>,
+    /// The approval this call uses (set by the node holding it, once committed as used).
+    pub approval: Option<Arc<str>>,
 }
 
 /// A JSON-RPC message as received: the light view (method, id, name or URI, envelope version,

@@ -117,7 +117,7 @@ impl Proxy {
         if owner != self.node.id && self.is_stdio(&call.server) {
             return Err(self.forward_to_owner(call, owner, inb).await.into());
         }
-        self.gate.admit(call.clone()).map_err(Reply::from)
+        self.admit_call(call, &inb.headers).await.map_err(Reply::from)
     }
 
     /// A request in a session of `/mcp/{server}`.

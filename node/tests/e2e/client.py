@@ -46,7 +46,10 @@ from mcp.shared.exceptions import MCPError
 def agent_headers():
     """The agent's credential (JOCH_AGENT_TOKEN): joch authenticates every agent."""
     token = os.environ.get("JOCH_AGENT_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if os.environ.get("JOCH_PREFER"):
+        headers["Prefer"] = os.environ["JOCH_PREFER"]
+    return headers
 
 
 class RoundRobin(httpx2.AsyncBaseTransport):

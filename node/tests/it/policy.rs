@@ -304,3 +304,110 @@ fn policy_test_checks_files_against_expected_decisions_offline() {
     let out = crate::harness::joch(["policy", "test", "-f", &s0, "--cases", &c0, "-o", "json"]).ok().json();
     assert_eq!(out["failed"], 0, "{out}");
 }
+
+/// The approval ids `joch approvals ls --pending` shows, from node `id`.
+fn pending(c: &TestCluster, id: u64) -> Vec<String> {
+    let v = c.cli(id, &["approvals", "ls", "--pending", "-o", "json"]).ok().json();
+    v.as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn held_calls_run_once_when_approved_on_another_node_and_fail_when_denied_or_timed_out() {
+    let c = TestCluster::up(3, &[]);
+    let dir = c.dir.path().to_path_buf();
+    let record = dir.join("calls.jsonl");
+    let up = FastMcp::start_recording(&[], Some(&record));
+    let f = write(
+        &dir,
+        "held.yaml",
+        &format!(
+            r#"apiVersion: joch.dev/v1alpha1
+kind: MCPServer
+metadata: {{ name: github }}
+spec:
+  endpoint: {{ url: "{url}" }}
+---
+apiVersion: joch.dev/v1alpha1
+kind: Policy
+metadata: {{ name: writes }}
+spec:
+  rules:
+    - id: add-needs-a-person
+      match: {{ tools: [add] }}
+      decision: REQUIRE_APPROVAL
+      constraints: {{ approval_timeout_sec: 60 }}
+    - id: slow-needs-a-quick-person
+      match: {{ tools: [slow] }}
+      decision: REQUIRE_APPROVAL
+      constraints: {{ approval_timeout_sec: 2 }}
+"#,
+            url = up.url
+        ),
+    );
+    c.cli(1, &["apply", "-f", &f]).ok();
+    let node1 = [c.node(1).mcp_url.clone()];
+    let probe_on = |env: &[(&str, &Path)], calls: &Value| {
+        let mut args = vec!["probe".to_string(), "github".into(), calls.to_string()];
+        args.extend(node1.iter().cloned());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        c.sdk_env("auto", &argv, env)
+    };
+    let adds = |n: usize| crate::harness::recorded(&record).iter().filter(|(t, _)| t == "add").count() == n;
+
+    // Held on node 1, approved on node 2: the call runs, once.
+    let r = std::thread::scope(|s| {
+        let held = s.spawn(|| probe_on(&[], &json!([["add", {"a": 1, "b": 2}]])));
+        let id = crate::harness::eventually("the approval request", std::time::Duration::from_secs(20), || {
+            pending(&c, 2).into_iter().next()
+        });
+        assert!(adds(0), "nothing reached the upstream while held");
+        c.cli(2, &["approvals", "approve", &id, "--reason", "looks fine"]).ok();
+        held.join().unwrap()
+    });
+    assert_eq!(r["calls"]["add"], "3", "{r}");
+    assert!(adds(1));
+    let ls = c.cli(3, &["approvals", "ls", "-o", "json"]).ok().json();
+    assert_eq!(ls[0]["state"], "used", "{ls}");
+    assert!(ls[0]["decidedBy"].as_str().is_some_and(|a| !a.is_empty()), "{ls}");
+
+    // The same call again is held anew (the approval was used): a caller that prefers not to
+    // wait gets approval-pending with the new id.
+    let prefer = Path::new("respond-async");
+    let r = probe_on(&[("JOCH_PREFER", prefer)], &json!([["add", {"a": 1, "b": 2}]]));
+    assert_eq!(r["calls"]["add"]["code"], -32050, "{r}");
+    let id = r["calls"]["add"]["data"]["policy"]["approval"].as_str().unwrap().to_string();
+    c.cli(3, &["approvals", "approve", &id]).ok();
+    // Approved while the agent was away: other arguments do not use it (held again, pending) ...
+    let r = probe_on(&[("JOCH_PREFER", prefer)], &json!([["add", {"a": 1, "b": 3}]]));
+    assert_eq!(r["calls"]["add"]["code"], -32050, "{r}");
+    assert_ne!(r["calls"]["add"]["data"]["policy"]["approval"], id.as_str());
+    // ... the identical call does, once.
+    let r = probe_on(&[("JOCH_PREFER", prefer)], &json!([["add", {"a": 1, "b": 2}]]));
+    assert_eq!(r["calls"]["add"], "3", "{r}");
+    assert!(adds(2));
+
+    // Denied while held: the agent is told why.
+    let before = pending(&c, 1);
+    let r = std::thread::scope(|s| {
+        let held = s.spawn(|| probe_on(&[], &json!([["add", {"a": 7, "b": 7}]])));
+        let id = crate::harness::eventually("the approval request", std::time::Duration::from_secs(20), || {
+            pending(&c, 1).into_iter().find(|i| !before.contains(i))
+        });
+        let e = c.cli(1, &["approvals", "deny", &id]).fails(2);
+        assert!(e.contains("--reason"), "{e}");
+        c.cli(1, &["approvals", "deny", &id, "--reason", "not on a Friday"]).ok();
+        held.join().unwrap()
+    });
+    assert_eq!(r["calls"]["add"]["code"], -32051, "{r}");
+    assert!(r["calls"]["add"]["message"].as_str().unwrap().contains("not on a Friday"), "{r}");
+
+    // Nobody decides: the held call times out after the rule's approval_timeout_sec.
+    let r = probe_on(&[], &json!([["slow", {"steps": 1}]]));
+    assert_eq!(r["calls"]["slow"]["code"], -32052, "{r}");
+    assert!(crate::harness::recorded(&record).iter().all(|(t, _)| t != "slow"));
+    // A decision after the timeout is refused.
+    let ls = c.cli(1, &["approvals", "ls", "--pending", "-o", "json"]).ok().json();
+    let late = ls.as_array().unwrap().iter().find(|a| a["name"] == "slow").unwrap()["id"].as_str().unwrap().to_string();
+    let e = c.cli(2, &["approvals", "approve", &late]).fails(1);
+    assert!(e.contains("timed out before it was decided"), "{e}");
+}

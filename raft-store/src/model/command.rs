@@ -79,6 +79,23 @@ pub enum Command {
     /// Adds a session-sealing key: new ids are sealed with it; ids sealed with older keys still open
     /// until they expire.
     AddSessionKey { key: [u8; 32] },
+    /// A node holds a call a policy requires approval for.
+    RequestApproval {
+        id: String,
+        agent: String,
+        server: String,
+        kind: String,
+        name: String,
+        args_sha256: [u8; 32],
+        policy: String,
+        rule: String,
+        node: u64,
+        timeout_ms: u64,
+    },
+    /// An operator approves or denies a held call.
+    DecideApproval { id: String, approve: bool, reason: String },
+    /// The node running an approved call uses the approval (once).
+    UseApproval { id: String, node: u64 },
 }
 
 impl Command {
@@ -88,6 +105,9 @@ impl Command {
     /// not applied it yet answers "not registered", which fails closed.
     pub fn fleet_acknowledged(&self) -> bool {
         match self {
+            Command::RequestApproval { .. } | Command::UseApproval { .. } => false,
+            // The holding node learns the decision by applying it.
+            Command::DecideApproval { .. } => true,
             Command::CreateServer { .. }
             | Command::InitClusterKey { .. }
             | Command::SetRetention { .. }
@@ -141,6 +161,9 @@ impl Command {
             Command::DeleteSecret { .. } => "delete_secret",
             Command::ResealSecrets { .. } => "reseal_secrets",
             Command::AddSessionKey { .. } => "add_session_key",
+            Command::RequestApproval { .. } => "request_approval",
+            Command::DecideApproval { .. } => "decide_approval",
+            Command::UseApproval { .. } => "use_approval",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The replicated data model: resources, commands, the registry and its deterministic apply.
 
 pub mod access;
+pub mod approval;
 pub mod command;
 pub mod registry;
 pub mod resource;

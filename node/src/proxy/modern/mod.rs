@@ -90,7 +90,7 @@ impl Proxy {
             Ok(m) => m,
             Err(a) => return a.into(),
         };
-        let adm = match self.gate.admit(call.clone()) {
+        let adm = match self.admit_call(call, &inb.headers).await {
             Ok(a) => a,
             Err(d) => return d.into(),
         };

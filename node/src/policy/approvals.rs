@@ -1,0 +1,214 @@
+//! Held calls (REQUIRE_APPROVAL). The node that would admit the call commits an approval request
+//! through Raft, bound to the agent, the server, the capability, a hash of the arguments and the
+//! policies' epoch, and holds the call until an operator decides on any node (`joch approvals`),
+//! the policy's timeout passes, or the agent goes away. Approved, the node commits that it uses
+//! the approval (the state machine lets one call use it), and admission lets that call through.
+//! A caller that asks not to wait (`Prefer: respond-async`), or that went away, gets
+//! `approval-pending` with the id; the identical call after the approval runs once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use joch_policy::Kind;
+use joch_raft_store::model::approval::{Approval, ApprovalState};
+use joch_raft_store::{Command, RegistryHandle};
+use serde_json::Value;
+
+use crate::proxy::deny::{Denial, Reason};
+use crate::proxy::request::Call;
+
+/// How long a held call waits when its rule sets no `approval_timeout_sec`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Writes commands through the cluster (the proxy holds no cluster handle).
+pub trait Proposer: Send + Sync {
+    /// Commits `command` (forwarded to the leader); `Err` says why it was not (rejected by the
+    /// state machine, or no leader).
+    fn propose(&self, command: Command) -> BoxFuture<'static, Result<(), String>>;
+}
+
+/// What is being held.
+pub struct Held<'a> {
+    /// The server.
+    pub server: &'a str,
+    /// Its kind.
+    pub kind: Kind,
+    /// The tool or prompt name, or resource URI.
+    pub name: &'a str,
+    /// The call's arguments.
+    pub args: &'a Value,
+    /// The policy and rule requiring approval.
+    pub policy: &'a str,
+    /// The rule.
+    pub rule: &'a str,
+    /// How long to wait for a decision.
+    pub timeout: Duration,
+    /// Answer `approval-pending` at once instead of waiting.
+    pub no_wait: bool,
+}
+
+/// SHA-256 of the arguments as canonical JSON (keys sorted: serde_json's maps are ordered).
+pub fn args_hash(args: &Value) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, args.to_string().as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// The held-call service of one node.
+pub struct Approvals {
+    node: u64,
+    registry: RegistryHandle,
+    proposer: Arc<dyn Proposer>,
+}
+
+impl Approvals {
+    /// For node `node`, writing through `proposer`.
+    pub fn new(node: u64, registry: RegistryHandle, proposer: Arc<dyn Proposer>) -> Approvals {
+        Approvals { node, registry, proposer }
+    }
+
+    fn find(
+        &self,
+        call: &Call,
+        h: &Held<'_>,
+        hash: &[u8; 32],
+        ok: impl Fn(&Approval) -> bool,
+    ) -> Option<Arc<Approval>> {
+        let st = self.registry.load();
+        let epoch = st.registry.policy_epoch;
+        st.registry
+            .approvals
+            .values()
+            .filter(|a| a.matches(&call.caller.name, h.server, h.kind.as_str(), h.name, hash, epoch) && ok(a))
+            .max_by_key(|a| a.requested.index)
+            .cloned()
+    }
+
+    /// Holds `call` until its approval is decided; `Ok(id)` once this call may use it.
+    pub async fn hold(&self, call: &Call, h: Held<'_>) -> Result<String, Denial> {
+        let hash = args_hash(h.args);
+        let now = crate::policy::list::now_ms();
+        let deny = |reason, message: String| call.deny(reason, &format!("{}/{}", h.policy, h.rule), message);
+        // An approved, unused approval for exactly this call: use it.
+        let approved = self.find(call, &h, &hash, |a| matches!(a.state, ApprovalState::Approved { .. }));
+        let pending = self.find(call, &h, &hash, |a| a.state == ApprovalState::Pending && a.expires_ms > now);
+        let id = match (approved, pending) {
+            (Some(a), _) => return self.use_it(call, &h, &a.id).await,
+            (None, Some(a)) => a.id.clone(),
+            (None, None) => {
+                let id = format!("apr-{:016x}", rand::random::<u64>());
+                let cmd = Command::RequestApproval {
+                    id: id.clone(),
+                    agent: call.caller.name.clone(),
+                    server: h.server.to_string(),
+                    kind: h.kind.as_str().to_string(),
+                    name: h.name.to_string(),
+                    args_sha256: hash,
+                    policy: h.policy.to_string(),
+                    rule: h.rule.to_string(),
+                    node: self.node,
+                    timeout_ms: h.timeout.as_millis() as u64,
+                };
+                self.proposer.propose(cmd).await.map_err(|e| {
+                    deny(Reason::ApprovalRequired, format!("the approval request could not be recorded: {e}"))
+                })?;
+                metrics::counter!("joch_approvals_requested_total").increment(1);
+                tracing::info!(target: "joch::policy", approval = %id, agent = %call.caller.name, server = h.server,
+                    name = h.name, policy = h.policy, rule = h.rule, "call held for approval");
+                id
+            }
+        };
+        let pending_denial = |id: &str| {
+            deny(
+                Reason::ApprovalPending,
+                format!(
+                    "policy {}, rule {} requires an operator's approval: approval {id} is pending (joch approvals approve {id}); call again with the same arguments once it is approved",
+                    h.policy, h.rule
+                ),
+            )
+            .with_policy(serde_json::json!({"policy": h.policy, "rule": h.rule, "decision": "REQUIRE_APPROVAL", "approval": id}))
+        };
+        if h.no_wait {
+            return Err(pending_denial(&id));
+        }
+        let mut changes = self.registry.subscribe();
+        loop {
+            let st = self.registry.load();
+            let Some(a) = st.registry.approvals.get(&id).cloned() else {
+                // Not applied here yet: wait for the registry to move.
+                if changes.changed().await.is_err() {
+                    return Err(pending_denial(&id));
+                }
+                continue;
+            };
+            match &a.state {
+                ApprovalState::Approved { .. } => return self.use_it(call, &h, &id).await,
+                ApprovalState::Denied { reason, by } => {
+                    metrics::counter!("joch_approvals_total", "outcome" => "denied").increment(1);
+                    return Err(deny(
+                        Reason::ApprovalDenied,
+                        format!("approval {id} was denied by {}: {reason}", by.actor),
+                    )
+                    .with_policy(serde_json::json!({"policy": h.policy, "rule": h.rule, "decision": "REQUIRE_APPROVAL", "approval": id})));
+                }
+                ApprovalState::Used { .. } => {
+                    return Err(deny(
+                        Reason::ApprovalRequired,
+                        format!("approval {id} was used by another call; call again to ask for a new one"),
+                    ))
+                }
+                ApprovalState::Pending => {}
+            }
+            let left = Duration::from_millis(a.expires_ms.saturating_sub(crate::policy::list::now_ms()));
+            if left.is_zero() {
+                metrics::counter!("joch_approvals_total", "outcome" => "timeout").increment(1);
+                return Err(deny(
+                    Reason::ApprovalTimeout,
+                    format!("approval {id} was not decided within {} s", h.timeout.as_secs()),
+                ));
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return Err(pending_denial(&id)) },
+                _ = tokio::time::sleep(left) => {}
+            }
+        }
+    }
+
+    /// Commits that this call uses approval `id` (one call can).
+    async fn use_it(&self, call: &Call, h: &Held<'_>, id: &str) -> Result<String, Denial> {
+        self.proposer.propose(Command::UseApproval { id: id.to_string(), node: self.node }).await.map_err(|e| {
+            call.deny(
+                Reason::ApprovalRequired,
+                &format!("{}/{}", h.policy, h.rule),
+                format!("approval {id} cannot be used: {e}"),
+            )
+        })?;
+        metrics::counter!("joch_approvals_total", "outcome" => "approved").increment(1);
+        tracing::info!(target: "joch::policy", approval = %id, agent = %call.caller.name, server = h.server, name = h.name,
+            "approved call runs");
+        Ok(id.to_string())
+    }
+}
+
+/// Whether approval `id` lets `call` through on this node: approved (and used here) for exactly
+/// this call under the current policies.
+pub fn admits(
+    st: &joch_raft_store::PublishedState,
+    call: &Call,
+    kind: Kind,
+    name: &str,
+    args: &Value,
+    node: u64,
+) -> bool {
+    let Some(id) = call.approval.as_deref() else { return false };
+    let Some(a) = st.registry.approvals.get(id) else { return false };
+    let usable = match &a.state {
+        ApprovalState::Approved { .. } => true,
+        ApprovalState::Used { used, .. } => used.actor == format!("node {node}"),
+        _ => false,
+    };
+    usable
+        && a.matches(&call.caller.name, &call.server, kind.as_str(), name, &args_hash(args), st.registry.policy_epoch)
+}
