@@ -291,6 +291,12 @@ impl Policy {
                 }
             }
         }
+        for r in &mut rules {
+            let key = format!("{name}/{}", r.id);
+            for l in &mut r.constraints.rate_limits {
+                l.rule = key.clone();
+            }
+        }
         if errs.0.is_empty() {
             Ok(Policy { name: name.to_string(), enforcement, agents, servers, rules, default })
         } else {
@@ -433,11 +439,12 @@ fn compile_rule(field: &str, i: usize, v: &Value, errs: &mut Errors) -> Option<R
             Decision::AllowWithConstraints
                 if constraints.max_runtime_sec.is_none()
                     && constraints.max_retries.is_none()
-                    && constraints.network_allowlist.is_none() =>
+                    && constraints.network_allowlist.is_none()
+                    && constraints.rate_limits.is_empty() =>
             {
                 errs.push(
                     &format!("{field}.constraints"),
-                    "ALLOW_WITH_CONSTRAINTS needs at least one of max_runtime_sec, max_retries, network_allowlist",
+                    "ALLOW_WITH_CONSTRAINTS needs at least one of max_runtime_sec, max_retries, network_allowlist, rate_limit",
                 )
             }
             Decision::Allow | Decision::Deny if !constraints.is_empty() => errs.push(
@@ -581,6 +588,8 @@ fn compile_constraints(field: &str, v: &Value, errs: &mut Errors) -> Constraints
             "networkAllowlist",
             "approval_timeout_sec",
             "approvalTimeoutSec",
+            "rate_limit",
+            "rateLimit",
         ],
         errs,
     );
@@ -597,6 +606,37 @@ fn compile_constraints(field: &str, v: &Value, errs: &mut Errors) -> Constraints
     c.max_runtime_sec = uint(&["max_runtime_sec", "maxRuntimeSec"], 1, errs);
     c.max_retries = uint(&["max_retries", "maxRetries"], 0, errs).map(|n| n.min(u32::MAX as u64) as u32);
     c.approval_timeout_sec = uint(&["approval_timeout_sec", "approvalTimeoutSec"], 1, errs);
+    if let Some((k, v)) = ["rate_limit", "rateLimit"].iter().find_map(|n| m.get(*n).map(|v| (*n, v))) {
+        let items: Vec<&Value> = match v {
+            Value::Array(l) => l.iter().collect(),
+            other => vec![other],
+        };
+        for (i, item) in items.iter().enumerate() {
+            let at = if matches!(v, Value::Array(_)) { format!("{field}.{k}[{i}]") } else { format!("{field}.{k}") };
+            let Some(o) = item.as_object() else {
+                errs.push(&at, "a mapping: {per_minute: N, per: agent | tool | server}");
+                continue;
+            };
+            keys_known(o, &at, &["per_minute", "perMinute", "per"], errs);
+            let n = o.get("per_minute").or_else(|| o.get("perMinute")).and_then(Value::as_u64);
+            let per = match o.get("per").and_then(Value::as_str).unwrap_or("agent") {
+                "agent" => Some(crate::RatePer::Agent),
+                "tool" => Some(crate::RatePer::Tool),
+                "server" => Some(crate::RatePer::Server),
+                other => {
+                    errs.push(&format!("{at}.per"), format!("unknown {other:?}: agent, tool or server"));
+                    None
+                }
+            };
+            match (n, per) {
+                (Some(n), Some(per)) if (1..=1_000_000).contains(&n) => {
+                    c.rate_limits.push(crate::RateLimit { per_minute: n as u32, per, rule: String::new() })
+                }
+                (_, Some(_)) => errs.push(&format!("{at}.per_minute"), "required: calls per minute, 1..1000000"),
+                _ => {}
+            }
+        }
+    }
     if let Some((k, v)) = ["network_allowlist", "networkAllowlist"].iter().find_map(|n| m.get(*n).map(|v| (*n, v))) {
         match v.as_array() {
             Some(l) if l.iter().all(|h| h.as_str().is_some_and(valid_host)) => {

@@ -92,6 +92,30 @@ pub struct Constraints {
     pub network_allowlist: Option<Vec<String>>,
     /// How long a held call waits for an approval, in seconds.
     pub approval_timeout_sec: Option<u64>,
+    /// Calls per minute, fleet-wide, per agent, tool or server (all of them hold).
+    pub rate_limits: Vec<RateLimit>,
+}
+
+/// A rate limit: `per_minute` calls per `per`, fleet-wide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Calls allowed per minute.
+    pub per_minute: u32,
+    /// What is counted.
+    pub per: RatePer,
+    /// `POLICY/RULE` that set it (each rule's limit counts on its own).
+    pub rule: String,
+}
+
+/// What a rate limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RatePer {
+    /// Each agent's calls.
+    Agent,
+    /// Each tool's calls (`server.tool`), whoever calls.
+    Tool,
+    /// Each server's calls.
+    Server,
 }
 
 impl Constraints {
@@ -111,6 +135,11 @@ impl Constraints {
         self.max_runtime_sec = min(self.max_runtime_sec, o.max_runtime_sec);
         self.max_retries = min(self.max_retries, o.max_retries);
         self.approval_timeout_sec = min(self.approval_timeout_sec, o.approval_timeout_sec);
+        for l in &o.rate_limits {
+            if !self.rate_limits.contains(l) {
+                self.rate_limits.push(l.clone());
+            }
+        }
         self.network_allowlist = match (self.network_allowlist.take(), &o.network_allowlist) {
             (Some(a), Some(b)) => Some(a.into_iter().filter(|h| b.contains(h)).collect()),
             (a, b) => a.or_else(|| b.clone()),

@@ -85,6 +85,16 @@ impl Members {
         self.0.load().get(&id).cloned()
     }
 
+    /// How many members there are.
+    pub fn len(&self) -> usize {
+        self.0.load().len()
+    }
+
+    /// Whether there are none (before the cluster is initialised).
+    pub fn is_empty(&self) -> bool {
+        self.0.load().is_empty()
+    }
+
     fn set(&self, m: BTreeMap<NodeId, NodeAddr>) {
         if **self.0.load() != m {
             self.0.store(Arc::new(m));

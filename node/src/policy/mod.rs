@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use crate::auth::agent::Caller;
 
 pub mod approvals;
+pub mod limits;
 pub mod list;
 
 /// Why the registry's own controls or a policy refused.
@@ -93,14 +94,28 @@ pub fn subject_kind(method: &str) -> Option<Kind> {
     }
 }
 
-/// The node's governance: stateless but for what it learned of tools' annotations.
+/// The node's governance: what it learned of tools' annotations, and its rate-limit buckets.
 #[derive(Default)]
 pub struct Governance {
     /// Tool annotations seen in `tools/list` answers, by server, then tool.
     seen: RwLock<HashMap<String, Arc<HashMap<String, Action>>>>,
+    /// This node's share of every rate limit.
+    pub limiter: limits::Limiter,
+    /// The cluster's members (a rate limit is shared among them); none: a limit is this node's.
+    members: Option<Arc<crate::cluster::Members>>,
 }
 
 impl Governance {
+    /// Governance for a node of a cluster with these members.
+    pub fn new(members: Arc<crate::cluster::Members>) -> Governance {
+        Governance { members: Some(members), ..Default::default() }
+    }
+
+    /// How many members share a rate limit.
+    pub fn members(&self) -> usize {
+        self.members.as_ref().map(|m| m.len()).unwrap_or(1).max(1)
+    }
+
     /// Records what a server's tool list declares (called by the list filter).
     pub fn learn(&self, server: &str, tools: impl Iterator<Item = (String, Action)>) {
         let mut known: HashMap<String, Action> =

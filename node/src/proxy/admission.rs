@@ -77,6 +77,37 @@ impl Gate {
         let state = self.registry.load();
         self.lease.check(Instant::now()).map_err(|why| stale(&call, &why))?;
         let (server, grant) = checks(&self.gov, &call, &state)?;
+        // Rate limits count admissions only (a re-check of what is in flight takes nothing).
+        if !grant.constraints.rate_limits.is_empty() {
+            let name = call.target().unwrap_or_default();
+            let took = self.gov.limiter.take(
+                &grant.constraints.rate_limits,
+                &call.caller.name,
+                &server.name,
+                name,
+                self.gov.members(),
+                Instant::now(),
+            );
+            if let Err(l) = took {
+                metrics::counter!("joch_policy_rate_limited_total").increment(1);
+                let per = match l.per {
+                    joch_policy::RatePer::Agent => "agent",
+                    joch_policy::RatePer::Tool => "tool",
+                    joch_policy::RatePer::Server => "server",
+                };
+                let secs = l.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                return Err(call
+                    .deny(
+                        Reason::RateLimited,
+                        &l.rule,
+                        format!(
+                            "rate limit of policy rule {}: {} calls per minute per {per}, fleet-wide; try again in {secs} s",
+                            l.rule, l.per_minute
+                        ),
+                    )
+                    .with_retry_after(secs));
+            }
+        }
         for s in self.stages.iter() {
             s.on_request(&call, &server)?;
         }

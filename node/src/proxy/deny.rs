@@ -55,6 +55,8 @@ pub enum Reason {
     ApprovalRequired,
     /// The call is held for an approval and the caller did not wait (or went away): the id.
     ApprovalPending,
+    /// A policy's rate limit is used up for now.
+    RateLimited,
     /// An operator denied the held call.
     ApprovalDenied,
     /// No operator decided within the rule's approval timeout.
@@ -89,6 +91,7 @@ impl Reason {
             Reason::CapabilityNotExposed => -32016,
             Reason::ApprovalRequired => -32017,
             Reason::ConstraintViolated => -32019,
+            Reason::RateLimited => -32018,
             Reason::ApprovalPending => -32050,
             Reason::ApprovalDenied => -32051,
             Reason::ApprovalTimeout => -32052,
@@ -123,6 +126,7 @@ impl Reason {
             Reason::CapabilityNotExposed => "capability-not-exposed",
             Reason::ApprovalRequired => "approval-required",
             Reason::ConstraintViolated => "constraint-violated",
+            Reason::RateLimited => "rate-limited",
             Reason::ApprovalPending => "approval-pending",
             Reason::ApprovalDenied => "approval-denied",
             Reason::ApprovalTimeout => "approval-timeout",
@@ -156,6 +160,7 @@ impl Reason {
             | Reason::ApprovalPending
             | Reason::ApprovalDenied => StatusCode::FORBIDDEN,
             Reason::ApprovalTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -187,6 +192,8 @@ pub struct Extra {
     pub challenge: Option<String>,
     /// The policy decision that refused: `{policy, rule, decision, reason}` in `error.data.policy`.
     pub policy: Option<Value>,
+    /// Seconds after which the call may pass (`Retry-After`, and `error.data.retryAfter`).
+    pub retry_after: Option<u64>,
 }
 
 impl Denial {
@@ -215,6 +222,12 @@ impl Denial {
         self
     }
 
+    /// Says when to try again.
+    pub fn with_retry_after(mut self, secs: u64) -> Denial {
+        self.extra.get_or_insert_with(Default::default).retry_after = Some(secs);
+        self
+    }
+
     /// Names the policy decision that refused.
     pub fn with_policy(mut self, policy: Value) -> Denial {
         self.extra.get_or_insert_with(Default::default).policy = Some(policy);
@@ -228,6 +241,9 @@ impl Denial {
         if let Some(p) = self.extra.as_ref().and_then(|e| e.policy.as_ref()) {
             data["policy"] = p.clone();
         }
+        if let Some(s) = self.extra.as_ref().and_then(|e| e.retry_after) {
+            data["retryAfter"] = json!(s);
+        }
         jsonrpc::error(self.id.clone(), self.reason.code(), &self.message, Some(data))
     }
 }
@@ -239,6 +255,9 @@ impl IntoResponse for Denial {
         if matches!(self.reason, Reason::NodeOverloaded | Reason::ControlPlaneStale) {
             // Worth retrying (here, or on another node behind the balancer) in a moment.
             r.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        if let Some(s) = self.extra.as_ref().and_then(|e| e.retry_after) {
+            r.headers_mut().insert("retry-after", axum::http::HeaderValue::from(s));
         }
         if let Some(v) = self
             .extra
@@ -290,6 +309,7 @@ mod tests {
             Reason::ApprovalPending,
             Reason::ApprovalDenied,
             Reason::ApprovalTimeout,
+            Reason::RateLimited,
         ];
         let mut codes: Vec<i64> = all.iter().map(|r| r.code()).collect();
         codes.sort();

@@ -107,7 +107,7 @@ impl Proxy {
     pub fn new(node: NodeView, opts: Options) -> anyhow::Result<Arc<Self>> {
         let Options { limits, allow_anonymous, tls, keyring, stdio_allow, proposer } = opts;
         let approvals = Arc::new(crate::policy::approvals::Approvals::new(node.id, node.registry.clone(), proposer));
-        let gov = Arc::new(Governance::default());
+        let gov = Arc::new(Governance::new(node.members.clone()));
         let stages: Arc<[Arc<dyn Stage>]> = Arc::from(vec![
             Arc::new(ListFilter::new(gov.clone(), node.registry.clone())) as Arc<dyn Stage>,
             Arc::new(Telemetry) as Arc<dyn Stage>,

@@ -545,12 +545,14 @@ async def probe(server, calls, bases):
             out["prompts"] = sorted(p.name for p in (await client.list_prompts()).prompts)
         except MCPError as e:
             out["prompts"] = err(e)
+        out["sequence"] = []
         for name, args in calls:
             try:
                 r = await client.call_tool(name, args)
                 out["calls"][name] = r.content[0].text if r.content else ""
             except MCPError as e:
                 out["calls"][name] = err(e)
+            out["sequence"].append(out["calls"][name])
         out["protocol_version"] = client.session.protocol_version
     return out
 

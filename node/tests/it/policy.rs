@@ -411,3 +411,48 @@ spec:
     let e = c.cli(2, &["approvals", "approve", &late]).fails(1);
     assert!(e.contains("timed out before it was decided"), "{e}");
 }
+
+#[test]
+fn a_rate_limit_is_shared_among_the_members_and_says_when_to_retry() {
+    let c = TestCluster::up(3, &[]);
+    let up = FastMcp::start();
+    let f = write(
+        c.dir.path(),
+        "limited.yaml",
+        &format!(
+            r#"apiVersion: joch.dev/v1alpha1
+kind: MCPServer
+metadata: {{ name: github }}
+spec:
+  endpoint: {{ url: "{url}" }}
+---
+apiVersion: joch.dev/v1alpha1
+kind: Policy
+metadata: {{ name: quotas }}
+spec:
+  rules:
+    - id: six-a-minute
+      match: {{ tools: [add] }}
+      decision: ALLOW_WITH_CONSTRAINTS
+      constraints: {{ rate_limit: {{ per_minute: 6, per: agent }} }}
+"#,
+            url = up.url
+        ),
+    );
+    c.cli(1, &["apply", "-f", &f]).ok();
+    // Nine calls spread over the three nodes (a round-robin balancer): each node's share is
+    // two a minute, so six pass and three are refused with the rule and when to retry.
+    let calls: Vec<Value> = (0..9).map(|i| json!(["add", {"a": i, "b": 0}])).collect();
+    let r = probe(&c, "auto", &c.agent_token, "github", &json!(calls));
+    let seq = r["sequence"].as_array().unwrap();
+    let passed = seq.iter().filter(|x| x.is_string()).count();
+    let limited: Vec<&Value> = seq.iter().filter(|x| x["code"] == -32018).collect();
+    assert_eq!((passed, limited.len()), (6, 3), "{r}");
+    assert_eq!(limited[0]["data"]["reason"], "rate-limited");
+    assert_eq!(limited[0]["data"]["rule"], "quotas/six-a-minute");
+    assert_eq!(limited[0]["data"]["retryAfter"], 30, "{r}");
+    // Another agent has its own budget.
+    let other = c.cli(1, &["agent", "create", "other", "-o", "json"]).ok().json();
+    let r = probe(&c, "auto", other["token"].as_str().unwrap(), "github", &json!([["add", {"a": 1, "b": 1}]]));
+    assert_eq!(r["calls"]["add"], "2", "{r}");
+}
