@@ -12,6 +12,8 @@ use joch_policy::{RateLimit, RatePer};
 use parking_lot::Mutex;
 
 const SHARDS: usize = 16;
+/// The window `max_retries` counts identical calls in.
+pub const REPEAT_WINDOW: Duration = Duration::from_secs(600);
 /// Buckets kept per shard before idle, full ones are dropped.
 const MAX_PER_SHARD: usize = 4096;
 
@@ -62,31 +64,41 @@ impl Limiter {
                 RatePer::Server => server.to_string(),
             };
             let capacity = (l.per_minute as usize).div_ceil(members.max(1)).max(1) as f64;
-            let per_sec = capacity / 60.0;
-            let shard = {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                (&l.rule, &key).hash(&mut h);
-                h.finish() as usize % SHARDS
-            };
-            let mut map = self.shards[shard].lock();
-            if map.len() > MAX_PER_SHARD {
-                map.retain(|_, b| b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * per_sec < capacity);
-            }
-            let b = map.entry((l.rule.clone(), key)).or_insert(Bucket { tokens: capacity, last: now });
-            b.tokens = (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * per_sec).min(capacity);
-            b.last = now;
-            if b.tokens < 1.0 {
-                let wait = (1.0 - b.tokens) / per_sec;
-                return Err(Limited {
-                    rule: l.rule.clone(),
-                    per_minute: l.per_minute,
-                    per: l.per,
-                    retry_after: Duration::from_secs_f64(wait),
-                });
-            }
-            b.tokens -= 1.0;
+            self.take_one(&l.rule, key, capacity, capacity / 60.0, now).map_err(|retry_after| Limited {
+                rule: l.rule.clone(),
+                per_minute: l.per_minute,
+                per: l.per,
+                retry_after,
+            })?;
         }
+        Ok(())
+    }
+
+    /// `max_retries: N`: the same call (agent, tool, arguments: `call_key`) is admitted at most
+    /// N + 1 times per ten minutes on this node; `Err` says when it would be again.
+    pub fn take_repeat(&self, rule: &str, call_key: String, max_retries: u32, now: Instant) -> Result<(), Duration> {
+        let capacity = f64::from(max_retries) + 1.0;
+        self.take_one(rule, call_key, capacity, capacity / REPEAT_WINDOW.as_secs_f64(), now)
+    }
+
+    fn take_one(&self, rule: &str, key: String, capacity: f64, per_sec: f64, now: Instant) -> Result<(), Duration> {
+        let shard = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (rule, &key).hash(&mut h);
+            h.finish() as usize % SHARDS
+        };
+        let mut map = self.shards[shard].lock();
+        if map.len() > MAX_PER_SHARD {
+            map.retain(|_, b| b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * per_sec < capacity);
+        }
+        let b = map.entry((rule.to_string(), key)).or_insert(Bucket { tokens: capacity, last: now });
+        b.tokens = (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * per_sec).min(capacity);
+        b.last = now;
+        if b.tokens < 1.0 {
+            return Err(Duration::from_secs_f64((1.0 - b.tokens) / per_sec));
+        }
+        b.tokens -= 1.0;
         Ok(())
     }
 }
@@ -112,5 +124,10 @@ mod tests {
         assert!(l.take(&per_tool, "a", "s", "t", 3, t0).is_ok(), "at least one per node");
         assert!(l.take(&per_tool, "b", "s", "t", 3, t0).is_err(), "per tool, whoever calls");
         assert!(l.take(&per_tool, "b", "s", "u", 3, t0).is_ok());
+        // max_retries: 1 -> the same call twice per ten minutes.
+        assert!(l.take_repeat("p/w", "a|s.t|h".into(), 1, t0).is_ok());
+        assert!(l.take_repeat("p/w", "a|s.t|h".into(), 1, t0).is_ok());
+        assert_eq!(l.take_repeat("p/w", "a|s.t|h".into(), 1, t0).unwrap_err().as_secs(), 300);
+        assert!(l.take_repeat("p/w", "a|s.t|other".into(), 1, t0).is_ok(), "other arguments are another call");
     }
 }

@@ -77,7 +77,29 @@ impl Gate {
         let state = self.registry.load();
         self.lease.check(Instant::now()).map_err(|why| stale(&call, &why))?;
         let (server, grant) = checks(&self.gov, &call, &state)?;
-        // Rate limits count admissions only (a re-check of what is in flight takes nothing).
+        // Repeats of one call (max_retries), then rate limits: admissions only count (a re-check
+        // of what is in flight takes nothing).
+        if let (Some(n), Some(by)) = (grant.constraints.max_retries, grant.by.as_ref()) {
+            let rule = format!("{}/{}", by.policy, by.rule);
+            let hash = crate::policy::approvals::args_hash(&call_args(&call));
+            let hex: String = hash.iter().take(12).map(|b| format!("{b:02x}")).collect();
+            let key = format!("{}|{}.{}|{hex}", call.caller.name, server.name, call.target().unwrap_or_default());
+            if let Err(wait) = self.gov.limiter.take_repeat(&rule, key, n, Instant::now()) {
+                metrics::counter!("joch_policy_rate_limited_total").increment(1);
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                return Err(call
+                    .deny(
+                        Reason::RateLimited,
+                        &rule,
+                        format!(
+                            "the same call (same tool and arguments) was made {} times within {} minutes on this node; policy rule {rule} allows max_retries {n}; try again in {secs} s",
+                            n + 1,
+                            crate::policy::limits::REPEAT_WINDOW.as_secs() / 60
+                        ),
+                    )
+                    .with_retry_after(secs));
+            }
+        }
         if !grant.constraints.rate_limits.is_empty() {
             let name = call.target().unwrap_or_default();
             let took = self.gov.limiter.take(
@@ -570,5 +592,34 @@ mod tests {
         // A call of another method is not a capability call: no bounds.
         c.rpc = None;
         assert!(gate.admit(c).unwrap().grant().constraints.is_empty());
+    }
+
+    #[test]
+    fn max_retries_admits_the_same_call_n_plus_one_times() {
+        let st = state(vec![
+            http("a"),
+            Command::ApplyPolicy {
+                name: "loops".into(),
+                labels: Default::default(),
+                spec_json: r#"{"rules":[{"id":"once-more","decision":"ALLOW_WITH_CONSTRAINTS","constraints":{"max_retries":1}}]}"#.into(),
+            },
+        ]);
+        let gate = Gate::new(RegistryHandle::fixed(st), fresh_lease(), Default::default(), Arc::new([]));
+        let with_args = |args: &str| {
+            let body = bytes::Bytes::from(format!(
+                r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"t","arguments":{args}}}}}"#
+            ));
+            let crate::mcp::jsonrpc::Body::Single(msg) = crate::mcp::jsonrpc::parse(&body, 64).unwrap() else {
+                panic!()
+            };
+            let mut c = call("a", None);
+            c.rpc = Some(Arc::new(Rpc { msg, body }));
+            c
+        };
+        assert!(gate.admit(with_args(r#"{"x":1}"#)).is_ok());
+        assert!(gate.admit(with_args(r#"{"x":1}"#)).is_ok());
+        let d = gate.admit(with_args(r#"{"x":1}"#)).unwrap_err();
+        assert_eq!((d.reason, &*d.rule), (Reason::RateLimited, "loops/once-more"));
+        assert!(gate.admit(with_args(r#"{"x":2}"#)).is_ok(), "other arguments: another call");
     }
 }
