@@ -20,6 +20,7 @@ mod floor;
 mod loadgen;
 mod micro;
 mod plot;
+mod policy;
 mod procs;
 mod report;
 mod suite;
@@ -109,6 +110,20 @@ enum Cmd {
         /// Protocol era(s) to measure.
         #[arg(long, value_enum, default_value_t = EraArg::Both)]
         era: EraArg,
+        /// Policy rules loaded first (a synthetic, realistic set: see `policy-decision`); 0: none.
+        #[arg(long, default_value_t = 0)]
+        policy_rules: usize,
+        /// Where to write results (default bench/results/<date>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The policy decision alone: per-decision latency with N rules compiled.
+    PolicyDecision {
+        #[arg(long, default_value_t = 1000)]
+        rules: usize,
+        /// Measured decisions.
+        #[arg(long, default_value_t = 1_000_000)]
+        iterations: usize,
         /// Where to write results (default bench/results/<date>).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -180,9 +195,10 @@ async fn main() -> anyhow::Result<()> {
                 canned::serve(listen, addr_file).await
             }
         }
-        Cmd::ProxyLatency { joch, requests, warmup, era, out } => {
-            micro::proxy_latency(common::joch_bin(joch), requests, warmup, era, out).await
+        Cmd::ProxyLatency { joch, requests, warmup, era, policy_rules, out } => {
+            micro::proxy_latency(common::joch_bin(joch), requests, warmup, era, policy_rules, out).await
         }
+        Cmd::PolicyDecision { rules, iterations, out } => policy::decision(rules, iterations, out),
         Cmd::ClusterCore { joch, trials, up_trials, out } => micro::cluster_core(joch, trials, up_trials, out).await,
     }
 }

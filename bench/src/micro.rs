@@ -106,7 +106,7 @@ impl Caller {
         let status = r.status();
         let bytes = r.bytes().await?;
         let took = t.elapsed();
-        if !status.is_success() || !bytes.windows(4).any(|w| w == b"\"ok\"") {
+        if !status.is_success() || !bytes.windows(8).any(|w| w == b"\"result\"") {
             bail!("call {id} at {url}: {status} {}", String::from_utf8_lossy(&bytes));
         }
         Ok(took)
@@ -137,6 +137,7 @@ pub async fn proxy_latency(
     requests: usize,
     warmup: usize,
     era: EraArg,
+    policy_rules: usize,
     out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let version = run(&joch, &["--version"])?;
@@ -144,6 +145,12 @@ pub async fn proxy_latency(
     let upstream_url = format!("http://{upstream}/mcp");
     let (c, _) = Cluster::up(&joch)?;
     run_env(&joch, &["--server", &c.admin(1), "mcp", "add", "canned", "--endpoint", &upstream_url], &c.admin_env())?;
+    if policy_rules > 0 {
+        let f = tempfile::NamedTempFile::new()?;
+        std::fs::write(f.path(), crate::policy::manifests(policy_rules))?;
+        let path = f.path().display().to_string();
+        run_env(&joch, &["--server", &c.admin(1), "apply", "-f", &path], &c.admin_env())?;
+    }
     let mcp = |id: u64| {
         c.nodes.iter().find(|n| n["id"] == id).and_then(|n| n["mcp_url"].as_str()).unwrap_or_default().to_string()
     };
@@ -168,7 +175,7 @@ pub async fn proxy_latency(
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let result = json!({
         "benchmark": "proxy-latency", "date": date, "joch": joch.display().to_string(), "joch_version": version.trim(),
-        "machine": {"cores": cores}, "requests": requests, "warmup": warmup,
+        "machine": {"cores": cores}, "requests": requests, "warmup": warmup, "policy_rules": policy_rules,
         "eras": runs.iter().map(|r| json!({"era": r.name,
             "direct": stats_json(&r.direct), "via_one_node": stats_json(&r.one),
             "via_three_nodes_round_robin": stats_json(&r.rr),
@@ -180,7 +187,7 @@ pub async fn proxy_latency(
     let mut md = format!(
         "# proxy-latency ({date})\n\nBinary: `{}` ({})\n\nSequential `tools/call` on one keep-alive connection per \
          path, to a canned Rust MCP server (JSON answers); 3-node cluster on loopback; {cores} cores shared by client, \
-         nodes and upstream.\n",
+         nodes and upstream. Policy rules loaded: {policy_rules}.\n",
         joch.display(),
         version.trim(),
     );

@@ -53,6 +53,7 @@ impl PolicyError {
 
 /// What a rule (or a policy's default) decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Decision {
     /// Execute (and log the evidence).
     Allow,

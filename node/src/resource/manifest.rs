@@ -633,40 +633,7 @@ spec:
     }
 
     /// Seed 003's rule file, indented as YAML needs (the seed's text lost its indentation).
-    pub(crate) const SEED_003: &str = r#"version: v1
-rules:
-  - id: allow-read-approved-servers
-    match:
-      labels:
-        mcp.action: read
-        mcp.server: ["github", "jira", "snowflake", "slack"]
-    decision: ALLOW
-  - id: require-approval-production-write
-    match:
-      labels:
-        mcp.action: write
-        risk_tags: ["prod"]
-    decision: REQUIRE_APPROVAL
-    constraints:
-      max_runtime_sec: 60
-      max_retries: 1
-  - id: constrain-medium-risk
-    match:
-      labels:
-        mcp.action: write
-        risk_tags: ["non_prod"]
-    decision: ALLOW_WITH_CONSTRAINTS
-    constraints:
-      max_runtime_sec: 30
-      network_allowlist: ["api.github.com", "api.slack.com"]
-  - id: deny-unregistered-server
-    match:
-      labels:
-        mcp.server: "*"
-      mcp:
-        deny_servers_not_in: ["github", "jira", "snowflake", "slack"]
-    decision: DENY
-"#;
+    const SEED_003: &str = include_str!("../../../docs/examples/mcp-governance.yaml");
 
     #[test]
     fn seed_003_rule_file_applies_as_the_policy_named_after_it() {

@@ -27,60 +27,15 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     p.display().to_string()
 }
 
-/// Seed 003's rule file, indented as YAML needs (the seed's text lost its indentation).
-const SEED_003: &str = r#"version: v1
-rules:
-  - id: allow-read-approved-servers
-    match:
-      labels:
-        mcp.action: read
-        mcp.server: ["github", "jira", "snowflake", "slack"]
-    decision: ALLOW
-  - id: require-approval-production-write
-    match:
-      labels:
-        mcp.action: write
-        risk_tags: ["prod"]
-    decision: REQUIRE_APPROVAL
-    constraints:
-      max_runtime_sec: 60
-      max_retries: 1
-  - id: constrain-medium-risk
-    match:
-      labels:
-        mcp.action: write
-        risk_tags: ["non_prod"]
-    decision: ALLOW_WITH_CONSTRAINTS
-    constraints:
-      max_runtime_sec: 30
-      network_allowlist: ["api.github.com", "api.slack.com"]
-  - id: deny-unregistered-server
-    match:
-      labels:
-        mcp.server: "*"
-      mcp:
-        deny_servers_not_in: ["github", "jira", "snowflake", "slack"]
-    decision: DENY
-"#;
+/// Seed 003's rule file (docs/examples/mcp-governance.yaml: indented as YAML needs, the seed's
+/// text lost its indentation).
+const SEED_003: &str = include_str!("../../../docs/examples/mcp-governance.yaml");
 
-const SEED_000: &str = r#"apiVersion: joch.dev/v1alpha1
-kind: Policy
-metadata:
-  name: mcp-tool-safety
-spec:
-  appliesTo:
-    agents: { selector: { matchLabels: { env: prod } } }
-  rules:
-    - when:
-        mcpServer.trustScore: "<0.75"
-      action: { deny: true, reason: trust-score-too-low }
-    - when:
-        mcpServer.schemaDrift: true
-      action: { deny: true, reason: schema-drift-detected }
-    - when:
-        mcpResult.injectionScan.hit: true
-      action: { modify: redact, reason: prompt-injection-stripped }
-"#;
+/// Seed 000's Policy: the second document of docs/examples/github.yaml.
+fn seed_000() -> String {
+    let example = include_str!("../../../docs/examples/github.yaml");
+    example.split("\n---\n").nth(1).expect("the example's Policy").to_string()
+}
 
 fn servers(url: &str) -> String {
     // One real fastmcp upstream, registered under three names: github (prod, its `add` declared a
@@ -124,7 +79,7 @@ fn seed_policies_applied_as_written_decide_through_the_sdk_in_both_eras() {
     // Seed 002 names `mcp-tool-safety-policy`, seed 000 defines `mcp-tool-safety`: the user is
     // told, before anything is written.
     let wrong = servers(&up.url).replace("name: mcp-tool-safety", "name: mcp-tool-safety-policy");
-    let f = write(dir, "servers.yaml", &format!("{wrong}---\n{SEED_000}"));
+    let f = write(dir, "servers.yaml", &format!("{wrong}---\n{}", seed_000()));
     let e = c.cli(1, &["apply", "-f", &f]).fails(1);
     assert!(
         e.contains(&format!("{f}:11: spec.policies[0].name: MCPServer github: policy \"mcp-tool-safety-policy\" does not exist; did you mean \"mcp-tool-safety\"?")),
@@ -137,7 +92,7 @@ fn seed_policies_applied_as_written_decide_through_the_sdk_in_both_eras() {
     // As the seeds stand (seed 003's file has no header: it is the policy named after its file).
     let seed3 = write(dir, "mcp-governance.yaml", SEED_003);
     c.cli(2, &["apply", "-f", &seed3]).ok();
-    let f = write(dir, "servers.yaml", &format!("{}---\n{SEED_000}", servers(&up.url)));
+    let f = write(dir, "servers.yaml", &format!("{}---\n{}", servers(&up.url), seed_000()));
     c.cli(3, &["apply", "-f", &f]).ok();
     let ls = c.cli(1, &["policy", "ls", "-o", "json"]).ok().json();
     let names: Vec<&str> = ls.as_array().unwrap().iter().map(|p| p["metadata"]["name"].as_str().unwrap()).collect();
@@ -295,7 +250,7 @@ fn policy_test_checks_files_against_expected_decisions_offline() {
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(out.stdout.contains("FAIL") && out.stdout.contains("expected ALLOW"), "{}", out.stdout);
     // Seed 000 in CI: a prod agent on a low-trust server is denied with the rule's reason.
-    let s0 = write(dir.path(), "safety.yaml", SEED_000);
+    let s0 = write(dir.path(), "safety.yaml", &seed_000());
     let c0 = write(
         dir.path(),
         "c0.yaml",
