@@ -12,13 +12,15 @@ fn bases(c: &TestCluster) -> Vec<String> {
     c.nodes.iter().map(|n| n.mcp_url.clone()).collect()
 }
 
-/// What `agent_token` is shown and may do on `target` (`-`: the aggregate), in `mode`.
+/// What `agent_token` is shown and may do on `target` (`-`: the aggregate), in `mode`. The
+/// client prefers not to wait for approvals (`Prefer: respond-async`): a held call answers
+/// `approval-pending` at once.
 fn probe(c: &TestCluster, mode: &str, agent_token: &str, target: &str, calls: &Value) -> Value {
     let calls = calls.to_string();
     let mut args = vec!["probe".to_string(), target.to_string(), calls];
     args.extend(bases(c));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    c.sdk_env(mode, &argv, &[("JOCH_AGENT_TOKEN", Path::new(agent_token))])
+    c.sdk_env(mode, &argv, &[("JOCH_AGENT_TOKEN", Path::new(agent_token)), ("JOCH_PREFER", Path::new("respond-async"))])
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
@@ -103,12 +105,13 @@ fn seed_policies_applied_as_written_decide_through_the_sdk_in_both_eras() {
     let calls = json!([["add", {"a": 1, "b": 2}], ["slow", {"steps": 1}]]);
     for mode in ["legacy", "auto"] {
         // github: `add` reads (ALLOW by allow-read-approved-servers); `slow` writes on a prod
-        // server (REQUIRE_APPROVAL: listed, and refused until held calls exist).
+        // server (REQUIRE_APPROVAL: listed, and held for an approval; this client does not wait).
         let r = probe(&c, mode, &token, "github", &calls);
         assert_eq!(r["calls"]["add"], "3", "{mode}: {r}");
-        assert_eq!(r["calls"]["slow"]["code"], -32017, "{mode}: {r}");
-        assert_eq!(r["calls"]["slow"]["data"]["reason"], "approval-required");
+        assert_eq!(r["calls"]["slow"]["code"], -32050, "{mode}: {r}");
+        assert_eq!(r["calls"]["slow"]["data"]["reason"], "approval-pending");
         assert_eq!(r["calls"]["slow"]["data"]["policy"]["rule"], "require-approval-production-write");
+        assert!(r["calls"]["slow"]["data"]["policy"]["approval"].as_str().unwrap().starts_with("apr-"));
         assert!(r["tools"].as_array().unwrap().contains(&json!("slow")), "{mode}: held calls stay listed: {r}");
         assert_eq!(r["prompts"], json!(["review"]));
         // jira: a non-prod write is ALLOW_WITH_CONSTRAINTS, and its upstream (127.0.0.1) is not
