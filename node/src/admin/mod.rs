@@ -394,7 +394,15 @@ impl Registry for AdminApi {
                 .servers
                 .get(&r.server)
                 .ok_or_else(|| Status::not_found(format!("MCP server {:?} is not registered", r.server)))?;
-            let labels = match st.registry.access.agents.get(&r.agent) {
+            let registered = st.registry.access.agents.get(&r.agent);
+            let note = match (registered, r.labels.is_empty()) {
+                (None, true) => Some(format!(
+                    "agent {:?} is not registered with joch: decided with no labels (give an identity provider's agent its labels with --label)",
+                    r.agent
+                )),
+                _ => None,
+            };
+            let labels = match registered {
                 Some(a) if r.labels.is_empty() => a.labels.clone(),
                 _ => r.labels.into_iter().collect(),
             };
@@ -427,7 +435,10 @@ impl Registry for AdminApi {
                 args: Some(args.as_ref().unwrap_or(&serde_json::Value::Null)),
                 now_ms: crate::policy::list::now_ms(),
             };
-            let v = self.gov.explain(&st, &caller, rec, &subject);
+            let mut v = self.gov.explain(&st, &caller, rec, &subject);
+            if let Some(n) = note {
+                v["note"] = serde_json::Value::String(n);
+            }
             Ok(pb::ExplainReply { json: v.to_string(), read_index: st.applied_index })
         })
         .await

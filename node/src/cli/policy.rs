@@ -140,6 +140,9 @@ fn print_explanation(v: &Value) {
         Value::Null => "-".into(),
         other => other.to_string(),
     };
+    if let Some(n) = v["note"].as_str() {
+        println!("note:        {n}");
+    }
     println!("decision:    {}", s("decision"));
     println!("decided by:  {}", s("decidedBy"));
     println!("reason:      {}", s("reason"));
