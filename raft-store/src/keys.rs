@@ -53,6 +53,8 @@ pub const HISTORY_SWEPT: &[u8] = b"settings/history-swept";
 pub const SERVER_PREFIX: &[u8] = b"srv/";
 /// `state`: prefix of policy records.
 pub const POLICY_PREFIX: &[u8] = b"pol/";
+/// Prefix of virtual servers (`vsv/NAME`).
+pub const VIRTUAL_PREFIX: &[u8] = b"vsv/";
 /// Prefix of approval requests (`apr/ID`).
 pub const APPROVAL_PREFIX: &[u8] = b"apr/";
 /// The policies' epoch (bumped by every policy change; approvals are bound to it).
@@ -79,6 +81,11 @@ pub fn server_key(name: &str) -> Vec<u8> {
 /// Key of a policy record.
 pub fn policy_key(name: &str) -> Vec<u8> {
     [POLICY_PREFIX, name.as_bytes()].concat()
+}
+
+/// Key of a virtual server.
+pub fn virtual_key(name: &str) -> Vec<u8> {
+    [VIRTUAL_PREFIX, name.as_bytes()].concat()
 }
 
 /// Key of an approval request.

@@ -169,6 +169,9 @@ impl StateMachineStore {
         for (name, rec) in &self.registry.policies {
             self.put(b, CF_STATE, &keys::policy_key(name), rec.as_ref())?;
         }
+        for (name, v) in &self.registry.virtual_servers {
+            self.put(b, CF_STATE, &keys::virtual_key(name), v.as_ref())?;
+        }
         for (id, a) in &self.registry.approvals {
             self.put(b, CF_STATE, &keys::approval_key(id), a.as_ref())?;
         }
@@ -210,6 +213,9 @@ fn load_state(db: &DB) -> std::result::Result<LoadedState, StoreError> {
         } else if let Some(name) = k.strip_prefix(keys::POLICY_PREFIX) {
             let rec: PolicyRecord = dec(&k, &v)?;
             reg.policies.insert(String::from_utf8_lossy(name).into_owned(), Arc::new(rec));
+        } else if let Some(name) = k.strip_prefix(keys::VIRTUAL_PREFIX) {
+            let v: crate::model::registry::VirtualServerRecord = dec(&k, &v)?;
+            reg.virtual_servers.insert(String::from_utf8_lossy(name).into_owned(), Arc::new(v));
         } else if let Some(id) = k.strip_prefix(keys::APPROVAL_PREFIX) {
             let a: crate::model::approval::Approval = dec(&k, &v)?;
             reg.approvals.insert(String::from_utf8_lossy(id).into_owned(), Arc::new(a));
@@ -314,6 +320,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             match self.registry.policies.get(name) {
                 Some(rec) => self.put(&mut b, CF_STATE, &keys::policy_key(name), rec.as_ref())?,
                 None => b.delete_cf(&cf(&self.db, CF_STATE), keys::policy_key(name)),
+            }
+        }
+        for name in &touched.virtual_servers {
+            match self.registry.virtual_servers.get(name) {
+                Some(v) => self.put(&mut b, CF_STATE, &keys::virtual_key(name), v.as_ref())?,
+                None => b.delete_cf(&cf(&self.db, CF_STATE), keys::virtual_key(name)),
             }
         }
         for id in &touched.approvals {

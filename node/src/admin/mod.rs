@@ -444,6 +444,36 @@ impl Registry for AdminApi {
         .await
     }
 
+    async fn list_virtual_servers(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::VirtualServerList>, Status> {
+        let r = req.into_inner();
+        observe("ListVirtualServers", async {
+            let st = self.read(r.stale).await?;
+            let manifests_json = st
+                .registry
+                .virtual_servers
+                .values()
+                .map(|v| {
+                    serde_json::json!({"apiVersion": "joch.dev/v1alpha1", "kind": "VirtualServer",
+                        "metadata": {"name": v.name, "labels": v.labels}, "spec": v.spec,
+                        "status": {"endpoint": format!("/mcp/v/{}", v.name), "generation": v.generation,
+                            "updated": {"by": v.updated.actor, "atMs": v.updated.at_ms, "index": v.updated.index}}})
+                    .to_string()
+                })
+                .collect();
+            Ok(pb::VirtualServerList { manifests_json, read_index: st.applied_index })
+        })
+        .await
+    }
+
+    async fn delete_virtual_server(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let actor = actor(&req);
+        let name = req.into_inner().name;
+        observe("DeleteVirtualServer", self.write(&actor, Command::DeleteVirtualServer { name })).await
+    }
+
     async fn list_approvals(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ApprovalList>, Status> {
         let r = req.into_inner();
         observe("ListApprovals", async {

@@ -104,13 +104,23 @@ pub fn required_role(path: &str) -> Role {
     match (service, method) {
         (
             "Registry",
-            "GetServer" | "ListServers" | "GetPolicy" | "ListPolicies" | "ExplainPolicy" | "ListApprovals" | "History"
-            | "GetRetention",
+            "GetServer" | "ListServers" | "GetPolicy" | "ListPolicies" | "ExplainPolicy" | "ListApprovals"
+            | "ListVirtualServers" | "History" | "GetRetention",
         ) => Role::Viewer,
         (
             "Registry",
-            "Apply" | "AddServer" | "DeleteServer" | "Pin" | "Upgrade" | "Quarantine" | "Unquarantine" | "ApproveTool"
-            | "SetServerPolicy" | "DeletePolicy" | "DecideApproval",
+            "Apply"
+            | "AddServer"
+            | "DeleteServer"
+            | "Pin"
+            | "Upgrade"
+            | "Quarantine"
+            | "Unquarantine"
+            | "ApproveTool"
+            | "SetServerPolicy"
+            | "DeletePolicy"
+            | "DecideApproval"
+            | "DeleteVirtualServer",
         ) => Role::Operator,
         ("Cluster", "NodeInfo" | "Status") => Role::Viewer,
         ("Access", "WhoAmI" | "ListAgents" | "ListIdps") => Role::Viewer,

@@ -375,7 +375,8 @@ fn kind_of(kind: &str) -> anyhow::Result<&'static str> {
     match kind.to_lowercase().as_str() {
         "mcpserver" | "mcpservers" | "mcp" => Ok("mcpserver"),
         "policy" | "policies" => Ok("policy"),
-        other => anyhow::bail!("unknown resource kind {other:?}: expected mcpserver or policy"),
+        "virtualserver" | "virtualservers" | "vs" => Ok("virtualserver"),
+        other => anyhow::bail!("unknown resource kind {other:?}: expected mcpserver, policy or virtualserver"),
     }
 }
 
@@ -391,6 +392,12 @@ pub async fn describe(g: &Global, kind: &str, name: &str, stale: bool) -> anyhow
             })
             .await?;
             output::server_resource(&s)
+        }
+        "virtualserver" => {
+            let all = virtual_servers(&n, stale).await?;
+            all.into_iter()
+                .find(|v| v["metadata"]["name"] == name)
+                .ok_or_else(|| anyhow::anyhow!("virtual server {name:?} does not exist"))?
         }
         _ => {
             let c = n.registry.clone();
@@ -411,6 +418,38 @@ pub async fn get(g: &Global, kind: &str, stale: bool) -> anyhow::Result<ExitCode
     let mut n = client::node(g).await?;
     match kind_of(kind)? {
         "mcpserver" => list_servers(g, &mut n, stale).await,
+        "virtualserver" => {
+            let all = virtual_servers(&n, stale).await?;
+            if g.output != Format::Table {
+                output::data(g.output, &Value::Array(all));
+            } else {
+                let rows: Vec<Vec<String>> = all
+                    .iter()
+                    .map(|v| {
+                        let tools: Vec<String> = v["spec"]["tools"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|t| {
+                                let exposed = t["name"].as_str().or(t["tool"].as_str()).unwrap_or_default();
+                                format!(
+                                    "{exposed} ({}.{})",
+                                    t["server"].as_str().unwrap_or_default(),
+                                    t["tool"].as_str().unwrap_or_default()
+                                )
+                            })
+                            .collect();
+                        vec![
+                            v["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                            v["status"]["endpoint"].as_str().unwrap_or_default().to_string(),
+                            tools.join(", "),
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "ENDPOINT", "TOOLS"], &rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         _ => {
             let c = n.registry.clone();
             let list = settle(&n.url, || {
@@ -446,6 +485,16 @@ pub async fn get(g: &Global, kind: &str, stale: bool) -> anyhow::Result<ExitCode
     }
 }
 
+async fn virtual_servers(n: &client::Node, stale: bool) -> anyhow::Result<Vec<Value>> {
+    let c = n.registry.clone();
+    let list = settle(&n.url, || {
+        let mut c = c.clone();
+        async move { c.list_virtual_servers(req(pb::ListRequest { stale })).await }
+    })
+    .await?;
+    Ok(list.manifests_json.iter().filter_map(|j| serde_json::from_str(j).ok()).collect())
+}
+
 pub async fn delete(g: &Global, kind: &str, name: &str) -> anyhow::Result<ExitCode> {
     let mut n = client::node(g).await?;
     let url = n.url.clone();
@@ -453,6 +502,7 @@ pub async fn delete(g: &Global, kind: &str, name: &str) -> anyhow::Result<ExitCo
     let r = pb::NameRequest { name: name.into() };
     let reply = match kind {
         "mcpserver" => n.registry.delete_server(req(r)).await,
+        "virtualserver" => n.registry.delete_virtual_server(req(r)).await,
         _ => n.registry.delete_policy(req(r)).await,
     }
     .map_err(|s| status_err(&url, s))?

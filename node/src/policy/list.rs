@@ -1,7 +1,8 @@
 //! The list filter: `tools/list`, `prompts/list`, `resources/list` and
 //! `resources/templates/list` answers show only what the caller may use, decided by
-//! [`Governance::judge`] (the function that decides calls), on `/mcp/{server}` and on the
-//! aggregate `/mcp` (items named `server.tool`), in both eras, JSON or SSE. A filtered answer
+//! [`Governance::judge`] (the function that decides calls), on `/mcp/{server}`, on the
+//! aggregate `/mcp` (items named `server.tool`) and on virtual servers (`/mcp/v/NAME`, items
+//! under the names the virtual server gives them), in both eras, JSON or SSE. A filtered answer
 //! says how many items it hid (`result._meta["dev.joch/policy"].hidden`): never a silent empty
 //! list.
 
@@ -70,7 +71,11 @@ impl Stage for ListFilter {
         let (kind, field, method) = item_kind(key);
         let now = now_ms();
         let before = items.len();
-        if kind == Kind::Tool && !server.is_empty() {
+        // Several servers behind one endpoint: `/mcp` (items named `server.tool`) or a virtual
+        // server (`v/NAME`: items under the names it gives them).
+        let view = server.strip_prefix("v/").map(|v| state.registry.virtual_servers.get(v).cloned());
+        let merged = server.is_empty() || view.is_some();
+        if kind == Kind::Tool && !merged {
             let learned = items.iter().filter_map(|t| {
                 let name = t.get("name")?.as_str()?.to_string();
                 Some((name, Action::from_annotations(t.get("annotations"))))
@@ -78,19 +83,26 @@ impl Stage for ListFilter {
             self.gov.learn(server, learned);
         }
         items.retain(|item| {
-            let (member, name) = if server.is_empty() {
-                match member_item(key, item) {
+            let (member, name) = match &view {
+                Some(None) => return false,
+                Some(Some(vs)) => {
+                    let exposed = item.get(field).and_then(Value::as_str).unwrap_or_default();
+                    match vs.spec.resolve(exposed) {
+                        Some(t) if kind == Kind::Tool => (t.server.clone(), t.tool.clone()),
+                        _ => return false,
+                    }
+                }
+                None if server.is_empty() => match member_item(key, item) {
                     Some(x) => x,
                     None => return false,
-                }
-            } else {
-                match item.get(field).and_then(Value::as_str) {
+                },
+                None => match item.get(field).and_then(Value::as_str) {
                     Some(n) => (server.to_string(), n.to_string()),
                     None => return false,
-                }
+                },
             };
             let Some(rec) = state.registry.servers.get(&member) else { return false };
-            if server.is_empty() && kind == Kind::Tool {
+            if merged && kind == Kind::Tool {
                 self.gov
                     .learn(&member, std::iter::once((name.clone(), Action::from_annotations(item.get("annotations")))));
             }

@@ -24,6 +24,8 @@ use crate::mcp::envelope;
 use crate::mcp::jsonrpc::{self, Message};
 use crate::mcp::session::{Member, SessionToken};
 use crate::mcp::{sse, version};
+use joch_raft_store::model::registry::VirtualServerRecord;
+use joch_raft_store::model::resource::VirtualServerSpec;
 
 /// Longest a member may take to answer initialize or a list.
 const MEMBER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,7 +47,12 @@ pub(crate) fn list_key(method: &str) -> Option<&'static str> {
 
 /// Splits `server.name` (prompts, tools) or `joch+server:uri` (resources): the member, the
 /// routed parameter, and the member's own name for it.
-fn route(method: &str, m: &Message) -> Option<(String, &'static str, String)> {
+fn route(method: &str, m: &Message, view: Option<&VirtualServerSpec>) -> Option<(String, &'static str, String)> {
+    if let Some(v) = view {
+        // A virtual server exposes tools only, under the names it gives them.
+        let t = (method == "tools/call").then(|| v.resolve(m.params.name.as_deref()?)).flatten()?;
+        return Some((t.server.clone(), "name", t.tool.clone()));
+    }
     match method {
         "tools/call" | "prompts/get" => {
             let (s, n) = m.params.name.as_deref()?.split_once('.')?;
@@ -154,14 +161,46 @@ pub(crate) fn member_item(key: &str, item: &Value) -> Option<(String, String)> {
     }
 }
 
-/// The items of every member's list answer, renamed.
-fn merge(key: &str, answers: impl IntoIterator<Item = (String, Value)>) -> Vec<Value> {
+/// The items of every member's list answer, renamed (on a virtual server: its tools only, under
+/// its names and descriptions).
+fn merge(
+    key: &str,
+    answers: impl IntoIterator<Item = (String, Value)>,
+    view: Option<&VirtualServerSpec>,
+) -> Vec<Value> {
     let mut items = Vec::new();
     for (server, answer) in answers {
         let list = answer.get("result").and_then(|r| r.get(key)).and_then(Value::as_array).cloned().unwrap_or_default();
-        items.extend(list.into_iter().map(|item| rename(&server, key, item)));
+        match view {
+            None => items.extend(list.into_iter().map(|item| rename(&server, key, item))),
+            Some(_) if key != "tools" => {}
+            Some(v) => {
+                for mut item in list {
+                    let Some(t) = item.get("name").and_then(Value::as_str).and_then(|n| v.exposing(&server, n)) else {
+                        continue;
+                    };
+                    let (exposed, description) = (t.exposed().to_string(), t.description.clone());
+                    if let Some(obj) = item.as_object_mut() {
+                        obj.insert("name".into(), json!(exposed));
+                        if let Some(d) = description {
+                            obj.insert("description".into(), json!(d));
+                        }
+                    }
+                    items.push(item);
+                }
+            }
+        }
+    }
+    // A virtual server lists its tools in its own order.
+    if let Some(v) = view {
+        items.sort_by_key(|i| v.tools.iter().position(|t| Some(t.exposed()) == i.get("name").and_then(Value::as_str)));
     }
     items
+}
+
+/// The virtual server a call is to (`/mcp/v/NAME`), from the snapshot.
+fn view_of(call: &Call, state: &joch_raft_store::PublishedState) -> Option<Arc<VirtualServerRecord>> {
+    state.registry.virtual_servers.get(call.view()?).cloned()
 }
 
 fn ok_error(id: Value, code: i64, message: &str) -> Answer {
@@ -172,13 +211,22 @@ impl Proxy {
     /// Admits `call` to each member the registry has now (the ones that pass), for lists and
     /// listens of the modern era.
     fn admit_every_server(&self, call: &Call) -> Vec<Admitted> {
-        let state = self.gate.state();
-        state
-            .registry
-            .servers
-            .keys()
+        self.member_names(call)
+            .iter()
             .filter_map(|name| self.gate.admit(call.for_member(name, call.rpc.clone())).ok())
             .collect()
+    }
+
+    /// The servers behind `/mcp` (every registered one) or behind a virtual server (those it
+    /// draws on that are registered).
+    fn member_names(&self, call: &Call) -> Vec<String> {
+        let state = self.gate.state();
+        match call.view() {
+            None => state.registry.servers.keys().cloned().collect(),
+            Some(_) => view_of(call, &state)
+                .map(|v| v.spec.servers().into_iter().filter(|s| state.registry.servers.contains_key(s)).collect())
+                .unwrap_or_default(),
+        }
     }
 
     /// POSTs a message to a member's HTTP upstream, in the member's own session.
@@ -224,11 +272,8 @@ impl Proxy {
         let protocol_version =
             super::session::requested_version(call).unwrap_or_else(|| version::LEGACY[0].to_string());
         let members: Vec<Admitted> = self
-            .gate
-            .state()
-            .registry
-            .servers
-            .keys()
+            .member_names(call)
+            .iter()
             .filter_map(|name| self.gate.admit(call.for_member(name, None)).ok())
             .collect();
         let pv: &str = &protocol_version;
@@ -411,13 +456,20 @@ impl Proxy {
                 }
             });
             let answers = futures::future::join_all(fetches).await.into_iter().flatten();
-            return Answer::Message(jsonrpc::result(id, json!({ key: merge(key, answers) }))).into();
+            let view = view_of(call, &self.gate.state());
+            let items = merge(key, answers, view.as_ref().map(|v| &v.spec));
+            return Answer::Message(jsonrpc::result(id, json!({ key: items }))).into();
         }
-        let Some((server, field, inner)) = route(&method, &rpc.msg) else {
+        let view = view_of(call, &self.gate.state());
+        let Some((server, field, inner)) = route(&method, &rpc.msg, view.as_ref().map(|v| &v.spec)) else {
             return ok_error(
                 id,
                 jsonrpc::METHOD_NOT_FOUND,
-                &format!("{method} is not available on the aggregate endpoint (names are SERVER.NAME)"),
+                &if call.view().is_some() {
+                    format!("{method} is not available on a virtual server (it exposes its tools only, by the names it lists)")
+                } else {
+                    format!("{method} is not available on the aggregate endpoint (names are SERVER.NAME)")
+                },
             )
             .into();
         };
@@ -536,17 +588,24 @@ impl Proxy {
                 }
             });
             let answers = futures::future::join_all(fetches).await.into_iter().flatten();
-            let result = envelope::modernize(&method, json!({ key: merge(key, answers) }), &joch_info);
+            let view = view_of(call, &self.gate.state());
+            let items = merge(key, answers, view.as_ref().map(|v| &v.spec));
+            let result = envelope::modernize(&method, json!({ key: items }), &joch_info);
             return Answer::Message(jsonrpc::result(id, result)).into();
         }
         if method == "subscriptions/listen" {
             return self.aggregate_listen(call, msg).await.into();
         }
-        let Some((server, field, inner)) = route(&method, &rpc.msg) else {
+        let view = view_of(call, &self.gate.state());
+        let Some((server, field, inner)) = route(&method, &rpc.msg, view.as_ref().map(|v| &v.spec)) else {
             return ok_error(
                 id,
                 jsonrpc::METHOD_NOT_FOUND,
-                &format!("{method} is not available on the aggregate endpoint (names are SERVER.NAME)"),
+                &if call.view().is_some() {
+                    format!("{method} is not available on a virtual server (it exposes its tools only, by the names it lists)")
+                } else {
+                    format!("{method} is not available on the aggregate endpoint (names are SERVER.NAME)")
+                },
             )
             .into();
         };
@@ -675,15 +734,35 @@ mod tests {
         assert_eq!(rename("x", "tools", json!(5)), json!(5), "a non-object item is left alone");
         let call = |name: &str| msg(json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name": name}}));
         assert_eq!(
-            route("tools/call", &call("github.search_issues")),
+            route("tools/call", &call("github.search_issues"), None),
             Some(("github".into(), "name", "search_issues".into()))
         );
-        assert_eq!(route("tools/call", &call("github.a.b")), Some(("github".into(), "name", "a.b".into())));
+        assert_eq!(route("tools/call", &call("github.a.b"), None), Some(("github".into(), "name", "a.b".into())));
         let read =
             msg(json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"joch+docs:file:///a/b.md"}}));
-        assert_eq!(route("resources/read", &read), Some(("docs".into(), "uri", "file:///a/b.md".into())));
-        assert_eq!(route("tools/call", &call("nodot")), None);
+        assert_eq!(route("resources/read", &read, None), Some(("docs".into(), "uri", "file:///a/b.md".into())));
+        assert_eq!(route("tools/call", &call("nodot"), None), None);
         let plain = msg(json!({"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///x"}}));
-        assert_eq!(route("resources/read", &plain), None);
+        assert_eq!(route("resources/read", &plain, None), None);
+        // A virtual server: its names, its tools only.
+        let vs: VirtualServerSpec = serde_json::from_value(json!({"tools": [
+            {"server": "github", "tool": "search_issues", "name": "find", "description": "Find issues"},
+            {"server": "jira", "tool": "search_issues"}]}))
+        .unwrap();
+        assert_eq!(
+            route("tools/call", &call("find"), Some(&vs)),
+            Some(("github".into(), "name", "search_issues".into()))
+        );
+        assert_eq!(route("tools/call", &call("github.search_issues"), Some(&vs)), None);
+        assert_eq!(route("resources/read", &read, Some(&vs)), None);
+        let answers = vec![
+            ("jira".to_string(), json!({"result": {"tools": [{"name": "search_issues"}, {"name": "delete"}]}})),
+            ("github".to_string(), json!({"result": {"tools": [{"name": "search_issues", "description": "x"}]}})),
+        ];
+        assert_eq!(
+            merge("tools", answers.clone(), Some(&vs)),
+            vec![json!({"name": "find", "description": "Find issues"}), json!({"name": "search_issues"})]
+        );
+        assert!(merge("prompts", answers, Some(&vs)).is_empty());
     }
 }

@@ -37,9 +37,10 @@ impl Inbound {
         self.header("mcp-session-id")
     }
 
-    /// On the aggregate endpoint.
+    /// On the aggregate endpoint, or a virtual server's (`v/NAME`): several servers behind one
+    /// session.
     pub fn aggregate(&self) -> bool {
-        self.server.is_empty()
+        self.server.is_empty() || self.server.starts_with("v/")
     }
 }
 
@@ -81,6 +82,11 @@ impl Rpc {
 }
 
 impl Call {
+    /// The virtual server called (`/mcp/v/NAME`: `server` is `v/NAME` until a member is chosen).
+    pub fn view(&self) -> Option<&str> {
+        self.server.strip_prefix("v/")
+    }
+
     /// The JSON-RPC method, if any.
     pub fn method(&self) -> Option<&str> {
         self.rpc.as_ref().and_then(|r| r.msg.method.as_deref())

@@ -35,6 +35,7 @@ impl Proxy {
             .route("/.well-known/oauth-protected-resource/{*resource}", get(resource_metadata))
             .route("/mcp/{server}", post(server_route).get(server_route).delete(server_route))
             .route("/mcp", post(aggregate_route).get(aggregate_route).delete(aggregate_route))
+            .route("/mcp/v/{name}", post(virtual_route).get(virtual_route).delete(virtual_route))
             .layer(axum::middleware::from_fn_with_state(self.clone(), read_body))
             .layer(axum::middleware::from_fn_with_state(self.clone(), concurrency))
             .layer(DefaultBodyLimit::max(limit))
@@ -90,7 +91,18 @@ impl Proxy {
     /// A request to a server that is not registered is answered 404 before anything else about
     /// it is settled (a session, a handshake): the client learns what is wrong at once.
     fn registered(&self, call: &Call) -> Result<(), Denial> {
-        if call.server.is_empty() || self.node.registry.load().registry.servers.contains_key(&call.server) {
+        let reg = &self.node.registry.load().registry;
+        if let Some(v) = call.view() {
+            if reg.virtual_servers.contains_key(v) {
+                return Ok(());
+            }
+            return Err(call.deny(
+                Reason::ServerNotRegistered,
+                "registry.registered",
+                format!("virtual server {v:?} does not exist"),
+            ));
+        }
+        if call.server.is_empty() || reg.servers.contains_key(&call.server) {
             return Ok(());
         }
         Err(call.deny(
@@ -157,6 +169,11 @@ impl Proxy {
         let initialize = m.method.as_deref() == Some("initialize");
         call.rpc = Some(Arc::new(Rpc { msg: m, body: inb.body.clone() }));
         if modern {
+            if call.view().is_some() {
+                if let Err(d) = self.registered(call) {
+                    return d.into();
+                }
+            }
             return match inb.aggregate() {
                 true => self.aggregate_modern(call, inb).await,
                 false => self.modern(call, inb).await,
@@ -267,6 +284,16 @@ async fn server_route(
     body: Bytes,
 ) -> Response {
     p.serve(Inbound { server, http_method: http_method(&method), headers, body }).await
+}
+
+async fn virtual_route(
+    State(p): State<Arc<Proxy>>,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    p.serve(Inbound { server: format!("v/{name}"), http_method: http_method(&method), headers, body }).await
 }
 
 async fn aggregate_route(State(p): State<Arc<Proxy>>, method: Method, headers: HeaderMap, body: Bytes) -> Response {

@@ -32,6 +32,15 @@ pub enum Manifest {
         /// spec, as canonical JSON (sorted keys)
         spec_json: String,
     },
+    /// `kind: VirtualServer`.
+    VirtualServer {
+        /// metadata.name
+        name: String,
+        /// metadata.labels
+        labels: BTreeMap<String, String>,
+        /// spec
+        spec: joch_raft_store::model::resource::VirtualServerSpec,
+    },
     /// `kind: Secret`: values in the clear, sealed by the node that applies it (see
     /// [`Manifest::into_command`]); never logged.
     Secret {
@@ -59,13 +68,17 @@ impl Manifest {
             Manifest::McpServer { .. } => "MCPServer",
             Manifest::Policy { .. } => "Policy",
             Manifest::Secret { .. } => "Secret",
+            Manifest::VirtualServer { .. } => "VirtualServer",
         }
     }
 
     /// metadata.name.
     pub fn name(&self) -> &str {
         match self {
-            Manifest::McpServer { name, .. } | Manifest::Policy { name, .. } | Manifest::Secret { name, .. } => name,
+            Manifest::McpServer { name, .. }
+            | Manifest::Policy { name, .. }
+            | Manifest::Secret { name, .. }
+            | Manifest::VirtualServer { name, .. } => name,
         }
     }
 
@@ -79,6 +92,7 @@ impl Manifest {
             Manifest::McpServer { name, labels, spec } => Command::UpsertServer { name, labels, spec: *spec },
             Manifest::Policy { name, labels, spec_json } => Command::ApplyPolicy { name, labels, spec_json },
             Manifest::Secret { name, data } => return seal(&name, &data.0),
+            Manifest::VirtualServer { name, labels, spec } => Command::ApplyVirtualServer { name, labels, spec },
         })
     }
 }
@@ -168,6 +182,18 @@ struct SecretDoc {
 /// A secret's keys: letters, digits, '-', '_' and '.'.
 pub fn valid_secret_key(k: &str) -> bool {
     !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct VirtualServerDoc {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    spec: joch_raft_store::model::resource::VirtualServerSpec,
+    #[serde(default)]
+    status: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Deserialize)]
@@ -355,6 +381,7 @@ pub fn resolve_policies(
         Manifest::Secret { .. } => 0,
         Manifest::Policy { .. } => 1,
         Manifest::McpServer { .. } => 2,
+        Manifest::VirtualServer { .. } => 3,
     });
     if errors.is_empty() {
         Ok(())
@@ -468,12 +495,18 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Manifest>, Vec<ManifestErro
                 }
                 (Manifest::Secret { name: d.metadata.name, data: SecretData(data) }, problems)
             }),
+            "VirtualServer" => serde_yaml_ng::from_str::<VirtualServerDoc>(doc.text).map(|d| {
+                (Manifest::VirtualServer { name: d.metadata.name, labels: d.metadata.labels, spec: d.spec }, Vec::new())
+            }),
             "" => {
-                errors.push(at("kind", "required (MCPServer, Policy or Secret)".into()));
+                errors.push(at("kind", "required (MCPServer, Policy, Secret or VirtualServer)".into()));
                 continue;
             }
             other => {
-                errors.push(at("kind", format!("unknown kind {other:?}: expected MCPServer, Policy or Secret")));
+                errors.push(at(
+                    "kind",
+                    format!("unknown kind {other:?}: expected MCPServer, Policy, Secret or VirtualServer"),
+                ));
                 continue;
             }
         };
@@ -619,7 +652,10 @@ spec:
         let errs = parse("x", "apiVersion: v1\nkind: MCPServer\n").unwrap_err();
         assert_eq!(errs[0].to_string(), "x:1: apiVersion: expected joch.dev/v1alpha1, got \"v1\"");
         let errs = parse("x", "apiVersion: joch.dev/v1alpha1\nkind: Pod\n").unwrap_err();
-        assert_eq!(errs[0].to_string(), "x:2: kind: unknown kind \"Pod\": expected MCPServer, Policy or Secret");
+        assert_eq!(
+            errs[0].to_string(),
+            "x:2: kind: unknown kind \"Pod\": expected MCPServer, Policy, Secret or VirtualServer"
+        );
         let errs = parse("x", &SEED_002.replace("name: github", "name: GitHub.com")).unwrap_err();
         assert!(errs[0].to_string().starts_with("x:4: metadata.name: invalid name \"GitHub.com\""), "{}", errs[0]);
         let errs = parse("x", "# nothing\n").unwrap_err();

@@ -540,6 +540,7 @@ async def probe(server, calls, bases):
     async with client:
         listed = await client.list_tools()
         out["tools"] = sorted(t.name for t in listed.tools)
+        out["descriptions"] = {t.name: t.description for t in listed.tools}
         out["tools_meta"] = (listed.meta or {}).get("dev.joch/policy") if hasattr(listed, "meta") else None
         try:
             out["prompts"] = sorted(p.name for p in (await client.list_prompts()).prompts)

@@ -414,3 +414,70 @@ spec:
     let r = probe(&c, "auto", other["token"].as_str().unwrap(), "github", &json!([["add", {"a": 1, "b": 1}]]));
     assert_eq!(r["calls"]["add"], "2", "{r}");
 }
+
+#[test]
+fn a_virtual_server_exposes_only_its_tools_renamed_and_governed_by_the_same_policies() {
+    let c = TestCluster::up(2, &[]);
+    let up = FastMcp::start();
+    let f = write(
+        c.dir.path(),
+        "virtual.yaml",
+        &format!(
+            r#"apiVersion: joch.dev/v1alpha1
+kind: MCPServer
+metadata: {{ name: github }}
+spec:
+  endpoint: {{ url: "{url}" }}
+---
+apiVersion: joch.dev/v1alpha1
+kind: MCPServer
+metadata: {{ name: jira }}
+spec:
+  endpoint: {{ url: "{url}" }}
+---
+apiVersion: joch.dev/v1alpha1
+kind: VirtualServer
+metadata: {{ name: support }}
+spec:
+  tools:
+    - {{ server: github, tool: add, name: sum, description: "Adds two numbers for support" }}
+    - {{ server: jira, tool: slow }}
+    - {{ server: jira, tool: getenv }}
+"#,
+            url = up.url
+        ),
+    );
+    c.cli(1, &["apply", "-f", &f]).ok();
+    let ls = c.cli(2, &["get", "virtualservers", "-o", "json"]).ok().json();
+    assert_eq!(ls[0]["status"]["endpoint"], "/mcp/v/support", "{ls}");
+    // Governed by the same policies: jira's getenv is denied, so it is hidden here too.
+    let deny = write(
+        c.dir.path(),
+        "deny.yaml",
+        "apiVersion: joch.dev/v1alpha1\nkind: Policy\nmetadata: { name: no-env }\nspec:\n  rules:\n    - id: no-getenv\n      match: { tools: [getenv] }\n      decision: DENY\n",
+    );
+    c.cli(1, &["apply", "-f", &deny]).ok();
+    let calls = json!([["sum", {"a": 2, "b": 3}], ["slow", {"steps": 1}], ["add", {"a": 1, "b": 1}], ["getenv", {"name": "HOME"}]]);
+    for mode in ["legacy", "auto"] {
+        let r = probe(&c, mode, &c.agent_token, "v/support", &calls);
+        assert_eq!(r["tools"], json!(["slow", "sum"]), "{mode}: {r}");
+        assert_eq!(r["descriptions"]["sum"], "Adds two numbers for support", "{mode}: {r}");
+        assert_eq!(r["prompts"], json!([]), "{mode}: tools only: {r}");
+        assert_eq!(r["calls"]["sum"], "5", "{mode}: {r}");
+        assert_eq!(r["calls"]["slow"], "done 1", "{mode}: {r}");
+        assert_eq!(r["calls"]["add"]["code"], -32601, "{mode}: not exposed under its own name: {r}");
+        assert_eq!(r["calls"]["getenv"]["code"], -32013, "{mode}: {r}");
+        assert_eq!(r["calls"]["getenv"]["data"]["server"], "jira");
+    }
+    // An unknown virtual server is a 404 naming it; a deleted one stops serving.
+    let missing = crate::harness::http(
+        "POST",
+        &format!("{}/mcp/v/nope", c.node(1).mcp_url),
+        &[c.auth(), ("content-type", "application/json"), ("accept", "application/json, text/event-stream")],
+        br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+    );
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.contains(r#"virtual server \"nope\" does not exist"#), "{}", missing.body);
+    c.cli(2, &["delete", "virtualserver", "support"]).ok();
+    assert!(c.cli(1, &["get", "virtualservers", "-o", "json"]).ok().json().as_array().unwrap().is_empty());
+}

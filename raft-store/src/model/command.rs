@@ -79,6 +79,10 @@ pub enum Command {
     /// Adds a session-sealing key: new ids are sealed with it; ids sealed with older keys still open
     /// until they expire.
     AddSessionKey { key: [u8; 32] },
+    /// Create or replace a VirtualServer.
+    ApplyVirtualServer { name: String, labels: BTreeMap<String, String>, spec: super::resource::VirtualServerSpec },
+    /// Remove a VirtualServer.
+    DeleteVirtualServer { name: String },
     /// A node holds a call a policy requires approval for.
     RequestApproval {
         id: String,
@@ -106,6 +110,7 @@ impl Command {
     pub fn fleet_acknowledged(&self) -> bool {
         match self {
             Command::RequestApproval { .. } | Command::UseApproval { .. } => false,
+            Command::ApplyVirtualServer { .. } | Command::DeleteVirtualServer { .. } => true,
             // The holding node learns the decision by applying it.
             Command::DecideApproval { .. } => true,
             Command::CreateServer { .. }
@@ -161,6 +166,8 @@ impl Command {
             Command::DeleteSecret { .. } => "delete_secret",
             Command::ResealSecrets { .. } => "reseal_secrets",
             Command::AddSessionKey { .. } => "add_session_key",
+            Command::ApplyVirtualServer { .. } => "apply_virtual_server",
+            Command::DeleteVirtualServer { .. } => "delete_virtual_server",
             Command::RequestApproval { .. } => "request_approval",
             Command::DecideApproval { .. } => "decide_approval",
             Command::UseApproval { .. } => "use_approval",

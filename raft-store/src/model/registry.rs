@@ -104,6 +104,23 @@ pub struct PolicyRecord {
     pub generation: u64,
 }
 
+/// A VirtualServer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct VirtualServerRecord {
+    /// Its name (`/mcp/v/NAME`).
+    pub name: String,
+    /// Labels from metadata.
+    pub labels: BTreeMap<String, String>,
+    /// What it exposes.
+    pub spec: super::resource::VirtualServerSpec,
+    /// When it was first applied.
+    pub created: Stamp,
+    /// Last change.
+    pub updated: Stamp,
+    /// Bumped on every change.
+    pub generation: u64,
+}
+
 /// One line of a resource's change history.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ChangeRecord {
@@ -219,6 +236,8 @@ pub struct Registry {
     pub access: Arc<Access>,
     /// Command time of the last sweep of every history.
     pub history_swept_ms: u64,
+    /// Virtual servers by name.
+    pub virtual_servers: OrdMap<String, Arc<VirtualServerRecord>>,
     /// Approval requests by id (dropped a week after they were requested).
     pub approvals: OrdMap<String, Arc<Approval>>,
     /// Bumped by every policy change; approvals are bound to it.
@@ -281,6 +300,8 @@ pub struct Touched {
     pub access: bool,
     /// Approvals written (or deleted if absent).
     pub approvals: Vec<String>,
+    /// Virtual servers written (or deleted if absent).
+    pub virtual_servers: Vec<String>,
     /// The policies' epoch changed.
     pub policy_epoch: bool,
 }
@@ -309,6 +330,47 @@ impl Registry {
             by_name.insert(name.clone(), Arc::new(p));
         }
         self.compiled = CompiledPolicies { set: Arc::new(PolicySet::new(by_name.values().cloned())), by_name };
+    }
+
+    /// A virtual server names registered servers and exposes each name once.
+    fn check_virtual(&self, spec: &super::resource::VirtualServerSpec) -> Result<(), ApplyError> {
+        let mut problems = Vec::new();
+        if spec.tools.is_empty() {
+            problems.push(FieldError {
+                field: "spec.tools".into(),
+                message: "a virtual server exposes at least one tool".into(),
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for (i, t) in spec.tools.iter().enumerate() {
+            if !self.servers.contains_key(&t.server) {
+                problems.push(FieldError {
+                    field: format!("spec.tools[{i}].server"),
+                    message: format!("MCP server {:?} is not registered", t.server),
+                });
+            }
+            if t.tool.is_empty() {
+                problems.push(FieldError { field: format!("spec.tools[{i}].tool"), message: "required".into() });
+            }
+            let exposed = t.exposed();
+            if exposed.is_empty() || !exposed.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                problems.push(FieldError {
+                    field: format!("spec.tools[{i}].name"),
+                    message: format!("invalid tool name {exposed:?}: letters, digits, '-', '_', '.'"),
+                });
+            }
+            if !seen.insert(exposed.to_string()) {
+                problems.push(FieldError {
+                    field: format!("spec.tools[{i}].name"),
+                    message: format!("{exposed:?} is exposed twice (rename one with name:)"),
+                });
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyError::Invalid(problems))
+        }
     }
 
     /// Every policy a server's `spec.policies` names must exist.
@@ -551,6 +613,42 @@ impl Registry {
                 let (target, applied) = self.apply_access(&req.command, &stamp)?;
                 touched.access = true;
                 (target, applied)
+            }
+            Command::ApplyVirtualServer { name, labels, spec } => {
+                check_name("metadata.name", name).map_err(invalid)?;
+                self.check_virtual(spec)?;
+                let applied = match self.virtual_servers.get(name) {
+                    Some(old) if old.spec == *spec && old.labels == *labels => unchanged("applied; no change"),
+                    old => {
+                        let generation = old.map(|o| o.generation + 1).unwrap_or(1);
+                        let created = old.map(|o| o.created.clone()).unwrap_or_else(|| stamp.clone());
+                        self.virtual_servers.insert(
+                            name.clone(),
+                            Arc::new(VirtualServerRecord {
+                                name: name.clone(),
+                                labels: labels.clone(),
+                                spec: spec.clone(),
+                                created,
+                                updated: stamp.clone(),
+                                generation,
+                            }),
+                        );
+                        changed(format!("virtual server with {} tools (generation {generation})", spec.tools.len()))
+                    }
+                };
+                touched.virtual_servers.push(name.clone());
+                (format!("virtualserver/{name}"), applied)
+            }
+            Command::DeleteVirtualServer { name } => {
+                if self.virtual_servers.remove(name).is_none() {
+                    return Err(ApplyError::Access {
+                        kind: "virtual server".into(),
+                        name: name.clone(),
+                        exists: false,
+                    });
+                }
+                touched.virtual_servers.push(name.clone());
+                (format!("virtualserver/{name}"), changed("virtual server deleted".into()))
             }
             Command::RequestApproval { id, agent, server, kind, name, args_sha256, policy, rule, node, timeout_ms } => {
                 if self.approvals.contains_key(id) {
@@ -1257,5 +1355,41 @@ mod tests {
         assert_eq!(reg.policy_epoch, epoch + 1);
         assert!(at(&mut reg, 13, 2100, use_it("c")).unwrap_err().to_string().contains("policies that changed"));
         assert!(!reg.approvals["c"].matches("bot", "github", "tool", "create_issue", &[7; 32], reg.policy_epoch));
+    }
+
+    #[test]
+    fn a_virtual_server_names_registered_servers_and_each_name_once() {
+        use crate::model::resource::{VirtualServerSpec, VirtualTool};
+        let mut reg = Registry::default();
+        apply(
+            &mut reg,
+            1,
+            Command::CreateServer { name: "gh".into(), labels: Default::default(), spec: spec("https://e.example/") },
+        )
+        .unwrap();
+        let tool = |server: &str, tool: &str, name: Option<&str>| VirtualTool {
+            server: server.into(),
+            tool: tool.into(),
+            name: name.map(str::to_string),
+            description: None,
+        };
+        let vs = |tools| Command::ApplyVirtualServer {
+            name: "support".into(),
+            labels: Default::default(),
+            spec: VirtualServerSpec { tools },
+        };
+        let Err(ApplyError::Invalid(e)) =
+            apply(&mut reg, 2, vs(vec![tool("gh", "a", None), tool("nope", "a", None), tool("gh", "b", Some("a"))]))
+        else {
+            panic!()
+        };
+        let fields: Vec<&str> = e.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["spec.tools[1].server", "spec.tools[1].name", "spec.tools[2].name"]);
+        assert!(apply(&mut reg, 3, vs(vec![])).is_err(), "at least one tool");
+        assert!(apply(&mut reg, 4, vs(vec![tool("gh", "a", Some("find"))])).unwrap().changed);
+        assert!(!apply(&mut reg, 5, vs(vec![tool("gh", "a", Some("find"))])).unwrap().changed, "idempotent");
+        assert_eq!(reg.virtual_servers["support"].spec.resolve("find").map(|t| t.tool.as_str()), Some("a"));
+        apply(&mut reg, 6, Command::DeleteVirtualServer { name: "support".into() }).unwrap();
+        assert!(reg.virtual_servers.is_empty());
     }
 }

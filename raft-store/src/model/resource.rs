@@ -48,6 +48,61 @@ pub struct McpServerSpec {
     pub tools: BTreeMap<String, ToolSettings>,
 }
 
+/// `spec` of a VirtualServer: a named endpoint (`/mcp/v/NAME`) exposing chosen tools of several
+/// servers, optionally renamed and described anew. Governed like the servers' own tools.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualServerSpec {
+    /// The tools it exposes.
+    pub tools: Vec<VirtualTool>,
+}
+
+/// One tool of a virtual server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualTool {
+    /// The MCP server it comes from.
+    pub server: String,
+    /// Its name on that server.
+    pub tool: String,
+    /// The name callers see (default: `tool`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The description callers see (default: the server's own).
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+impl VirtualTool {
+    /// The name callers see.
+    pub fn exposed(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.tool)
+    }
+}
+
+impl VirtualServerSpec {
+    /// The tool callers call `exposed`: (server, tool).
+    pub fn resolve(&self, exposed: &str) -> Option<&VirtualTool> {
+        self.tools.iter().find(|t| t.exposed() == exposed)
+    }
+
+    /// How callers see `server`'s tool `tool`, if it is exposed.
+    pub fn exposing(&self, server: &str, tool: &str) -> Option<&VirtualTool> {
+        self.tools.iter().find(|t| t.server == server && t.tool == tool)
+    }
+
+    /// The servers it draws on, each once, in order.
+    pub fn servers(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for t in &self.tools {
+            if !out.contains(&t.server) {
+                out.push(t.server.clone());
+            }
+        }
+        out
+    }
+}
+
 /// `spec.tools.NAME`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
