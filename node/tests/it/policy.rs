@@ -23,6 +23,11 @@ fn probe(c: &TestCluster, mode: &str, agent_token: &str, target: &str, calls: &V
     c.sdk_env(mode, &argv, &[("JOCH_AGENT_TOKEN", Path::new(agent_token)), ("JOCH_PREFER", Path::new("respond-async"))])
 }
 
+/// An MCPServer manifest for `name` at `url`.
+fn server_doc(name: &str, url: &str) -> String {
+    format!("apiVersion: joch.dev/v1alpha1\nkind: MCPServer\nmetadata: {{ name: {name} }}\nspec:\n  endpoint: {{ url: \"{url}\" }}\n")
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -187,7 +192,7 @@ spec:
   tools:
     add: {{ action: read }}
 "#,
-            url = up.url
+            url = up.url,
         ),
     );
     c.cli(1, &["apply", "-f", &f]).ok();
@@ -279,12 +284,7 @@ fn held_calls_run_once_when_approved_on_another_node_and_fail_when_denied_or_tim
         &dir,
         "held.yaml",
         &format!(
-            r#"apiVersion: joch.dev/v1alpha1
-kind: MCPServer
-metadata: {{ name: github }}
-spec:
-  endpoint: {{ url: "{url}" }}
----
+            r#"{github}---
 apiVersion: joch.dev/v1alpha1
 kind: Policy
 metadata: {{ name: writes }}
@@ -299,7 +299,7 @@ spec:
       decision: REQUIRE_APPROVAL
       constraints: {{ approval_timeout_sec: 2 }}
 "#,
-            url = up.url
+            github = server_doc("github", &up.url),
         ),
     );
     c.cli(1, &["apply", "-f", &f]).ok();
@@ -378,12 +378,7 @@ fn a_rate_limit_is_shared_among_the_members_and_says_when_to_retry() {
         c.dir.path(),
         "limited.yaml",
         &format!(
-            r#"apiVersion: joch.dev/v1alpha1
-kind: MCPServer
-metadata: {{ name: github }}
-spec:
-  endpoint: {{ url: "{url}" }}
----
+            r#"{github}---
 apiVersion: joch.dev/v1alpha1
 kind: Policy
 metadata: {{ name: quotas }}
@@ -394,7 +389,7 @@ spec:
       decision: ALLOW_WITH_CONSTRAINTS
       constraints: {{ rate_limit: {{ per_minute: 6, per: agent }} }}
 "#,
-            url = up.url
+            github = server_doc("github", &up.url),
         ),
     );
     c.cli(1, &["apply", "-f", &f]).ok();
@@ -423,18 +418,8 @@ fn a_virtual_server_exposes_only_its_tools_renamed_and_governed_by_the_same_poli
         c.dir.path(),
         "virtual.yaml",
         &format!(
-            r#"apiVersion: joch.dev/v1alpha1
-kind: MCPServer
-metadata: {{ name: github }}
-spec:
-  endpoint: {{ url: "{url}" }}
----
-apiVersion: joch.dev/v1alpha1
-kind: MCPServer
-metadata: {{ name: jira }}
-spec:
-  endpoint: {{ url: "{url}" }}
----
+            r#"{github}---
+{jira}---
 apiVersion: joch.dev/v1alpha1
 kind: VirtualServer
 metadata: {{ name: support }}
@@ -444,7 +429,8 @@ spec:
     - {{ server: jira, tool: slow }}
     - {{ server: jira, tool: getenv }}
 "#,
-            url = up.url
+            github = server_doc("github", &up.url),
+            jira = server_doc("jira", &up.url),
         ),
     );
     c.cli(1, &["apply", "-f", &f]).ok();
