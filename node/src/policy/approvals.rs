@@ -4,7 +4,8 @@
 //! the policy's timeout passes, or the agent goes away. Approved, the node commits that it uses
 //! the approval (the state machine lets one call use it), and admission lets that call through.
 //! A caller that asks not to wait (`Prefer: respond-async`), or that went away, gets
-//! `approval-pending` with the id; the identical call after the approval runs once.
+//! `approval-pending` with the id; the identical call after the approval runs once. A caller
+//! that accepts SSE waits on an event stream kept alive with comments (`proxy/held.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;

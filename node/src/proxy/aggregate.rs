@@ -47,7 +47,11 @@ pub(crate) fn list_key(method: &str) -> Option<&'static str> {
 
 /// Splits `server.name` (prompts, tools) or `joch+server:uri` (resources): the member, the
 /// routed parameter, and the member's own name for it.
-fn route(method: &str, m: &Message, view: Option<&VirtualServerSpec>) -> Option<(String, &'static str, String)> {
+pub(crate) fn route(
+    method: &str,
+    m: &Message,
+    view: Option<&VirtualServerSpec>,
+) -> Option<(String, &'static str, String)> {
     if let Some(v) = view {
         // A virtual server exposes tools only, under the names it gives them.
         let t = (method == "tools/call").then(|| v.resolve(m.params.name.as_deref()?)).flatten()?;

@@ -368,3 +368,44 @@ impl Exit {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A stream with nothing to say (a held call waiting for its approval) sends keep-alive
+    /// comments, then what comes.
+    #[tokio::test]
+    async fn an_idle_stream_gets_keep_alive_comments_then_its_events() {
+        let exit = Exit::new(Arc::new([]), Duration::from_millis(20));
+        let call = Call {
+            node: 1,
+            server: "s".into(),
+            caller: crate::auth::agent::Caller::anonymous(),
+            http_method: "POST",
+            rpc: None,
+            session: None,
+            approval: None,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let later = futures::stream::once(async move {
+            let _ = rx.await;
+            Ok::<_, String>(sse::message_event(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#))
+        });
+        let s = Stream::sse(later, Some(serde_json::json!(1)), std::future::pending());
+        let (resp, _) = exit.respond(&call, Answer::Stream(s).into());
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b": keep-alive\n\n");
+        tx.send(()).unwrap();
+        let mut rest = Vec::new();
+        while let Some(Ok(f)) = body.frame().await {
+            if let Ok(d) = f.into_data() {
+                rest.extend_from_slice(&d);
+            }
+        }
+        let text = String::from_utf8(rest).unwrap();
+        assert!(text.ends_with("data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n"), "{text}");
+    }
+}

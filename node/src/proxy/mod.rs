@@ -30,6 +30,7 @@ pub(crate) mod aggregate;
 pub mod deny;
 pub mod exit;
 pub mod forward;
+mod held;
 mod modern;
 pub(crate) mod request;
 mod routing;
@@ -100,6 +101,8 @@ pub struct Proxy {
     gov: Arc<Governance>,
     /// Holds calls that need an approval.
     approvals: Arc<crate::policy::approvals::Approvals>,
+    /// This proxy (tasks that outlive a request's borrow: held streams).
+    me: std::sync::Weak<Proxy>,
 }
 
 impl Proxy {
@@ -118,7 +121,8 @@ impl Proxy {
         let stdio = Arc::new(StdioPool::new(limits.upstream_timeout, stdio_allow, keyring));
         tokio::spawn(stdio.clone().reap(node.registry.clone(), node.lease.clone()));
         let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests));
-        Ok(Arc::new(Proxy {
+        Ok(Arc::new_cyclic(|me| Proxy {
+            me: me.clone(),
             node,
             gate,
             exit,

@@ -51,7 +51,10 @@ impl Proxy {
             Ok(caller) => {
                 let mut call = self.call(inbound.server.clone(), inbound.http_method, caller);
                 let reply = match inbound.http_method {
-                    "POST" => self.post(&mut call, &inbound).await,
+                    "POST" => match self.held_stream(&call, &inbound) {
+                        Some(held) => held,
+                        None => self.post(&mut call, &inbound).await,
+                    },
                     _ => self.stream_or_delete(&mut call, &inbound).await,
                 };
                 (call, reply)
@@ -142,7 +145,7 @@ impl Proxy {
         call.deny(Reason::SessionUnknown, "mcp.session", "Session not found: it was ended (DELETE); re-initialize")
     }
 
-    async fn post(&self, call: &mut Call, inb: &Inbound) -> Reply {
+    pub(super) async fn post(&self, call: &mut Call, inb: &Inbound) -> Reply {
         if let Err(d) = self.check_origin(call, inb) {
             return d.into();
         }

@@ -324,6 +324,8 @@ spec:
     });
     assert_eq!(r["calls"]["add"], "3", "{r}");
     assert!(adds(1));
+    // The SDK client accepts SSE: it was held on an event stream (keep-alive comments while idle).
+    assert!(crate::harness::metric(&c.node(1).metrics_url, "joch_approvals_held_streams_total") >= 1);
     let ls = c.cli(3, &["approvals", "ls", "-o", "json"]).ok().json();
     assert_eq!(ls[0]["state"], "used", "{ls}");
     assert!(ls[0]["decidedBy"].as_str().is_some_and(|a| !a.is_empty()), "{ls}");

@@ -1,0 +1,124 @@
+//! Held calls on the wire: a call a policy holds for an approval, from a client that accepts
+//! SSE, is answered at once with an event stream that carries keep-alive comments while it waits
+//! (the exit sends them on idle streams), then the call's own answer once it ran, or the denial
+//! (approval-denied, approval-timeout). A client that sends `Prefer: respond-async`, or accepts
+//! JSON only, is held in admission instead (`policy/approvals.rs`): no bytes until the decision.
+//!
+//! Held here only where this node admits the call: not for stdio servers, whose session may live
+//! on another node (held by that node's admission, without keep-alive comments).
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use http_body_util::BodyExt;
+
+use super::admission::Call;
+use super::exit::{Answer, Reply, Stream};
+use super::request::Inbound;
+use super::Proxy;
+use crate::mcp::jsonrpc;
+use crate::mcp::sse;
+use crate::policy::approvals::{Held, DEFAULT_TIMEOUT};
+use crate::policy::{subject_kind, RefusalKind, Subject};
+
+impl Proxy {
+    /// The held stream for this request, if a policy holds it and the client can take SSE.
+    pub(super) fn held_stream(&self, call: &Call, inb: &Inbound) -> Option<Reply> {
+        let accepts_sse = inb.header("accept").is_some_and(|a| a.contains("text/event-stream"));
+        let no_wait =
+            inb.header("prefer").is_some_and(|p| p.split(',').any(|x| x.trim().eq_ignore_ascii_case("respond-async")));
+        if inb.http_method != "POST" || !accepts_sse || no_wait {
+            return None;
+        }
+        let jsonrpc::Body::Single(msg) = jsonrpc::parse(&inb.body, self.limits.max_json_depth).ok()? else {
+            return None;
+        };
+        let method = msg.method.clone()?;
+        let kind = subject_kind(&method)?;
+        let state = self.gate.state();
+        let (server, name) = if inb.aggregate() {
+            let view = call.view().and_then(|v| state.registry.virtual_servers.get(v).cloned());
+            let (s, _, n) = super::aggregate::route(&method, &msg, view.as_ref().map(|v| &v.spec))?;
+            (s, n)
+        } else {
+            (call.server.clone(), msg.target_name()?.to_string())
+        };
+        let rec = state.registry.servers.get(&server)?.clone();
+        if rec.spec.transport == joch_raft_store::model::resource::Transport::Stdio {
+            return None;
+        }
+        let mut args: serde_json::Value = serde_json::from_slice(&inb.body).ok()?;
+        let args = args.get_mut("params").and_then(|p| p.get_mut("arguments")).map(serde_json::Value::take);
+        let args = args.unwrap_or(serde_json::Value::Null);
+        let subject = Subject {
+            kind,
+            method: &method,
+            name: &name,
+            annotations: None,
+            args: Some(&args),
+            now_ms: crate::policy::list::now_ms(),
+        };
+        let refusal = self.gov.judge(&state, &call.caller, &rec, &subject, None).err()?;
+        if refusal.kind != RefusalKind::Approval {
+            return None;
+        }
+        let by = refusal.by?;
+        let timeout = refusal
+            .constraints
+            .as_deref()
+            .and_then(|c| c.approval_timeout_sec)
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let me = self.me.upgrade()?;
+        let id = msg.id_value();
+        let mut outer = call.clone();
+        let inner_inb = Inbound {
+            server: inb.server.clone(),
+            http_method: inb.http_method,
+            headers: inb.headers.clone(),
+            body: inb.body.clone(),
+        };
+        let member = Call { server: server.clone(), ..call.clone() };
+        let answer = async move {
+            let held = Held {
+                server: &server,
+                kind,
+                name: &name,
+                args: &args,
+                policy: &by.policy,
+                rule: &by.rule,
+                timeout,
+                no_wait: false,
+            };
+            match me.approvals.hold(&member, held).await {
+                Ok(approval) => outer.approval = Some(approval.into()),
+                Err(d) => return event(d.with_id(id).body().to_string()),
+            }
+            let reply = me.post(&mut outer, &inner_inb).await;
+            let (resp, _) = me.exit.respond(&outer, reply);
+            let sse_answer = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|c| c.starts_with("text/event-stream"));
+            let body = resp.into_body();
+            if sse_answer {
+                body.into_data_stream().map(|r| r.map_err(|e| e.to_string())).boxed()
+            } else {
+                match body.collect().await {
+                    Ok(b) => event(String::from_utf8_lossy(&b.to_bytes()).into_owned()),
+                    Err(e) => futures::stream::once(async move { Err(e.to_string()) }).boxed(),
+                }
+            }
+        };
+        let source = futures::stream::once(answer).flatten();
+        let cut = self.gate.stale_cut(call);
+        metrics::counter!("joch_approvals_held_streams_total").increment(1);
+        Some(Answer::Stream(Stream::sse(source, Some(call.id()), cut)).into())
+    }
+}
+
+/// One SSE event carrying `json`.
+fn event(json: String) -> BoxStream<'static, Result<Bytes, String>> {
+    futures::stream::once(async move { Ok(sse::message_event(&json)) }).boxed()
+}
