@@ -145,12 +145,6 @@ pub async fn proxy_latency(
     let upstream_url = format!("http://{upstream}/mcp");
     let (c, _) = Cluster::up(&joch)?;
     run_env(&joch, &["--server", &c.admin(1), "mcp", "add", "canned", "--endpoint", &upstream_url], &c.admin_env())?;
-    if policy_rules > 0 {
-        let f = tempfile::NamedTempFile::new()?;
-        std::fs::write(f.path(), crate::policy::manifests(policy_rules))?;
-        let path = f.path().display().to_string();
-        run_env(&joch, &["--server", &c.admin(1), "apply", "-f", &path], &c.admin_env())?;
-    }
     let mcp = |id: u64| {
         c.nodes.iter().find(|n| n["id"] == id).and_then(|n| n["mcp_url"].as_str()).unwrap_or_default().to_string()
     };
@@ -161,15 +155,29 @@ pub async fn proxy_latency(
         EraArg::Modern => &[("modern (2026-07-28, stateless)", true)],
         EraArg::Both => &[("legacy (2025-11-25, session)", false), ("modern (2026-07-28, stateless)", true)],
     };
-    let mut runs = Vec::new();
-    for (name, modern) in eras {
-        let direct = Caller::open(&http, &upstream_url, *modern, None).await?;
-        let proxied = Caller::open(&http, &via[0], *modern, c.agent_token.as_deref()).await?;
-        let d = stats(measure(&direct, std::slice::from_ref(&upstream_url), warmup, requests).await?);
-        let one = stats(measure(&proxied, &via[..1], warmup, requests).await?);
-        let rr = stats(measure(&proxied, &via, warmup, requests).await?);
-        runs.push(EraRun { name, direct: d, one, rr });
+    let measure_eras = || async {
+        let mut runs = Vec::new();
+        for (name, modern) in eras {
+            let direct = Caller::open(&http, &upstream_url, *modern, None).await?;
+            let proxied = Caller::open(&http, &via[0], *modern, c.agent_token.as_deref()).await?;
+            let d = stats(measure(&direct, std::slice::from_ref(&upstream_url), warmup, requests).await?);
+            let one = stats(measure(&proxied, &via[..1], warmup, requests).await?);
+            let rr = stats(measure(&proxied, &via, warmup, requests).await?);
+            runs.push(EraRun { name, direct: d, one, rr });
+        }
+        anyhow::Ok(runs)
+    };
+    // With policies: the same cluster measured without them first (an A/B on one cluster:
+    // clusters started apart differ more than the policies cost).
+    let mut baseline = None;
+    if policy_rules > 0 {
+        baseline = Some(measure_eras().await?);
+        let f = tempfile::NamedTempFile::new()?;
+        std::fs::write(f.path(), crate::policy::manifests(policy_rules))?;
+        let path = f.path().display().to_string();
+        run_env(&joch, &["--server", &c.admin(1), "apply", "-f", &path], &c.admin_env())?;
     }
+    let runs = measure_eras().await?;
     let added = |s: &Stats, d: &Stats| json!({"p50_ms": ms(s.median.saturating_sub(d.median)), "p99_ms": ms(s.p99.saturating_sub(d.p99))});
     let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
@@ -180,6 +188,10 @@ pub async fn proxy_latency(
             "direct": stats_json(&r.direct), "via_one_node": stats_json(&r.one),
             "via_three_nodes_round_robin": stats_json(&r.rr),
             "added_one_node": added(&r.one, &r.direct), "added_three_nodes": added(&r.rr, &r.direct)})).collect::<Vec<_>>(),
+        "without_policies_same_cluster": baseline.as_ref().map(|b| b.iter().map(|r| json!({"era": r.name,
+            "direct": stats_json(&r.direct), "via_one_node": stats_json(&r.one),
+            "via_three_nodes_round_robin": stats_json(&r.rr),
+            "added_one_node": added(&r.one, &r.direct), "added_three_nodes": added(&r.rr, &r.direct)})).collect::<Vec<_>>()),
     });
     let row = |name: &str, s: &Stats| {
         format!("| {name} | {} | {} ms | {} ms | {} ms | {} ms |\n", s.n, ms(s.min), ms(s.median), ms(s.p99), ms(s.max))
@@ -206,6 +218,19 @@ pub async fn proxy_latency(
             ms(rr.median.saturating_sub(d.median)),
             ms(rr.p99.saturating_sub(d.p99)),
         ));
+    }
+    if let Some(b) = &baseline {
+        md.push_str("\n## The same cluster before the policies were applied\n\n");
+        for r in b {
+            md.push_str(&format!(
+                "{}: added one node p50 {} ms, p99 {} ms; round-robin p50 {} ms, p99 {} ms.\n",
+                r.name,
+                ms(r.one.median.saturating_sub(r.direct.median)),
+                ms(r.one.p99.saturating_sub(r.direct.p99)),
+                ms(r.rr.median.saturating_sub(r.direct.median)),
+                ms(r.rr.p99.saturating_sub(r.direct.p99)),
+            ));
+        }
     }
     print!("{md}");
     write_results(out, "proxy-latency", &result, &md)

@@ -100,12 +100,33 @@ pub struct Verdict {
     pub audited: Vec<Match>,
 }
 
+/// FNV-1a: the index maps are keyed by short server names, looked up once per policy per
+/// decision; SipHash's DoS resistance buys nothing for keys operators wrote.
+#[derive(Default, Clone, Copy)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type FastMap<V> = HashMap<String, V, std::hash::BuildHasherDefault<Fnv>>;
+
 struct Indexed {
     policy: Arc<Policy>,
     /// In `PolicySet::global`.
     global: bool,
     /// Rules naming exact servers, by server.
-    rules_by_server: HashMap<String, Vec<u32>>,
+    rules_by_server: FastMap<Vec<u32>>,
     /// Rules for any server.
     rules_any: Vec<u32>,
 }
@@ -116,11 +137,13 @@ pub struct PolicySet {
     policies: Vec<Arc<Indexed>>,
     by_name: HashMap<String, usize>,
     /// Policies whose `appliesTo.servers` names exact servers, by server.
-    scoped: HashMap<String, Vec<usize>>,
+    scoped: FastMap<Vec<usize>>,
     /// Policies for every server (or a server selector).
     global: Vec<usize>,
     /// Some rule looks at arguments (else callers need not parse them).
     needs_args: bool,
+    /// Some rule decides REQUIRE_APPROVAL (else no call is ever held).
+    holds: bool,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -143,10 +166,11 @@ impl PolicySet {
         list.sort_by(|a, b| a.name.cmp(&b.name));
         let mut set = PolicySet::default();
         for (i, p) in list.into_iter().enumerate() {
-            let mut rules_by_server: HashMap<String, Vec<u32>> = HashMap::new();
+            let mut rules_by_server: FastMap<Vec<u32>> = FastMap::default();
             let mut rules_any = Vec::new();
             for (r, rule) in p.rules.iter().enumerate() {
                 set.needs_args |= rule.conds.iter().any(|c| matches!(c, Cond::Attr(Attr::Arg(_), _)));
+                set.holds |= rule.decision == Some(Decision::RequireApproval);
                 match exact_servers(&rule.conds) {
                     Some(names) => {
                         for n in names {
@@ -182,6 +206,11 @@ impl PolicySet {
     /// The policies, by name.
     pub fn policies(&self) -> impl Iterator<Item = &Policy> {
         self.policies.iter().map(|p| &*p.policy)
+    }
+
+    /// Whether some rule can hold a call for an approval.
+    pub fn may_hold(&self) -> bool {
+        self.holds
     }
 
     /// Whether some rule looks at a call's arguments.

@@ -113,6 +113,13 @@ impl Test {
                     all.push(match k.as_str() {
                         "regex" => {
                             let src = x.as_str().ok_or_else(|| PolicyError::at(&at, "expected a string".into()))?;
+                            // `^literal`: a prefix test, no automaton.
+                            if let Some(lit) = src.strip_prefix('^').filter(|l| {
+                                !l.is_empty() && !l.chars().any(|c| "\\.^$*+?()[]{}|".contains(c))
+                            }) {
+                                all.push(Test::Glob(Glob::new(&format!("{lit}*"))));
+                                continue;
+                            }
                             let re = regex::RegexBuilder::new(src)
                                 .size_limit(1 << 20)
                                 .build()
@@ -345,6 +352,9 @@ mod tests {
         assert!(t(json!({"notIn": ["github", "jira"]})).holds(Val::Str("notion")));
         assert!(!t(json!({"notIn": ["github", "jira"]})).holds(Val::Str("jira")));
         assert!(t(json!({"regex": "^acme/"})).holds(Val::Json(&json!("acme/x"))));
+        assert!(!t(json!({"regex": "^acme/"})).holds(Val::Json(&json!("x/acme/"))));
+        assert!(t(json!({"regex": "^a.c"})).holds(Val::Str("abc")), "a metacharacter: a real regex");
+        assert!(matches!(t(json!({"regex": "^acme/"})), Test::Glob(_)));
         assert!(t(json!({"gt": 10, "lte": 20})).holds(Val::Num(20.0)));
         assert!(!t(json!({"gt": 10, "lte": 20})).holds(Val::Num(21.0)));
         assert!(t(json!({"exists": false})).holds(Val::Missing));

@@ -354,9 +354,20 @@ pub fn decide(gov: &Governance, call: &Call, rec: &ServerRecord, state: &Publish
 
 /// A call's arguments (`null` when it has none).
 pub fn call_args(call: &Call) -> serde_json::Value {
+    // Only `params.arguments` is built; the rest of the message is skipped, not copied.
+    #[derive(serde::Deserialize)]
+    struct Msg {
+        #[serde(default)]
+        params: Option<Params>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        #[serde(default)]
+        arguments: Option<serde_json::Value>,
+    }
     call.rpc
         .as_ref()
-        .and_then(|r| r.value().get_mut("params")?.get_mut("arguments").map(serde_json::Value::take))
+        .and_then(|r| serde_json::from_slice::<Msg>(&r.body).ok()?.params?.arguments)
         .unwrap_or(serde_json::Value::Null)
 }
 

@@ -16,29 +16,31 @@ use super::admission::Call;
 use super::exit::{Answer, Reply, Stream};
 use super::request::Inbound;
 use super::Proxy;
-use crate::mcp::jsonrpc;
 use crate::mcp::sse;
 use crate::policy::approvals::{Held, DEFAULT_TIMEOUT};
 use crate::policy::{subject_kind, RefusalKind, Subject};
 
 impl Proxy {
     /// The held stream for this request, if a policy holds it and the client can take SSE.
+    /// Called once the message is parsed (`call.rpc`); costs nothing unless some policy rule can
+    /// hold a call.
     pub(super) fn held_stream(&self, call: &Call, inb: &Inbound) -> Option<Reply> {
+        let state = self.gate.state();
+        if !state.registry.compiled.set.may_hold() || call.approval.is_some() {
+            return None;
+        }
         let accepts_sse = inb.header("accept").is_some_and(|a| a.contains("text/event-stream"));
         let no_wait =
             inb.header("prefer").is_some_and(|p| p.split(',').any(|x| x.trim().eq_ignore_ascii_case("respond-async")));
         if inb.http_method != "POST" || !accepts_sse || no_wait {
             return None;
         }
-        let jsonrpc::Body::Single(msg) = jsonrpc::parse(&inb.body, self.limits.max_json_depth).ok()? else {
-            return None;
-        };
+        let msg = &call.rpc.as_ref()?.msg;
         let method = msg.method.clone()?;
         let kind = subject_kind(&method)?;
-        let state = self.gate.state();
         let (server, name) = if inb.aggregate() {
             let view = call.view().and_then(|v| state.registry.virtual_servers.get(v).cloned());
-            let (s, _, n) = super::aggregate::route(&method, &msg, view.as_ref().map(|v| &v.spec))?;
+            let (s, _, n) = super::aggregate::route(&method, msg, view.as_ref().map(|v| &v.spec))?;
             (s, n)
         } else {
             (call.server.clone(), msg.target_name()?.to_string())
@@ -47,9 +49,7 @@ impl Proxy {
         if rec.spec.transport == joch_raft_store::model::resource::Transport::Stdio {
             return None;
         }
-        let mut args: serde_json::Value = serde_json::from_slice(&inb.body).ok()?;
-        let args = args.get_mut("params").and_then(|p| p.get_mut("arguments")).map(serde_json::Value::take);
-        let args = args.unwrap_or(serde_json::Value::Null);
+        let args = super::admission::call_args(call);
         let subject = Subject {
             kind,
             method: &method,

@@ -51,10 +51,7 @@ impl Proxy {
             Ok(caller) => {
                 let mut call = self.call(inbound.server.clone(), inbound.http_method, caller);
                 let reply = match inbound.http_method {
-                    "POST" => match self.held_stream(&call, &inbound) {
-                        Some(held) => held,
-                        None => self.post(&mut call, &inbound).await,
-                    },
+                    "POST" => self.post(&mut call, &inbound).await,
                     _ => self.stream_or_delete(&mut call, &inbound).await,
                 };
                 (call, reply)
@@ -171,6 +168,10 @@ impl Proxy {
             || m.is_modern();
         let initialize = m.method.as_deref() == Some("initialize");
         call.rpc = Some(Arc::new(Rpc { msg: m, body: inb.body.clone() }));
+        // A call a policy holds for an approval, from a client that takes SSE (`held.rs`).
+        if let Some(held) = self.held_stream(call, inb) {
+            return held;
+        }
         if modern {
             if call.view().is_some() {
                 if let Err(d) = self.registered(call) {
