@@ -49,6 +49,16 @@ pub struct Held<'a> {
     pub no_wait: bool,
 }
 
+/// How long the rule that refused lets a call wait for its approval.
+pub fn timeout_of(r: &crate::policy::Refusal) -> Duration {
+    r.constraints.as_deref().and_then(|c| c.approval_timeout_sec).map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT)
+}
+
+/// Whether a request asks not to wait (`Prefer: respond-async`).
+pub fn prefers_async(prefer: Option<&str>) -> bool {
+    prefer.is_some_and(|p| p.split(',').any(|x| x.trim().eq_ignore_ascii_case("respond-async")))
+}
+
 /// SHA-256 of the arguments as canonical JSON (keys sorted: serde_json's maps are ordered).
 pub fn args_hash(args: &Value) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, args.to_string().as_bytes());

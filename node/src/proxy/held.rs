@@ -17,7 +17,7 @@ use super::exit::{Answer, Reply, Stream};
 use super::request::Inbound;
 use super::Proxy;
 use crate::mcp::sse;
-use crate::policy::approvals::{Held, DEFAULT_TIMEOUT};
+use crate::policy::approvals::{prefers_async, timeout_of, Held};
 use crate::policy::{subject_kind, RefusalKind, Subject};
 
 impl Proxy {
@@ -30,8 +30,7 @@ impl Proxy {
             return None;
         }
         let accepts_sse = inb.header("accept").is_some_and(|a| a.contains("text/event-stream"));
-        let no_wait =
-            inb.header("prefer").is_some_and(|p| p.split(',').any(|x| x.trim().eq_ignore_ascii_case("respond-async")));
+        let no_wait = prefers_async(inb.header("prefer"));
         if inb.http_method != "POST" || !accepts_sse || no_wait {
             return None;
         }
@@ -62,13 +61,8 @@ impl Proxy {
         if refusal.kind != RefusalKind::Approval {
             return None;
         }
+        let timeout = timeout_of(&refusal);
         let by = refusal.by?;
-        let timeout = refusal
-            .constraints
-            .as_deref()
-            .and_then(|c| c.approval_timeout_sec)
-            .map(std::time::Duration::from_secs)
-            .unwrap_or(DEFAULT_TIMEOUT);
         let me = self.me.upgrade()?;
         let id = msg.id_value();
         let mut outer = call.clone();

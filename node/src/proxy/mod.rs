@@ -181,16 +181,9 @@ impl Proxy {
                     return self.gate.admit(call.clone());
                 };
                 let (Some(by), RefusalKind::Approval) = (r.by.as_deref(), r.kind) else { return Err(d) };
-                let timeout = r
-                    .constraints
-                    .as_deref()
-                    .and_then(|c| c.approval_timeout_sec)
-                    .map(std::time::Duration::from_secs)
-                    .unwrap_or(crate::policy::approvals::DEFAULT_TIMEOUT);
-                let no_wait = headers
-                    .get("prefer")
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|p| p.split(',').any(|x| x.trim().eq_ignore_ascii_case("respond-async")));
+                let timeout = crate::policy::approvals::timeout_of(&r);
+                let no_wait =
+                    crate::policy::approvals::prefers_async(headers.get("prefer").and_then(|v| v.to_str().ok()));
                 let held = crate::policy::approvals::Held {
                     server: &rec.name,
                     kind,
