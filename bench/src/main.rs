@@ -124,6 +124,9 @@ enum Cmd {
         /// Measured decisions.
         #[arg(long, default_value_t = 1_000_000)]
         iterations: usize,
+        /// Write the rule set as manifests (`joch apply -f`) to this file instead of measuring.
+        #[arg(long)]
+        write_manifests: Option<PathBuf>,
         /// Where to write results (default bench/results/<date>).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -198,7 +201,12 @@ async fn main() -> anyhow::Result<()> {
         Cmd::ProxyLatency { joch, requests, warmup, era, policy_rules, out } => {
             micro::proxy_latency(common::joch_bin(joch), requests, warmup, era, policy_rules, out).await
         }
-        Cmd::PolicyDecision { rules, iterations, out } => policy::decision(rules, iterations, out),
+        Cmd::PolicyDecision { rules, write_manifests: Some(path), .. } => {
+            std::fs::write(&path, policy::manifests(rules))?;
+            println!("{rules} rules written to {}", path.display());
+            Ok(())
+        }
+        Cmd::PolicyDecision { rules, iterations, out, .. } => policy::decision(rules, iterations, out),
         Cmd::ClusterCore { joch, trials, up_trials, out } => micro::cluster_core(joch, trials, up_trials, out).await,
     }
 }
