@@ -30,19 +30,19 @@ pub trait Proposer: Send + Sync {
 }
 
 /// What is being held.
-pub struct Held<'a> {
+pub struct Held {
     /// The server.
-    pub server: &'a str,
+    pub server: String,
     /// Its kind.
     pub kind: Kind,
     /// The tool or prompt name, or resource URI.
-    pub name: &'a str,
+    pub name: String,
     /// The call's arguments.
-    pub args: &'a Value,
-    /// The policy and rule requiring approval.
-    pub policy: &'a str,
+    pub args: Value,
+    /// The policy requiring approval.
+    pub policy: String,
     /// The rule.
-    pub rule: &'a str,
+    pub rule: String,
     /// How long to wait for a decision.
     pub timeout: Duration,
     /// Answer `approval-pending` at once instead of waiting.
@@ -80,26 +80,20 @@ impl Approvals {
         Approvals { node, registry, proposer }
     }
 
-    fn find(
-        &self,
-        call: &Call,
-        h: &Held<'_>,
-        hash: &[u8; 32],
-        ok: impl Fn(&Approval) -> bool,
-    ) -> Option<Arc<Approval>> {
+    fn find(&self, call: &Call, h: &Held, hash: &[u8; 32], ok: impl Fn(&Approval) -> bool) -> Option<Arc<Approval>> {
         let st = self.registry.load();
         let epoch = st.registry.policy_epoch;
         st.registry
             .approvals
             .values()
-            .filter(|a| a.matches(&call.caller.name, h.server, h.kind.as_str(), h.name, hash, epoch) && ok(a))
+            .filter(|a| a.matches(&call.caller.name, &h.server, h.kind.as_str(), &h.name, hash, epoch) && ok(a))
             .max_by_key(|a| a.requested.index)
             .cloned()
     }
 
     /// Holds `call` until its approval is decided; `Ok(id)` once this call may use it.
-    pub async fn hold(&self, call: &Call, h: Held<'_>) -> Result<String, Denial> {
-        let hash = args_hash(h.args);
+    pub async fn hold(&self, call: &Call, h: Held) -> Result<String, Denial> {
+        let hash = args_hash(&h.args);
         let now = crate::policy::list::now_ms();
         let deny = |reason, message: String| call.deny(reason, &format!("{}/{}", h.policy, h.rule), message);
         // An approved, unused approval for exactly this call: use it.
@@ -113,12 +107,12 @@ impl Approvals {
                 let cmd = Command::RequestApproval {
                     id: id.clone(),
                     agent: call.caller.name.clone(),
-                    server: h.server.to_string(),
+                    server: h.server.clone(),
                     kind: h.kind.as_str().to_string(),
-                    name: h.name.to_string(),
+                    name: h.name.clone(),
                     args_sha256: hash,
-                    policy: h.policy.to_string(),
-                    rule: h.rule.to_string(),
+                    policy: h.policy.clone(),
+                    rule: h.rule.clone(),
                     node: self.node,
                     timeout_ms: h.timeout.as_millis() as u64,
                 };
@@ -126,8 +120,8 @@ impl Approvals {
                     deny(Reason::ApprovalRequired, format!("the approval request could not be recorded: {e}"))
                 })?;
                 metrics::counter!("joch_approvals_requested_total").increment(1);
-                tracing::info!(target: "joch::policy", approval = %id, agent = %call.caller.name, server = h.server,
-                    name = h.name, policy = h.policy, rule = h.rule, "call held for approval");
+                tracing::info!(target: "joch::policy", approval = %id, agent = %call.caller.name, server = %h.server,
+                    name = %h.name, policy = %h.policy, rule = %h.rule, "call held for approval");
                 id
             }
         };
@@ -188,7 +182,7 @@ impl Approvals {
     }
 
     /// Commits that this call uses approval `id` (one call can).
-    async fn use_it(&self, call: &Call, h: &Held<'_>, id: &str) -> Result<String, Denial> {
+    async fn use_it(&self, call: &Call, h: &Held, id: &str) -> Result<String, Denial> {
         self.proposer.propose(Command::UseApproval { id: id.to_string(), node: self.node }).await.map_err(|e| {
             call.deny(
                 Reason::ApprovalRequired,
@@ -197,7 +191,7 @@ impl Approvals {
             )
         })?;
         metrics::counter!("joch_approvals_total", "outcome" => "approved").increment(1);
-        tracing::info!(target: "joch::policy", approval = %id, agent = %call.caller.name, server = h.server, name = h.name,
+        tracing::info!(target: "joch::policy", approval = %id, agent = %call.caller.name, server = %h.server, name = %h.name,
             "approved call runs");
         Ok(id.to_string())
     }

@@ -21,6 +21,37 @@ use crate::policy::approvals::{prefers_async, timeout_of, Held};
 use crate::policy::{subject_kind, RefusalKind, Subject};
 
 impl Proxy {
+    /// What to hold, if a policy holds this call to `server`'s capability `name` for an approval
+    /// (the same decision admission makes), and whether the server is a stdio one. The one place
+    /// both ways of holding (on a stream here, in admission otherwise) ask.
+    pub(super) fn approval_needed(&self, call: &Call, server: &str, name: &str) -> Option<(Held, bool)> {
+        let state = self.gate.state();
+        let method = call.method()?;
+        let kind = subject_kind(method)?;
+        let rec = state.registry.servers.get(server)?;
+        let args = super::admission::call_args(call);
+        let subject =
+            Subject { kind, method, name, annotations: None, args: Some(&args), now_ms: crate::policy::list::now_ms() };
+        let refusal = self.gov.judge(&state, &call.caller, rec, &subject, None).err()?;
+        if refusal.kind != RefusalKind::Approval {
+            return None;
+        }
+        let timeout = timeout_of(&refusal);
+        let by = refusal.by?;
+        let stdio = rec.spec.transport == joch_raft_store::model::resource::Transport::Stdio;
+        let held = Held {
+            server: server.to_string(),
+            kind,
+            name: name.to_string(),
+            args,
+            policy: by.policy,
+            rule: by.rule,
+            timeout,
+            no_wait: false,
+        };
+        Some((held, stdio))
+    }
+
     /// The held stream for this request, if a policy holds it and the client can take SSE.
     /// Called once the message is parsed (`call.rpc`); costs nothing unless some policy rule can
     /// hold a call.
@@ -36,7 +67,7 @@ impl Proxy {
         }
         let msg = &call.rpc.as_ref()?.msg;
         let method = msg.method.clone()?;
-        let kind = subject_kind(&method)?;
+        subject_kind(&method)?;
         let (server, name) = if inb.aggregate() {
             let view = call.view().and_then(|v| state.registry.virtual_servers.get(v).cloned());
             let (s, _, n) = super::aggregate::route(&method, msg, view.as_ref().map(|v| &v.spec))?;
@@ -44,25 +75,10 @@ impl Proxy {
         } else {
             (call.server.clone(), msg.target_name()?.to_string())
         };
-        let rec = state.registry.servers.get(&server)?.clone();
-        if rec.spec.transport == joch_raft_store::model::resource::Transport::Stdio {
+        let (held, stdio) = self.approval_needed(call, &server, &name)?;
+        if stdio {
             return None;
         }
-        let args = super::admission::call_args(call);
-        let subject = Subject {
-            kind,
-            method: &method,
-            name: &name,
-            annotations: None,
-            args: Some(&args),
-            now_ms: crate::policy::list::now_ms(),
-        };
-        let refusal = self.gov.judge(&state, &call.caller, &rec, &subject, None).err()?;
-        if refusal.kind != RefusalKind::Approval {
-            return None;
-        }
-        let timeout = timeout_of(&refusal);
-        let by = refusal.by?;
         let me = self.me.upgrade()?;
         let id = msg.id_value();
         let mut outer = call.clone();
@@ -72,18 +88,8 @@ impl Proxy {
             headers: inb.headers.clone(),
             body: inb.body.clone(),
         };
-        let member = Call { server: server.clone(), ..call.clone() };
+        let member = Call { server, ..call.clone() };
         let answer = async move {
-            let held = Held {
-                server: &server,
-                kind,
-                name: &name,
-                args: &args,
-                policy: &by.policy,
-                rule: &by.rule,
-                timeout,
-                no_wait: false,
-            };
             match me.approvals.hold(&member, held).await {
                 Ok(approval) => outer.approval = Some(approval.into()),
                 Err(d) => return event(d.with_id(id).body().to_string()),

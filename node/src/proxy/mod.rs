@@ -43,7 +43,7 @@ pub mod upstream;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::policy::{list::ListFilter, Governance, RefusalKind};
+use crate::policy::{list::ListFilter, Governance};
 use admission::Admitted;
 use admission::{Call, Gate};
 use deny::{Denial, Reason};
@@ -159,41 +159,13 @@ impl Proxy {
     async fn admit_call(&self, call: &mut Call, headers: &axum::http::HeaderMap) -> Result<Admitted, Denial> {
         match self.gate.admit(call.clone()) {
             Err(d) if d.reason == Reason::ApprovalRequired && call.approval.is_none() => {
-                let state = self.gate.state();
-                let (Some(rpc), Some(rec)) = (call.rpc.clone(), state.registry.servers.get(&call.server).cloned())
-                else {
-                    return Err(d);
-                };
-                let (Some(method), Some(name)) = (rpc.msg.method.as_deref(), call.target().map(str::to_string)) else {
-                    return Err(d);
-                };
-                let Some(kind) = crate::policy::subject_kind(method) else { return Err(d) };
-                let args = admission::call_args(call);
-                let subject = crate::policy::Subject {
-                    kind,
-                    method,
-                    name: &name,
-                    annotations: None,
-                    args: Some(&args),
-                    now_ms: crate::policy::list::now_ms(),
-                };
-                let Err(r) = self.gov.judge(&state, &call.caller, &rec, &subject, None) else {
+                let name = call.target().unwrap_or_default().to_string();
+                let Some((mut held, _)) = self.approval_needed(call, &call.server, &name) else {
+                    // Decided otherwise since: the admission says how.
                     return self.gate.admit(call.clone());
                 };
-                let (Some(by), RefusalKind::Approval) = (r.by.as_deref(), r.kind) else { return Err(d) };
-                let timeout = crate::policy::approvals::timeout_of(&r);
-                let no_wait =
+                held.no_wait =
                     crate::policy::approvals::prefers_async(headers.get("prefer").and_then(|v| v.to_str().ok()));
-                let held = crate::policy::approvals::Held {
-                    server: &rec.name,
-                    kind,
-                    name: &name,
-                    args: &args,
-                    policy: &by.policy,
-                    rule: &by.rule,
-                    timeout,
-                    no_wait,
-                };
                 let id = self.approvals.hold(call, held).await?;
                 call.approval = Some(id.into());
                 self.gate.admit(call.clone())
