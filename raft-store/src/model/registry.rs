@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::access::{Access, AdminToken, Agent, Idp, Secret, SessionKey};
-use super::approval::{Approval, ApprovalState, KEEP_MS, USE_WINDOW_MS};
+use super::approval::{Approval, KEEP_MS};
 use super::command::{Applied, Command, Request};
 use super::resource::McpServerSpec;
 use super::validate::{check_name, check_version, FieldError};
@@ -650,78 +650,8 @@ impl Registry {
                 touched.virtual_servers.push(name.clone());
                 (format!("virtualserver/{name}"), changed("virtual server deleted".into()))
             }
-            Command::RequestApproval { id, agent, server, kind, name, args_sha256, policy, rule, node, timeout_ms } => {
-                if self.approvals.contains_key(id) {
-                    return Err(ApplyError::Approval { id: id.clone(), message: "exists already".into() });
-                }
-                self.approvals.insert(
-                    id.clone(),
-                    Arc::new(Approval {
-                        id: id.clone(),
-                        agent: agent.clone(),
-                        server: server.clone(),
-                        kind: kind.clone(),
-                        name: name.clone(),
-                        args_sha256: *args_sha256,
-                        policy: policy.clone(),
-                        rule: rule.clone(),
-                        policy_epoch: self.policy_epoch,
-                        node: *node,
-                        requested: stamp.clone(),
-                        expires_ms: req.at_ms.saturating_add(*timeout_ms),
-                        state: ApprovalState::Pending,
-                    }),
-                );
-                touched.approvals.push(id.clone());
-                (
-                    format!("approval/{id}"),
-                    changed(format!("{agent} asked to run {kind} {server}.{name} (policy {policy}, rule {rule})")),
-                )
-            }
-            Command::DecideApproval { id, approve, reason } => {
-                let gone = |m: &str| ApplyError::Approval { id: id.clone(), message: m.into() };
-                let a = self.approvals.get(id).ok_or_else(|| gone("does not exist"))?;
-                if a.state != ApprovalState::Pending {
-                    return Err(gone(&format!("is {} already", a.state.as_str())));
-                }
-                if req.at_ms > a.expires_ms {
-                    return Err(gone("timed out before it was decided (the agent must call again)"));
-                }
-                if a.policy_epoch != self.policy_epoch {
-                    return Err(gone("was requested under policies that changed since (the agent must call again)"));
-                }
-                let mut a = (**a).clone();
-                a.state = if *approve {
-                    ApprovalState::Approved { by: stamp.clone(), reason: reason.clone() }
-                } else {
-                    ApprovalState::Denied { by: stamp.clone(), reason: reason.clone() }
-                };
-                let summary = format!("{} by {}: {reason}", if *approve { "approved" } else { "denied" }, req.actor);
-                self.approvals.insert(id.clone(), Arc::new(a));
-                touched.approvals.push(id.clone());
-                (format!("approval/{id}"), changed(summary))
-            }
-            Command::UseApproval { id, node } => {
-                let gone = |m: &str| ApplyError::Approval { id: id.clone(), message: m.into() };
-                let a = self.approvals.get(id).ok_or_else(|| gone("does not exist"))?;
-                let ApprovalState::Approved { by, reason } = &a.state else {
-                    return Err(gone(&format!("is {}, not approved", a.state.as_str())));
-                };
-                if a.policy_epoch != self.policy_epoch {
-                    return Err(gone("was approved under policies that changed since"));
-                }
-                if req.at_ms > by.at_ms.saturating_add(USE_WINDOW_MS) {
-                    return Err(gone("was approved more than 24 h ago"));
-                }
-                let mut a2 = (**a).clone();
-                a2.state = ApprovalState::Used {
-                    by: by.clone(),
-                    reason: reason.clone(),
-                    used: Stamp { actor: format!("node {node}"), at_ms: req.at_ms, index },
-                };
-                self.approvals.insert(id.clone(), Arc::new(a2));
-                touched.approvals.push(id.clone());
-                (format!("approval/{id}"), changed(format!("used by node {node}")))
+            Command::RequestApproval { .. } | Command::DecideApproval { .. } | Command::UseApproval { .. } => {
+                self.apply_approval(&req.command, &stamp, touched)?
             }
             Command::SetRetention { history_per_target, history_max_age_ms } => {
                 if *history_per_target == 0 {
@@ -1039,7 +969,7 @@ fn check_spec(spec: &McpServerSpec) -> Result<(), ApplyError> {
     }
 }
 
-fn changed(summary: String) -> Applied {
+pub(super) fn changed(summary: String) -> Applied {
     Applied { changed: true, summary }
 }
 
@@ -1307,54 +1237,6 @@ mod tests {
         reloaded.compiled = CompiledPolicies::default();
         reloaded.compile_policies();
         assert!(reloaded.compiled.set.contains("mcp-tool-safety"));
-    }
-
-    #[test]
-    fn an_approval_is_decided_once_used_once_and_void_after_a_policy_change() {
-        let mut reg = Registry::default();
-        let at = |reg: &mut Registry, i: u64, ms: u64, c: Command| {
-            reg.apply(i, &Request { actor: "olga".into(), at_ms: ms, command: c }, &mut Touched::default())
-        };
-        let ask = |id: &str| Command::RequestApproval {
-            id: id.into(),
-            agent: "bot".into(),
-            server: "github".into(),
-            kind: "tool".into(),
-            name: "create_issue".into(),
-            args_sha256: [7; 32],
-            policy: "p".into(),
-            rule: "r".into(),
-            node: 2,
-            timeout_ms: 1000,
-        };
-        let decide = |id: &str, approve| Command::DecideApproval { id: id.into(), approve, reason: "ok".into() };
-        let use_it = |id: &str| Command::UseApproval { id: id.into(), node: 3 };
-        at(&mut reg, 1, 0, ask("a")).unwrap();
-        assert!(at(&mut reg, 2, 0, ask("a")).is_err(), "ids are unique");
-        assert!(at(&mut reg, 3, 0, use_it("a")).is_err(), "pending: not usable");
-        at(&mut reg, 4, 500, decide("a", true)).unwrap();
-        assert!(at(&mut reg, 5, 600, decide("a", false)).is_err(), "decided once");
-        at(&mut reg, 6, 700, use_it("a")).unwrap();
-        let e = at(&mut reg, 7, 800, use_it("a")).unwrap_err();
-        assert!(e.to_string().contains("is used, not approved"), "{e}");
-        assert!(matches!(&reg.approvals["a"].state, ApprovalState::Used { used, .. } if used.actor == "node 3"));
-        // Timed out: a decision after expiry is refused.
-        at(&mut reg, 8, 1000, ask("b")).unwrap();
-        assert!(at(&mut reg, 9, 2001, decide("b", true)).unwrap_err().to_string().contains("timed out"));
-        // A policy change voids what was requested or approved before it.
-        at(&mut reg, 10, 2000, ask("c")).unwrap();
-        at(&mut reg, 11, 2000, decide("c", true)).unwrap();
-        let epoch = reg.policy_epoch;
-        at(
-            &mut reg,
-            12,
-            2000,
-            Command::ApplyPolicy { name: "p".into(), labels: Default::default(), spec_json: r#"{"rules":[]}"#.into() },
-        )
-        .unwrap();
-        assert_eq!(reg.policy_epoch, epoch + 1);
-        assert!(at(&mut reg, 13, 2100, use_it("c")).unwrap_err().to_string().contains("policies that changed"));
-        assert!(!reg.approvals["c"].matches("bot", "github", "tool", "create_issue", &[7; 32], reg.policy_epoch));
     }
 
     #[test]
