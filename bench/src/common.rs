@@ -111,6 +111,14 @@ impl Cluster {
         Ok((Cluster { joch: joch.to_path_buf(), dir, nodes, admin_token, ca, agent_token }, took))
     }
 
+    /// Re-reads `cluster.json` (after `joch dev up --dir` restarted the nodes).
+    pub fn reload(&mut self) -> anyhow::Result<()> {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(self.dir.path().join("cluster.json"))?)?;
+        self.nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+        Ok(())
+    }
+
     /// A channel to node `id`'s admin API (TLS verified with the cluster CA when it serves it).
     pub async fn channel(&self, id: u64) -> anyhow::Result<Channel> {
         let url = self.admin(id);

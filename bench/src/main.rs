@@ -14,6 +14,7 @@
 //! applied it), sent to the leader and to a follower. Results go to stdout and to
 //! `bench/results/<date>/cluster-core.{json,md}`.
 
+mod audit;
 mod canned;
 mod common;
 mod floor;
@@ -131,6 +132,27 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// What recording a request costs the request path (the push onto the audit writer's queue).
+    AuditWrite {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Pushes per second (0: as fast as possible).
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Fleet-wide audit queries on a 3-node cluster with this many records per node.
+    AuditQuery {
+        #[arg(long)]
+        joch: Option<PathBuf>,
+        #[arg(long, default_value_t = 1_000_000)]
+        per_node: u64,
+        #[arg(long, default_value_t = 5)]
+        trials: usize,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Cluster start-up and fleet-wide quarantine acknowledgement.
     ClusterCore {
         /// The joch binary to measure (default: the one built beside this benchmark).
@@ -207,6 +229,10 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::PolicyDecision { rules, iterations, out, .. } => policy::decision(rules, iterations, out),
+        Cmd::AuditWrite { records, rate, out } => audit::write_cost(records, rate, out),
+        Cmd::AuditQuery { joch, per_node, trials, out } => {
+            audit::query(common::joch_bin(joch), per_node, trials, out).await
+        }
         Cmd::ClusterCore { joch, trials, up_trials, out } => micro::cluster_core(joch, trials, up_trials, out).await,
     }
 }

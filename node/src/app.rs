@@ -119,6 +119,15 @@ pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Futur
         stdio_allow: crate::config::stdio_allow::StdioAllow::new(cfg.id, cfg.stdio_allow.clone()),
     };
     let cluster = ClusterNode::new(cfg.id, addr.clone(), raft.clone(), registry.clone(), mesh.clone(), lease, settings);
+    // The audit trail: its own database beside the Raft store (audit/src/lib.rs says why).
+    let audit = match &cfg.audit {
+        Some(a) => {
+            let audit = joch_audit::Audit::open(a.options(&cfg.data_dir)).context("opening the audit trail")?;
+            cluster.set_audit(audit.clone());
+            Some(audit)
+        }
+        None => None,
+    };
 
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -155,6 +164,7 @@ pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Futur
                 cluster: cluster.clone(),
                 control: tokio::runtime::Handle::current(),
             }),
+            audit: audit.clone(),
         },
     )
     .context("starting the MCP proxy")?;
@@ -267,6 +277,10 @@ pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Futur
     }
     mesh.close().await;
     drop(cluster);
+    if let Some(a) = audit {
+        // What is queued is written before the process ends.
+        a.close();
+    }
     tracing::info!("node stopped");
     match failure {
         None => Ok(()),

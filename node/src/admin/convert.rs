@@ -70,6 +70,9 @@ pub fn server(rec: &ServerRecord, read_index: u64) -> pb::Server {
         generation: rec.generation,
         spec_json: serde_json::to_string(&rec.spec).unwrap_or_default(),
         read_index,
+        // Filled from the audit trail by GetServer only.
+        call_count_7d: None,
+        deny_count_7d: None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! through the cluster (forwarded to the leader); reads are linearizable unless `stale`.
 
 mod access;
+mod audit;
 mod convert;
 pub mod status;
 
@@ -346,7 +347,11 @@ impl Registry for AdminApi {
                 .servers
                 .get(&r.name)
                 .ok_or_else(|| Status::not_found(format!("MCP server {:?} is not registered", r.name)))?;
-            Ok(convert::server(rec, st.applied_index))
+            let mut s = convert::server(rec, st.applied_index);
+            if let Some((calls, denied)) = self.counts_7d(&r.name).await {
+                (s.call_count_7d, s.deny_count_7d) = (Some(calls), Some(denied));
+            }
+            Ok(s)
         })
         .await
     }
@@ -555,6 +560,16 @@ impl Registry for AdminApi {
             self.write(&actor, Command::SetRetention { history_per_target: per, history_max_age_ms: age }).await
         })
         .await
+    }
+
+    async fn query_audit(&self, req: Request<pb::AuditQueryRequest>) -> Result<Response<pb::AuditReply>, Status> {
+        let r = req.into_inner();
+        observe("QueryAudit", async { Ok(pb::AuditReply { json: self.query_audit_json(r).await? }) }).await
+    }
+
+    async fn verify_audit(&self, req: Request<pb::AuditVerifyRequest>) -> Result<Response<pb::AuditReply>, Status> {
+        let r = req.into_inner();
+        observe("VerifyAudit", async { Ok(pb::AuditReply { json: self.verify_audit_json(r).await? }) }).await
     }
 }
 

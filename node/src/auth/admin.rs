@@ -105,7 +105,7 @@ pub fn required_role(path: &str) -> Role {
         (
             "Registry",
             "GetServer" | "ListServers" | "GetPolicy" | "ListPolicies" | "ExplainPolicy" | "ListApprovals"
-            | "ListVirtualServers" | "History" | "GetRetention",
+            | "ListVirtualServers" | "History" | "GetRetention" | "VerifyAudit",
         ) => Role::Viewer,
         (
             "Registry",
@@ -120,7 +120,9 @@ pub fn required_role(path: &str) -> Role {
             | "SetServerPolicy"
             | "DeletePolicy"
             | "DecideApproval"
-            | "DeleteVirtualServer",
+            | "DeleteVirtualServer"
+            // Audit records name agents and may hold arguments: more than a viewer sees.
+            | "QueryAudit",
         ) => Role::Operator,
         ("Cluster", "NodeInfo" | "Status") => Role::Viewer,
         ("Access", "WhoAmI" | "ListAgents" | "ListIdps") => Role::Viewer,

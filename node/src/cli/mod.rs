@@ -4,6 +4,7 @@
 #[macro_use]
 mod output;
 mod access;
+mod audit;
 mod client;
 mod cluster;
 mod dev;
@@ -100,11 +101,33 @@ pub enum Cmd {
     },
     /// List resources.
     Get {
-        /// mcpservers | policies
+        /// mcpservers | policies | virtualservers | toolcalls
         kind: String,
         /// Read this node's local copy instead of a linearizable read.
         #[arg(long)]
         stale: bool,
+        /// For `toolcalls`: which calls.
+        #[command(flatten)]
+        filter: audit::Filter,
+    },
+    /// Denied calls from every member's audit trail.
+    Denials {
+        #[command(subcommand)]
+        cmd: audit::DenialsCmd,
+    },
+    /// Every record of one execution (`exec-...`, as the agent saw it in `_meta` or a denial),
+    /// or of one W3C trace id, from every member in time order.
+    Trace {
+        /// The execution id, or a 32-hex trace id.
+        id: String,
+        /// How long to wait for the members (default 5s).
+        #[arg(long)]
+        timeout: Option<String>,
+    },
+    /// The audit trail itself.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit::AuditCmd,
     },
     /// Delete a resource.
     Delete {
@@ -168,7 +191,14 @@ pub enum Cmd {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse_from(policy::explain_args(std::env::args_os().collect()));
+    let mut cli = Cli::parse_from(policy::explain_args(std::env::args_os().collect()));
+    // `--node N` with a member id (not a URL) narrows an audit question to that member.
+    let member = match &cli.command {
+        Cmd::Get { .. } | Cmd::Denials { .. } | Cmd::Trace { .. } | Cmd::Audit { .. } => {
+            audit::member_of(&mut cli.global)
+        }
+        _ => None,
+    };
     if let Cmd::Serve(args) = cli.command {
         return serve::run(args);
     }
@@ -182,7 +212,7 @@ pub fn main() -> ExitCode {
     let t = client::target(&cli.global);
     client::use_token(t.token);
     client::use_ca(t.ca);
-    match rt.block_on(dispatch(cli)) {
+    match rt.block_on(dispatch(cli, member)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", output::error_chain(&e));
@@ -195,7 +225,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn dispatch(cli: Cli, member: Option<u64>) -> anyhow::Result<ExitCode> {
     let g = cli.global;
     match cli.command {
         Cmd::Serve(_) => unreachable!("handled before the runtime starts"),
@@ -204,7 +234,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Policy { cmd } => policy::run(&g, cmd).await,
         Cmd::Approvals { cmd } => policy::approvals(&g, cmd).await,
         Cmd::Describe { kind, name, stale } => registry::describe(&g, &kind, &name, stale).await,
-        Cmd::Get { kind, stale } => registry::get(&g, &kind, stale).await,
+        Cmd::Get { kind, filter, .. } if audit::is_toolcalls(&kind) => audit::toolcalls(&g, &filter, member).await,
+        Cmd::Get { kind, stale, filter } => {
+            audit::not_a_call_query(&kind, &filter)?;
+            registry::get(&g, &kind, stale).await
+        }
+        Cmd::Denials { cmd } => audit::denials(&g, cmd, member).await,
+        Cmd::Trace { id, timeout } => audit::trace(&g, &id, member, &timeout).await,
+        Cmd::Audit { cmd } => audit::audit(&g, cmd, member).await,
         Cmd::Delete { kind, name } => registry::delete(&g, &kind, &name).await,
         Cmd::Cluster { cmd } => cluster::run(&g, cmd).await,
         Cmd::Dev { cmd } => dev::run(&g, cmd).await,

@@ -121,6 +121,10 @@ pub fn server_resource(s: &pb::Server) -> Value {
     if !s.pending_upgrade.is_empty() {
         status["pendingUpgrade"] = json!(s.pending_upgrade);
     }
+    if let (Some(calls), Some(denied)) = (s.call_count_7d, s.deny_count_7d) {
+        status["callCount7d"] = json!(calls);
+        status["denyCount7d"] = json!(denied);
+    }
     let labels: std::collections::BTreeMap<_, _> = s.labels.iter().collect();
     strip_nulls(json!({
         "apiVersion": "joch.dev/v1alpha1",

@@ -30,6 +30,9 @@ impl ControlHandler for ClusterNode {
             }
             ControlRequest::Status => ControlResponse::Status(self.node_status()),
             ControlRequest::LeaseProbe { from } => ControlResponse::Lease(self.grant(from)),
+            ControlRequest::Audit(ask) => {
+                ControlResponse::Audit(crate::audit::fleet::answer_async(self.audit(), ask).await)
+            }
         }
     }
 

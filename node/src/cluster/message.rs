@@ -42,6 +42,8 @@ pub enum ControlRequest {
         /// The asking node.
         from: NodeId,
     },
+    /// A question for this node's audit trail (`joch get toolcalls`, `joch trace`, ...).
+    Audit(crate::audit::fleet::AuditAsk),
 }
 
 /// The answer to a [`ControlRequest`], same variant order.
@@ -70,6 +72,8 @@ pub enum ControlResponse {
     Status(NodeStatus),
     /// Answer to `LeaseProbe`.
     Lease(Result<Grant, Refusal>),
+    /// Answer to `Audit`.
+    Audit(Result<crate::audit::fleet::AuditAnswer, String>),
     /// The request could not be decoded or handled at all.
     BadRequest(String),
 }

@@ -57,6 +57,8 @@ pub struct ClusterNode {
     settings: Settings,
     /// Commit index last granted by a leader (followers), for `commit_index`.
     leader_commit: AtomicU64,
+    /// This node's audit trail (set once at start; peers' audit questions are answered from it).
+    audit: std::sync::OnceLock<Arc<joch_audit::Audit>>,
 }
 
 /// What the data plane may see of its node: its id, the published registry, its lease, where
@@ -230,7 +232,47 @@ impl ClusterNode {
             mesh,
             settings,
             leader_commit: AtomicU64::new(0),
+            audit: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Gives the node its audit trail (once, at start).
+    pub fn set_audit(&self, audit: Arc<joch_audit::Audit>) {
+        let _ = self.audit.set(audit);
+    }
+
+    /// This node's audit trail, if it keeps one.
+    pub fn audit(&self) -> Option<Arc<joch_audit::Audit>> {
+        self.audit.get().cloned()
+    }
+
+    /// Asks every member (or only `only`) a question about its audit trail, in parallel, each
+    /// within `timeout`; this node answers from its own. Every member is in the answer, with
+    /// its answer or why there is none.
+    pub async fn ask_audit(
+        &self,
+        ask: &crate::audit::fleet::AuditAsk,
+        only: Option<NodeId>,
+        timeout: Duration,
+    ) -> Vec<(NodeId, Result<crate::audit::fleet::AuditAnswer, String>)> {
+        let members = self.members().into_iter().filter(|(id, _, _)| only.is_none_or(|o| o == *id));
+        let asks = members.map(|(id, addr, _)| async move {
+            let a = if id == self.id {
+                match tokio::time::timeout(timeout, crate::audit::fleet::answer_async(self.audit(), ask.clone())).await
+                {
+                    Ok(a) => a,
+                    Err(_) => Err(format!("no answer within {timeout:?}")),
+                }
+            } else {
+                match self.mesh.call(&addr.mesh, &ControlRequest::Audit(ask.clone()), timeout).await {
+                    Ok(ControlResponse::Audit(a)) => a,
+                    Ok(other) => Err(format!("unexpected answer: {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            (id, a)
+        });
+        futures::future::join_all(asks).await
     }
 
     /// What the data plane may see of this node.

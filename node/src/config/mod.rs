@@ -56,6 +56,9 @@ pub struct RawConfig {
     /// TLS for the MCP listener.
     #[serde(default)]
     pub mcp_tls: RawMcpTls,
+    /// The node's audit trail.
+    #[serde(default)]
+    pub audit: RawAudit,
     /// Run without authenticating operators, with a plaintext admin API (development only; logged
     /// loudly). Default false.
     pub insecure_dev: Option<bool>,
@@ -87,6 +90,25 @@ pub struct RawSecrets {
     pub kek_file: Option<PathBuf>,
     /// Earlier keys, still opened during a rotation (`joch secret rotate-kek`).
     pub previous_kek_files: Option<Vec<PathBuf>>,
+}
+
+/// `audit:`.
+#[derive(Deserialize, Serialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Keep an audit trail (default true).
+    pub enabled: Option<bool>,
+    /// Records older than this are removed (default 30d).
+    pub max_age: Option<String>,
+    /// At most this many records are kept on this node (default 10000000).
+    pub max_records: Option<u64>,
+    /// Records waiting to be written at most; beyond, they are dropped and counted (default 65536).
+    pub queue: Option<usize>,
+    /// The group-commit window: how long the writer gathers records before one synced write
+    /// (default 5ms): with what is queued, the most a crash can lose.
+    pub group_commit: Option<String>,
+    /// Also append every record as a JSON line to this file (for a SIEM).
+    pub jsonl: Option<PathBuf>,
 }
 
 /// `stdio:`.
@@ -237,6 +259,36 @@ pub struct Config {
     pub stdio_allow: Vec<PathBuf>,
     /// TLS certificate and key of the MCP listener.
     pub mcp_tls: Option<(PathBuf, PathBuf)>,
+    /// The audit trail (`None`: not kept).
+    pub audit: Option<AuditSettings>,
+}
+
+/// How the audit trail is kept (`audit:`).
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// Oldest kept.
+    pub max_age: Duration,
+    /// Most records kept.
+    pub max_records: u64,
+    /// Queue bound.
+    pub queue: usize,
+    /// Group-commit window.
+    pub group_commit: Duration,
+    /// JSON lines file.
+    pub jsonl: Option<PathBuf>,
+}
+
+impl AuditSettings {
+    /// The store's options for a node whose data directory is `data_dir`.
+    pub fn options(&self, data_dir: &std::path::Path) -> joch_audit::Options {
+        let mut o = joch_audit::Options::new(data_dir.join("audit"));
+        o.queue = self.queue;
+        o.window = self.group_commit;
+        o.retention =
+            joch_audit::Retention { max_age_us: self.max_age.as_micros() as u64, max_records: self.max_records };
+        o.jsonl = self.jsonl.clone();
+        o
+    }
 }
 
 /// Listen addresses.
@@ -428,6 +480,12 @@ impl RawConfig {
         m(&mut self.log.level, other.log.level);
         m(&mut self.admin.token_file, other.admin.token_file);
         m(&mut self.agents.allow_anonymous, other.agents.allow_anonymous);
+        m(&mut self.audit.enabled, other.audit.enabled);
+        m(&mut self.audit.max_age, other.audit.max_age);
+        m(&mut self.audit.max_records, other.audit.max_records);
+        m(&mut self.audit.queue, other.audit.queue);
+        m(&mut self.audit.group_commit, other.audit.group_commit);
+        m(&mut self.audit.jsonl, other.audit.jsonl);
         m(&mut self.secrets.kek_file, other.secrets.kek_file);
         m(&mut self.secrets.previous_kek_files, other.secrets.previous_kek_files);
         m(&mut self.stdio.allow, other.stdio.allow);
@@ -507,6 +565,8 @@ impl RawConfig {
         let lease = dur("raft.lease", &self.raft.lease, "6s");
         let fleet_ack_timeout = dur("fleet_ack_timeout", &self.fleet_ack_timeout, "2s").unwrap_or_default();
         let write_timeout = dur("write_timeout", &self.write_timeout, "10s").unwrap_or_default();
+        let audit_max_age = dur("audit.max_age", &self.audit.max_age, "30d").unwrap_or_default();
+        let audit_window = dur("audit.group_commit", &self.audit.group_commit, "5ms").unwrap_or_default();
         let defaults = ProxyLimits::default();
         let proxy = ProxyLimits {
             max_body_bytes: self.proxy.max_body_bytes.unwrap_or(defaults.max_body_bytes),
@@ -657,6 +717,22 @@ impl RawConfig {
                 );
             }
         }
+        if self.audit.queue == Some(0) {
+            bad("audit.queue", "must be at least 1".into());
+        }
+        if self.audit.max_records == Some(0) {
+            bad("audit.max_records", "must be at least 1".into());
+        }
+        if audit_window > Duration::from_secs(1) {
+            bad("audit.group_commit", format!("{audit_window:?} is longer than 1s: a crash would lose that much"));
+        }
+        let audit = self.audit.enabled.unwrap_or(true).then(|| AuditSettings {
+            max_age: audit_max_age,
+            max_records: self.audit.max_records.unwrap_or(10_000_000),
+            queue: self.audit.queue.unwrap_or(65_536),
+            group_commit: audit_window,
+            jsonl: self.audit.jsonl.clone(),
+        });
         if !problems.is_empty() {
             return Err(ConfigError { source_name, problems });
         }
@@ -678,6 +754,7 @@ impl RawConfig {
             kek_files,
             stdio_allow: self.stdio.allow.unwrap_or_default(),
             mcp_tls,
+            audit,
         })
     }
 }

@@ -127,6 +127,28 @@ pub fn data(event: &[u8]) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("\n"))
 }
 
+/// The same event with its data replaced by `json` (its `id:`, `event:` and `retry:` lines kept).
+pub fn with_data(event: &[u8], json: &str) -> Bytes {
+    let text = String::from_utf8_lossy(event);
+    let mut out = String::with_capacity(text.len() + json.len());
+    let mut placed = false;
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if line.starts_with("data:") {
+            if !placed {
+                out.push_str("data: ");
+                out.push_str(json);
+                out.push('\n');
+                placed = true;
+            }
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
 /// One SSE event carrying a JSON-RPC message.
 pub fn message_event(json: &str) -> Bytes {
     Bytes::from(format!("event: message\ndata: {json}\n\n"))
@@ -135,6 +157,13 @@ pub fn message_event(json: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_data_replaces_the_data_and_keeps_the_id() {
+        let e = with_data(b"id: 7\nevent: message\ndata: {\"a\":\ndata: 1}\n\n", r#"{"a":2}"#);
+        assert_eq!(&e[..], b"id: 7\nevent: message\ndata: {\"a\":2}\n\n");
+        assert_eq!(data(&e).as_deref(), Some(r#"{"a":2}"#));
+    }
 
     #[tokio::test]
     async fn events_of_a_body_one_by_one_across_chunks_until_it_fails() {

@@ -72,12 +72,79 @@ pub struct Approvals {
     node: u64,
     registry: RegistryHandle,
     proposer: Arc<dyn Proposer>,
+    /// Where each hold's end is recorded (in the call's execution).
+    audit: Option<Arc<joch_audit::Audit>>,
 }
 
 impl Approvals {
-    /// For node `node`, writing through `proposer`.
-    pub fn new(node: u64, registry: RegistryHandle, proposer: Arc<dyn Proposer>) -> Approvals {
-        Approvals { node, registry, proposer }
+    /// For node `node`, writing through `proposer`, recording in `audit`.
+    pub fn new(
+        node: u64,
+        registry: RegistryHandle,
+        proposer: Arc<dyn Proposer>,
+        audit: Option<Arc<joch_audit::Audit>>,
+    ) -> Approvals {
+        Approvals { node, registry, proposer, audit }
+    }
+
+    /// Holds a call until its approval is decided (or answers at once with `no_wait`): the
+    /// approval's id once approved and committed as used, or the denial. The hold's end is an
+    /// audit record of the call's execution (`joch trace` shows it).
+    pub async fn hold(&self, call: &Call, h: Held) -> Result<String, Denial> {
+        let started = std::time::Instant::now();
+        let (server, name, policy, rule) = (h.server.clone(), h.name.clone(), h.policy.clone(), h.rule.clone());
+        let r = self.wait_for(call, h).await;
+        if let Some(audit) = &self.audit {
+            let (kind, decision, approval, outcome, reason) = match &r {
+                Ok(id) => (
+                    joch_audit::Kind::ApprovalDecided,
+                    "approved",
+                    id.clone(),
+                    joch_audit::Outcome::Result,
+                    String::new(),
+                ),
+                Err(d) => (
+                    if d.reason == Reason::ApprovalPending {
+                        joch_audit::Kind::ApprovalRequested
+                    } else {
+                        joch_audit::Kind::ApprovalDecided
+                    },
+                    match d.reason {
+                        Reason::ApprovalPending => "pending",
+                        Reason::ApprovalTimeout => "timed out",
+                        _ => "denied",
+                    },
+                    d.extra
+                        .as_ref()
+                        .and_then(|e| e.policy.as_ref())
+                        .and_then(|p| p["approval"].as_str())
+                        .unwrap_or_default()
+                        .to_string(),
+                    joch_audit::Outcome::Denied,
+                    d.message.clone(),
+                ),
+            };
+            audit.record(joch_audit::Record {
+                time_us: joch_audit::now_us(),
+                node: self.node,
+                kind,
+                exec: call.exec.id.to_string(),
+                trace: call.exec.trace.to_string(),
+                agent: call.caller.name.clone(),
+                server,
+                method: call.method().unwrap_or_default().into(),
+                target: name,
+                decision: decision.into(),
+                policy,
+                rule,
+                approval,
+                outcome,
+                reason,
+                latency_us: started.elapsed().as_micros() as u64,
+                ..joch_audit::Record::default()
+            });
+        }
+        r
     }
 
     fn find(&self, call: &Call, h: &Held, hash: &[u8; 32], ok: impl Fn(&Approval) -> bool) -> Option<Arc<Approval>> {
@@ -92,7 +159,7 @@ impl Approvals {
     }
 
     /// Holds `call` until its approval is decided; `Ok(id)` once this call may use it.
-    pub async fn hold(&self, call: &Call, h: Held) -> Result<String, Denial> {
+    async fn wait_for(&self, call: &Call, h: Held) -> Result<String, Denial> {
         let hash = args_hash(&h.args);
         let now = crate::policy::list::now_ms();
         let deny = |reason, message: String| call.deny(reason, &format!("{}/{}", h.policy, h.rule), message);

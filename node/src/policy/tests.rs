@@ -135,6 +135,7 @@ fn call(method: &str, server: &str) -> Call {
         rpc: Some(Arc::new(Rpc { msg, body })),
         session: None,
         approval: None,
+        exec: crate::audit::exec::Exec::detached(),
     }
 }
 

@@ -77,6 +77,10 @@ impl Gate {
         let state = self.registry.load();
         self.lease.check(Instant::now()).map_err(|why| stale(&call, &why))?;
         let (server, grant) = checks(&self.gov, &call, &state)?;
+        call.exec.note(|n| {
+            n.server = Some(server.name.clone());
+            n.decided = grant.by.as_ref().map(|m| (m.policy.clone(), m.rule.clone(), m.decision.as_str()));
+        });
         // Repeats of one call (max_retries), then rate limits: admissions only count (a re-check
         // of what is in flight takes nothing).
         if let (Some(n), Some(by)) = (grant.constraints.max_retries, grant.by.as_ref()) {
@@ -495,6 +499,7 @@ mod tests {
                 upstream_modern: false,
             }),
             approval: None,
+            exec: crate::audit::exec::Exec::detached(),
         }
     }
 

@@ -194,6 +194,8 @@ pub struct Extra {
     pub policy: Option<Value>,
     /// Seconds after which the call may pass (`Retry-After`, and `error.data.retryAfter`).
     pub retry_after: Option<u64>,
+    /// The execution id (`error.data.execId`): what `joch trace` starts from.
+    pub exec: Option<Box<str>>,
 }
 
 impl Denial {
@@ -228,6 +230,12 @@ impl Denial {
         self
     }
 
+    /// Names the execution it ends.
+    pub fn with_exec(mut self, exec: &str) -> Denial {
+        self.extra.get_or_insert_with(Default::default).exec = Some(exec.into());
+        self
+    }
+
     /// Names the policy decision that refused.
     pub fn with_policy(mut self, policy: Value) -> Denial {
         self.extra.get_or_insert_with(Default::default).policy = Some(policy);
@@ -243,6 +251,9 @@ impl Denial {
         }
         if let Some(s) = self.extra.as_ref().and_then(|e| e.retry_after) {
             data["retryAfter"] = json!(s);
+        }
+        if let Some(e) = self.extra.as_ref().and_then(|e| e.exec.as_deref()) {
+            data["execId"] = json!(e);
         }
         jsonrpc::error(self.id.clone(), self.reason.code(), &self.message, Some(data))
     }

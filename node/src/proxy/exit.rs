@@ -247,8 +247,9 @@ impl Exit {
                 (r, outcome)
             }
             Answer::Denied(d) => {
-                let reason = d.reason;
-                (d.into_response(), Outcome::Denied(reason))
+                let d = d.with_exec(&call.exec.id);
+                let resp = d.clone().into_response();
+                (resp, Outcome::Denied(Box::new(d)))
             }
             Answer::Rejected { status, body } => {
                 let r = json_response(status, Some(JSON), Bytes::from(body.to_string()));
@@ -354,8 +355,10 @@ impl Exit {
             };
             if let Some(d) = cut_denial {
                 tracing::info!(server = %call.server, reason = d.reason.as_str(), "stream cut");
+                call.exec.note(|n| n.cut = Some(format!("{} ({}): {}", d.reason.as_str(), d.rule, d.message)));
                 if let Some(id) = request_id {
-                    let _ = tx.send(Ok(sse::message_event(&d.with_id(id).body().to_string()))).await;
+                    let d = d.with_id(id).with_exec(&call.exec.id);
+                    let _ = tx.send(Ok(sse::message_event(&d.body().to_string()))).await;
                 }
             }
             metrics::gauge!("joch_mcp_open_streams").decrement(1.0);
@@ -387,6 +390,7 @@ mod tests {
             rpc: None,
             session: None,
             approval: None,
+            exec: crate::audit::exec::Exec::detached(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let later = futures::stream::once(async move {

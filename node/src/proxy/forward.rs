@@ -35,6 +35,11 @@ pub struct McpForward {
     /// The agent's `Authorization` header: the owner authenticates the agent itself (the mesh
     /// is mutually authenticated, and the credential never leaves the cluster).
     pub authorization: Option<String>,
+    /// The execution id this node recorded the request under: the owner records it under the
+    /// same one, so `joch trace` finds both.
+    pub exec: String,
+    /// The trace context (the agent's trace, this node's span).
+    pub traceparent: String,
 }
 
 /// The head of the owner's answer. On the stream it is followed by the body, chunk by chunk as
@@ -58,6 +63,8 @@ impl Proxy {
             method: inb.http_method.to_string(),
             last_event_id: inb.header("last-event-id").map(str::to_string),
             authorization: inb.header("authorization").map(str::to_string),
+            exec: call.exec.id.to_string(),
+            traceparent: call.exec.traceparent(),
         };
         let Some(addr) = self.node.members.get(owner) else {
             return call
@@ -119,12 +126,13 @@ impl Proxy {
         set("mcp-protocol-version", req.protocol_version.as_deref());
         set("last-event-id", req.last_event_id.as_deref());
         set("authorization", req.authorization.as_deref());
+        set("traceparent", Some(req.traceparent.as_str()));
         let http_method = match req.method.as_str() {
             "GET" => "GET",
             "DELETE" => "DELETE",
             _ => "POST",
         };
-        let inbound = Inbound { server: req.server, http_method, headers, body: req.body.into() };
+        let inbound = Inbound { server: req.server, http_method, headers, body: req.body.into(), exec: Some(req.exec) };
         let resp = self.serve(inbound).await;
         let head = McpHead {
             status: resp.status().as_u16(),

@@ -87,6 +87,7 @@ impl Proxy {
             http_method: inb.http_method,
             headers: inb.headers.clone(),
             body: inb.body.clone(),
+            exec: inb.exec.clone(),
         };
         let member = Call { server, ..call.clone() };
         let answer = async move {

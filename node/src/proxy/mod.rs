@@ -79,6 +79,8 @@ pub struct Options {
     pub stdio_allow: StdioAllow,
     /// Commits approval requests and their use (held calls).
     pub proposer: Arc<dyn crate::policy::approvals::Proposer>,
+    /// The node's audit trail (`None`: nothing is recorded).
+    pub audit: Option<Arc<joch_audit::Audit>>,
 }
 
 /// The proxy of one node.
@@ -103,17 +105,22 @@ pub struct Proxy {
     approvals: Arc<crate::policy::approvals::Approvals>,
     /// This proxy (tasks that outlive a request's borrow: held streams).
     me: std::sync::Weak<Proxy>,
+    /// Where finished requests are recorded.
+    audit: Option<Arc<joch_audit::Audit>>,
 }
 
 impl Proxy {
     /// A proxy over this node's view; it also answers the MCP requests peers relay here.
     pub fn new(node: NodeView, opts: Options) -> anyhow::Result<Arc<Self>> {
-        let Options { limits, allow_anonymous, tls, keyring, stdio_allow, proposer } = opts;
-        let approvals = Arc::new(crate::policy::approvals::Approvals::new(node.id, node.registry.clone(), proposer));
+        let Options { limits, allow_anonymous, tls, keyring, stdio_allow, proposer, audit } = opts;
+        let approvals =
+            Arc::new(crate::policy::approvals::Approvals::new(node.id, node.registry.clone(), proposer, audit.clone()));
         let gov = Arc::new(Governance::new(node.members.clone()));
         let stages: Arc<[Arc<dyn Stage>]> = Arc::from(vec![
             Arc::new(ListFilter::new(gov.clone(), node.registry.clone())) as Arc<dyn Stage>,
             Arc::new(Telemetry) as Arc<dyn Stage>,
+            // Last: it counts the bytes that leave and stamps what the agent sees.
+            Arc::new(crate::audit::AuditStage) as Arc<dyn Stage>,
         ]);
         let gate = Gate::new(node.registry.clone(), node.lease.clone(), gov.clone(), stages.clone());
         let exit = Exit::new(stages.clone(), limits.keepalive);
@@ -136,6 +143,7 @@ impl Proxy {
             tls,
             gov,
             approvals,
+            audit,
         }))
     }
 
@@ -149,9 +157,19 @@ impl Proxy {
         self.stdio.stop_all().await;
     }
 
-    /// A call to `server` (empty: the aggregate endpoint) from `caller`, received by this node.
-    fn call(&self, server: String, http_method: &'static str, caller: Arc<Caller>) -> Call {
-        Call { node: self.node.id, server, caller, http_method, rpc: None, session: None, approval: None }
+    /// A call to `server` (empty: the aggregate endpoint) from `caller`, received by this node,
+    /// in the agent's trace if its headers carry one; `relayed`: the execution id a peer gave it.
+    fn call(
+        &self,
+        server: String,
+        http_method: &'static str,
+        caller: Arc<Caller>,
+        headers: &axum::http::HeaderMap,
+        relayed: Option<&str>,
+    ) -> Call {
+        let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+        let exec = crate::audit::exec::Exec::start(traceparent, relayed, self.audit.clone());
+        Call { node: self.node.id, server, caller, http_method, rpc: None, session: None, approval: None, exec }
     }
 
     /// Admits a call to its server; a call a policy holds for approval waits here for the

@@ -24,6 +24,9 @@ pub struct Inbound {
     pub headers: HeaderMap,
     /// The body (empty for GET and DELETE).
     pub body: Bytes,
+    /// The execution id a peer gave this request when it relayed it here (never taken from an
+    /// agent's headers).
+    pub exec: Option<String>,
 }
 
 impl Inbound {
@@ -61,6 +64,8 @@ pub struct Call {
     pub session: Option<SessionToken>,
     /// The approval this call uses (set by the node holding it, once committed as used).
     pub approval: Option<Arc<str>>,
+    /// Its execution: ids, trace context, and what the audit record will say.
+    pub exec: Arc<crate::audit::exec::Exec>,
 }
 
 /// A JSON-RPC message as received: the light view (method, id, name or URI, envelope version,

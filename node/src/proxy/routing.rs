@@ -49,7 +49,13 @@ impl Proxy {
         let access = self.node.registry.load().registry.access.clone();
         let (call, reply) = match self.agents.authenticate(&access, inbound.header("authorization")) {
             Ok(caller) => {
-                let mut call = self.call(inbound.server.clone(), inbound.http_method, caller);
+                let mut call = self.call(
+                    inbound.server.clone(),
+                    inbound.http_method,
+                    caller,
+                    &inbound.headers,
+                    inbound.exec.as_deref(),
+                );
                 let reply = match inbound.http_method {
                     "POST" => self.post(&mut call, &inbound).await,
                     _ => self.stream_or_delete(&mut call, &inbound).await,
@@ -57,7 +63,13 @@ impl Proxy {
                 (call, reply)
             }
             Err(why) => {
-                let call = self.call(inbound.server.clone(), inbound.http_method, Caller::unauthenticated());
+                let call = self.call(
+                    inbound.server.clone(),
+                    inbound.http_method,
+                    Caller::unauthenticated(),
+                    &inbound.headers,
+                    inbound.exec.as_deref(),
+                );
                 let challenge = format!("Bearer resource_metadata=\"{}\"", self.metadata_url(&inbound));
                 let d =
                     call.deny(Reason::Unauthenticated, "agent.credential", why.to_string()).with_challenge(challenge);
@@ -287,7 +299,7 @@ async fn server_route(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    p.serve(Inbound { server, http_method: http_method(&method), headers, body }).await
+    p.serve(Inbound { server, http_method: http_method(&method), headers, body, exec: None }).await
 }
 
 async fn virtual_route(
@@ -297,16 +309,15 @@ async fn virtual_route(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    p.serve(Inbound { server: format!("v/{name}"), http_method: http_method(&method), headers, body }).await
+    p.serve(Inbound { server: format!("v/{name}"), http_method: http_method(&method), headers, body, exec: None }).await
 }
 
 async fn aggregate_route(State(p): State<Arc<Proxy>>, method: Method, headers: HeaderMap, body: Bytes) -> Response {
-    p.serve(Inbound { server: String::new(), http_method: http_method(&method), headers, body }).await
+    p.serve(Inbound { server: String::new(), http_method: http_method(&method), headers, body, exec: None }).await
 }
 
 /// Denies a request before it reached a handler (limits), counted like any other.
-fn early(p: &Proxy, server: &str, method: &Method, d: Denial) -> Response {
-    let call = p.call(server.to_string(), http_method(method), Caller::unauthenticated());
+fn early(p: &Proxy, call: Call, d: Denial) -> Response {
     let (resp, outcome) = p.exit.respond(&call, Reply::from(d));
     p.finish(&call, &outcome, Instant::now());
     resp
@@ -325,7 +336,7 @@ async fn concurrency(
 ) -> Response {
     let Ok(permit) = p.in_flight.clone().try_acquire_owned() else {
         let server = server_of(req.uri().path()).to_string();
-        let call = p.call(server.clone(), http_method(req.method()), Caller::unauthenticated());
+        let call = p.call(server, http_method(req.method()), Caller::unauthenticated(), req.headers(), None);
         let d = call.deny(
             Reason::NodeOverloaded,
             "proxy.max_concurrent_requests",
@@ -334,7 +345,7 @@ async fn concurrency(
                 p.node.id, p.limits.max_concurrent_requests
             ),
         );
-        return early(&p, &server, req.method(), d);
+        return early(&p, call, d);
     };
     let resp = next.run(req).await;
     // The permit lives as long as the answer's body: a stream holds it until it ends.
@@ -376,8 +387,9 @@ async fn read_body(State(p): State<Arc<Proxy>>, req: axum::extract::Request, nex
     let server = server_of(parts.uri.path()).to_string();
     let limit = p.limits.max_body_bytes;
     let deny = |reason, rule: &str, message: String| {
-        let call = p.call(server.clone(), http_method(&parts.method), Caller::unauthenticated());
-        early(&p, &server, &parts.method, call.deny(reason, rule, message))
+        let call = p.call(server.clone(), http_method(&parts.method), Caller::unauthenticated(), &parts.headers, None);
+        let d = call.deny(reason, rule, message);
+        early(&p, call, d)
     };
     match tokio::time::timeout(p.limits.client_timeout, axum::body::to_bytes(body, limit)).await {
         Err(_) => deny(
@@ -390,7 +402,8 @@ async fn read_body(State(p): State<Arc<Proxy>>, req: axum::extract::Request, nex
         }
         Ok(Err(_)) => {
             // The client went away mid-body: nobody to answer.
-            let call = p.call(server.clone(), http_method(&parts.method), Caller::unauthenticated());
+            let call =
+                p.call(server.clone(), http_method(&parts.method), Caller::unauthenticated(), &parts.headers, None);
             p.finish(&call, &Outcome::Rejected { status: 400 }, Instant::now());
             StatusCode::BAD_REQUEST.into_response()
         }

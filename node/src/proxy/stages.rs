@@ -2,14 +2,15 @@
 //! every stage's `on_request` after the registry checks (`admission.rs`); the exit runs
 //! `on_message` on every message that leaves for the agent, a JSON answer or each SSE event, in
 //! every era and on every endpoint (`exit.rs`); the routing layer runs `on_finish` once per
-//! request, allowed or not. Today one stage exists: telemetry.
+//! request, allowed or not. The stages: the list filter (`policy/list.rs`), telemetry (below),
+//! and the audit stage (`audit/mod.rs`).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use joch_raft_store::ServerRecord;
 
-use super::deny::{Denial, Reason};
+use super::deny::Denial;
 use super::request::Call;
 
 /// How a request ended.
@@ -20,8 +21,8 @@ pub enum Outcome {
         /// Upstream status.
         status: u16,
     },
-    /// joch answered instead.
-    Denied(Reason),
+    /// joch answered instead (the denial as sent, for the audit record).
+    Denied(Box<Denial>),
     /// Refused before admission (bad framing, unsupported version, a removed method).
     Rejected {
         /// HTTP status.
@@ -58,7 +59,7 @@ impl Stage for Telemetry {
     fn on_finish(&self, call: &Call, outcome: &Outcome, elapsed: Duration) {
         let (label, status): (&str, u16) = match outcome {
             Outcome::Forwarded { status } => ("forwarded", *status),
-            Outcome::Denied(r) => (r.as_str(), r.status().as_u16()),
+            Outcome::Denied(d) => (d.reason.as_str(), d.reason.status().as_u16()),
             Outcome::Rejected { status } => ("rejected", *status),
             Outcome::Answered => ("answered", 200),
             Outcome::Relayed { owner, status } => {

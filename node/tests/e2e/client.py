@@ -49,6 +49,9 @@ def agent_headers():
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if os.environ.get("JOCH_PREFER"):
         headers["Prefer"] = os.environ["JOCH_PREFER"]
+    if os.environ.get("JOCH_TRACEPARENT"):
+        # W3C trace context, as an instrumented agent sends it on every request.
+        headers["traceparent"] = os.environ["JOCH_TRACEPARENT"]
     return headers
 
 
@@ -547,10 +550,12 @@ async def probe(server, calls, bases):
         except MCPError as e:
             out["prompts"] = err(e)
         out["sequence"] = []
+        out["metas"] = {}
         for name, args in calls:
             try:
                 r = await client.call_tool(name, args)
                 out["calls"][name] = r.content[0].text if r.content else ""
+                out["metas"][name] = getattr(r, "meta", None)
             except MCPError as e:
                 out["calls"][name] = err(e)
             out["sequence"].append(out["calls"][name])

@@ -181,8 +181,14 @@ fn bad_input_gets_its_specific_error_and_the_node_keeps_serving() {
     assert_eq!((r.status, code(&r.json())), (404, -32001), "{r:?}");
     let r = http("POST", &format!("{}/mcp/nope", c.node(1).mcp_url), &[ACCEPT, JSON_CT, c.auth()], INIT.as_bytes());
     assert_eq!((r.status, code(&r.json())), (404, -32001), "{r:?}");
+    let mut data = r.json()["error"]["data"].clone();
+    let exec = data.as_object_mut().and_then(|d| d.remove("execId"));
+    assert!(
+        exec.as_ref().and_then(Value::as_str).is_some_and(|e| e.starts_with("exec-")),
+        "{data}: names its execution"
+    );
     assert_eq!(
-        r.json()["error"]["data"],
+        data,
         json!({"reason": "server-not-registered", "server": "nope", "node": 1, "rule": "registry.registered"})
     );
 

@@ -70,13 +70,18 @@ impl Upstream {
         if let Some(sid) = upstream_session {
             req = req.header("mcp-session-id", sid);
         }
+        // The agent's trace, with joch's span as the parent (W3C Trace Context).
+        let exec = &adm.call().exec;
+        req = req.header("traceparent", exec.traceparent());
         if let Some((name, value)) = self.credentials.header(adm).await? {
             req = req.header(name, value);
         }
         if let Some(b) = body {
             req = req.body(b);
         }
+        let sent = std::time::Instant::now();
         let answer = tokio::time::timeout(self.timeout, req.send()).await;
+        exec.note(|n| n.upstream_us += sent.elapsed().as_micros() as u64);
         if let Ok(Ok(r)) = &answer {
             if r.status() == reqwest::StatusCode::UNAUTHORIZED {
                 self.credentials.refused(&adm.server().name);
