@@ -7,6 +7,7 @@
 //! | `t` + trace id + `0x00` + time + seq | empty: records of one trace |
 //! | `s` + server + `0x00` + time + seq | empty: records of one server |
 //! | `m` + server + `0x00` + minute (u64 BE) + agent + `0x00` + tool | postcard `Counts` (rollup) |
+//! | `g` + minute (u64 BE) | postcard `GateCounts` (seed 003's gates) |
 //! | `h` | the head: seq, time, hash of the last record |
 //! | `a` | the anchor: seq and hash of the last record removed by retention (the chain starts after it) |
 //!
@@ -23,6 +24,8 @@ pub const TRACE: u8 = b't';
 pub const SERVER: u8 = b's';
 /// Per-minute rollups.
 pub const MINUTE: u8 = b'm';
+/// Per-minute gate counts.
+pub const GATE: u8 = b'g';
 /// The chain's head.
 pub const HEAD: &[u8] = b"h";
 /// The chain's anchor.
@@ -96,4 +99,16 @@ pub fn parse_minute(k: &[u8]) -> Option<(&str, u64, &str, &str)> {
     let rest = &rest[8..];
     let z = rest.iter().position(|b| *b == 0)?;
     Some((server, minute, std::str::from_utf8(&rest[..z]).ok()?, std::str::from_utf8(&rest[z + 1..]).ok()?))
+}
+
+/// `g` + minute.
+pub fn gate(minute: u64) -> Vec<u8> {
+    let mut k = vec![GATE];
+    k.extend_from_slice(&minute.to_be_bytes());
+    k
+}
+
+/// The minute of a gate key.
+pub fn parse_gate(k: &[u8]) -> Option<u64> {
+    (k.len() == 9 && k[0] == GATE).then(|| u64::from_be_bytes(k[1..9].try_into().unwrap_or_default()))
 }

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use query::{Counts, Group, GroupBy, Page, Problem, Query, SummaryQuery, VerifyReport};
+pub use query::{quantile, Counts, GateCounts, Group, GroupBy, Page, Problem, Query, SummaryQuery, VerifyReport};
 pub use record::{Kind, Outcome, Record, Verdict};
 pub use store::{hex, tamper, AuditError, Head, Retention, Store};
 

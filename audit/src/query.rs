@@ -184,3 +184,119 @@ pub struct Problem {
     /// What is wrong.
     pub problem: String,
 }
+
+/// Buckets of the gate histograms: half-octaves, bucket `i` holding the values `v` with
+/// `floor(2 * log2(v + 1)) == i` (a quantile read from them is within a factor of 1.42).
+pub const BUCKETS: usize = 64;
+
+/// The histogram bucket of a value.
+pub fn bucket(v: u64) -> usize {
+    ((2.0 * ((v as f64) + 1.0).log2()).floor() as usize).min(BUCKETS - 1)
+}
+
+/// The largest value bucket `i` holds.
+pub fn bucket_upper(i: usize) -> u64 {
+    (2f64.powf((i as f64 + 1.0) / 2.0).ceil() as u64).saturating_sub(1).max(1)
+}
+
+/// What seed 003's rollout gates are computed from, per minute of one node (added up across
+/// minutes and nodes).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GateCounts {
+    /// Requests decided (the registry's checks and the policies).
+    pub decisions: u64,
+    /// Histogram of decision times, microseconds (`BUCKETS` half-octaves; empty: none).
+    pub decide_us: Vec<u64>,
+    /// Writes that ran without an approval although an audit-mode policy would have stopped them.
+    pub unapproved_writes: u64,
+    /// Requests for servers that are not registered.
+    pub unknown_servers: u64,
+    /// Approvals decided.
+    pub approvals: u64,
+    /// Histogram of how long approvals waited, seconds.
+    pub approval_wait_s: Vec<u64>,
+    /// Tool results that reached the output stage.
+    pub results: u64,
+    /// Of which quarantined by it (the content guard, once it exists).
+    pub quarantined: u64,
+}
+
+fn hist_add(h: &mut Vec<u64>, v: u64) {
+    if h.is_empty() {
+        h.resize(BUCKETS, 0);
+    }
+    h[bucket(v)] += 1;
+}
+
+fn hist_merge(h: &mut Vec<u64>, o: &[u64]) {
+    if o.is_empty() {
+        return;
+    }
+    if h.is_empty() {
+        h.resize(BUCKETS, 0);
+    }
+    for (a, b) in h.iter_mut().zip(o) {
+        *a += b;
+    }
+}
+
+/// The value at quantile `q` of a histogram (the upper bound of its bucket); `None`: empty.
+pub fn quantile(h: &[u64], q: f64) -> Option<u64> {
+    let n: u64 = h.iter().sum();
+    if n == 0 {
+        return None;
+    }
+    let rank = ((n as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, c) in h.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            return Some(bucket_upper(i));
+        }
+    }
+    None
+}
+
+impl GateCounts {
+    /// Adds what one record says.
+    pub fn add(&mut self, r: &Record) {
+        match r.kind {
+            Kind::Request => {
+                if r.decide_us > 0 {
+                    self.decisions += 1;
+                    hist_add(&mut self.decide_us, r.decide_us);
+                }
+                if r.unapproved_write() {
+                    self.unapproved_writes += 1;
+                }
+                if r.code == -32001 {
+                    self.unknown_servers += 1;
+                }
+                if r.method == "tools/call" && matches!(r.outcome, Outcome::Result | Outcome::Error) {
+                    self.results += 1;
+                    if r.verdicts.iter().any(|v| v.verdict == "quarantine") {
+                        self.quarantined += 1;
+                    }
+                }
+            }
+            Kind::ApprovalDecided => {
+                self.approvals += 1;
+                hist_add(&mut self.approval_wait_s, r.latency_us / 1_000_000);
+            }
+            Kind::ApprovalRequested | Kind::Dropped => {}
+        }
+    }
+
+    /// Adds other counts.
+    pub fn merge(&mut self, o: &GateCounts) {
+        self.decisions += o.decisions;
+        hist_merge(&mut self.decide_us, &o.decide_us);
+        self.unapproved_writes += o.unapproved_writes;
+        self.unknown_servers += o.unknown_servers;
+        self.approvals += o.approvals;
+        hist_merge(&mut self.approval_wait_s, &o.approval_wait_s);
+        self.results += o.results;
+        self.quarantined += o.quarantined;
+    }
+}

@@ -169,8 +169,14 @@ pub struct Record {
     pub bytes_out: u64,
     /// The approval id (approval records, and calls that used one).
     pub approval: String,
-    /// Verdicts of the guard and hooks.
+    /// Verdicts of the guard and hooks, and what audit-only policies would have decided
+    /// (`by: policy:NAME`).
     pub verdicts: Vec<Verdict>,
+    /// Time the decision took (the registry's checks and the policies), microseconds; 0: not
+    /// decided here.
+    pub decide_us: u64,
+    /// `read` or `write` for a capability call (how the policies saw it); empty otherwise.
+    pub action: String,
     /// The JSON-RPC request as received: the writer takes `params.arguments` from it for the
     /// digest (and `args` when `keep_args`), off the request path. Never stored.
     #[serde(skip)]
@@ -207,5 +213,18 @@ impl Record {
     /// Whether this record counts as a call for the rollups (a request to a server).
     pub(crate) fn counts(&self) -> bool {
         self.kind == Kind::Request && !self.server.is_empty() && self.outcome != Outcome::Relayed
+    }
+
+    /// A write that ran without an approval although a policy in audit mode would have denied
+    /// it or required an approval (seed 003's "unapproved high-risk writes").
+    pub fn unapproved_write(&self) -> bool {
+        self.kind == Kind::Request
+            && self.action == "write"
+            && self.approval.is_empty()
+            && matches!(self.outcome, Outcome::Result | Outcome::Error)
+            && self
+                .verdicts
+                .iter()
+                .any(|v| v.by.starts_with("policy:") && matches!(v.verdict.as_str(), "deny" | "require_approval"))
     }
 }

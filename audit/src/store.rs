@@ -9,7 +9,7 @@ use ring::digest::{Context, SHA256};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
 use crate::keys;
-use crate::query::{Counts, Group, GroupBy, Page, Problem, Query, SummaryQuery, VerifyReport};
+use crate::query::{Counts, GateCounts, Group, GroupBy, Page, Problem, Query, SummaryQuery, VerifyReport};
 use crate::record::Record;
 
 /// Format of a stored record (the byte before it).
@@ -153,6 +153,7 @@ impl Store {
         let mut h = *head;
         let mut batch = WriteBatch::default();
         let mut rollups: HashMap<Vec<u8>, Counts> = HashMap::new();
+        let mut gates: BTreeMap<u64, GateCounts> = BTreeMap::new();
         for r in records.iter_mut() {
             r.digest_args();
             h.seq += 1;
@@ -179,6 +180,16 @@ impl Store {
                 let k = keys::minute(&r.server, r.time_us / MINUTE_US, &r.agent, &r.target);
                 rollups.entry(k).or_default().add(r.outcome);
             }
+            gates.entry(r.time_us / MINUTE_US).or_default().add(r);
+        }
+        for (minute, add) in gates {
+            let k = keys::gate(minute);
+            let mut g: GateCounts = match self.db.get(&k)? {
+                Some(v) => postcard::from_bytes(&v).unwrap_or_default(),
+                None => GateCounts::default(),
+            };
+            g.merge(&add);
+            batch.put(k, postcard::to_stdvec(&g).unwrap_or_default());
         }
         for (k, add) in rollups {
             let mut c: Counts = match self.db.get(&k)? {
@@ -300,6 +311,18 @@ impl Store {
             .collect())
     }
 
+    /// Gate counts per minute since `since_us` (minutes with nothing are absent).
+    pub fn gates(&self, since_us: u64) -> Result<Vec<(u64, GateCounts)>, AuditError> {
+        let mut out = Vec::new();
+        let from = keys::gate(since_us / MINUTE_US);
+        for item in self.db.iterator(IteratorMode::From(&from, Direction::Forward)) {
+            let (k, v) = item?;
+            let Some(minute) = keys::parse_gate(&k) else { break };
+            out.push((minute, postcard::from_bytes(&v).unwrap_or_default()));
+        }
+        Ok(out)
+    }
+
     /// Checks the chain from its anchor to its head: every record's hash, the seq without gaps,
     /// key and record agreeing, the head matching the last record.
     pub fn verify(&self) -> Result<VerifyReport, AuditError> {
@@ -413,14 +436,24 @@ impl Store {
         if let Some(a) = last {
             batch.put(keys::ANCHOR, a.encode());
         }
-        // Rollups of minutes before the age limit.
+        // Rollups and gate counts of minutes before the age limit.
         let old_minute = cutoff / MINUTE_US;
+        for item in self.db.prefix_iterator([keys::GATE]) {
+            let (k, _) = item?;
+            match keys::parse_gate(&k) {
+                Some(minute) if minute < old_minute => batch.delete(&k),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        // (A prefix iterator without a prefix extractor runs on past the prefix: stop there.)
         for item in self.db.prefix_iterator([keys::MINUTE]) {
             let (k, _) = item?;
-            if let Some((_, minute, _, _)) = keys::parse_minute(&k) {
-                if minute < old_minute {
-                    batch.delete(&k);
-                }
+            if k.first() != Some(&keys::MINUTE) {
+                break;
+            }
+            if keys::parse_minute(&k).is_some_and(|(_, minute, _, _)| minute < old_minute) {
+                batch.delete(&k);
             }
         }
         self.db.write(batch)?;

@@ -120,6 +120,32 @@ impl AdminApi {
         Ok(serde_json::json!({"nodes": nodes, "unanswered": unanswered}).to_string())
     }
 
+    /// Seed 003's gates from every member's gate counts.
+    pub(super) async fn gates_json(&self, r: pb::GatesRequest) -> Result<String, Status> {
+        let now_us = joch_audit::now_us();
+        let since_us = if r.since_ms == 0 { now_us.saturating_sub(24 * 3600 * 1_000_000) } else { r.since_ms * 1000 };
+        // The windows of the other gates reach back 30 minutes.
+        let from = since_us.min(now_us.saturating_sub(30 * 60 * 1_000_000));
+        let answers = self.cluster.ask_audit(&AuditAsk::Gates { since_us: from }, None, wait(r.timeout_ms)).await;
+        let mut minutes: std::collections::BTreeMap<u64, joch_audit::GateCounts> = Default::default();
+        let (mut answered, mut unanswered) = (Vec::new(), Vec::new());
+        for (node, a) in answers {
+            match a {
+                Ok(AuditAnswer::Gates(per_minute)) => {
+                    answered.push(node);
+                    for (m, c) in per_minute {
+                        minutes.entry(m).or_default().merge(&c);
+                    }
+                }
+                Ok(other) => unanswered.push(Unanswered { node, error: format!("unexpected answer {other:?}") }),
+                Err(error) => unanswered.push(Unanswered { node, error }),
+            }
+        }
+        let gates = crate::audit::gates::evaluate(&minutes, now_us, since_us);
+        Ok(serde_json::json!({"gates": gates, "sinceMs": since_us / 1000, "answered": answered, "unanswered": unanswered})
+            .to_string())
+    }
+
     /// Calls to `server` and how many were denied over the last 7 days, fleet-wide (`None` when
     /// no member answered).
     pub(super) async fn counts_7d(&self, server: &str) -> Option<(u64, u64)> {

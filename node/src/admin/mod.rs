@@ -571,6 +571,11 @@ impl Registry for AdminApi {
         let r = req.into_inner();
         observe("VerifyAudit", async { Ok(pb::AuditReply { json: self.verify_audit_json(r).await? }) }).await
     }
+
+    async fn gates(&self, req: Request<pb::GatesRequest>) -> Result<Response<pb::AuditReply>, Status> {
+        let r = req.into_inner();
+        observe("Gates", async { Ok(pb::AuditReply { json: self.gates_json(r).await? }) }).await
+    }
 }
 
 fn member_addr(m: &pb::Member) -> Result<NodeAddr, Status> {

@@ -43,6 +43,14 @@ pub struct Notes {
     pub server: Option<String>,
     /// The policy and rule that allowed it, and the decision.
     pub decided: Option<(String, String, &'static str)>,
+    /// How long the decision took, microseconds.
+    pub decide_us: u64,
+    /// Read or write.
+    pub action: Option<joch_policy::Action>,
+    /// What audit-only policies would have decided.
+    pub audited: Vec<joch_policy::Match>,
+    /// A denial sent inside an answer that was already under way (a held call's event stream).
+    pub denial: Option<Box<crate::proxy::deny::Denial>>,
 }
 
 /// Length of an execution id: `exec-` + 8 digits + `-` + 16 hex digits.
@@ -150,8 +158,20 @@ impl Drop for Exec {
         r.latency_us = self.started.elapsed().as_micros() as u64;
         r.upstream_us = n.upstream_us;
         r.bytes_out = n.bytes_out;
+        r.decide_us = n.decide_us;
+        r.action = n.action.map(|a| a.as_str().to_string()).unwrap_or_default();
+        r.verdicts.extend(n.audited.into_iter().map(|m| joch_audit::Verdict {
+            by: format!("policy:{}", m.policy),
+            verdict: m.decision.as_str().to_ascii_lowercase(),
+            rule: m.rule,
+            micros: 0,
+        }));
         if let Some(s) = n.server {
             r.server = s;
+        }
+        if let Some(d) = n.denial {
+            r.outcome = Outcome::Denied;
+            super::denied(&mut r, &d);
         }
         if let Some((policy, rule, decision)) = n.decided {
             // The rule that allowed it (a call denied after it was allowed, by a rate limit say,

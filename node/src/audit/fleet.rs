@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use joch_audit::{Audit, Group, Page, Query, Record, SummaryQuery, VerifyReport};
+use joch_audit::{Audit, GateCounts, Group, Page, Query, Record, SummaryQuery, VerifyReport};
 use serde::{Deserialize, Serialize};
 
 /// A question for one node's audit trail (sent over the mesh as it is).
@@ -17,6 +17,11 @@ pub enum AuditAsk {
     Summary(SummaryQuery),
     /// Check the chain.
     Verify,
+    /// Gate counts per minute since a time (µs).
+    Gates {
+        /// From.
+        since_us: u64,
+    },
 }
 
 /// One node's answer.
@@ -33,6 +38,8 @@ pub enum AuditAnswer {
         /// Records dropped since the node started.
         dropped: u64,
     },
+    /// Gate counts per minute.
+    Gates(Vec<(u64, GateCounts)>),
 }
 
 /// Answers a question from this node's own trail (blocking reads: call on a blocking thread).
@@ -42,6 +49,7 @@ pub fn answer(audit: &Audit, ask: &AuditAsk) -> Result<AuditAnswer, String> {
         AuditAsk::Query(q) => store.query(q).map(AuditAnswer::Page),
         AuditAsk::Summary(q) => store.summarize(q).map(AuditAnswer::Groups),
         AuditAsk::Verify => store.verify().map(|report| AuditAnswer::Verify { report, dropped: audit.stats().dropped }),
+        AuditAsk::Gates { since_us } => store.gates(*since_us).map(AuditAnswer::Gates),
     }
     .map_err(|e| e.to_string())
 }

@@ -13,6 +13,7 @@
 
 pub mod exec;
 pub mod fleet;
+pub mod gates;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -101,24 +102,29 @@ impl Stage for AuditStage {
             ..Record::default()
         };
         if let Outcome::Denied(d) = outcome {
-            r.decision = if d.reason == Reason::ApprovalRequired || d.reason == Reason::ApprovalPending {
-                "require_approval".into()
-            } else {
-                "deny".into()
-            };
-            r.code = d.reason.code();
-            r.rule = d.rule.to_string();
-            r.reason = d.message.clone();
-            if let Some(p) = d.extra.as_ref().and_then(|e| e.policy.as_ref()) {
-                r.policy = p["policy"].as_str().unwrap_or_default().into();
-                r.rule = p["rule"].as_str().unwrap_or(&r.rule).into();
-            }
+            denied(&mut r, d);
         }
         if matches!(r.outcome, AuditOutcome::Rejected | AuditOutcome::Answered | AuditOutcome::Relayed) {
             // Nothing was decided about a capability (or another node decided).
             r.decision.clear();
         }
         call.exec.note(|n| n.record = Some(r));
+    }
+}
+
+/// What a denial says, in the record: the decision, code, rule, policy and reason.
+pub fn denied(r: &mut Record, d: &crate::proxy::deny::Denial) {
+    r.decision = if d.reason == Reason::ApprovalRequired || d.reason == Reason::ApprovalPending {
+        "require_approval".into()
+    } else {
+        "deny".into()
+    };
+    r.code = d.reason.code();
+    r.rule = d.rule.to_string();
+    r.reason = d.message.clone();
+    if let Some(p) = d.extra.as_ref().and_then(|e| e.policy.as_ref()) {
+        r.policy = p["policy"].as_str().unwrap_or_default().into();
+        r.rule = p["rule"].as_str().unwrap_or(&r.rule).into();
     }
 }
 

@@ -394,3 +394,51 @@ pub async fn audit(g: &Global, cmd: AuditCmd, member: Option<u64>) -> anyhow::Re
     }
     Ok(code)
 }
+
+/// `joch gates`: seed 003's rollout gates, fleet-wide; exits 1 when one blocks (for a rollout
+/// pipeline), 3 when a member did not answer.
+pub async fn gates(g: &Global, since: &Option<String>, timeout: &Option<String>) -> anyhow::Result<ExitCode> {
+    let n = client::node(g).await?;
+    let c = n.registry.clone();
+    let r = pb::GatesRequest {
+        since_ms: since.as_deref().map(|s| instant("since", s)).transpose()?.unwrap_or(0),
+        timeout_ms: timeout_ms(timeout)?,
+    };
+    let reply = settle(&n.url, || {
+        let mut c = c.clone();
+        async move { c.gates(req(r)).await }
+    })
+    .await?;
+    let v: Value = serde_json::from_str(&reply.json)?;
+    let gates = v["gates"].as_array().cloned().unwrap_or_default();
+    if g.output != Format::Table {
+        output::data(g.output, &v);
+    } else {
+        let rows: Vec<Vec<String>> = gates
+            .iter()
+            .map(|x| {
+                let value = match x["value"].as_f64() {
+                    Some(f) if f.fract() == 0.0 => format!("{f} {}", s(&x["unit"])),
+                    Some(f) => format!("{f:.2} {}", s(&x["unit"])),
+                    None => "-".into(),
+                };
+                let status = match x["status"].as_str().unwrap_or_default() {
+                    "blocking" => "BLOCKING".to_string(),
+                    "overTarget" => "over target".to_string(),
+                    other => other.to_string(),
+                };
+                vec![s(&x["gate"]), value, s(&x["target"]), s(&x["blockIf"]), status, s(&x["owner"])]
+            })
+            .collect();
+        table(&["GATE", "VALUE", "TARGET", "BLOCK CONDITION", "STATUS", "OWNER"], &rows);
+        for x in &gates {
+            say!("{}: {}", s(&x["gate"]), s(&x["detail"]));
+        }
+    }
+    let code = partial(&v);
+    if gates.iter().any(|x| x["status"] == "blocking") {
+        eprintln!("a gate blocks the rollout");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(code)
+}

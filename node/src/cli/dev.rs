@@ -44,6 +44,9 @@ pub enum DevCmd {
         /// Do not run (and register) the demo MCP server.
         #[arg(long)]
         no_demo: bool,
+        /// Keep no audit trail (`audit.enabled: false`; first start only; to measure what it costs).
+        #[arg(long)]
+        no_audit: bool,
     },
     /// Stop the nodes of a local cluster (SIGTERM, then SIGKILL after 10 s). Data is kept.
     Down {
@@ -89,6 +92,7 @@ struct NodeSettings<'a> {
     stdio_allow: &'a [PathBuf],
     allow_anonymous: bool,
     demo: bool,
+    audit: bool,
 }
 
 /// One node of `cluster.json`.
@@ -156,6 +160,9 @@ fn write_config(dir: &Path, id: u64, ports: [u16; 4], settings: &NodeSettings) -
     }
     if settings.allow_anonymous {
         cfg.push_str("agents:\n  allow_anonymous: true\n");
+    }
+    if !settings.audit {
+        cfg.push_str("audit:\n  enabled: false\n");
     }
     let path = nd.join("joch.yaml");
     std::fs::write(&path, cfg)?;
@@ -250,7 +257,16 @@ async fn wait_leader(nodes: &[DevNode], deadline: Instant) -> anyhow::Result<pb:
 
 pub async fn run(g: &Global, cmd: DevCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        DevCmd::Up { nodes, dir, snapshot_after_logs, logs_to_keep, stdio_allow, allow_anonymous, no_demo } => {
+        DevCmd::Up {
+            nodes,
+            dir,
+            snapshot_after_logs,
+            logs_to_keep,
+            stdio_allow,
+            allow_anonymous,
+            no_demo,
+            no_audit,
+        } => {
             let mut raft = String::new();
             if let Some(n) = snapshot_after_logs {
                 raft.push_str(&format!("  snapshot_after_logs: {n}\n"));
@@ -260,7 +276,13 @@ pub async fn run(g: &Global, cmd: DevCmd) -> anyhow::Result<ExitCode> {
             }
             let cwd = std::env::current_dir().context("the current directory")?;
             let stdio_allow: Vec<PathBuf> = stdio_allow.into_iter().map(|p| cwd.join(p)).collect();
-            let settings = NodeSettings { raft: &raft, stdio_allow: &stdio_allow, allow_anonymous, demo: !no_demo };
+            let settings = NodeSettings {
+                raft: &raft,
+                stdio_allow: &stdio_allow,
+                allow_anonymous,
+                demo: !no_demo,
+                audit: !no_audit,
+            };
             up(g, nodes, &dir, &settings).await
         }
         DevCmd::Down { dir, purge } => down(&dir, purge),

@@ -124,6 +124,16 @@ pub enum Cmd {
         #[arg(long)]
         timeout: Option<String>,
     },
+    /// Seed 003's rollout gates, fleet-wide: each value against its target; exits 1 when one
+    /// blocks.
+    Gates {
+        /// Count "immediate stop" events since (a duration back or an RFC 3339 time; default 24h).
+        #[arg(long)]
+        since: Option<String>,
+        /// How long to wait for the members (default 5s).
+        #[arg(long)]
+        timeout: Option<String>,
+    },
     /// The audit trail itself.
     Audit {
         #[command(subcommand)]
@@ -242,6 +252,7 @@ async fn dispatch(cli: Cli, member: Option<u64>) -> anyhow::Result<ExitCode> {
         Cmd::Denials { cmd } => audit::denials(&g, cmd, member).await,
         Cmd::Trace { id, timeout } => audit::trace(&g, &id, member, &timeout).await,
         Cmd::Audit { cmd } => audit::audit(&g, cmd, member).await,
+        Cmd::Gates { since, timeout } => audit::gates(&g, &since, &timeout).await,
         Cmd::Delete { kind, name } => registry::delete(&g, &kind, &name).await,
         Cmd::Cluster { cmd } => cluster::run(&g, cmd).await,
         Cmd::Dev { cmd } => dev::run(&g, cmd).await,

@@ -64,6 +64,11 @@ pub struct Grant {
     pub constraints: Constraints,
     /// The rule that decided, if one did.
     pub by: Option<Match>,
+    /// Whether the call reads or writes (capability calls; `None`: not about one capability).
+    pub action: Option<Action>,
+    /// What audit-only policies would have decided (recorded in the audit trail; seed 003's
+    /// "unapproved high-risk writes" gate counts writes they would have stopped).
+    pub audited: Vec<Match>,
 }
 
 /// What one request is about.
@@ -198,7 +203,7 @@ impl Governance {
         }
         let set = &state.registry.compiled.set;
         if set.is_empty() {
-            return Ok(Grant::default());
+            return Ok(Grant { action: Some(action), ..Grant::default() });
         }
         let mut tags: Vec<String> = rec.spec.risk_tags.clone();
         if let Some(t) = rec.spec.tools.get(s.name) {
@@ -224,10 +229,11 @@ impl Governance {
         };
         let v = set.decide(&facts, &attached, trace);
         self.record(&v, server, listing);
-        let Verdict { decision, decided_by, constraints, .. } = v;
+        let Verdict { decision, decided_by, constraints, audited } = v;
+        let grant = |constraints, by| Grant { constraints, by, action: Some(action), audited: audited.clone() };
         let rule = |m: &Option<Match>| m.as_ref().map(|m| format!("{}/{}", m.policy, m.rule)).unwrap_or_default();
         match decision {
-            Decision::Allow => Ok(Grant { constraints: Constraints::default(), by: decided_by }),
+            Decision::Allow => Ok(grant(Constraints::default(), decided_by)),
             Decision::Deny => {
                 let m = decided_by.clone();
                 let (policy, r, reason) =
@@ -240,7 +246,7 @@ impl Governance {
                     constraints: None,
                 })
             }
-            Decision::RequireApproval if listing => Ok(Grant { constraints, by: decided_by }),
+            Decision::RequireApproval if listing => Ok(grant(constraints, decided_by)),
             Decision::RequireApproval => {
                 let (policy, r) = decided_by.as_ref().map(|m| (m.policy.clone(), m.rule.clone())).unwrap_or_default();
                 Err(Refusal {
@@ -280,7 +286,7 @@ impl Governance {
                         });
                     }
                 }
-                Ok(Grant { constraints, by: decided_by })
+                Ok(grant(constraints, decided_by))
             }
         }
     }

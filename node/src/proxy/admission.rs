@@ -76,10 +76,15 @@ impl Gate {
         let stale_rx = self.lease.subscribe();
         let state = self.registry.load();
         self.lease.check(Instant::now()).map_err(|why| stale(&call, &why))?;
-        let (server, grant) = checks(&self.gov, &call, &state)?;
+        let deciding = Instant::now();
+        let checked = checks(&self.gov, &call, &state);
+        call.exec.note(|n| n.decide_us = deciding.elapsed().as_micros().max(1) as u64);
+        let (server, grant) = checked?;
         call.exec.note(|n| {
             n.server = Some(server.name.clone());
             n.decided = grant.by.as_ref().map(|m| (m.policy.clone(), m.rule.clone(), m.decision.as_str()));
+            n.action = grant.action;
+            n.audited = grant.audited.clone();
         });
         // Repeats of one call (max_retries), then rate limits: admissions only count (a re-check
         // of what is in flight takes nothing).
@@ -350,7 +355,11 @@ pub fn decide(gov: &Governance, call: &Call, rec: &ServerRecord, state: &Publish
                 crate::policy::approvals::admits(state, call, kind, name, &args, call.node)
             } =>
         {
-            Ok(Grant { constraints: r.constraints.map(|c| *c).unwrap_or_default(), by: r.by.map(|m| *m) })
+            Ok(Grant {
+                constraints: r.constraints.map(|c| *c).unwrap_or_default(),
+                by: r.by.map(|m| *m),
+                ..Grant::default()
+            })
         }
         Err(r) => Err(refusal(call, r)),
     }

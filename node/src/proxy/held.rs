@@ -93,7 +93,11 @@ impl Proxy {
         let answer = async move {
             match me.approvals.hold(&member, held).await {
                 Ok(approval) => outer.approval = Some(approval.into()),
-                Err(d) => return event(d.with_id(id).body().to_string()),
+                Err(d) => {
+                    let d = d.with_id(id).with_exec(&member.exec.id);
+                    member.exec.note(|n| n.denial = Some(Box::new(d.clone())));
+                    return event(d.body().to_string());
+                }
             }
             let reply = me.post(&mut outer, &inner_inb).await;
             let (resp, _) = me.exit.respond(&outer, reply);

@@ -151,6 +151,32 @@ fn seed_commands_answer_from_every_node_merged_and_traces_reach_the_upstream() {
     // Every chain verifies.
     let v = c.cli(1, &["audit", "verify", "-o", "json"]).ok().json();
     assert_eq!(v["nodes"].as_array().unwrap().len(), 3, "{v}");
+
+    // Seed 003's gates: decisions measured on every node; no unknown server yet ...
+    let g = c.cli(2, &["gates", "-o", "json"]).ok().json();
+    let gate =
+        |g: &Value, name: &str| g["gates"].as_array().unwrap().iter().find(|x| x["gate"] == name).cloned().unwrap();
+    let p95 = gate(&g, "Policy decision p95 latency");
+    assert_eq!(p95["status"], "ok", "{g}");
+    assert!(p95["value"].as_f64().unwrap() < 50.0, "{g}");
+    assert_eq!(gate(&g, "Unknown server connections")["status"], "ok", "{g}");
+    assert_eq!(gate(&g, "Output QUARANTINE ratio")["status"], "unmeasured", "{g}");
+    // ... then an agent asks for a server that is not registered: the gate blocks, exit 1.
+    let r = crate::harness::http(
+        "POST",
+        &format!("{}/mcp/shadow-server", c.node(3).mcp_url),
+        &[c.auth(), ("content-type", "application/json"), ("accept", "application/json, text/event-stream")],
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    );
+    assert_eq!(r.status, 404);
+    let out = eventually("the gate to block", Duration::from_secs(20), || {
+        let out = c.cli(1, &["gates", "-o", "json"]);
+        (out.code == 1).then_some(out)
+    });
+    assert_eq!(gate(&out.json(), "Unknown server connections")["value"], 1.0, "{}", out.stdout);
+    assert!(out.stderr.contains("a gate blocks the rollout"), "{}", out.stderr);
+    let table = c.cli(1, &["gates"]).stdout;
+    assert!(table.contains("Unknown server connections") && table.contains("BLOCKING"), "{table}");
 }
 
 #[test]
@@ -254,7 +280,10 @@ fn tampering_is_named_and_kill_9_under_load_keeps_a_verifying_chain() {
     c.kill9(1);
     let db = c.dir.path().join("node1").join("data").join("audit");
     {
-        let store = joch_audit::Store::open(&db).expect("open the stopped node's audit database");
+        // The lock is released once the killed process is fully gone.
+        let store = eventually("the stopped node's audit database to open", Duration::from_secs(20), || {
+            joch_audit::Store::open(&db).ok()
+        });
         assert!(joch_audit::tamper(store.raw(), seq, |r| r.agent = "someone-else".into()).unwrap());
     }
     c.restart();

@@ -324,6 +324,30 @@ spec:
     });
     assert_eq!(r["calls"]["add"], "3", "{r}");
     assert!(adds(1));
+    // Its execution, from any node: the approval decided, then the call, on the holding node.
+    let exec = r["metas"]["add"]["joch/execId"].as_str().unwrap().to_string();
+    let kinds = |exec: &str| {
+        crate::harness::eventually("the execution's records", std::time::Duration::from_secs(20), || {
+            let t = c.cli(3, &["trace", exec, "-o", "json"]);
+            let v = (t.code == 0).then(|| t.json())?;
+            let k: Vec<(String, String, String)> = v["records"]
+                .as_array()?
+                .iter()
+                .map(|r| {
+                    (
+                        r["kind"].as_str().unwrap().into(),
+                        r["decision"].as_str().unwrap().into(),
+                        r["outcome"].as_str().unwrap().into(),
+                    )
+                })
+                .collect();
+            (k.len() >= 2).then_some(k)
+        })
+    };
+    let k = kinds(&exec);
+    assert_eq!(k[0], ("approvalDecided".to_string(), "approved".to_string(), "result".to_string()), "{k:?}");
+    assert_eq!(k[1].0, "request", "{k:?}");
+    assert_eq!(k[1].2, "result", "{k:?}");
     // The SDK client accepts SSE: it was held on an event stream (keep-alive comments while idle).
     assert!(crate::harness::metric(&c.node(1).metrics_url, "joch_approvals_held_streams_total") >= 1);
     let ls = c.cli(3, &["approvals", "ls", "-o", "json"]).ok().json();
@@ -360,6 +384,9 @@ spec:
     });
     assert_eq!(r["calls"]["add"]["code"], -32051, "{r}");
     assert!(r["calls"]["add"]["message"].as_str().unwrap().contains("not on a Friday"), "{r}");
+    let k = kinds(r["calls"]["add"]["data"]["execId"].as_str().unwrap());
+    assert_eq!(k[0], ("approvalDecided".to_string(), "denied".to_string(), "denied".to_string()), "{k:?}");
+    assert_eq!((k[1].0.as_str(), k[1].2.as_str()), ("request", "denied"), "{k:?}");
 
     // Nobody decides: the held call times out after the rule's approval_timeout_sec.
     let r = probe_on(&[], &json!([["slow", {"steps": 1}]]));
