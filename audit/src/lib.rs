@@ -48,6 +48,21 @@ pub struct Options {
     pub retention: Retention,
     /// Also append every record, as one JSON line, to this file (for a SIEM to tail).
     pub jsonl: Option<PathBuf>,
+    /// Also hand every committed batch to this (an exporter: it must not block).
+    pub tap: Option<Tap>,
+}
+
+/// What a tap runs with each committed batch.
+pub type TapFn = dyn Fn(&[Record]) + Send + Sync;
+
+/// Receives every committed batch, on the writer thread (it must hand them on, not work).
+#[derive(Clone)]
+pub struct Tap(pub Arc<TapFn>);
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tap")
+    }
 }
 
 impl Options {
@@ -60,6 +75,7 @@ impl Options {
             max_batch: 4096,
             retention: Retention::default(),
             jsonl: None,
+            tap: None,
         }
     }
 }
@@ -237,6 +253,9 @@ impl Writer {
                 self.shared.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 metrics::counter!("joch_audit_records_total").increment(batch.len() as u64);
                 metrics::histogram!("joch_audit_commit_seconds").record(started.elapsed().as_secs_f64());
+                if let Some(t) = &self.opts.tap {
+                    (t.0)(batch);
+                }
                 if let Some(w) = jsonl {
                     for r in batch.iter() {
                         if let Ok(line) = serde_json::to_string(r) {

@@ -177,6 +177,9 @@ pub struct Record {
     pub decide_us: u64,
     /// `read` or `write` for a capability call (how the policies saw it); empty otherwise.
     pub action: String,
+    /// The agent's span id (16 hex digits) from its `traceparent`: the parent of joch's span
+    /// (which is the end of `exec`); empty when the agent sent none.
+    pub parent_span: String,
     /// The JSON-RPC request as received: the writer takes `params.arguments` from it for the
     /// digest (and `args` when `keep_args`), off the request path. Never stored.
     #[serde(skip)]

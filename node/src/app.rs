@@ -122,7 +122,11 @@ pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Futur
     // The audit trail: its own database beside the Raft store (audit/src/lib.rs says why).
     let audit = match &cfg.audit {
         Some(a) => {
-            let audit = joch_audit::Audit::open(a.options(&cfg.data_dir)).context("opening the audit trail")?;
+            let mut opts = a.options(&cfg.data_dir);
+            if let Some(o) = &cfg.otlp {
+                opts.tap = Some(crate::audit::otlp::start(o.clone(), cfg.id)?);
+            }
+            let audit = joch_audit::Audit::open(opts).context("opening the audit trail")?;
             cluster.set_audit(audit.clone());
             Some(audit)
         }

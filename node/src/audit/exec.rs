@@ -19,6 +19,8 @@ pub struct Exec {
     pub id: Box<str>,
     /// The W3C trace id (32 hex digits): the agent's, or one joch started.
     pub trace: Box<str>,
+    /// The agent's span (16 hex digits; empty: none), the parent of joch's.
+    pub parent: Box<str>,
     /// Trace flags (sampled, ...), passed on.
     flags: u8,
     started: Instant,
@@ -71,7 +73,7 @@ fn yyyymmdd(unix_secs: u64) -> u64 {
 }
 
 /// A W3C `traceparent` value: version 00, trace id, parent span id, flags.
-pub fn parse_traceparent(v: &str) -> Option<(String, u8)> {
+pub fn parse_traceparent(v: &str) -> Option<(String, String, u8)> {
     let parts: Vec<&str> = v.trim().split('-').collect();
     let [version, trace, parent, flags] = parts[..] else { return None };
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
@@ -81,7 +83,7 @@ pub fn parse_traceparent(v: &str) -> Option<(String, u8)> {
     if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
         return None;
     }
-    Some((trace.to_string(), u8::from_str_radix(flags, 16).ok()?))
+    Some((trace.to_string(), parent.to_string(), u8::from_str_radix(flags, 16).ok()?))
 }
 
 impl std::fmt::Debug for Exec {
@@ -94,15 +96,26 @@ impl Exec {
     /// A new execution: in the agent's trace if it sent a valid `traceparent`, else a new one;
     /// `id` kept when a peer relayed the request (the relaying node recorded it under that id).
     pub fn start(traceparent: Option<&str>, id: Option<&str>, sink: Option<Arc<Audit>>) -> Arc<Exec> {
-        let (trace, flags) =
-            traceparent.and_then(parse_traceparent).unwrap_or_else(|| (format!("{:032x}", rand::random::<u128>()), 1));
-        let id = match id.filter(|i| i.len() == ID_LEN && i.starts_with("exec-") && i.is_ascii()) {
+        let (trace, parent, flags) = traceparent
+            .and_then(parse_traceparent)
+            .unwrap_or_else(|| (format!("{:032x}", rand::random::<u128>()), String::new(), 1));
+        let id: Box<str> = match id.filter(|i| i.len() == ID_LEN && i.starts_with("exec-") && i.is_ascii()) {
             Some(i) => i.into(),
             None => {
                 format!("exec-{}-{:016x}", yyyymmdd(joch_audit::now_us() / 1_000_000), rand::random::<u64>() | 1).into()
             }
         };
-        Arc::new(Exec { id, trace: trace.into(), flags, started: Instant::now(), sink, notes: Mutex::default() })
+        // A peer relaying a request without an agent's span names its own (the same) span.
+        let parent = if parent == id[id.len() - 16..] { String::new() } else { parent };
+        Arc::new(Exec {
+            id,
+            trace: trace.into(),
+            parent: parent.into(),
+            flags,
+            started: Instant::now(),
+            sink,
+            notes: Mutex::default(),
+        })
     }
 
     /// An execution that records nothing (unit tests, calls made for checks).
@@ -113,6 +126,13 @@ impl Exec {
     /// The `traceparent` for the upstream: the agent's trace, joch's span as the parent.
     pub fn traceparent(&self) -> String {
         format!("00-{}-{}-{:02x}", self.trace, self.span(), self.flags)
+    }
+
+    /// The `traceparent` for a peer this request is relayed to: the agent's own (so the owner
+    /// records the same parent), or joch's span when the agent sent none.
+    pub fn relay_traceparent(&self) -> String {
+        let parent = if self.parent.is_empty() { self.span() } else { &self.parent };
+        format!("00-{}-{}-{:02x}", self.trace, parent, self.flags)
     }
 
     /// joch's span id (16 hex digits: the end of the execution id).
@@ -155,6 +175,7 @@ impl Drop for Exec {
         let Some(mut r) = n.record else { return };
         r.exec = self.id.to_string();
         r.trace = self.trace.to_string();
+        r.parent_span = self.parent.to_string();
         r.latency_us = self.started.elapsed().as_micros() as u64;
         r.upstream_us = n.upstream_us;
         r.bytes_out = n.bytes_out;
@@ -201,7 +222,10 @@ mod tests {
     #[test]
     fn traceparent_is_parsed_as_the_w3c_spec_says() {
         let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(parse_traceparent(ok), Some(("4bf92f3577b34da6a3ce929d0e0e4736".into(), 1)));
+        assert_eq!(
+            parse_traceparent(ok),
+            Some(("4bf92f3577b34da6a3ce929d0e0e4736".into(), "00f067aa0ba902b7".into(), 1))
+        );
         for bad in [
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -214,6 +238,13 @@ mod tests {
         }
         let e = Exec::start(Some(ok), None, None);
         assert_eq!(&*e.trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(&*e.parent, "00f067aa0ba902b7");
+        // Relayed: the owner keeps the agent's parent; without one, no self-parent.
+        let owner = Exec::start(Some(&e.relay_traceparent()), Some(&e.id), None);
+        assert_eq!((&*owner.id, &*owner.parent), (&*e.id, "00f067aa0ba902b7"));
+        let bare = Exec::start(None, None, None);
+        let owner = Exec::start(Some(&bare.relay_traceparent()), Some(&bare.id), None);
+        assert_eq!((&*owner.trace, &*owner.parent), (&*bare.trace, ""));
         let tp = e.traceparent();
         assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
         assert_eq!(parse_traceparent(&tp).unwrap().0, *e.trace);

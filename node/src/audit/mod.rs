@@ -14,6 +14,7 @@
 pub mod exec;
 pub mod fleet;
 pub mod gates;
+pub mod otlp;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -47,6 +47,9 @@ pub enum DevCmd {
         /// Keep no audit trail (`audit.enabled: false`; first start only; to measure what it costs).
         #[arg(long)]
         no_audit: bool,
+        /// Export audit records to this OTLP/gRPC collector (`otlp.endpoint`; first start only).
+        #[arg(long)]
+        otlp_endpoint: Option<String>,
     },
     /// Stop the nodes of a local cluster (SIGTERM, then SIGKILL after 10 s). Data is kept.
     Down {
@@ -93,6 +96,7 @@ struct NodeSettings<'a> {
     allow_anonymous: bool,
     demo: bool,
     audit: bool,
+    otlp: Option<&'a str>,
 }
 
 /// One node of `cluster.json`.
@@ -163,6 +167,9 @@ fn write_config(dir: &Path, id: u64, ports: [u16; 4], settings: &NodeSettings) -
     }
     if !settings.audit {
         cfg.push_str("audit:\n  enabled: false\n");
+    }
+    if let Some(e) = settings.otlp {
+        cfg.push_str(&format!("otlp:\n  endpoint: {e}\n"));
     }
     let path = nd.join("joch.yaml");
     std::fs::write(&path, cfg)?;
@@ -266,6 +273,7 @@ pub async fn run(g: &Global, cmd: DevCmd) -> anyhow::Result<ExitCode> {
             allow_anonymous,
             no_demo,
             no_audit,
+            otlp_endpoint,
         } => {
             let mut raft = String::new();
             if let Some(n) = snapshot_after_logs {
@@ -282,6 +290,7 @@ pub async fn run(g: &Global, cmd: DevCmd) -> anyhow::Result<ExitCode> {
                 allow_anonymous,
                 demo: !no_demo,
                 audit: !no_audit,
+                otlp: otlp_endpoint.as_deref(),
             };
             up(g, nodes, &dir, &settings).await
         }

@@ -59,6 +59,9 @@ pub struct RawConfig {
     /// The node's audit trail.
     #[serde(default)]
     pub audit: RawAudit,
+    /// OTLP export of audit records (spans and logs).
+    #[serde(default)]
+    pub otlp: RawOtlp,
     /// Run without authenticating operators, with a plaintext admin API (development only; logged
     /// loudly). Default false.
     pub insecure_dev: Option<bool>,
@@ -109,6 +112,18 @@ pub struct RawAudit {
     pub group_commit: Option<String>,
     /// Also append every record as a JSON line to this file (for a SIEM).
     pub jsonl: Option<PathBuf>,
+}
+
+/// `otlp:`.
+#[derive(Deserialize, Serialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    /// The collector's OTLP/gRPC endpoint (`http://HOST:4317`); absent: no export.
+    pub endpoint: Option<String>,
+    /// `service.name` of the exported resource (default `joch`).
+    pub service_name: Option<String>,
+    /// How long one export may take (default 5s).
+    pub timeout: Option<String>,
 }
 
 /// `stdio:`.
@@ -261,6 +276,8 @@ pub struct Config {
     pub mcp_tls: Option<(PathBuf, PathBuf)>,
     /// The audit trail (`None`: not kept).
     pub audit: Option<AuditSettings>,
+    /// OTLP export of the audit records (`None`: none).
+    pub otlp: Option<crate::audit::otlp::Settings>,
 }
 
 /// How the audit trail is kept (`audit:`).
@@ -486,6 +503,9 @@ impl RawConfig {
         m(&mut self.audit.queue, other.audit.queue);
         m(&mut self.audit.group_commit, other.audit.group_commit);
         m(&mut self.audit.jsonl, other.audit.jsonl);
+        m(&mut self.otlp.endpoint, other.otlp.endpoint);
+        m(&mut self.otlp.service_name, other.otlp.service_name);
+        m(&mut self.otlp.timeout, other.otlp.timeout);
         m(&mut self.secrets.kek_file, other.secrets.kek_file);
         m(&mut self.secrets.previous_kek_files, other.secrets.previous_kek_files);
         m(&mut self.stdio.allow, other.stdio.allow);
@@ -567,6 +587,7 @@ impl RawConfig {
         let write_timeout = dur("write_timeout", &self.write_timeout, "10s").unwrap_or_default();
         let audit_max_age = dur("audit.max_age", &self.audit.max_age, "30d").unwrap_or_default();
         let audit_window = dur("audit.group_commit", &self.audit.group_commit, "5ms").unwrap_or_default();
+        let otlp_timeout = dur("otlp.timeout", &self.otlp.timeout, "5s").unwrap_or_default();
         let defaults = ProxyLimits::default();
         let proxy = ProxyLimits {
             max_body_bytes: self.proxy.max_body_bytes.unwrap_or(defaults.max_body_bytes),
@@ -726,6 +747,22 @@ impl RawConfig {
         if audit_window > Duration::from_secs(1) {
             bad("audit.group_commit", format!("{audit_window:?} is longer than 1s: a crash would lose that much"));
         }
+        let otlp = match &self.otlp.endpoint {
+            None => None,
+            Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => {
+                bad("otlp.endpoint", format!("{e:?} is not an http:// or https:// URL (the collector's OTLP/gRPC port, e.g. http://127.0.0.1:4317)"));
+                None
+            }
+            Some(_) if self.audit.enabled == Some(false) => {
+                bad("otlp.endpoint", "OTLP export sends the audit records: it needs audit.enabled".into());
+                None
+            }
+            Some(e) => Some(crate::audit::otlp::Settings {
+                endpoint: e.clone(),
+                service_name: self.otlp.service_name.clone().unwrap_or_else(|| "joch".into()),
+                timeout: otlp_timeout,
+            }),
+        };
         let audit = self.audit.enabled.unwrap_or(true).then(|| AuditSettings {
             max_age: audit_max_age,
             max_records: self.audit.max_records.unwrap_or(10_000_000),
@@ -755,6 +792,7 @@ impl RawConfig {
             stdio_allow: self.stdio.allow.unwrap_or_default(),
             mcp_tls,
             audit,
+            otlp,
         })
     }
 }

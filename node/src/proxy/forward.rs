@@ -64,7 +64,7 @@ impl Proxy {
             last_event_id: inb.header("last-event-id").map(str::to_string),
             authorization: inb.header("authorization").map(str::to_string),
             exec: call.exec.id.to_string(),
-            traceparent: call.exec.traceparent(),
+            traceparent: call.exec.relay_traceparent(),
         };
         let Some(addr) = self.node.members.get(owner) else {
             return call

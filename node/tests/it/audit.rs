@@ -292,3 +292,98 @@ fn tampering_is_named_and_kill_9_under_load_keeps_a_verifying_chain() {
     assert!(out.stdout.contains(&format!("node 1: record {seq} (")), "{}", out.stdout);
     assert!(out.stdout.contains("hash mismatch"), "{}", out.stdout);
 }
+
+/// A small OTLP/gRPC collector: keeps the spans and log records it receives.
+mod collector {
+    use std::sync::Arc;
+
+    use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+    use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+    use opentelemetry_proto::tonic::logs::v1::LogRecord;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use parking_lot::Mutex;
+
+    #[derive(Clone, Default)]
+    pub struct Received {
+        pub spans: Arc<Mutex<Vec<Span>>>,
+        pub logs: Arc<Mutex<Vec<LogRecord>>>,
+    }
+
+    #[tonic::async_trait]
+    impl TraceService for Received {
+        async fn export(
+            &self,
+            req: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            for rs in req.into_inner().resource_spans {
+                for ss in rs.scope_spans {
+                    self.spans.lock().extend(ss.spans);
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    #[tonic::async_trait]
+    impl LogsService for Received {
+        async fn export(
+            &self,
+            req: tonic::Request<ExportLogsServiceRequest>,
+        ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+            for rl in req.into_inner().resource_logs {
+                for sl in rl.scope_logs {
+                    self.logs.lock().extend(sl.log_records);
+                }
+            }
+            Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+        }
+    }
+
+    /// Starts one on a free loopback port: its endpoint and what it receives.
+    pub fn start() -> (String, Received) {
+        let port = crate::harness::free_port();
+        let received = Received::default();
+        let r = received.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let _ = tonic::transport::Server::builder()
+                    .add_service(TraceServiceServer::new(r.clone()))
+                    .add_service(LogsServiceServer::new(r))
+                    .serve(([127, 0, 0, 1], port).into())
+                    .await;
+            });
+        });
+        (format!("http://127.0.0.1:{port}"), received)
+    }
+}
+
+#[test]
+fn records_are_exported_over_otlp_as_spans_in_the_agent_s_trace() {
+    let (endpoint, got) = collector::start();
+    let c = TestCluster::up(1, &["--otlp-endpoint", &endpoint]);
+    let up = FastMcp::start();
+    let f = write(c.dir.path(), "github.yaml", &github(&up.url));
+    c.cli(1, &["apply", "-f", &f]).ok();
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let tp = format!("00-{trace}-b7ad6b7169203331-01");
+    let r = calls(&c, &c.agent_token, &tp, &json!([["add", {"a": 1, "b": 2}]]));
+    let exec = r["metas"]["add"]["joch/execId"].as_str().unwrap().to_string();
+    let span = eventually("the call's span at the collector", Duration::from_secs(30), || {
+        got.spans.lock().iter().find(|s| s.name == "tools/call add").cloned()
+    });
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    assert_eq!(hex(&span.trace_id), trace);
+    assert_eq!(hex(&span.parent_span_id), "b7ad6b7169203331", "the agent's span is the parent");
+    assert_eq!(hex(&span.span_id), exec[exec.len() - 16..], "joch's span is the execution id's");
+    assert!(span.end_time_unix_nano > span.start_time_unix_nano);
+    let attr = |k: &str| span.attributes.iter().find(|a| a.key == k).and_then(|a| a.value.clone());
+    assert!(format!("{:?}", attr("joch.exec")).contains(&exec));
+    // The audit record itself, as a log record in the same trace.
+    let log = eventually("the record as a log", Duration::from_secs(30), || {
+        got.logs.lock().iter().find(|l| format!("{:?}", l.body).contains(&exec)).cloned()
+    });
+    assert_eq!(hex(&log.trace_id), trace);
+}
