@@ -207,36 +207,39 @@ fn more_note(v: &Value) {
     }
 }
 
-/// `joch get toolcalls`.
-pub async fn toolcalls(g: &Global, f: &Filter, member: Option<u64>) -> anyhow::Result<ExitCode> {
+/// A column of a record table: its header and how a record's cell reads.
+type Column = (&'static str, fn(&Value) -> String);
+
+/// Records (or, with `--by`, counts) from every member, as a table of these columns or as data.
+async fn list(g: &Global, f: &Filter, member: Option<u64>, columns: &[Column]) -> anyhow::Result<ExitCode> {
     let v = query(g, request(f, member)?).await?;
     if let Some(by) = &f.by {
         print_groups(g, &v, by);
-        return Ok(partial(&v));
-    }
-    if g.output != Format::Table {
+    } else if g.output != Format::Table {
         output::data(g.output, &v);
-        return Ok(partial(&v));
+    } else {
+        let rows: Vec<Vec<String>> = records(&v).map(|r| columns.iter().map(|(_, cell)| cell(r)).collect()).collect();
+        table(&columns.iter().map(|(h, _)| *h).collect::<Vec<_>>(), &rows);
+        more_note(&v);
     }
-    let rows: Vec<Vec<String>> = records(&v)
-        .map(|r| {
-            vec![
-                when(r),
-                s(&r["node"]),
-                or_dash(s(&r["agent"])),
-                or_dash(s(&r["server"])),
-                or_dash(s(&r["method"])),
-                or_dash(s(&r["target"])),
-                or_dash(s(&r["decision"])),
-                s(&r["outcome"]),
-                ms(&r["latencyUs"]),
-                s(&r["exec"]),
-            ]
-        })
-        .collect();
-    table(&["TIME", "NODE", "AGENT", "SERVER", "METHOD", "TOOL", "DECISION", "OUTCOME", "MS", "EXEC"], &rows);
-    more_note(&v);
     Ok(partial(&v))
+}
+
+/// `joch get toolcalls`.
+pub async fn toolcalls(g: &Global, f: &Filter, member: Option<u64>) -> anyhow::Result<ExitCode> {
+    let columns: [Column; 10] = [
+        ("TIME", when),
+        ("NODE", |r| s(&r["node"])),
+        ("AGENT", |r| or_dash(s(&r["agent"]))),
+        ("SERVER", |r| or_dash(s(&r["server"]))),
+        ("METHOD", |r| or_dash(s(&r["method"]))),
+        ("TOOL", |r| or_dash(s(&r["target"]))),
+        ("DECISION", |r| or_dash(s(&r["decision"]))),
+        ("OUTCOME", |r| s(&r["outcome"])),
+        ("MS", |r| ms(&r["latencyUs"])),
+        ("EXEC", |r| s(&r["exec"])),
+    ];
+    list(g, f, member, &columns).await
 }
 
 fn records(v: &Value) -> impl Iterator<Item = &Value> {
@@ -250,34 +253,19 @@ pub async fn denials(g: &Global, cmd: DenialsCmd, member: Option<u64>) -> anyhow
         anyhow::bail!("--outcome {o:?}: denials are the records with outcome denied; use joch get toolcalls --outcome");
     }
     filter.outcome = Some("denied".into());
-    let v = query(g, request(&filter, member)?).await?;
-    if let Some(by) = &filter.by {
-        print_groups(g, &v, by);
-        return Ok(partial(&v));
-    }
-    if g.output != Format::Table {
-        output::data(g.output, &v);
-        return Ok(partial(&v));
-    }
-    let rows: Vec<Vec<String>> = records(&v)
-        .map(|r| {
-            vec![
-                when(r),
-                s(&r["node"]),
-                or_dash(s(&r["agent"])),
-                or_dash(s(&r["server"])),
-                or_dash(s(&r["target"])),
-                or_dash(s(&r["policy"])),
-                or_dash(s(&r["rule"])),
-                s(&r["code"]),
-                s(&r["exec"]),
-                s(&r["reason"]),
-            ]
-        })
-        .collect();
-    table(&["TIME", "NODE", "AGENT", "SERVER", "TOOL", "POLICY", "RULE", "CODE", "EXEC", "REASON"], &rows);
-    more_note(&v);
-    Ok(partial(&v))
+    let columns: [Column; 10] = [
+        ("TIME", when),
+        ("NODE", |r| s(&r["node"])),
+        ("AGENT", |r| or_dash(s(&r["agent"]))),
+        ("SERVER", |r| or_dash(s(&r["server"]))),
+        ("TOOL", |r| or_dash(s(&r["target"]))),
+        ("POLICY", |r| or_dash(s(&r["policy"]))),
+        ("RULE", |r| or_dash(s(&r["rule"]))),
+        ("CODE", |r| s(&r["code"])),
+        ("EXEC", |r| s(&r["exec"])),
+        ("REASON", |r| s(&r["reason"])),
+    ];
+    list(g, &filter, member, &columns).await
 }
 
 /// `joch trace ID`: every record of one execution (or of one W3C trace, given its 32-hex id),
