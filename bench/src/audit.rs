@@ -18,7 +18,7 @@ fn record(i: u64, time_us: u64) -> Record {
         node: 1,
         exec: format!("exec-20261203-{i:016x}"),
         trace: format!("{:032x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-        agent: format!("agent-{}", i % 200),
+        agent: format!("agent-{}", (i / 7) % 200),
         subject: "token:0a1b2c3d".into(),
         server: format!("svc-{}", i % 50),
         http: "POST".into(),
