@@ -51,6 +51,8 @@ pub struct Notes {
     pub action: Option<joch_policy::Action>,
     /// What audit-only policies would have decided.
     pub audited: Vec<joch_policy::Match>,
+    /// Keep the arguments themselves (the server's `spec.audit.recordArguments`).
+    pub keep_args: bool,
     /// A denial sent inside an answer that was already under way (a held call's event stream).
     pub denial: Option<Box<crate::proxy::deny::Denial>>,
 }
@@ -180,6 +182,7 @@ impl Drop for Exec {
         r.upstream_us = n.upstream_us;
         r.bytes_out = n.bytes_out;
         r.decide_us = n.decide_us;
+        r.keep_args = n.keep_args;
         r.action = n.action.map(|a| a.as_str().to_string()).unwrap_or_default();
         r.verdicts.extend(n.audited.into_iter().map(|m| joch_audit::Verdict {
             by: format!("policy:{}", m.policy),

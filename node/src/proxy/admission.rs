@@ -84,6 +84,7 @@ impl Gate {
             n.server = Some(server.name.clone());
             n.decided = grant.by.as_ref().map(|m| (m.policy.clone(), m.rule.clone(), m.decision.as_str()));
             n.action = grant.action;
+            n.keep_args = server.spec.audit.record_arguments;
             n.audited = grant.audited.clone();
         });
         // Repeats of one call (max_retries), then rate limits: admissions only count (a re-check

@@ -365,12 +365,20 @@ fn records_are_exported_over_otlp_as_spans_in_the_agent_s_trace() {
     let (endpoint, got) = collector::start();
     let c = TestCluster::up(1, &["--otlp-endpoint", &endpoint]);
     let up = FastMcp::start();
-    let f = write(c.dir.path(), "github.yaml", &github(&up.url));
+    // This server's records keep the arguments themselves (spec.audit.recordArguments).
+    let doc = format!("{}  audit:\n    recordArguments: true\n", github(&up.url));
+    let f = write(c.dir.path(), "github.yaml", &doc);
     c.cli(1, &["apply", "-f", &f]).ok();
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let tp = format!("00-{trace}-b7ad6b7169203331-01");
     let r = calls(&c, &c.agent_token, &tp, &json!([["add", {"a": 1, "b": 2}]]));
     let exec = r["metas"]["add"]["joch/execId"].as_str().unwrap().to_string();
+    let t = eventually("the record", Duration::from_secs(20), || {
+        let out = c.cli(1, &["trace", &exec, "-o", "json"]);
+        (out.code == 0).then(|| out.json())
+    });
+    let args: Value = serde_json::from_str(t["records"][0]["args"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"a": 1, "b": 2}), "{t}");
     let span = eventually("the call's span at the collector", Duration::from_secs(30), || {
         got.spans.lock().iter().find(|s| s.name == "tools/call add").cloned()
     });

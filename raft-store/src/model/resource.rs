@@ -46,6 +46,19 @@ pub struct McpServerSpec {
     /// Per-tool settings that override what the upstream declares, by bare tool name.
     #[serde(default)]
     pub tools: BTreeMap<String, ToolSettings>,
+    /// What the audit trail keeps of calls to this server.
+    #[serde(default)]
+    pub audit: AuditSpec,
+}
+
+/// `spec.audit`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditSpec {
+    /// Keep call arguments in audit records (default: only their digest: arguments may hold
+    /// personal data or secrets).
+    #[serde(default)]
+    pub record_arguments: bool,
 }
 
 /// `spec` of a VirtualServer: a named endpoint (`/mcp/v/NAME`) exposing chosen tools of several
