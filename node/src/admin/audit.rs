@@ -7,7 +7,7 @@ use joch_proto::admin as pb;
 use tonic::Status;
 
 use super::{invalid, AdminApi};
-use crate::audit::fleet::{self, AuditAnswer, AuditAsk, Unanswered};
+use crate::audit::fleet::{self, AuditAnswer, AuditAsk};
 
 /// Most records one query returns.
 pub const MAX_LIMIT: u32 = 10_000;
@@ -106,17 +106,14 @@ impl AdminApi {
     pub(super) async fn verify_audit_json(&self, r: pb::AuditVerifyRequest) -> Result<String, Status> {
         let only = self.only(r.node)?;
         let answers = self.cluster.ask_audit(&AuditAsk::Verify, only, wait(r.timeout_ms)).await;
-        let mut nodes = Vec::new();
-        let mut unanswered = Vec::new();
-        for (node, a) in answers {
-            match a {
-                Ok(AuditAnswer::Verify { report, dropped }) => {
-                    nodes.push(serde_json::json!({"node": node, "report": report, "dropped": dropped}))
-                }
-                Ok(other) => unanswered.push(Unanswered { node, error: format!("unexpected answer {other:?}") }),
-                Err(error) => unanswered.push(Unanswered { node, error }),
-            }
-        }
+        let (reports, unanswered) = fleet::sort_out(answers, |a| match a {
+            AuditAnswer::Verify { report, dropped } => Ok((report, dropped)),
+            other => Err(other),
+        });
+        let nodes: Vec<serde_json::Value> = reports
+            .into_iter()
+            .map(|(node, (report, dropped))| serde_json::json!({"node": node, "report": report, "dropped": dropped}))
+            .collect();
         Ok(serde_json::json!({"nodes": nodes, "unanswered": unanswered}).to_string())
     }
 
@@ -127,18 +124,16 @@ impl AdminApi {
         // The windows of the other gates reach back 30 minutes.
         let from = since_us.min(now_us.saturating_sub(30 * 60 * 1_000_000));
         let answers = self.cluster.ask_audit(&AuditAsk::Gates { since_us: from }, None, wait(r.timeout_ms)).await;
+        let (per_node, unanswered) = fleet::sort_out(answers, |a| match a {
+            AuditAnswer::Gates(per_minute) => Ok(per_minute),
+            other => Err(other),
+        });
         let mut minutes: std::collections::BTreeMap<u64, joch_audit::GateCounts> = Default::default();
-        let (mut answered, mut unanswered) = (Vec::new(), Vec::new());
-        for (node, a) in answers {
-            match a {
-                Ok(AuditAnswer::Gates(per_minute)) => {
-                    answered.push(node);
-                    for (m, c) in per_minute {
-                        minutes.entry(m).or_default().merge(&c);
-                    }
-                }
-                Ok(other) => unanswered.push(Unanswered { node, error: format!("unexpected answer {other:?}") }),
-                Err(error) => unanswered.push(Unanswered { node, error }),
+        let mut answered = Vec::new();
+        for (node, per_minute) in per_node {
+            answered.push(node);
+            for (m, c) in per_minute {
+                minutes.entry(m).or_default().merge(&c);
             }
         }
         let gates = crate::audit::gates::evaluate(&minutes, now_us, since_us);

@@ -82,19 +82,34 @@ pub struct Records {
     pub unanswered: Vec<Unanswered>,
 }
 
+/// The members' answers of the kind asked for (`pick` takes it out of an answer, or gives the
+/// answer back when it is of another kind), and the members that gave none, with why.
+pub fn sort_out<T>(
+    answers: Vec<(u64, Result<AuditAnswer, String>)>,
+    pick: impl Fn(AuditAnswer) -> Result<T, AuditAnswer>,
+) -> (Vec<(u64, T)>, Vec<Unanswered>) {
+    let (mut got, mut unanswered) = (Vec::new(), Vec::new());
+    for (node, a) in answers {
+        match a.map(&pick) {
+            Ok(Ok(t)) => got.push((node, t)),
+            Ok(Err(other)) => unanswered.push(Unanswered { node, error: format!("unexpected answer {other:?}") }),
+            Err(error) => unanswered.push(Unanswered { node, error }),
+        }
+    }
+    (got, unanswered)
+}
+
 /// Merges the members' pages: by time (then node and seq, so the order is total), cut at the limit.
 pub fn merge_pages(q: &Query, answers: Vec<(u64, Result<AuditAnswer, String>)>) -> Records {
-    let mut out = Records::default();
-    for (node, a) in answers {
-        match a {
-            Ok(AuditAnswer::Page(p)) => {
-                out.answered.push(node);
-                out.more |= p.more;
-                out.records.extend(p.records);
-            }
-            Ok(other) => out.unanswered.push(Unanswered { node, error: format!("unexpected answer {other:?}") }),
-            Err(error) => out.unanswered.push(Unanswered { node, error }),
-        }
+    let (pages, unanswered) = sort_out(answers, |a| match a {
+        AuditAnswer::Page(p) => Ok(p),
+        other => Err(other),
+    });
+    let mut out = Records { unanswered, ..Records::default() };
+    for (node, p) in pages {
+        out.answered.push(node);
+        out.more |= p.more;
+        out.records.extend(p.records);
     }
     out.records.sort_by_key(|r| (r.time_us, r.node, r.seq));
     if !q.oldest_first {
@@ -120,22 +135,19 @@ pub struct Groups {
 
 /// Adds the members' counts up.
 pub fn merge_groups(answers: Vec<(u64, Result<AuditAnswer, String>)>) -> Groups {
-    let mut out = Groups::default();
+    let (per_node, unanswered) = sort_out(answers, |a| match a {
+        AuditAnswer::Groups(g) => Ok(g),
+        other => Err(other),
+    });
+    let mut out = Groups { unanswered, ..Groups::default() };
     let mut sum: BTreeMap<String, Group> = BTreeMap::new();
-    for (node, a) in answers {
-        match a {
-            Ok(AuditAnswer::Groups(gs)) => {
-                out.answered.push(node);
-                for g in gs {
-                    let e =
-                        sum.entry(g.key.clone()).or_insert_with(|| Group { key: g.key.clone(), ..Group::default() });
-                    e.calls += g.calls;
-                    e.denied += g.denied;
-                    e.errors += g.errors;
-                }
-            }
-            Ok(other) => out.unanswered.push(Unanswered { node, error: format!("unexpected answer {other:?}") }),
-            Err(error) => out.unanswered.push(Unanswered { node, error }),
+    for (node, gs) in per_node {
+        out.answered.push(node);
+        for g in gs {
+            let e = sum.entry(g.key.clone()).or_insert_with(|| Group { key: g.key.clone(), ..Group::default() });
+            e.calls += g.calls;
+            e.denied += g.denied;
+            e.errors += g.errors;
         }
     }
     out.groups = sum.into_values().collect();
