@@ -38,7 +38,7 @@ pub struct McpForward {
     /// The execution id this node recorded the request under: the owner records it under the
     /// same one, so `joch trace` finds both.
     pub exec: String,
-    /// The trace context (the agent's trace, this node's span).
+    /// The trace context: the agent's trace and span (this node's span when the agent sent none).
     pub traceparent: String,
 }
 
