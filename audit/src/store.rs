@@ -446,16 +446,30 @@ impl Store {
                 None => break,
             }
         }
-        // (A prefix iterator without a prefix extractor runs on past the prefix: stop there.)
-        for item in self.db.prefix_iterator([keys::MINUTE]) {
-            let (k, _) = item?;
+        // Keys are server, then minute: read each server's old minutes, then seek past the
+        // rest of that server (this runs every minute; the kept rollups are never read through).
+        let mut it = self.db.raw_iterator();
+        it.seek([keys::MINUTE]);
+        while let Some(k) = it.key().map(<[u8]>::to_vec) {
             if k.first() != Some(&keys::MINUTE) {
                 break;
             }
-            if keys::parse_minute(&k).is_some_and(|(_, minute, _, _)| minute < old_minute) {
-                batch.delete(&k);
+            match keys::parse_minute(&k) {
+                Some((_, minute, _, _)) if minute < old_minute => {
+                    batch.delete(&k);
+                    it.next();
+                }
+                Some((server, _, _, _)) => {
+                    let mut next = keys::minute_prefix(server);
+                    if let Some(last) = next.last_mut() {
+                        *last = 1; // just past `m` + server + 0 + anything
+                    }
+                    it.seek(&next);
+                }
+                None => it.next(),
             }
         }
+        it.status()?;
         self.db.write(batch)?;
         Ok(removed)
     }

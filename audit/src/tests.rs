@@ -174,3 +174,22 @@ fn the_writer_commits_in_groups_and_records_drops() {
     assert_eq!(lines.lines().count() as u64, st.written);
     assert!(a.store().verify().unwrap().problems.is_empty());
 }
+
+#[test]
+fn retention_removes_old_rollups_of_every_server() {
+    let (_d, s) = store();
+    let m = 60_000_000u64;
+    let mut b = vec![
+        rec(m, "alpha", "a", "t", Outcome::Result),
+        rec(2 * m, "git", "a", "t", Outcome::Result),
+        rec(9 * m, "alpha", "a", "t", Outcome::Result),
+        rec(9 * m + 1, "zulu", "a", "t", Outcome::Result),
+        rec(10 * m, "git", "a", "t", Outcome::Result),
+    ];
+    s.append(&mut b, false).unwrap();
+    // Keep 5 minutes: minutes 1 and 2 go, for every server.
+    s.prune(Retention { max_age_us: 5 * m, max_records: 100 }, 10 * m).unwrap();
+    let g = s.summarize(&SummaryQuery { since_us: 0, server: None, by: GroupBy::Server }).unwrap();
+    let calls: Vec<(&str, u64)> = g.iter().map(|g| (g.key.as_str(), g.calls)).collect();
+    assert_eq!(calls, vec![("alpha", 1), ("git", 1), ("zulu", 1)]);
+}
