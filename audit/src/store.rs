@@ -442,8 +442,8 @@ impl Store {
             let (k, _) = item?;
             match keys::parse_gate(&k) {
                 Some(minute) if minute < old_minute => batch.delete(&k),
-                Some(_) => {}
-                None => break,
+                // Minute order: the rest is kept.
+                _ => break,
             }
         }
         // Keys are server, then minute: read each server's old minutes, then seek past the
