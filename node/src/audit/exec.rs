@@ -175,9 +175,6 @@ impl Drop for Exec {
         let Some(sink) = self.sink.take() else { return };
         let n = std::mem::take(self.notes.get_mut());
         let Some(mut r) = n.record else { return };
-        r.exec = self.id.to_string();
-        r.trace = self.trace.to_string();
-        r.parent_span = self.parent.to_string();
         r.latency_us = self.started.elapsed().as_micros() as u64;
         r.upstream_us = n.upstream_us;
         r.bytes_out = n.bytes_out;

@@ -77,30 +77,13 @@ impl Stage for AuditStage {
             Outcome::Answered => (AuditOutcome::Answered, 200),
             Outcome::Relayed { status, .. } => (AuditOutcome::Relayed, *status),
         };
-        let c = &call.caller;
         let mut r = Record {
-            node: call.node,
-            agent: if c.source == crate::auth::agent::Source::Unauthenticated { String::new() } else { c.name.clone() },
-            agent_labels: c.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            subject: exec::subject(c),
-            session: call.session.as_ref().map(|s| format!("{}-{:x}", s.owner, s.created_ms)).unwrap_or_default(),
-            server: if call.server.is_empty() || call.view().is_some() { String::new() } else { call.server.clone() },
-            endpoint: match call.view() {
-                Some(_) => call.server.clone(),
-                None if call.server.is_empty() => "/mcp".into(),
-                None => String::new(),
-            },
-            http: call.http_method.into(),
-            method: call.method().unwrap_or_default().into(),
-            target: call.target().unwrap_or_default().into(),
             outcome: ended,
             status,
             bytes_in: call.rpc.as_ref().map(|r| r.body.len() as u64).unwrap_or(0),
-            approval: call.approval.as_deref().unwrap_or_default().into(),
             request: call.rpc.as_ref().filter(|r| r.msg.params.name.is_some()).map(|r| r.body.clone()),
-            keep_args: false,
             decision: "allow".into(),
-            ..Record::default()
+            ..of_call(call)
         };
         if let Outcome::Denied(d) = outcome {
             denied(&mut r, d);
@@ -110,6 +93,34 @@ impl Stage for AuditStage {
             r.decision.clear();
         }
         call.exec.note(|n| n.record = Some(r));
+    }
+}
+
+/// What every record of a call says about it: who called (agent, labels, how it proved it,
+/// session), in which execution and trace, what (server or endpoint, methods, tool), on which
+/// node, with which approval. The request's record and an approval's both start from it.
+pub fn of_call(call: &Call) -> Record {
+    let c = &call.caller;
+    Record {
+        node: call.node,
+        exec: call.exec.id.to_string(),
+        trace: call.exec.trace.to_string(),
+        parent_span: call.exec.parent.to_string(),
+        agent: if c.source == crate::auth::agent::Source::Unauthenticated { String::new() } else { c.name.clone() },
+        agent_labels: c.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        subject: exec::subject(c),
+        session: call.session.as_ref().map(|s| format!("{}-{:x}", s.owner, s.created_ms)).unwrap_or_default(),
+        server: if call.server.is_empty() || call.view().is_some() { String::new() } else { call.server.clone() },
+        endpoint: match call.view() {
+            Some(_) => call.server.clone(),
+            None if call.server.is_empty() => "/mcp".into(),
+            None => String::new(),
+        },
+        http: call.http_method.into(),
+        method: call.method().unwrap_or_default().into(),
+        target: call.target().unwrap_or_default().into(),
+        approval: call.approval.as_deref().unwrap_or_default().into(),
+        ..Record::default()
     }
 }
 

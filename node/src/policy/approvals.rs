@@ -126,13 +126,8 @@ impl Approvals {
             };
             audit.record(joch_audit::Record {
                 time_us: joch_audit::now_us(),
-                node: self.node,
                 kind,
-                exec: call.exec.id.to_string(),
-                trace: call.exec.trace.to_string(),
-                agent: call.caller.name.clone(),
                 server,
-                method: call.method().unwrap_or_default().into(),
                 target: name,
                 decision: decision.into(),
                 policy,
@@ -141,7 +136,7 @@ impl Approvals {
                 outcome,
                 reason,
                 latency_us: started.elapsed().as_micros() as u64,
-                ..joch_audit::Record::default()
+                ..crate::audit::of_call(call)
             });
         }
         r
