@@ -78,15 +78,18 @@ impl Gate {
         self.lease.check(Instant::now()).map_err(|why| stale(&call, &why))?;
         let deciding = Instant::now();
         let checked = checks(&self.gov, &call, &state);
-        call.exec.note(|n| n.decide_us = deciding.elapsed().as_micros().max(1) as u64);
-        let (server, grant) = checked?;
+        // Refused or not, the decision took its time; what it allowed, under which rule, is noted too.
         call.exec.note(|n| {
-            n.server = Some(server.name.clone());
-            n.decided = grant.by.as_ref().map(|m| (m.policy.clone(), m.rule.clone(), m.decision.as_str()));
-            n.action = grant.action;
-            n.keep_args = server.spec.audit.record_arguments;
-            n.audited = grant.audited.clone();
+            n.decide_us = deciding.elapsed().as_micros().max(1) as u64;
+            if let Ok((server, grant)) = &checked {
+                n.server = Some(server.name.clone());
+                n.decided = grant.by.as_ref().map(|m| (m.policy.clone(), m.rule.clone(), m.decision.as_str()));
+                n.action = grant.action;
+                n.keep_args = server.spec.audit.record_arguments;
+                n.audited = grant.audited.clone();
+            }
         });
+        let (server, grant) = checked?;
         // Repeats of one call (max_retries), then rate limits: admissions only count (a re-check
         // of what is in flight takes nothing).
         if let (Some(n), Some(by)) = (grant.constraints.max_retries, grant.by.as_ref()) {
