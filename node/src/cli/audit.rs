@@ -169,10 +169,10 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// A record's (or a problem's) `timeUs` as a UTC time to the millisecond.
 fn when(r: &Value) -> String {
     let us = r["timeUs"].as_u64().unwrap_or(0);
-    let t = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_micros(us)).to_string();
-    t.replace('T', " ")
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_micros(us)).to_string().replace('T', " ")
 }
 
 fn ms(us: &Value) -> String {
@@ -366,13 +366,7 @@ pub async fn audit(g: &Global, cmd: AuditCmd, member: Option<u64>) -> anyhow::Re
         table(&["NODE", "RECORDS", "SEQ", "DROPPED", "CHAIN", "HEAD"], &rows);
         for n in &nodes {
             for p in n["report"]["problems"].as_array().into_iter().flatten() {
-                say!(
-                    "node {}: record {} ({}): {}",
-                    n["node"],
-                    s(&p["seq"]),
-                    when(&serde_json::json!({"timeUs": p["timeUs"]})),
-                    s(&p["problem"])
-                );
+                say!("node {}: record {} ({}): {}", n["node"], s(&p["seq"]), when(p), s(&p["problem"]));
             }
         }
     }
