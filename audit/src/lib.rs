@@ -128,10 +128,8 @@ impl Audit {
             stop: AtomicBool::new(false),
         });
         let w = Writer { store: store.clone(), shared: shared.clone(), rx, opts: opts.clone() };
-        let writer = std::thread::Builder::new()
-            .name("joch-audit".into())
-            .spawn(move || w.run())
-            .map_err(|e| AuditError::Decode { what: "writer thread", why: e.to_string() })?;
+        let writer =
+            std::thread::Builder::new().name("joch-audit".into()).spawn(move || w.run()).map_err(AuditError::Writer)?;
         Ok(Arc::new(Audit { tx, store, shared, writer: Mutex::new(Some(writer)) }))
     }
 

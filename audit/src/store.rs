@@ -33,6 +33,9 @@ pub enum AuditError {
     /// A read or write failed.
     #[error("audit database: {0}")]
     Db(#[from] rocksdb::Error),
+    /// The writer thread could not be started.
+    #[error("cannot start the audit writer thread: {0}")]
+    Writer(std::io::Error),
     /// A stored value could not be decoded.
     #[error("audit database: undecodable {what}: {why}")]
     Decode {
