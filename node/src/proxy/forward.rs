@@ -127,11 +127,7 @@ impl Proxy {
         set("last-event-id", req.last_event_id.as_deref());
         set("authorization", req.authorization.as_deref());
         set("traceparent", Some(req.traceparent.as_str()));
-        let http_method = match req.method.as_str() {
-            "GET" => "GET",
-            "DELETE" => "DELETE",
-            _ => "POST",
-        };
+        let http_method = super::routing::http_method(&req.method);
         let inbound = Inbound { server: req.server, http_method, headers, body: req.body.into(), exec: Some(req.exec) };
         let resp = self.serve(inbound).await;
         let head = McpHead {

@@ -284,8 +284,9 @@ async fn resource_metadata(State(p): State<Arc<Proxy>>, headers: HeaderMap) -> R
     ([("content-type", "application/json")], body.to_string()).into_response()
 }
 
-fn http_method(m: &Method) -> &'static str {
-    match m.as_str() {
+/// The HTTP method as the proxy names it (anything but GET and DELETE is handled as a POST).
+pub(super) fn http_method(m: &str) -> &'static str {
+    match m {
         "GET" => "GET",
         "DELETE" => "DELETE",
         _ => "POST",
@@ -299,7 +300,7 @@ async fn server_route(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    p.serve(Inbound { server, http_method: http_method(&method), headers, body, exec: None }).await
+    p.serve(Inbound { server, http_method: http_method(method.as_str()), headers, body, exec: None }).await
 }
 
 async fn virtual_route(
@@ -309,11 +310,19 @@ async fn virtual_route(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    p.serve(Inbound { server: format!("v/{name}"), http_method: http_method(&method), headers, body, exec: None }).await
+    p.serve(Inbound {
+        server: format!("v/{name}"),
+        http_method: http_method(method.as_str()),
+        headers,
+        body,
+        exec: None,
+    })
+    .await
 }
 
 async fn aggregate_route(State(p): State<Arc<Proxy>>, method: Method, headers: HeaderMap, body: Bytes) -> Response {
-    p.serve(Inbound { server: String::new(), http_method: http_method(&method), headers, body, exec: None }).await
+    p.serve(Inbound { server: String::new(), http_method: http_method(method.as_str()), headers, body, exec: None })
+        .await
 }
 
 /// Denies a request before it reached a handler (limits), counted like any other.
@@ -336,7 +345,7 @@ async fn concurrency(
 ) -> Response {
     let Ok(permit) = p.in_flight.clone().try_acquire_owned() else {
         let server = server_of(req.uri().path()).to_string();
-        let call = p.call(server, http_method(req.method()), Caller::unauthenticated(), req.headers(), None);
+        let call = p.call(server, http_method(req.method().as_str()), Caller::unauthenticated(), req.headers(), None);
         let d = call.deny(
             Reason::NodeOverloaded,
             "proxy.max_concurrent_requests",
@@ -387,7 +396,8 @@ async fn read_body(State(p): State<Arc<Proxy>>, req: axum::extract::Request, nex
     let server = server_of(parts.uri.path()).to_string();
     let limit = p.limits.max_body_bytes;
     let deny = |reason, rule: &str, message: String| {
-        let call = p.call(server.clone(), http_method(&parts.method), Caller::unauthenticated(), &parts.headers, None);
+        let call =
+            p.call(server.clone(), http_method(parts.method.as_str()), Caller::unauthenticated(), &parts.headers, None);
         let d = call.deny(reason, rule, message);
         early(&p, call, d)
     };
@@ -402,8 +412,13 @@ async fn read_body(State(p): State<Arc<Proxy>>, req: axum::extract::Request, nex
         }
         Ok(Err(_)) => {
             // The client went away mid-body: nobody to answer.
-            let call =
-                p.call(server.clone(), http_method(&parts.method), Caller::unauthenticated(), &parts.headers, None);
+            let call = p.call(
+                server.clone(),
+                http_method(parts.method.as_str()),
+                Caller::unauthenticated(),
+                &parts.headers,
+                None,
+            );
             p.finish(&call, &Outcome::Rejected { status: 400 }, Instant::now());
             StatusCode::BAD_REQUEST.into_response()
         }
