@@ -169,6 +169,7 @@ pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Futur
                 control: tokio::runtime::Handle::current(),
             }),
             audit: audit.clone(),
+            guardian: cfg.guardian.clone(),
         },
     )
     .context("starting the MCP proxy")?;

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod guardian;
 pub mod http;
 pub mod lifecycle;
 pub mod mcp;

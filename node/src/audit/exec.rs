@@ -55,6 +55,24 @@ pub struct Notes {
     pub keep_args: bool,
     /// A denial sent inside an answer that was already under way (a held call's event stream).
     pub denial: Option<Box<crate::proxy::deny::Denial>>,
+    /// What guardian hooks decided, in order (at most [`MAX_VERDICTS`]).
+    pub verdicts: Vec<joch_audit::Verdict>,
+    /// Verdicts beyond [`MAX_VERDICTS`] (a long stream's events), counted.
+    pub verdicts_over: u64,
+}
+
+/// Verdicts one record keeps; beyond, a last verdict says how many more there were.
+pub const MAX_VERDICTS: usize = 64;
+
+impl Notes {
+    /// Notes a verdict (or counts it, past [`MAX_VERDICTS`]).
+    pub fn verdict(&mut self, v: joch_audit::Verdict) {
+        if self.verdicts.len() < MAX_VERDICTS {
+            self.verdicts.push(v);
+        } else {
+            self.verdicts_over += 1;
+        }
+    }
 }
 
 /// Length of an execution id: `exec-` + 8 digits + `-` + 16 hex digits.
@@ -181,6 +199,15 @@ impl Drop for Exec {
         r.decide_us = n.decide_us;
         r.keep_args = n.keep_args;
         r.action = n.action.map(|a| a.as_str().to_string()).unwrap_or_default();
+        r.verdicts.extend(n.verdicts);
+        if n.verdicts_over > 0 {
+            r.verdicts.push(joch_audit::Verdict {
+                by: "hook".into(),
+                verdict: "more".into(),
+                rule: format!("{} more hook verdicts were not kept", n.verdicts_over),
+                micros: 0,
+            });
+        }
         r.verdicts.extend(n.audited.into_iter().map(|m| joch_audit::Verdict {
             by: format!("policy:{}", m.policy),
             verdict: m.decision.as_str().to_ascii_lowercase(),

@@ -293,8 +293,14 @@ pub async fn trace(g: &Global, id: &str, member: Option<u64>, timeout: &Option<S
         say!("execution {}  trace {}", s(&first["exec"]), s(&first["trace"]));
         let rows: Vec<Vec<String>> = records(&v)
             .map(|r| {
+                // Guardian hooks' and audit-only policies' verdicts, in the order they were made.
+                let verdicts = r["verdicts"].as_array().into_iter().flatten().map(|v| {
+                    let took = v["micros"].as_u64().filter(|m| *m > 0).map(|m| format!(" {:.1}ms", m as f64 / 1000.0));
+                    format!("[{} {}: {}{}]", s(&v["by"]), s(&v["rule"]), s(&v["verdict"]), took.unwrap_or_default())
+                });
                 let why = [s(&r["policy"]), s(&r["rule"]), s(&r["approval"]), s(&r["reason"])]
                     .into_iter()
+                    .chain(verdicts)
                     .filter(|x| !x.is_empty())
                     .collect::<Vec<_>>()
                     .join(" ");

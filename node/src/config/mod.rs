@@ -62,6 +62,10 @@ pub struct RawConfig {
     /// OTLP export of audit records (spans and logs).
     #[serde(default)]
     pub otlp: RawOtlp,
+    /// This node's guardian: an ACS hook endpoint called for every server's traffic
+    /// (`docs/guardian-hooks.md`); servers may add their own (`spec.guardian`).
+    #[serde(default)]
+    pub guardian: Option<joch_raft_store::model::resource::GuardianSpec>,
     /// Run without authenticating operators, with a plaintext admin API (development only; logged
     /// loudly). Default false.
     pub insecure_dev: Option<bool>,
@@ -278,6 +282,8 @@ pub struct Config {
     pub audit: Option<AuditSettings>,
     /// OTLP export of the audit records (`None`: none).
     pub otlp: Option<crate::audit::otlp::Settings>,
+    /// This node's guardian, for every server.
+    pub guardian: Option<joch_raft_store::model::resource::GuardianSpec>,
 }
 
 /// How the audit trail is kept (`audit:`).
@@ -506,6 +512,7 @@ impl RawConfig {
         m(&mut self.otlp.endpoint, other.otlp.endpoint);
         m(&mut self.otlp.service_name, other.otlp.service_name);
         m(&mut self.otlp.timeout, other.otlp.timeout);
+        m(&mut self.guardian, other.guardian);
         m(&mut self.secrets.kek_file, other.secrets.kek_file);
         m(&mut self.secrets.previous_kek_files, other.secrets.previous_kek_files);
         m(&mut self.stdio.allow, other.stdio.allow);
@@ -770,6 +777,11 @@ impl RawConfig {
             group_commit: audit_window,
             jsonl: self.audit.jsonl.clone(),
         });
+        if let Some(g) = &self.guardian {
+            for p in g.problems("guardian") {
+                bad(&p.field, p.message);
+            }
+        }
         if !problems.is_empty() {
             return Err(ConfigError { source_name, problems });
         }
@@ -793,6 +805,7 @@ impl RawConfig {
             mcp_tls,
             audit,
             otlp,
+            guardian: self.guardian,
         })
     }
 }
@@ -825,6 +838,24 @@ mod tests {
             ]
         );
         assert!(err.to_string().starts_with("invalid node configuration (node.yaml):"), "{err}");
+    }
+
+    #[test]
+    fn a_guardian_is_checked_field_by_field() {
+        let raw: RawConfig = serde_yaml_ng::from_str(
+            "guardian: { endpoint: 'guard:9000', timeout: 2m, name: Central, failure: closed, hooks: [inbound] }\n",
+        )
+        .unwrap();
+        let err = raw.validate(None).unwrap_err();
+        let fields: Vec<&str> =
+            err.problems.iter().map(|p| p.field.as_str()).filter(|f| f.starts_with("guardian")).collect();
+        assert_eq!(fields, ["guardian.endpoint", "guardian.timeout", "guardian.name"], "{err}");
+        let e = serde_yaml_ng::from_str::<RawConfig>("guardian: { endpoint: 'http://g/acs', hooks: [sideways] }\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown variant `sideways`"), "{e}");
+        let e = serde_yaml_ng::from_str::<RawConfig>("guardian: { endpoint: 'http://g/acs', failure: ajar }\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown variant `ajar`"), "{e}");
     }
 
     #[test]

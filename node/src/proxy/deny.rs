@@ -64,12 +64,16 @@ pub enum Reason {
     /// The call cannot meet its ALLOW_WITH_CONSTRAINTS bounds (an upstream host outside the
     /// allow-list, the runtime limit reached).
     ConstraintViolated,
+    /// A guardian hook denied the message (or answered with what joch cannot apply).
+    GuardianDenied,
+    /// A guardian that fails closed gave no decision in time.
+    GuardianUnavailable,
 }
 
 impl Reason {
     /// The stable JSON-RPC error code: -32001..-32012 the registry, sessions, the upstream and
     /// the request; -32013..-32019 policy; -32030.. node limits; -32040.. identity and
-    /// credentials; -32050.. approvals.
+    /// credentials; -32050.. approvals; -32060.. guardian hooks.
     pub fn code(self) -> i64 {
         match self {
             Reason::ServerNotRegistered => -32001,
@@ -95,6 +99,8 @@ impl Reason {
             Reason::ApprovalPending => -32050,
             Reason::ApprovalDenied => -32051,
             Reason::ApprovalTimeout => -32052,
+            Reason::GuardianDenied => -32060,
+            Reason::GuardianUnavailable => -32061,
             Reason::NodeOverloaded => -32030,
             Reason::Unauthenticated => -32040,
             Reason::AgentRevoked => -32041,
@@ -130,6 +136,8 @@ impl Reason {
             Reason::ApprovalPending => "approval-pending",
             Reason::ApprovalDenied => "approval-denied",
             Reason::ApprovalTimeout => "approval-timeout",
+            Reason::GuardianDenied => "guardian-denied",
+            Reason::GuardianUnavailable => "guardian-unavailable",
         }
     }
 
@@ -161,6 +169,8 @@ impl Reason {
             | Reason::ApprovalDenied => StatusCode::FORBIDDEN,
             Reason::ApprovalTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Reason::GuardianDenied => StatusCode::FORBIDDEN,
+            Reason::GuardianUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -321,14 +331,14 @@ mod tests {
             Reason::ApprovalDenied,
             Reason::ApprovalTimeout,
             Reason::RateLimited,
+            Reason::GuardianDenied,
+            Reason::GuardianUnavailable,
         ];
         let mut codes: Vec<i64> = all.iter().map(|r| r.code()).collect();
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
-        assert!(codes
-            .iter()
-            .all(|c| (-32019..=-32001).contains(c) || (-32059..=-32050).contains(c) || (-32049..=-32030).contains(c)));
+        assert!(codes.iter().all(|c| (-32019..=-32001).contains(c) || (-32069..=-32030).contains(c)));
         let d = Denial::new(Reason::ServerQuarantined, "s", 2, "registry.quarantine", "quarantined").with_id(json!(5));
         assert_eq!(
             d.body(),

@@ -184,6 +184,7 @@ impl From<Stream> for Answer {
 #[derive(Clone)]
 pub struct Exit {
     stages: Arc<[Arc<dyn Stage>]>,
+    guardian: Arc<crate::guardian::Guardian>,
     keepalive: Duration,
 }
 
@@ -199,34 +200,49 @@ fn json_response(status: StatusCode, content_type: Option<HeaderValue>, body: By
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 impl Exit {
-    /// An exit running these stages; idle streams get a keep-alive comment every `keepalive`.
-    pub fn new(stages: Arc<[Arc<dyn Stage>]>, keepalive: Duration) -> Exit {
-        Exit { stages, keepalive }
+    /// An exit running the guardian's inbound hooks, then these stages; idle streams get a
+    /// keep-alive comment every `keepalive`.
+    pub fn new(stages: Arc<[Arc<dyn Stage>]>, guardian: Arc<crate::guardian::Guardian>, keepalive: Duration) -> Exit {
+        Exit { stages, guardian, keepalive }
     }
 
-    fn stage(&self, call: &Call, server: &str, bytes: &mut Bytes) {
-        for s in self.stages.iter() {
-            s.on_message(call, server, bytes);
+    /// One message on its way to the agent: the guardian's inbound hooks, then the stages.
+    /// `member`: on the aggregate endpoint, the member a stream's event came from. Empty:
+    /// dropped (a guardian denied a notification).
+    async fn pass(&self, call: &Call, member: Option<&str>, bytes: Bytes) -> Bytes {
+        // The guardians of the server that said it (a routed call's member); the stages see the
+        // endpoint's name, or the member.
+        let guarded = member.map(str::to_string).unwrap_or_else(|| self.guardian.server_of(call));
+        let mut bytes = self.guardian.inbound(call, &guarded, bytes).await;
+        if bytes.is_empty() {
+            return bytes;
         }
+        let server = member.unwrap_or(&call.server);
+        for s in self.stages.iter() {
+            s.on_message(call, server, &mut bytes);
+        }
+        bytes
     }
 
     /// Turns a reply into the HTTP response, running the stages on what leaves; says how the
     /// request ended.
-    pub fn respond(&self, call: &Call, reply: Reply) -> (Response, Outcome) {
+    pub async fn respond(&self, call: &Call, reply: Reply) -> (Response, Outcome) {
         let (mut resp, outcome) = match reply.answer {
-            Answer::Upstream { status, content_type, mut body } => {
-                self.stage(call, &call.server, &mut body);
+            Answer::Upstream { status, content_type, body } => {
+                let body = self.pass(call, None, body).await;
                 let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
                 (json_response(code, content_type, body), Outcome::Forwarded { status })
             }
             Answer::Message(v) => {
-                let mut body = Bytes::from(v.to_string());
-                self.stage(call, &call.server, &mut body);
+                let body = self.pass(call, None, Bytes::from(v.to_string())).await;
                 (json_response(StatusCode::OK, Some(JSON), body), Outcome::Forwarded { status: 200 })
             }
             Answer::Own(v) => {
+                // joch's own answer: no server said it, so no guardian sees it; the stages do.
                 let mut body = Bytes::from(v.to_string());
-                self.stage(call, &call.server, &mut body);
+                for s in self.stages.iter() {
+                    s.on_message(call, &call.server, &mut body);
+                }
                 (json_response(StatusCode::OK, Some(JSON), body), Outcome::Answered)
             }
             Answer::Stream(s) => (self.stream(call, s), Outcome::Forwarded { status: 200 }),
@@ -246,11 +262,7 @@ impl Exit {
                 };
                 (r, outcome)
             }
-            Answer::Denied(d) => {
-                let d = d.with_exec(&call.exec.id);
-                let resp = d.clone().into_response();
-                (resp, Outcome::Denied(Box::new(d)))
-            }
+            Answer::Denied(d) => Self::denied(call, d),
             Answer::Rejected { status, body } => {
                 let r = json_response(status, Some(JSON), Bytes::from(body.to_string()));
                 (r, Outcome::Rejected { status: status.as_u16() })
@@ -271,6 +283,13 @@ impl Exit {
         (resp, outcome)
     }
 
+    /// A denial as the HTTP response (it carries the execution id).
+    pub fn denied(call: &Call, d: Denial) -> (Response, Outcome) {
+        let d = d.with_exec(&call.exec.id);
+        let resp = d.clone().into_response();
+        (resp, Outcome::Denied(Box::new(d)))
+    }
+
     /// Relays a stream event by event (see the module doc).
     fn stream(&self, call: &Call, s: Stream) -> Response {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
@@ -288,18 +307,20 @@ impl Exit {
                 Source::Sse(s) => (Some(s), None),
                 Source::Events(e) => (None, Some(e)),
             };
-            // An event on its way out: rewritten, then seen by the stages (`None`: dropped).
+            // An event on its way out: rewritten, then through the guardian and the stages
+            // (`None`: dropped).
             let staged = |ev: Event| {
-                let mut bytes = match &transform {
+                let bytes = match &transform {
                     Some(t) => t(ev.bytes),
                     None => ev.bytes,
                 };
-                if bytes.is_empty() {
-                    return None;
+                let (exit, call) = (&exit, &call);
+                async move {
+                    if bytes.is_empty() {
+                        return None;
+                    }
+                    Some(exit.pass(call, ev.from.as_deref(), bytes).await).filter(|b| !b.is_empty())
                 }
-                let server = ev.from.as_deref().unwrap_or(&call.server);
-                exit.stage(&call, server, &mut bytes);
-                Some(bytes)
             };
             let cut_denial = 'relay: loop {
                 tokio::select! {
@@ -310,7 +331,7 @@ impl Exit {
                         Some(Ok(b)) => match split.push(&b) {
                             Ok(evs) => {
                                 for bytes in evs {
-                                    if let Some(out) = staged(Event { from: None, bytes }) {
+                                    if let Some(out) = staged(Event { from: None, bytes }).await {
                                         if tx.send(Ok(out)).await.is_err() {
                                             break 'relay None;
                                         }
@@ -329,15 +350,17 @@ impl Exit {
                         }
                         None => {
                             let rest = std::mem::take(&mut split).finish();
-                            if let Some(out) = rest.and_then(|bytes| staged(Event { from: None, bytes })) {
-                                let _ = tx.send(Ok(out)).await;
+                            if let Some(bytes) = rest {
+                                if let Some(out) = staged(Event { from: None, bytes }).await {
+                                    let _ = tx.send(Ok(out)).await;
+                                }
                             }
                             break None;
                         }
                     },
                     ev = async { events.as_mut()?.next().await }, if events.is_some() => match ev {
                         Some(ev) => {
-                            if let Some(out) = staged(ev) {
+                            if let Some(out) = staged(ev).await {
                                 if tx.send(Ok(out)).await.is_err() {
                                     break None;
                                 }
@@ -381,7 +404,8 @@ mod tests {
     /// comments, then what comes.
     #[tokio::test]
     async fn an_idle_stream_gets_keep_alive_comments_then_its_events() {
-        let exit = Exit::new(Arc::new([]), Duration::from_millis(20));
+        let guardian = Arc::new(crate::guardian::Guardian::new(None, Default::default()).unwrap());
+        let exit = Exit::new(Arc::new([]), guardian, Duration::from_millis(20));
         let call = Call {
             node: 1,
             server: "s".into(),
@@ -398,7 +422,7 @@ mod tests {
             Ok::<_, String>(sse::message_event(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#))
         });
         let s = Stream::sse(later, Some(serde_json::json!(1)), std::future::pending());
-        let (resp, _) = exit.respond(&call, Answer::Stream(s).into());
+        let (resp, _) = exit.respond(&call, Answer::Stream(s).into()).await;
         let mut body = resp.into_body();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(&first[..], b": keep-alive\n\n");

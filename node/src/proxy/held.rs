@@ -100,7 +100,7 @@ impl Proxy {
                 }
             }
             let reply = me.post(&mut outer, &inner_inb).await;
-            let (resp, _) = me.exit.respond(&outer, reply);
+            let (resp, _) = me.exit.respond(&outer, reply).await;
             let sse_answer = resp
                 .headers()
                 .get("content-type")

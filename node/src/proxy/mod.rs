@@ -81,6 +81,8 @@ pub struct Options {
     pub proposer: Arc<dyn crate::policy::approvals::Proposer>,
     /// The node's audit trail (`None`: nothing is recorded).
     pub audit: Option<Arc<joch_audit::Audit>>,
+    /// The node's own guardian (`guardian:`), called for every server.
+    pub guardian: Option<joch_raft_store::model::resource::GuardianSpec>,
 }
 
 /// The proxy of one node.
@@ -107,12 +109,15 @@ pub struct Proxy {
     me: std::sync::Weak<Proxy>,
     /// Where finished requests are recorded.
     audit: Option<Arc<joch_audit::Audit>>,
+    /// The guardian hooks (called at the front and at the exit).
+    guardian: Arc<crate::guardian::Guardian>,
 }
 
 impl Proxy {
     /// A proxy over this node's view; it also answers the MCP requests peers relay here.
     pub fn new(node: NodeView, opts: Options) -> anyhow::Result<Arc<Self>> {
-        let Options { limits, allow_anonymous, tls, keyring, stdio_allow, proposer, audit } = opts;
+        let Options { limits, allow_anonymous, tls, keyring, stdio_allow, proposer, audit, guardian } = opts;
+        let guardian = Arc::new(crate::guardian::Guardian::new(guardian, node.registry.clone())?);
         let approvals =
             Arc::new(crate::policy::approvals::Approvals::new(node.id, node.registry.clone(), proposer, audit.clone()));
         let gov = Arc::new(Governance::new(node.members.clone()));
@@ -123,7 +128,7 @@ impl Proxy {
             Arc::new(crate::audit::AuditStage) as Arc<dyn Stage>,
         ]);
         let gate = Gate::new(node.registry.clone(), node.lease.clone(), gov.clone(), stages.clone());
-        let exit = Exit::new(stages.clone(), limits.keepalive);
+        let exit = Exit::new(stages.clone(), guardian.clone(), limits.keepalive);
         let upstream = Upstream::new(&limits, Arc::new(Credentials::new(keyring.clone())?))?;
         let stdio = Arc::new(StdioPool::new(limits.upstream_timeout, stdio_allow, keyring));
         tokio::spawn(stdio.clone().reap(node.registry.clone(), node.lease.clone()));
@@ -144,6 +149,7 @@ impl Proxy {
             gov,
             approvals,
             audit,
+            guardian,
         }))
     }
 

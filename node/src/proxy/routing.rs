@@ -76,7 +76,7 @@ impl Proxy {
                 (call, Reply::from(d))
             }
         };
-        let (resp, outcome) = self.exit.respond(&call, reply);
+        let (resp, outcome) = self.exit.respond(&call, reply).await;
         self.finish(&call, &outcome, started);
         resp
     }
@@ -180,6 +180,19 @@ impl Proxy {
             || m.is_modern();
         let initialize = m.method.as_deref() == Some("initialize");
         call.rpc = Some(Arc::new(Rpc { msg: m, body: inb.body.clone() }));
+        // The guardians see the agent's message before anything is decided about it
+        // (`guardian/`): a modified message replaces the request for everything after, so
+        // admission and the policies decide on what is really sent. A request a peer relayed
+        // here was shown to them by that peer.
+        let guarded;
+        let inb = match self.guard(call, inb).await {
+            Err(d) => return d.into(),
+            Ok(None) => inb,
+            Ok(Some(g)) => {
+                guarded = g;
+                &guarded
+            }
+        };
         // A call a policy holds for an approval, from a client that takes SSE (`held.rs`).
         if let Some(held) = self.held_stream(call, inb) {
             return held;
@@ -214,6 +227,34 @@ impl Proxy {
         }
     }
 
+    /// The guardians' outbound hooks on the agent's message (`call.rpc`); `Some`: the request
+    /// as a guardian modified it (`call.rpc` is updated too).
+    async fn guard(&self, call: &mut Call, inb: &Inbound) -> Result<Option<Inbound>, Denial> {
+        if inb.exec.is_some() {
+            return Ok(None);
+        }
+        let server = self.guardian.server_of(call);
+        let Some(body) = self.guardian.outbound(call, &server).await? else { return Ok(None) };
+        let m = match jsonrpc::parse(&body, self.limits.max_json_depth) {
+            Ok(RpcBody::Single(m)) => m,
+            _ => {
+                return Err(call.deny(
+                    Reason::GuardianDenied,
+                    "hook",
+                    "a guardian's modification is not one JSON-RPC message; denied (modify_invalid)",
+                ))
+            }
+        };
+        call.rpc = Some(Arc::new(Rpc { msg: m, body: body.clone() }));
+        Ok(Some(Inbound {
+            server: inb.server.clone(),
+            http_method: inb.http_method,
+            headers: inb.headers.clone(),
+            body,
+            exec: None,
+        }))
+    }
+
     /// A JSON-RPC batch: only at 2025-03-26, only in a session with an HTTP upstream (passed on
     /// as it is).
     async fn batch(&self, call: &mut Call, inb: &Inbound, msgs: &[Message]) -> Reply {
@@ -227,6 +268,15 @@ impl Proxy {
         }
         if let Err(d) = self.registered(call) {
             return d.into();
+        }
+        if self.guardian.guards(&call.server) {
+            // Each message of a batch would need its own verdict, and a batch is all or nothing.
+            return Answer::bad_request(
+                jsonrpc::INVALID_REQUEST,
+                &format!("JSON-RPC batches are not accepted for {:?}: a guardian hook sees its messages one by one; send them singly", call.server),
+                None,
+            )
+            .into();
         }
         let token = match self.session(call, inb) {
             Ok(t) => t,
@@ -327,7 +377,7 @@ async fn aggregate_route(State(p): State<Arc<Proxy>>, method: Method, headers: H
 
 /// Denies a request before it reached a handler (limits), counted like any other.
 fn early(p: &Proxy, call: Call, d: Denial) -> Response {
-    let (resp, outcome) = p.exit.respond(&call, Reply::from(d));
+    let (resp, outcome) = super::exit::Exit::denied(&call, d);
     p.finish(&call, &outcome, Instant::now());
     resp
 }

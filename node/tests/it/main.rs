@@ -6,6 +6,7 @@ mod access;
 mod audit;
 mod cli;
 mod cluster;
+mod guardian;
 mod lease;
 mod limits;
 mod mcp;

@@ -49,6 +49,78 @@ pub struct McpServerSpec {
     /// What the audit trail keeps of calls to this server.
     #[serde(default)]
     pub audit: AuditSpec,
+    /// A guardian (an ACS hook endpoint) that sees this server's traffic, after the node's own
+    /// (`guardian:` of the node's config), if any.
+    #[serde(default)]
+    pub guardian: Option<GuardianSpec>,
+}
+
+/// A guardian: an endpoint speaking the Agent Control Standard's hook contract (JSON-RPC over
+/// HTTP) that allows, denies or modifies each message (`docs/guardian-hooks.md`). The same shape
+/// as `spec.guardian` of an MCPServer and `guardian:` of a node's config.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GuardianSpec {
+    /// Names it in audit verdicts (`hook:NAME`) and denials (default `guardian`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Where it listens: `http://HOST:PORT/PATH` or `https://...`.
+    pub endpoint: String,
+    /// How long one hook call may take (default 500ms); past it, `failure` decides.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// What a call that got no usable decision (timeout, refused, an error, a malformed answer)
+    /// does: `open` proceeds and records it (the ACS default), `closed` denies.
+    #[serde(default)]
+    pub failure: FailMode,
+    /// Which hooks it is called for (default all four).
+    #[serde(default)]
+    pub hooks: Vec<HookPoint>,
+}
+
+/// What a hook call without a usable decision does.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum FailMode {
+    /// Proceed (recorded as `failed-open`).
+    #[default]
+    Open,
+    /// Deny (`guardian-unavailable`).
+    Closed,
+}
+
+/// A point of the request path where a guardian is called.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum HookPoint {
+    /// `protocols/MCP/<method>`, before an agent's message is sent to the server.
+    Outbound,
+    /// `protocols/MCP/<method>`, before a server's message is forwarded to the agent.
+    Inbound,
+    /// `steps/toolCallRequest`, before a `tools/call` is sent.
+    ToolCallRequest,
+    /// `steps/toolCallResult`, before a `tools/call` result is forwarded.
+    ToolCallResult,
+}
+
+impl GuardianSpec {
+    /// Whether it is called at `point`.
+    pub fn at(&self, point: HookPoint) -> bool {
+        self.hooks.is_empty() || self.hooks.contains(&point)
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("guardian")
+    }
+
+    /// Its timeout.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+            .as_deref()
+            .and_then(super::validate::parse_duration)
+            .unwrap_or(std::time::Duration::from_millis(500))
+    }
 }
 
 /// `spec.audit`.

@@ -3,7 +3,7 @@
 //! The state machine re-runs them on apply so a bad command is rejected deterministically on every
 //! replica, whoever proposed it.
 
-use super::resource::{Auth, AuthKind, EnvValue, McpServerSpec, Transport};
+use super::resource::{Auth, AuthKind, EnvValue, GuardianSpec, McpServerSpec, Transport};
 
 /// One problem with one field of a resource.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -196,6 +196,9 @@ impl McpServerSpec {
                 out.push(e);
             }
         }
+        if let Some(g) = &self.guardian {
+            out.extend(g.problems("spec.guardian"));
+        }
         out
     }
 }
@@ -240,6 +243,36 @@ impl McpServerSpec {
         } else if auth.token_url.is_some() || !auth.scopes.is_empty() || auth.audience.is_some() {
             out.push(err("spec.auth.tokenUrl", "tokenUrl, scopes and audience apply to auth type oauth2 only"));
         }
+    }
+}
+
+impl GuardianSpec {
+    /// Every problem with it; `at` is where it is written (`spec.guardian`, `guardian`).
+    pub fn problems(&self, at: &str) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        let u = self.endpoint.as_str();
+        match u.strip_prefix("http://").or_else(|| u.strip_prefix("https://")) {
+            Some(r) if !r.is_empty() && !r.starts_with('/') => {}
+            _ => out.push(err(
+                &format!("{at}.endpoint"),
+                format!("invalid URL {u:?}: expected http://HOST[:PORT]/PATH or https://..."),
+            )),
+        }
+        if let Some(t) = &self.timeout {
+            match parse_duration(t) {
+                Some(d) if d >= std::time::Duration::from_millis(1) && d <= std::time::Duration::from_secs(60) => {}
+                _ => out.push(err(
+                    &format!("{at}.timeout"),
+                    format!("invalid timeout {t:?}: expected a duration from 1ms to 60s, e.g. 500ms"),
+                )),
+            }
+        }
+        if let Some(n) = &self.name {
+            if let Err(e) = check_name(&format!("{at}.name"), n) {
+                out.push(e);
+            }
+        }
+        out
     }
 }
 
