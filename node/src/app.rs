@@ -170,6 +170,7 @@ pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Futur
             }),
             audit: audit.clone(),
             guardian: cfg.guardian.clone(),
+            catalog: cfg.catalog.clone(),
         },
     )
     .context("starting the MCP proxy")?;

@@ -8,6 +8,7 @@ mod audit;
 mod client;
 mod cluster;
 mod dev;
+mod import;
 mod policy;
 mod registry;
 mod serve;
@@ -266,5 +267,15 @@ async fn dispatch(cli: Cli, member: Option<u64>) -> anyhow::Result<ExitCode> {
             crate::demo::serve(listen, addr_file).await?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks its command tree only when a command is built: every subcommand's definition
+    /// (unique names, flags that do not clash with `--version`) is checked here, not by a user.
+    #[test]
+    fn every_command_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -97,6 +97,10 @@ pub enum McpCmd {
     Unquarantine { name: String },
     /// Approve one tool: SERVER.TOOL.
     ApproveTool { tool: String },
+    /// Turn a server.json (the MCP Registry's format) into an MCPServer and apply it, or print
+    /// it for review (`--dry-run`): from a file, or from any MCP Registry (`--from-registry`).
+    #[command(disable_version_flag = true)]
+    Import(super::import::ImportArgs),
     /// Per-server policy flags.
     Policy {
         #[command(subcommand)]
@@ -157,6 +161,11 @@ fn done(complete: bool) -> ExitCode {
 }
 
 pub async fn mcp(g: &Global, cmd: McpCmd) -> anyhow::Result<ExitCode> {
+    // An import reads a file or another registry first: a dry run needs no node.
+    let cmd = match cmd {
+        McpCmd::Import(a) => return super::import::import(g, a).await,
+        other => other,
+    };
     let mut n = client::node(g).await?;
     let url = n.url.clone();
     let e = |s| status_err(&url, s);
@@ -220,6 +229,7 @@ pub async fn mcp(g: &Global, cmd: McpCmd) -> anyhow::Result<ExitCode> {
             let r = pb::ApproveToolRequest { tool };
             (format!("mcpserver/{server}"), n.registry.approve_tool(req(r)).await.map_err(e)?.into_inner())
         }
+        McpCmd::Import(a) => return super::import::import(g, a).await,
         McpCmd::Policy { cmd: McpPolicyCmd::Set { name, read_only, read_write } } => {
             if !read_only && !read_write {
                 anyhow::bail!("say --read-only or --read-write");
@@ -346,6 +356,11 @@ pub async fn apply(g: &Global, file: &Path) -> anyhow::Result<ExitCode> {
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
         )
     };
+    apply_text(g, source, text).await
+}
+
+/// Applies manifests given as text (`source` names them in errors).
+pub(super) async fn apply_text(g: &Global, source: String, text: String) -> anyhow::Result<ExitCode> {
     let mut n = client::node(g).await?;
     let reply =
         n.registry.apply(req(pb::ApplyRequest { source, text })).await.map_err(|s| status_err(&n.url, s))?.into_inner();

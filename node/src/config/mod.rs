@@ -66,6 +66,9 @@ pub struct RawConfig {
     /// (`docs/guardian-hooks.md`); servers may add their own (`spec.guardian`).
     #[serde(default)]
     pub guardian: Option<joch_raft_store::model::resource::GuardianSpec>,
+    /// The fleet's catalog as an MCP Registry (`/v0.1/servers` on the MCP listener).
+    #[serde(default)]
+    pub catalog: RawCatalog,
     /// Run without authenticating operators, with a plaintext admin API (development only; logged
     /// loudly). Default false.
     pub insecure_dev: Option<bool>,
@@ -116,6 +119,19 @@ pub struct RawAudit {
     pub group_commit: Option<String>,
     /// Also append every record as a JSON line to this file (for a SIEM).
     pub jsonl: Option<PathBuf>,
+}
+
+/// `catalog:`.
+#[derive(Deserialize, Serialize, Default, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawCatalog {
+    /// The reverse-DNS namespace servers are listed under, `NAMESPACE/NAME` (default `local.joch`).
+    pub namespace: Option<String>,
+    /// Where agents reach the fleet (the load balancer's URL); default: as each request
+    /// addressed the node.
+    pub public_url: Option<String>,
+    /// What a caller without a credential sees: `none` (default) or `all`.
+    pub anonymous: Option<crate::catalog::Anonymous>,
 }
 
 /// `otlp:`.
@@ -284,6 +300,8 @@ pub struct Config {
     pub otlp: Option<crate::audit::otlp::Settings>,
     /// This node's guardian, for every server.
     pub guardian: Option<joch_raft_store::model::resource::GuardianSpec>,
+    /// How the catalog is served.
+    pub catalog: crate::catalog::Settings,
 }
 
 /// How the audit trail is kept (`audit:`).
@@ -513,6 +531,9 @@ impl RawConfig {
         m(&mut self.otlp.service_name, other.otlp.service_name);
         m(&mut self.otlp.timeout, other.otlp.timeout);
         m(&mut self.guardian, other.guardian);
+        m(&mut self.catalog.namespace, other.catalog.namespace);
+        m(&mut self.catalog.public_url, other.catalog.public_url);
+        m(&mut self.catalog.anonymous, other.catalog.anonymous);
         m(&mut self.secrets.kek_file, other.secrets.kek_file);
         m(&mut self.secrets.previous_kek_files, other.secrets.previous_kek_files);
         m(&mut self.stdio.allow, other.stdio.allow);
@@ -782,6 +803,22 @@ impl RawConfig {
                 bad(&p.field, p.message);
             }
         }
+        let namespace = self.catalog.namespace.clone().unwrap_or_else(|| "local.joch".into());
+        let ns_ok = namespace.contains('.')
+            && namespace.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        if !ns_ok {
+            bad("catalog.namespace", format!("{namespace:?} is not a reverse-DNS namespace (e.g. com.example.mcp)"));
+        }
+        if let Some(u) = &self.catalog.public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                bad("catalog.public_url", format!("{u:?} is not an http:// or https:// URL"));
+            }
+        }
+        let catalog = crate::catalog::Settings {
+            namespace,
+            public_url: self.catalog.public_url.clone(),
+            anonymous: self.catalog.anonymous.unwrap_or_default(),
+        };
         if !problems.is_empty() {
             return Err(ConfigError { source_name, problems });
         }
@@ -806,6 +843,7 @@ impl RawConfig {
             audit,
             otlp,
             guardian: self.guardian,
+            catalog,
         })
     }
 }

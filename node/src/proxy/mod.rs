@@ -83,6 +83,8 @@ pub struct Options {
     pub audit: Option<Arc<joch_audit::Audit>>,
     /// The node's own guardian (`guardian:`), called for every server.
     pub guardian: Option<joch_raft_store::model::resource::GuardianSpec>,
+    /// How the MCP Registry API is served (`catalog:`).
+    pub catalog: crate::catalog::Settings,
 }
 
 /// The proxy of one node.
@@ -98,7 +100,9 @@ pub struct Proxy {
     /// Requests in flight (streams included), bounded by `proxy.max_concurrent_requests`.
     in_flight: Arc<tokio::sync::Semaphore>,
     /// Who calls.
-    agents: AgentAuth,
+    agents: Arc<AgentAuth>,
+    /// The fleet's catalog, served as an MCP Registry.
+    catalog: Arc<crate::catalog::Catalog>,
     /// The MCP listener serves TLS (for the URLs joch gives out).
     tls: bool,
     /// Decides calls and list items.
@@ -116,11 +120,14 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy over this node's view; it also answers the MCP requests peers relay here.
     pub fn new(node: NodeView, opts: Options) -> anyhow::Result<Arc<Self>> {
-        let Options { limits, allow_anonymous, tls, keyring, stdio_allow, proposer, audit, guardian } = opts;
+        let Options { limits, allow_anonymous, tls, keyring, stdio_allow, proposer, audit, guardian, catalog } = opts;
+        let agents = Arc::new(AgentAuth::new(allow_anonymous));
         let guardian = Arc::new(crate::guardian::Guardian::new(guardian, node.registry.clone())?);
         let approvals =
             Arc::new(crate::policy::approvals::Approvals::new(node.id, node.registry.clone(), proposer, audit.clone()));
         let gov = Arc::new(Governance::new(node.members.clone()));
+        let catalog =
+            Arc::new(crate::catalog::Catalog::new(node.registry.clone(), gov.clone(), agents.clone(), tls, catalog));
         let stages: Arc<[Arc<dyn Stage>]> = Arc::from(vec![
             Arc::new(ListFilter::new(gov.clone(), node.registry.clone())) as Arc<dyn Stage>,
             Arc::new(Telemetry) as Arc<dyn Stage>,
@@ -144,7 +151,8 @@ impl Proxy {
             eras: modern::Eras::default(),
             limits,
             in_flight,
-            agents: AgentAuth::new(allow_anonymous),
+            catalog,
+            agents,
             tls,
             gov,
             approvals,

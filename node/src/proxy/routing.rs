@@ -36,6 +36,7 @@ impl Proxy {
             .route("/mcp/{server}", post(server_route).get(server_route).delete(server_route))
             .route("/mcp", post(aggregate_route).get(aggregate_route).delete(aggregate_route))
             .route("/mcp/v/{name}", post(virtual_route).get(virtual_route).delete(virtual_route))
+            .merge(self.catalog.clone().router())
             .layer(axum::middleware::from_fn_with_state(self.clone(), read_body))
             .layer(axum::middleware::from_fn_with_state(self.clone(), concurrency))
             .layer(DefaultBodyLimit::max(limit))

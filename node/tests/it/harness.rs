@@ -265,6 +265,15 @@ impl TestCluster {
         joch_env(all, &self.admin_env())
     }
 
+    /// Likewise, with more environment.
+    pub fn cli_env(&self, id: u64, args: &[&str], env: &[(&str, &str)]) -> Out {
+        let mut all = vec!["--server", self.node(id).admin_url.as_str()];
+        all.extend_from_slice(args);
+        let mut e: Vec<(&str, &str)> = self.admin_env().to_vec();
+        e.extend_from_slice(env);
+        joch_env(all, &e)
+    }
+
     /// The leader, as seen by any node that answers, waiting for one.
     pub fn leader(&self) -> u64 {
         eventually("a leader", Duration::from_secs(30), || {

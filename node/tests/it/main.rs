@@ -4,6 +4,7 @@ mod harness;
 
 mod access;
 mod audit;
+mod catalog;
 mod cli;
 mod cluster;
 mod guardian;

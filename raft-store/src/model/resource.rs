@@ -53,6 +53,14 @@ pub struct McpServerSpec {
     /// (`guardian:` of the node's config), if any.
     #[serde(default)]
     pub guardian: Option<GuardianSpec>,
+    /// What the server does, in a sentence (at most 100 characters): the `description` of its
+    /// entry in the fleet's MCP Registry listing.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Who publishes it, as a reverse-DNS namespace (`io.github.acme`): what `joch mcp import`
+    /// takes from a `server.json` name; compared with `security.trustedPublisher`.
+    #[serde(default)]
+    pub publisher: Option<String>,
 }
 
 /// A guardian: an endpoint speaking the Agent Control Standard's hook contract (JSON-RPC over

@@ -199,6 +199,23 @@ impl McpServerSpec {
         if let Some(g) = &self.guardian {
             out.extend(g.problems("spec.guardian"));
         }
+        if let Some(d) = &self.description {
+            let n = d.chars().count();
+            if n == 0 || n > 100 {
+                out.push(err(
+                    "spec.description",
+                    format!("{n} characters: a description has 1 to 100 (it is served as server.json's description)"),
+                ));
+            }
+        }
+        if let Some(p) = &self.publisher {
+            let ok = !p.is_empty()
+                && p.len() <= 100
+                && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            if !ok {
+                out.push(err("spec.publisher", format!("invalid publisher {p:?}: a reverse-DNS namespace such as io.github.acme (letters, digits, '.', '-')")));
+            }
+        }
         out
     }
 }
