@@ -250,7 +250,7 @@ impl Proxy {
             || Failure::from(UpstreamError { reason: Reason::UpstreamTimeout, message: "timed out".into() });
         if adm.is_stdio() {
             let child = self.stdio.child(adm).await?;
-            let pending = child.call(msg.clone())?;
+            let pending = child.call(msg.clone(), &adm.call().exec.traceparent())?;
             return tokio::time::timeout(MEMBER_TIMEOUT, pending.answer())
                 .await
                 .map_err(|_| timed_out())?

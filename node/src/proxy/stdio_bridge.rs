@@ -62,7 +62,7 @@ impl Proxy {
             Err(e) => return e.deny(adm).into(),
         };
         let wants_progress = m.params.meta.progress_token.is_some();
-        let pending = match child.call(rpc.value()) {
+        let pending = match child.call(rpc.value(), &adm.call().exec.traceparent()) {
             Ok(p) => p,
             Err(e) => return e.deny(adm).into(),
         };

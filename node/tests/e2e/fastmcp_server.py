@@ -72,6 +72,17 @@ def getenv(name: str) -> str:
     return os.environ.get(name, "")
 
 
+@mcp.tool
+def trace(ctx: Context) -> str:
+    """The W3C traceparent this call carried in params._meta ("" if none)."""
+    meta = ctx.request_context.meta
+    if meta is None:
+        return ""
+    if isinstance(meta, dict):
+        return meta.get("traceparent", "")
+    return getattr(meta, "traceparent", None) or (getattr(meta, "model_extra", None) or {}).get("traceparent", "")
+
+
 @mcp.resource("data://greeting")
 def greeting() -> str:
     """A fixed text."""

@@ -179,6 +179,21 @@ fn seed_commands_answer_from_every_node_merged_and_traces_reach_the_upstream() {
     assert!(table.contains("Unknown server connections") && table.contains("BLOCKING"), "{table}");
 }
 
+/// A stdio server has no HTTP headers: the agent's trace reaches it in `params._meta.traceparent`,
+/// with joch's span as the parent, as the HTTP upstreams get it in the header.
+#[test]
+fn the_agent_s_trace_reaches_a_stdio_server_in_meta() {
+    let c = TestCluster::up_stdio(1);
+    c.add_python_stdio("local", "fastmcp_server.py", &["stdio"], &[]);
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let tp = format!("00-{trace}-b7ad6b7169203331-01");
+    let argv = ["probe", "local", r#"[["trace", {}]]"#, &c.nodes[0].mcp_url];
+    let r = c.sdk_env("legacy", &argv, &[("JOCH_TRACEPARENT", Path::new(&tp))]);
+    let exec = r["metas"]["trace"]["joch/execId"].as_str().unwrap_or_else(|| panic!("{r}")).to_string();
+    let span = &exec[exec.len() - 16..];
+    assert_eq!(r["calls"]["trace"], format!("00-{trace}-{span}-01"), "{r}");
+}
+
 #[test]
 fn a_node_down_gives_a_partial_answer_naming_it() {
     let c = TestCluster::up(3, &[]);

@@ -47,7 +47,7 @@ fn sdk_session_continues_across_every_node() {
 
 #[track_caller]
 fn walkthrough_answers(r: &Value) {
-    assert_eq!(r["tools"], json!(["add", "announce", "confirm", "getenv", "slow"]));
+    assert_eq!(r["tools"], json!(["add", "announce", "confirm", "getenv", "slow", "trace"]));
     assert_eq!(r["add"], "3");
     assert_eq!(r["slow"], "done 5");
     assert_eq!(
@@ -498,7 +498,7 @@ fn both_eras_reach_modern_legacy_only_and_modern_only_upstreams() {
     register(&c, &modern);
     c.cli(2, &["mcp", "add", "old", "--endpoint", &legacy.url]).ok();
     for (server, tools, call, version) in [
-        ("heldout", json!(["add", "announce", "confirm", "getenv", "slow"]), "3", "1.4.2"),
+        ("heldout", json!(["add", "announce", "confirm", "getenv", "slow", "trace"]), "3", "1.4.2"),
         ("old", json!(["announce", "confirm", "echo", "slow", "streams"]), "hi", "0.9.0"),
     ] {
         let mut args = vec!["era".to_string(), server.into()];

@@ -155,7 +155,7 @@ impl Proxy {
     /// notifications, then the answer (with the modern fields), as SSE events while they happen.
     fn child_stream(&self, adm: &Admitted, child: &Arc<Child>, init: &Value, mut msg: Value, method: &str) -> Answer {
         envelope::strip(&mut msg);
-        let pending = match child.call(msg) {
+        let pending = match child.call(msg, &adm.call().exec.traceparent()) {
             Ok(p) => p,
             Err(e) => return e.deny(adm).into(),
         };
@@ -187,7 +187,7 @@ impl Proxy {
             era.legacy.clone().ok_or_else(|| UpstreamError::unavailable("no legacy session with the upstream"))?;
         envelope::strip(&mut msg);
         let mut answer = match child {
-            Some(c) => child_answer(&c, msg).await?,
+            Some(c) => child_answer(&c, msg, &adm.call().exec.traceparent()).await?,
             None => self.http_legacy_answer(adm, sid.as_deref(), msg).await?,
         };
         modernize_answer(&mut answer, method, init.get("serverInfo").unwrap_or(&Value::Null));
@@ -356,8 +356,8 @@ impl Proxy {
 }
 
 /// One request to this node's stdio child (progress notifications are not bridged here).
-async fn child_answer(child: &Arc<Child>, msg: Value) -> Result<Value, Failure> {
-    let pending = child.call(msg)?;
+async fn child_answer(child: &Arc<Child>, msg: Value, traceparent: &str) -> Result<Value, Failure> {
+    let pending = child.call(msg, traceparent)?;
     Ok(pending
         .answer()
         .await

@@ -198,12 +198,14 @@ impl Child {
         })
     }
 
-    /// Sends a request (its id and progress token rewritten); the call yields progress
-    /// notifications, then the answer with the agent's id.
-    pub fn call(self: &Arc<Self>, mut msg: Value) -> Result<ChildCall, UpstreamError> {
+    /// Sends a request (its id and progress token rewritten, the W3C `traceparent` in
+    /// `params._meta`: a child has no HTTP headers); the call yields progress notifications, then
+    /// the answer with the agent's id.
+    pub fn call(self: &Arc<Self>, mut msg: Value, traceparent: &str) -> Result<ChildCall, UpstreamError> {
         if !msg.is_object() {
             return Err(unavailable("a request must be a JSON object".into()));
         }
+        crate::mcp::envelope::set_meta(&mut msg, "traceparent", json!(traceparent));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let agent_id = std::mem::replace(&mut msg["id"], json!(id));
         let agent_token = msg.pointer("/params/_meta/progressToken").cloned();
