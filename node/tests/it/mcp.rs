@@ -422,6 +422,7 @@ fn aggregate_endpoint_names_routes_and_drops_a_quarantined_server_alone() {
                 "heldout.confirm",
                 "heldout.getenv",
                 "heldout.slow",
+                "heldout.trace",
                 "time.convert_time",
                 "time.get_current_time"
             ]),
