@@ -346,6 +346,36 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_is_reached_through_the_fleet_and_imports_back() {
+        let rec = ServerRecord {
+            name: "github".into(),
+            spec: joch_raft_store::model::resource::McpServerSpec {
+                description: Some("Issues and pull requests".into()),
+                publisher: Some("io.github.acme".into()),
+                ..Default::default()
+            },
+            labels: Default::default(),
+            status: Default::default(),
+            created: Default::default(),
+            updated: Default::default(),
+            generation: 1,
+        };
+        let e = entry(&rec, "com.example.mcp", "https://mcp.example.com/");
+        assert_eq!(e["server"]["name"], "com.example.mcp/github");
+        assert_eq!(e["server"]["remotes"][0]["url"], "https://mcp.example.com/mcp/github");
+        assert_eq!(e["server"]["version"], UNPINNED);
+        let (y, _) = manifest(&json!({
+            "name": e["server"]["name"], "description": e["server"]["description"], "version": e["server"]["version"],
+            "remotes": e["server"]["remotes"],
+        }), None)
+        .unwrap();
+        let spec = parse(&y);
+        assert!(y.contains("\n  name: github\n"), "{y}");
+        assert_eq!(spec.description, rec.spec.description);
+        assert_eq!(spec.security.pinned_version, None, "the unpinned marker is not a pin");
+    }
+
+    #[test]
     fn what_cannot_be_imported_is_named() {
         assert!(manifest(&json!({"description": "x"}), None).unwrap_err().starts_with("name:"));
         assert!(manifest(&json!({"name": "noslash"}), None).unwrap_err().contains("NAMESPACE/NAME"));

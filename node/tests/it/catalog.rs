@@ -214,6 +214,26 @@ fn the_catalog_is_served_as_an_mcp_registry_and_imports_server_json() {
     assert_eq!(copy["server"]["description"], weather["server"]["description"]);
     assert_eq!(copy["server"]["version"], weather["server"]["version"]);
     assert_eq!(copy["_meta"]["dev.joch/governance"]["publisher"], "local.joch", "{copy}");
+    // Without --as the server keeps its listed name.
+    let named = c
+        .cli_env(
+            1,
+            &[
+                "mcp",
+                "import",
+                "--from-registry",
+                &c.node(3).mcp_url,
+                "--name",
+                &format!("{NS}/weather"),
+                "--dry-run",
+                "-o",
+                "json",
+            ],
+            &[("JOCH_REGISTRY_TOKEN", alice.as_str())],
+        )
+        .ok()
+        .json();
+    assert!(named["manifest"].as_str().unwrap().contains("\n  name: weather\n"), "{named}");
     // A registry that does not know the name says so.
     let err = c
         .cli_env(
