@@ -85,12 +85,16 @@ pub struct Retention {
     pub max_age_us: u64,
     /// At most this many records are kept (the oldest go first).
     pub max_records: u64,
+    /// The database is kept under this many bytes on disk (the oldest records go first, with
+    /// their index entries; the space is compacted back at once).
+    pub max_bytes: u64,
 }
 
 impl Default for Retention {
     fn default() -> Self {
-        // 30 days, 10 million records (about 3 GB at ~300 bytes a record before compression).
-        Retention { max_age_us: 30 * 24 * 3600 * 1_000_000, max_records: 10_000_000 }
+        // 30 days, 10 million records (about 3 GB at ~300 bytes a record before compression),
+        // 10 GiB.
+        Retention { max_age_us: 30 * 24 * 3600 * 1_000_000, max_records: 10_000_000, max_bytes: 10 << 30 }
     }
 }
 
@@ -409,6 +413,17 @@ impl Store {
             None => Head::default(),
         };
         let mut count = head.seq.saturating_sub(anchor.seq);
+        // Over the size limit: as many records as fit in nine tenths of it, at the average size a
+        // record takes now (index entries and rollups included), are kept.
+        let size = self.size_bytes();
+        let by_size = size > keep.max_bytes && count > 0;
+        let max_records = if by_size {
+            let per_record = (size / count).max(1);
+            keep.max_records.min(keep.max_bytes / 10 * 9 / per_record)
+        } else {
+            keep.max_records
+        };
+        let keep = Retention { max_records, ..keep };
         let mut removed = 0;
         let mut batch = WriteBatch::default();
         let mut last: Option<Head> = None;
@@ -474,7 +489,18 @@ impl Store {
         }
         it.status()?;
         self.db.write(batch)?;
+        if by_size && removed > 0 {
+            // Deleted keys free their space only when compacted: at once, so the next pass sees
+            // the size that is left (and does not remove more for space already freed).
+            self.db.compact_range::<&[u8], &[u8]>(None, None);
+        }
         Ok(removed)
+    }
+
+    /// Bytes the database takes: its table files and what is still in memory.
+    pub fn size_bytes(&self) -> u64 {
+        let p = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        p("rocksdb.total-sst-files-size") + p("rocksdb.cur-size-all-mem-tables")
     }
 
     /// The raw database (tests and tools that must alter it, to prove verification catches it).

@@ -134,7 +134,7 @@ fn retention_removes_the_oldest_and_the_chain_still_verifies() {
     let mut b: Vec<Record> = (1..=10).map(|i| rec(i * m, "git", "a", "t", Outcome::Result)).collect();
     s.append(&mut b, false).unwrap();
     // Keep at most 6 records, and nothing older than minute 3.
-    let removed = s.prune(Retention { max_age_us: 8 * m, max_records: 6 }, 11 * m).unwrap();
+    let removed = s.prune(Retention { max_age_us: 8 * m, max_records: 6, max_bytes: u64::MAX }, 11 * m).unwrap();
     assert_eq!(removed, 4);
     let rep = s.verify().unwrap();
     assert_eq!((rep.records, rep.first_seq, rep.last_seq), (6, 5, 10));
@@ -176,6 +176,27 @@ fn the_writer_commits_in_groups_and_records_drops() {
 }
 
 #[test]
+fn retention_keeps_the_database_under_its_size_limit() {
+    let (_d, s) = store();
+    let mut b: Vec<Record> = (1..=3000).map(|i| rec(i * 1000, "git", "agent", "tool", Outcome::Result)).collect();
+    s.append(&mut b, false).unwrap();
+    s.raw().flush().unwrap();
+    let before = s.size_bytes();
+    assert!(before > 0);
+    let limit = before / 2;
+    let never = Retention { max_age_us: u64::MAX, max_records: u64::MAX, max_bytes: limit };
+    let removed = s.prune(never, 4_000_000).unwrap();
+    let after = s.size_bytes();
+    assert!(removed > 0 && removed < 3000, "removed {removed}");
+    assert!(after <= limit, "{after} bytes left, limit {limit} (was {before})");
+    let rep = s.verify().unwrap();
+    assert_eq!((rep.records, rep.last_seq), (3000 - removed, 3000));
+    assert!(rep.problems.is_empty(), "{:?}", rep.problems);
+    // Under the limit now: the next pass removes nothing.
+    assert_eq!(s.prune(never, 4_000_000).unwrap(), 0);
+}
+
+#[test]
 fn retention_removes_old_rollups_of_every_server() {
     let (_d, s) = store();
     let m = 60_000_000u64;
@@ -188,7 +209,7 @@ fn retention_removes_old_rollups_of_every_server() {
     ];
     s.append(&mut b, false).unwrap();
     // Keep 5 minutes: minutes 1 and 2 go, for every server.
-    s.prune(Retention { max_age_us: 5 * m, max_records: 100 }, 10 * m).unwrap();
+    s.prune(Retention { max_age_us: 5 * m, max_records: 100, max_bytes: u64::MAX }, 10 * m).unwrap();
     let g = s.summarize(&SummaryQuery { since_us: 0, server: None, by: GroupBy::Server }).unwrap();
     let calls: Vec<(&str, u64)> = g.iter().map(|g| (g.key.as_str(), g.calls)).collect();
     assert_eq!(calls, vec![("alpha", 1), ("git", 1), ("zulu", 1)]);

@@ -112,6 +112,8 @@ pub struct RawAudit {
     pub max_age: Option<String>,
     /// At most this many records are kept on this node (default 10000000).
     pub max_records: Option<u64>,
+    /// The audit database is kept under this size (default 10GiB): `512MiB`, `2GB`, bytes.
+    pub max_bytes: Option<String>,
     /// Records waiting to be written at most; beyond, they are dropped and counted (default 65536).
     pub queue: Option<usize>,
     /// The group-commit window: how long the writer gathers records before one synced write
@@ -311,6 +313,8 @@ pub struct AuditSettings {
     pub max_age: Duration,
     /// Most records kept.
     pub max_records: u64,
+    /// Largest size on disk.
+    pub max_bytes: u64,
     /// Queue bound.
     pub queue: usize,
     /// Group-commit window.
@@ -325,8 +329,11 @@ impl AuditSettings {
         let mut o = joch_audit::Options::new(data_dir.join("audit"));
         o.queue = self.queue;
         o.window = self.group_commit;
-        o.retention =
-            joch_audit::Retention { max_age_us: self.max_age.as_micros() as u64, max_records: self.max_records };
+        o.retention = joch_audit::Retention {
+            max_age_us: self.max_age.as_micros() as u64,
+            max_records: self.max_records,
+            max_bytes: self.max_bytes,
+        };
         o.jsonl = self.jsonl.clone();
         o
     }
@@ -524,6 +531,7 @@ impl RawConfig {
         m(&mut self.audit.enabled, other.audit.enabled);
         m(&mut self.audit.max_age, other.audit.max_age);
         m(&mut self.audit.max_records, other.audit.max_records);
+        m(&mut self.audit.max_bytes, other.audit.max_bytes);
         m(&mut self.audit.queue, other.audit.queue);
         m(&mut self.audit.group_commit, other.audit.group_commit);
         m(&mut self.audit.jsonl, other.audit.jsonl);
@@ -772,6 +780,16 @@ impl RawConfig {
         if self.audit.max_records == Some(0) {
             bad("audit.max_records", "must be at least 1".into());
         }
+        let audit_max_bytes = match self.audit.max_bytes.as_deref() {
+            None => 10 << 30,
+            Some(s) => match parse_size(s) {
+                Some(n) if n >= 1 << 20 => n,
+                _ => {
+                    bad("audit.max_bytes", format!("{s:?} is not a size of at least 1MiB (e.g. 512MiB, 10GiB, 2GB)"));
+                    0
+                }
+            },
+        };
         if audit_window > Duration::from_secs(1) {
             bad("audit.group_commit", format!("{audit_window:?} is longer than 1s: a crash would lose that much"));
         }
@@ -794,6 +812,7 @@ impl RawConfig {
         let audit = self.audit.enabled.unwrap_or(true).then(|| AuditSettings {
             max_age: audit_max_age,
             max_records: self.audit.max_records.unwrap_or(10_000_000),
+            max_bytes: audit_max_bytes,
             queue: self.audit.queue.unwrap_or(65_536),
             group_commit: audit_window,
             jsonl: self.audit.jsonl.clone(),
@@ -848,6 +867,27 @@ impl RawConfig {
     }
 }
 
+/// A size: bytes, or a number with KB/MB/GB/TB (powers of 1000) or KiB/MiB/GiB/TiB (of 1024).
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -894,6 +934,17 @@ mod tests {
         let e = serde_yaml_ng::from_str::<RawConfig>("guardian: { endpoint: 'http://g/acs', failure: ajar }\n")
             .unwrap_err();
         assert!(e.to_string().contains("unknown variant `ajar`"), "{e}");
+    }
+
+    #[test]
+    fn sizes_are_read_with_their_units() {
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("2GB"), Some(2_000_000_000));
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("10 GiB"), Some(10 << 30));
+        for bad in ["", "GiB", "1.5GiB", "10 gigs", "99999999999999TiB"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
     }
 
     #[test]
