@@ -84,6 +84,20 @@ fn router() -> Router {
     Router::new().route("/mcp", post(mcp).get(stream))
 }
 
+/// Starts a guardian (an ACS hook endpoint that allows every message) on a free loopback port
+/// in this process; returns its address (`http://ADDR/acs`).
+pub async fn guardian() -> anyhow::Result<SocketAddr> {
+    async fn allow(body: axum::body::Bytes) -> axum::response::Response {
+        let id = serde_json::from_slice::<serde_json::Value>(&body).ok().map(|v| v["id"].clone()).unwrap_or_default();
+        let answer = serde_json::json!({"jsonrpc": "2.0", "id": id, "result": {"decision": "allow"}});
+        ([("content-type", "application/json")], answer.to_string()).into_response()
+    }
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move { axum::serve(l, Router::new().route("/acs", post(allow))).await });
+    Ok(addr)
+}
+
 /// Starts the server on a free loopback port in this process; returns its address.
 pub async fn start() -> anyhow::Result<SocketAddr> {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

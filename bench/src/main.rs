@@ -114,6 +114,10 @@ enum Cmd {
         /// Policy rules loaded first (a synthetic, realistic set: see `policy-decision`); 0: none.
         #[arg(long, default_value_t = 0)]
         policy_rules: usize,
+        /// Give the server a guardian (an ACS hook endpoint in this process that allows
+        /// everything, all four hooks) after a first measurement without it.
+        #[arg(long)]
+        guardian: bool,
         /// Where to write results (default bench/results/<date>).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -220,8 +224,8 @@ async fn main() -> anyhow::Result<()> {
                 canned::serve(listen, addr_file).await
             }
         }
-        Cmd::ProxyLatency { joch, requests, warmup, era, policy_rules, out } => {
-            micro::proxy_latency(common::joch_bin(joch), requests, warmup, era, policy_rules, out).await
+        Cmd::ProxyLatency { joch, requests, warmup, era, policy_rules, guardian, out } => {
+            micro::proxy_latency(common::joch_bin(joch), requests, warmup, era, policy_rules, guardian, out).await
         }
         Cmd::PolicyDecision { rules, write_manifests: Some(path), .. } => {
             std::fs::write(&path, policy::manifests(rules))?;

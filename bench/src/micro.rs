@@ -138,6 +138,7 @@ pub async fn proxy_latency(
     warmup: usize,
     era: EraArg,
     policy_rules: usize,
+    guardian: bool,
     out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let version = run(&joch, &["--version"])?;
@@ -167,13 +168,23 @@ pub async fn proxy_latency(
         }
         anyhow::Ok(runs)
     };
-    // With policies: the same cluster measured without them first (an A/B on one cluster:
-    // clusters started apart differ more than the policies cost).
+    // With policies or a guardian: the same cluster measured without them first (an A/B on one
+    // cluster: clusters started apart differ more than what is measured costs).
     let mut baseline = None;
+    let mut change = String::new();
     if policy_rules > 0 {
+        change.push_str(&crate::policy::manifests(policy_rules));
+    }
+    if guardian {
+        let hook = canned::guardian().await?;
+        change.push_str(&format!(
+            "\n---\napiVersion: joch.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: canned\nspec:\n  endpoint: {{ url: \"{upstream_url}\" }}\n  guardian: {{ name: bench, endpoint: \"http://{hook}/acs\" }}\n"
+        ));
+    }
+    if !change.is_empty() {
         baseline = Some(measure_eras().await?);
         let f = tempfile::NamedTempFile::new()?;
-        std::fs::write(f.path(), crate::policy::manifests(policy_rules))?;
+        std::fs::write(f.path(), change)?;
         let path = f.path().display().to_string();
         run_env(&joch, &["--server", &c.admin(1), "apply", "-f", &path], &c.admin_env())?;
     }
@@ -183,7 +194,7 @@ pub async fn proxy_latency(
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let result = json!({
         "benchmark": "proxy-latency", "date": date, "joch": joch.display().to_string(), "joch_version": version.trim(),
-        "machine": {"cores": cores}, "requests": requests, "warmup": warmup, "policy_rules": policy_rules,
+        "machine": {"cores": cores}, "requests": requests, "warmup": warmup, "policy_rules": policy_rules, "guardian": guardian,
         "eras": runs.iter().map(|r| json!({"era": r.name,
             "direct": stats_json(&r.direct), "via_one_node": stats_json(&r.one),
             "via_three_nodes_round_robin": stats_json(&r.rr),
@@ -199,7 +210,7 @@ pub async fn proxy_latency(
     let mut md = format!(
         "# proxy-latency ({date})\n\nBinary: `{}` ({})\n\nSequential `tools/call` on one keep-alive connection per \
          path, to a canned Rust MCP server (JSON answers); 3-node cluster on loopback; {cores} cores shared by client, \
-         nodes and upstream. Policy rules loaded: {policy_rules}.\n",
+         nodes and upstream. Policy rules loaded: {policy_rules}. Guardian (all four hooks, in the bench process): {guardian}.\n",
         joch.display(),
         version.trim(),
     );
@@ -220,7 +231,7 @@ pub async fn proxy_latency(
         ));
     }
     if let Some(b) = &baseline {
-        md.push_str("\n## The same cluster before the policies were applied\n\n");
+        md.push_str("\n## The same cluster before the policies or the guardian were applied\n\n");
         for r in b {
             md.push_str(&format!(
                 "{}: added one node p50 {} ms, p99 {} ms; round-robin p50 {} ms, p99 {} ms.\n",
