@@ -94,29 +94,14 @@ pub fn manifest(sj: &Value, name: Option<&str>) -> Result<(String, Vec<String>),
         let _ = writeln!(y, "  description: {}", q(&d));
     }
     let _ = writeln!(y, "  publisher: {}", q(namespace));
-    let remote = sj
-        .get("remotes")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|r| r.get("type").and_then(Value::as_str) == Some("streamable-http"));
-    let stdio = sj
-        .get("packages")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|p| p.pointer("/transport/type").and_then(Value::as_str) == Some("stdio"));
+    let remote = list(sj, "remotes").find(|r| r.get("type").and_then(Value::as_str) == Some("streamable-http"));
+    let stdio = list(sj, "packages").find(|p| p.pointer("/transport/type").and_then(Value::as_str) == Some("stdio"));
     if let Some(r) = remote {
         let url = r.get("url").and_then(Value::as_str).ok_or("remotes[].url: missing")?;
         let url = resolve(url, r.get("variables"), "the endpoint URL", &mut notes);
         let _ = writeln!(y, "  transport: streamable_http\n  endpoint:\n    url: {}", q(&url));
-        let secrets: Vec<&Value> = r
-            .get("headers")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(|h| h.get("isSecret").and_then(Value::as_bool).unwrap_or(false))
-            .collect();
+        let secrets: Vec<&Value> =
+            list(r, "headers").filter(|h| h.get("isSecret").and_then(Value::as_bool).unwrap_or(false)).collect();
         if let Some(h) = secrets.first() {
             let header = h.get("name").and_then(Value::as_str).unwrap_or("Authorization");
             let secret = format!("{name}-{}", joch_name(header));
@@ -137,7 +122,7 @@ pub fn manifest(sj: &Value, name: Option<&str>) -> Result<(String, Vec<String>),
         let (command, args) = stdio_command(p, &mut notes)?;
         let _ = writeln!(y, "  transport: stdio\n  stdio:\n    command: {}", q(&command));
         let _ = writeln!(y, "    args: [{}]", args.iter().map(|a| q(a)).collect::<Vec<_>>().join(", "));
-        let env: Vec<&Value> = p.get("environmentVariables").and_then(Value::as_array).into_iter().flatten().collect();
+        let env: Vec<&Value> = list(p, "environmentVariables").collect();
         if !env.is_empty() {
             let _ = writeln!(y, "    env:");
         }
@@ -176,6 +161,11 @@ pub fn manifest(sj: &Value, name: Option<&str>) -> Result<(String, Vec<String>),
     Ok((y, notes))
 }
 
+/// The items of the array `key` of `v` (none when absent or not an array).
+fn list<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    v.get(key).and_then(Value::as_array).into_iter().flatten()
+}
+
 /// A name in joch's alphabet (lowercase letters, digits, '-').
 fn joch_name(s: &str) -> String {
     let mut out = String::new();
@@ -207,7 +197,7 @@ fn stdio_command(p: &Value, notes: &mut Vec<String>) -> Result<(String, Vec<Stri
         "oci" => {
             // A container sees no environment it is not given: each variable is passed by name.
             let mut a = vec!["run".to_string(), "-i".into(), "--rm".into()];
-            for e in p.get("environmentVariables").and_then(Value::as_array).into_iter().flatten() {
+            for e in list(p, "environmentVariables") {
                 if let Some(n) = e.get("name").and_then(Value::as_str) {
                     a.extend(["-e".to_string(), n.to_string()]);
                 }

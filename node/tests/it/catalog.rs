@@ -192,22 +192,13 @@ fn the_catalog_is_served_as_an_mcp_registry_and_imports_server_json() {
     assert_eq!(time["spec"]["security"]["allowStdio"], false, "{time}");
 
     // Import from a registry: node 3's listing, round trip of name, version and description.
-    let imported = c
-        .cli_env(
-            1,
-            &[
-                "mcp",
-                "import",
-                "--from-registry",
-                &c.node(3).mcp_url,
-                "--name",
-                &format!("{NS}/weather"),
-                "--as",
-                "weather-copy",
-            ],
-            &[("JOCH_REGISTRY_TOKEN", alice.as_str())],
-        )
-        .ok();
+    let import_weather = |more: &[&str]| {
+        let name = format!("{NS}/weather");
+        let mut args = vec!["mcp", "import", "--from-registry", &c.node(3).mcp_url, "--name", &name];
+        args.extend_from_slice(more);
+        c.cli_env(1, &args, &[("JOCH_REGISTRY_TOKEN", alice.as_str())]).ok()
+    };
+    let imported = import_weather(&["--as", "weather-copy"]);
     assert!(imported.stdout.contains("mcpserver/weather-copy configured"), "{imported:?}");
     let (_, copy) = get(&c, 1, &format!("/v0.1/servers/{NS}%2Fweather-copy/versions/latest"), Some(&alice));
     valid("ServerResponse", &copy);
@@ -215,24 +206,7 @@ fn the_catalog_is_served_as_an_mcp_registry_and_imports_server_json() {
     assert_eq!(copy["server"]["version"], weather["server"]["version"]);
     assert_eq!(copy["_meta"]["dev.joch/governance"]["publisher"], "local.joch", "{copy}");
     // Without --as the server keeps its listed name.
-    let named = c
-        .cli_env(
-            1,
-            &[
-                "mcp",
-                "import",
-                "--from-registry",
-                &c.node(3).mcp_url,
-                "--name",
-                &format!("{NS}/weather"),
-                "--dry-run",
-                "-o",
-                "json",
-            ],
-            &[("JOCH_REGISTRY_TOKEN", alice.as_str())],
-        )
-        .ok()
-        .json();
+    let named = import_weather(&["--dry-run", "-o", "json"]).json();
     assert!(named["manifest"].as_str().unwrap().contains("\n  name: weather\n"), "{named}");
     // A registry that does not know the name says so.
     let err = c
