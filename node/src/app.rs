@@ -178,7 +178,18 @@ pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Futur
     let relayed = Arc::new(crate::proxy::forward::Relayed { proxy: proxy.clone(), runtime: data.clone() });
     tasks.spawn(mesh.clone().serve(cluster.clone(), relayed, stop.clone()));
     let (registry_svc, cluster_svc, access_svc) =
-        AdminApi::services(cluster.clone(), keyring.clone(), proxy.governance());
+        AdminApi::services(cluster.clone(), keyring.clone(), proxy.governance(), {
+            // Discovery runs where the proxy's upstream clients live: the data plane's runtime.
+            let (proxy, data) = (proxy.clone(), data.clone());
+            Arc::new(move |name: String| {
+                let (proxy, data) = (proxy.clone(), data.clone());
+                Box::pin(async move {
+                    data.spawn(async move { proxy.discover(&name).await })
+                        .await
+                        .map_err(|e| format!("the discovery task failed: {e}"))?
+                })
+            })
+        });
     let bootstrap = match &cfg.admin_token_file {
         Some(p) => {
             let t =

@@ -39,6 +39,19 @@ pub fn approval(a: &joch_raft_store::model::approval::Approval) -> pb::Approval 
 }
 
 /// A server record as the API shows it.
+/// A server's discovery status as JSON: the last discovery, its drift from the baseline, when
+/// the baseline was taken (empty: never discovered).
+pub fn discovery_json(rec: &ServerRecord) -> String {
+    let s = &rec.status;
+    match &s.discovery {
+        None => String::new(),
+        Some(d) => serde_json::json!({
+            "discovery": d, "drift": s.drift, "baselineAtMs": s.baseline.as_ref().map(|b| b.at_ms),
+        })
+        .to_string(),
+    }
+}
+
 pub fn server(rec: &ServerRecord, read_index: u64) -> pb::Server {
     let sec = &rec.spec.security;
     let endpoint = match (&rec.spec.endpoint, &rec.spec.stdio) {
@@ -69,6 +82,7 @@ pub fn server(rec: &ServerRecord, read_index: u64) -> pb::Server {
         updated: Some(stamp(&rec.updated)),
         generation: rec.generation,
         spec_json: serde_json::to_string(&rec.spec).unwrap_or_default(),
+        discovery_json: discovery_json(rec),
         read_index,
         // Filled from the audit trail by GetServer only.
         call_count_7d: None,

@@ -36,7 +36,16 @@ pub struct AdminApi {
     keyring: Arc<Keyring>,
     /// The proxy's governance (what it learned of tools' annotations), for `policy explain`.
     gov: Arc<crate::policy::Governance>,
+    /// Discovers a server from this node (the proxy, on the data plane's runtime).
+    discoverer: Discoverer,
 }
+
+/// Discovers the named server (`joch mcp discover`).
+pub type Discoverer = Arc<
+    dyn Fn(String) -> futures::future::BoxFuture<'static, Result<joch_raft_store::model::discovery::Discovery, String>>
+        + Send
+        + Sync,
+>;
 
 impl AdminApi {
     /// The services, ready to add to a tonic router (behind the auth layer).
@@ -44,8 +53,9 @@ impl AdminApi {
         cluster: Arc<ClusterNode>,
         keyring: Arc<Keyring>,
         gov: Arc<crate::policy::Governance>,
+        discoverer: Discoverer,
     ) -> (RegistryServer<AdminApi>, ClusterServer<AdminApi>, AccessServer<AdminApi>) {
-        let api = AdminApi { cluster, keyring, gov };
+        let api = AdminApi { cluster, keyring, gov, discoverer };
         (RegistryServer::new(api.clone()), ClusterServer::new(api.clone()), AccessServer::new(api))
     }
 
@@ -296,6 +306,31 @@ impl Registry for AdminApi {
         observe("Quarantine", async {
             let reason = if r.reason.trim().is_empty() { "no reason given".to_string() } else { r.reason };
             self.write(&actor, Command::Quarantine { name: r.name, reason }).await
+        })
+        .await
+    }
+
+    async fn discover(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::DiscoverReply>, Status> {
+        let actor = actor(&req);
+        let name = req.into_inner().name;
+        observe("Discover", async {
+            let node = self.cluster.id;
+            let found = (self.discoverer)(name.clone())
+                .await
+                .map_err(|e| Status::failed_precondition(format!("node {node}: discovery of {name:?} failed: {e}")))?;
+            let write =
+                self.write(&actor, Command::RecordDiscovery { name: name.clone(), discovery: Box::new(found) }).await?;
+            let state = self.cluster.registry.load();
+            let rec = state
+                .registry
+                .servers
+                .get(&name)
+                .ok_or_else(|| Status::not_found(format!("MCP server {name:?} is not registered")))?;
+            let mut status: serde_json::Value =
+                serde_json::from_str(&convert::discovery_json(rec)).unwrap_or_else(|_| serde_json::json!({}));
+            status["phase"] = serde_json::json!(rec.phase());
+            status["quarantine"] = serde_json::json!(rec.status.quarantine.as_ref().map(|q| &q.reason));
+            Ok(pb::DiscoverReply { status_json: status.to_string(), write: Some(write) })
         })
         .await
     }

@@ -115,6 +115,7 @@ pub fn required_role(path: &str) -> Role {
             | "Pin"
             | "Upgrade"
             | "Quarantine"
+            | "Discover"
             | "Unquarantine"
             | "ApproveTool"
             | "SetServerPolicy"

@@ -14,6 +14,8 @@ use super::token;
 
 /// The name of anonymous callers (where a node allows them).
 pub const ANONYMOUS: &str = "anonymous";
+/// The name joch discovers servers under.
+const DISCOVERY: &str = "joch-discovery";
 
 /// Who calls, as the data plane knows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +46,17 @@ impl Caller {
     /// The anonymous caller.
     pub fn anonymous() -> Arc<Caller> {
         Arc::new(Caller { name: ANONYMOUS.into(), source: Source::Anonymous, labels: BTreeMap::new() })
+    }
+
+    /// joch itself, discovering a server (`joch mcp discover`): no agent can be it (an agent of
+    /// that name has a token or an IdP as its source).
+    pub fn discovery() -> Arc<Caller> {
+        Arc::new(Caller { name: DISCOVERY.into(), source: Source::Anonymous, labels: BTreeMap::new() })
+    }
+
+    /// Whether this is joch discovering a server.
+    pub fn is_discovery(&self) -> bool {
+        self.source == Source::Anonymous && self.name == DISCOVERY
     }
 
     /// A request not authenticated (yet).

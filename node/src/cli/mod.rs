@@ -8,6 +8,7 @@ mod audit;
 mod client;
 mod cluster;
 mod dev;
+mod discovery;
 mod import;
 mod policy;
 mod registry;

@@ -121,6 +121,23 @@ pub fn server_resource(s: &pb::Server) -> Value {
     if !s.pending_upgrade.is_empty() {
         status["pendingUpgrade"] = json!(s.pending_upgrade);
     }
+    if let Ok(d) = serde_json::from_str::<Value>(&s.discovery_json) {
+        // Seed 002's status fields, from the last discovery.
+        let tools: Vec<String> = d["discovery"]["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["name"].as_str())
+            .map(|t| format!("{}.{t}", s.name))
+            .collect();
+        let mut resources: Vec<Value> = d["discovery"]["resources"].as_array().cloned().unwrap_or_default();
+        resources.extend(d["discovery"]["resource_templates"].as_array().cloned().unwrap_or_default());
+        status["discoveredTools"] = json!(tools);
+        status["discoveredResources"] = json!(resources);
+        status["discoveredPrompts"] = d["discovery"]["prompts"].clone();
+        status["lastDiscoveryAt"] = json!(time(d["discovery"]["at_ms"].as_u64().unwrap_or_default()));
+        status["schemaDrift"] = json!(d["drift"].as_array().is_some_and(|a| !a.is_empty()));
+    }
     if let (Some(calls), Some(denied)) = (s.call_count_7d, s.deny_count_7d) {
         status["callCount7d"] = json!(calls);
         status["denyCount7d"] = json!(denied);

@@ -87,6 +87,12 @@ pub enum McpCmd {
         #[arg(long)]
         review: bool,
     },
+    /// Discover a server now: its tools (with their hashes), resources and prompts, committed
+    /// for every node, and the drift from its baseline.
+    Discover { name: String },
+    /// The drift of a server's last discovery from its baseline, field by field (`joch mcp pin`
+    /// takes a new baseline once reviewed).
+    Diff { name: String },
     /// Take a server out of rotation, fleet-wide.
     Quarantine {
         name: String,
@@ -164,6 +170,8 @@ pub async fn mcp(g: &Global, cmd: McpCmd) -> anyhow::Result<ExitCode> {
     // An import reads a file or another registry first: a dry run needs no node.
     let cmd = match cmd {
         McpCmd::Import(a) => return super::import::import(g, a).await,
+        McpCmd::Discover { name } => return super::discovery::discover(g, &name).await,
+        McpCmd::Diff { name } => return super::discovery::diff(g, &name).await,
         other => other,
     };
     let mut n = client::node(g).await?;
@@ -230,6 +238,8 @@ pub async fn mcp(g: &Global, cmd: McpCmd) -> anyhow::Result<ExitCode> {
             (format!("mcpserver/{server}"), n.registry.approve_tool(req(r)).await.map_err(e)?.into_inner())
         }
         McpCmd::Import(a) => return super::import::import(g, a).await,
+        McpCmd::Discover { name } => return super::discovery::discover(g, &name).await,
+        McpCmd::Diff { name } => return super::discovery::diff(g, &name).await,
         McpCmd::Policy { cmd: McpPolicyCmd::Set { name, read_only, read_write } } => {
             if !read_only && !read_write {
                 anyhow::bail!("say --read-only or --read-write");

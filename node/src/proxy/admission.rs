@@ -20,7 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use joch_raft_store::model::resource::Transport;
+use joch_raft_store::model::resource::{DriftAction, Transport};
 use joch_raft_store::{PublishedState, RegistryHandle, ServerRecord};
 use tokio::sync::watch;
 
@@ -431,6 +431,22 @@ pub fn registry_checks(call: &Call, state: &PublishedState) -> Result<Arc<Server
             Reason::ServerQuarantined,
             "registry.quarantine",
             format!("MCP server {:?} is quarantined: {}", call.server, q.reason),
+        );
+    }
+    if rec.spec.discovery.on_schema_drift == DriftAction::Deny
+        && !rec.status.drift.is_empty()
+        && !call.caller.is_discovery()
+    {
+        let what: Vec<String> = rec.status.drift.iter().map(ToString::to_string).collect();
+        return deny(
+            Reason::SchemaDrift,
+            "mcpserver.spec.discovery.onSchemaDrift",
+            format!(
+                "MCP server {:?} drifted from its baseline ({}); onSchemaDrift: deny: review with joch mcp diff {}, then joch mcp pin",
+                call.server,
+                what.join("; "),
+                call.server
+            ),
         );
     }
     let sec = &rec.spec.security;

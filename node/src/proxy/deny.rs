@@ -64,6 +64,8 @@ pub enum Reason {
     /// The call cannot meet its ALLOW_WITH_CONSTRAINTS bounds (an upstream host outside the
     /// allow-list, the runtime limit reached).
     ConstraintViolated,
+    /// The server drifted from its baseline and its `discovery.onSchemaDrift` is `deny`.
+    SchemaDrift,
     /// A guardian hook denied the message (or answered with what joch cannot apply).
     GuardianDenied,
     /// A guardian that fails closed gave no decision in time.
@@ -99,6 +101,7 @@ impl Reason {
             Reason::ApprovalPending => -32050,
             Reason::ApprovalDenied => -32051,
             Reason::ApprovalTimeout => -32052,
+            Reason::SchemaDrift => -32024,
             Reason::GuardianDenied => -32060,
             Reason::GuardianUnavailable => -32061,
             Reason::NodeOverloaded => -32030,
@@ -136,6 +139,7 @@ impl Reason {
             Reason::ApprovalPending => "approval-pending",
             Reason::ApprovalDenied => "approval-denied",
             Reason::ApprovalTimeout => "approval-timeout",
+            Reason::SchemaDrift => "schema-drift",
             Reason::GuardianDenied => "guardian-denied",
             Reason::GuardianUnavailable => "guardian-unavailable",
         }
@@ -169,7 +173,7 @@ impl Reason {
             | Reason::ApprovalDenied => StatusCode::FORBIDDEN,
             Reason::ApprovalTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Reason::GuardianDenied => StatusCode::FORBIDDEN,
+            Reason::SchemaDrift | Reason::GuardianDenied => StatusCode::FORBIDDEN,
             Reason::GuardianUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -333,12 +337,13 @@ mod tests {
             Reason::RateLimited,
             Reason::GuardianDenied,
             Reason::GuardianUnavailable,
+            Reason::SchemaDrift,
         ];
         let mut codes: Vec<i64> = all.iter().map(|r| r.code()).collect();
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
-        assert!(codes.iter().all(|c| (-32019..=-32001).contains(c) || (-32069..=-32030).contains(c)));
+        assert!(codes.iter().all(|c| (-32019..=-32001).contains(c) || *c == -32024 || (-32069..=-32030).contains(c)));
         let d = Denial::new(Reason::ServerQuarantined, "s", 2, "registry.quarantine", "quarantined").with_id(json!(5));
         assert_eq!(
             d.body(),

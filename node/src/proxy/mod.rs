@@ -28,6 +28,7 @@
 pub mod admission;
 pub(crate) mod aggregate;
 pub mod deny;
+pub mod discover;
 pub mod exit;
 pub mod forward;
 mod held;

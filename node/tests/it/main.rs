@@ -7,6 +7,7 @@ mod audit;
 mod catalog;
 mod cli;
 mod cluster;
+mod discovery;
 mod guardian;
 mod lease;
 mod limits;

@@ -26,6 +26,10 @@ pub struct Request {
 pub enum Command {
     /// Register a server; fails if the name is taken.
     CreateServer { name: String, labels: BTreeMap<String, String>, spec: McpServerSpec },
+    /// A discovery of a server's capabilities (boxed: the largest command by far); drift from the
+    /// baseline is computed on apply, and quarantines the server there when its
+    /// `discovery.onSchemaDrift` says so.
+    RecordDiscovery { name: String, discovery: Box<super::discovery::Discovery> },
     /// Create or replace a server's spec and labels (`joch apply`); status is kept.
     UpsertServer { name: String, labels: BTreeMap<String, String>, spec: McpServerSpec },
     /// Remove a server from the registry (its history stays).
@@ -113,6 +117,8 @@ impl Command {
             Command::ApplyVirtualServer { .. } | Command::DeleteVirtualServer { .. } => true,
             // The holding node learns the decision by applying it.
             Command::DecideApproval { .. } => true,
+            // Drift that quarantines must be enforced everywhere when the answer says so.
+            Command::RecordDiscovery { .. } => true,
             Command::CreateServer { .. }
             | Command::InitClusterKey { .. }
             | Command::SetRetention { .. }
@@ -145,6 +151,7 @@ impl Command {
         match self {
             Command::CreateServer { .. } => "create_server",
             Command::UpsertServer { .. } => "upsert_server",
+            Command::RecordDiscovery { .. } => "record_discovery",
             Command::DeleteServer { .. } => "delete_server",
             Command::Pin { .. } => "pin",
             Command::Upgrade { .. } => "upgrade",

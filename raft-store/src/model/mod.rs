@@ -3,6 +3,7 @@
 pub mod access;
 pub mod approval;
 pub mod command;
+pub mod discovery;
 pub mod registry;
 pub mod resource;
 pub mod validate;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::access::{Access, AdminToken, Agent, Idp, Secret, SessionKey};
 use super::approval::{Approval, KEEP_MS};
 use super::command::{Applied, Command, Request};
-use super::resource::McpServerSpec;
+use super::resource::{DriftAction, McpServerSpec};
 use super::validate::{check_name, check_version, FieldError};
 use joch_policy::{Policy, PolicySet};
 
@@ -55,6 +55,13 @@ pub struct ServerStatus {
     pub read_only: bool,
     /// Upgrade staged for review.
     pub pending_upgrade: Option<PendingUpgrade>,
+    /// The last discovery (`joch mcp discover`).
+    pub discovery: Option<super::discovery::Discovery>,
+    /// What drift is measured against: the first discovery after registration, a pin or an
+    /// upgrade.
+    pub baseline: Option<super::discovery::Discovery>,
+    /// How the last discovery differs from the baseline (empty: no drift).
+    pub drift: Vec<super::discovery::Drift>,
 }
 
 /// One registered MCP server.
@@ -454,6 +461,9 @@ impl Registry {
                     sec.pin_server_version = true;
                     sec.pinned_version = Some(version.clone());
                     rec.status.pending_upgrade = None;
+                    // A pin takes the last discovery as the new baseline (after review of the diff).
+                    rec.status.baseline = rec.status.discovery.clone();
+                    rec.status.drift.clear();
                     Some(format!("pinned to {version} (was {})", was.as_deref().unwrap_or("unpinned")))
                 })?;
                 (
@@ -498,6 +508,39 @@ impl Registry {
                     Some(format!("quarantined: {reason}"))
                 })?;
                 (server_target(name), detail.map(changed).unwrap_or_else(|| unchanged("already quarantined")))
+            }
+            Command::RecordDiscovery { name, discovery } => {
+                let detail = self.update_server(name, &stamp, |rec| {
+                    let dynamic = rec.spec.discovery.declared_dynamic;
+                    let pinned = rec.spec.security.pin_server_version;
+                    let baseline = rec.status.baseline.get_or_insert_with(|| (**discovery).clone());
+                    let drift = super::discovery::drift(baseline, discovery, dynamic, pinned);
+                    let was_drifting = !rec.status.drift.is_empty();
+                    let mut detail = format!(
+                        "discovered {} tools, {} resources, {} prompts (server {} {})",
+                        discovery.tools.len(),
+                        discovery.resources.len() + discovery.resource_templates.len(),
+                        discovery.prompts.len(),
+                        discovery.server_name,
+                        discovery.server_version
+                    );
+                    if !drift.is_empty() {
+                        let what: Vec<String> = drift.iter().map(ToString::to_string).collect();
+                        detail = format!("schema drift: {}", what.join("; "));
+                        // Acted on when it starts; a drift that goes on is not acted on again.
+                        if !was_drifting
+                            && rec.spec.discovery.on_schema_drift == DriftAction::Quarantine
+                            && rec.status.quarantine.is_none()
+                        {
+                            rec.status.quarantine = Some(Quarantine { reason: detail.clone(), at: stamp.clone() });
+                            detail = format!("quarantined on {detail}");
+                        }
+                    }
+                    rec.status.drift = drift;
+                    rec.status.discovery = Some((**discovery).clone());
+                    Some(detail)
+                })?;
+                (server_target(name), detail.map(changed).unwrap_or_else(|| unchanged("nothing discovered")))
             }
             Command::Unquarantine { name } => {
                 let detail = self.update_server(name, &stamp, |rec| {

@@ -1,0 +1,130 @@
+//! Discovery and schema drift end to end: `joch mcp discover` of a fastmcp server over HTTP and
+//! of mcp-server-time over stdio (seed 000's view: tools, resources, prompts, drift); a rug pull
+//! (the server changes a tool's description at runtime, called through joch by the official SDK
+//! client) discovered again with `onSchemaDrift: quarantine`: the diff names the tool and the
+//! field, and the server is quarantined on every node by the same commit.
+
+use std::path::Path;
+
+use crate::harness::{FastMcp, TestCluster};
+
+#[test]
+fn a_rug_pull_is_discovered_as_drift_and_quarantines_the_server_on_every_node() {
+    let c = TestCluster::up_stdio(3);
+    let up = FastMcp::start_env(&[], &[("JOCH_RUGPULL", Path::new("1"))]);
+    let f = c.dir.path().join("github.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "apiVersion: joch.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: github\nspec:\n  endpoint: {{ url: \"{}\" }}\n  discovery: {{ onSchemaDrift: quarantine }}\n",
+            up.url
+        ),
+    )
+    .unwrap();
+    c.cli(1, &["apply", "-f", f.to_str().unwrap()]).ok();
+
+    // First discovery: seed 000's view, and the baseline.
+    let out = c.cli(2, &["mcp", "discover", "github"]).ok().stdout;
+    for want in [
+        "TOOL",
+        "github.add",
+        "Add two numbers.",
+        "github.rugpull",
+        "data://greeting",
+        "review",
+        "schema drift: none",
+        "phase: Ready",
+    ] {
+        assert!(out.contains(want), "{want:?} missing from:\n{out}");
+    }
+    let d = c.cli(2, &["describe", "mcpserver", "github", "--stale", "-o", "json"]).ok().json();
+    let tools: Vec<&str> =
+        d["status"]["discoveredTools"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert!(tools.contains(&"github.add"), "{d}");
+    assert_eq!(d["status"]["schemaDrift"], false);
+    assert_eq!(d["status"]["discoveredResources"], serde_json::json!(["data://greeting"]));
+    assert!(d["status"]["lastDiscoveryAt"].as_str().is_some());
+
+    // The rug pull, through joch, by the official SDK client.
+    let argv = ["probe", "github", r#"[["rugpull", {}]]"#, &c.nodes[0].mcp_url];
+    let r = c.sdk(&argv);
+    assert_eq!(r["calls"]["rugpull"], "pulled", "{r}");
+
+    // Discovered again (through another node): drift, named, and the quarantine in the same commit.
+    let j = c.cli(3, &["mcp", "discover", "github", "-o", "json"]).ok().json();
+    let drift = j["drift"].as_array().unwrap();
+    assert_eq!(drift.len(), 1, "{j}");
+    assert_eq!((drift[0]["tool"].as_str(), drift[0]["field"].as_str()), (Some("add"), Some("description")), "{j}");
+    assert_eq!(drift[0]["before"], "Add two numbers.");
+    assert!(drift[0]["after"].as_str().unwrap().contains("id_rsa"), "{j}");
+    assert_eq!(j["phase"], "Quarantined", "{j}");
+    for node in 1..=3 {
+        let d = c.cli(node, &["describe", "mcpserver", "github", "--stale", "-o", "json"]).ok().json();
+        assert_eq!(d["status"]["phase"], "Quarantined", "node {node}: {d}");
+        assert_eq!(d["status"]["schemaDrift"], true, "node {node}");
+        let why = d["status"]["quarantine"]["reason"].as_str().unwrap();
+        assert!(why.contains("schema drift") && why.contains("add description changed"), "node {node}: {why}");
+    }
+    // Every node refuses the server now, from the first message of a session.
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let h = [("content-type", "application/json"), ("accept", "application/json, text/event-stream"), c.auth()];
+    for n in &c.nodes {
+        let r = crate::harness::http("POST", &format!("{}/mcp/github", n.mcp_url), &h, init.as_bytes());
+        assert_eq!((r.status, r.json()["error"]["code"].as_i64()), (403, Some(-32002)), "node {}: {r:?}", n.id);
+    }
+    let diff = c.cli(1, &["mcp", "diff", "github"]).ok().stdout;
+    assert!(
+        diff.contains("~ add description:") && diff.contains("before: Add two numbers.") && diff.contains("id_rsa"),
+        "{diff}"
+    );
+    let hist = c.cli(1, &["mcp", "history", "github", "-o", "json"]).ok().json();
+    let details: Vec<&str> = hist.as_array().unwrap().iter().map(|h| h["detail"].as_str().unwrap()).collect();
+    assert!(
+        details.iter().any(|d| d.starts_with("quarantined on schema drift: add description changed")),
+        "{details:?}"
+    );
+
+    // A pin, after review, takes the new tools as the baseline.
+    c.cli(1, &["mcp", "pin", "github", "--to", "1.4.2"]).ok();
+    let diff = c.cli(1, &["mcp", "diff", "github"]).ok().stdout;
+    assert!(diff.contains("schema drift: none"), "{diff}");
+
+    // onSchemaDrift: deny: not quarantined, but calls are refused until a pin re-baselines.
+    let up2 = FastMcp::start_env(&[], &[("JOCH_RUGPULL", Path::new("1"))]);
+    let f = c.dir.path().join("jira.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            "apiVersion: joch.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: jira\nspec:\n  endpoint: {{ url: \"{}\" }}\n  discovery: {{ onSchemaDrift: deny }}\n",
+            up2.url
+        ),
+    )
+    .unwrap();
+    c.cli(1, &["apply", "-f", f.to_str().unwrap()]).ok();
+    c.cli(1, &["mcp", "discover", "jira"]).ok();
+    assert_eq!(c.sdk(&["probe", "jira", r#"[["rugpull", {}]]"#, &c.nodes[0].mcp_url])["calls"]["rugpull"], "pulled");
+    let j = c.cli(2, &["mcp", "discover", "jira", "-o", "json"]).ok().json();
+    assert_eq!((j["phase"].as_str(), j["drift"][0]["field"].as_str()), (Some("Ready"), Some("description")), "{j}");
+    let r = crate::harness::http("POST", &format!("{}/mcp/jira", c.nodes[2].mcp_url), &h, init.as_bytes());
+    let e = r.json();
+    assert_eq!((r.status, e["error"]["code"].as_i64()), (403, Some(-32024)), "{r:?}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("add description changed"), "{e}");
+    c.cli(1, &["mcp", "pin", "jira", "--to", "1.4.2"]).ok();
+    let r = crate::harness::http("POST", &format!("{}/mcp/jira", c.nodes[2].mcp_url), &h, init.as_bytes());
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // A stdio server: discovered through a child on the node asked.
+    let time_bin = crate::harness::venv_bin().join("mcp-server-time").display().to_string();
+    c.cli(1, &["mcp", "add", "time", "--transport", "stdio", "--command", &time_bin, "--allow-stdio"]).ok();
+    let t = c.cli(1, &["mcp", "discover", "time", "-o", "json"]).ok().json();
+    let names: Vec<&str> =
+        t["discovery"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["convert_time", "get_current_time"], "{t}");
+    assert_eq!(t["discovery"]["server_name"], "mcp-time");
+    let table = c.cli(1, &["mcp", "discover", "time"]).ok().stdout;
+    assert!(table.contains("time.get_current_time") && table.contains("schema drift: none"), "{table}");
+
+    // A server that is not there: the command fails and says why.
+    let err = c.cli(1, &["mcp", "discover", "nope"]).fails(1);
+    assert!(err.contains("discovery of \"nope\" failed") && err.contains("not registered"), "{err}");
+}
