@@ -193,6 +193,77 @@ impl Proxy {
     }
 }
 
+/// Servers whose tools changed, waiting to be discovered again (a bounded queue: a burst of
+/// announcements is one discovery per server, and a full queue drops: the next announcement or
+/// `joch mcp discover` catches up).
+pub struct Rediscover(tokio::sync::mpsc::Sender<String>);
+
+/// How long announcements are gathered before the servers they name are discovered.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(300);
+
+impl Rediscover {
+    /// The queue (the stage's end, and the receiver for [`Rediscover::serve`]).
+    pub fn new() -> (Rediscover, tokio::sync::mpsc::Receiver<String>) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+        (Rediscover(tx), rx)
+    }
+
+    /// Empties the queue: each server announced (with `discovery.enabled`) is discovered from
+    /// this node and the discovery committed (`proposer`), so drift is found without an operator.
+    pub fn serve(
+        mut rx: tokio::sync::mpsc::Receiver<String>,
+        proxy: std::sync::Weak<Proxy>,
+        proposer: Arc<dyn crate::policy::approvals::Proposer>,
+    ) {
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                tokio::time::sleep(GATHER).await;
+                let mut servers = std::collections::BTreeSet::from([first]);
+                while let Ok(s) = rx.try_recv() {
+                    servers.insert(s);
+                }
+                let Some(proxy) = proxy.upgrade() else { return };
+                let state = proxy.gate.state();
+                let enabled = |s: &String| state.registry.servers.get(s).is_some_and(|r| r.spec.discovery.enabled);
+                for server in servers.into_iter().filter(enabled) {
+                    match proxy.discover(&server).await {
+                        Ok(d) => {
+                            let cmd = joch_raft_store::Command::RecordDiscovery {
+                                name: server.clone(),
+                                discovery: Box::new(d),
+                            };
+                            if let Err(e) = proposer.propose(cmd).await {
+                                tracing::warn!(server = %server, error = %e, "committing a discovery after tools/list_changed");
+                            }
+                        }
+                        Err(e) => tracing::warn!(server = %server, error = %e, "discovery after tools/list_changed"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl super::stages::Stage for Rediscover {
+    /// A server announcing that its tools changed (`notifications/tools/list_changed`, on any
+    /// stream joch relays) is discovered again, if its `discovery.enabled`.
+    fn on_message(&self, _call: &Call, server: &str, message: &mut Bytes) {
+        const NEEDLE: &[u8] = b"notifications/tools/list_changed";
+        if server.is_empty() || server.starts_with("v/") || !message.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+            return;
+        }
+        let sse = message.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{');
+        let json =
+            if sse { crate::mcp::sse::data(message) } else { std::str::from_utf8(message).ok().map(str::to_string) };
+        let announced = json
+            .and_then(|j| serde_json::from_str::<Value>(&j).ok())
+            .is_some_and(|v| v.get("method").and_then(Value::as_str) == Some("notifications/tools/list_changed"));
+        if announced && self.0.try_send(server.to_string()).is_err() {
+            metrics::counter!("joch_discovery_dropped_total").increment(1);
+        }
+    }
+}
+
 fn headers() -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert("content-type", HeaderValue::from_static("application/json"));

@@ -124,14 +124,21 @@ impl Proxy {
         let Options { limits, allow_anonymous, tls, keyring, stdio_allow, proposer, audit, guardian, catalog } = opts;
         let agents = Arc::new(AgentAuth::new(allow_anonymous));
         let guardian = Arc::new(crate::guardian::Guardian::new(guardian, node.registry.clone())?);
-        let approvals =
-            Arc::new(crate::policy::approvals::Approvals::new(node.id, node.registry.clone(), proposer, audit.clone()));
+        let approvals = Arc::new(crate::policy::approvals::Approvals::new(
+            node.id,
+            node.registry.clone(),
+            proposer.clone(),
+            audit.clone(),
+        ));
         let gov = Arc::new(Governance::new(node.members.clone()));
         let catalog =
             Arc::new(crate::catalog::Catalog::new(node.registry.clone(), gov.clone(), agents.clone(), tls, catalog));
+        let (rediscover, announced) = discover::Rediscover::new();
         let stages: Arc<[Arc<dyn Stage>]> = Arc::from(vec![
             Arc::new(ListFilter::new(gov.clone(), node.registry.clone())) as Arc<dyn Stage>,
             Arc::new(Telemetry) as Arc<dyn Stage>,
+            // A server announcing new tools is discovered again (drift found without an operator).
+            Arc::new(rediscover) as Arc<dyn Stage>,
             // Last: it counts the bytes that leave and stamps what the agent sees.
             Arc::new(crate::audit::AuditStage) as Arc<dyn Stage>,
         ]);
@@ -141,7 +148,7 @@ impl Proxy {
         let stdio = Arc::new(StdioPool::new(limits.upstream_timeout, stdio_allow, keyring));
         tokio::spawn(stdio.clone().reap(node.registry.clone(), node.lease.clone()));
         let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests));
-        Ok(Arc::new_cyclic(|me| Proxy {
+        let proxy = Arc::new_cyclic(|me| Proxy {
             me: me.clone(),
             node,
             gate,
@@ -159,7 +166,9 @@ impl Proxy {
             approvals,
             audit,
             guardian,
-        }))
+        });
+        discover::Rediscover::serve(announced, Arc::downgrade(&proxy), proposer.clone());
+        Ok(proxy)
     }
 
     /// The node's governance (the admin API's `policy explain` decides with it).

@@ -1,12 +1,16 @@
 //! Discovery and schema drift end to end: `joch mcp discover` of a fastmcp server over HTTP and
 //! of mcp-server-time over stdio (seed 000's view: tools, resources, prompts, drift); a rug pull
 //! (the server changes a tool's description at runtime, called through joch by the official SDK
-//! client) discovered again with `onSchemaDrift: quarantine`: the diff names the tool and the
-//! field, and the server is quarantined on every node by the same commit.
+//! client, and announces it with `notifications/tools/list_changed`) discovered again by the
+//! node that relayed the announcement, with `onSchemaDrift: quarantine`: the diff names the tool
+//! and the field, and the server is quarantined on every node by the same commit; `deny` refuses
+//! calls until a pin.
 
 use std::path::Path;
 
-use crate::harness::{FastMcp, TestCluster};
+use std::time::Duration;
+
+use crate::harness::{eventually, FastMcp, TestCluster};
 
 #[test]
 fn a_rug_pull_is_discovered_as_drift_and_quarantines_the_server_on_every_node() {
@@ -50,14 +54,23 @@ fn a_rug_pull_is_discovered_as_drift_and_quarantines_the_server_on_every_node() 
     let r = c.sdk(&argv);
     assert_eq!(r["calls"]["rugpull"], "pulled", "{r}");
 
-    // Discovered again (through another node): drift, named, and the quarantine in the same commit.
-    let j = c.cli(3, &["mcp", "discover", "github", "-o", "json"]).ok().json();
+    // The server announced its new tools (notifications/tools/list_changed, on the call's stream):
+    // the node that relayed it discovers the server again and commits: drift, named, and the
+    // quarantine in the same commit, without an operator.
+    let quarantined = eventually("the quarantine on drift", Duration::from_secs(20), || {
+        let d = c.cli(1, &["describe", "mcpserver", "github", "-o", "json"]).ok().json();
+        (d["status"]["phase"] == "Quarantined").then_some(d)
+    });
+    assert_eq!(quarantined["status"]["schemaDrift"], true, "{quarantined}");
+    let j = c.cli(2, &["mcp", "diff", "github", "-o", "json"]).ok().json();
     let drift = j["drift"].as_array().unwrap();
     assert_eq!(drift.len(), 1, "{j}");
     assert_eq!((drift[0]["tool"].as_str(), drift[0]["field"].as_str()), (Some("add"), Some("description")), "{j}");
     assert_eq!(drift[0]["before"], "Add two numbers.");
     assert!(drift[0]["after"].as_str().unwrap().contains("id_rsa"), "{j}");
-    assert_eq!(j["phase"], "Quarantined", "{j}");
+    // A quarantined server is not contacted, not even by discovery.
+    let err = c.cli(3, &["mcp", "discover", "github"]).fails(1);
+    assert!(err.contains("quarantined"), "{err}");
     for node in 1..=3 {
         let d = c.cli(node, &["describe", "mcpserver", "github", "--stale", "-o", "json"]).ok().json();
         assert_eq!(d["status"]["phase"], "Quarantined", "node {node}: {d}");
@@ -103,6 +116,11 @@ fn a_rug_pull_is_discovered_as_drift_and_quarantines_the_server_on_every_node() 
     c.cli(1, &["apply", "-f", f.to_str().unwrap()]).ok();
     c.cli(1, &["mcp", "discover", "jira"]).ok();
     assert_eq!(c.sdk(&["probe", "jira", r#"[["rugpull", {}]]"#, &c.nodes[0].mcp_url])["calls"]["rugpull"], "pulled");
+    eventually("the drift of jira", Duration::from_secs(20), || {
+        let d = c.cli(1, &["describe", "mcpserver", "jira", "-o", "json"]).ok().json();
+        (d["status"]["schemaDrift"] == true).then_some(())
+    });
+    // Discovered again by hand: the drift stands, the server is not quarantined.
     let j = c.cli(2, &["mcp", "discover", "jira", "-o", "json"]).ok().json();
     assert_eq!((j["phase"].as_str(), j["drift"][0]["field"].as_str()), (Some("Ready"), Some("description")), "{j}");
     let r = crate::harness::http("POST", &format!("{}/mcp/jira", c.nodes[2].mcp_url), &h, init.as_bytes());
