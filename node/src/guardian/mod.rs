@@ -44,6 +44,9 @@ pub struct Guardian {
     registry: RegistryHandle,
     client: reqwest::Client,
     ids: AtomicU64,
+    /// Whether some server of the registry has a guardian, as of the registry index beside it
+    /// (so the request path without guardians pays two atomic loads, not a lookup).
+    servers_guarded: (AtomicU64, std::sync::atomic::AtomicBool),
 }
 
 impl Guardian {
@@ -57,7 +60,30 @@ impl Guardian {
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        Ok(Guardian { local, registry, client, ids: AtomicU64::new(1) })
+        Ok(Guardian {
+            local,
+            registry,
+            client,
+            ids: AtomicU64::new(1),
+            servers_guarded: (AtomicU64::new(u64::MAX), std::sync::atomic::AtomicBool::new(false)),
+        })
+    }
+
+    /// Whether any guardian applies anywhere (the node's own, or some server's): when none does,
+    /// the hooks cost nothing more than this.
+    pub fn any(&self) -> bool {
+        if self.local.is_some() {
+            return true;
+        }
+        let state = self.registry.load();
+        let (index, guarded) = &self.servers_guarded;
+        if index.load(Ordering::Acquire) != state.applied_index {
+            let any = state.registry.servers.values().any(|r| r.spec.guardian.is_some());
+            guarded.store(any, Ordering::Relaxed);
+            index.store(state.applied_index, Ordering::Release);
+            return any;
+        }
+        guarded.load(Ordering::Relaxed)
     }
 
     /// The guardians of `server` called at `point`, in order (none: the common case, no cost but
@@ -100,6 +126,9 @@ impl Guardian {
     /// member it routes to, or empty). `Ok(Some(body))`: a guardian modified it, and this is the
     /// message to send instead.
     pub async fn outbound(&self, call: &Call, server: &str) -> Result<Option<Bytes>, Denial> {
+        if !self.any() {
+            return Ok(None);
+        }
         let Some(rpc) = call.rpc.as_ref() else { return Ok(None) };
         let Some(method) = rpc.msg.method.clone() else { return Ok(None) };
         let (wrapped, tool) = (self.of(server, HookPoint::Outbound), self.of(server, HookPoint::ToolCallRequest));
@@ -140,6 +169,9 @@ impl Guardian {
     /// event. Returns what to send instead: the same, a modified message, a denial in place of
     /// an answer, or nothing (a denied notification or server request is dropped).
     pub async fn inbound(&self, call: &Call, server: &str, message: Bytes) -> Bytes {
+        if !self.any() {
+            return message;
+        }
         let (wrapped, results) = (self.of(server, HookPoint::Inbound), self.of(server, HookPoint::ToolCallResult));
         if wrapped.is_empty() && results.is_empty() {
             return message;

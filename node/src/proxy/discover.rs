@@ -249,7 +249,13 @@ impl super::stages::Stage for Rediscover {
     /// stream joch relays) is discovered again, if its `discovery.enabled`.
     fn on_message(&self, _call: &Call, server: &str, message: &mut Bytes) {
         const NEEDLE: &[u8] = b"notifications/tools/list_changed";
-        if server.is_empty() || server.starts_with("v/") || !message.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+        // The announcement is a few hundred bytes at most: larger messages (answers) are not
+        // searched, so the request path pays a length check.
+        if message.len() > 2048
+            || server.is_empty()
+            || server.starts_with("v/")
+            || !message.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+        {
             return;
         }
         let sse = message.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{');
