@@ -156,6 +156,8 @@ pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Futur
     let keyring = Arc::new(crate::secrets::Keyring::load(&cfg.kek_files).context("loading the key-encryption keys")?);
     // Made on the data runtime: the proxy's own tasks (stdio reaper, streams) run there.
     let on_data = data.enter();
+    let proposer: Arc<dyn crate::policy::approvals::Proposer> =
+        Arc::new(ClusterProposer { cluster: cluster.clone(), control: tokio::runtime::Handle::current() });
     let proxy = crate::proxy::Proxy::new(
         cluster.view(),
         crate::proxy::Options {
@@ -164,16 +166,22 @@ pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Futur
             tls: cfg.mcp_tls.is_some(),
             keyring: keyring.clone(),
             stdio_allow: crate::config::stdio_allow::StdioAllow::new(cfg.id, cfg.stdio_allow.clone()),
-            proposer: Arc::new(ClusterProposer {
-                cluster: cluster.clone(),
-                control: tokio::runtime::Handle::current(),
-            }),
+            proposer: proposer.clone(),
             audit: audit.clone(),
             guardian: cfg.guardian.clone(),
             catalog: cfg.catalog.clone(),
         },
     )
     .context("starting the MCP proxy")?;
+    // The leader refreshes every discovered server's discovery every `refreshInterval`.
+    data.spawn(crate::proxy::discover::refresh(
+        Arc::downgrade(&proxy),
+        {
+            let c = cluster.clone();
+            move || c.raft.metrics().borrow().current_leader == Some(c.id)
+        },
+        proposer,
+    ));
     drop(on_data);
     let relayed = Arc::new(crate::proxy::forward::Relayed { proxy: proxy.clone(), runtime: data.clone() });
     tasks.spawn(mesh.clone().serve(cluster.clone(), relayed, stop.clone()));

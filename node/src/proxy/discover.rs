@@ -270,6 +270,57 @@ impl super::stages::Stage for Rediscover {
     }
 }
 
+/// The leader's refresh: every server that was discovered once (its baseline reviewed) and has
+/// `discovery.enabled` is discovered again every `refreshInterval` (a failed attempt waits the
+/// same interval); quarantined servers are left alone. Followers do nothing: one node discovers,
+/// not every node, and a new leader picks up where the last one was (the last discovery's time
+/// is in the registry).
+pub async fn refresh(
+    proxy: std::sync::Weak<Proxy>,
+    leader: impl Fn() -> bool + Send + 'static,
+    proposer: Arc<dyn crate::policy::approvals::Proposer>,
+) {
+    let mut tried: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !leader() {
+            tried.clear();
+            continue;
+        }
+        let Some(p) = proxy.upgrade() else { return };
+        let now = crate::cluster::now_ms();
+        let due: Vec<String> = p
+            .gate
+            .state()
+            .registry
+            .servers
+            .values()
+            .filter(|r| r.spec.discovery.enabled && r.status.quarantine.is_none())
+            .filter_map(|r| {
+                let last = r.status.discovery.as_ref()?.at_ms.max(tried.get(&r.name).copied().unwrap_or(0));
+                let every = joch_raft_store::model::validate::parse_duration(&r.spec.discovery.refresh_interval)
+                    .unwrap_or(std::time::Duration::from_secs(600))
+                    .as_millis() as u64;
+                (now.saturating_sub(last) >= every).then(|| r.name.clone())
+            })
+            .collect();
+        for name in due {
+            tried.insert(name.clone(), now);
+            match p.discover(&name).await {
+                Ok(d) => {
+                    let cmd = joch_raft_store::Command::RecordDiscovery { name: name.clone(), discovery: Box::new(d) };
+                    if let Err(e) = proposer.propose(cmd).await {
+                        tracing::warn!(server = %name, error = %e, "committing a periodic discovery");
+                    }
+                }
+                Err(e) => tracing::warn!(server = %name, error = %e, "periodic discovery"),
+            }
+        }
+    }
+}
+
 fn headers() -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert("content-type", HeaderValue::from_static("application/json"));

@@ -108,7 +108,7 @@ fn a_rug_pull_is_discovered_as_drift_and_quarantines_the_server_on_every_node() 
     std::fs::write(
         &f,
         format!(
-            "apiVersion: joch.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: jira\nspec:\n  endpoint: {{ url: \"{}\" }}\n  discovery: {{ onSchemaDrift: deny }}\n",
+            "apiVersion: joch.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: jira\nspec:\n  endpoint: {{ url: \"{}\" }}\n  discovery: {{ onSchemaDrift: deny, refreshInterval: 1s }}\n",
             up2.url
         ),
     )
@@ -130,6 +130,15 @@ fn a_rug_pull_is_discovered_as_drift_and_quarantines_the_server_on_every_node() 
     c.cli(1, &["mcp", "pin", "jira", "--to", "1.4.2"]).ok();
     let r = crate::harness::http("POST", &format!("{}/mcp/jira", c.nodes[2].mcp_url), &h, init.as_bytes());
     assert_eq!(r.status, 200, "{r:?}");
+    // The leader refreshes a discovered server every refreshInterval (1s here), on its own.
+    let discoveries = |c: &TestCluster| {
+        let h = c.cli(1, &["mcp", "history", "jira", "-o", "json"]).ok().json();
+        h.as_array().unwrap().iter().filter(|l| l["action"] == "record_discovery").count()
+    };
+    let before = discoveries(&c);
+    eventually("periodic discoveries of jira", Duration::from_secs(20), || {
+        (discoveries(&c) >= before + 2).then_some(())
+    });
 
     // A stdio server: discovered through a child on the node asked.
     let time_bin = crate::harness::venv_bin().join("mcp-server-time").display().to_string();
