@@ -12,20 +12,24 @@ use std::time::Duration;
 
 use crate::harness::{eventually, FastMcp, TestCluster};
 
+/// A fastmcp server that can pull the rug (its `rugpull` tool changes `add`'s description),
+/// registered as `name` with these `discovery` settings.
+fn rug_pull_server(c: &TestCluster, name: &str, discovery: &str) -> FastMcp {
+    let up = FastMcp::start_env(&[], &[("JOCH_RUGPULL", Path::new("1"))]);
+    let f = c.dir.path().join(format!("{name}.yaml"));
+    let doc = format!(
+        "apiVersion: joch.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: {name}\nspec:\n  endpoint: {{ url: \"{}\" }}\n  discovery: {{ {discovery} }}\n",
+        up.url
+    );
+    std::fs::write(&f, doc).unwrap();
+    c.cli(1, &["apply", "-f", f.to_str().unwrap()]).ok();
+    up
+}
+
 #[test]
 fn a_rug_pull_is_discovered_as_drift_and_quarantines_the_server_on_every_node() {
     let c = TestCluster::up_stdio(3);
-    let up = FastMcp::start_env(&[], &[("JOCH_RUGPULL", Path::new("1"))]);
-    let f = c.dir.path().join("github.yaml");
-    std::fs::write(
-        &f,
-        format!(
-            "apiVersion: joch.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: github\nspec:\n  endpoint: {{ url: \"{}\" }}\n  discovery: {{ onSchemaDrift: quarantine }}\n",
-            up.url
-        ),
-    )
-    .unwrap();
-    c.cli(1, &["apply", "-f", f.to_str().unwrap()]).ok();
+    let _up = rug_pull_server(&c, "github", "onSchemaDrift: quarantine");
 
     // First discovery: seed 000's view, and the baseline.
     let out = c.cli(2, &["mcp", "discover", "github"]).ok().stdout;
@@ -103,17 +107,7 @@ fn a_rug_pull_is_discovered_as_drift_and_quarantines_the_server_on_every_node() 
     assert!(diff.contains("schema drift: none"), "{diff}");
 
     // onSchemaDrift: deny: not quarantined, but calls are refused until a pin re-baselines.
-    let up2 = FastMcp::start_env(&[], &[("JOCH_RUGPULL", Path::new("1"))]);
-    let f = c.dir.path().join("jira.yaml");
-    std::fs::write(
-        &f,
-        format!(
-            "apiVersion: joch.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: jira\nspec:\n  endpoint: {{ url: \"{}\" }}\n  discovery: {{ onSchemaDrift: deny, refreshInterval: 1s }}\n",
-            up2.url
-        ),
-    )
-    .unwrap();
-    c.cli(1, &["apply", "-f", f.to_str().unwrap()]).ok();
+    let _up2 = rug_pull_server(&c, "jira", "onSchemaDrift: deny, refreshInterval: 1s");
     c.cli(1, &["mcp", "discover", "jira"]).ok();
     assert_eq!(c.sdk(&["probe", "jira", r#"[["rugpull", {}]]"#, &c.nodes[0].mcp_url])["calls"]["rugpull"], "pulled");
     eventually("the drift of jira", Duration::from_secs(20), || {
