@@ -18,6 +18,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod guard;
 pub mod guardian;
 pub mod http;
 pub mod lifecycle;

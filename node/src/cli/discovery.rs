@@ -58,7 +58,18 @@ pub async fn discover(g: &Global, name: &str) -> anyhow::Result<ExitCode> {
             table(&[title], &items);
         }
     }
+    let findings: Vec<Vec<String>> = d["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| vec![format!("{name}.{}", s(&f["tool"])), s(&f["rule"]), s(&f["evidence"])])
+        .collect();
     say!("");
+    if findings.is_empty() {
+        say!("tool poisoning checks: nothing found");
+    } else {
+        table(&["TOOL", "POISONING CHECK", "EVIDENCE"], &findings);
+    }
     say!("trust score: not computed yet (discovery records what it needs; the score is not built)");
     print_drift(&status);
     match status["quarantine"].as_str() {

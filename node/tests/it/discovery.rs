@@ -40,6 +40,7 @@ fn a_rug_pull_is_discovered_as_drift_and_quarantines_the_server_on_every_node() 
         "github.rugpull",
         "data://greeting",
         "review",
+        "tool poisoning checks: nothing found",
         "schema drift: none",
         "phase: Ready",
     ] {
@@ -68,10 +69,18 @@ fn a_rug_pull_is_discovered_as_drift_and_quarantines_the_server_on_every_node() 
     assert_eq!(quarantined["status"]["schemaDrift"], true, "{quarantined}");
     let j = c.cli(2, &["mcp", "diff", "github", "-o", "json"]).ok().json();
     let drift = j["drift"].as_array().unwrap();
-    assert_eq!(drift.len(), 1, "{j}");
-    assert_eq!((drift[0]["tool"].as_str(), drift[0]["field"].as_str()), (Some("add"), Some("description")), "{j}");
+    let fields: Vec<(&str, &str)> =
+        drift.iter().map(|d| (d["tool"].as_str().unwrap(), d["field"].as_str().unwrap())).collect();
+    assert_eq!(fields, [("add", "description"), ("add", "poisoning"), ("add", "poisoning")], "{j}");
     assert_eq!(drift[0]["before"], "Add two numbers.");
     assert!(drift[0]["after"].as_str().unwrap().contains("id_rsa"), "{j}");
+    // The new description is also caught by the tool-poisoning checks.
+    let poisoning: Vec<&str> = drift[1..].iter().map(|d| d["after"].as_str().unwrap()).collect();
+    assert!(
+        poisoning[0].starts_with("poison.instruction: ") && poisoning[0].contains("before answering"),
+        "{poisoning:?}"
+    );
+    assert!(poisoning[1].starts_with("poison.secret-access: ") && poisoning[1].contains("~/.ssh"), "{poisoning:?}");
     // A quarantined server is not contacted, not even by discovery.
     let err = c.cli(3, &["mcp", "discover", "github"]).fails(1);
     assert!(err.contains("quarantined"), "{err}");

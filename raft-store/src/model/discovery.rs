@@ -28,6 +28,20 @@ pub struct Discovery {
     pub resource_templates: Vec<String>,
     /// Prompt names.
     pub prompts: Vec<String>,
+    /// What the tool-poisoning checks found in tools' descriptions and schemas.
+    pub findings: Vec<Finding>,
+}
+
+/// One tool-poisoning finding.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// The tool.
+    pub tool: String,
+    /// The check (`poison.hidden-characters`, `poison.instruction`, `poison.secret-access`,
+    /// `poison.concealment`, `poison.cross-server`).
+    pub rule: String,
+    /// What matched, quoted.
+    pub evidence: String,
 }
 
 /// One discovered tool.
@@ -60,6 +74,7 @@ impl std::fmt::Display for Drift {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.field.as_str() {
             "added" => write!(f, "tool {} added", self.tool),
+            "poisoning" => write!(f, "{} looks poisoned ({})", self.tool, short(&self.after)),
             "removed" => write!(f, "tool {} removed", self.tool),
             "renamed" => write!(f, "tool {} renamed to {}", self.before, self.after),
             field => write!(f, "{} {field} changed: {:?} -> {:?}", self.tool, short(&self.before), short(&self.after)),
@@ -140,6 +155,18 @@ pub fn drift(baseline: &Discovery, now: &Discovery, dynamic: bool, pinned: bool)
                 field: "added".into(),
                 before: String::new(),
                 after: n.canonical.clone(),
+            });
+        }
+    }
+    // A tool-poisoning finding the baseline did not have is drift too.
+    for f in &now.findings {
+        let known = baseline.findings.iter().any(|b| b.tool == f.tool && b.rule == f.rule);
+        if !known {
+            out.push(Drift {
+                tool: f.tool.clone(),
+                field: "poisoning".into(),
+                before: String::new(),
+                after: format!("{}: {}", f.rule, f.evidence),
             });
         }
     }
