@@ -86,18 +86,12 @@ impl Guardian {
         guarded.load(Ordering::Relaxed)
     }
 
-    /// The guardians of `server` called at `point`, in order (none: the common case, no cost but
-    /// a lookup).
-    fn of(&self, server: &str, point: HookPoint) -> Vec<GuardianSpec> {
-        let mut out = Vec::new();
-        if let Some(g) = self.local.as_ref().filter(|g| g.at(point)) {
-            out.push(g.clone());
-        }
+    /// The guardians of `server`, in order: the node's own, then the server's.
+    fn of(&self, server: &str) -> Vec<GuardianSpec> {
+        let mut out: Vec<GuardianSpec> = self.local.iter().cloned().collect();
         if !server.is_empty() {
             if let Some(g) = self.registry.load().registry.servers.get(server).and_then(|r| r.spec.guardian.as_ref()) {
-                if g.at(point) {
-                    out.push(g.clone());
-                }
+                out.push(g.clone());
             }
         }
         out
@@ -119,7 +113,7 @@ impl Guardian {
     /// Whether `server` has any guardian at all (a JSON-RPC batch cannot be shown to one, so it
     /// is refused).
     pub fn guards(&self, server: &str) -> bool {
-        !self.of(server, HookPoint::Outbound).is_empty() || !self.of(server, HookPoint::ToolCallRequest).is_empty()
+        self.of(server).iter().any(|g| g.at(HookPoint::Outbound) || g.at(HookPoint::ToolCallRequest))
     }
 
     /// The outbound hooks on the agent's message to `server` (on the aggregate endpoint: the
@@ -131,7 +125,8 @@ impl Guardian {
         }
         let Some(rpc) = call.rpc.as_ref() else { return Ok(None) };
         let Some(method) = rpc.msg.method.clone() else { return Ok(None) };
-        let (wrapped, tool) = (self.of(server, HookPoint::Outbound), self.of(server, HookPoint::ToolCallRequest));
+        let all = self.of(server);
+        let (wrapped, tool) = (at(&all, HookPoint::Outbound), at(&all, HookPoint::ToolCallRequest));
         let tool_call = method == "tools/call";
         if wrapped.is_empty() && (!tool_call || tool.is_empty()) {
             return Ok(None);
@@ -172,13 +167,14 @@ impl Guardian {
         if !self.any() {
             return message;
         }
-        let (wrapped, results) = (self.of(server, HookPoint::Inbound), self.of(server, HookPoint::ToolCallResult));
+        let all = self.of(server);
+        let (wrapped, results) = (at(&all, HookPoint::Inbound), at(&all, HookPoint::ToolCallResult));
         if wrapped.is_empty() && results.is_empty() {
             return message;
         }
-        let sse = message.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{');
-        let json = if sse { sse::data(&message) } else { std::str::from_utf8(&message).ok().map(str::to_string) };
-        let Some(mut msg) = json.and_then(|j| serde_json::from_str::<Value>(&j).ok()).filter(Value::is_object) else {
+        let Some(mut msg) =
+            sse::message_text(&message).and_then(|j| serde_json::from_str::<Value>(&j).ok()).filter(Value::is_object)
+        else {
             // Not a JSON-RPC message (a keep-alive, a non-JSON error page): nothing an agent reads as MCP.
             return message;
         };
@@ -230,11 +226,7 @@ impl Guardian {
                 d.with_id(original.get("id").cloned().unwrap_or(Value::Null)).body().to_string()
             }
         };
-        if sse {
-            sse::with_data(&message, &out)
-        } else {
-            Bytes::from(out)
-        }
+        sse::with_message(&message, out)
     }
 
     /// One hook call: asks, records the verdict, applies a modification to `subject`.
@@ -337,6 +329,11 @@ impl Guardian {
             Err(_) => Err(format!("no answer within {:?}", g.timeout())),
         }
     }
+}
+
+/// The guardians of `all` called at `point`, in order.
+fn at(all: &[GuardianSpec], point: HookPoint) -> Vec<&GuardianSpec> {
+    all.iter().filter(|g| g.at(point)).collect()
 }
 
 /// A modified request must stay the same request: its id, method and JSON-RPC version.

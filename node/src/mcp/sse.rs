@@ -115,6 +115,29 @@ fn find_boundary(b: &[u8], from: usize) -> Result<usize, usize> {
     Err(b.len())
 }
 
+/// Whether a message on its way to the agent is an SSE event (else it is a JSON body).
+pub fn is_event(message: &[u8]) -> bool {
+    message.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
+}
+
+/// The JSON-RPC text a message on its way to the agent carries: an event's data, or the body.
+pub fn message_text(message: &[u8]) -> Option<String> {
+    if is_event(message) {
+        data(message)
+    } else {
+        std::str::from_utf8(message).ok().map(str::to_string)
+    }
+}
+
+/// `message` carrying `json` instead, framed as it was (an event keeps its other lines).
+pub fn with_message(message: &[u8], json: String) -> Bytes {
+    if is_event(message) {
+        with_data(message, &json)
+    } else {
+        Bytes::from(json)
+    }
+}
+
 /// The `data:` lines of an event, joined with newlines (the JSON-RPC message it carries).
 pub fn data(event: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(event).ok()?;

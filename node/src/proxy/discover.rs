@@ -156,6 +156,19 @@ impl Proxy {
         Ok(d)
     }
 
+    /// Discovers `server` and commits what it found; a failure of either is logged (`why`: what
+    /// asked for it), the next occasion tries again.
+    async fn discover_and_commit(&self, server: &str, proposer: &dyn crate::policy::approvals::Proposer, why: &str) {
+        let found = match self.discover(server).await {
+            Ok(d) => d,
+            Err(e) => return tracing::warn!(server, error = %e, why, "discovery failed"),
+        };
+        let cmd = joch_raft_store::Command::RecordDiscovery { name: server.to_string(), discovery: Box::new(found) };
+        if let Err(e) = proposer.propose(cmd).await {
+            tracing::warn!(server, error = %e, why, "committing a discovery failed");
+        }
+    }
+
     /// Every page of a list.
     async fn list(&self, adm: &Admitted, peer: &Peer, method: &str, key: &str) -> Result<Vec<Value>, String> {
         let mut out = Vec::new();
@@ -242,18 +255,7 @@ impl Rediscover {
                 let state = proxy.gate.state();
                 let enabled = |s: &String| state.registry.servers.get(s).is_some_and(|r| r.spec.discovery.enabled);
                 for server in servers.into_iter().filter(enabled) {
-                    match proxy.discover(&server).await {
-                        Ok(d) => {
-                            let cmd = joch_raft_store::Command::RecordDiscovery {
-                                name: server.clone(),
-                                discovery: Box::new(d),
-                            };
-                            if let Err(e) = proposer.propose(cmd).await {
-                                tracing::warn!(server = %server, error = %e, "committing a discovery after tools/list_changed");
-                            }
-                        }
-                        Err(e) => tracing::warn!(server = %server, error = %e, "discovery after tools/list_changed"),
-                    }
+                    proxy.discover_and_commit(&server, &*proposer, "after tools/list_changed").await;
                 }
             }
         });
@@ -274,10 +276,7 @@ impl super::stages::Stage for Rediscover {
         {
             return;
         }
-        let sse = message.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{');
-        let json =
-            if sse { crate::mcp::sse::data(message) } else { std::str::from_utf8(message).ok().map(str::to_string) };
-        let announced = json
+        let announced = crate::mcp::sse::message_text(message)
             .and_then(|j| serde_json::from_str::<Value>(&j).ok())
             .is_some_and(|v| v.get("method").and_then(Value::as_str) == Some("notifications/tools/list_changed"));
         if announced && self.0.try_send(server.to_string()).is_err() {
@@ -324,15 +323,7 @@ pub async fn refresh(
             .collect();
         for name in due {
             tried.insert(name.clone(), now);
-            match p.discover(&name).await {
-                Ok(d) => {
-                    let cmd = joch_raft_store::Command::RecordDiscovery { name: name.clone(), discovery: Box::new(d) };
-                    if let Err(e) = proposer.propose(cmd).await {
-                        tracing::warn!(server = %name, error = %e, "committing a periodic discovery");
-                    }
-                }
-                Err(e) => tracing::warn!(server = %name, error = %e, "periodic discovery"),
-            }
+            p.discover_and_commit(&name, &*proposer, "periodic").await;
         }
     }
 }

@@ -220,11 +220,14 @@ impl Exit {
                 return bytes;
             }
         }
-        let server = member.unwrap_or(&call.server);
-        for s in self.stages.iter() {
-            s.on_message(call, server, &mut bytes);
-        }
+        self.stage(call, member.unwrap_or(&call.server), &mut bytes);
         bytes
+    }
+
+    fn stage(&self, call: &Call, server: &str, bytes: &mut Bytes) {
+        for s in self.stages.iter() {
+            s.on_message(call, server, bytes);
+        }
     }
 
     /// Turns a reply into the HTTP response, running the stages on what leaves; says how the
@@ -243,9 +246,7 @@ impl Exit {
             Answer::Own(v) => {
                 // joch's own answer: no server said it, so no guardian sees it; the stages do.
                 let mut body = Bytes::from(v.to_string());
-                for s in self.stages.iter() {
-                    s.on_message(call, &call.server, &mut body);
-                }
+                self.stage(call, &call.server, &mut body);
                 (json_response(StatusCode::OK, Some(JSON), body), Outcome::Answered)
             }
             Answer::Stream(s) => (self.stream(call, s), Outcome::Forwarded { status: 200 }),
