@@ -5,8 +5,10 @@
 set -euo pipefail
 T=$HOME/.cache/joch-target/release
 J=$T/joch; B=$T/joch-bench
+rm -f /tmp/canned.addr
 $B canned --listen 127.0.0.1:0 --addr-file /tmp/canned.addr & CP=$!
-sleep 0.5
+# The upstream writes its address once it listens.
+until [ -s /tmp/canned.addr ]; do sleep 0.05; done
 ADDR=$(cat /tmp/canned.addr)
 for round in 1 2; do
 for mode in audit noaudit; do
