@@ -110,6 +110,8 @@ pub struct SummaryQuery {
     pub since_us: u64,
     /// One server only.
     pub server: Option<String>,
+    /// One agent only.
+    pub agent: Option<String>,
     /// Grouped by.
     pub by: GroupBy,
 }
@@ -125,6 +127,27 @@ pub struct Group {
     pub denied: u64,
     /// Of which answered with an error.
     pub errors: u64,
+    /// The first call counted (microseconds; minute precision for whole minutes).
+    pub first_us: u64,
+    /// The last call counted (the same precision).
+    pub last_us: u64,
+}
+
+impl Group {
+    /// Adds another node's counts of the same group.
+    pub fn merge(&mut self, o: &Group) {
+        self.first_us = if self.calls == 0 {
+            o.first_us
+        } else if o.calls == 0 {
+            self.first_us
+        } else {
+            self.first_us.min(o.first_us)
+        };
+        self.last_us = self.last_us.max(o.last_us);
+        self.calls += o.calls;
+        self.denied += o.denied;
+        self.errors += o.errors;
+    }
 }
 
 /// Per-minute counts of one (server, agent, tool).

@@ -270,7 +270,15 @@ impl Store {
     /// Calls since `q.since_us` until now, counted by agent, tool or server: whole minutes from
     /// the rollups, the first partial minute from the records themselves.
     pub fn summarize(&self, q: &SummaryQuery) -> Result<Vec<Group>, AuditError> {
-        let mut groups: BTreeMap<String, Counts> = BTreeMap::new();
+        // Counts, first and last minute (or record time) of each group.
+        let mut groups: BTreeMap<String, (Counts, u64, u64)> = BTreeMap::new();
+        let mut count = |key: String, c: Counts, at_us: u64| {
+            let g = groups.entry(key).or_insert((Counts::default(), at_us, at_us));
+            g.0.merge(c);
+            g.1 = g.1.min(at_us);
+            g.2 = g.2.max(at_us);
+        };
+        let agent_ok = |a: &str| q.agent.as_deref().is_none_or(|w| w == a);
         let first_whole = q.since_us.div_ceil(MINUTE_US);
         let key_of = |server: &str, agent: &str, tool: &str| match q.by {
             GroupBy::Agent => agent.to_string(),
@@ -292,29 +300,39 @@ impl Store {
                 break;
             }
             let Some((server, minute, agent, tool)) = keys::parse_minute(&k) else { continue };
-            if minute < first_whole {
+            if minute < first_whole || !agent_ok(agent) {
                 continue;
             }
             let c: Counts = postcard::from_bytes(&v).unwrap_or_default();
-            groups.entry(key_of(server, agent, tool)).or_default().merge(c);
+            count(key_of(server, agent, tool), c, minute * MINUTE_US);
         }
         // The partial minute before them.
         let edge = Query {
             since_us: q.since_us,
             until_us: first_whole * MINUTE_US,
             server: q.server.clone(),
+            agent: q.agent.clone(),
             limit: usize::MAX,
             oldest_first: true,
             ..Query::default()
         };
         if edge.until_us > edge.since_us {
             for r in self.query(&edge)?.records.into_iter().filter(Record::counts) {
-                groups.entry(key_of(&r.server, &r.agent, &r.target)).or_default().add(r.outcome);
+                let mut c = Counts::default();
+                c.add(r.outcome);
+                count(key_of(&r.server, &r.agent, &r.target), c, r.time_us);
             }
         }
         Ok(groups
             .into_iter()
-            .map(|(key, c)| Group { key, calls: c.calls, denied: c.denied, errors: c.errors })
+            .map(|(key, (c, first_us, last_us))| Group {
+                key,
+                calls: c.calls,
+                denied: c.denied,
+                errors: c.errors,
+                first_us,
+                last_us,
+            })
             .collect())
     }
 

@@ -114,16 +114,30 @@ fn summaries_add_whole_minutes_and_the_partial_one() {
     ];
     s.append(&mut b, false).unwrap();
     let since = 10 * m + 20_000_000;
-    let by_agent =
-        s.summarize(&SummaryQuery { since_us: since, server: Some("git".into()), by: GroupBy::Agent }).unwrap();
+    let by_agent = s
+        .summarize(&SummaryQuery { since_us: since, server: Some("git".into()), agent: None, by: GroupBy::Agent })
+        .unwrap();
     assert_eq!(
         by_agent,
         vec![
-            Group { key: "alice".into(), calls: 2, denied: 0, errors: 1 },
-            Group { key: "bob".into(), calls: 1, denied: 1, errors: 0 },
+            // Alice: the partial minute's record (its own time), then minute 12 (the minute's start).
+            Group {
+                key: "alice".into(),
+                calls: 2,
+                denied: 0,
+                errors: 1,
+                first_us: 10 * m + 30_000_000,
+                last_us: 12 * m
+            },
+            Group { key: "bob".into(), calls: 1, denied: 1, errors: 0, first_us: 11 * m, last_us: 11 * m },
         ]
     );
-    let by_server = s.summarize(&SummaryQuery { since_us: 0, server: None, by: GroupBy::Server }).unwrap();
+    // One agent's calls, by server (the AgBOM's question).
+    let carol = s
+        .summarize(&SummaryQuery { since_us: 0, server: None, agent: Some("carol".into()), by: GroupBy::Server })
+        .unwrap();
+    assert_eq!(carol.iter().map(|g| (g.key.as_str(), g.calls)).collect::<Vec<_>>(), vec![("time", 1)]);
+    let by_server = s.summarize(&SummaryQuery { since_us: 0, server: None, agent: None, by: GroupBy::Server }).unwrap();
     assert_eq!(by_server.iter().map(|g| (g.key.as_str(), g.calls)).collect::<Vec<_>>(), vec![("git", 4), ("time", 1)]);
 }
 
@@ -140,7 +154,7 @@ fn retention_removes_the_oldest_and_the_chain_still_verifies() {
     assert_eq!((rep.records, rep.first_seq, rep.last_seq), (6, 5, 10));
     assert!(rep.problems.is_empty(), "{:?}", rep.problems);
     assert!(s.query(&Query { exec: Some(format!("exec-{:016x}", m)), ..Query::default() }).unwrap().records.is_empty());
-    let g = s.summarize(&SummaryQuery { since_us: 0, server: None, by: GroupBy::Server }).unwrap();
+    let g = s.summarize(&SummaryQuery { since_us: 0, server: None, agent: None, by: GroupBy::Server }).unwrap();
     assert_eq!(g[0].calls, 8, "rollups of minutes 3..=10 kept (age), records count separately");
 }
 
@@ -210,7 +224,7 @@ fn retention_removes_old_rollups_of_every_server() {
     s.append(&mut b, false).unwrap();
     // Keep 5 minutes: minutes 1 and 2 go, for every server.
     s.prune(Retention { max_age_us: 5 * m, max_records: 100, max_bytes: u64::MAX }, 10 * m).unwrap();
-    let g = s.summarize(&SummaryQuery { since_us: 0, server: None, by: GroupBy::Server }).unwrap();
+    let g = s.summarize(&SummaryQuery { since_us: 0, server: None, agent: None, by: GroupBy::Server }).unwrap();
     let calls: Vec<(&str, u64)> = g.iter().map(|g| (g.key.as_str(), g.calls)).collect();
     assert_eq!(calls, vec![("alpha", 1), ("git", 1), ("zulu", 1)]);
 }

@@ -95,7 +95,12 @@ impl AdminApi {
             let by = GroupBy::parse(&r.group_by).ok_or_else(|| {
                 invalid("group_by", format!("{:?}: count calls by agent, tool or server", r.group_by))
             })?;
-            let ask = AuditAsk::Summary(SummaryQuery { since_us: q.since_us, server: q.server.clone(), by });
+            let ask = AuditAsk::Summary(SummaryQuery {
+                since_us: q.since_us,
+                server: q.server.clone(),
+                agent: q.agent.clone(),
+                by,
+            });
             let answers = self.cluster.ask_audit(&ask, only, timeout).await;
             serde_json::to_string(&fleet::merge_groups(answers))
         };
@@ -145,7 +150,8 @@ impl AdminApi {
     /// no member answered).
     pub(super) async fn counts_7d(&self, server: &str) -> Option<(u64, u64)> {
         let since_us = joch_audit::now_us().saturating_sub(7 * 24 * 3600 * 1_000_000);
-        let ask = AuditAsk::Summary(SummaryQuery { since_us, server: Some(server.into()), by: GroupBy::Server });
+        let ask =
+            AuditAsk::Summary(SummaryQuery { since_us, server: Some(server.into()), agent: None, by: GroupBy::Server });
         let merged = fleet::merge_groups(self.cluster.ask_audit(&ask, None, Duration::from_secs(2)).await);
         if merged.answered.is_empty() {
             return None;

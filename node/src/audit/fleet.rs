@@ -144,10 +144,7 @@ pub fn merge_groups(answers: Vec<(u64, Result<AuditAnswer, String>)>) -> Groups 
     for (node, gs) in per_node {
         out.answered.push(node);
         for g in gs {
-            let e = sum.entry(g.key.clone()).or_insert_with(|| Group { key: g.key.clone(), ..Group::default() });
-            e.calls += g.calls;
-            e.denied += g.denied;
-            e.errors += g.errors;
+            sum.entry(g.key.clone()).or_insert_with(|| Group { key: g.key.clone(), ..Group::default() }).merge(&g);
         }
     }
     out.groups = sum.into_values().collect();
@@ -192,11 +189,13 @@ mod tests {
 
     #[test]
     fn groups_add_up_across_nodes() {
-        let g = |k: &str, c| Group { key: k.into(), calls: c, denied: 1, errors: 0 };
+        let g =
+            |k: &str, c, first_us, last_us| Group { key: k.into(), calls: c, denied: 1, errors: 0, first_us, last_us };
         let m = merge_groups(vec![
-            (1, Ok(AuditAnswer::Groups(vec![g("alice", 2), g("bob", 1)]))),
-            (2, Ok(AuditAnswer::Groups(vec![g("bob", 5)]))),
+            (1, Ok(AuditAnswer::Groups(vec![g("alice", 2, 10, 20), g("bob", 1, 50, 50)]))),
+            (2, Ok(AuditAnswer::Groups(vec![g("bob", 5, 30, 40)]))),
         ]);
-        assert_eq!(m.groups, vec![Group { key: "bob".into(), calls: 6, denied: 2, errors: 0 }, g("alice", 2)]);
+        let bob = Group { denied: 2, ..g("bob", 6, 30, 50) };
+        assert_eq!(m.groups, vec![bob, g("alice", 2, 10, 20)]);
     }
 }
