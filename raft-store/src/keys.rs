@@ -59,6 +59,8 @@ pub const VIRTUAL_PREFIX: &[u8] = b"vsv/";
 pub const APPROVAL_PREFIX: &[u8] = b"apr/";
 /// The policies' epoch (bumped by every policy change; approvals are bound to it).
 pub const POLICY_EPOCH: &[u8] = b"settings/policy-epoch";
+/// The trust settings (publishers, allow-list, weights).
+pub const TRUST: &[u8] = b"settings/trust";
 
 /// `snapshot`: the current snapshot.
 pub const SNAPSHOT_CURRENT: &[u8] = b"current";

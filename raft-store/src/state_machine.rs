@@ -176,6 +176,7 @@ impl StateMachineStore {
             self.put(b, CF_STATE, &keys::approval_key(id), a.as_ref())?;
         }
         self.put(b, CF_STATE, keys::POLICY_EPOCH, &self.registry.policy_epoch)?;
+        self.put(b, CF_STATE, keys::TRUST, self.registry.trust.as_ref())?;
         for (target, lines) in &self.registry.history {
             for line in lines.iter() {
                 self.put(b, CF_HISTORY, &keys::history_key(target, line.at.index, 0), line)?;
@@ -221,6 +222,8 @@ fn load_state(db: &DB) -> std::result::Result<LoadedState, StoreError> {
             reg.approvals.insert(String::from_utf8_lossy(id).into_owned(), Arc::new(a));
         } else if &*k == keys::POLICY_EPOCH {
             reg.policy_epoch = dec(&k, &v)?;
+        } else if &*k == keys::TRUST {
+            reg.trust = Arc::new(dec(&k, &v)?);
         } else if &*k == keys::CLUSTER_KEY {
             reg.cluster_key = Some(dec(&k, &v)?);
         } else if &*k == keys::RETENTION {
@@ -336,6 +339,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         if touched.policy_epoch {
             self.put(&mut b, CF_STATE, keys::POLICY_EPOCH, &self.registry.policy_epoch)?;
+        }
+        if touched.trust {
+            self.put(&mut b, CF_STATE, keys::TRUST, self.registry.trust.as_ref())?;
         }
         for line in &touched.history {
             self.put(&mut b, CF_HISTORY, &keys::history_key(&line.target, line.at.index, 0), line)?;

@@ -50,6 +50,11 @@ pub enum Command {
     ApplyPolicy { name: String, labels: BTreeMap<String, String>, spec_json: String },
     /// Remove a Policy.
     DeletePolicy { name: String },
+    /// A change of the trust settings (publishers, allow-list, weights); every score is
+    /// recomputed.
+    SetTrust(super::trust::TrustChange),
+    /// The leader's count of calls per server over the last `window_ms`, fleet-wide.
+    RecordTraffic { window_ms: u64, counts: BTreeMap<String, super::trust::Traffic> },
     /// Set the cluster's 256-bit key (session sealing) once; later attempts are no-ops.
     InitClusterKey { key: [u8; 32] },
     /// How much change history every replica keeps.
@@ -119,6 +124,9 @@ impl Command {
             Command::DecideApproval { .. } => true,
             // Drift that quarantines must be enforced everywhere when the answer says so.
             Command::RecordDiscovery { .. } => true,
+            // A score that falls under a server's minTrustScore is enforced everywhere.
+            Command::SetTrust(_) => true,
+            Command::RecordTraffic { .. } => false,
             Command::CreateServer { .. }
             | Command::InitClusterKey { .. }
             | Command::SetRetention { .. }
@@ -163,6 +171,8 @@ impl Command {
             Command::DeletePolicy { .. } => "delete_policy",
             Command::InitClusterKey { .. } => "init_cluster_key",
             Command::SetRetention { .. } => "set_retention",
+            Command::SetTrust(_) => "set_trust",
+            Command::RecordTraffic { .. } => "record_traffic",
             Command::CreateAdminToken { .. } => "create_admin_token",
             Command::RevokeAdminToken { .. } => "revoke_admin_token",
             Command::CreateAgent { .. } => "create_agent",

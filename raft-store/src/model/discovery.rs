@@ -32,6 +32,22 @@ pub struct Discovery {
     pub findings: Vec<Finding>,
 }
 
+impl Discovery {
+    /// SHA-256 (hex, first 16 bytes) of the server's version and every tool's name and hash:
+    /// equal for two discoveries that found the same tools.
+    pub fn tool_set_hash(&self) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(self.server_version.as_bytes());
+        for t in &self.tools {
+            ctx.update(b"\n");
+            ctx.update(t.name.as_bytes());
+            ctx.update(b"=");
+            ctx.update(t.hash.as_bytes());
+        }
+        ctx.finish().as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// One tool-poisoning finding.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
@@ -119,11 +135,13 @@ pub fn drift(baseline: &Discovery, now: &Discovery, dynamic: bool, pinned: bool)
         }
     }
     if !dynamic {
-        // A tool gone and one new with the same definition under another name: a rename.
+        // A tool gone and one new with the same definition under another name: a rename. The
+        // title is left out too: SDKs derive it from the name (fastmcp's `add` is "Add").
         let without_name = |t: &Tool| {
             let mut v: serde_json::Value = serde_json::from_str(&t.canonical).unwrap_or_default();
             if let Some(o) = v.as_object_mut() {
                 o.remove("name");
+                o.remove("title");
             }
             v
         };

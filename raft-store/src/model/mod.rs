@@ -6,4 +6,5 @@ pub mod command;
 pub mod discovery;
 pub mod registry;
 pub mod resource;
+pub mod trust;
 pub mod validate;

@@ -62,6 +62,13 @@ pub struct ServerStatus {
     pub baseline: Option<super::discovery::Discovery>,
     /// How the last discovery differs from the baseline (empty: no drift).
     pub drift: Vec<super::discovery::Drift>,
+    /// Tool-set hashes of the last discoveries, oldest first (at most
+    /// [`super::trust::STABILITY_WINDOW`]): the trust score's stability.
+    pub recent: Vec<String>,
+    /// Calls to it over the last day, fleet-wide, as the leader last counted them.
+    pub traffic: Option<super::trust::Traffic>,
+    /// Its trust score, recomputed whenever what it depends on changes.
+    pub trust: Option<super::trust::TrustReport>,
 }
 
 /// One registered MCP server.
@@ -249,6 +256,8 @@ pub struct Registry {
     pub approvals: OrdMap<String, Arc<Approval>>,
     /// Bumped by every policy change; approvals are bound to it.
     pub policy_epoch: u64,
+    /// Trusted publishers, the third-party allow-list, the trust score's weights.
+    pub trust: Arc<super::trust::TrustSettings>,
     /// The policies, compiled (derived from `policies`: rebuilt when one changes, on load and on
     /// snapshot install; never stored).
     #[serde(skip)]
@@ -311,6 +320,8 @@ pub struct Touched {
     pub virtual_servers: Vec<String>,
     /// The policies' epoch changed.
     pub policy_epoch: bool,
+    /// The trust settings changed.
+    pub trust: bool,
 }
 
 fn server_target(name: &str) -> String {
@@ -462,15 +473,16 @@ impl Registry {
                     sec.pin_server_version = true;
                     sec.pinned_version = Some(version.clone());
                     rec.status.pending_upgrade = None;
-                    let rebaselined = rebaseline(&mut rec.status);
-                    Some(match (same, rebaselined) {
+                    let (rebaselined, approved) = rebaseline(rec);
+                    let what = match (same, rebaselined) {
                         (true, _) => format!("pinned to {version} again: the last discovery is the new baseline"),
                         (false, true) => format!(
                             "pinned to {version} (was {}); the last discovery is the new baseline",
                             was.as_deref().unwrap_or("unpinned")
                         ),
                         (false, false) => format!("pinned to {version} (was {})", was.as_deref().unwrap_or("unpinned")),
-                    })
+                    };
+                    Some(what + &approved)
                 })?;
                 (
                     server_target(name),
@@ -500,8 +512,8 @@ impl Registry {
                         rec.spec.security.pin_server_version = true;
                         rec.spec.security.pinned_version = Some(version.clone());
                         rec.status.pending_upgrade = None;
-                        rebaseline(&mut rec.status);
-                        Some(format!("upgraded {from} -> {version}"))
+                        let (_, approved) = rebaseline(rec);
+                        Some(format!("upgraded {from} -> {version}{approved}"))
                     }
                 })?;
                 (server_target(name), changed(detail.unwrap_or_default()))
@@ -544,6 +556,9 @@ impl Registry {
                         }
                     }
                     rec.status.drift = drift;
+                    rec.status.recent.push(discovery.tool_set_hash());
+                    let excess = rec.status.recent.len().saturating_sub(super::trust::STABILITY_WINDOW);
+                    rec.status.recent.drain(..excess);
                     rec.status.discovery = Some((**discovery).clone());
                     Some(detail)
                 })?;
@@ -703,6 +718,8 @@ impl Registry {
             Command::RequestApproval { .. } | Command::DecideApproval { .. } | Command::UseApproval { .. } => {
                 self.apply_approval(&req.command, &stamp, touched)?
             }
+            Command::SetTrust(change) => self.apply_trust(change, &stamp, touched)?,
+            Command::RecordTraffic { window_ms, counts } => self.apply_traffic(*window_ms, counts, touched),
             Command::SetRetention { history_per_target, history_max_age_ms } => {
                 if *history_per_target == 0 {
                     return Err(invalid(FieldError {
@@ -732,19 +749,19 @@ impl Registry {
                 )));
             }
         };
+        let mut applied = applied;
         if let Some(name) = target.strip_prefix("mcpserver/") {
             touched.servers.push(name.to_string());
+            // The history line of a change says what it did to the score (the AgBOM's diff
+            // reads it there).
+            if let (_, Some(moved)) = self.retrust(name) {
+                if applied.changed {
+                    applied.summary.push_str(&format!(" ({moved})"));
+                }
+            }
         }
         if applied.changed {
-            let rec = ChangeRecord {
-                target: target.clone(),
-                action: action.to_string(),
-                detail: applied.summary.clone(),
-                at: stamp,
-            };
-            self.history.entry(target.clone()).or_default().push_back(rec.clone());
-            touched.history.push(rec);
-            self.prune(&target, req.at_ms, touched);
+            self.note(&target, action, &applied.summary, &stamp, touched);
         }
         self.sweep(req.at_ms, false, touched);
         Ok(applied)
@@ -946,6 +963,163 @@ impl Registry {
         );
     }
 
+    /// Recomputes a server's trust score and stores it if the report changed; says how the
+    /// score moved (`trust 0.25 -> 0.65`, `trust 0.25` for the first), if it did.
+    fn retrust(&mut self, name: &str) -> (bool, Option<String>) {
+        let Some(old) = self.servers.get(name) else { return (false, None) };
+        let st = &old.status;
+        let inputs = super::trust::Inputs {
+            name,
+            spec: &old.spec,
+            discovery: st.discovery.as_ref(),
+            recent: &st.recent,
+            drifting: !st.drift.is_empty(),
+            traffic: st.traffic,
+        };
+        let report = super::trust::score(&inputs, &self.trust);
+        if st.trust.as_ref() == Some(&report) {
+            return (false, None);
+        }
+        let moved = match &st.trust {
+            Some(t) if t.score == report.score => None,
+            Some(t) => Some(format!("trust {:.2} -> {:.2}", t.score, report.score)),
+            None => Some(format!("trust {:.2}", report.score)),
+        };
+        let mut rec = (**old).clone();
+        rec.status.trust = Some(report);
+        self.servers.insert(name.to_string(), Arc::new(rec));
+        (true, moved)
+    }
+
+    /// Adds a history line.
+    fn note(&mut self, target: &str, action: &str, detail: &str, stamp: &Stamp, touched: &mut Touched) {
+        let rec = ChangeRecord {
+            target: target.to_string(),
+            action: action.to_string(),
+            detail: detail.to_string(),
+            at: stamp.clone(),
+        };
+        self.history.entry(target.to_string()).or_default().push_back(rec.clone());
+        touched.history.push(rec);
+        self.prune(target, stamp.at_ms, touched);
+    }
+
+    /// A change of the trust settings; every server's score is recomputed, and a server whose
+    /// score moved gets a history line saying why.
+    fn apply_trust(
+        &mut self,
+        change: &super::trust::TrustChange,
+        stamp: &Stamp,
+        touched: &mut Touched,
+    ) -> Result<(String, Applied), ApplyError> {
+        use super::trust::{Publisher, TrustChange};
+        let trust = Arc::make_mut(&mut self.trust);
+        let detail = match change {
+            TrustChange::SetPublisher { name, keys } => {
+                check_name("name", name).map_err(invalid)?;
+                if keys.is_empty() {
+                    return Err(invalid(FieldError {
+                        field: "keys".into(),
+                        message: "a publisher needs at least one public key".into(),
+                    }));
+                }
+                let ids: Vec<String> = keys.iter().map(super::trust::key_id).collect();
+                let new = Publisher { name: name.clone(), keys: keys.clone(), at: stamp.clone() };
+                match trust.publishers.insert(name.clone(), new) {
+                    Some(old) if old.keys == *keys => {
+                        return Ok((format!("publisher/{name}"), unchanged("publisher unchanged")))
+                    }
+                    Some(_) => format!("trusted publisher {name}: keys replaced ({})", ids.join(", ")),
+                    None => format!("trusted publisher {name} added (keys {})", ids.join(", ")),
+                }
+            }
+            TrustChange::RemovePublisher { name } => {
+                if trust.publishers.remove(name).is_none() {
+                    return Err(ApplyError::Access {
+                        kind: "trusted publisher".into(),
+                        name: name.clone(),
+                        exists: false,
+                    });
+                }
+                format!("trusted publisher {name} removed")
+            }
+            TrustChange::AllowList(list) => {
+                let mut list = list.clone();
+                let loaded = !(list.servers.is_empty() && list.publishers.is_empty() && list.endpoints.is_empty());
+                list.at = loaded.then(|| stamp.clone());
+                if !loaded && trust.allowlist.at.is_none() {
+                    return Ok(("trust/allowlist".into(), unchanged("no allow-list loaded")));
+                }
+                let what = if loaded {
+                    format!(
+                        "allow-list {} loaded: {} servers, {} publishers, {} endpoints",
+                        list.source,
+                        list.servers.len(),
+                        list.publishers.len(),
+                        list.endpoints.len()
+                    )
+                } else {
+                    "allow-list unloaded".to_string()
+                };
+                trust.allowlist = list;
+                what
+            }
+            TrustChange::Weights(w) => {
+                w.check().map_err(invalid)?;
+                if trust.weights == *w {
+                    return Ok(("trust/weights".into(), unchanged("weights unchanged")));
+                }
+                trust.weights = *w;
+                format!(
+                    "trust weights: publisher {}, signature {}, stability {}, poisoning {}, traffic {}, allowlist {}",
+                    w.publisher, w.signature, w.stability, w.poisoning, w.traffic, w.allowlist
+                )
+            }
+        };
+        touched.trust = true;
+        let names: Vec<String> = self.servers.keys().cloned().collect();
+        for name in names {
+            let (stored, moved) = self.retrust(&name);
+            if stored {
+                touched.servers.push(name.clone());
+            }
+            if let Some(moved) = moved {
+                self.note(&server_target(&name), "Trust", &format!("{moved} ({detail})"), stamp, touched);
+            }
+        }
+        Ok(("cluster/trust".into(), changed(detail)))
+    }
+
+    /// The leader's count of every server's calls over the last window; a server it does not
+    /// name had none.
+    fn apply_traffic(
+        &mut self,
+        window_ms: u64,
+        counts: &BTreeMap<String, super::trust::Traffic>,
+        touched: &mut Touched,
+    ) -> (String, Applied) {
+        let names: Vec<String> = self.servers.keys().cloned().collect();
+        let mut counted = 0;
+        for name in names {
+            let t = counts.get(&name).copied().unwrap_or(super::trust::Traffic { window_ms, ..Default::default() });
+            let Some(old) = self.servers.get(&name) else { continue };
+            if old.status.traffic == Some(t) {
+                continue;
+            }
+            let mut rec = (**old).clone();
+            rec.status.traffic = Some(t);
+            self.servers.insert(name.clone(), Arc::new(rec));
+            self.retrust(&name);
+            touched.servers.push(name);
+            counted += 1;
+        }
+        // Not a change operators review: no history line.
+        (
+            "cluster/traffic".into(),
+            Applied { changed: false, summary: format!("traffic counted: {counted} servers changed") },
+        )
+    }
+
     /// Runs `f` on a copy of the server; if it reports a change, stores the copy.
     fn update_server(
         &mut self,
@@ -966,11 +1140,28 @@ impl Registry {
 }
 
 /// A pin or an upgrade (after review of the diff) takes the last discovery as the new baseline
-/// and clears the drift; says whether there was a discovery to take.
-fn rebaseline(status: &mut ServerStatus) -> bool {
+/// and clears the drift; with `toolApproval: manual` the baseline's tools are approved (the pin
+/// is their review: a tool that appears later is pending, hidden and denied until
+/// `joch mcp approve-tool`). Says whether there was a discovery to take, and what it approved
+/// (for the history line).
+fn rebaseline(rec: &mut ServerRecord) -> (bool, String) {
+    let status = &mut rec.status;
     status.drift.clear();
     status.baseline = status.discovery.clone();
-    status.baseline.is_some()
+    let mut approved = Vec::new();
+    if rec.spec.security.tool_approval == super::resource::ToolApproval::Manual {
+        for t in status.baseline.iter().flat_map(|b| b.tools.iter()) {
+            if status.approved_tools.insert(t.name.clone()) {
+                approved.push(t.name.as_str());
+            }
+        }
+    }
+    let note = if approved.is_empty() {
+        String::new()
+    } else {
+        format!("; approved the baseline's tools {} (toolApproval: manual)", approved.join(", "))
+    };
+    (status.baseline.is_some(), note)
 }
 
 fn check_label(k: &str, v: &str) -> Result<(), ApplyError> {
@@ -1088,6 +1279,52 @@ mod tests {
 
     fn apply(reg: &mut Registry, index: u64, c: Command) -> Result<Applied, ApplyError> {
         reg.apply(index, &req(c), &mut Touched::default())
+    }
+
+    #[test]
+    fn with_manual_approval_a_pin_approves_the_baseline_and_later_tools_stay_pending() {
+        use super::super::discovery::{Discovery, Tool};
+        let mut reg = Registry::default();
+        let mut s = spec("http://127.0.0.1:1/mcp");
+        s.security.tool_approval = super::super::resource::ToolApproval::Manual;
+        apply(&mut reg, 1, Command::CreateServer { name: "gh".into(), labels: Default::default(), spec: s }).unwrap();
+        let found = |names: &[&str]| {
+            let tools = names
+                .iter()
+                .map(|n| Tool {
+                    name: n.to_string(),
+                    hash: n.to_string(),
+                    canonical: serde_json::json!({ "name": n }).to_string(),
+                })
+                .collect();
+            Box::new(Discovery { tools, ..Discovery::default() })
+        };
+        apply(&mut reg, 2, Command::RecordDiscovery { name: "gh".into(), discovery: found(&["search"]) }).unwrap();
+        assert!(reg.servers["gh"].status.approved_tools.is_empty(), "nothing is approved before a pin");
+        let pinned = apply(&mut reg, 3, Command::Pin { name: "gh".into(), version: "1.0.0".into() }).unwrap();
+        assert!(pinned.summary.contains("approved the baseline's tools search"), "{}", pinned.summary);
+        let later = found(&["delete_repo", "search"]);
+        apply(&mut reg, 4, Command::RecordDiscovery { name: "gh".into(), discovery: later }).unwrap();
+        let st = &reg.servers["gh"].status;
+        assert!(st.approved_tools.contains("search") && !st.approved_tools.contains("delete_repo"));
+    }
+
+    #[test]
+    fn a_trust_change_rescores_every_server_with_a_history_line_saying_why() {
+        use super::super::trust::TrustChange;
+        let mut reg = Registry::default();
+        let mut s = spec("http://127.0.0.1:1/mcp");
+        s.security.trusted_publisher = Some("acme".into());
+        apply(&mut reg, 1, Command::CreateServer { name: "gh".into(), labels: Default::default(), spec: s }).unwrap();
+        let before = reg.servers["gh"].status.trust.as_ref().unwrap().score;
+        let set = TrustChange::SetPublisher { name: "acme".into(), keys: vec![[7; 32]] };
+        apply(&mut reg, 2, Command::SetTrust(set)).unwrap();
+        let after = reg.servers["gh"].status.trust.as_ref().unwrap().score;
+        assert!(after > before, "{before} -> {after}");
+        let last = reg.history["mcpserver/gh"].back().unwrap().detail.clone();
+        assert!(last.starts_with(&format!("trust {before:.2} -> {after:.2} (trusted publisher acme added")), "{last}");
+        let none = TrustChange::SetPublisher { name: "x".into(), keys: vec![] };
+        assert!(apply(&mut reg, 3, Command::SetTrust(none)).is_err());
     }
 
     #[test]

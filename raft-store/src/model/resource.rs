@@ -61,6 +61,24 @@ pub struct McpServerSpec {
     /// takes from a `server.json` name; compared with `security.trustedPublisher`.
     #[serde(default)]
     pub publisher: Option<String>,
+    /// The publisher's ed25519 signature over the manifest (`joch mcp sign`): counts in the
+    /// server's trust score when it verifies with a trusted publisher's key.
+    #[serde(default)]
+    pub signature: Option<ManifestSignature>,
+}
+
+/// `spec.signature`, written by `joch mcp sign`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ManifestSignature {
+    /// The publisher that signed (a name on the trusted-publisher list).
+    pub publisher: String,
+    /// `ed25519:` and the base64 of the 64-byte signature.
+    pub value: String,
+    /// What was signed: the canonical manifest (`trust::signed_document`), filled in by the
+    /// node from the manifest as applied; whatever is written here is replaced.
+    #[serde(default)]
+    pub signed: String,
 }
 
 /// A guardian: an endpoint speaking the Agent Control Standard's hook contract (JSON-RPC over
