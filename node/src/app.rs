@@ -60,6 +60,12 @@ impl crate::policy::approvals::Proposer for ClusterProposer {
         });
         Box::pin(async move { task.await.map_err(|e| e.to_string())? })
     }
+
+    fn to_leader(&self, servers: Vec<String>) -> futures::future::BoxFuture<'static, Result<bool, String>> {
+        let cluster = self.cluster.clone();
+        let task = self.control.spawn(async move { cluster.rediscover_on_leader(servers).await });
+        Box::pin(async move { task.await.map_err(|e| e.to_string())? })
+    }
 }
 
 async fn bind_tcp(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -173,6 +179,7 @@ pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Futur
         },
     )
     .context("starting the MCP proxy")?;
+    cluster.set_rediscover(proxy.rediscover_queue());
     // The leader refreshes every discovered server's discovery every `refreshInterval`.
     data.spawn(crate::proxy::discover::refresh(
         Arc::downgrade(&proxy),
@@ -180,9 +187,17 @@ pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Futur
             let c = cluster.clone();
             move || c.raft.metrics().borrow().current_leader == Some(c.id)
         },
-        proposer,
+        proposer.clone(),
     ));
     drop(on_data);
+    // The leader counts every server's calls for the trust score.
+    if let Some(a) = &cfg.audit {
+        let (c, stop) = (cluster.clone(), stop.clone());
+        let every = a.traffic_interval;
+        tasks.spawn(async move {
+            stop.run_until_cancelled(crate::audit::traffic::count(c, proposer, every)).await;
+        });
+    }
     let relayed = Arc::new(crate::proxy::forward::Relayed { proxy: proxy.clone(), runtime: data.clone() });
     tasks.spawn(mesh.clone().serve(cluster.clone(), relayed, stop.clone()));
     let (registry_svc, cluster_svc, access_svc) =

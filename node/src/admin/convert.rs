@@ -47,6 +47,7 @@ pub fn discovery_json(rec: &ServerRecord) -> String {
         None => String::new(),
         Some(d) => serde_json::json!({
             "discovery": d, "drift": s.drift, "baselineAtMs": s.baseline.as_ref().map(|b| b.at_ms),
+            "declaredDynamic": rec.spec.discovery.declared_dynamic,
         })
         .to_string(),
     }
@@ -83,6 +84,7 @@ pub fn server(rec: &ServerRecord, read_index: u64) -> pb::Server {
         generation: rec.generation,
         spec_json: serde_json::to_string(&rec.spec).unwrap_or_default(),
         discovery_json: discovery_json(rec),
+        trust_json: rec.status.trust.as_ref().map(|t| serde_json::json!(t).to_string()).unwrap_or_default(),
         read_index,
         // Filled from the audit trail by GetServer only.
         call_count_7d: None,

@@ -5,6 +5,9 @@ mod access;
 mod audit;
 mod convert;
 pub mod status;
+mod trust;
+
+pub use trust::public_key_text;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -330,6 +333,7 @@ impl Registry for AdminApi {
                 serde_json::from_str(&convert::discovery_json(rec)).unwrap_or_else(|_| serde_json::json!({}));
             status["phase"] = serde_json::json!(rec.phase());
             status["quarantine"] = serde_json::json!(rec.status.quarantine.as_ref().map(|q| &q.reason));
+            status["trust"] = serde_json::json!(rec.status.trust);
             Ok(pb::DiscoverReply { status_json: status.to_string(), write: Some(write) })
         })
         .await
@@ -352,6 +356,22 @@ impl Registry for AdminApi {
             self.write(&actor, Command::ApproveTool { server: server.into(), tool: tool.into() }).await
         })
         .await
+    }
+
+    async fn get_trust(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::TrustReply>, Status> {
+        let r = req.into_inner();
+        observe("GetTrust", self.trust_json(r)).await
+    }
+
+    async fn set_trust(&self, req: Request<pb::TrustRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let actor = actor(&req);
+        let r = req.into_inner();
+        observe("SetTrust", async { self.write_trust(&actor, r).await }).await
+    }
+
+    async fn agbom(&self, req: Request<pb::AgbomRequest>) -> Result<Response<pb::TrustReply>, Status> {
+        let r = req.into_inner();
+        observe("Agbom", self.agbom_json(r)).await
     }
 
     async fn set_server_policy(

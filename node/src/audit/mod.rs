@@ -7,6 +7,7 @@
 //!   finishes the record.
 //! - `fleet.rs`: queries fanned out to every member over the mesh and merged by time, naming
 //!   the members that did not answer.
+//! - `traffic.rs`: the leader's count of every server's calls for the trust score.
 //!
 //! The store itself (its own RocksDB, the writer thread, group commit, the hash chain) is the
 //! `joch-audit` crate.
@@ -15,6 +16,7 @@ pub mod exec;
 pub mod fleet;
 pub mod gates;
 pub mod otlp;
+pub mod traffic;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

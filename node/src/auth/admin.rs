@@ -105,7 +105,7 @@ pub fn required_role(path: &str) -> Role {
         (
             "Registry",
             "GetServer" | "ListServers" | "GetPolicy" | "ListPolicies" | "ExplainPolicy" | "ListApprovals"
-            | "ListVirtualServers" | "History" | "GetRetention" | "VerifyAudit" | "Gates",
+            | "ListVirtualServers" | "History" | "GetRetention" | "VerifyAudit" | "Gates" | "GetTrust",
         ) => Role::Viewer,
         (
             "Registry",
@@ -123,7 +123,8 @@ pub fn required_role(path: &str) -> Role {
             | "DecideApproval"
             | "DeleteVirtualServer"
             // Audit records name agents and may hold arguments: more than a viewer sees.
-            | "QueryAudit",
+            | "QueryAudit"
+            | "Agbom",
         ) => Role::Operator,
         ("Cluster", "NodeInfo" | "Status") => Role::Viewer,
         ("Access", "WhoAmI" | "ListAgents" | "ListIdps") => Role::Viewer,

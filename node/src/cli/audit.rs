@@ -100,7 +100,7 @@ fn now_ms() -> u64 {
 }
 
 /// A `--since`/`--until` value as Unix milliseconds.
-fn instant(flag: &str, v: &str) -> anyhow::Result<u64> {
+pub(super) fn instant(flag: &str, v: &str) -> anyhow::Result<u64> {
     if let Some(d) = joch_raft_store::model::validate::parse_duration(v) {
         return Ok(now_ms().saturating_sub(d.as_millis() as u64));
     }
@@ -112,7 +112,7 @@ fn instant(flag: &str, v: &str) -> anyhow::Result<u64> {
     }
 }
 
-fn timeout_ms(v: &Option<String>) -> anyhow::Result<u32> {
+pub(super) fn timeout_ms(v: &Option<String>) -> anyhow::Result<u32> {
     match v {
         None => Ok(0),
         Some(s) => joch_raft_store::model::validate::parse_duration(s)
@@ -150,7 +150,7 @@ async fn query(g: &Global, r: pb::AuditQueryRequest) -> anyhow::Result<Value> {
 }
 
 /// Names the members that did not answer (stderr) and gives the exit code.
-fn partial(v: &Value) -> ExitCode {
+pub(super) fn partial(v: &Value) -> ExitCode {
     let missing = v["unanswered"].as_array().cloned().unwrap_or_default();
     if missing.is_empty() {
         return ExitCode::SUCCESS;

@@ -70,7 +70,10 @@ pub async fn discover(g: &Global, name: &str) -> anyhow::Result<ExitCode> {
     } else {
         table(&["TOOL", "POISONING CHECK", "EVIDENCE"], &findings);
     }
-    say!("trust score: not computed yet (discovery records what it needs; the score is not built)");
+    match status["trust"]["score"].as_f64() {
+        Some(score) => say!("trust score: {score:.2} (joch mcp trust {name} shows its components)"),
+        None => say!("trust score: not computed"),
+    }
     print_drift(&status);
     match status["quarantine"].as_str() {
         Some(why) => say!("phase: {} ({why})", s(&status["phase"])),
@@ -80,6 +83,9 @@ pub async fn discover(g: &Global, name: &str) -> anyhow::Result<ExitCode> {
 }
 
 fn print_drift(status: &Value) {
+    if status["declaredDynamic"] == true {
+        say!("declaredDynamic: tools are compared one by one; tools added or removed are not drift");
+    }
     let drift = status["drift"].as_array().cloned().unwrap_or_default();
     if drift.is_empty() {
         say!("schema drift: none (baseline taken {})", time(status["baselineAtMs"].as_u64().unwrap_or_default()));

@@ -13,6 +13,7 @@ mod import;
 mod policy;
 mod registry;
 mod serve;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +65,8 @@ pub enum Format {
     Json,
     /// YAML.
     Yaml,
+    /// CycloneDX 1.6 JSON (`joch agbom show`; other commands print JSON).
+    Cyclonedx,
 }
 
 #[derive(Subcommand, Debug)]
@@ -147,6 +150,17 @@ pub enum Cmd {
         kind: String,
         /// Resource name.
         name: String,
+    },
+    /// Trust: publishers and their keys, the third-party allow-list, the score's weights
+    /// (`joch mcp trust NAME` shows a server's score).
+    Trust {
+        #[command(subcommand)]
+        cmd: trust::TrustCmd,
+    },
+    /// An agent's bill of materials: the MCP servers it depends on, and what changed in them.
+    Agbom {
+        #[command(subcommand)]
+        cmd: trust::AgbomCmd,
     },
     /// Cluster membership, status and certificates.
     Cluster {
@@ -256,6 +270,8 @@ async fn dispatch(cli: Cli, member: Option<u64>) -> anyhow::Result<ExitCode> {
         Cmd::Audit { cmd } => audit::audit(&g, cmd, member).await,
         Cmd::Gates { since, timeout } => audit::gates(&g, &since, &timeout).await,
         Cmd::Delete { kind, name } => registry::delete(&g, &kind, &name).await,
+        Cmd::Trust { cmd } => trust::trust(&g, cmd).await,
+        Cmd::Agbom { cmd } => trust::agbom(&g, cmd).await,
         Cmd::Cluster { cmd } => cluster::run(&g, cmd).await,
         Cmd::Dev { cmd } => dev::run(&g, cmd).await,
         Cmd::Admin { cmd } => access::admin(&g, cmd).await,

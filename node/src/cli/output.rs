@@ -137,6 +137,16 @@ pub fn server_resource(s: &pb::Server) -> Value {
         status["discoveredPrompts"] = d["discovery"]["prompts"].clone();
         status["lastDiscoveryAt"] = json!(time(d["discovery"]["at_ms"].as_u64().unwrap_or_default()));
         status["schemaDrift"] = json!(d["drift"].as_array().is_some_and(|a| !a.is_empty()));
+        if spec["security"]["toolApproval"] == "manual" {
+            // Discovered and not approved: hidden and denied until joch mcp approve-tool.
+            let pending: Vec<&String> =
+                tools.iter().filter(|t| !s.approved_tools.iter().any(|a| **t == format!("{}.{a}", s.name))).collect();
+            status["pendingTools"] = json!(pending);
+        }
+    }
+    if let Ok(t) = serde_json::from_str::<Value>(&s.trust_json) {
+        // Seed 002's trustScore (`joch mcp trust NAME` shows its components).
+        status["trustScore"] = t["score"].clone();
     }
     if let (Some(calls), Some(denied)) = (s.call_count_7d, s.deny_count_7d) {
         status["callCount7d"] = json!(calls);

@@ -103,6 +103,37 @@ pub enum McpCmd {
     Unquarantine { name: String },
     /// Approve one tool: SERVER.TOOL.
     ApproveTool { tool: String },
+    /// A server's trust score, component by component.
+    Trust { name: String },
+    /// Make an ed25519 key pair for signing manifests as a publisher.
+    Keygen {
+        /// Where the private key goes (the public key goes to OUT.pub).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Sign the MCPServer manifests of a file as a publisher (adds spec.signature).
+    Sign {
+        #[arg(short = 'f', long = "filename")]
+        file: std::path::PathBuf,
+        /// The private key (from joch mcp keygen).
+        #[arg(long)]
+        key: std::path::PathBuf,
+        /// The publisher's name, as trusted with joch trust publisher add.
+        #[arg(long)]
+        publisher: String,
+        /// Write the signed manifests here instead of stdout.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Check the signatures of the MCPServer manifests of a file (with --key, else with the
+    /// cluster's trusted publishers); exit 1 when one does not verify.
+    Verify {
+        #[arg(short = 'f', long = "filename")]
+        file: std::path::PathBuf,
+        /// A public key, ed25519:BASE64 or a file (repeatable).
+        #[arg(long = "key")]
+        keys: Vec<String>,
+    },
     /// Turn a server.json (the MCP Registry's format) into an MCPServer and apply it, or print
     /// it for review (`--dry-run`): from a file, or from any MCP Registry (`--from-registry`).
     #[command(disable_version_flag = true)]
@@ -172,6 +203,12 @@ pub async fn mcp(g: &Global, cmd: McpCmd) -> anyhow::Result<ExitCode> {
         McpCmd::Import(a) => return super::import::import(g, a).await,
         McpCmd::Discover { name } => return super::discovery::discover(g, &name).await,
         McpCmd::Diff { name } => return super::discovery::diff(g, &name).await,
+        McpCmd::Trust { name } => return super::trust::show(g, &name).await,
+        McpCmd::Keygen { out } => return super::trust::keygen(&out),
+        McpCmd::Sign { file, key, publisher, out } => {
+            return super::trust::sign(&file, &key, &publisher, out.as_deref())
+        }
+        McpCmd::Verify { file, keys } => return super::trust::verify(g, &file, &keys).await,
         other => other,
     };
     let mut n = client::node(g).await?;
@@ -237,9 +274,13 @@ pub async fn mcp(g: &Global, cmd: McpCmd) -> anyhow::Result<ExitCode> {
             let r = pb::ApproveToolRequest { tool };
             (format!("mcpserver/{server}"), n.registry.approve_tool(req(r)).await.map_err(e)?.into_inner())
         }
-        McpCmd::Import(a) => return super::import::import(g, a).await,
-        McpCmd::Discover { name } => return super::discovery::discover(g, &name).await,
-        McpCmd::Diff { name } => return super::discovery::diff(g, &name).await,
+        McpCmd::Import(_)
+        | McpCmd::Discover { .. }
+        | McpCmd::Diff { .. }
+        | McpCmd::Trust { .. }
+        | McpCmd::Keygen { .. }
+        | McpCmd::Sign { .. }
+        | McpCmd::Verify { .. } => unreachable!("answered before connecting"),
         McpCmd::Policy { cmd: McpPolicyCmd::Set { name, read_only, read_write } } => {
             if !read_only && !read_write {
                 anyhow::bail!("say --read-only or --read-write");

@@ -33,6 +33,7 @@ impl ControlHandler for ClusterNode {
             ControlRequest::Audit(ask) => {
                 ControlResponse::Audit(crate::audit::fleet::answer_async(self.audit(), ask).await)
             }
+            ControlRequest::Rediscover(servers) => ControlResponse::Rediscover(self.take_rediscover(servers)),
         }
     }
 

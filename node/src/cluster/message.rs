@@ -44,6 +44,8 @@ pub enum ControlRequest {
     },
     /// A question for this node's audit trail (`joch get toolcalls`, `joch trace`, ...).
     Audit(crate::audit::fleet::AuditAsk),
+    /// Leader: discover these servers again (a member relayed their `tools/list_changed`).
+    Rediscover(Vec<String>),
 }
 
 /// The answer to a [`ControlRequest`], same variant order.
@@ -74,6 +76,8 @@ pub enum ControlResponse {
     Lease(Result<Grant, Refusal>),
     /// Answer to `Audit`.
     Audit(Result<crate::audit::fleet::AuditAnswer, String>),
+    /// Answer to `Rediscover`: taken, or why not (not the leader).
+    Rediscover(Result<(), String>),
     /// The request could not be decoded or handled at all.
     BadRequest(String),
 }

@@ -59,6 +59,8 @@ pub struct ClusterNode {
     leader_commit: AtomicU64,
     /// This node's audit trail (set once at start; peers' audit questions are answered from it).
     audit: std::sync::OnceLock<Arc<joch_audit::Audit>>,
+    /// The proxy's queue of servers to discover again.
+    rediscover: std::sync::OnceLock<tokio::sync::mpsc::Sender<String>>,
 }
 
 /// What the data plane may see of its node: its id, the published registry, its lease, where
@@ -233,7 +235,45 @@ impl ClusterNode {
             settings,
             leader_commit: AtomicU64::new(0),
             audit: std::sync::OnceLock::new(),
+            rediscover: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Gives the node the proxy's queue of servers to discover again (once, at start).
+    pub fn set_rediscover(&self, queue: tokio::sync::mpsc::Sender<String>) {
+        let _ = self.rediscover.set(queue);
+    }
+
+    /// Leader: queues servers a member saw announce new tools.
+    pub(crate) fn take_rediscover(&self, servers: Vec<String>) -> Result<(), String> {
+        if self.raft.metrics().borrow().current_leader != Some(self.id) {
+            return Err(format!("node {} is not the leader", self.id));
+        }
+        let queue = self.rediscover.get().ok_or("this node has no proxy")?;
+        for s in servers {
+            if queue.try_send(s).is_err() {
+                metrics::counter!("joch_discovery_dropped_total").increment(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands servers to discover again to the leader: `Ok(true)` when it took them, `Ok(false)`
+    /// when this node leads.
+    pub async fn rediscover_on_leader(&self, servers: Vec<String>) -> Result<bool, String> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        let leader = match leader {
+            Some(l) if l == self.id => return Ok(false),
+            Some(l) => l,
+            None => return Err("no leader is known".into()),
+        };
+        let addr = self.leader_addr(leader).ok_or_else(|| format!("node {leader} is not a member"))?;
+        match self.mesh.call(&addr.mesh, &ControlRequest::Rediscover(servers), PEER_CALL).await {
+            Ok(ControlResponse::Rediscover(Ok(()))) => Ok(true),
+            Ok(ControlResponse::Rediscover(Err(e))) => Err(format!("node {leader}: {e}")),
+            Ok(other) => Err(format!("unexpected answer from node {leader}: {other:?}")),
+            Err(e) => Err(format!("node {leader}: {e}")),
+        }
     }
 
     /// Gives the node its audit trail (once, at start).

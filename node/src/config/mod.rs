@@ -121,6 +121,9 @@ pub struct RawAudit {
     pub group_commit: Option<String>,
     /// Also append every record as a JSON line to this file (for a SIEM).
     pub jsonl: Option<PathBuf>,
+    /// How often the leader counts every server's calls of the last day for the trust score
+    /// (default 60s).
+    pub traffic_interval: Option<String>,
 }
 
 /// `catalog:`.
@@ -321,6 +324,8 @@ pub struct AuditSettings {
     pub group_commit: Duration,
     /// JSON lines file.
     pub jsonl: Option<PathBuf>,
+    /// How often the leader counts calls for the trust score.
+    pub traffic_interval: Duration,
 }
 
 impl AuditSettings {
@@ -535,6 +540,7 @@ impl RawConfig {
         m(&mut self.audit.queue, other.audit.queue);
         m(&mut self.audit.group_commit, other.audit.group_commit);
         m(&mut self.audit.jsonl, other.audit.jsonl);
+        m(&mut self.audit.traffic_interval, other.audit.traffic_interval);
         m(&mut self.otlp.endpoint, other.otlp.endpoint);
         m(&mut self.otlp.service_name, other.otlp.service_name);
         m(&mut self.otlp.timeout, other.otlp.timeout);
@@ -623,6 +629,8 @@ impl RawConfig {
         let write_timeout = dur("write_timeout", &self.write_timeout, "10s").unwrap_or_default();
         let audit_max_age = dur("audit.max_age", &self.audit.max_age, "30d").unwrap_or_default();
         let audit_window = dur("audit.group_commit", &self.audit.group_commit, "5ms").unwrap_or_default();
+        let traffic_interval =
+            dur("audit.traffic_interval", &self.audit.traffic_interval, "60s").unwrap_or(Duration::from_secs(60));
         let otlp_timeout = dur("otlp.timeout", &self.otlp.timeout, "5s").unwrap_or_default();
         let defaults = ProxyLimits::default();
         let proxy = ProxyLimits {
@@ -790,6 +798,9 @@ impl RawConfig {
                 }
             },
         };
+        if traffic_interval < Duration::from_secs(1) {
+            bad("audit.traffic_interval", format!("{traffic_interval:?} is shorter than 1s"));
+        }
         if audit_window > Duration::from_secs(1) {
             bad("audit.group_commit", format!("{audit_window:?} is longer than 1s: a crash would lose that much"));
         }
@@ -816,6 +827,7 @@ impl RawConfig {
             queue: self.audit.queue.unwrap_or(65_536),
             group_commit: audit_window,
             jsonl: self.audit.jsonl.clone(),
+            traffic_interval,
         });
         if let Some(g) = &self.guardian {
             for p in g.problems("guardian") {

@@ -27,6 +27,13 @@ pub trait Proposer: Send + Sync {
     /// Commits `command` (forwarded to the leader); `Err` says why it was not (rejected by the
     /// state machine, or no leader).
     fn propose(&self, command: Command) -> BoxFuture<'static, Result<(), String>>;
+
+    /// Hands servers to discover again to the leader: `Ok(true)` when the leader took them,
+    /// `Ok(false)` when this node leads (it discovers them itself).
+    fn to_leader(&self, servers: Vec<String>) -> BoxFuture<'static, Result<bool, String>> {
+        let _ = servers;
+        Box::pin(async { Ok(false) })
+    }
 }
 
 /// What is being held.

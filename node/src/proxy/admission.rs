@@ -450,6 +450,20 @@ pub fn registry_checks(call: &Call, state: &PublishedState) -> Result<Arc<Server
         );
     }
     let sec = &rec.spec.security;
+    if let (Some(min), false) = (sec.min_trust_score, call.caller.is_discovery()) {
+        let score = rec.status.trust.as_ref().map(|t| t.score).unwrap_or(0.0);
+        if score < min {
+            let why = rec.status.trust.as_ref().map(|t| t.summary()).unwrap_or_else(|| "not scored yet".into());
+            return deny(
+                Reason::TrustScoreTooLow,
+                "mcpserver.spec.security.minTrustScore",
+                format!(
+                    "MCP server {:?} has trust score {score:.2}, below its minTrustScore {min:.2} ({why}); see joch mcp trust {}",
+                    call.server, call.server
+                ),
+            );
+        }
+    }
     if let (true, Some(pinned), Some(actual)) = (
         sec.pin_server_version,
         sec.pinned_version.as_deref(),

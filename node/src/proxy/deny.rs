@@ -66,6 +66,8 @@ pub enum Reason {
     ConstraintViolated,
     /// The server drifted from its baseline and its `discovery.onSchemaDrift` is `deny`.
     SchemaDrift,
+    /// The server's trust score is below its `security.minTrustScore`.
+    TrustScoreTooLow,
     /// A guardian hook denied the message (or answered with what joch cannot apply).
     GuardianDenied,
     /// A guardian that fails closed gave no decision in time.
@@ -102,6 +104,7 @@ impl Reason {
             Reason::ApprovalDenied => -32051,
             Reason::ApprovalTimeout => -32052,
             Reason::SchemaDrift => -32024,
+            Reason::TrustScoreTooLow => -32025,
             Reason::GuardianDenied => -32060,
             Reason::GuardianUnavailable => -32061,
             Reason::NodeOverloaded => -32030,
@@ -140,6 +143,7 @@ impl Reason {
             Reason::ApprovalDenied => "approval-denied",
             Reason::ApprovalTimeout => "approval-timeout",
             Reason::SchemaDrift => "schema-drift",
+            Reason::TrustScoreTooLow => "trust-score-too-low",
             Reason::GuardianDenied => "guardian-denied",
             Reason::GuardianUnavailable => "guardian-unavailable",
         }
@@ -173,7 +177,7 @@ impl Reason {
             | Reason::ApprovalDenied => StatusCode::FORBIDDEN,
             Reason::ApprovalTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Reason::SchemaDrift | Reason::GuardianDenied => StatusCode::FORBIDDEN,
+            Reason::SchemaDrift | Reason::TrustScoreTooLow | Reason::GuardianDenied => StatusCode::FORBIDDEN,
             Reason::GuardianUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -338,12 +342,15 @@ mod tests {
             Reason::GuardianDenied,
             Reason::GuardianUnavailable,
             Reason::SchemaDrift,
+            Reason::TrustScoreTooLow,
         ];
         let mut codes: Vec<i64> = all.iter().map(|r| r.code()).collect();
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
-        assert!(codes.iter().all(|c| (-32019..=-32001).contains(c) || *c == -32024 || (-32069..=-32030).contains(c)));
+        assert!(codes
+            .iter()
+            .all(|c| (-32019..=-32001).contains(c) || (-32025..=-32024).contains(c) || (-32069..=-32030).contains(c)));
         let d = Denial::new(Reason::ServerQuarantined, "s", 2, "registry.quarantine", "quarantined").with_id(json!(5));
         assert_eq!(
             d.body(),

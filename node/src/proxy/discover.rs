@@ -5,7 +5,6 @@
 //! over streamable HTTP (the 2025-era handshake) or this node's stdio child. Each tool gets a
 //! canonical hash (RFC 8785: keys sorted, no whitespace) of the fields a rug pull would change.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderValue};
@@ -25,21 +24,7 @@ const MAX_LIST: usize = 16 << 20;
 /// Pages of one list at most.
 const MAX_PAGES: usize = 100;
 
-/// The canonical JSON of a value: object keys sorted at every level, no whitespace (RFC 8785
-/// for the JSON MCP servers send: strings and integers; floats are written as serde_json does).
-pub fn canonical(v: &Value) -> String {
-    fn sorted(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => {
-                let b: BTreeMap<&String, Value> = m.iter().map(|(k, v)| (k, sorted(v))).collect();
-                Value::Object(b.into_iter().map(|(k, v)| (k.clone(), v)).collect())
-            }
-            Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
-            other => other.clone(),
-        }
-    }
-    sorted(v).to_string()
-}
+pub use joch_raft_store::model::trust::canonical;
 
 /// A tool as discovered: the fields a description or schema change shows in, hashed.
 pub fn tool(t: &Value) -> Tool {
@@ -60,7 +45,12 @@ pub fn tool(t: &Value) -> Tool {
 
 /// One exchange with the server.
 enum Peer {
-    Http { sid: Option<String> },
+    Http {
+        sid: Option<String>,
+    },
+    /// A modern-only server (it refused initialize with -32022): stateless requests with the
+    /// 2026 envelope and routing headers.
+    Modern,
     Stdio(Arc<super::upstream::stdio::Child>),
 }
 
@@ -96,10 +86,30 @@ impl Proxy {
             (Peer::Stdio(child), init)
         } else {
             let (answer, sid) = self.discovery_post(&adm, None, body).await?;
-            let init = answer.get("result").cloned().ok_or_else(|| refused("initialize", &answer))?;
-            let note = Bytes::from(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string());
-            let _ = self.upstream.send(&adm, reqwest::Method::POST, &headers(), sid.as_deref(), Some(note)).await;
-            (Peer::Http { sid }, init)
+            let unsupported = answer["error"]["code"].as_i64() == Some(crate::mcp::jsonrpc::UNSUPPORTED_VERSION);
+            match answer.get("result").cloned() {
+                Some(init) => {
+                    let note =
+                        Bytes::from(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string());
+                    let _ =
+                        self.upstream.send(&adm, reqwest::Method::POST, &headers(), sid.as_deref(), Some(note)).await;
+                    (Peer::Http { sid }, init)
+                }
+                // A modern-only server: its server/discover says what initialize would have.
+                None if unsupported => {
+                    let msg = json!({"jsonrpc": "2.0", "id": 0, "method": "server/discover",
+                        "params": {"_meta": crate::mcp::envelope::joch_envelope()}});
+                    let answer = self.modern_exchange(&adm, &msg, "server/discover").await?;
+                    let found = answer.get("result").ok_or_else(|| refused("server/discover", &answer))?;
+                    let init = json!({
+                        "protocolVersion": crate::mcp::version::MODERN[0],
+                        "capabilities": found.get("capabilities").cloned().unwrap_or_else(|| json!({})),
+                        "serverInfo": crate::mcp::envelope::server_info(found),
+                    });
+                    (Peer::Modern, init)
+                }
+                None => return Err(refused("initialize", &answer)),
+            }
         };
         let caps = init.get("capabilities").cloned().unwrap_or_else(|| json!({}));
         let has = |c: &str| caps.get(c).is_some();
@@ -158,14 +168,26 @@ impl Proxy {
 
     /// Discovers `server` and commits what it found; a failure of either is logged (`why`: what
     /// asked for it), the next occasion tries again.
-    async fn discover_and_commit(&self, server: &str, proposer: &dyn crate::policy::approvals::Proposer, why: &str) {
+    async fn discover_and_commit(
+        &self,
+        server: &str,
+        proposer: &dyn crate::policy::approvals::Proposer,
+        why: &str,
+    ) -> bool {
         let found = match self.discover(server).await {
             Ok(d) => d,
-            Err(e) => return tracing::warn!(server, error = %e, why, "discovery failed"),
+            Err(e) => {
+                tracing::warn!(server, error = %e, why, "discovery failed");
+                return false;
+            }
         };
         let cmd = joch_raft_store::Command::RecordDiscovery { name: server.to_string(), discovery: Box::new(found) };
-        if let Err(e) = proposer.propose(cmd).await {
-            tracing::warn!(server, error = %e, why, "committing a discovery failed");
+        match proposer.propose(cmd).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(server, error = %e, why, "committing a discovery failed");
+                false
+            }
         }
     }
 
@@ -184,6 +206,11 @@ impl Proxy {
             let msg = json!({"jsonrpc": "2.0", "id": page, "method": method, "params": params});
             let answer = match peer {
                 Peer::Http { sid } => self.discovery_post(adm, sid.as_deref(), Bytes::from(msg.to_string())).await?.0,
+                Peer::Modern => {
+                    let mut msg = msg;
+                    msg["params"]["_meta"] = crate::mcp::envelope::joch_envelope();
+                    self.modern_exchange(adm, &msg, method).await?
+                }
                 Peer::Stdio(child) => {
                     let pending = child.call(msg, &adm.call().exec.traceparent()).map_err(|e| e.message)?;
                     let answer = tokio::time::timeout(self.limits.upstream_timeout, pending.answer()).await;
@@ -198,6 +225,16 @@ impl Proxy {
             }
         }
         Ok(out)
+    }
+
+    /// One modern request (envelope and routing headers) and its answer.
+    async fn modern_exchange(&self, adm: &Admitted, msg: &Value, method: &str) -> Result<Value, String> {
+        let resp = self.send_modern(adm, msg, method).await.map_err(|d| d.message)?;
+        let status = resp.status();
+        let content_type = resp.headers().get("content-type").cloned();
+        let bytes = self.upstream.read(resp, MAX_LIST).await.map_err(|e| e.deny(adm).message)?;
+        answer_message(content_type.as_ref(), &bytes)
+            .ok_or_else(|| format!("{method}: the server answered HTTP {status} without a JSON-RPC answer"))
     }
 
     /// POSTs one message; its answer and the session id the server gave.
@@ -237,8 +274,15 @@ impl Rediscover {
         (Rediscover(tx), rx)
     }
 
-    /// Empties the queue: each server announced (with `discovery.enabled`) is discovered from
-    /// this node and the discovery committed (`proposer`), so drift is found without an operator.
+    /// The sending end of the queue.
+    pub fn queue(&self) -> tokio::sync::mpsc::Sender<String> {
+        self.0.clone()
+    }
+
+    /// Empties the queue: the servers announced are handed to the leader, which discovers each
+    /// (with `discovery.enabled`) and commits the discovery, so drift is found without an
+    /// operator and one node discovers, however many relayed the announcement. The leader's own
+    /// queue (and a follower's, when no leader can be reached) discovers here.
     pub fn serve(
         mut rx: tokio::sync::mpsc::Receiver<String>,
         proxy: std::sync::Weak<Proxy>,
@@ -254,7 +298,16 @@ impl Rediscover {
                 let Some(proxy) = proxy.upgrade() else { return };
                 let state = proxy.gate.state();
                 let enabled = |s: &String| state.registry.servers.get(s).is_some_and(|r| r.spec.discovery.enabled);
-                for server in servers.into_iter().filter(enabled) {
+                let servers: Vec<String> = servers.into_iter().filter(enabled).collect();
+                if servers.is_empty() {
+                    continue;
+                }
+                match proposer.to_leader(servers.clone()).await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "the leader could not be told; discovering here"),
+                }
+                for server in servers {
                     proxy.discover_and_commit(&server, &*proposer, "after tools/list_changed").await;
                 }
             }
@@ -285,17 +338,19 @@ impl super::stages::Stage for Rediscover {
     }
 }
 
-/// The leader's refresh: every server that was discovered once (its baseline reviewed) and has
-/// `discovery.enabled` is discovered again every `refreshInterval` (a failed attempt waits the
-/// same interval); quarantined servers are left alone. Followers do nothing: one node discovers,
-/// not every node, and a new leader picks up where the last one was (the last discovery's time
-/// is in the registry).
+/// The leader's discoveries: every server with `discovery.enabled` is discovered soon after it
+/// is registered (its first discovery is its baseline; a failed attempt is retried after 2 s,
+/// 4 s, ... up to its `refreshInterval`), then again every `refreshInterval` (a failed attempt
+/// waits the same interval); quarantined servers are left alone. Followers do nothing: one node
+/// discovers, not every node, and a new leader picks up where the last one was (the last
+/// discovery's time is in the registry).
 pub async fn refresh(
     proxy: std::sync::Weak<Proxy>,
     leader: impl Fn() -> bool + Send + 'static,
     proposer: Arc<dyn crate::policy::approvals::Proposer>,
 ) {
-    let mut tried: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    // When each server was last tried, and how many first discoveries of it failed in a row.
+    let mut tried: std::collections::HashMap<String, (u64, u32)> = std::collections::HashMap::new();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -306,7 +361,7 @@ pub async fn refresh(
         }
         let Some(p) = proxy.upgrade() else { return };
         let now = crate::cluster::now_ms();
-        let due: Vec<String> = p
+        let due: Vec<(String, bool)> = p
             .gate
             .state()
             .registry
@@ -314,16 +369,23 @@ pub async fn refresh(
             .values()
             .filter(|r| r.spec.discovery.enabled && r.status.quarantine.is_none())
             .filter_map(|r| {
-                let last = r.status.discovery.as_ref()?.at_ms.max(tried.get(&r.name).copied().unwrap_or(0));
                 let every = joch_raft_store::model::validate::parse_duration(&r.spec.discovery.refresh_interval)
                     .unwrap_or(std::time::Duration::from_secs(600))
                     .as_millis() as u64;
-                (now.saturating_sub(last) >= every).then(|| r.name.clone())
+                let (tried_at, failures) = tried.get(&r.name).copied().unwrap_or((0, 0));
+                let due = match &r.status.discovery {
+                    Some(d) => now.saturating_sub(d.at_ms.max(tried_at)) >= every,
+                    // Never discovered: soon after registration, then backing off.
+                    None => now.saturating_sub(tried_at) >= (2_000u64 << failures.min(16)).min(every),
+                };
+                due.then(|| (r.name.clone(), r.status.discovery.is_none()))
             })
             .collect();
-        for name in due {
-            tried.insert(name.clone(), now);
-            p.discover_and_commit(&name, &*proposer, "periodic").await;
+        for (name, first) in due {
+            let why = if first { "first discovery" } else { "periodic" };
+            let ok = p.discover_and_commit(&name, &*proposer, why).await;
+            let failures = tried.get(&name).map_or(0, |t| t.1);
+            tried.insert(name, (now, if first && !ok { failures + 1 } else { 0 }));
         }
     }
 }

@@ -116,6 +116,9 @@ pub struct Proxy {
     audit: Option<Arc<joch_audit::Audit>>,
     /// The guardian hooks (called at the front and at the exit).
     guardian: Arc<crate::guardian::Guardian>,
+    /// Servers to discover again (what announced `tools/list_changed`; on the leader, also what
+    /// other members saw announced).
+    rediscover: tokio::sync::mpsc::Sender<String>,
 }
 
 impl Proxy {
@@ -134,6 +137,7 @@ impl Proxy {
         let catalog =
             Arc::new(crate::catalog::Catalog::new(node.registry.clone(), gov.clone(), agents.clone(), tls, catalog));
         let (rediscover, announced) = discover::Rediscover::new();
+        let rediscover_queue = rediscover.queue();
         let stages: Arc<[Arc<dyn Stage>]> = Arc::from(vec![
             Arc::new(ListFilter::new(gov.clone(), node.registry.clone())) as Arc<dyn Stage>,
             Arc::new(Telemetry) as Arc<dyn Stage>,
@@ -144,8 +148,8 @@ impl Proxy {
         ]);
         let gate = Gate::new(node.registry.clone(), node.lease.clone(), gov.clone(), stages.clone());
         let exit = Exit::new(stages.clone(), guardian.clone(), limits.keepalive);
-        let upstream = Upstream::new(&limits, Arc::new(Credentials::new(keyring.clone())?))?;
-        let stdio = Arc::new(StdioPool::new(limits.upstream_timeout, stdio_allow, keyring));
+        let upstream = Upstream::new(&limits, Arc::new(Credentials::new(keyring.clone())?), rediscover_queue.clone())?;
+        let stdio = Arc::new(StdioPool::new(limits.upstream_timeout, stdio_allow, keyring, rediscover_queue.clone()));
         tokio::spawn(stdio.clone().reap(node.registry.clone(), node.lease.clone()));
         let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests));
         let proxy = Arc::new_cyclic(|me| Proxy {
@@ -166,9 +170,15 @@ impl Proxy {
             approvals,
             audit,
             guardian,
+            rediscover: rediscover_queue,
         });
         discover::Rediscover::serve(announced, Arc::downgrade(&proxy), proposer.clone());
         Ok(proxy)
+    }
+
+    /// The queue of servers to discover again (the leader takes other members' announcements).
+    pub fn rediscover_queue(&self) -> tokio::sync::mpsc::Sender<String> {
+        self.rediscover.clone()
     }
 
     /// The node's governance (the admin API's `policy explain` decides with it).

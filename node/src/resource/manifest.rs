@@ -214,6 +214,11 @@ struct Doc<'a> {
     first_line: usize,
 }
 
+/// The documents of a multi-document text, each with the line it starts on (1-based).
+pub fn documents(text: &str) -> Vec<(&str, usize)> {
+    split_docs(text).into_iter().map(|d| (d.text, d.first_line)).collect()
+}
+
 /// Splits at `---` lines, keeping line numbers.
 fn split_docs(text: &str) -> Vec<Doc<'_>> {
     let mut docs = Vec::new();
@@ -303,6 +308,13 @@ fn yaml_error(source: &str, doc: &Doc<'_>, e: &serde_yaml_ng::Error) -> Manifest
         field,
         message,
     }
+}
+
+/// The canonical document a publisher signs of an MCPServer manifest's text
+/// (`joch_raft_store::model::trust::signed_document`).
+pub fn signed_document(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_yaml_ng::from_str(text).ok()?;
+    Some(joch_raft_store::model::trust::signed_document(&v))
 }
 
 /// A policy compiles (the state machine compiles it again when it applies it).
@@ -453,8 +465,13 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Manifest>, Vec<ManifestErro
         }
         let kind = header.kind.as_ref().and_then(|v| v.as_str()).unwrap_or("").to_string();
         let parsed = match kind.as_str() {
-            "MCPServer" => serde_yaml_ng::from_str::<McpServerDoc>(doc.text).map(|d| {
+            "MCPServer" => serde_yaml_ng::from_str::<McpServerDoc>(doc.text).map(|mut d| {
                 let problems = d.spec.problems();
+                if let Some(sig) = d.spec.signature.as_mut() {
+                    // What the publisher signed, from the document as written (the state
+                    // machine verifies the signature over it).
+                    sig.signed = signed_document(doc.text).unwrap_or_default();
+                }
                 (
                     Manifest::McpServer { name: d.metadata.name, labels: d.metadata.labels, spec: Box::new(d.spec) },
                     problems,

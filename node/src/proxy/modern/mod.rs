@@ -235,7 +235,7 @@ impl Proxy {
     }
 
     /// Sends a modern request to a modern upstream, with the routing headers for this server.
-    async fn send_modern(
+    pub(crate) async fn send_modern(
         &self,
         adm: &Admitted,
         msg: &Value,

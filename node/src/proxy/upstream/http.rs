@@ -29,11 +29,20 @@ pub struct Upstream {
     credentials: Arc<Credentials>,
     /// Endpoints parsed once (parsing, IDNA included, showed in every request's profile).
     urls: Arc<parking_lot::RwLock<std::collections::HashMap<String, reqwest::Url>>>,
+    /// Servers this node could not connect to, and how many (the request path reads the count).
+    unreachable: Arc<(std::sync::atomic::AtomicUsize, parking_lot::Mutex<std::collections::HashSet<String>>)>,
+    /// Where a server that answers again after being unreachable goes: discovered again (what
+    /// came back may not be what went away).
+    reconnected: tokio::sync::mpsc::Sender<String>,
 }
 
 impl Upstream {
     /// A client with these limits.
-    pub fn new(limits: &ProxyLimits, credentials: Arc<Credentials>) -> anyhow::Result<Self> {
+    pub fn new(
+        limits: &ProxyLimits,
+        credentials: Arc<Credentials>,
+        reconnected: tokio::sync::mpsc::Sender<String>,
+    ) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .connect_timeout(limits.upstream_connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -44,7 +53,14 @@ impl Upstream {
             // environment (HTTP_PROXY and the like), which would also be looked up per request.
             .no_proxy()
             .build()?;
-        Ok(Upstream { client, timeout: limits.upstream_timeout, credentials, urls: Arc::default() })
+        Ok(Upstream {
+            client,
+            timeout: limits.upstream_timeout,
+            credentials,
+            urls: Arc::default(),
+            unreachable: Arc::default(),
+            reconnected,
+        })
     }
 
     /// Sends a request to the admitted call's server; returns once the upstream's status and
@@ -93,6 +109,9 @@ impl Upstream {
                 message: format!("the upstream did not answer within {:?}", self.timeout),
             })),
             Ok(Err(e)) => {
+                if e.is_connect() {
+                    self.unreachable(&adm.server().name, true);
+                }
                 let reason = if e.is_timeout() { Reason::UpstreamTimeout } else { Reason::UpstreamUnavailable };
                 let mut message = e.to_string();
                 let mut src = std::error::Error::source(&e);
@@ -102,7 +121,26 @@ impl Upstream {
                 }
                 Err(Failure::Upstream(UpstreamError { reason, message: format!("upstream request failed: {message}") }))
             }
-            Ok(Ok(r)) => Ok(r),
+            Ok(Ok(r)) => {
+                self.unreachable(&adm.server().name, false);
+                Ok(r)
+            }
+        }
+    }
+
+    /// Notes that `server` could (not) be connected to; one that connects again after it could
+    /// not is queued to be discovered again.
+    fn unreachable(&self, server: &str, down: bool) {
+        use std::sync::atomic::Ordering;
+        let (count, set) = &*self.unreachable;
+        if !down && count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut set = set.lock();
+        let changed = if down { set.insert(server.to_string()) } else { set.remove(server) };
+        count.store(set.len(), Ordering::Relaxed);
+        if changed && !down && self.reconnected.try_send(server.to_string()).is_err() {
+            metrics::counter!("joch_discovery_dropped_total").increment(1);
         }
     }
 

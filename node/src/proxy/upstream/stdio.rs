@@ -61,6 +61,9 @@ pub struct StdioPool {
     allow: StdioAllow,
     /// Opens the secrets in children's environments.
     keyring: Arc<Keyring>,
+    /// Where a server whose child died and was started again goes: discovered again (the
+    /// program on disk may have changed under it).
+    restarted: tokio::sync::mpsc::Sender<String>,
 }
 
 struct PendingCall {
@@ -335,8 +338,14 @@ async fn stop_process(mut proc: tokio::process::Child, server: &str) {
 
 impl StdioPool {
     /// A pool whose calls may stay silent for at most `idle`, running what `allow` allows.
-    pub fn new(idle: Duration, allow: StdioAllow, keyring: Arc<Keyring>) -> StdioPool {
+    pub fn new(
+        idle: Duration,
+        allow: StdioAllow,
+        keyring: Arc<Keyring>,
+        restarted: tokio::sync::mpsc::Sender<String>,
+    ) -> StdioPool {
         StdioPool {
+            restarted,
             children: Mutex::default(),
             starting: tokio::sync::Mutex::new(()),
             streams: Arc::new(Streams::default()),
@@ -374,6 +383,7 @@ impl StdioPool {
             return Ok(c);
         }
         let old = self.children.lock().remove(&rec.name);
+        let died = old.as_ref().is_some_and(|c| !c.alive());
         if let Some(old) = old {
             old.stop().await;
         }
@@ -385,6 +395,9 @@ impl StdioPool {
         let child = start(&rec.name, &program, spec, env, versions, self.streams.clone(), self.idle).await?;
         self.children.lock().insert(rec.name.clone(), child.clone());
         metrics::counter!("joch_stdio_starts_total").increment(1);
+        if died && self.restarted.try_send(rec.name.clone()).is_err() {
+            metrics::counter!("joch_discovery_dropped_total").increment(1);
+        }
         Ok(child)
     }
 
