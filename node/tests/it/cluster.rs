@@ -67,7 +67,7 @@ fn three_nodes_replicate_and_quarantine_is_acknowledged_fleet_wide() {
     assert_eq!(
         lines,
         [
-            ("create_server".to_string(), "registered (https://mcp.example.com/github)".to_string()),
+            ("create_server".to_string(), "registered (https://mcp.example.com/github) (trust 0.25)".to_string()),
             ("pin".to_string(), "pinned to 1.2.0 (was unpinned)".to_string()),
             ("upgrade".to_string(), "upgraded 1.2.0 -> 1.3.0".to_string()),
         ]

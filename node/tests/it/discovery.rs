@@ -143,6 +143,27 @@ fn a_rug_pull_is_discovered_as_drift_and_quarantines_the_server_on_every_node() 
         (discoveries(&c) >= before + 2).then_some(())
     });
 
+    // A renamed tool is drift too (`add` offered as `plus`, the same otherwise): named as a
+    // rename, and quarantined. Discovered first by the leader, on registration.
+    let _up3 = rug_pull_server(&c, "gitlab", "onSchemaDrift: quarantine");
+    eventually("the first discovery of gitlab", Duration::from_secs(20), || {
+        let d = c.cli(2, &["describe", "mcpserver", "gitlab", "-o", "json"]).ok().json();
+        d["status"]["lastDiscoveryAt"].as_str().map(|_| ())
+    });
+    assert_eq!(c.sdk(&["probe", "gitlab", r#"[["rename", {}]]"#, &c.nodes[1].mcp_url])["calls"]["rename"], "renamed");
+    eventually("the quarantine of gitlab on a rename", Duration::from_secs(20), || {
+        let d = c.cli(3, &["describe", "mcpserver", "gitlab", "-o", "json"]).ok().json();
+        (d["status"]["phase"] == "Quarantined").then_some(())
+    });
+    let renamed = c.cli(3, &["mcp", "diff", "gitlab", "-o", "json"]).ok().json();
+    let d = &renamed["drift"][0];
+    assert_eq!(
+        (d["tool"].as_str(), d["field"].as_str(), d["after"].as_str()),
+        (Some("add"), Some("renamed"), Some("plus")),
+        "{renamed}"
+    );
+    assert_eq!(renamed["drift"].as_array().unwrap().len(), 1, "{renamed}");
+
     // A stdio server: discovered through a child on the node asked.
     let time_bin = crate::harness::venv_bin().join("mcp-server-time").display().to_string();
     c.cli(1, &["mcp", "add", "time", "--transport", "stdio", "--command", &time_bin, "--allow-stdio"]).ok();
@@ -154,7 +175,67 @@ fn a_rug_pull_is_discovered_as_drift_and_quarantines_the_server_on_every_node() 
     let table = c.cli(1, &["mcp", "discover", "time"]).ok().stdout;
     assert!(table.contains("time.get_current_time") && table.contains("schema drift: none"), "{table}");
 
+    // A modern-only (2026-era) server: discovered with server/discover and the envelope.
+    let modern = crate::harness::ModernOnlyServer::start();
+    c.cli(1, &["mcp", "add", "newer", "--endpoint", &modern.url]).ok();
+    let m = c.cli(2, &["mcp", "discover", "newer", "-o", "json"]).ok().json();
+    let d = &m["discovery"];
+    assert_eq!((d["server_name"].as_str(), d["server_version"].as_str()), (Some("modern-only"), Some("3.0.0")), "{m}");
+    assert_eq!(d["protocol_version"], "2026-07-28", "{m}");
+    let names: Vec<&str> = d["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"shout") && names.contains(&"announce"), "{names:?}");
+
     // A server that is not there: the command fails and says why.
     let err = c.cli(1, &["mcp", "discover", "nope"]).fails(1);
     assert!(err.contains("discovery of \"nope\" failed") && err.contains("not registered"), "{err}");
+}
+
+#[test]
+fn a_server_that_comes_back_after_being_unreachable_is_discovered_again_by_the_leader() {
+    let c = TestCluster::up(3, &[]);
+    let port = crate::harness::free_port();
+    let up = FastMcp::start_on(port, &[], &[]);
+    let f = c.dir.path().join("svc.yaml");
+    let doc = format!(
+        "apiVersion: joch.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: svc\nspec:\n  endpoint: {{ url: \"{}\" }}\n  discovery: {{ refreshInterval: 1h }}\n",
+        up.url
+    );
+    std::fs::write(&f, doc).unwrap();
+    c.cli(1, &["apply", "-f", f.to_str().unwrap()]).ok();
+    // Discovered by the leader on registration: the baseline.
+    eventually("the first discovery of svc", Duration::from_secs(20), || {
+        let d = c.cli(1, &["describe", "mcpserver", "svc", "-o", "json"]).ok().json();
+        d["status"]["lastDiscoveryAt"].as_str().map(|_| ())
+    });
+    let leader = c.leader();
+    let follower = c.nodes.iter().position(|n| n.id != leader).unwrap();
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let h = [("content-type", "application/json"), ("accept", "application/json, text/event-stream"), c.auth()];
+    let call = || crate::harness::http("POST", &format!("{}/mcp/svc", c.nodes[follower].mcp_url), &h, init.as_bytes());
+    // The server goes away: the follower cannot connect to it.
+    drop(up);
+    eventually("svc to be unreachable from a follower", Duration::from_secs(20), || {
+        let r = call();
+        let m = r.json()["error"]["message"].as_str().unwrap_or_default().to_string();
+        (r.status != 200 && m.contains("connect")).then_some(())
+    });
+    // It comes back, with more tools than before.
+    let _back = FastMcp::start_on(port, &[], &[("JOCH_RUGPULL", Path::new("1"))]);
+    eventually("svc to answer again", Duration::from_secs(20), || (call().status == 200).then_some(()));
+    // The follower told the leader, which discovered it again: the new tools are drift.
+    let drifted = eventually("the rediscovery of svc", Duration::from_secs(20), || {
+        let j = c.cli(2, &["mcp", "diff", "svc", "-o", "json"]).ok().json();
+        (j["drift"].as_array().is_some_and(|d| !d.is_empty())).then_some(j)
+    });
+    let added: Vec<&str> = drifted["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["field"] == "added")
+        .map(|d| d["tool"].as_str().unwrap())
+        .collect();
+    assert!(added.contains(&"rugpull") && added.contains(&"rename"), "{drifted}");
+    let hist = c.cli(1, &["mcp", "history", "svc", "-o", "json"]).ok().json();
+    let last = hist.as_array().unwrap().iter().rev().find(|l| l["action"] == "record_discovery").unwrap();
+    assert_eq!(last["actor"], format!("node {leader}"), "the leader discovers: {hist}");
 }

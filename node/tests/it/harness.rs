@@ -466,7 +466,11 @@ impl FastMcp {
     /// With this environment (`JOCH_RECORD_HEADERS`: every request's headers, see
     /// `recorded_headers`).
     pub fn start_env(args: &[&str], env: &[(&str, &Path)]) -> FastMcp {
-        let port = free_port();
+        Self::start_on(free_port(), args, env)
+    }
+
+    /// On this port (a server that comes back where it was).
+    pub fn start_on(port: u16, args: &[&str], env: &[(&str, &Path)]) -> FastMcp {
         let mut cmd = Command::new(python());
         cmd.envs(env.iter().map(|(k, v)| (*k, v.as_os_str())));
         let child = cmd

@@ -16,3 +16,4 @@ mod mesh;
 mod policy;
 mod quickstart;
 mod secrets;
+mod trust;

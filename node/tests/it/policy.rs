@@ -108,6 +108,16 @@ fn seed_policies_applied_as_written_decide_through_the_sdk_in_both_eras() {
     let bot = c.cli(1, &["agent", "create", "prod-bot", "--label", "env=prod", "-o", "json"]).ok().json();
     let token = bot["token"].as_str().unwrap().to_string();
     let calls = json!([["add", {"a": 1, "b": 2}], ["slow", {"steps": 1}]]);
+    // Seed 000's first rule: github's trust score (an unknown publisher, unsigned, little
+    // history) is under 0.75, so prod agents are denied.
+    let r = probe(&c, "auto", &token, "github", &json!([["add", {"a": 1, "b": 2}]]));
+    assert_eq!(r["calls"]["add"]["data"]["policy"]["reason"], "trust-score-too-low", "{r}");
+    // The security team's allow-list names the three, and the operator makes it all the score
+    // counts: every one scores 1.
+    let list = write(dir, "secteam.yaml", "servers: [github, jira, notion]\n");
+    c.cli(1, &["trust", "allowlist", "apply", "-f", &list]).ok();
+    let only_list = ["--publisher", "0", "--signature", "0", "--stability", "0", "--poisoning", "0", "--traffic", "0"];
+    c.cli(2, &[&["trust", "weights"][..], &only_list[..]].concat()).ok();
     for mode in ["legacy", "auto"] {
         // github: `add` reads (ALLOW by allow-read-approved-servers); `slow` writes on a prod
         // server (REQUIRE_APPROVAL: listed, and held for an approval; this client does not wait).
@@ -432,7 +442,9 @@ spec:
     assert_eq!((passed, limited.len()), (6, 3), "{r}");
     assert_eq!(limited[0]["data"]["reason"], "rate-limited");
     assert_eq!(limited[0]["data"]["rule"], "quotas/six-a-minute");
-    assert_eq!(limited[0]["data"]["retryAfter"], 30, "{r}");
+    // Within the per-member window (30 s for two a minute), counted down while the calls run.
+    let after = limited[0]["data"]["retryAfter"].as_u64().unwrap();
+    assert!((25..=30).contains(&after), "{r}");
     // Another agent has its own budget.
     let other = c.cli(1, &["agent", "create", "other", "-o", "json"]).ok().json();
     let r = probe(&c, "auto", other["token"].as_str().unwrap(), "github", &json!([["add", {"a": 1, "b": 1}]]));
