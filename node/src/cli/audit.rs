@@ -161,7 +161,8 @@ pub(super) fn partial(v: &Value) -> ExitCode {
     ExitCode::from(EXIT_FLEET_INCOMPLETE)
 }
 
-fn s(v: &Value) -> String {
+/// A JSON value as text: a string as it is, null as nothing, anything else as JSON.
+pub(super) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),

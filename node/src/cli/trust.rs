@@ -15,6 +15,7 @@ use ring::signature::KeyPair;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::audit::s;
 use super::client::{self, req, settle, status_err};
 use super::output::{self, table, time};
 use super::{Format, Global, EXIT_FLEET_INCOMPLETE};
@@ -102,14 +103,6 @@ pub enum AgbomCmd {
         #[arg(long)]
         timeout: Option<String>,
     },
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
 }
 
 fn score(v: &Value) -> String {
