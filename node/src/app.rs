@@ -61,6 +61,15 @@ impl crate::policy::approvals::Proposer for ClusterProposer {
         Box::pin(async move { task.await.map_err(|e| e.to_string())? })
     }
 
+    fn discover_elsewhere(
+        &self,
+        server: String,
+    ) -> futures::future::BoxFuture<'static, Result<joch_raft_store::model::discovery::Discovery, String>> {
+        let cluster = self.cluster.clone();
+        let task = self.control.spawn(async move { cluster.discover_elsewhere(&server).await });
+        Box::pin(async move { task.await.map_err(|e| e.to_string())? })
+    }
+
     fn to_leader(&self, servers: Vec<String>) -> futures::future::BoxFuture<'static, Result<bool, String>> {
         let cluster = self.cluster.clone();
         let task = self.control.spawn(async move { cluster.rediscover_on_leader(servers).await });
@@ -198,21 +207,25 @@ pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Futur
             stop.run_until_cancelled(crate::audit::traffic::count(c, proposer, every)).await;
         });
     }
+    // Discovery runs where the proxy's upstream clients live: the data plane's runtime. The
+    // admin API (`joch mcp discover`) and the mesh (a leader that may not run a stdio server)
+    // use it.
+    let discoverer: crate::admin::Discoverer = {
+        let (proxy, data) = (proxy.clone(), data.clone());
+        Arc::new(move |name: String| {
+            let (proxy, data) = (proxy.clone(), data.clone());
+            Box::pin(async move {
+                data.spawn(async move { proxy.discover(&name).await })
+                    .await
+                    .map_err(|e| format!("the discovery task failed: {e}"))?
+            })
+        })
+    };
+    cluster.set_discoverer(discoverer.clone());
     let relayed = Arc::new(crate::proxy::forward::Relayed { proxy: proxy.clone(), runtime: data.clone() });
     tasks.spawn(mesh.clone().serve(cluster.clone(), relayed, stop.clone()));
     let (registry_svc, cluster_svc, access_svc) =
-        AdminApi::services(cluster.clone(), keyring.clone(), proxy.governance(), {
-            // Discovery runs where the proxy's upstream clients live: the data plane's runtime.
-            let (proxy, data) = (proxy.clone(), data.clone());
-            Arc::new(move |name: String| {
-                let (proxy, data) = (proxy.clone(), data.clone());
-                Box::pin(async move {
-                    data.spawn(async move { proxy.discover(&name).await })
-                        .await
-                        .map_err(|e| format!("the discovery task failed: {e}"))?
-                })
-            })
-        });
+        AdminApi::services(cluster.clone(), keyring.clone(), proxy.governance(), discoverer);
     let bootstrap = match &cfg.admin_token_file {
         Some(p) => {
             let t =

@@ -136,6 +136,7 @@ pub fn server_resource(s: &pb::Server) -> Value {
         status["discoveredResources"] = json!(resources);
         status["discoveredPrompts"] = d["discovery"]["prompts"].clone();
         status["lastDiscoveryAt"] = json!(time(d["discovery"]["at_ms"].as_u64().unwrap_or_default()));
+        status["lastDiscoveryBy"] = json!(format!("node {}", d["discovery"]["node"]));
         status["schemaDrift"] = json!(d["drift"].as_array().is_some_and(|a| !a.is_empty()));
         if spec["security"]["toolApproval"] == "manual" {
             // Discovered and not approved: hidden and denied until joch mcp approve-tool.

@@ -34,6 +34,7 @@ impl ControlHandler for ClusterNode {
                 ControlResponse::Audit(crate::audit::fleet::answer_async(self.audit(), ask).await)
             }
             ControlRequest::Rediscover(servers) => ControlResponse::Rediscover(self.take_rediscover(servers)),
+            ControlRequest::DiscoverHere(server) => ControlResponse::Discovered(self.discover_here(server).await),
         }
     }
 

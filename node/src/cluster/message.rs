@@ -46,6 +46,9 @@ pub enum ControlRequest {
     Audit(crate::audit::fleet::AuditAsk),
     /// Leader: discover these servers again (a member relayed their `tools/list_changed`).
     Rediscover(Vec<String>),
+    /// Discover this server from here (the leader may not run its stdio command) and answer
+    /// with what was found; the asking leader commits it.
+    DiscoverHere(String),
 }
 
 /// The answer to a [`ControlRequest`], same variant order.
@@ -78,6 +81,8 @@ pub enum ControlResponse {
     Audit(Result<crate::audit::fleet::AuditAnswer, String>),
     /// Answer to `Rediscover`: taken, or why not (not the leader).
     Rediscover(Result<(), String>),
+    /// Answer to `DiscoverHere`.
+    Discovered(Result<Box<joch_raft_store::model::discovery::Discovery>, String>),
     /// The request could not be decoded or handled at all.
     BadRequest(String),
 }

@@ -61,6 +61,8 @@ pub struct ClusterNode {
     audit: std::sync::OnceLock<Arc<joch_audit::Audit>>,
     /// The proxy's queue of servers to discover again.
     rediscover: std::sync::OnceLock<tokio::sync::mpsc::Sender<String>>,
+    /// The proxy's discovery, for a leader that may not run a stdio server itself.
+    discoverer: std::sync::OnceLock<crate::admin::Discoverer>,
 }
 
 /// What the data plane may see of its node: its id, the published registry, its lease, where
@@ -236,7 +238,41 @@ impl ClusterNode {
             leader_commit: AtomicU64::new(0),
             audit: std::sync::OnceLock::new(),
             rediscover: std::sync::OnceLock::new(),
+            discoverer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Gives the node the proxy's discovery (once, at start).
+    pub fn set_discoverer(&self, d: crate::admin::Discoverer) {
+        let _ = self.discoverer.set(d);
+    }
+
+    /// Discovers a server from this node, for a leader that may not run it.
+    pub(crate) async fn discover_here(
+        &self,
+        server: String,
+    ) -> Result<Box<joch_raft_store::model::discovery::Discovery>, String> {
+        let d = self.discoverer.get().ok_or("this node has no proxy")?;
+        d(server).await.map(Box::new).map_err(|e| format!("node {}: {e}", self.id))
+    }
+
+    /// Asks the other members, one after another, to discover a server this node may not run
+    /// (a stdio command outside its `stdio.allow`); the first discovery made is the answer.
+    pub async fn discover_elsewhere(
+        &self,
+        server: &str,
+    ) -> Result<joch_raft_store::model::discovery::Discovery, String> {
+        let mut why = Vec::new();
+        for (id, addr, _) in self.members().into_iter().filter(|(id, _, _)| *id != self.id) {
+            let req = ControlRequest::DiscoverHere(server.to_string());
+            match self.mesh.call(&addr.mesh, &req, Duration::from_secs(120)).await {
+                Ok(ControlResponse::Discovered(Ok(d))) => return Ok(*d),
+                Ok(ControlResponse::Discovered(Err(e))) => why.push(e),
+                Ok(other) => why.push(format!("node {id}: unexpected answer {other:?}")),
+                Err(e) => why.push(format!("node {id}: {e}")),
+            }
+        }
+        Err(format!("no other member could discover it ({})", why.join("; ")))
     }
 
     /// Gives the node the proxy's queue of servers to discover again (once, at start).

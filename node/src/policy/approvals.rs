@@ -34,6 +34,14 @@ pub trait Proposer: Send + Sync {
         let _ = servers;
         Box::pin(async { Ok(false) })
     }
+
+    /// Has another member discover a server this node may not run.
+    fn discover_elsewhere(
+        &self,
+        server: String,
+    ) -> BoxFuture<'static, Result<joch_raft_store::model::discovery::Discovery, String>> {
+        Box::pin(async move { Err(format!("no other member to discover {server}")) })
+    }
 }
 
 /// What is being held.

@@ -176,6 +176,14 @@ impl Proxy {
     ) -> bool {
         let found = match self.discover(server).await {
             Ok(d) => d,
+            // A stdio server this node may not run: a member that may runs it.
+            Err(e) if !self.may_run(server) => match proposer.discover_elsewhere(server.to_string()).await {
+                Ok(d) => d,
+                Err(more) => {
+                    tracing::warn!(server, error = %e, elsewhere = %more, why, "discovery failed");
+                    return false;
+                }
+            },
             Err(e) => {
                 tracing::warn!(server, error = %e, why, "discovery failed");
                 return false;
@@ -188,6 +196,16 @@ impl Proxy {
                 tracing::warn!(server, error = %e, why, "committing a discovery failed");
                 false
             }
+        }
+    }
+
+    /// Whether this node may run the server (false only for a stdio command outside its
+    /// `stdio.allow`).
+    fn may_run(&self, server: &str) -> bool {
+        let state = self.gate.state();
+        match state.registry.servers.get(server).and_then(|r| r.spec.stdio.as_ref()) {
+            Some(stdio) => self.stdio.allow().check(&stdio.command).is_ok(),
+            None => true,
         }
     }
 

@@ -239,3 +239,30 @@ fn a_server_that_comes_back_after_being_unreachable_is_discovered_again_by_the_l
     let last = hist.as_array().unwrap().iter().rev().find(|l| l["action"] == "record_discovery").unwrap();
     assert_eq!(last["actor"], format!("node {leader}"), "the leader discovers: {hist}");
 }
+
+#[test]
+fn a_stdio_server_the_leader_may_not_run_is_discovered_by_a_member_that_may() {
+    let mut c = TestCluster::up(3, &[]);
+    let leader = c.leader();
+    let bin = crate::harness::venv_bin();
+    // Only the followers may run the test venv's programs (their own config, restarted).
+    for n in (1..=3u64).filter(|&n| n != leader) {
+        let cfg = c.dir.path().join(format!("node{n}")).join("joch.yaml");
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        text.push_str(&format!("stdio:\n  allow:\n    - {}\n", bin.display()));
+        std::fs::write(&cfg, text).unwrap();
+        c.kill9(n);
+        c.restart();
+    }
+    assert_eq!(c.leader(), leader, "restarting followers kept the leader");
+    let time_bin = bin.join("mcp-server-time").display().to_string();
+    c.cli(leader, &["mcp", "add", "time", "--transport", "stdio", "--command", &time_bin, "--allow-stdio"]).ok();
+    // The leader may not run it: a member that may discovers it, and the leader commits that.
+    let d = eventually("the discovery of time", Duration::from_secs(30), || {
+        let d = c.cli(leader, &["describe", "mcpserver", "time", "-o", "json"]).ok().json();
+        d["status"]["lastDiscoveryAt"].as_str().is_some().then_some(d)
+    });
+    assert_ne!(d["status"]["lastDiscoveryBy"], format!("node {leader}"), "{d}");
+    let tools = d["status"]["discoveredTools"].as_array().unwrap();
+    assert!(tools.contains(&serde_json::json!("time.get_current_time")), "{d}");
+}
