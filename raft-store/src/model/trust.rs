@@ -222,7 +222,8 @@ pub fn score(inp: &Inputs<'_>, settings: &TrustSettings) -> TrustReport {
     let (v, d) = if inp.drifting {
         (0.0, "drifts from its baseline now (joch mcp diff)".to_string())
     } else if inp.recent.len() < 2 {
-        (UNKNOWN, format!("{} discoveries so far: not enough to tell", inp.recent.len()))
+        let n = inp.recent.len();
+        (UNKNOWN, format!("{n} {} so far: not enough to tell", if n == 1 { "discovery" } else { "discoveries" }))
     } else {
         let pairs = inp.recent.len() - 1;
         let same = inp.recent.windows(2).filter(|p| p[0] == p[1]).count();
