@@ -144,6 +144,8 @@ pub struct PolicySet {
     needs_args: bool,
     /// Some rule decides REQUIRE_APPROVAL (else no call is ever held).
     holds: bool,
+    /// Some rule decides on answers (`mcpResult.*`, `modify`): answers must be scanned.
+    answers: bool,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -171,6 +173,7 @@ impl PolicySet {
             for (r, rule) in p.rules.iter().enumerate() {
                 set.needs_args |= rule.conds.iter().any(|c| matches!(c, Cond::Attr(Attr::Arg(_), _)));
                 set.holds |= rule.decision == Some(Decision::RequireApproval);
+                set.answers |= rule.answer;
                 match exact_servers(&rule.conds) {
                     Some(names) => {
                         for n in names {
@@ -211,6 +214,48 @@ impl PolicySet {
     /// Whether some rule can hold a call for an approval.
     pub fn may_hold(&self) -> bool {
         self.holds
+    }
+
+    /// Whether some rule decides on answers (the content guard scans every answer then).
+    pub fn decides_answers(&self) -> bool {
+        self.answers
+    }
+
+    /// The first answer rule with a modification (`modify: redact`) that matches an answer
+    /// (`f.result`), in policy order (by name) then file order; audit-only policies are left out
+    /// (their matches are only recorded).
+    pub fn modification(&self, f: &Facts<'_>, attached: &[&str]) -> Option<(Match, String)> {
+        f.result?;
+        let scoped = self.scoped.get(f.server).map(Vec::as_slice).unwrap_or_default();
+        let attached_ix = attached.iter().filter_map(|a| self.by_name.get(*a).copied());
+        let extra: Vec<usize> = attached_ix.filter(|i| !self.policies[*i].global && !scoped.contains(i)).collect();
+        let mut candidates: Vec<usize> = self.global.iter().chain(scoped).chain(&extra).copied().collect();
+        candidates.sort_unstable();
+        let qualified = std::cell::OnceCell::new();
+        for i in candidates {
+            let p = &self.policies[i].policy;
+            let attached_here = attached.contains(&p.name.as_str());
+            if p.enforcement == Enforcement::Audit
+                || !p.agents.as_ref().is_none_or(|s| s.matches(f.agent, f.agent_labels))
+                || (!attached_here && !p.servers.as_ref().is_none_or(|s| s.matches(f.server, f.server_labels)))
+            {
+                continue;
+            }
+            for rule in &p.rules {
+                let Some(modify) = &rule.modify else { continue };
+                if rule.conds.iter().all(|c| c.holds(f, true, &qualified)) {
+                    let m = Match {
+                        policy: p.name.clone(),
+                        rule: rule.id.clone(),
+                        decision: Decision::Allow,
+                        reason: rule.reason.clone(),
+                        audit: false,
+                    };
+                    return Some((m, modify.clone()));
+                }
+            }
+        }
+        None
     }
 
     /// Whether some rule looks at a call's arguments.

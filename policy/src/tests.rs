@@ -80,6 +80,30 @@ impl F {
 }
 
 #[test]
+fn seed_000_strips_injections_from_answers_to_prod_agents() {
+    let s = set(&[("mcp-tool-safety", seed_000())]);
+    assert!(s.decides_answers());
+    let prod = F::new("prod", &[]);
+    let mut f = prod.facts("github", "search", Action::Read);
+    f.trust_score = Some(0.9);
+    assert!(s.modification(&f, &[]).is_none(), "a request is not an answer");
+    let hit = json!({"injectionScan": {"hit": true, "families": ["override"]}});
+    f.result = Some(&hit);
+    let (m, modify) = s.modification(&f, &[]).expect("the redact rule");
+    assert_eq!(
+        (m.rule.as_str(), m.reason.as_str(), modify.as_str()),
+        ("rule-3", "prompt-injection-stripped", "redact")
+    );
+    let clean = json!({"injectionScan": {"hit": false}});
+    f.result = Some(&clean);
+    assert!(s.modification(&f, &[]).is_none());
+    let dev = F::new("dev", &[]);
+    let mut f = dev.facts("github", "search", Action::Read);
+    f.result = Some(&hit);
+    assert!(s.modification(&f, &[]).is_none(), "appliesTo: prod agents only");
+}
+
+#[test]
 fn seed_000_denies_prod_agents_on_low_trust_or_drift_only() {
     let s = set(&[("mcp-tool-safety", seed_000())]);
     let prod = F::new("prod", &[]);

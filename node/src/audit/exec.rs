@@ -26,6 +26,9 @@ pub struct Exec {
     started: Instant,
     sink: Option<Arc<Audit>>,
     notes: Mutex<Notes>,
+    /// The content guard's carry between the events of this request's stream (a pattern split
+    /// across two events is found when the second arrives).
+    pub guard_carry: Mutex<joch_guard::Carry>,
 }
 
 /// What the request path learned.
@@ -135,6 +138,7 @@ impl Exec {
             started: Instant::now(),
             sink,
             notes: Mutex::default(),
+            guard_carry: Mutex::default(),
         })
     }
 

@@ -1,5 +1,12 @@
-//! Detectors of hostile text in what servers send: today the tool-poisoning checks discovery
-//! runs on tools' descriptions and schemas (`poison.rs`); the content guard's result scanning
-//! (issue 18) is meant to share them.
+//! The content guard on the request path (`docs/content-guard.md`): the scanner is the
+//! `joch-guard` crate (one rule set, built once per process); `stage.rs` scans what servers send
+//! back before it reaches the agent; `poison.rs` reads tools' descriptions and schemas at
+//! discovery with the same detectors.
 
 pub mod poison;
+pub mod stage;
+
+use std::sync::LazyLock;
+
+/// The built-in rule set, compiled once.
+pub static SCANNER: LazyLock<joch_guard::Scanner> = LazyLock::new(joch_guard::Scanner::new);

@@ -1,47 +1,12 @@
 //! Tool-poisoning checks: a tool's description and schema are read by the agent's model, so text
 //! there that gives instructions, hides characters, reaches for secrets, asks for secrecy or
-//! points at another server's tools is a warning sign. Each check has a stable rule id;
-//! findings quote what matched.
+//! points at another server's tools is a warning sign. The content guard's detectors
+//! ([`super::SCANNER`]), grouped under the discovery's stable rule ids; findings quote what
+//! matched.
 
+use joch_guard::{Family, Options};
 use joch_raft_store::model::discovery::Finding;
 use serde_json::Value;
-
-/// Phrases that instruct the model rather than describe the tool (lowercase).
-const INSTRUCTIONS: &[&str] = &[
-    "ignore previous instructions",
-    "ignore all previous",
-    "ignore the above",
-    "disregard previous",
-    "disregard all",
-    "before answering",
-    "before using this tool",
-    "before you use",
-    "you must first",
-    "<important>",
-    "<instructions>",
-    "system prompt",
-    "new instructions",
-];
-
-/// Reaching for secrets (lowercase).
-const SECRETS: &[&str] =
-    &["~/.ssh", "id_rsa", "id_ed25519", ".aws/credentials", "/etc/passwd", ".env file", "private key"];
-
-/// Asking for secrecy (lowercase).
-const CONCEALMENT: &[&str] = &[
-    "do not tell the user",
-    "don't tell the user",
-    "do not mention",
-    "don't mention",
-    "without telling",
-    "keep this secret",
-];
-
-/// Zero-width characters, bidi controls and Unicode tag characters: invisible to a reviewer,
-/// read by a model.
-fn hidden(c: char) -> bool {
-    matches!(c as u32, 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x2069 | 0xFEFF | 0xE0000..=0xE007F)
-}
 
 /// Every string of a tool's description and schema (descriptions nested in the schema too).
 fn texts(tool: &Value, out: &mut Vec<String>) {
@@ -53,15 +18,28 @@ fn texts(tool: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// About 60 characters around `at` in `text`.
-fn quote(text: &str, at: usize, len: usize) -> String {
-    let start = text[..at].char_indices().rev().nth(20).map(|(i, _)| i).unwrap_or(0);
-    let end = text[at..].char_indices().nth(len + 30).map(|(i, _)| at + i).unwrap_or(text.len());
-    text[start..end].chars().map(|c| if hidden(c) { '\u{FFFD}' } else { c }).collect()
+/// About 60 characters around a span of `text`, lowercased, invisible characters shown as U+FFFD.
+fn quote(text: &str, start: usize, end: usize) -> String {
+    let from = text[..start].char_indices().rev().nth(20).map(|(i, _)| i).unwrap_or(0);
+    let to = text[end..].char_indices().nth(30).map(|(i, _)| end + i).unwrap_or(text.len());
+    text[from..to].to_lowercase().chars().map(|c| if joch_guard::invisible(c) { '\u{FFFD}' } else { c }).collect()
 }
 
-/// The findings of one tool (`tool`: the tool as the server listed it). `others`: other
-/// servers' tools as `server.tool`, which a description should not send the model to.
+/// The discovery rule id a guard family reports under.
+fn rule_of(f: Family) -> Option<&'static str> {
+    Some(match f {
+        Family::Override | Family::Role | Family::Coercion | Family::Exfiltration => "poison.instruction",
+        Family::SecretAccess => "poison.secret-access",
+        Family::Concealment => "poison.concealment",
+        Family::CrossServer => "poison.cross-server",
+        Family::Hidden => "poison.hidden-characters",
+        Family::Secret | Family::Pii => return None,
+    })
+}
+
+/// The findings of one tool (`tool`: the tool as the server listed it), one per rule, in a fixed
+/// order. `others`: other servers' tools as `server.tool`, which a description should not send
+/// the model to.
 pub fn check(tool: &Value, others: &[String]) -> Vec<Finding> {
     let name = tool.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
     let mut strings = Vec::new();
@@ -70,32 +48,34 @@ pub fn check(tool: &Value, others: &[String]) -> Vec<Finding> {
             texts(v, &mut strings);
         }
     }
-    let mut out: Vec<Finding> = Vec::new();
-    let mut push = |rule: &str, evidence: String| {
-        if !out.iter().any(|f| f.rule == rule) {
-            out.push(Finding { tool: name.clone(), rule: rule.into(), evidence });
-        }
-    };
+    let others = joch_guard::cross_server(others);
+    let mut found: Vec<(&'static str, String)> = Vec::new();
     for s in &strings {
-        if let Some((i, c)) = s.char_indices().find(|(_, c)| hidden(*c)) {
-            push("poison.hidden-characters", format!("U+{:04X} in {:?}", c as u32, quote(s, i, 1)));
-        }
-        let lower = s.to_lowercase();
-        // `to_lowercase` keeps byte offsets for the ASCII phrases searched; quotes use `lower`.
-        for (rule, phrases) in [
-            ("poison.instruction", INSTRUCTIONS),
-            ("poison.secret-access", SECRETS),
-            ("poison.concealment", CONCEALMENT),
-        ] {
-            if let Some((p, at)) = phrases.iter().find_map(|p| lower.find(p).map(|at| (p, at))) {
-                push(rule, format!("{:?}", quote(&lower, at, p.len())));
+        for h in super::SCANNER.scan_with(s, &Options::injection(), others.as_ref()) {
+            let Some(rule) = rule_of(h.family) else { continue };
+            if found.iter().any(|(r, _)| *r == rule) {
+                continue;
             }
-        }
-        if let Some(o) = others.iter().find(|o| s.contains(o.as_str())) {
-            push("poison.cross-server", format!("names {o}"));
+            let evidence = match h.family {
+                Family::CrossServer => format!("names {}", &s[h.start..h.end]),
+                Family::Hidden if h.rule == "injection.hidden.invisible" => {
+                    let c = s[h.start..].chars().next().unwrap_or_default();
+                    format!("U+{:04X} in {:?}", c as u32, quote(s, h.start, h.end))
+                }
+                _ => format!("{:?}", quote(s, h.start, h.end)),
+            };
+            found.push((rule, evidence));
         }
     }
-    out
+    const ORDER: [&str; 5] = [
+        "poison.instruction",
+        "poison.secret-access",
+        "poison.concealment",
+        "poison.cross-server",
+        "poison.hidden-characters",
+    ];
+    found.sort_by_key(|(r, _)| ORDER.iter().position(|o| o == r));
+    found.into_iter().map(|(rule, evidence)| Finding { tool: name.clone(), rule: rule.into(), evidence }).collect()
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod catalog;
 mod cli;
 mod cluster;
 mod discovery;
+mod guard;
 mod guardian;
 mod lease;
 mod limits;

@@ -571,4 +571,22 @@ pub struct Scanning {
     /// Field classes redacted from results (`sshKeys`, `apiTokens`, ...).
     #[serde(default)]
     pub redact_fields_in_results: Vec<String>,
+    /// What a prompt-injection hit does when no policy decides (`modify: redact` or a deny on
+    /// `mcpResult.injectionScan.hit`): `strip` (default) the injected span, `annotate` the result
+    /// with a warning, or `deny` it.
+    #[serde(default)]
+    pub on_injection: InjectionAction,
+}
+
+/// `spec.scanning.onInjection`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InjectionAction {
+    /// Remove the injected sentence, keep the rest; say so in `_meta`.
+    #[default]
+    Strip,
+    /// Keep the result, add a warning the agent sees (in the content and in `_meta`).
+    Annotate,
+    /// Replace the result by an error (`prompt-injection-blocked`).
+    Deny,
 }

@@ -191,6 +191,14 @@ impl McpServerSpec {
                 out.push(err("spec.security.minTrustScore", format!("{t} is outside 0..1")));
             }
         }
+        for (i, class) in self.scanning.redact_fields_in_results.iter().enumerate() {
+            if joch_guard::class_rules(class).is_none() {
+                out.push(err(
+                    &format!("spec.scanning.redactFieldsInResults[{i}]"),
+                    format!("unknown class {class:?} (one of {})", joch_guard::CLASSES.join(", ")),
+                ));
+            }
+        }
         for (i, p) in self.policies.iter().enumerate() {
             if let Err(e) = check_name(&format!("spec.policies[{i}].name"), &p.name) {
                 out.push(e);
