@@ -118,6 +118,13 @@ enum Cmd {
         /// everything, all four hooks) after a first measurement without it.
         #[arg(long)]
         guardian: bool,
+        /// Turn the content guard on for the server (prompt-injection scan, secrets and PII
+        /// redaction) after a first measurement without it.
+        #[arg(long)]
+        guard: bool,
+        /// Size of each result's text (benign developer content; 0: "hello").
+        #[arg(long, default_value_t = 0)]
+        result_bytes: usize,
         /// Where to write results (default bench/results/<date>).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -224,8 +231,11 @@ async fn main() -> anyhow::Result<()> {
                 canned::serve(listen, addr_file).await
             }
         }
-        Cmd::ProxyLatency { joch, requests, warmup, era, policy_rules, guardian, out } => {
-            micro::proxy_latency(common::joch_bin(joch), requests, warmup, era, policy_rules, guardian, out).await
+        Cmd::ProxyLatency { joch, requests, warmup, era, policy_rules, guardian, guard, result_bytes, out } => {
+            let joch = common::joch_bin(joch);
+            let run =
+                micro::LatencyRun { joch, requests, warmup, era, policy_rules, guardian, guard, result_bytes, out };
+            micro::proxy_latency(run).await
         }
         Cmd::PolicyDecision { rules, write_manifests: Some(path), .. } => {
             std::fs::write(&path, policy::manifests(rules))?;

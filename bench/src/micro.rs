@@ -49,12 +49,20 @@ struct Caller {
     sid: Option<String>,
     /// The agent's token, sent as `Authorization: Bearer` (to joch; not to the upstream).
     bearer: Option<String>,
+    /// What `echo` is asked to say (the result's text).
+    text: std::sync::Arc<str>,
 }
 
 impl Caller {
-    async fn open(http: &reqwest::Client, url: &str, modern: bool, token: Option<&str>) -> anyhow::Result<Caller> {
+    async fn open(
+        http: &reqwest::Client,
+        url: &str,
+        modern: bool,
+        token: Option<&str>,
+        text: &std::sync::Arc<str>,
+    ) -> anyhow::Result<Caller> {
         let bearer = token.map(|t| format!("Bearer {t}"));
-        let mut c = Caller { http: http.clone(), sid: None, bearer };
+        let mut c = Caller { http: http.clone(), sid: None, bearer, text: text.clone() };
         if modern {
             return Ok(c);
         }
@@ -84,7 +92,7 @@ impl Caller {
 
     /// One tools/call on `url` (another node may serve the same session).
     async fn call(&self, url: &str, id: usize) -> anyhow::Result<Duration> {
-        let mut params = json!({"name":"echo","arguments":{"text":"hello"}});
+        let mut params = json!({"name":"echo","arguments":{"text": &*self.text}});
         let mut req = self.post(url);
         match &self.sid {
             Some(sid) => {
@@ -132,15 +140,22 @@ struct EraRun {
     rr: Stats,
 }
 
-pub async fn proxy_latency(
-    joch: PathBuf,
-    requests: usize,
-    warmup: usize,
-    era: EraArg,
-    policy_rules: usize,
-    guardian: bool,
-    out: Option<PathBuf>,
-) -> anyhow::Result<()> {
+/// What `proxy-latency` measures (its command line).
+pub struct LatencyRun {
+    pub joch: PathBuf,
+    pub requests: usize,
+    pub warmup: usize,
+    pub era: EraArg,
+    pub policy_rules: usize,
+    pub guardian: bool,
+    pub guard: bool,
+    pub result_bytes: usize,
+    pub out: Option<PathBuf>,
+}
+
+pub async fn proxy_latency(run_args: LatencyRun) -> anyhow::Result<()> {
+    let LatencyRun { joch, requests, warmup, era, policy_rules, guardian, guard, result_bytes, out } = run_args;
+    let text: std::sync::Arc<str> = if result_bytes == 0 { "hello".into() } else { benign_text(result_bytes).into() };
     let version = run(&joch, &["--version"])?;
     let upstream = canned::start().await?;
     let upstream_url = format!("http://{upstream}/mcp");
@@ -159,8 +174,8 @@ pub async fn proxy_latency(
     let measure_eras = || async {
         let mut runs = Vec::new();
         for (name, modern) in eras {
-            let direct = Caller::open(&http, &upstream_url, *modern, None).await?;
-            let proxied = Caller::open(&http, &via[0], *modern, c.agent_token.as_deref()).await?;
+            let direct = Caller::open(&http, &upstream_url, *modern, None, &text).await?;
+            let proxied = Caller::open(&http, &via[0], *modern, c.agent_token.as_deref(), &text).await?;
             let d = stats(measure(&direct, std::slice::from_ref(&upstream_url), warmup, requests).await?);
             let one = stats(measure(&proxied, &via[..1], warmup, requests).await?);
             let rr = stats(measure(&proxied, &via, warmup, requests).await?);
@@ -175,10 +190,17 @@ pub async fn proxy_latency(
     if policy_rules > 0 {
         change.push_str(&crate::policy::manifests(policy_rules));
     }
-    if guardian {
-        let hook = canned::guardian().await?;
+    if guardian || guard {
+        let mut spec = format!("  endpoint: {{ url: \"{upstream_url}\" }}\n");
+        if guardian {
+            let hook = canned::guardian().await?;
+            spec.push_str(&format!("  guardian: {{ name: bench, endpoint: \"http://{hook}/acs\" }}\n"));
+        }
+        if guard {
+            spec.push_str("  scanning: { promptInjectionScan: true, redactFieldsInResults: [secrets, pii] }\n");
+        }
         change.push_str(&format!(
-            "\n---\napiVersion: joch.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: canned\nspec:\n  endpoint: {{ url: \"{upstream_url}\" }}\n  guardian: {{ name: bench, endpoint: \"http://{hook}/acs\" }}\n"
+            "\n---\napiVersion: joch.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: canned\nspec:\n{spec}"
         ));
     }
     if !change.is_empty() {
@@ -194,7 +216,7 @@ pub async fn proxy_latency(
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let result = json!({
         "benchmark": "proxy-latency", "date": date, "joch": joch.display().to_string(), "joch_version": version.trim(),
-        "machine": {"cores": cores}, "requests": requests, "warmup": warmup, "policy_rules": policy_rules, "guardian": guardian,
+        "machine": {"cores": cores}, "requests": requests, "warmup": warmup, "policy_rules": policy_rules, "guardian": guardian, "guard": guard, "result_bytes": result_bytes,
         "eras": runs.iter().map(|r| json!({"era": r.name,
             "direct": stats_json(&r.direct), "via_one_node": stats_json(&r.one),
             "via_three_nodes_round_robin": stats_json(&r.rr),
@@ -210,7 +232,8 @@ pub async fn proxy_latency(
     let mut md = format!(
         "# proxy-latency ({date})\n\nBinary: `{}` ({})\n\nSequential `tools/call` on one keep-alive connection per \
          path, to a canned Rust MCP server (JSON answers); 3-node cluster on loopback; {cores} cores shared by client, \
-         nodes and upstream. Policy rules loaded: {policy_rules}. Guardian (all four hooks, in the bench process): {guardian}.\n",
+         nodes and upstream. Policy rules loaded: {policy_rules}. Guardian (all four hooks, in the bench process): {guardian}. \
+         Content guard (injection scan, secrets and PII redaction): {guard}. Result text: {result_bytes} bytes.\n",
         joch.display(),
         version.trim(),
     );
@@ -231,7 +254,7 @@ pub async fn proxy_latency(
         ));
     }
     if let Some(b) = &baseline {
-        md.push_str("\n## The same cluster before the policies or the guardian were applied\n\n");
+        md.push_str("\n## The same cluster before the policies, the guardian or the guard were applied\n\n");
         for r in b {
             md.push_str(&format!(
                 "{}: added one node p50 {} ms, p99 {} ms; round-robin p50 {} ms, p99 {} ms.\n",
@@ -293,4 +316,26 @@ pub async fn cluster_core(
     );
     print!("{md}");
     write_results(out, "cluster-core", &result, &md)
+}
+
+/// Benign text of about `n` bytes, the kinds of results tools return (code, logs, prose, JSON,
+/// HTML, other languages): what the content guard reads on every answer.
+pub fn benign_text(n: usize) -> String {
+    let parts = [
+        "fn handle(req: Request) -> Result<Response> { let body = req.body()?; ignore_errors(parse(&body)) }\n",
+        "2026-12-03T10:00:00Z INFO request completed status=200 latency_ms=12 path=/api/v1/items user_id=4411\n",
+        "The deployment finished. Previous releases are kept for rollback; skip the canary step only in dev.\n",
+        "{\"id\": 17, \"title\": \"Fix flaky test\", \"state\": \"open\", \"labels\": [\"ci\", \"tests\"], \"comments\": 3}\n",
+        "<div class=\"card\"><h2>Release notes</h2><p>See the docs for the upload function.</p></div>\n",
+        "SELECT id, name FROM projects WHERE owner = $1 ORDER BY updated_at DESC LIMIT 50;\n",
+        "Die Bereitstellung ist abgeschlossen. Les tests sont passés. 测试通过。テストは成功しました。\n",
+    ];
+    let mut s = String::with_capacity(n + 200);
+    let mut i = 0;
+    while s.len() < n {
+        s.push_str(parts[i % parts.len()]);
+        i += 1;
+    }
+    s.truncate(s.floor_char_boundary(n));
+    s
 }

@@ -99,6 +99,7 @@ pub fn decision(rules: usize, iterations: usize, out: Option<PathBuf>) -> anyhow
             listing: false,
             now_ms: now,
             result: None,
+            args_scan: None,
         };
         let t = Instant::now();
         let v = set.decide(&f, &[], None);

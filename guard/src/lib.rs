@@ -533,7 +533,7 @@ pub fn luhn(s: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Cyrillic and Greek letters that look like Latin ones, and fullwidth Latin.

@@ -86,6 +86,9 @@ pub(crate) enum Attr {
     Arg(Pointer),
     /// A fact about the answer, by JSON pointer under `mcpResult`.
     Result(Pointer),
+    /// What the content guard found in the call's arguments, by JSON pointer under `mcpArgs`
+    /// (`mcpArgs.secretScan.hit`, `.rules`, `.classes`).
+    ArgsScan(Pointer),
 }
 
 /// One condition of a rule; a rule matches when all hold.
@@ -127,7 +130,7 @@ pub(crate) struct TimeWindow {
     pub offset_min: i32,
 }
 
-const ATTRS: &str = "agent, agent.labels.KEY, mcpServer (mcp.server), mcpServer.labels.KEY, mcpServer.trustScore, mcpServer.schemaDrift, tool (mcp.tool), prompt, resource, mcp.name, mcp.kind, mcp.method, mcp.action, risk_tags, args.PATH (args./json/pointer), mcpResult.PATH, time";
+const ATTRS: &str = "agent, agent.labels.KEY, mcpServer (mcp.server), mcpServer.labels.KEY, mcpServer.trustScore, mcpServer.schemaDrift, tool (mcp.tool), prompt, resource, mcp.name, mcp.kind, mcp.method, mcp.action, risk_tags, args.PATH (args./json/pointer), mcpArgs.PATH, mcpResult.PATH, time";
 
 fn attr(key: &str) -> Option<Attr> {
     Some(match key {
@@ -153,6 +156,8 @@ fn attr(key: &str) -> Option<Attr> {
                 Attr::Arg(Pointer::new(&pointer(p)?))
             } else if let Some(p) = key.strip_prefix("mcpResult") {
                 Attr::Result(Pointer::new(&pointer(p)?))
+            } else if let Some(p) = key.strip_prefix("mcpArgs") {
+                Attr::ArgsScan(Pointer::new(&pointer(p)?))
             } else {
                 return None;
             }
@@ -465,7 +470,7 @@ fn order(mut conds: Vec<Cond>) -> Vec<Cond> {
         Cond::Attr(Attr::ServerName | Attr::Tool | Attr::Name | Attr::Kind | Attr::Method | Attr::Action, _) => 1,
         Cond::Attr(Attr::AgentName | Attr::Prompt | Attr::Resource, _) => 2,
         Cond::Attr(_, Test::Regex(_)) => 5,
-        Cond::Attr(Attr::Arg(_) | Attr::Result(_), _) => 4,
+        Cond::Attr(Attr::Arg(_) | Attr::Result(_) | Attr::ArgsScan(_), _) => 4,
         Cond::Attr(..) | Cond::Agents(_) => 3,
         Cond::Time(_) => 6,
     });

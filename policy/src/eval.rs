@@ -69,6 +69,8 @@ pub struct Facts<'a> {
     pub now_ms: u64,
     /// The answer's facts (`mcpResult.*`), when deciding on an answer.
     pub result: Option<&'a Value>,
+    /// What the content guard found in the call's arguments (`mcpArgs.*`), when some rule asks.
+    pub args_scan: Option<&'a Value>,
 }
 
 /// One rule (or a policy's default) that matched.
@@ -142,6 +144,8 @@ pub struct PolicySet {
     global: Vec<usize>,
     /// Some rule looks at arguments (else callers need not parse them).
     needs_args: bool,
+    /// Some rule looks at what the content guard found in arguments (`mcpArgs.*`).
+    needs_args_scan: bool,
     /// Some rule decides REQUIRE_APPROVAL (else no call is ever held).
     holds: bool,
     /// Some rule decides on answers (`mcpResult.*`, `modify`): answers must be scanned.
@@ -171,7 +175,9 @@ impl PolicySet {
             let mut rules_by_server: FastMap<Vec<u32>> = FastMap::default();
             let mut rules_any = Vec::new();
             for (r, rule) in p.rules.iter().enumerate() {
-                set.needs_args |= rule.conds.iter().any(|c| matches!(c, Cond::Attr(Attr::Arg(_), _)));
+                set.needs_args |=
+                    rule.conds.iter().any(|c| matches!(c, Cond::Attr(Attr::Arg(_) | Attr::ArgsScan(_), _)));
+                set.needs_args_scan |= rule.conds.iter().any(|c| matches!(c, Cond::Attr(Attr::ArgsScan(_), _)));
                 set.holds |= rule.decision == Some(Decision::RequireApproval);
                 set.answers |= rule.answer;
                 match exact_servers(&rule.conds) {
@@ -256,6 +262,11 @@ impl PolicySet {
             }
         }
         None
+    }
+
+    /// Whether some rule looks at what the content guard found in a call's arguments.
+    pub fn needs_args_scan(&self) -> bool {
+        self.needs_args_scan
     }
 
     /// Whether some rule looks at a call's arguments.
@@ -410,7 +421,7 @@ impl Selector {
 impl Cond {
     fn holds(&self, f: &Facts<'_>, optimistic: bool, qualified: &std::cell::OnceCell<String>) -> bool {
         match self {
-            Cond::Attr(Attr::Arg(_), _) if f.listing => optimistic,
+            Cond::Attr(Attr::Arg(_) | Attr::ArgsScan(_), _) if f.listing => optimistic,
             Cond::Agents(s) => s.matches(f.agent, f.agent_labels),
             Cond::Time(w) => w.holds(f.now_ms),
             Cond::Action { read, write } => match f.action {
@@ -469,6 +480,7 @@ fn value<'a>(a: &Attr, f: &Facts<'a>) -> Val<'a> {
         Attr::RiskTags => Val::Words(f.risk_tags),
         Attr::Arg(p) => f.args.and_then(|a| p.get(a)).map(Val::Json).unwrap_or(Val::Missing),
         Attr::Result(p) => f.result.and_then(|r| p.get(r)).map(Val::Json).unwrap_or(Val::Missing),
+        Attr::ArgsScan(p) => f.args_scan.and_then(|r| p.get(r)).map(Val::Json).unwrap_or(Val::Missing),
     }
 }
 

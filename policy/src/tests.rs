@@ -75,6 +75,7 @@ impl F {
             listing: false,
             now_ms: 0,
             result: None,
+            args_scan: None,
         }
     }
 }

@@ -331,6 +331,7 @@ fn run_case(set: &PolicySet, c: &Case, now: u64) -> Result<(Decision, Option<Str
         listing: false,
         now_ms,
         result: None,
+        args_scan: None,
     };
     let attached: Vec<&str> = c.server.policies.iter().map(String::as_str).collect();
     let v = set.decide(&facts, &attached, None);

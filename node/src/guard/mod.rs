@@ -10,3 +10,43 @@ use std::sync::LazyLock;
 
 /// The built-in rule set, compiled once.
 pub static SCANNER: LazyLock<joch_guard::Scanner> = LazyLock::new(joch_guard::Scanner::new);
+
+/// What a tool call's arguments hold that should not leave (exfiltration through a tool's
+/// inputs): every secret and PII rule, and the injection families, over every string of the
+/// arguments. The facts policies read as `mcpArgs.*`:
+/// `{"secretScan": {"hit", "rules", "classes"}, "injectionScan": {"hit", "families", "rules"}}`.
+pub fn scan_arguments(args: &serde_json::Value) -> serde_json::Value {
+    fn strings<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s),
+            serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+            _ => {}
+        }
+    }
+    let mut texts = Vec::new();
+    strings(args, &mut texts);
+    let mut secret_rules = std::collections::BTreeSet::new();
+    let mut injection_rules = std::collections::BTreeSet::new();
+    let mut families = std::collections::BTreeSet::new();
+    for t in texts {
+        for h in SCANNER.scan(t, &joch_guard::Options::all()) {
+            if h.family.is_injection() {
+                injection_rules.insert(h.rule);
+                families.insert(h.family.as_str());
+            } else {
+                secret_rules.insert(h.rule);
+            }
+        }
+    }
+    let classes: Vec<&str> = joch_guard::CLASSES
+        .iter()
+        .copied()
+        .filter(|c| !matches!(*c, "secrets" | "pii" | "apiTokens"))
+        .filter(|c| joch_guard::class_rules(c).is_some_and(|r| r.iter().any(|x| secret_rules.contains(x))))
+        .collect();
+    serde_json::json!({
+        "secretScan": {"hit": !secret_rules.is_empty(), "rules": secret_rules, "classes": classes},
+        "injectionScan": {"hit": !injection_rules.is_empty(), "families": families, "rules": injection_rules},
+    })
+}

@@ -296,6 +296,7 @@ fn decide(
         listing: false,
         now_ms: crate::policy::list::now_ms(),
         result: Some(&result),
+        args_scan: None,
     };
     if !set.is_empty() {
         let v = set.decide(&facts, &attached, None);

@@ -210,6 +210,11 @@ impl Governance {
             tags.extend(t.risk_tags.iter().cloned());
         }
         let attached: Vec<&str> = rec.spec.policies.iter().map(|p| p.name.as_str()).collect();
+        // What the content guard finds in the arguments, when a rule asks (`mcpArgs.*`).
+        let args_scan = match (set.needs_args_scan(), s.args) {
+            (true, Some(a)) if !listing => Some(crate::guard::scan_arguments(a)),
+            _ => None,
+        };
         let facts = Facts {
             agent: &caller.name,
             agent_labels: &caller.labels,
@@ -226,6 +231,7 @@ impl Governance {
             listing,
             now_ms,
             result: None,
+            args_scan: args_scan.as_ref(),
         };
         let v = set.decide(&facts, &attached, trace);
         self.record(&v, server, listing);

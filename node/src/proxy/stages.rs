@@ -3,8 +3,8 @@
 //! `on_message` on every message that leaves for the agent, a JSON answer or each SSE event, in
 //! every era and on every endpoint (`exit.rs`); the routing layer runs `on_finish` once per
 //! request, allowed or not. The stages: the list filter (`policy/list.rs`), telemetry (below),
-//! the watch for servers announcing new tools (`discover.rs`), and the audit stage
-//! (`audit/mod.rs`). Guardian hooks (`guardian/`) are not a stage: they are asynchronous and run
+//! the watch for servers announcing new tools (`discover.rs`), the content guard
+//! (`guard/stage.rs`), and the audit stage (`audit/mod.rs`). Guardian hooks (`guardian/`) are not a stage: they are asynchronous and run
 //! at the front (before admission) and in the exit (before the stages).
 
 use std::time::Duration;

@@ -98,4 +98,45 @@ fn results_are_stripped_annotated_denied_or_redacted_as_configured_and_by_policy
     );
     let by = r["metas"]["getenv"]["dev.joch/guard"]["by"].as_str().unwrap_or_default().to_string();
     assert!(by.starts_with("policy strip-injections/rule-1"), "{r}");
+
+    // Secrets going out in a call's arguments: denied by policy before anything is sent.
+    std::fs::write(
+        &p,
+        "apiVersion: joch.dev/v1alpha1\nkind: Policy\nmetadata: { name: no-secrets-out }\nspec:\n  rules:\n    - when: { mcpArgs.secretScan.hit: true }\n      action: { deny: true, reason: secret-in-arguments }\n",
+    )
+    .unwrap();
+    c.cli(1, &["apply", "-f", p.to_str().unwrap()]).ok();
+    let r = probe(
+        &c,
+        "plain",
+        &json!([["getenv", {"name": "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB"}], ["getenv", {"name": "HOME"}]]),
+    );
+    let seq = r["sequence"].as_array().unwrap();
+    assert_eq!(
+        (seq[0]["code"].as_i64(), seq[0]["data"]["policy"]["reason"].as_str()),
+        (Some(-32013), Some("secret-in-arguments")),
+        "{r}"
+    );
+    assert!(seq[1].is_string(), "a call without secrets goes through: {r}");
+    let explain = c
+        .cli(
+            1,
+            &[
+                "policy",
+                "explain",
+                "--agent",
+                "dev-agent",
+                "--server",
+                "plain",
+                "--tool",
+                "getenv",
+                "--args",
+                r#"{"name": "AKIAIOSFODNN7EXAMPLE"}"#,
+                "-o",
+                "json",
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(explain["decision"], "DENY", "{explain}");
 }
