@@ -23,13 +23,13 @@ use std::collections::BTreeSet;
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use base64::Engine;
 use regex::Regex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use aho_corasick::AhoCorasick as Automaton;
 pub use rules::{invisible, RULESET_VERSION};
 
 /// What a rule finds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Family {
     /// "Ignore previous instructions", in several languages.
@@ -476,6 +476,99 @@ fn runs(b: &[u8], digits: bool, encoded: bool) -> Vec<Run> {
         out.push(Run::Base64(e_start, b.len()));
     }
     out
+}
+
+/// One pattern of an operator-loaded feed (`joch guard feed apply -f`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedPattern {
+    /// Its rule id (`feed.NAME.ID` in hits).
+    pub id: String,
+    /// What it finds.
+    pub family: Family,
+    /// The regex (the `regex` crate's syntax: linear time; `(?i)` for case-insensitive).
+    pub regex: String,
+    /// What it is for.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Feed patterns, compiled: one regex set says which patterns match at all, then only those
+/// are searched for their spans.
+pub struct Extra {
+    rules: Vec<(&'static str, Family, Regex)>,
+    set: regex::RegexSet,
+}
+
+/// Longest feed regex, compiled (bytes of the automaton).
+const FEED_SIZE_LIMIT: usize = 1 << 20;
+
+impl Extra {
+    /// Compiles the patterns of feeds (`feed` names each); every pattern that does not compile
+    /// is reported (its index and why).
+    pub fn compile<'a>(feeds: impl IntoIterator<Item = (&'a str, &'a [FeedPattern])>) -> Result<Extra, Vec<String>> {
+        let mut rules = Vec::new();
+        let mut errors = Vec::new();
+        let mut sources = Vec::new();
+        for (feed, patterns) in feeds {
+            for (i, p) in patterns.iter().enumerate() {
+                match regex::RegexBuilder::new(&p.regex).size_limit(FEED_SIZE_LIMIT).build() {
+                    Ok(r) => {
+                        rules.push((intern(&format!("feed.{feed}.{}", p.id)), p.family, r));
+                        sources.push(p.regex.clone());
+                    }
+                    Err(e) => errors.push(format!("patterns[{i}].regex ({}): {e}", p.id)),
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let set = regex::RegexSetBuilder::new(&sources)
+            .size_limit(FEED_SIZE_LIMIT * 8)
+            .build()
+            .map_err(|e| vec![format!("the patterns together: {e}")])?;
+        Ok(Extra { rules, set })
+    }
+
+    /// No patterns.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The hits of the patterns enabled by `opts` (injection families with `opts.injection`,
+    /// secrets and PII when any secret rule is asked for).
+    pub fn scan(&self, text: &str, opts: &Options) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        if self.rules.is_empty() {
+            return hits;
+        }
+        for i in self.set.matches(text).iter() {
+            let (rule, family, r) = &self.rules[i];
+            let on = if family.is_injection() { opts.injection } else { !opts.secrets.is_empty() };
+            if !on {
+                continue;
+            }
+            for x in r.find_iter(text) {
+                hits.push(Hit { rule, family: *family, start: x.start(), end: x.end() });
+            }
+        }
+        hits
+    }
+}
+
+/// A feed rule's id as a `&'static str` (each distinct id is kept once for the process's life:
+/// bounded by the ids ever loaded).
+fn intern(s: &str) -> &'static str {
+    static IDS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut ids = IDS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(id) = ids.get(s) {
+        return id;
+    }
+    let id: &'static str = Box::leak(s.to_string().into_boxed_str());
+    ids.insert(id);
+    id
 }
 
 /// An automaton finding other servers' tools as agents see them (`server.tool`), for

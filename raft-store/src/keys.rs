@@ -61,6 +61,8 @@ pub const APPROVAL_PREFIX: &[u8] = b"apr/";
 pub const POLICY_EPOCH: &[u8] = b"settings/policy-epoch";
 /// The trust settings (publishers, allow-list, weights).
 pub const TRUST: &[u8] = b"settings/trust";
+/// The content guard's settings (feeds).
+pub const GUARD: &[u8] = b"settings/guard";
 
 /// `snapshot`: the current snapshot.
 pub const SNAPSHOT_CURRENT: &[u8] = b"current";

@@ -4,6 +4,7 @@
 mod access;
 mod audit;
 mod convert;
+mod guard;
 pub mod status;
 mod trust;
 
@@ -372,6 +373,23 @@ impl Registry for AdminApi {
     async fn agbom(&self, req: Request<pb::AgbomRequest>) -> Result<Response<pb::TrustReply>, Status> {
         let r = req.into_inner();
         observe("Agbom", self.agbom_json(r)).await
+    }
+
+    async fn set_guard_feed(&self, req: Request<pb::GuardFeedRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let actor = actor(&req);
+        let r = req.into_inner();
+        observe("SetGuardFeed", async { self.write_guard_feed(&actor, r).await }).await
+    }
+
+    async fn list_guard_feeds(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::TrustReply>, Status> {
+        let r = req.into_inner();
+        observe("ListGuardFeeds", self.guard_feeds_json(r.stale)).await
+    }
+
+    async fn delete_guard_feed(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let actor = actor(&req);
+        let name = req.into_inner().name;
+        observe("DeleteGuardFeed", self.write(&actor, Command::DeleteGuardFeed { name })).await
     }
 
     async fn set_server_policy(

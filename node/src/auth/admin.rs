@@ -105,7 +105,7 @@ pub fn required_role(path: &str) -> Role {
         (
             "Registry",
             "GetServer" | "ListServers" | "GetPolicy" | "ListPolicies" | "ExplainPolicy" | "ListApprovals"
-            | "ListVirtualServers" | "History" | "GetRetention" | "VerifyAudit" | "Gates" | "GetTrust",
+            | "ListVirtualServers" | "History" | "GetRetention" | "VerifyAudit" | "Gates" | "GetTrust" | "ListGuardFeeds",
         ) => Role::Viewer,
         (
             "Registry",

@@ -9,6 +9,7 @@ mod client;
 mod cluster;
 mod dev;
 mod discovery;
+mod guard;
 mod import;
 mod policy;
 mod registry;
@@ -162,6 +163,11 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: trust::AgbomCmd,
     },
+    /// The content guard: feeds of patterns, and an offline scan of a file.
+    Guard {
+        #[command(subcommand)]
+        cmd: guard::GuardCmd,
+    },
     /// Cluster membership, status and certificates.
     Cluster {
         #[command(subcommand)]
@@ -272,6 +278,7 @@ async fn dispatch(cli: Cli, member: Option<u64>) -> anyhow::Result<ExitCode> {
         Cmd::Delete { kind, name } => registry::delete(&g, &kind, &name).await,
         Cmd::Trust { cmd } => trust::trust(&g, cmd).await,
         Cmd::Agbom { cmd } => trust::agbom(&g, cmd).await,
+        Cmd::Guard { cmd } => guard::run(&g, cmd).await,
         Cmd::Cluster { cmd } => cluster::run(&g, cmd).await,
         Cmd::Dev { cmd } => dev::run(&g, cmd).await,
         Cmd::Admin { cmd } => access::admin(&g, cmd).await,

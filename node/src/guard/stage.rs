@@ -20,6 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use joch_guard::{Hit, Options};
 use joch_policy::{Decision, Facts, Kind};
+use joch_raft_store::model::guard::GuardSettings;
 use joch_raft_store::model::resource::InjectionAction;
 use joch_raft_store::{RegistryHandle, ServerRecord};
 use serde_json::{json, Value};
@@ -40,12 +41,40 @@ const MAX_SCANNED: usize = 8 << 20;
 /// The stage.
 pub struct ContentGuard {
     registry: RegistryHandle,
+    /// The feeds' patterns, compiled for the settings they came from (compiled again when the
+    /// replicated settings change).
+    feeds: parking_lot::Mutex<Option<(Arc<GuardSettings>, Arc<joch_guard::Extra>)>>,
 }
 
 impl ContentGuard {
     /// A guard reading servers' settings and policies from `registry`'s snapshot.
     pub fn new(registry: RegistryHandle) -> ContentGuard {
-        ContentGuard { registry }
+        ContentGuard { registry, feeds: parking_lot::Mutex::default() }
+    }
+
+    /// The feeds' patterns, compiled once per change of the settings.
+    fn feeds(&self, settings: &Arc<GuardSettings>) -> Option<Arc<joch_guard::Extra>> {
+        if settings.feeds.is_empty() {
+            return None;
+        }
+        let mut cached = self.feeds.lock();
+        if let Some((s, e)) = cached.as_ref() {
+            if Arc::ptr_eq(s, settings) {
+                return Some(e.clone());
+            }
+        }
+        let compiled = joch_guard::Extra::compile(settings.feeds.values().map(|f| (f.name.as_str(), &f.patterns[..])));
+        match compiled {
+            Ok(e) => {
+                let e = Arc::new(e);
+                *cached = Some((settings.clone(), e.clone()));
+                Some(e)
+            }
+            Err(errs) => {
+                tracing::error!(problems = ?errs, "the content-guard feeds do not compile; scanning without them");
+                None
+            }
+        }
     }
 }
 
@@ -141,7 +170,18 @@ impl Stage for ContentGuard {
             .collect();
         let opts = Options { injection: scanning.prompt_injection_scan || by_policy, secrets };
         let others = others(&state, server);
-        let mut hits: Vec<Vec<Hit>> = found.iter().map(|(_, s)| SCANNER.scan_with(s, &opts, others.as_ref())).collect();
+        let feeds = self.feeds(&state.registry.guard);
+        let mut hits: Vec<Vec<Hit>> = found
+            .iter()
+            .map(|(_, s)| {
+                let mut h = SCANNER.scan_with(s, &opts, others.as_ref());
+                if let Some(f) = &feeds {
+                    h.extend(f.scan(s, &opts));
+                    h.sort_by_key(|h| (h.start, h.end));
+                }
+                h
+            })
+            .collect();
         // A pattern split across this event and the one before: found by the carry.
         if opts.injection && sse::is_event(message) {
             let joined: String = found.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>().join("\n");
@@ -176,6 +216,10 @@ impl Stage for ContentGuard {
             decide(call, rec, set, scanning.prompt_injection_scan, scanning.on_injection, &injected, secret_hits)
         };
         let micros = started.elapsed().as_micros() as u64;
+        // The rules and where they matched (byte spans in the text they were found in).
+        let spans: Vec<String> =
+            injected.iter().take(8).map(|h| format!("{}@{}..{}", h.rule, h.start, h.end)).collect();
+        let spans = spans.join(",");
         let note = |verdict: &str, rule: String| {
             call.exec
                 .note(|n| n.verdict(joch_audit::Verdict { by: "guard".into(), verdict: verdict.into(), rule, micros }))
@@ -189,7 +233,7 @@ impl Stage for ContentGuard {
         }
         match &verdict {
             Verdict::Deny { by, reason } => {
-                note("deny", format!("{} ({by})", rules.join(",")));
+                note("deny", format!("{spans} ({by})"));
                 let Some(id) = v.get("id").cloned() else {
                     // A notification or request of the server's own: stripped instead (there is
                     // no answer to replace).
@@ -203,19 +247,19 @@ impl Stage for ContentGuard {
                 *message = sse::with_message(message, err.to_string());
             }
             Verdict::Strip { by } => {
-                note("modify", format!("strip {} ({by})", rules.join(",")));
+                note("modify", format!("strip {spans} ({by})"));
                 apply(&mut v, &found, &hits, true, Some(json!({"verdict": "stripped", "rules": rules, "by": by})));
                 *message = sse::with_message(message, v.to_string());
             }
             Verdict::Annotate { by } => {
-                note("annotate", format!("{} ({by})", rules.join(",")));
+                note("annotate", format!("{spans} ({by})"));
                 apply(&mut v, &found, &hits, false, Some(json!({"verdict": "annotated", "rules": rules, "by": by})));
                 warn_in_content(&mut v, &rules);
                 *message = sse::with_message(message, v.to_string());
             }
             Verdict::Pass => {
                 if !injected.is_empty() {
-                    note("flag", rules.join(","));
+                    note("flag", spans.clone());
                 }
                 if secret_hits {
                     apply(&mut v, &found, &hits, false, None);

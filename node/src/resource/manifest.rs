@@ -709,7 +709,7 @@ spec:
             shown,
             [
                 "gov.yaml:23: rules[2].decision: rule \"constrain-medium-risk\": unknown decision \"ALLOW_WITH_LIMITS\": expected ALLOW, DENY, REQUIRE_APPROVAL or ALLOW_WITH_CONSTRAINTS",
-                "gov.yaml:30: rules[3].match.labels.mcp.srv: rule \"deny-unregistered-server\": unknown condition \"mcp.srv\"; known: agent, agent.labels.KEY, mcpServer (mcp.server), mcpServer.labels.KEY, mcpServer.trustScore, mcpServer.schemaDrift, tool (mcp.tool), prompt, resource, mcp.name, mcp.kind, mcp.method, mcp.action, risk_tags, args.PATH (args./json/pointer), mcpResult.PATH, time",
+                "gov.yaml:30: rules[3].match.labels.mcp.srv: rule \"deny-unregistered-server\": unknown condition \"mcp.srv\"; known: agent, agent.labels.KEY, mcpServer (mcp.server), mcpServer.labels.KEY, mcpServer.trustScore, mcpServer.schemaDrift, tool (mcp.tool), prompt, resource, mcp.name, mcp.kind, mcp.method, mcp.action, risk_tags, args.PATH (args./json/pointer), mcpArgs.PATH, mcpResult.PATH, time",
             ]
         );
         let wrapped =

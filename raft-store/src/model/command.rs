@@ -53,6 +53,10 @@ pub enum Command {
     /// A change of the trust settings (publishers, allow-list, weights); every score is
     /// recomputed.
     SetTrust(super::trust::TrustChange),
+    /// Loads (or replaces) a content-guard feed.
+    SetGuardFeed { name: String, source: String, version: String, patterns: Vec<joch_guard::FeedPattern> },
+    /// Removes a content-guard feed.
+    DeleteGuardFeed { name: String },
     /// The leader's count of calls per server over the last `window_ms`, fleet-wide.
     RecordTraffic { window_ms: u64, counts: BTreeMap<String, super::trust::Traffic> },
     /// Set the cluster's 256-bit key (session sealing) once; later attempts are no-ops.
@@ -126,6 +130,8 @@ impl Command {
             Command::RecordDiscovery { .. } => true,
             // A score that falls under a server's minTrustScore is enforced everywhere.
             Command::SetTrust(_) => true,
+            // Every node scans with the same patterns once the write returns.
+            Command::SetGuardFeed { .. } | Command::DeleteGuardFeed { .. } => true,
             Command::RecordTraffic { .. } => false,
             Command::CreateServer { .. }
             | Command::InitClusterKey { .. }
@@ -172,6 +178,8 @@ impl Command {
             Command::InitClusterKey { .. } => "init_cluster_key",
             Command::SetRetention { .. } => "set_retention",
             Command::SetTrust(_) => "set_trust",
+            Command::SetGuardFeed { .. } => "set_guard_feed",
+            Command::DeleteGuardFeed { .. } => "delete_guard_feed",
             Command::RecordTraffic { .. } => "record_traffic",
             Command::CreateAdminToken { .. } => "create_admin_token",
             Command::RevokeAdminToken { .. } => "revoke_admin_token",

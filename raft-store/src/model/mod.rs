@@ -4,6 +4,7 @@ pub mod access;
 pub mod approval;
 pub mod command;
 pub mod discovery;
+pub mod guard;
 pub mod registry;
 pub mod resource;
 pub mod trust;

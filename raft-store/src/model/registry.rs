@@ -258,6 +258,8 @@ pub struct Registry {
     pub policy_epoch: u64,
     /// Trusted publishers, the third-party allow-list, the trust score's weights.
     pub trust: Arc<super::trust::TrustSettings>,
+    /// The content guard's feeds.
+    pub guard: Arc<super::guard::GuardSettings>,
     /// The policies, compiled (derived from `policies`: rebuilt when one changes, on load and on
     /// snapshot install; never stored).
     #[serde(skip)]
@@ -322,6 +324,8 @@ pub struct Touched {
     pub policy_epoch: bool,
     /// The trust settings changed.
     pub trust: bool,
+    /// The guard's settings changed.
+    pub guard: bool,
 }
 
 fn server_target(name: &str) -> String {
@@ -719,6 +723,43 @@ impl Registry {
                 self.apply_approval(&req.command, &stamp, touched)?
             }
             Command::SetTrust(change) => self.apply_trust(change, &stamp, touched)?,
+            Command::SetGuardFeed { name, source, version, patterns } => {
+                check_name("name", name).map_err(invalid)?;
+                let problems = super::guard::check(name, patterns);
+                if !problems.is_empty() {
+                    return Err(ApplyError::Invalid(problems));
+                }
+                let feed = super::guard::Feed {
+                    name: name.clone(),
+                    source: source.clone(),
+                    version: version.clone(),
+                    patterns: patterns.clone(),
+                    at: stamp.clone(),
+                };
+                let guard = Arc::make_mut(&mut self.guard);
+                let same =
+                    guard.feeds.get(name).is_some_and(|f| f.patterns == feed.patterns && f.version == feed.version);
+                if same {
+                    return Ok(unchanged("feed unchanged"));
+                }
+                let replaced = guard.feeds.insert(name.clone(), feed).is_some();
+                touched.guard = true;
+                let verb = if replaced { "replaced" } else { "loaded" };
+                (
+                    format!("guardfeed/{name}"),
+                    changed(format!(
+                        "content-guard feed {name} {verb}: {} patterns from {source} ({version})",
+                        patterns.len()
+                    )),
+                )
+            }
+            Command::DeleteGuardFeed { name } => {
+                if Arc::make_mut(&mut self.guard).feeds.remove(name).is_none() {
+                    return Err(ApplyError::Access { kind: "guard feed".into(), name: name.clone(), exists: false });
+                }
+                touched.guard = true;
+                (format!("guardfeed/{name}"), changed("content-guard feed removed".into()))
+            }
             Command::RecordTraffic { window_ms, counts } => self.apply_traffic(*window_ms, counts, touched),
             Command::SetRetention { history_per_target, history_max_age_ms } => {
                 if *history_per_target == 0 {
