@@ -131,6 +131,10 @@ pub struct Group {
     pub first_us: u64,
     /// The last call counted (the same precision).
     pub last_us: u64,
+    /// Sum of the upstream's time to answer (microseconds) over `timed` calls.
+    pub upstream_us: u64,
+    /// Calls that reached the upstream.
+    pub timed: u64,
 }
 
 impl Group {
@@ -147,6 +151,8 @@ impl Group {
         self.calls += o.calls;
         self.denied += o.denied;
         self.errors += o.errors;
+        self.upstream_us += o.upstream_us;
+        self.timed += o.timed;
     }
 }
 
@@ -159,16 +165,46 @@ pub struct Counts {
     pub denied: u64,
     /// Errors.
     pub errors: u64,
+    /// Sum of the upstream's time to answer (microseconds) over the calls that reached it.
+    pub upstream_us: u64,
+    /// Calls that reached the upstream (the denominator of the mean).
+    pub timed: u64,
+}
+
+/// The counts as stored before they had latency (decoded when the longer form does not fit).
+#[derive(Deserialize)]
+struct CountsV1 {
+    calls: u64,
+    denied: u64,
+    errors: u64,
 }
 
 impl Counts {
-    /// Adds one record's outcome.
-    pub fn add(&mut self, o: Outcome) {
+    /// Decodes stored counts, of either form (a corrupt value counts nothing).
+    pub fn decode(bytes: &[u8]) -> Counts {
+        postcard::from_bytes::<Counts>(bytes)
+            .or_else(|_| {
+                postcard::from_bytes::<CountsV1>(bytes).map(|c| Counts {
+                    calls: c.calls,
+                    denied: c.denied,
+                    errors: c.errors,
+                    ..Counts::default()
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// Adds one record's outcome and upstream time (0: it did not reach the upstream).
+    pub fn add(&mut self, o: Outcome, upstream_us: u64) {
         self.calls += 1;
         match o {
             Outcome::Denied => self.denied += 1,
             Outcome::Error | Outcome::TimedOut | Outcome::Cut => self.errors += 1,
             _ => {}
+        }
+        if upstream_us > 0 {
+            self.upstream_us += upstream_us;
+            self.timed += 1;
         }
     }
 
@@ -177,6 +213,8 @@ impl Counts {
         self.calls += o.calls;
         self.denied += o.denied;
         self.errors += o.errors;
+        self.upstream_us += o.upstream_us;
+        self.timed += o.timed;
     }
 }
 

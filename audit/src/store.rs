@@ -185,7 +185,7 @@ impl Store {
             }
             if r.counts() {
                 let k = keys::minute(&r.server, r.time_us / MINUTE_US, &r.agent, &r.target);
-                rollups.entry(k).or_default().add(r.outcome);
+                rollups.entry(k).or_default().add(r.outcome, r.upstream_us);
             }
             gates.entry(r.time_us / MINUTE_US).or_default().add(r);
         }
@@ -200,7 +200,7 @@ impl Store {
         }
         for (k, add) in rollups {
             let mut c: Counts = match self.db.get(&k)? {
-                Some(v) => postcard::from_bytes(&v).unwrap_or_default(),
+                Some(v) => Counts::decode(&v),
                 None => Counts::default(),
             };
             c.merge(add);
@@ -303,7 +303,7 @@ impl Store {
             if minute < first_whole || !agent_ok(agent) {
                 continue;
             }
-            let c: Counts = postcard::from_bytes(&v).unwrap_or_default();
+            let c = Counts::decode(&v);
             count(key_of(server, agent, tool), c, minute * MINUTE_US);
         }
         // The partial minute before them.
@@ -319,7 +319,7 @@ impl Store {
         if edge.until_us > edge.since_us {
             for r in self.query(&edge)?.records.into_iter().filter(Record::counts) {
                 let mut c = Counts::default();
-                c.add(r.outcome);
+                c.add(r.outcome, r.upstream_us);
                 count(key_of(&r.server, &r.agent, &r.target), c, r.time_us);
             }
         }
@@ -332,6 +332,8 @@ impl Store {
                 errors: c.errors,
                 first_us,
                 last_us,
+                upstream_us: c.upstream_us,
+                timed: c.timed,
             })
             .collect())
     }

@@ -127,9 +127,18 @@ fn summaries_add_whole_minutes_and_the_partial_one() {
                 denied: 0,
                 errors: 1,
                 first_us: 10 * m + 30_000_000,
-                last_us: 12 * m
+                last_us: 12 * m,
+                ..Group::default()
             },
-            Group { key: "bob".into(), calls: 1, denied: 1, errors: 0, first_us: 11 * m, last_us: 11 * m },
+            Group {
+                key: "bob".into(),
+                calls: 1,
+                denied: 1,
+                errors: 0,
+                first_us: 11 * m,
+                last_us: 11 * m,
+                ..Group::default()
+            },
         ]
     );
     // One agent's calls, by server (the AgBOM's question).
@@ -227,4 +236,16 @@ fn retention_removes_old_rollups_of_every_server() {
     let g = s.summarize(&SummaryQuery { since_us: 0, server: None, agent: None, by: GroupBy::Server }).unwrap();
     let calls: Vec<(&str, u64)> = g.iter().map(|g| (g.key.as_str(), g.calls)).collect();
     assert_eq!(calls, vec![("alpha", 1), ("git", 1), ("zulu", 1)]);
+}
+
+#[test]
+fn counts_written_before_they_had_latency_still_count() {
+    let old = postcard::to_stdvec(&(7u64, 2u64, 1u64)).unwrap();
+    let c = Counts::decode(&old);
+    assert_eq!((c.calls, c.denied, c.errors, c.upstream_us, c.timed), (7, 2, 1, 0, 0));
+    let mut new = Counts::default();
+    new.add(Outcome::Result, 1500);
+    new.add(Outcome::Denied, 0);
+    let back = Counts::decode(&postcard::to_stdvec(&new).unwrap());
+    assert_eq!((back.calls, back.denied, back.upstream_us, back.timed), (2, 1, 1500, 1));
 }

@@ -189,8 +189,15 @@ mod tests {
 
     #[test]
     fn groups_add_up_across_nodes() {
-        let g =
-            |k: &str, c, first_us, last_us| Group { key: k.into(), calls: c, denied: 1, errors: 0, first_us, last_us };
+        let g = |k: &str, c, first_us, last_us| Group {
+            key: k.into(),
+            calls: c,
+            denied: 1,
+            errors: 0,
+            first_us,
+            last_us,
+            ..Group::default()
+        };
         let m = merge_groups(vec![
             (1, Ok(AuditAnswer::Groups(vec![g("alice", 2, 10, 20), g("bob", 1, 50, 50)]))),
             (2, Ok(AuditAnswer::Groups(vec![g("bob", 5, 30, 40)]))),

@@ -43,7 +43,13 @@ pub async fn count(cluster: Arc<ClusterNode>, proposer: Arc<dyn Proposer>, every
             .groups
             .iter()
             .filter(|g| state.registry.servers.contains_key(&g.key))
-            .map(|g| (g.key.clone(), Traffic { calls: g.calls, denied: g.denied, errors: g.errors, window_ms }))
+            .map(|g| {
+                let mean_latency_ms = g.upstream_us.checked_div(g.timed).unwrap_or(0) / 1000;
+                (
+                    g.key.clone(),
+                    Traffic { calls: g.calls, denied: g.denied, errors: g.errors, window_ms, mean_latency_ms },
+                )
+            })
             .collect();
         let same = state.registry.servers.iter().all(|(name, rec)| {
             let now = counts.get(name).copied().unwrap_or(Traffic { window_ms, ..Traffic::default() });

@@ -135,6 +135,8 @@ pub struct Traffic {
     pub errors: u64,
     /// Over how long (milliseconds, up to when it was counted).
     pub window_ms: u64,
+    /// Mean time the server took to answer the calls that reached it (milliseconds; 0: none).
+    pub mean_latency_ms: u64,
 }
 
 /// One component of a score.
@@ -244,14 +246,16 @@ pub fn score(inp: &Inputs<'_>, settings: &TrustSettings) -> TrustReport {
     let (v, d) = match inp.traffic {
         Some(t) if t.calls >= MIN_CALLS => {
             let bad = (t.denied + t.errors).min(t.calls);
+            let ok = 1.0 - bad as f64 / t.calls as f64;
             (
-                1.0 - bad as f64 / t.calls as f64,
+                0.8 * ok + 0.2 * latency_value(t.mean_latency_ms),
                 format!(
-                    "{} calls in the last {}h: {} denied, {} failed",
+                    "{} calls in the last {}h: {} denied, {} failed; mean upstream latency {} ms",
                     t.calls,
                     t.window_ms / 3_600_000,
                     t.denied,
-                    t.errors
+                    t.errors,
+                    t.mean_latency_ms
                 ),
             )
         }
@@ -274,6 +278,22 @@ pub fn score(inp: &Inputs<'_>, settings: &TrustSettings) -> TrustReport {
     let score = if total > 0.0 { (sum / total * 1000.0).round() / 1000.0 } else { 0.0 };
     TrustReport { score, components }
 }
+
+/// A mean latency as a value: 1 up to [`FAST_MS`], 0 from [`SLOW_MS`], straight between.
+fn latency_value(ms: u64) -> f64 {
+    if ms <= FAST_MS {
+        1.0
+    } else if ms >= SLOW_MS {
+        0.0
+    } else {
+        1.0 - (ms - FAST_MS) as f64 / (SLOW_MS - FAST_MS) as f64
+    }
+}
+
+/// A mean upstream latency that costs nothing.
+pub const FAST_MS: u64 = 1_000;
+/// A mean upstream latency that costs the whole latency part (a fifth) of the traffic component.
+pub const SLOW_MS: u64 = 10_000;
 
 fn on_list(name: &str, spec: &McpServerSpec, publisher: Option<&str>, list: &AllowList) -> Option<String> {
     if list.servers.iter().any(|s| s == name) {
@@ -448,8 +468,12 @@ mod tests {
         assert_eq!(listed.components[5].detail, "on sec.yaml (server gh)");
         // Traffic: mostly denied calls lower it.
         let mut inp = inputs(&spec);
-        inp.traffic = Some(Traffic { calls: 100, denied: 90, errors: 0, window_ms: 86_400_000 });
-        assert!((score(&inp, &settings).components[4].value - 0.1).abs() < 1e-9);
+        inp.traffic = Some(Traffic { calls: 100, denied: 90, errors: 0, window_ms: 86_400_000, mean_latency_ms: 20 });
+        // 0.8 x (1 - 0.9) + 0.2 x fast.
+        assert!((score(&inp, &settings).components[4].value - 0.28).abs() < 1e-9);
+        // Slow: the latency fifth is lost, half of it at 5.5 s.
+        inp.traffic = Some(Traffic { calls: 100, denied: 0, errors: 0, window_ms: 86_400_000, mean_latency_ms: 5_500 });
+        assert!((score(&inp, &settings).components[4].value - 0.9).abs() < 1e-9);
         assert!(Weights { publisher: -1.0, ..w }.check().is_err());
     }
 
