@@ -155,7 +155,8 @@ pub struct LatencyRun {
 
 pub async fn proxy_latency(run_args: LatencyRun) -> anyhow::Result<()> {
     let LatencyRun { joch, requests, warmup, era, policy_rules, guardian, guard, result_bytes, out } = run_args;
-    let text: std::sync::Arc<str> = if result_bytes == 0 { "hello".into() } else { benign_text(result_bytes).into() };
+    let text: std::sync::Arc<str> =
+        if result_bytes == 0 { "hello".into() } else { joch_guard::samples::benign(result_bytes).into() };
     let version = run(&joch, &["--version"])?;
     let upstream = canned::start().await?;
     let upstream_url = format!("http://{upstream}/mcp");
@@ -316,26 +317,4 @@ pub async fn cluster_core(
     );
     print!("{md}");
     write_results(out, "cluster-core", &result, &md)
-}
-
-/// Benign text of about `n` bytes, the kinds of results tools return (code, logs, prose, JSON,
-/// HTML, other languages): what the content guard reads on every answer.
-pub fn benign_text(n: usize) -> String {
-    let parts = [
-        "fn handle(req: Request) -> Result<Response> { let body = req.body()?; ignore_errors(parse(&body)) }\n",
-        "2026-12-03T10:00:00Z INFO request completed status=200 latency_ms=12 path=/api/v1/items user_id=4411\n",
-        "The deployment finished. Previous releases are kept for rollback; skip the canary step only in dev.\n",
-        "{\"id\": 17, \"title\": \"Fix flaky test\", \"state\": \"open\", \"labels\": [\"ci\", \"tests\"], \"comments\": 3}\n",
-        "<div class=\"card\"><h2>Release notes</h2><p>See the docs for the upload function.</p></div>\n",
-        "SELECT id, name FROM projects WHERE owner = $1 ORDER BY updated_at DESC LIMIT 50;\n",
-        "Die Bereitstellung ist abgeschlossen. Les tests sont passés. 测试通过。テストは成功しました。\n",
-    ];
-    let mut s = String::with_capacity(n + 200);
-    let mut i = 0;
-    while s.len() < n {
-        s.push_str(parts[i % parts.len()]);
-        i += 1;
-    }
-    s.truncate(s.floor_char_boundary(n));
-    s
 }

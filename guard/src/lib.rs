@@ -17,6 +17,7 @@
 //! the one pass.
 
 mod rules;
+pub mod samples;
 
 use std::collections::BTreeSet;
 

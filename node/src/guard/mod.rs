@@ -8,6 +8,21 @@ pub mod stage;
 
 use std::sync::LazyLock;
 
+/// Every other server's discovered tools, as agents on the aggregate endpoint see them
+/// (`server.tool`): a tool's description or a result that sends the model there is suspect.
+pub fn other_tools(state: &joch_raft_store::PublishedState, server: &str) -> Vec<String> {
+    state
+        .registry
+        .servers
+        .values()
+        .filter(|r| r.name != server)
+        .flat_map(|r| {
+            let tools = r.status.discovery.as_ref().map(|d| d.tools.clone()).unwrap_or_default();
+            tools.into_iter().map(move |t| format!("{}.{}", r.name, t.name))
+        })
+        .collect()
+}
+
 /// The built-in rule set, compiled once.
 pub static SCANNER: LazyLock<joch_guard::Scanner> = LazyLock::new(joch_guard::Scanner::new);
 

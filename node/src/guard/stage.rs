@@ -287,17 +287,7 @@ fn verdict_name(v: &Verdict) -> &'static str {
 
 /// Other servers' tools as agents see them (`server.tool`), for cross-server references.
 fn others(state: &joch_raft_store::PublishedState, server: &str) -> Option<joch_guard::Automaton> {
-    let names: Vec<String> = state
-        .registry
-        .servers
-        .values()
-        .filter(|r| r.name != server)
-        .flat_map(|r| {
-            let tools = r.status.discovery.as_ref().map(|d| d.tools.clone()).unwrap_or_default();
-            tools.into_iter().map(move |t| format!("{}.{}", r.name, t.name))
-        })
-        .collect();
-    joch_guard::cross_server(&names)
+    joch_guard::cross_server(&super::other_tools(state, server))
 }
 
 /// The policy's word on an answer with injection, then the server's.

@@ -126,18 +126,7 @@ impl Proxy {
             let listed = self.list(&adm, &peer, "tools/list", "tools").await?;
             // Other servers' tools, as agents on the aggregate endpoint see them: a description
             // that sends the model there is a poisoning sign.
-            let others: Vec<String> = self
-                .gate
-                .state()
-                .registry
-                .servers
-                .values()
-                .filter(|r| r.name != server)
-                .flat_map(|r| {
-                    let tools = r.status.discovery.as_ref().map(|d| d.tools.clone()).unwrap_or_default();
-                    tools.into_iter().map(move |t| format!("{}.{}", r.name, t.name))
-                })
-                .collect();
+            let others = crate::guard::other_tools(&self.gate.state(), server);
             d.findings = listed.iter().flat_map(|t| crate::guard::poison::check(t, &others)).collect();
             let mut tools: Vec<Tool> = listed.iter().map(tool).collect();
             tools.sort_by(|a, b| a.name.cmp(&b.name));
