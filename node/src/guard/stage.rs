@@ -38,18 +38,40 @@ const NOT_TEXT: [&str; 9] = ["_meta", "type", "mimeType", "uri", "uriTemplate", 
 /// counted as `joch_guard_skipped_total`).
 const MAX_SCANNED: usize = 8 << 20;
 
+/// Other servers' tools as an automaton (`None`: there are none), built at a registry index.
+type OthersAt = (u64, Option<Arc<joch_guard::Automaton>>);
+
 /// The stage.
 pub struct ContentGuard {
     registry: RegistryHandle,
     /// The feeds' patterns, compiled for the settings they came from (compiled again when the
     /// replicated settings change).
     feeds: parking_lot::Mutex<Option<(Arc<GuardSettings>, Arc<joch_guard::Extra>)>>,
+    /// Per server, the automaton of the other servers' tools, for the registry index it was
+    /// built at (built again once the registry changed; not per message).
+    others: parking_lot::Mutex<std::collections::HashMap<String, OthersAt>>,
 }
 
 impl ContentGuard {
     /// A guard reading servers' settings and policies from `registry`'s snapshot.
     pub fn new(registry: RegistryHandle) -> ContentGuard {
-        ContentGuard { registry, feeds: parking_lot::Mutex::default() }
+        ContentGuard { registry, feeds: parking_lot::Mutex::default(), others: parking_lot::Mutex::default() }
+    }
+
+    /// The other servers' tools as an automaton, built once per registry change.
+    fn others(&self, state: &joch_raft_store::PublishedState, server: &str) -> Option<Arc<joch_guard::Automaton>> {
+        let mut cache = self.others.lock();
+        if let Some((at, a)) = cache.get(server) {
+            if *at == state.applied_index {
+                return a.clone();
+            }
+        }
+        let a = joch_guard::cross_server(&super::other_tools(state, server)).map(Arc::new);
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(server.to_string(), (state.applied_index, a.clone()));
+        a
     }
 
     /// The feeds' patterns, compiled once per change of the settings.
@@ -169,12 +191,12 @@ impl Stage for ContentGuard {
             .flat_map(|r| r.iter().copied())
             .collect();
         let opts = Options { injection: scanning.prompt_injection_scan || by_policy, secrets };
-        let others = others(&state, server);
+        let others = self.others(&state, server);
         let feeds = self.feeds(&state.registry.guard);
         let mut hits: Vec<Vec<Hit>> = found
             .iter()
             .map(|(_, s)| {
-                let mut h = SCANNER.scan_with(s, &opts, others.as_ref());
+                let mut h = SCANNER.scan_with(s, &opts, others.as_deref());
                 if let Some(f) = &feeds {
                     h.extend(f.scan(s, &opts));
                     h.sort_by_key(|h| (h.start, h.end));
@@ -283,11 +305,6 @@ fn verdict_name(v: &Verdict) -> &'static str {
         Verdict::Annotate { .. } => "annotate",
         Verdict::Deny { .. } => "deny",
     }
-}
-
-/// Other servers' tools as agents see them (`server.tool`), for cross-server references.
-fn others(state: &joch_raft_store::PublishedState, server: &str) -> Option<joch_guard::Automaton> {
-    joch_guard::cross_server(&super::other_tools(state, server))
 }
 
 /// The policy's word on an answer with injection, then the server's.
