@@ -505,17 +505,17 @@ pub struct Extra {
 const FEED_SIZE_LIMIT: usize = 1 << 20;
 
 impl Extra {
-    /// Compiles the patterns of feeds (`feed` names each); every pattern that does not compile
-    /// is reported (its index and why).
-    pub fn compile<'a>(feeds: impl IntoIterator<Item = (&'a str, &'a [FeedPattern])>) -> Result<Extra, Vec<String>> {
+    /// Compiles groups of patterns (`prefix` starts each rule id: `feed.NAME`, `policy.NAME`);
+    /// every pattern that does not compile is reported (its index and why).
+    pub fn compile<'a>(groups: impl IntoIterator<Item = (String, &'a [FeedPattern])>) -> Result<Extra, Vec<String>> {
         let mut rules = Vec::new();
         let mut errors = Vec::new();
         let mut sources = Vec::new();
-        for (feed, patterns) in feeds {
+        for (prefix, patterns) in groups {
             for (i, p) in patterns.iter().enumerate() {
                 match regex::RegexBuilder::new(&p.regex).size_limit(FEED_SIZE_LIMIT).build() {
                     Ok(r) => {
-                        rules.push((intern(&format!("feed.{feed}.{}", p.id)), p.family, r));
+                        rules.push((intern(&format!("{prefix}.{}", p.id)), p.family, r));
                         sources.push(p.regex.clone());
                     }
                     Err(e) => errors.push(format!("patterns[{i}].regex ({}): {e}", p.id)),

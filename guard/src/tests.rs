@@ -126,11 +126,11 @@ fn feed_patterns_are_compiled_checked_and_found() {
         p("fake-support", Family::Override, r"(?i)call\s+our\s+support\s+line"),
         p("acme-key", Family::Secret, r"ACME-[0-9]{8}"),
     ];
-    let extra = Extra::compile([("intel", &feed[..])]).unwrap();
+    let extra = Extra::compile([("feed.intel".to_string(), &feed[..])]).unwrap();
     let hits = extra.scan("Please call our support line. Key ACME-12345678.", &Options::injection());
     assert_eq!(hits.iter().map(|h| h.rule).collect::<Vec<_>>(), ["feed.intel.fake-support"], "secrets not asked for");
     assert_eq!(extra.scan("ACME-12345678", &Options::all())[0].rule, "feed.intel.acme-key");
     let bad = [p("broken", Family::Role, r"(unclosed")];
-    let errs = Extra::compile([("intel", &bad[..])]).err().unwrap();
+    let errs = Extra::compile([("feed.intel".to_string(), &bad[..])]).err().unwrap();
     assert!(errs[0].starts_with("patterns[0].regex (broken): "), "{errs:?}");
 }

@@ -43,7 +43,36 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// What it decides when none of its rules matched (`None`: it abstains).
     pub default: Option<Decision>,
+    /// Content-guard patterns it adds (`spec.patterns`): used wherever the guard scans; its rules
+    /// (and others) decide on their hits by rule id (`policy.NAME.ID`).
+    pub patterns: Vec<Pattern>,
 }
+
+/// A content-guard pattern written in a policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pattern {
+    /// Its id within the policy.
+    pub id: String,
+    /// Its family (`override`, `role`, `hidden`, `coercion`, `exfiltration`, `cross-server`,
+    /// `secret-access`, `concealment`, `secret`, `pii`).
+    pub family: String,
+    /// The regex (linear-time syntax).
+    pub regex: String,
+}
+
+/// The families a pattern may name.
+pub const FAMILIES: [&str; 10] = [
+    "override",
+    "role",
+    "hidden",
+    "coercion",
+    "exfiltration",
+    "cross-server",
+    "secret-access",
+    "concealment",
+    "secret",
+    "pii",
+];
 
 /// A compiled rule.
 #[derive(Debug, Clone)]
@@ -230,7 +259,7 @@ impl Policy {
         keys_known(
             m,
             "spec",
-            &["version", "description", "appliesTo", "enforcement", "defaultDecision", "rules"],
+            &["version", "description", "appliesTo", "enforcement", "defaultDecision", "rules", "patterns"],
             &mut errs,
         );
         if let Some(v) = m.get("version") {
@@ -302,12 +331,47 @@ impl Policy {
                 l.rule = key.clone();
             }
         }
+        let patterns = patterns(m.get("patterns"), &mut errs);
         if errs.0.is_empty() {
-            Ok(Policy { name: name.to_string(), enforcement, agents, servers, rules, default })
+            Ok(Policy { name: name.to_string(), enforcement, agents, servers, rules, default, patterns })
         } else {
             Err(errs.0)
         }
     }
+}
+
+/// `spec.patterns`: `[{id, family, regex, description}]`, each regex compiled here (the
+/// `regex` crate: linear time; a size limit).
+fn patterns(v: Option<&Value>, errs: &mut Errors) -> Vec<Pattern> {
+    let Some(v) = v else { return Vec::new() };
+    let Some(list) = v.as_array() else {
+        errs.push("spec.patterns", "must be a list of {id, family, regex}");
+        return Vec::new();
+    };
+    let mut out: Vec<Pattern> = Vec::new();
+    for (i, p) in list.iter().enumerate() {
+        let at = format!("spec.patterns[{i}]");
+        let Some(m) = p.as_object() else {
+            errs.push(&at, "must be a mapping {id, family, regex}");
+            continue;
+        };
+        keys_known(m, &at, &["id", "family", "regex", "description"], errs);
+        let s = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        let (id, family, regex) = (s("id"), s("family"), s("regex"));
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            errs.push(&format!("{at}.id"), format!("{id:?}: letters, digits, '-', '_', '.'"));
+        } else if out.iter().any(|o| o.id == id) {
+            errs.push(&format!("{at}.id"), format!("{id:?} is used twice"));
+        }
+        if !FAMILIES.contains(&family.as_str()) {
+            errs.push(&format!("{at}.family"), format!("{family:?}: one of {}", FAMILIES.join(", ")));
+        }
+        if let Err(e) = regex::RegexBuilder::new(&regex).size_limit(1 << 20).build() {
+            errs.push(&format!("{at}.regex"), format!("does not compile: {e}"));
+        }
+        out.push(Pattern { id, family, regex });
+    }
+    out
 }
 
 fn decision(s: &str) -> Option<Decision> {

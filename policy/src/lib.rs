@@ -21,7 +21,7 @@ mod compile;
 mod eval;
 pub mod matcher;
 
-pub use compile::{Enforcement, Policy, Rule};
+pub use compile::{Enforcement, Pattern, Policy, Rule, FAMILIES};
 pub use eval::{Facts, Kind, Match, PolicySet, Verdict};
 
 use serde::{Deserialize, Serialize};

@@ -38,6 +38,9 @@ const NOT_TEXT: [&str; 9] = ["_meta", "type", "mimeType", "uri", "uriTemplate", 
 /// counted as `joch_guard_skipped_total`).
 const MAX_SCANNED: usize = 8 << 20;
 
+/// Feeds' and policies' patterns, compiled for the settings and the policy set they came from.
+type FeedsFor = (Arc<GuardSettings>, Arc<joch_policy::PolicySet>, Arc<joch_guard::Extra>);
+
 /// Other servers' tools as an automaton (`None`: there are none), built at a registry index.
 type OthersAt = (u64, Option<Arc<joch_guard::Automaton>>);
 
@@ -46,7 +49,7 @@ pub struct ContentGuard {
     registry: RegistryHandle,
     /// The feeds' patterns, compiled for the settings they came from (compiled again when the
     /// replicated settings change).
-    feeds: parking_lot::Mutex<Option<(Arc<GuardSettings>, Arc<joch_guard::Extra>)>>,
+    feeds: parking_lot::Mutex<Option<FeedsFor>>,
     /// Per server, the automaton of the other servers' tools, for the registry index it was
     /// built at (built again once the registry changed; not per message).
     others: parking_lot::Mutex<std::collections::HashMap<String, OthersAt>>,
@@ -74,23 +77,49 @@ impl ContentGuard {
         a
     }
 
-    /// The feeds' patterns, compiled once per change of the settings.
-    fn feeds(&self, settings: &Arc<GuardSettings>) -> Option<Arc<joch_guard::Extra>> {
-        if settings.feeds.is_empty() {
-            return None;
-        }
+    /// The feeds' and the policies' patterns, compiled once per change of either.
+    fn feeds(
+        &self,
+        settings: &Arc<GuardSettings>,
+        set: &Arc<joch_policy::PolicySet>,
+    ) -> Option<Arc<joch_guard::Extra>> {
         let mut cached = self.feeds.lock();
-        if let Some((s, e)) = cached.as_ref() {
-            if Arc::ptr_eq(s, settings) {
-                return Some(e.clone());
+        if let Some((s, p, e)) = cached.as_ref() {
+            if Arc::ptr_eq(s, settings) && Arc::ptr_eq(p, set) {
+                return (!e.is_empty()).then(|| e.clone());
             }
         }
-        let compiled = joch_guard::Extra::compile(settings.feeds.values().map(|f| (f.name.as_str(), &f.patterns[..])));
-        match compiled {
+        // A policy's patterns, as feed patterns (their families were checked when it was applied).
+        let from_policies: Vec<(String, Vec<joch_guard::FeedPattern>)> = set
+            .policies()
+            .filter(|p| !p.patterns.is_empty())
+            .map(|p| {
+                let patterns = p
+                    .patterns
+                    .iter()
+                    .filter_map(|x| {
+                        let family = serde_json::from_value(json!(x.family)).ok()?;
+                        Some(joch_guard::FeedPattern {
+                            id: x.id.clone(),
+                            family,
+                            regex: x.regex.clone(),
+                            description: None,
+                        })
+                    })
+                    .collect();
+                (format!("policy.{}", p.name), patterns)
+            })
+            .collect();
+        let groups = settings
+            .feeds
+            .values()
+            .map(|f| (format!("feed.{}", f.name), &f.patterns[..]))
+            .chain(from_policies.iter().map(|(n, p)| (n.clone(), &p[..])));
+        match joch_guard::Extra::compile(groups) {
             Ok(e) => {
                 let e = Arc::new(e);
-                *cached = Some((settings.clone(), e.clone()));
-                Some(e)
+                *cached = Some((settings.clone(), set.clone(), e.clone()));
+                (!e.is_empty()).then_some(e)
             }
             Err(errs) => {
                 tracing::error!(problems = ?errs, "the content-guard feeds do not compile; scanning without them");
@@ -192,7 +221,7 @@ impl Stage for ContentGuard {
             .collect();
         let opts = Options { injection: scanning.prompt_injection_scan || by_policy, secrets };
         let others = self.others(&state, server);
-        let feeds = self.feeds(&state.registry.guard);
+        let feeds = self.feeds(&state.registry.guard, set);
         let mut hits: Vec<Vec<Hit>> = found
             .iter()
             .map(|(_, s)| {

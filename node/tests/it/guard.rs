@@ -164,4 +164,24 @@ fn results_are_stripped_annotated_denied_or_redacted_as_configured_and_by_policy
         .ok()
         .json();
     assert_eq!(explain["decision"], "DENY", "{explain}");
+
+    // Patterns written in a policy, and a rule of it deciding on their hits by rule id.
+    std::fs::write(
+        &p,
+        "apiVersion: joch.dev/v1alpha1\nkind: Policy\nmetadata: { name: house-rules }\nspec:\n  patterns:\n    - { id: lure, family: exfiltration, regex: '(?i)totally-legit\\.example' }\n  rules:\n    - when: { mcpResult.injectionScan.rules: policy.house-rules.lure }\n      action: { deny: true, reason: known-lure }\n",
+    )
+    .unwrap();
+    c.cli(1, &["apply", "-f", p.to_str().unwrap()]).ok();
+    let r = probe(&c, "plain", &json!([["getenv", {"name": "FEEDTXT"}]]));
+    let e = &r["calls"]["getenv"];
+    assert_eq!(
+        (e["code"].as_i64(), e["data"]["by"].as_str()),
+        (Some(-32070), Some("policy house-rules/rule-1")),
+        "{r}"
+    );
+    assert!(e["message"].as_str().unwrap().contains("known-lure"), "{r}");
+    // A pattern that does not compile is refused when the policy is applied.
+    std::fs::write(&p, "apiVersion: joch.dev/v1alpha1\nkind: Policy\nmetadata: { name: broken }\nspec:\n  patterns:\n    - { id: x, family: lure, regex: '(' }\n  rules: []\n").unwrap();
+    let err = c.cli(1, &["apply", "-f", p.to_str().unwrap()]).fails(1);
+    assert!(err.contains("spec.patterns[0].family") && err.contains("spec.patterns[0].regex"), "{err}");
 }

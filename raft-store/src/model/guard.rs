@@ -61,7 +61,7 @@ pub fn check(name: &str, patterns: &[joch_guard::FeedPattern]) -> Vec<FieldError
             out.push(FieldError { field: format!("patterns[{i}].id"), message: format!("{:?} is used twice", p.id) });
         }
     }
-    if let Err(errs) = joch_guard::Extra::compile([(name, patterns)]) {
+    if let Err(errs) = joch_guard::Extra::compile([(format!("feed.{name}"), patterns)]) {
         for e in errs {
             let (field, message) =
                 e.split_once(": ").map(|(f, m)| (f.to_string(), m.to_string())).unwrap_or(("patterns".into(), e));
