@@ -91,8 +91,7 @@ impl Proxy {
                 Some(init) => {
                     let note =
                         Bytes::from(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string());
-                    let _ =
-                        self.upstream.send(&adm, reqwest::Method::POST, &headers(), sid.as_deref(), Some(note)).await;
+                    self.exchange_and_drain(&adm, reqwest::Method::POST, sid.as_deref(), Some(note)).await;
                     (Peer::Http { sid }, init)
                 }
                 // A modern-only server: its server/discover says what initialize would have.
@@ -150,7 +149,7 @@ impl Proxy {
             d.prompts = names(self.list(&adm, &peer, "prompts/list", "prompts").await?, "name");
         }
         if let Peer::Http { sid: Some(sid) } = &peer {
-            let _ = self.upstream.send(&adm, reqwest::Method::DELETE, &headers(), Some(sid), None).await;
+            self.exchange_and_drain(&adm, reqwest::Method::DELETE, Some(sid), None).await;
         }
         Ok(d)
     }
@@ -232,6 +231,21 @@ impl Proxy {
             }
         }
         Ok(out)
+    }
+
+    /// A request whose answer does not matter (the `initialized` notification, the session's
+    /// DELETE): its body is read to the end (bounded), so the connection goes back to the pool
+    /// clean or not at all.
+    async fn exchange_and_drain(
+        &self,
+        adm: &Admitted,
+        method: reqwest::Method,
+        sid: Option<&str>,
+        body: Option<Bytes>,
+    ) {
+        if let Ok(r) = self.upstream.send(adm, method, &headers(), sid, body).await {
+            let _ = self.upstream.read(r, 64 << 10).await;
+        }
     }
 
     /// One modern request (envelope and routing headers) and its answer.
