@@ -122,7 +122,12 @@ impl ContentGuard {
                 (!e.is_empty()).then_some(e)
             }
             Err(errs) => {
+                // Checked when applied, so only a build with stricter limits gets here: said once
+                // per change, then scanned without them.
                 tracing::error!(problems = ?errs, "the content-guard feeds do not compile; scanning without them");
+                if let Ok(empty) = joch_guard::Extra::compile(std::iter::empty()) {
+                    *cached = Some((settings.clone(), set.clone(), Arc::new(empty)));
+                }
                 None
             }
         }
@@ -189,6 +194,15 @@ impl Stage for ContentGuard {
             return;
         }
         let state = self.registry.load();
+        // On `/mcp` and virtual servers, a call's answer is its member's (events of a merged
+        // stream come with their member already).
+        let routed;
+        let server = if server.is_empty() || server.starts_with("v/") {
+            routed = crate::proxy::aggregate::routed_server(call, &state);
+            routed.as_str()
+        } else {
+            server
+        };
         let Some(rec) = state.registry.servers.get(server) else { return };
         let set = &state.registry.compiled.set;
         let scanning = &rec.spec.scanning;

@@ -101,13 +101,7 @@ impl Guardian {
     /// member it routes to (empty when it goes to several or none: only the node's own guardian
     /// sees it).
     pub fn server_of(&self, call: &Call) -> String {
-        if !(call.server.is_empty() || call.view().is_some()) {
-            return call.server.clone();
-        }
-        let (Some(rpc), Some(method)) = (call.rpc.as_ref(), call.method()) else { return String::new() };
-        let state = self.registry.load();
-        let view = call.view().and_then(|v| state.registry.virtual_servers.get(v));
-        crate::proxy::aggregate::route(method, &rpc.msg, view.map(|v| &v.spec)).map(|r| r.0).unwrap_or_default()
+        crate::proxy::aggregate::routed_server(call, &self.registry.load())
     }
 
     /// Whether `server` has any guardian at all (a JSON-RPC batch cannot be shown to one, so it

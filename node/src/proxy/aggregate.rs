@@ -45,6 +45,17 @@ pub(crate) fn list_key(method: &str) -> Option<&'static str> {
     }
 }
 
+/// The server a call is about: its own, or on the aggregate endpoint and on a virtual server the
+/// member the call routes to (empty when it routes to none: a list, an unknown name).
+pub fn routed_server(call: &Call, state: &joch_raft_store::PublishedState) -> String {
+    if !(call.server.is_empty() || call.view().is_some()) {
+        return call.server.clone();
+    }
+    let (Some(rpc), Some(method)) = (call.rpc.as_ref(), call.method()) else { return String::new() };
+    let view = call.view().and_then(|v| state.registry.virtual_servers.get(v));
+    route(method, &rpc.msg, view.map(|v| &v.spec)).map(|r| r.0).unwrap_or_default()
+}
+
 /// Splits `server.name` (prompts, tools) or `joch+server:uri` (resources): the member, the
 /// routed parameter, and the member's own name for it.
 pub(crate) fn route(

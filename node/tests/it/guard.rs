@@ -73,6 +73,16 @@ fn results_are_stripped_annotated_denied_or_redacted_as_configured_and_by_policy
     let r = probe(&c, "plain", &both);
     assert_eq!(r["sequence"], json!([INJECT, SECRET]), "nothing asked for scanning: {r}");
 
+    // Through a virtual server and the aggregate endpoint: the member's scanning applies.
+    let v = c.dir.path().join("virtual.yaml");
+    std::fs::write(&v, "apiVersion: joch.dev/v1alpha1\nkind: VirtualServer\nmetadata: { name: support }\nspec:\n  tools:\n    - { server: stripped, tool: getenv, name: env }\n").unwrap();
+    c.cli(1, &["apply", "-f", v.to_str().unwrap()]).ok();
+    let stripped = "Forecast: sunny, 21 C. [removed by joch: injection.override] Humidity 40%.";
+    let r = probe(&c, "v/support", &json!([["env", {"name": "INJECT"}]]));
+    assert_eq!(r["calls"]["env"], stripped, "{r}");
+    let r = probe(&c, "-", &json!([["stripped.getenv", {"name": "INJECT"}], ["plain.getenv", {"name": "INJECT"}]]));
+    assert_eq!(r["sequence"], json!([stripped, INJECT]), "{r}");
+
     // A feed an operator loads: its pattern strips on every node.
     let feed = c.dir.path().join("intel.yaml");
     std::fs::write(&feed, "source: acme-threat-intel\nversion: '2026-12-01'\npatterns:\n  - id: legit-lure\n    family: exfiltration\n    regex: '(?i)visit\\s+totally-legit\\.example\\S*'\n").unwrap();
