@@ -13,7 +13,8 @@ use serde_json::json;
 use super::audit::s;
 use super::client::{self, req, settle, status_err};
 use super::output::{self, table, time};
-use super::{Format, Global, EXIT_FLEET_INCOMPLETE};
+use super::registry::done;
+use super::{Format, Global};
 
 /// `joch guard ...`.
 #[derive(Subcommand, Debug)]
@@ -131,14 +132,6 @@ pub async fn run(g: &Global, cmd: GuardCmd) -> anyhow::Result<ExitCode> {
             table(&["FEED", "SOURCE", "VERSION", "PATTERNS", "LOADED BY", "LOADED"], &rows);
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-fn done(complete: bool) -> ExitCode {
-    if complete {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_FLEET_INCOMPLETE)
     }
 }
 

@@ -189,7 +189,8 @@ pub(super) fn parse_pairs(items: &[String], flag: &str) -> anyhow::Result<HashMa
         .collect()
 }
 
-fn done(complete: bool) -> ExitCode {
+/// The exit code of a write: 3 when the fleet acknowledgement was incomplete.
+pub(super) fn done(complete: bool) -> ExitCode {
     if complete {
         ExitCode::SUCCESS
     } else {

@@ -10,7 +10,7 @@ use anyhow::Context;
 use base64::Engine;
 use clap::Subcommand;
 use joch_proto::admin as pb;
-use joch_raft_store::model::trust::{key_id, AllowList, TrustChange, Weights};
+use joch_raft_store::model::trust::{key_id, verifying_key, AllowList, TrustChange, Weights};
 use ring::signature::KeyPair;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 use super::audit::s;
 use super::client::{self, req, settle, status_err};
 use super::output::{self, table, time};
-use super::{Format, Global, EXIT_FLEET_INCOMPLETE};
+use super::registry::done;
+use super::{Format, Global};
 use crate::resource::manifest;
 
 /// `joch trust ...`.
@@ -152,7 +153,7 @@ async fn write(g: &Global, target: &str, change: TrustChange) -> anyhow::Result<
     let url = n.url.clone();
     let r = pb::TrustRequest { change_json: serde_json::to_string(&change)? };
     let w = n.registry.set_trust(req(r)).await.map_err(|s| status_err(&url, s))?.into_inner();
-    Ok(if output::write(g.output, target, &w) { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FLEET_INCOMPLETE) })
+    Ok(done(output::write(g.output, target, &w)))
 }
 
 /// A public key given as `ed25519:BASE64` or in a file holding that.
@@ -447,20 +448,14 @@ pub async fn verify(g: &Global, file: &Path, keys: &[String]) -> anyhow::Result<
                     .filter_map(|k| public_key(k["key"].as_str().unwrap_or_default()).ok())
                     .collect(),
             };
-            let raw = s(&sig["value"])
-                .strip_prefix("ed25519:")
-                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-                .unwrap_or_default();
             let document = manifest::signed_document(doc).unwrap_or_default();
-            let hit = keys.iter().find(|k| {
-                ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, k)
-                    .verify(document.as_bytes(), &raw)
-                    .is_ok()
-            });
-            match (hit, keys.is_empty()) {
-                (Some(k), _) => (true, format!("signed by {by}: verifies (key {})", key_id(k))),
-                (None, true) => (false, format!("signed by {by}, which is not a trusted publisher of this cluster")),
-                (None, false) => (false, format!("signed by {by}: does NOT verify with its {} key(s)", keys.len())),
+            match (verifying_key(&keys, &document, &s(&sig["value"])), keys.is_empty()) {
+                (Err(e), _) => (false, format!("signed by {by}: {e}")),
+                (Ok(Some(k)), _) => (true, format!("signed by {by}: verifies (key {})", key_id(k))),
+                (Ok(None), true) => {
+                    (false, format!("signed by {by}, which is not a trusted publisher of this cluster"))
+                }
+                (Ok(None), false) => (false, format!("signed by {by}: does NOT verify with its {} key(s)", keys.len())),
             }
         };
         failed += usize::from(!ok);

@@ -322,20 +322,23 @@ fn signature(spec: &McpServerSpec, publisher: Option<&str>, settings: &TrustSett
     if sig.signed.is_empty() {
         return (0.0, format!("signed by {by}, but the manifest was not applied with joch apply (nothing to verify)"));
     }
-    let Some(raw) =
-        sig.value.strip_prefix("ed25519:").and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-    else {
-        return (0.0, "spec.signature.value is not ed25519:BASE64".into());
-    };
-    let ok = trusted.keys.iter().position(|k| {
-        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, k)
-            .verify(sig.signed.as_bytes(), &raw)
-            .is_ok()
-    });
-    match ok {
-        Some(i) => (1.0, format!("ed25519 signature by {by} verifies (key {})", key_id(&trusted.keys[i]))),
-        None => (0.0, format!("the signature does not verify with any of {by}'s {} key(s)", trusted.keys.len())),
+    match verifying_key(&trusted.keys, &sig.signed, &sig.value) {
+        Err(e) => (0.0, e),
+        Ok(Some(k)) => (1.0, format!("ed25519 signature by {by} verifies (key {})", key_id(k))),
+        Ok(None) => (0.0, format!("the signature does not verify with any of {by}'s {} key(s)", trusted.keys.len())),
     }
+}
+
+/// The key among `keys` with which `value` (`ed25519:BASE64`) is a signature of `document`, if
+/// any; `Err` when `value` is not written so.
+pub fn verifying_key<'a>(keys: &'a [[u8; 32]], document: &str, value: &str) -> Result<Option<&'a [u8; 32]>, String> {
+    let raw = value
+        .strip_prefix("ed25519:")
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .ok_or("spec.signature.value is not ed25519:BASE64")?;
+    Ok(keys.iter().find(|k| {
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, k).verify(document.as_bytes(), &raw).is_ok()
+    }))
 }
 
 /// A key's short id: the first 8 bytes of its SHA-256, hex.
