@@ -745,22 +745,29 @@ fn decode_text(s: &str) -> Option<String> {
 /// (at most [`SENTENCE`] bytes further), replaced by `[removed by joch: RULE]`. Secrets and PII
 /// are left to [`redact`].
 pub fn strip(text: &str, hits: &[Hit]) -> String {
-    let spans: Vec<(usize, usize, &str)> = hits
-        .iter()
-        .filter(|h| h.family.is_injection())
-        .map(|h| {
-            let end = if h.rule == "injection.hidden.invisible" { h.end } else { sentence_end(text, h.end) };
-            (h.start, end, h.rule)
-        })
-        .collect();
-    replace(text, &spans, |rule| format!("[removed by joch: {rule}]"))
+    rewrite(text, hits, true, false)
 }
 
 /// `text` with every secret and PII hit replaced by `[REDACTED:RULE]`.
 pub fn redact(text: &str, hits: &[Hit]) -> String {
-    let spans: Vec<(usize, usize, &str)> =
-        hits.iter().filter(|h| !h.family.is_injection()).map(|h| (h.start, h.end, h.rule)).collect();
-    replace(text, &spans, |rule| format!("[REDACTED:{rule}]"))
+    rewrite(text, hits, false, true)
+}
+
+/// `text` with injection hits stripped (`strip`, as [`strip`] does) and secret and PII hits
+/// redacted (`redact`, as [`redact`] does), in one pass over the original's spans.
+pub fn rewrite(text: &str, hits: &[Hit], strip: bool, redact: bool) -> String {
+    let spans: Vec<(usize, usize, String)> = hits
+        .iter()
+        .filter_map(|h| match h.family.is_injection() {
+            true if strip => {
+                let end = if h.rule == "injection.hidden.invisible" { h.end } else { sentence_end(text, h.end) };
+                Some((h.start, end, format!("[removed by joch: {}]", h.rule)))
+            }
+            false if redact => Some((h.start, h.end, format!("[REDACTED:{}]", h.rule))),
+            _ => None,
+        })
+        .collect();
+    replace(text, spans)
 }
 
 /// The end of the sentence (or line) `from` is in: after a `.`, `!` or `?` followed by white
@@ -778,25 +785,25 @@ fn sentence_end(text: &str, from: usize) -> usize {
     limit
 }
 
-/// Replaces spans (merged where they overlap) by what `with` makes of the first rule of each.
-fn replace(text: &str, spans: &[(usize, usize, &str)], with: impl Fn(&str) -> String) -> String {
+/// Replaces spans (merged where they overlap) by the replacement of the first of each.
+fn replace(text: &str, mut spans: Vec<(usize, usize, String)>) -> String {
     if spans.is_empty() {
         return text.to_string();
     }
-    let mut spans = spans.to_vec();
     spans.sort_by_key(|s| (s.0, s.1));
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
     let mut i = 0;
     while i < spans.len() {
-        let (start, mut end, rule) = spans[i];
+        let (start, mut end) = (spans[i].0, spans[i].1);
+        let first = i;
         while i + 1 < spans.len() && spans[i + 1].0 <= end {
             end = end.max(spans[i + 1].1);
             i += 1;
         }
         let (start, end) = (floor(text, start.max(at)), ceil(text, end));
         out.push_str(&text[at..start]);
-        out.push_str(&with(rule));
+        out.push_str(&spans[first].2);
         at = end;
         i += 1;
     }

@@ -275,11 +275,8 @@ impl Stage for ContentGuard {
             r.dedup();
             r
         };
-        let verdict = if injected.is_empty() {
-            Verdict::Pass
-        } else {
-            decide(call, rec, set, scanning.prompt_injection_scan, scanning.on_injection, &injected, secret_hits)
-        };
+        let verdict =
+            if injected.is_empty() { Verdict::Pass } else { decide(call, rec, set, &injected, &rules, secret_hits) };
         let micros = started.elapsed().as_micros() as u64;
         // The rules and where they matched (byte spans in the text they were found in).
         let spans: Vec<String> =
@@ -355,17 +352,13 @@ fn decide(
     call: &Call,
     rec: &Arc<ServerRecord>,
     set: &joch_policy::PolicySet,
-    scan_asked: bool,
-    on_injection: InjectionAction,
     injected: &[&Hit],
+    rules: &[&str],
     secret_hits: bool,
 ) -> Verdict {
     let mut families: Vec<&str> = injected.iter().map(|h| h.family.as_str()).collect();
     families.sort();
     families.dedup();
-    let mut rules: Vec<&str> = injected.iter().map(|h| h.rule).collect();
-    rules.sort();
-    rules.dedup();
     let result = json!({
         "injectionScan": {"hit": true, "families": families, "rules": rules},
         "secretScan": {"hit": secret_hits},
@@ -401,11 +394,11 @@ fn decide(
             return Verdict::Strip { by: format!("policy {}/{}: {}", m.policy, m.rule, m.reason) };
         }
     }
-    if !scan_asked {
+    if !rec.spec.scanning.prompt_injection_scan {
         return Verdict::Pass;
     }
     let by = "mcpserver.spec.scanning.onInjection".to_string();
-    match on_injection {
+    match rec.spec.scanning.on_injection {
         InjectionAction::Strip => Verdict::Strip { by },
         InjectionAction::Annotate => Verdict::Annotate { by },
         InjectionAction::Deny => Verdict::Deny { by, reason: "onInjection: deny".into() },
@@ -419,17 +412,8 @@ fn apply(v: &mut Value, found: &[(Vec<Step>, String)], hits: &[Vec<Hit>], strip:
         if hs.is_empty() {
             continue;
         }
-        let mut out = if strip { joch_guard::strip(text, hs) } else { text.clone() };
-        if hs.iter().any(|h| !h.family.is_injection()) {
-            // Offsets are the original text's: redact it, then strip what the redaction left.
-            out = joch_guard::redact(text, hs);
-            if strip {
-                let again = SCANNER.scan(&out, &Options::injection());
-                out = joch_guard::strip(&out, &again);
-            }
-        }
         if let Some(slot) = at(v, path) {
-            *slot = Value::String(out);
+            *slot = Value::String(joch_guard::rewrite(text, hs, strip, true));
         }
     }
     if let Some(meta) = meta {
