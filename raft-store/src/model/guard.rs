@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::registry::Stamp;
+use std::sync::Arc;
+
+use super::command::{Applied, Command};
+use super::registry::{changed, invalid, unchanged, ApplyError, Registry, Stamp, Touched};
+use super::validate::check_name;
 use super::validate::FieldError;
 
 /// One feed.
@@ -69,4 +73,60 @@ pub fn check(name: &str, patterns: &[joch_guard::FeedPattern]) -> Vec<FieldError
         }
     }
     out
+}
+
+impl Registry {
+    /// The content guard's feed commands.
+    pub(super) fn apply_guard(
+        &mut self,
+        command: &Command,
+        stamp: &Stamp,
+        touched: &mut Touched,
+    ) -> Result<(String, Applied), ApplyError> {
+        Ok(match command {
+            Command::SetGuardFeed { name, source, version, patterns } => {
+                check_name("name", name).map_err(invalid)?;
+                let problems = super::guard::check(name, patterns);
+                if !problems.is_empty() {
+                    return Err(ApplyError::Invalid(problems));
+                }
+                let feed = super::guard::Feed {
+                    name: name.clone(),
+                    source: source.clone(),
+                    version: version.clone(),
+                    patterns: patterns.clone(),
+                    at: stamp.clone(),
+                };
+                let guard = Arc::make_mut(&mut self.guard);
+                let same =
+                    guard.feeds.get(name).is_some_and(|f| f.patterns == feed.patterns && f.version == feed.version);
+                if same {
+                    return Ok((format!("guardfeed/{name}"), unchanged("feed unchanged")));
+                }
+                let replaced = guard.feeds.insert(name.clone(), feed).is_some();
+                touched.guard = true;
+                let verb = if replaced { "replaced" } else { "loaded" };
+                (
+                    format!("guardfeed/{name}"),
+                    changed(format!(
+                        "content-guard feed {name} {verb}: {} patterns from {source} ({version})",
+                        patterns.len()
+                    )),
+                )
+            }
+            Command::DeleteGuardFeed { name } => {
+                if Arc::make_mut(&mut self.guard).feeds.remove(name).is_none() {
+                    return Err(ApplyError::Access { kind: "guard feed".into(), name: name.clone(), exists: false });
+                }
+                touched.guard = true;
+                (format!("guardfeed/{name}"), changed("content-guard feed removed".into()))
+            }
+            other => {
+                return Err(invalid(FieldError {
+                    field: "command".into(),
+                    message: format!("{} is not a content-guard command", other.kind()),
+                }))
+            }
+        })
+    }
 }

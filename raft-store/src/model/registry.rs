@@ -328,11 +328,11 @@ pub struct Touched {
     pub guard: bool,
 }
 
-fn server_target(name: &str) -> String {
+pub(super) fn server_target(name: &str) -> String {
     format!("mcpserver/{name}")
 }
 
-fn invalid(e: FieldError) -> ApplyError {
+pub(super) fn invalid(e: FieldError) -> ApplyError {
     ApplyError::Invalid(vec![e])
 }
 
@@ -723,42 +723,8 @@ impl Registry {
                 self.apply_approval(&req.command, &stamp, touched)?
             }
             Command::SetTrust(change) => self.apply_trust(change, &stamp, touched)?,
-            Command::SetGuardFeed { name, source, version, patterns } => {
-                check_name("name", name).map_err(invalid)?;
-                let problems = super::guard::check(name, patterns);
-                if !problems.is_empty() {
-                    return Err(ApplyError::Invalid(problems));
-                }
-                let feed = super::guard::Feed {
-                    name: name.clone(),
-                    source: source.clone(),
-                    version: version.clone(),
-                    patterns: patterns.clone(),
-                    at: stamp.clone(),
-                };
-                let guard = Arc::make_mut(&mut self.guard);
-                let same =
-                    guard.feeds.get(name).is_some_and(|f| f.patterns == feed.patterns && f.version == feed.version);
-                if same {
-                    return Ok(unchanged("feed unchanged"));
-                }
-                let replaced = guard.feeds.insert(name.clone(), feed).is_some();
-                touched.guard = true;
-                let verb = if replaced { "replaced" } else { "loaded" };
-                (
-                    format!("guardfeed/{name}"),
-                    changed(format!(
-                        "content-guard feed {name} {verb}: {} patterns from {source} ({version})",
-                        patterns.len()
-                    )),
-                )
-            }
-            Command::DeleteGuardFeed { name } => {
-                if Arc::make_mut(&mut self.guard).feeds.remove(name).is_none() {
-                    return Err(ApplyError::Access { kind: "guard feed".into(), name: name.clone(), exists: false });
-                }
-                touched.guard = true;
-                (format!("guardfeed/{name}"), changed("content-guard feed removed".into()))
+            Command::SetGuardFeed { .. } | Command::DeleteGuardFeed { .. } => {
+                self.apply_guard(&req.command, &stamp, touched)?
             }
             Command::RecordTraffic { window_ms, counts } => self.apply_traffic(*window_ms, counts, touched),
             Command::SetRetention { history_per_target, history_max_age_ms } => {
@@ -1004,36 +970,8 @@ impl Registry {
         );
     }
 
-    /// Recomputes a server's trust score and stores it if the report changed; says how the
-    /// score moved (`trust 0.25 -> 0.65`, `trust 0.25` for the first), if it did.
-    fn retrust(&mut self, name: &str) -> (bool, Option<String>) {
-        let Some(old) = self.servers.get(name) else { return (false, None) };
-        let st = &old.status;
-        let inputs = super::trust::Inputs {
-            name,
-            spec: &old.spec,
-            discovery: st.discovery.as_ref(),
-            recent: &st.recent,
-            drifting: !st.drift.is_empty(),
-            traffic: st.traffic,
-        };
-        let report = super::trust::score(&inputs, &self.trust);
-        if st.trust.as_ref() == Some(&report) {
-            return (false, None);
-        }
-        let moved = match &st.trust {
-            Some(t) if t.score == report.score => None,
-            Some(t) => Some(format!("trust {:.2} -> {:.2}", t.score, report.score)),
-            None => Some(format!("trust {:.2}", report.score)),
-        };
-        let mut rec = (**old).clone();
-        rec.status.trust = Some(report);
-        self.servers.insert(name.to_string(), Arc::new(rec));
-        (true, moved)
-    }
-
     /// Adds a history line.
-    fn note(&mut self, target: &str, action: &str, detail: &str, stamp: &Stamp, touched: &mut Touched) {
+    pub(super) fn note(&mut self, target: &str, action: &str, detail: &str, stamp: &Stamp, touched: &mut Touched) {
         let rec = ChangeRecord {
             target: target.to_string(),
             action: action.to_string(),
@@ -1043,122 +981,6 @@ impl Registry {
         self.history.entry(target.to_string()).or_default().push_back(rec.clone());
         touched.history.push(rec);
         self.prune(target, stamp.at_ms, touched);
-    }
-
-    /// A change of the trust settings; every server's score is recomputed, and a server whose
-    /// score moved gets a history line saying why.
-    fn apply_trust(
-        &mut self,
-        change: &super::trust::TrustChange,
-        stamp: &Stamp,
-        touched: &mut Touched,
-    ) -> Result<(String, Applied), ApplyError> {
-        use super::trust::{Publisher, TrustChange};
-        let trust = Arc::make_mut(&mut self.trust);
-        let detail = match change {
-            TrustChange::SetPublisher { name, keys } => {
-                check_name("name", name).map_err(invalid)?;
-                if keys.is_empty() {
-                    return Err(invalid(FieldError {
-                        field: "keys".into(),
-                        message: "a publisher needs at least one public key".into(),
-                    }));
-                }
-                let ids: Vec<String> = keys.iter().map(super::trust::key_id).collect();
-                let new = Publisher { name: name.clone(), keys: keys.clone(), at: stamp.clone() };
-                match trust.publishers.insert(name.clone(), new) {
-                    Some(old) if old.keys == *keys => {
-                        return Ok((format!("publisher/{name}"), unchanged("publisher unchanged")))
-                    }
-                    Some(_) => format!("trusted publisher {name}: keys replaced ({})", ids.join(", ")),
-                    None => format!("trusted publisher {name} added (keys {})", ids.join(", ")),
-                }
-            }
-            TrustChange::RemovePublisher { name } => {
-                if trust.publishers.remove(name).is_none() {
-                    return Err(ApplyError::Access {
-                        kind: "trusted publisher".into(),
-                        name: name.clone(),
-                        exists: false,
-                    });
-                }
-                format!("trusted publisher {name} removed")
-            }
-            TrustChange::AllowList(list) => {
-                let mut list = list.clone();
-                let loaded = !(list.servers.is_empty() && list.publishers.is_empty() && list.endpoints.is_empty());
-                list.at = loaded.then(|| stamp.clone());
-                if !loaded && trust.allowlist.at.is_none() {
-                    return Ok(("trust/allowlist".into(), unchanged("no allow-list loaded")));
-                }
-                let what = if loaded {
-                    format!(
-                        "allow-list {} loaded: {} servers, {} publishers, {} endpoints",
-                        list.source,
-                        list.servers.len(),
-                        list.publishers.len(),
-                        list.endpoints.len()
-                    )
-                } else {
-                    "allow-list unloaded".to_string()
-                };
-                trust.allowlist = list;
-                what
-            }
-            TrustChange::Weights(w) => {
-                w.check().map_err(invalid)?;
-                if trust.weights == *w {
-                    return Ok(("trust/weights".into(), unchanged("weights unchanged")));
-                }
-                trust.weights = *w;
-                format!(
-                    "trust weights: publisher {}, signature {}, stability {}, poisoning {}, traffic {}, allowlist {}",
-                    w.publisher, w.signature, w.stability, w.poisoning, w.traffic, w.allowlist
-                )
-            }
-        };
-        touched.trust = true;
-        let names: Vec<String> = self.servers.keys().cloned().collect();
-        for name in names {
-            let (stored, moved) = self.retrust(&name);
-            if stored {
-                touched.servers.push(name.clone());
-            }
-            if let Some(moved) = moved {
-                self.note(&server_target(&name), "Trust", &format!("{moved} ({detail})"), stamp, touched);
-            }
-        }
-        Ok(("cluster/trust".into(), changed(detail)))
-    }
-
-    /// The leader's count of every server's calls over the last window; a server it does not
-    /// name had none.
-    fn apply_traffic(
-        &mut self,
-        window_ms: u64,
-        counts: &BTreeMap<String, super::trust::Traffic>,
-        touched: &mut Touched,
-    ) -> (String, Applied) {
-        let names: Vec<String> = self.servers.keys().cloned().collect();
-        let mut counted = 0;
-        for name in names {
-            let t = counts.get(&name).copied().unwrap_or(super::trust::Traffic { window_ms, ..Default::default() });
-            let Some(old) = self.servers.get(&name) else { continue };
-            if old.status.traffic == Some(t) {
-                continue;
-            }
-            let mut rec = (**old).clone();
-            rec.status.traffic = Some(t);
-            self.servers.insert(name.clone(), Arc::new(rec));
-            self.retrust(&name);
-            touched.servers.push(name);
-            counted += 1;
-        }
-        // Not a change operators review: no history line.
-        (
-            "cluster/traffic".into(),
-            Applied { changed: false, summary: format!("traffic counted: {counted} servers changed") },
-        )
     }
 
     /// Runs `f` on a copy of the server; if it reports a change, stores the copy.
@@ -1263,7 +1085,7 @@ pub(super) fn changed(summary: String) -> Applied {
     Applied { changed: true, summary }
 }
 
-fn unchanged(summary: &str) -> Applied {
+pub(super) fn unchanged(summary: &str) -> Applied {
     Applied { changed: false, summary: summary.to_string() }
 }
 

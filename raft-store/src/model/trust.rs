@@ -5,13 +5,16 @@
 //! `minTrustScore` alike (`docs/trust.md`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::registry::Stamp;
+use super::command::Applied;
+use super::registry::{changed, invalid, server_target, unchanged, ApplyError, Stamp, Touched};
 use super::resource::McpServerSpec;
+use super::validate::check_name;
 use super::validate::FieldError;
 
 /// A publisher on the trusted-publisher list.
@@ -387,6 +390,153 @@ pub fn signed_document(doc: &Value) -> String {
     }
     out.insert("spec".into(), spec);
     canonical(&Value::Object(out))
+}
+
+/// The trust commands and the scores they move, applied to the registry.
+impl super::registry::Registry {
+    /// Recomputes a server's trust score and stores it if the report changed; says how the
+    /// score moved (`trust 0.25 -> 0.65`, `trust 0.25` for the first), if it did.
+    pub(super) fn retrust(&mut self, name: &str) -> (bool, Option<String>) {
+        let Some(old) = self.servers.get(name) else { return (false, None) };
+        let st = &old.status;
+        let inputs = super::trust::Inputs {
+            name,
+            spec: &old.spec,
+            discovery: st.discovery.as_ref(),
+            recent: &st.recent,
+            drifting: !st.drift.is_empty(),
+            traffic: st.traffic,
+        };
+        let report = super::trust::score(&inputs, &self.trust);
+        if st.trust.as_ref() == Some(&report) {
+            return (false, None);
+        }
+        let moved = match &st.trust {
+            Some(t) if t.score == report.score => None,
+            Some(t) => Some(format!("trust {:.2} -> {:.2}", t.score, report.score)),
+            None => Some(format!("trust {:.2}", report.score)),
+        };
+        let mut rec = (**old).clone();
+        rec.status.trust = Some(report);
+        self.servers.insert(name.to_string(), Arc::new(rec));
+        (true, moved)
+    }
+
+    /// A change of the trust settings; every server's score is recomputed, and a server whose
+    /// score moved gets a history line saying why.
+    pub(super) fn apply_trust(
+        &mut self,
+        change: &super::trust::TrustChange,
+        stamp: &Stamp,
+        touched: &mut Touched,
+    ) -> Result<(String, Applied), ApplyError> {
+        use super::trust::{Publisher, TrustChange};
+        let trust = Arc::make_mut(&mut self.trust);
+        let detail = match change {
+            TrustChange::SetPublisher { name, keys } => {
+                check_name("name", name).map_err(invalid)?;
+                if keys.is_empty() {
+                    return Err(invalid(FieldError {
+                        field: "keys".into(),
+                        message: "a publisher needs at least one public key".into(),
+                    }));
+                }
+                let ids: Vec<String> = keys.iter().map(super::trust::key_id).collect();
+                let new = Publisher { name: name.clone(), keys: keys.clone(), at: stamp.clone() };
+                match trust.publishers.insert(name.clone(), new) {
+                    Some(old) if old.keys == *keys => {
+                        return Ok((format!("publisher/{name}"), unchanged("publisher unchanged")))
+                    }
+                    Some(_) => format!("trusted publisher {name}: keys replaced ({})", ids.join(", ")),
+                    None => format!("trusted publisher {name} added (keys {})", ids.join(", ")),
+                }
+            }
+            TrustChange::RemovePublisher { name } => {
+                if trust.publishers.remove(name).is_none() {
+                    return Err(ApplyError::Access {
+                        kind: "trusted publisher".into(),
+                        name: name.clone(),
+                        exists: false,
+                    });
+                }
+                format!("trusted publisher {name} removed")
+            }
+            TrustChange::AllowList(list) => {
+                let mut list = list.clone();
+                let loaded = !(list.servers.is_empty() && list.publishers.is_empty() && list.endpoints.is_empty());
+                list.at = loaded.then(|| stamp.clone());
+                if !loaded && trust.allowlist.at.is_none() {
+                    return Ok(("trust/allowlist".into(), unchanged("no allow-list loaded")));
+                }
+                let what = if loaded {
+                    format!(
+                        "allow-list {} loaded: {} servers, {} publishers, {} endpoints",
+                        list.source,
+                        list.servers.len(),
+                        list.publishers.len(),
+                        list.endpoints.len()
+                    )
+                } else {
+                    "allow-list unloaded".to_string()
+                };
+                trust.allowlist = list;
+                what
+            }
+            TrustChange::Weights(w) => {
+                w.check().map_err(invalid)?;
+                if trust.weights == *w {
+                    return Ok(("trust/weights".into(), unchanged("weights unchanged")));
+                }
+                trust.weights = *w;
+                format!(
+                    "trust weights: publisher {}, signature {}, stability {}, poisoning {}, traffic {}, allowlist {}",
+                    w.publisher, w.signature, w.stability, w.poisoning, w.traffic, w.allowlist
+                )
+            }
+        };
+        touched.trust = true;
+        let names: Vec<String> = self.servers.keys().cloned().collect();
+        for name in names {
+            let (stored, moved) = self.retrust(&name);
+            if stored {
+                touched.servers.push(name.clone());
+            }
+            if let Some(moved) = moved {
+                self.note(&server_target(&name), "Trust", &format!("{moved} ({detail})"), stamp, touched);
+            }
+        }
+        Ok(("cluster/trust".into(), changed(detail)))
+    }
+
+    /// The leader's count of every server's calls over the last window; a server it does not
+    /// name had none.
+    pub(super) fn apply_traffic(
+        &mut self,
+        window_ms: u64,
+        counts: &BTreeMap<String, super::trust::Traffic>,
+        touched: &mut Touched,
+    ) -> (String, Applied) {
+        let names: Vec<String> = self.servers.keys().cloned().collect();
+        let mut counted = 0;
+        for name in names {
+            let t = counts.get(&name).copied().unwrap_or(super::trust::Traffic { window_ms, ..Default::default() });
+            let Some(old) = self.servers.get(&name) else { continue };
+            if old.status.traffic == Some(t) {
+                continue;
+            }
+            let mut rec = (**old).clone();
+            rec.status.traffic = Some(t);
+            self.servers.insert(name.clone(), Arc::new(rec));
+            self.retrust(&name);
+            touched.servers.push(name);
+            counted += 1;
+        }
+        // Not a change operators review: no history line.
+        (
+            "cluster/traffic".into(),
+            Applied { changed: false, summary: format!("traffic counted: {counted} servers changed") },
+        )
+    }
 }
 
 #[cfg(test)]
