@@ -23,6 +23,16 @@ pub fn other_tools(state: &joch_raft_store::PublishedState, server: &str) -> Vec
         .collect()
 }
 
+/// Every string under `v`, at any depth.
+pub fn strings<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+    match v {
+        serde_json::Value::String(s) => out.push(s),
+        serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+        _ => {}
+    }
+}
+
 /// The built-in rule set, compiled once.
 pub static SCANNER: LazyLock<joch_guard::Scanner> = LazyLock::new(joch_guard::Scanner::new);
 
@@ -31,14 +41,6 @@ pub static SCANNER: LazyLock<joch_guard::Scanner> = LazyLock::new(joch_guard::Sc
 /// arguments. The facts policies read as `mcpArgs.*`:
 /// `{"secretScan": {"hit", "rules", "classes"}, "injectionScan": {"hit", "families", "rules"}}`.
 pub fn scan_arguments(args: &serde_json::Value) -> serde_json::Value {
-    fn strings<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
-        match v {
-            serde_json::Value::String(s) => out.push(s),
-            serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
-            serde_json::Value::Object(o) => o.values().for_each(|x| strings(x, out)),
-            _ => {}
-        }
-    }
     let mut texts = Vec::new();
     strings(args, &mut texts);
     let mut secret_rules = std::collections::BTreeSet::new();

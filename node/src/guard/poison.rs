@@ -8,16 +8,6 @@ use joch_guard::{Family, Options};
 use joch_raft_store::model::discovery::Finding;
 use serde_json::Value;
 
-/// Every string of a tool's description and schema (descriptions nested in the schema too).
-fn texts(tool: &Value, out: &mut Vec<String>) {
-    match tool {
-        Value::String(s) => out.push(s.clone()),
-        Value::Array(a) => a.iter().for_each(|v| texts(v, out)),
-        Value::Object(o) => o.values().for_each(|v| texts(v, out)),
-        _ => {}
-    }
-}
-
 /// About 60 characters around a span of `text`, lowercased, invisible characters shown as U+FFFD.
 fn quote(text: &str, start: usize, end: usize) -> String {
     let from = text[..start].char_indices().rev().nth(20).map(|(i, _)| i).unwrap_or(0);
@@ -42,10 +32,11 @@ fn rule_of(f: Family) -> Option<&'static str> {
 /// the model to.
 pub fn check(tool: &Value, others: &[String]) -> Vec<Finding> {
     let name = tool.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+    // Every string of its title, description and schemas (descriptions nested in them too).
     let mut strings = Vec::new();
     for k in ["title", "description", "inputSchema", "outputSchema"] {
         if let Some(v) = tool.get(k) {
-            texts(v, &mut strings);
+            super::strings(v, &mut strings);
         }
     }
     let others = joch_guard::cross_server(others);
