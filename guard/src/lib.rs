@@ -11,11 +11,15 @@
 //! - [`strip`] removes injected spans, [`redact`] replaces secrets by `[REDACTED:rule]`.
 //! - [`Carry`] scans a stream chunk by chunk, so a pattern split across two chunks is found.
 //!
-//! How it stays fast: every rule names the literals that must occur near a match; one
-//! Aho-Corasick automaton finds them all in one pass, and a rule's regex (the `regex` crate:
-//! linear time, no backtracking) runs only in a window around them. Text with none of them costs
-//! the one pass.
+//! How it stays fast: every rule names the literals that must occur near a match (its anchors);
+//! one pass finds them all (an Aho-Corasick automaton with a SIMD prefilter over the text
+//! lower-cased block by block; the few one- and two-byte anchors with `memchr`). A rule whose
+//! matches begin at an anchor is tried once there, anchored; the others run their regex (the
+//! `regex` crate: linear time, no backtracking) in a window around the anchor, and only if one
+//! of their `near` words is in it. Runs of digits and of base64 are found by probing every 9th
+//! or 28th byte. Text with no anchors costs the one pass and the probes.
 
+mod anchors;
 mod rules;
 pub mod samples;
 
@@ -191,19 +195,26 @@ pub const CLASSES: &[&str] = &[
 struct Compiled {
     id: &'static str,
     family: Family,
-    regex: Regex,
+    regex: Matcher,
     reach: (usize, usize),
     /// Its `near` words (one must occur within reach of an anchor), if it has any.
     near: Option<AhoCorasick>,
 }
 
+/// How a rule's pattern is run.
+enum Matcher {
+    /// Over the window around an anchor (or a run of digits).
+    Window(Regex),
+    /// Once at each anchor, anchored there (`RuleDef::at_anchor`).
+    AtAnchor(regex_automata::meta::Regex),
+}
+
 /// The compiled rule set (build once, share: scanning takes `&self`).
 pub struct Scanner {
     rules: Vec<Compiled>,
-    /// Every anchor of every rule, found in one pass.
-    literals: AhoCorasick,
-    /// Anchor -> the rules it wakes (those of every anchor it contains, too: the pass reports
-    /// the longest of overlapping anchors).
+    /// Where the anchors are.
+    anchors: anchors::Anchors,
+    /// Anchor -> the rules it wakes.
     woken: Vec<Vec<usize>>,
     /// Rules without anchors (runs of digits: phone and card numbers), by index.
     digit_rules: Vec<usize>,
@@ -228,12 +239,17 @@ impl Scanner {
     /// The built-in rule set, compiled.
     pub fn new() -> Scanner {
         let mut rules = Vec::new();
-        let mut words: Vec<String> = Vec::new();
+        let mut words: Vec<&'static str> = Vec::new();
         let mut digit_rules = Vec::new();
         for (i, r) in rules::RULES.iter().enumerate() {
             let pattern =
                 if r.pattern.starts_with("(?-i)") { r.pattern.to_string() } else { format!("(?i){}", r.pattern) };
-            let regex = Regex::new(&pattern).unwrap_or_else(|e| panic!("built-in rule {} does not compile: {e}", r.id));
+            let broken = |e: &dyn std::fmt::Display| -> ! { panic!("built-in rule {} does not compile: {e}", r.id) };
+            let regex = if r.at_anchor {
+                Matcher::AtAnchor(regex_automata::meta::Regex::new(&pattern).unwrap_or_else(|e| broken(&e)))
+            } else {
+                Matcher::Window(Regex::new(&pattern).unwrap_or_else(|e| broken(&e)))
+            };
             let near = (!r.near.is_empty()).then(|| {
                 AhoCorasickBuilder::new().ascii_case_insensitive(true).build(r.near).expect("near words build")
             });
@@ -242,33 +258,18 @@ impl Scanner {
                 digit_rules.push(i);
             }
             for a in r.anchors {
-                if !words.iter().any(|w| w == a) {
-                    words.push(a.to_string());
+                if !words.contains(a) {
+                    words.push(a);
                 }
             }
         }
         let woken = words
             .iter()
-            .map(|w| {
-                let w = w.to_ascii_lowercase();
-                let mut v: Vec<usize> = rules::RULES
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.anchors.iter().any(|a| w.contains(&a.to_ascii_lowercase())))
-                    .map(|(i, _)| i)
-                    .collect();
-                v.dedup();
-                v
-            })
+            .map(|w| rules::RULES.iter().enumerate().filter(|(_, r)| r.anchors.contains(w)).map(|(i, _)| i).collect())
             .collect();
-        let literals = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::LeftmostLongest)
-            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
-            .build(&words)
-            .expect("the anchors build");
+        let anchors = anchors::Anchors::new(&words);
         let secret = rules.iter().map(|r| !r.family.is_injection()).collect();
-        Scanner { rules, literals, woken, digit_rules, secret }
+        Scanner { rules, anchors, woken, digit_rules, secret }
     }
 
     /// Every hit in `text`, ordered by start.
@@ -320,20 +321,37 @@ impl Scanner {
     fn scan_into(&self, text: &str, opts: &Options, hits: &mut Vec<Hit>, deep: bool) {
         // One pass: where each rule's anchors are.
         let mut anchored: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.rules.len()];
-        for m in self.literals.find_iter(text) {
-            for &ri in &self.woken[m.pattern().as_usize()] {
+        self.anchors.each(text, |s, e, id| {
+            for &ri in &self.woken[id] {
                 if self.enabled(ri, opts) {
-                    anchored[ri].push((m.start(), m.end()));
+                    anchored[ri].push((s, e));
                 }
             }
-        }
-        for (ri, spots) in anchored.iter().enumerate() {
+        });
+        for (ri, spots) in anchored.iter_mut().enumerate() {
             if spots.is_empty() {
                 continue;
             }
+            spots.sort_unstable();
             let r = &self.rules[ri];
+            let regex = match &r.regex {
+                Matcher::AtAnchor(re) => {
+                    for &(s, e) in spots.iter() {
+                        let to = ceil(text, (e + r.reach.1).min(text.len()));
+                        let input =
+                            regex_automata::Input::new(text).range(s..to).anchored(regex_automata::Anchored::Yes);
+                        if let Some(x) = re.search(&input) {
+                            if !(r.family.is_injection() && quoted(text, x.start(), x.end())) {
+                                hits.push(Hit { rule: r.id, family: r.family, start: x.start(), end: x.end() });
+                            }
+                        }
+                    }
+                    continue;
+                }
+                Matcher::Window(re) => re,
+            };
             let mut done = 0usize;
-            for &(s, e) in spots {
+            for &(s, e) in spots.iter() {
                 let (lo, hi) = (s.saturating_sub(r.reach.0), e + r.reach.1);
                 let from = floor(text, lo.max(done.saturating_sub(r.reach.0)));
                 let to = ceil(text, hi.min(text.len()));
@@ -343,7 +361,7 @@ impl Scanner {
                 if r.near.as_ref().is_some_and(|n| !n.is_match(&text[from..to])) {
                     continue;
                 }
-                for x in r.regex.find_iter(&text[from..to]) {
+                for x in regex.find_iter(&text[from..to]) {
                     let (start, end) = (from + x.start(), from + x.end());
                     if r.family.is_injection() && quoted(text, start, end) {
                         continue;
@@ -369,7 +387,8 @@ impl Scanner {
                     let (from, to) = (floor(text, s.saturating_sub(8)), ceil(text, (e + 8).min(text.len())));
                     for &ri in self.digit_rules.iter().filter(|&&ri| self.enabled(ri, opts)) {
                         let r = &self.rules[ri];
-                        for x in r.regex.find_iter(&text[from..to]) {
+                        let Matcher::Window(regex) = &r.regex else { continue };
+                        for x in regex.find_iter(&text[from..to]) {
                             if r.id == "pii.card" && !luhn(x.as_str()) {
                                 continue;
                             }
@@ -442,39 +461,80 @@ enum Run {
     Base64(usize, usize),
 }
 
-/// The runs of digits and of base64 characters in one pass over the bytes.
+/// The runs of digits, then the runs of base64 characters. Neither reads every byte: a run of
+/// ten digits (single separators between them allowed) spans ten bytes or more, so it covers one
+/// of every 9th byte; a run of [`MIN_ENCODED`] base64 characters covers one of every
+/// [`MIN_ENCODED`]th. Only those bytes are probed, and a run is followed out from a probe that
+/// lands in one (each byte is read at most about twice).
 fn runs(b: &[u8], digits: bool, encoded: bool) -> Vec<Run> {
     let mut out = Vec::new();
-    let (mut d_start, mut d_count, mut d_last) = (0usize, 0usize, 0usize);
-    let mut e_start = 0usize;
-    let b64 = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'_' | b'-' | b'=');
-    for (i, &c) in b.iter().enumerate() {
-        if digits {
-            if c.is_ascii_digit() {
-                if d_count == 0 {
-                    d_start = i;
+    if digits {
+        let (d, sep) = (|c: u8| c.is_ascii_digit(), |c: u8| matches!(c, b' ' | b'-' | b'.' | b'(' | b')' | b'+'));
+        let mut p = 0;
+        while p < b.len() {
+            // A separator inside a run follows a digit.
+            let q = if d(b[p]) {
+                p
+            } else if sep(b[p]) && p > 0 && d(b[p - 1]) {
+                p - 1
+            } else {
+                p += 9;
+                continue;
+            };
+            let mut start = q;
+            loop {
+                if start >= 1 && d(b[start - 1]) {
+                    start -= 1;
+                } else if start >= 2 && sep(b[start - 1]) && d(b[start - 2]) {
+                    start -= 2;
+                } else {
+                    break;
                 }
-                d_count += 1;
-                d_last = i;
-            } else if d_count > 0 && !(matches!(c, b' ' | b'-' | b'.' | b'(' | b')' | b'+') && i == d_last + 1) {
-                if d_count >= 10 {
-                    out.push(Run::Digits(d_start, d_last + 1));
+            }
+            let mut last = q;
+            loop {
+                if last + 1 < b.len() && d(b[last + 1]) {
+                    last += 1;
+                } else if last + 2 < b.len() && sep(b[last + 1]) && d(b[last + 2]) {
+                    last += 2;
+                } else {
+                    break;
                 }
-                d_count = 0;
             }
-        }
-        if encoded && !b64(c) {
-            if i - e_start >= MIN_ENCODED {
-                out.push(Run::Base64(e_start, i));
+            if b[start..=last].iter().filter(|c| c.is_ascii_digit()).count() >= 10 {
+                out.push(Run::Digits(start, last + 1));
             }
-            e_start = i + 1;
+            // The next run begins two bytes on at the earliest (the byte after a run is not a
+            // digit, and a separator there is followed by none).
+            p = (last + 2).next_multiple_of(9).max(p + 9);
         }
     }
-    if digits && d_count >= 10 {
-        out.push(Run::Digits(d_start, d_last + 1));
-    }
-    if encoded && b.len() - e_start >= MIN_ENCODED {
-        out.push(Run::Base64(e_start, b.len()));
+    if encoded {
+        let b64 = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'_' | b'-' | b'=');
+        let mut p = MIN_ENCODED - 1;
+        while p < b.len() {
+            if !b64(b[p]) {
+                p += MIN_ENCODED;
+                continue;
+            }
+            let mut end = p + 1;
+            while end < b.len() && b64(b[end]) {
+                end += 1;
+            }
+            // A run long enough covers the byte MIN_ENCODED before its end: most words stop here.
+            if end < MIN_ENCODED || !b64(b[end - MIN_ENCODED]) {
+                p = end + MIN_ENCODED;
+                continue;
+            }
+            let mut start = p;
+            while start > 0 && b64(b[start - 1]) {
+                start -= 1;
+            }
+            if end - start >= MIN_ENCODED {
+                out.push(Run::Base64(start, end));
+            }
+            p = end + MIN_ENCODED;
+        }
     }
     out
 }
@@ -703,20 +763,7 @@ fn confusable(c: char) -> Option<char> {
 /// original it came from (one more entry for the end); `None` when a word mixes no scripts (a
 /// Russian or Greek text is not folded: only words that mix Latin with look-alikes are).
 fn fold_confusables(text: &str) -> Option<(String, Vec<usize>)> {
-    // Lead bytes of the look-alikes' UTF-8 forms (Latin extensions, Greek, Cyrillic, Armenian,
-    // fullwidth): most non-English text has none of them, or has no Latin words among them.
-    if !text.bytes().any(|b| matches!(b, 0xC9 | 0xCE | 0xCF | 0xD0 | 0xD1 | 0xD4 | 0xD5 | 0xEF)) {
-        return None;
-    }
-    let mut mixed = false;
-    for word in text.split(|c: char| !c.is_alphanumeric()) {
-        let latin = word.chars().any(|c| c.is_ascii_alphabetic());
-        if latin && word.chars().any(|c| confusable(c).is_some()) {
-            mixed = true;
-            break;
-        }
-    }
-    if !mixed {
+    if !mixes_scripts(text) {
         return None;
     }
     let mut out = String::with_capacity(text.len());
@@ -730,6 +777,33 @@ fn fold_confusables(text: &str) -> Option<(String, Vec<usize>)> {
     }
     back.push(text.len());
     Some((out, back))
+}
+
+/// Whether a word of `text` mixes Latin letters with look-alikes. Only the look-alikes are
+/// visited (`memchr` for the lead bytes of their UTF-8 forms: Latin extensions, Greek,
+/// Cyrillic, Armenian, fullwidth), and each word once: most non-English text has none of them,
+/// or no Latin letters in the words that have them.
+fn mixes_scripts(text: &str) -> bool {
+    let b = text.as_bytes();
+    let word = |c: char| c.is_alphanumeric();
+    let mixed = |checked: &mut usize, i: usize| {
+        if i < *checked {
+            return false;
+        }
+        let Some(c) = text[i..].chars().next() else { return false };
+        if confusable(c).is_none() {
+            return false;
+        }
+        let start = text[..i].char_indices().rev().take_while(|(_, c)| word(*c)).last().map_or(i, |(j, _)| j);
+        let end = text[i..].char_indices().find(|(_, c)| !word(*c)).map_or(text.len(), |(j, _)| i + j);
+        *checked = end;
+        text[start..end].bytes().any(|c| c.is_ascii_alphabetic())
+    };
+    // Each lead byte's positions in order (a word is skipped once looked at).
+    [[0xD0, 0xD1, 0xEF], [0xCE, 0xCF, 0xC9], [0xD4, 0xD5, 0xD5]].iter().any(|&[x, y, z]| {
+        let mut checked = 0;
+        memchr::memchr3_iter(x, y, z, b).any(|i| mixed(&mut checked, i))
+    })
 }
 
 /// Base64 (standard or URL-safe, padded or not) that decodes to mostly printable text.

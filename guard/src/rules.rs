@@ -24,6 +24,10 @@ pub struct RuleDef {
     pub pattern: &'static str,
     /// How far before and after an anchor the pattern may reach (bytes).
     pub reach: (usize, usize),
+    /// Every match begins where one of the anchors does (the pattern's first words are the
+    /// anchors): the pattern is tried once, anchored, at each anchor, instead of over the window
+    /// around it (`near` is then not needed).
+    pub at_anchor: bool,
 }
 
 const WORDS_BEFORE: usize = 160;
@@ -42,28 +46,11 @@ pub const RULES: &[RuleDef] = &[
     RuleDef {
         id: "injection.override",
         family: Family::Override,
-        anchors: &["ignore", "disregard", "forget", "override", "bypass", "skip"],
-        near: &[
-            "instruction",
-            "prompt",
-            "rule",
-            "direction",
-            "directive",
-            "guideline",
-            "guidance",
-            "context",
-            "message",
-            "command",
-            "constraint",
-            "programming",
-            "order",
-            "polic",
-            "restriction",
-            "training",
-            "task",
-        ],
+        anchors: &["ignor", "disregard", "forget", "override", "bypass", "skip"],
+        near: &[],
         pattern: r"(?-u:\b)(?:ignore|ignoring|disregard|disregarding|forget|override|bypass|skip)(?-u:\b)[\s,]+(?:(?:the|of|these|those|my|other|current|old|existing)[\s,]+){0,2}(?:all|any|every|your|previous|prior|above|earlier|preceding|foregoing|former|initial|original|system|developer|safety)[\s,]+(?:(?:the|of|your|my|previous|prior|above|earlier|preceding|system|developer|safety|initial|original|these|those|other)[\s,]+){0,2}(?:instructions?|prompts?|rules?|directions?|directives?|guidelines?|guidance|context|messages?|commands?|constraints?|programming|orders?|policies|policy|restrictions?|training|tasks?)(?-u:\b)",
         reach: (WORDS_BEFORE, WORDS_AFTER),
+        at_anchor: true,
     },
     RuleDef {
         id: "injection.override",
@@ -72,6 +59,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?-u:\b)(?:new|updated|revised|real|actual|true|secret|hidden|additional|important)\s+(?:system\s+|developer\s+)?instructions?\s*(?::|-|follow|below|for\s+(?:the\s+)?(?:ai|assistant|model|agent|llm))",
         reach: (WORDS_BEFORE, WORDS_AFTER),
+        at_anchor: false,
     },
     RuleDef {
         id: "injection.override.marker",
@@ -90,6 +78,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?-u:\b)before\s+(?:answering|responding|using\s+this\s+tool|you\s+use\s+(?:this|the)|calling\s+(?:this|any|the))(?-u:\b)|(?-u:\b)you\s+must\s+first(?-u:\b)|<(?:important|instructions|system)>",
         reach: (20, 60),
+        at_anchor: true,
     },
     RuleDef {
         id: "injection.override.i18n",
@@ -112,6 +101,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?:(?-u:\b)ignor(?:a|ar|e|ez|er|es)(?-u:\b)[\s,]+(?:todas\s+|toutes\s+|tutte\s+)?(?:las\s+|les\s+|le\s+|as\s+|os\s+)?(?:instrucciones|instructions|istruzioni|instruções|instrucoes)\s+(?:anteriores|previas|précédentes|precedentes|antérieures|precedenti|prévias)|(?-u:\b)ignorier(?:e|en|t)?(?-u:\b)[\s,]+(?:alle\s+)?(?:vorherigen|bisherigen|obigen|früheren|vorigen)\s+(?:anweisungen|instruktionen|befehle)|(?-u:\b)vergiss\s+(?:alle\s+)?(?:vorherigen|bisherigen)\s+anweisungen|игнорир\w*\s+(?:все\s+)?(?:предыдущие|прошлые|прежние|вышеуказанные)\s+(?:инструкции|указания)|забудь\s+(?:все\s+)?(?:предыдущие|прошлые)\s+(?:инструкции|указания)|(?:忽略|无视|無視)(?:之前|以上|先前|所有|前面|上述)(?:的)?(?:所有)?(?:指令|指示|说明|說明|命令)|(?:以前|前|上記|これまで)の(?:指示|命令|指令)を(?:すべて)?無視|이전\s*지시(?:를|사항을)?\s*무시)",
         reach: (WORDS_BEFORE, WORDS_AFTER),
+        at_anchor: false,
     },
     // --- Role or system-prompt hijack ------------------------------------------------------
     RuleDef {
@@ -130,12 +120,19 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?-u:\b)you\s+are\s+now\s+(?:a|an|the|in|my|no\s+longer|free|unrestricted|dan|jailbroken)(?-u:\b)|(?-u:\b)from\s+now\s+on,?\s+(?:you|your|the\s+assistant|the\s+ai)(?-u:\b)|(?-u:\b)pretend\s+(?:to\s+be|you\s+are|that\s+you)(?-u:\b)|(?-u:\b)act\s+as\s+(?:if\s+you\s+(?:are|were)|an?\s+(?:unrestricted|unfiltered|evil|jailbroken|different)|my\s+)|(?-u:\b)your\s+new\s+(?:role|task|instructions?|persona|goal|objective|purpose)\s+(?:is|are)(?-u:\b)|(?-u:\b)you\s+will\s+now\s+(?:act|behave|respond|answer|obey|follow)(?-u:\b)|(?-u:\b)(?:roleplay|role-play)\s+as(?-u:\b)",
         reach: (WORDS_BEFORE, WORDS_AFTER),
+        at_anchor: true,
     },
     RuleDef {
         id: "injection.role.tokens",
         family: Family::Role,
         anchors: &[
-            "<|",
+            "<|im_",
+            "<|sys",
+            "<|ass",
+            "<|use",
+            "<|end",
+            "<|eot",
+            "<|sta",
             "[inst]",
             "[/inst]",
             "<<sys>>",
@@ -147,6 +144,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"<\|(?:im_start|im_end|system|assistant|user|endoftext|eot_id|start_header_id)\|?>|\[/?INST\]|<</?SYS>>|<start_of_turn>|(?m)^\s*###\s*(?:system|instruction)s?\s*:?\s*$",
         reach: (40, 80),
+        at_anchor: false,
     },
     RuleDef {
         id: "injection.role",
@@ -163,31 +161,17 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?-u:\b)(?:enable|enter|activate|switch\s+to|now\s+in|are\s+in)\s+(?:developer|dan|god|admin|unrestricted|jailbreak)\s+mode(?-u:\b)|(?-u:\b)(?:reveal|print|show|output|repeat|leak|disclose)\s+(?:your|the)\s+(?:system\s+prompt|system\s+message|initial\s+instructions|hidden\s+instructions)(?-u:\b)|(?-u:\b)(?:new|updated|override)\s+system\s+(?:prompt|message)(?-u:\b)|(?-u:\b)jailbreak(?:ed|ing)?\s+(?:mode|prompt|the\s+(?:model|assistant|ai))",
         reach: (WORDS_BEFORE, WORDS_AFTER),
+        at_anchor: false,
     },
     // --- Hidden instructions ---------------------------------------------------------------
     RuleDef {
         id: "injection.hidden.html-comment",
         family: Family::Hidden,
         anchors: &["<!--"],
-        near: &[
-            "ignore",
-            "instruction",
-            "assistant",
-            "you must",
-            "you should",
-            "system",
-            "prompt",
-            "do not",
-            "don't",
-            "secret",
-            "agent",
-            "model",
-            "llm",
-            "call the",
-            "send",
-        ],
+        near: &[],
         pattern: r"<!--(?:[^-]|-[^-])*?(?-u:\b)(?:ignore|instruction|assistant|you\s+must|you\s+should|system|prompt|do\s+not\s+(?:tell|mention|reveal)|secret|ai\s+agent|language\s+model|llm|call\s+the|send)(?-u:\b)(?:[^-]|-[^-])*?-->",
         reach: (0, 2600),
+        at_anchor: true,
     },
     RuleDef {
         id: "injection.hidden.markdown-comment",
@@ -196,6 +180,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?m)^\s*\[(?://|comment|hidden)\]:\s*(?:#|<>)\s*[(\x22'][^\n]{8,}",
         reach: (20, 600),
+        at_anchor: false,
     },
     // --- Tool-call coercion ----------------------------------------------------------------
     RuleDef {
@@ -221,6 +206,7 @@ pub const RULES: &[RuleDef] = &[
         ],
         pattern: r"(?-u:\b)(?:now|immediately|then|next|first|also|you\s+must|you\s+should|you\s+need\s+to|make\s+sure\s+to|be\s+sure\s+to|always|silently|secretly|quietly|automatically)\s*,?\s+(?:call|invoke|run|execute|use|trigger)\s+(?:the\s+)?[`'\x22]?[\w.\-/]+[`'\x22]?\s+(?:tool|function)(?-u:\b)",
         reach: (WORDS_BEFORE, 60),
+        at_anchor: false,
     },
     RuleDef {
         id: "injection.coercion",
@@ -229,6 +215,7 @@ pub const RULES: &[RuleDef] = &[
         near: &["argument", "parameter", "params", "args", "input", "following", "these", "this", "{"],
         pattern: r"(?-u:\b)(?:call|invoke|use|run|execute|trigger)\s+(?:the\s+)?[`'\x22]?[\w.\-/]+[`'\x22]?\s+(?:tool|function)\s+(?:with|using|passing)\s+(?:the\s+)?(?:arguments?|parameters?|params|args|input|following|these|this|\{)",
         reach: (WORDS_BEFORE, WORDS_AFTER),
+        at_anchor: false,
     },
     RuleDef {
         id: "injection.coercion.command",
@@ -245,6 +232,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?-u:\b)(?:you\s+must|now|immediately|please|then)\s*,?\s+(?:run|execute|eval(?:uate)?)\s+(?:the\s+|this\s+)?(?:following\s+)?(?:command|code|shell\s+command|script)(?-u:\b)|(?-u:\b)(?:run|execute)\s+(?:the\s+)?following\s+(?:command|shell\s+command|script)\s+(?:without|immediately|now|silently|before)|(?-u:\b)(?:curl|wget)\s+[^\n|]*\|\s*(?:ba|z)?sh(?-u:\b)",
         reach: (WORDS_BEFORE, WORDS_AFTER),
+        at_anchor: false,
     },
     // --- Data exfiltration lures -----------------------------------------------------------
     RuleDef {
@@ -254,6 +242,7 @@ pub const RULES: &[RuleDef] = &[
         near: &["://"],
         pattern: r"!\[[^\]\n]*\]\(\s*<?https?://[^)\s>?]+\?(?:[^)\s]*&)?(?:(?:data|d|q|secret|secrets|token|key|apikey|api_key|payload|info|msg|message|content|conv|conversation|history|summary|chat|c|session|pw|pass|password|cookie|leak|exfil)=|[^)\s=&]{1,60}=(?:\{|\$\{|%7B|<|\[|[A-Z][A-Z_]{5,}|[A-Za-z0-9+/_%\-]{40,}))[^)\s]*\)",
         reach: (0, 1500),
+        at_anchor: true,
     },
     RuleDef {
         id: "injection.exfiltration.image",
@@ -262,6 +251,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"<img(?-u:\b)[^>]*(?-u:\b)src\s*=\s*[\x22']?https?://[^\x22'\s>]+[?&][^\x22'\s>=&]{1,60}=(?:\{|\$\{|%7B|\[|<)",
         reach: (0, 1200),
+        at_anchor: true,
     },
     RuleDef {
         id: "injection.exfiltration.link",
@@ -270,14 +260,16 @@ pub const RULES: &[RuleDef] = &[
         near: &["={", "=${", "=%7b", "=<", "=["],
         pattern: r"\]\(\s*<?https?://[^)\s>]+[?&][^)\s=&]{1,60}=\s*(?:\{|\$\{|%7B|<|\[)[^)\s]*\)",
         reach: (0, 1000),
+        at_anchor: true,
     },
     RuleDef {
         id: "injection.exfiltration.send",
         family: Family::Exfiltration,
-        anchors: &["send", "upload", "forward", "transmit", "exfiltrate", "leak", "email"],
-        near: &["://", "@", "attacker", "following", "url", "address", "endpoint", "server"],
+        anchors: &["send", "post", "upload", "forward", "transmit", "exfiltrate", "leak", "email", "e-mail"],
+        near: &[],
         pattern: r"(?-u:\b)(?:send|post|upload|forward|transmit|exfiltrate|leak|email|e-mail)\s+(?:(?:all|every|the|this|these|those|your|my|its|their|any|of|user'?s?|conversation|chat|private|secret|sensitive|confidential|session|full|entire)\s+){1,4}(?:data|information|info|contents?|history|conversation|messages?|files?|keys?|credentials?|passwords?|tokens?|secrets?|cookies|details|context|transcript|results?|output|memory)(?-u:\b)[^.\n]*?(?-u:\b)(?:to|at|into)\s+(?:https?://|[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+|the\s+(?:following|attacker|url|address|endpoint|server))",
         reach: (WORDS_BEFORE, 300),
+        at_anchor: true,
     },
     // --- Reaching for secrets, asking for secrecy (tool descriptions, results) -------------
     RuleDef {
@@ -327,6 +319,7 @@ pub const RULES: &[RuleDef] = &[
         ],
         pattern: r"(?-u:\b)(?:read|cat|open|include|attach|send|copy|print|output|return|upload|paste|share|post|exfiltrate|dump|list|show|reveal|leak|grab|fetch|give)\s+(?:[\w'\-]+\s+){0,5}?(?:(?:~|\$home|/home/\w+|/root)/\.ssh(?-u:\b)|id_(?:rsa|ed25519|ecdsa|dsa)(?-u:\b)|\.aws/credentials(?-u:\b)|/etc/(?:passwd|shadow)(?-u:\b)|\.env(?-u:\b)|\.netrc(?-u:\b)|private\s+keys?(?-u:\b)|ssh\s+keys?(?-u:\b)|api[\s_-]keys?(?-u:\b)|credentials(?:\s+file)?(?-u:\b)|access\s+tokens?(?-u:\b)|password\s+file(?-u:\b)|secrets?(?-u:\b))",
         reach: (WORDS_BEFORE, WORDS_AFTER),
+        at_anchor: false,
     },
     RuleDef {
         id: "injection.concealment",
@@ -347,6 +340,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?-u:\b)(?:do\s+not|don'?t|never|must\s+not|should\s+not)\s+(?:tell|inform|alert|notify|mention\s+(?:this|it|that)\s+to|reveal\s+(?:this|it)\s+to|let)\s+(?:the\s+)?(?:user|human|operator|person)(?-u:\b)|(?-u:\b)without\s+(?:telling|informing|alerting|notifying|asking)\s+(?:the\s+)?(?:user|human|operator)(?-u:\b)|(?-u:\b)keep\s+(?:this|it|these\s+instructions)\s+(?:a\s+)?secret(?-u:\b)|(?-u:\b)the\s+user\s+(?:must|should)\s+not\s+(?:know|see|be\s+told)(?-u:\b)|(?-u:\b)hide\s+this\s+from\s+(?:the\s+)?user(?-u:\b)|(?-u:\b)secretly\s+(?:call|send|run|execute|read|include|add)(?-u:\b)",
         reach: (WORDS_BEFORE, WORDS_AFTER),
+        at_anchor: false,
     },
     // --- Secrets and PII (redaction classes) -----------------------------------------------
     RuleDef {
@@ -356,6 +350,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?-i)-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----[\s\S]+?-----END (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----",
         reach: (0, 16200),
+        at_anchor: true,
     },
     RuleDef {
         id: "secret.aws-access-key",
@@ -364,6 +359,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?-i)(?-u:\b)(?:AKIA|ASIA)[0-9A-Z]{16}(?-u:\b)",
         reach: (0, 24),
+        at_anchor: true,
     },
     RuleDef {
         id: "secret.aws-secret-key",
@@ -372,6 +368,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?:aws_?secret_?(?:access_?)?key|secretaccesskey|aws\s+secret(?:\s+access)?\s+key)[\x22']?\s*[:=]\s*[\x22']?([A-Za-z0-9/+=]{40})(?-u:\b)",
         reach: (10, 120),
+        at_anchor: false,
     },
     RuleDef {
         id: "secret.gcp-api-key",
@@ -380,6 +377,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?-i)(?-u:\b)AIza[0-9A-Za-z_\-]{35}(?-u:\b)",
         reach: (0, 45),
+        at_anchor: true,
     },
     RuleDef {
         id: "secret.azure-key",
@@ -388,6 +386,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?:AccountKey|SharedAccessKey)=[A-Za-z0-9+/]{40,90}={0,2}",
         reach: (0, 120),
+        at_anchor: true,
     },
     RuleDef {
         id: "secret.github-token",
@@ -396,6 +395,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?-i)(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]+|github_pat_[A-Za-z0-9_]+)(?-u:\b)",
         reach: (0, 300),
+        at_anchor: true,
     },
     RuleDef {
         id: "secret.slack-token",
@@ -404,6 +404,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?-i)(?-u:\b)xox[abprse]-[A-Za-z0-9\-]+|https://hooks\.slack\.com/services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]+",
         reach: (10, 300),
+        at_anchor: false,
     },
     RuleDef {
         id: "secret.api-key",
@@ -412,6 +413,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?-i)(?-u:\b)(?:sk-(?:ant-|proj-)?[A-Za-z0-9_\-]+|[sr]k_live_[A-Za-z0-9]+|glpat-[A-Za-z0-9_\-]+|npm_[A-Za-z0-9]{36}|xapp-[A-Za-z0-9\-]+)(?-u:\b)",
         reach: (0, 260),
+        at_anchor: true,
     },
     RuleDef {
         id: "secret.jwt",
@@ -420,6 +422,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?-i)(?-u:\b)eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
         reach: (0, 4000),
+        at_anchor: true,
     },
     RuleDef {
         id: "secret.url-password",
@@ -428,6 +431,7 @@ pub const RULES: &[RuleDef] = &[
         near: &["@"],
         pattern: r"(?-u:\b)[a-z][a-z0-9+.\-]{1,20}://[^\s/:@]+:([^\s/@]+)@[\w.\-]+",
         reach: (24, 400),
+        at_anchor: false,
     },
     RuleDef {
         id: "pii.email",
@@ -436,6 +440,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?-u:\b)[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}(?-u:\b)",
         reach: (70, 300),
+        at_anchor: false,
     },
     RuleDef {
         id: "pii.phone",
@@ -444,6 +449,7 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?:\+\d{1,3}[\s.\-]?)?(?:\(\d{2,4}\)|(?-u:\b)\d{3})[\s.\-]\d{3}[\s.\-]\d{4}(?-u:\b)",
         reach: (0, 0),
+        at_anchor: false,
     },
     RuleDef {
         id: "pii.card",
@@ -452,5 +458,6 @@ pub const RULES: &[RuleDef] = &[
         near: &[],
         pattern: r"(?-u:\b)\d(?:[ \-]?\d){12,18}(?-u:\b)",
         reach: (0, 0),
+        at_anchor: false,
     },
 ];

@@ -134,3 +134,75 @@ fn feed_patterns_are_compiled_checked_and_found() {
     let errs = Extra::compile([("feed.intel".to_string(), &bad[..])]).err().unwrap();
     assert!(errs[0].starts_with("patterns[0].regex (broken): "), "{errs:?}");
 }
+
+/// The runs of digits and of base64, the way one byte loop finds them (what the probing must
+/// agree with).
+type Spans = Vec<(usize, usize)>;
+
+fn naive_runs(b: &[u8]) -> (Spans, Spans) {
+    let (mut digits, mut encoded) = (Vec::new(), Vec::new());
+    let sep = |c: u8| matches!(c, b' ' | b'-' | b'.' | b'(' | b')' | b'+');
+    let b64 = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'_' | b'-' | b'=');
+    let (mut start, mut count, mut last) = (0, 0, 0);
+    let mut e_start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c.is_ascii_digit() {
+            if count == 0 {
+                start = i;
+            }
+            count += 1;
+            last = i;
+        } else if count > 0 && !(sep(c) && i == last + 1) {
+            if count >= 10 {
+                digits.push((start, last + 1));
+            }
+            count = 0;
+        }
+        if !b64(c) {
+            if i - e_start >= MIN_ENCODED {
+                encoded.push((e_start, i));
+            }
+            e_start = i + 1;
+        }
+    }
+    if count >= 10 {
+        digits.push((start, last + 1));
+    }
+    if b.len() - e_start >= MIN_ENCODED {
+        encoded.push((e_start, b.len()));
+    }
+    (digits, encoded)
+}
+
+#[test]
+fn probing_finds_the_runs_one_byte_loop_finds() {
+    // Text built from pieces that make runs of every length, at every alignment.
+    let pieces: [&[u8]; 9] = [b"0", b"12", b"-", b" ", b"aZ", b"+/", b"=", b"\n", b"x.y"];
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..3000 {
+        let mut text = Vec::new();
+        let len = (seed % 200) as usize;
+        while text.len() < len {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let p = pieces[(seed % pieces.len() as u64) as usize];
+            let reps = 1 + (seed >> 8) % 12;
+            for _ in 0..reps {
+                text.extend_from_slice(p);
+            }
+        }
+        let (want_d, want_e) = naive_runs(&text);
+        let mut got_d = Vec::new();
+        let mut got_e = Vec::new();
+        for r in runs(&text, true, true) {
+            match r {
+                Run::Digits(s, e) => got_d.push((s, e)),
+                Run::Base64(s, e) => got_e.push((s, e)),
+            }
+        }
+        let shown = String::from_utf8_lossy(&text);
+        assert_eq!(got_d, want_d, "digits in {shown:?}");
+        assert_eq!(got_e, want_e, "base64 in {shown:?}");
+    }
+}

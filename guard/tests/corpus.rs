@@ -38,6 +38,7 @@ fn precision_and_recall_per_family_hold_their_floors() {
     let mut labelled: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
     let mut flagged: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
     let mut benign = (0usize, Vec::new());
+    let mut missed = Vec::new();
     for s in &samples {
         let hits = scanner.scan(&s.text, &Options::all());
         let families: Vec<Family> = hits.iter().map(|h| h.family).collect();
@@ -52,6 +53,9 @@ fn precision_and_recall_per_family_hold_their_floors() {
             e.0 += 1;
             e.1 += usize::from(detected);
             e.2 += usize::from(families.iter().any(|f| f.as_str() == s.label));
+            if !detected {
+                missed.push(format!("{} ({}): {}", s.label, s.kind, s.text.chars().take(80).collect::<String>()));
+            }
         } else {
             // Secrets and PII: found at all.
             let e = labelled.entry(s.label.clone()).or_default();
@@ -89,6 +93,9 @@ fn precision_and_recall_per_family_hold_their_floors() {
     );
     for b in &benign.1 {
         println!("  false positive: {b}");
+    }
+    for m in &missed {
+        println!("  missed: {m}");
     }
     assert!(recall >= 0.85, "injection recall {recall:.2} under 0.85");
     assert!(fp <= 0.03, "{} benign samples flagged: {:?}", benign.1.len(), benign.1);

@@ -1,0 +1,226 @@
+//! Finding the rules' anchors: every occurrence of every anchor (ASCII case-insensitive,
+//! overlapping ones too), in one pass that reads few bytes twice.
+//!
+//! Teddy (the SIMD multi-literal search of the `aho-corasick` crate) compares the first bytes
+//! of its literals against the text, a handful of literals per bucket, and checks every
+//! candidate it cannot rule out. Anchors such as "the user must not" or "this command" begin
+//! with bytes that ordinary text is full of, so each anchor is searched by a *key* instead: its
+//! four bytes least common in text (punctuation and rare letters before `e`, `t`, space), and
+//! the whole anchor is checked where a key is found. Keys are searched in text lower-cased a
+//! block at a time, and found overlapping (each search restarts one byte after a key), so no
+//! anchor can hide another. Anchors shorter than three bytes (`@`, `](`) are found with
+//! `memchr`. Without SIMD, one Aho-Corasick automaton finds the anchors themselves.
+
+use aho_corasick::packed::{Config, MatchKind, Searcher};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder};
+
+/// Text is lower-cased in blocks of this many bytes (a buffer per thread).
+const BLOCK: usize = 32 << 10;
+/// Keys per Teddy searcher (few per bucket keeps the candidates it must check rare).
+const GROUP: usize = 16;
+/// A key's length (an anchor shorter than this is its own key).
+const KEY: usize = 4;
+
+/// What a key stands for: (anchor, where the key begins in it).
+type Of = Vec<(usize, usize)>;
+
+/// Every anchor, found.
+pub(crate) struct Anchors {
+    /// The anchors, lower-case (their index is their id).
+    words: Vec<Vec<u8>>,
+    /// Teddy searchers over the keys, each with what its keys stand for: (anchor, where the
+    /// key begins in it). `None`: no SIMD here, `automaton` does the work.
+    teddy: Option<Vec<(Searcher, Vec<Of>)>>,
+    automaton: AhoCorasick,
+    /// Anchors shorter than three bytes (found with `memchr`), by id.
+    short: Vec<usize>,
+}
+
+/// How common a byte is in text (higher: more common): letters by their frequency in English,
+/// digits, white space and the commonest punctuation; other bytes (punctuation, non-ASCII) rare.
+fn common(b: u8) -> u32 {
+    const ORDER: &[u8] = b" etaoinsrhldcumfpgwybvk,.\n0123456789_-=\"':/()xjqz";
+    ORDER.iter().position(|&c| c == b).map_or(0, |i| (ORDER.len() - i) as u32)
+}
+
+/// The anchor's key: its `KEY` bytes least common in text (the whole anchor if shorter), and
+/// where it begins.
+fn key(word: &[u8]) -> (usize, &[u8]) {
+    if word.len() <= KEY {
+        return (0, word);
+    }
+    let best = (0..=word.len() - KEY).min_by_key(|&i| word[i..i + KEY].iter().map(|&b| common(b)).sum::<u32>());
+    let i = best.unwrap_or(0);
+    (i, &word[i..i + KEY])
+}
+
+impl Anchors {
+    /// The anchors' finder (each anchor once; their order gives their ids).
+    pub(crate) fn new(words: &[&str]) -> Anchors {
+        let words: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_ascii_lowercase()).collect();
+        let short = (0..words.len()).filter(|&i| words[i].len() < 3).collect();
+        // Distinct keys, grouped by length (Teddy compares as many bytes as its shortest key).
+        // An anchor that contains a key already chosen shares it (fewer keys, fewer passes).
+        let mut keys: Vec<(Vec<u8>, Of)> = Vec::new();
+        for (id, w) in words.iter().enumerate().filter(|(_, w)| w.len() >= 3) {
+            let shared = keys.iter_mut().find_map(|(k, of)| {
+                let at =
+                    (k.len() == KEY.min(w.len())).then(|| w.windows(k.len()).position(|x| x == k.as_slice()))??;
+                Some((of, at))
+            });
+            match shared {
+                Some((of, at)) => of.push((id, at)),
+                None => {
+                    let (at, k) = key(w);
+                    keys.push((k.to_vec(), vec![(id, at)]));
+                }
+            }
+        }
+        keys.sort_by_key(|(k, _)| k.len());
+        let mut teddy = Some(Vec::new());
+        for len in [3, KEY] {
+            let same: Vec<&(Vec<u8>, Of)> = keys.iter().filter(|(k, _)| k.len() == len).collect();
+            for group in same.chunks(GROUP) {
+                let searcher = Config::new()
+                    .match_kind(MatchKind::LeftmostFirst)
+                    .builder()
+                    .extend(group.iter().map(|(k, _)| k))
+                    .build();
+                match (searcher, teddy.as_mut()) {
+                    (Some(s), Some(t)) => t.push((s, group.iter().map(|(_, of)| of.clone()).collect())),
+                    _ => teddy = None,
+                }
+            }
+        }
+        let long: Vec<&[u8]> = words.iter().filter(|w| w.len() >= 3).map(Vec::as_slice).collect();
+        let automaton = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+            .build(long)
+            .expect("the anchors build");
+        Anchors { words, teddy, automaton, short }
+    }
+
+    /// Calls `f(start, end, id)` for every occurrence of every anchor in `text` (not in order).
+    pub(crate) fn each(&self, text: &str, mut f: impl FnMut(usize, usize, usize)) {
+        let bytes = text.as_bytes();
+        let is_at = |id: usize, start: usize| {
+            let w = &self.words[id];
+            bytes.get(start..start + w.len()).is_some_and(|t| t.eq_ignore_ascii_case(w))
+        };
+        match &self.teddy {
+            Some(groups) => {
+                thread_local! {
+                    static LOWER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+                }
+                let mut pass = |buf: &mut Vec<u8>| {
+                    let mut at = 0;
+                    while at < bytes.len() {
+                        let end = (at + BLOCK).min(bytes.len());
+                        // Every key that starts in the block ends in what is lower-cased.
+                        buf.clear();
+                        buf.extend_from_slice(&bytes[at..(end + KEY - 1).min(bytes.len())]);
+                        buf.make_ascii_lowercase();
+                        for (searcher, of) in groups {
+                            let mut from = 0;
+                            while let Some(m) = searcher.find_in(&buf[..], aho_corasick::Span::from(from..buf.len())) {
+                                if at + m.start() >= end {
+                                    break;
+                                }
+                                for &(id, off) in &of[m.pattern().as_usize()] {
+                                    let start = (at + m.start()).wrapping_sub(off);
+                                    if start <= at + m.start() && is_at(id, start) {
+                                        f(start, start + self.words[id].len(), id);
+                                    }
+                                }
+                                from = m.start() + 1;
+                            }
+                        }
+                        at = end;
+                    }
+                };
+                LOWER.with(|b| match b.try_borrow_mut() {
+                    Ok(mut b) => pass(&mut b),
+                    Err(_) => pass(&mut Vec::new()),
+                });
+            }
+            None => {
+                let ids: Vec<usize> = (0..self.words.len()).filter(|&i| self.words[i].len() >= 3).collect();
+                for m in self.automaton.find_overlapping_iter(text) {
+                    let id = ids[m.pattern().as_usize()];
+                    f(m.start(), m.end(), id);
+                }
+            }
+        }
+        let first: Vec<u8> = self.short.iter().map(|&i| self.words[i][0]).collect();
+        let mut at = |i: usize| {
+            for &id in &self.short {
+                if is_at(id, i) {
+                    f(i, i + self.words[id].len(), id);
+                }
+            }
+        };
+        match first.as_slice() {
+            [] => {}
+            [a] => memchr::memchr_iter(*a, bytes).for_each(&mut at),
+            [a, b] => memchr::memchr2_iter(*a, *b, bytes).for_each(&mut at),
+            [a, b, c] => memchr::memchr3_iter(*a, *b, *c, bytes).for_each(&mut at),
+            _ => panic!("at most three anchors shorter than three bytes (they are found with memchr3)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(a: &Anchors, text: &str) -> Vec<(usize, usize, usize)> {
+        let mut v = Vec::new();
+        a.each(text, |s, e, id| v.push((s, e, id)));
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn every_occurrence_is_found_overlapping_case_insensitive_and_across_blocks() {
+        let words = ["ignore", "the user must not", "://", "@", "](", "ignore previous", "gnore"];
+        let a = Anchors::new(&words);
+        let text = "x IGNORE previous; The User Must Not know. see https://a.b @ [x](y) ignoreignore";
+        let got = found(&a, text);
+        let names: Vec<&str> = got.iter().map(|(s, e, _)| &text[*s..*e]).collect();
+        assert_eq!(
+            names,
+            [
+                "IGNORE",
+                "IGNORE previous",
+                "GNORE",
+                "The User Must Not",
+                "://",
+                "@",
+                "](",
+                "ignore",
+                "gnore",
+                "ignore",
+                "gnore"
+            ]
+        );
+        // The same anchors where blocks meet: every offset around a block boundary.
+        for pad in BLOCK - 20..BLOCK + 4 {
+            let text = format!("{}the user must not ignore", "a".repeat(pad));
+            let got = found(&a, &text);
+            assert_eq!(got.len(), 3, "pad {pad}: {got:?}");
+        }
+        // Without SIMD the automaton finds the same.
+        let plain = Anchors { teddy: None, ..Anchors::new(&words) };
+        assert_eq!(found(&plain, text), found(&a, text));
+    }
+
+    #[test]
+    fn keys_avoid_common_bytes() {
+        assert_ne!(key(b"this command").1, b"this");
+        assert_ne!(key(b"the user must not").1, b"the ");
+        let (_, k) = key(b"hooks.slack.com/services/");
+        assert!(k.contains(&b'.') || k.contains(&b'/') || k.contains(&b'k'), "{:?}", String::from_utf8_lossy(k));
+        assert_eq!(key(b"<!--"), (0, b"<!--".as_slice()));
+    }
+}
