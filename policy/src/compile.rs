@@ -81,13 +81,15 @@ pub struct Rule {
     pub id: String,
     /// What it decides; `None` for an answer-direction `modify`.
     pub decision: Option<Decision>,
-    /// `modify: redact`: what it does to an answer.
+    /// `modify: redact`: what it does to an answer, or (a rule that looks at the call's
+    /// arguments, `args.*` or `mcpArgs.*`) to the call's arguments before they leave.
     pub modify: Option<String>,
     /// The reason given to the caller (the rule id when the manifest gives none).
     pub reason: String,
     /// Bounds (ALLOW_WITH_CONSTRAINTS, REQUIRE_APPROVAL).
     pub constraints: Constraints,
-    /// Decided on the answer (`mcpResult.*` conditions, `modify`), not on the request.
+    /// Decided on the answer (`mcpResult.*` conditions, or `modify` without conditions on the
+    /// arguments), not on the request.
     pub answer: bool,
     pub(crate) conds: Vec<Cond>,
 }
@@ -523,7 +525,16 @@ fn compile_rule(field: &str, i: usize, v: &Value, errs: &mut Errors) -> Option<R
             _ => {}
         }
     }
-    let answer = modify.is_some() || conds.iter().any(|c| matches!(c, Cond::Attr(Attr::Result(_), _)));
+    let on_result = conds.iter().any(|c| matches!(c, Cond::Attr(Attr::Result(_), _)));
+    let on_args = conds.iter().any(|c| matches!(c, Cond::Attr(Attr::Arg(_) | Attr::ArgsScan(_), _)));
+    if modify.is_some() && on_result && on_args {
+        errs.push(
+            field,
+            "a modify rule redacts either the answer (mcpResult.* conditions) or the call's arguments (args.* or mcpArgs.* conditions), not both: split it in two",
+        );
+        return None;
+    }
+    let answer = on_result || (modify.is_some() && !on_args);
     Some(Rule { id, decision, modify, reason, constraints, answer, conds: order(conds) })
 }
 

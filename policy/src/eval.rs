@@ -150,6 +150,8 @@ pub struct PolicySet {
     holds: bool,
     /// Some rule decides on answers (`mcpResult.*`, `modify`): answers must be scanned.
     answers: bool,
+    /// Some rule modifies a call's arguments (`modify` on `args.*` or `mcpArgs.*`).
+    modifies_calls: bool,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -180,6 +182,7 @@ impl PolicySet {
                 set.needs_args_scan |= rule.conds.iter().any(|c| matches!(c, Cond::Attr(Attr::ArgsScan(_), _)));
                 set.holds |= rule.decision == Some(Decision::RequireApproval);
                 set.answers |= rule.answer;
+                set.modifies_calls |= !rule.answer && rule.modify.is_some();
                 match exact_servers(&rule.conds) {
                     Some(names) => {
                         for n in names {
@@ -227,11 +230,15 @@ impl PolicySet {
         self.answers
     }
 
-    /// The first answer rule with a modification (`modify: redact`) that matches an answer
-    /// (`f.result`), in policy order (by name) then file order; audit-only policies are left out
-    /// (their matches are only recorded).
+    /// The first rule with a modification (`modify: redact`) that matches: an answer rule for an
+    /// answer (`f.result`), a rule on the arguments for a call (no `f.result`); in policy order
+    /// (by name) then file order; audit-only policies are left out (their matches are only
+    /// recorded).
     pub fn modification(&self, f: &Facts<'_>, attached: &[&str]) -> Option<(Match, String)> {
-        f.result?;
+        let answer = f.result.is_some();
+        if !answer && !self.modifies_calls {
+            return None;
+        }
         let scoped = self.scoped.get(f.server).map(Vec::as_slice).unwrap_or_default();
         let attached_ix = attached.iter().filter_map(|a| self.by_name.get(*a).copied());
         let extra: Vec<usize> = attached_ix.filter(|i| !self.policies[*i].global && !scoped.contains(i)).collect();
@@ -249,7 +256,7 @@ impl PolicySet {
             }
             for rule in &p.rules {
                 let Some(modify) = &rule.modify else { continue };
-                if rule.conds.iter().all(|c| c.holds(f, true, &qualified)) {
+                if rule.answer == answer && rule.conds.iter().all(|c| c.holds(f, answer, &qualified)) {
                     let m = Match {
                         policy: p.name.clone(),
                         rule: rule.id.clone(),

@@ -105,6 +105,33 @@ fn seed_000_strips_injections_from_answers_to_prod_agents() {
 }
 
 #[test]
+fn a_redact_rule_on_the_arguments_modifies_calls_not_answers() {
+    let rules = json!({"rules": [
+        {"when": {"mcpArgs.secretScan.hit": true}, "action": {"modify": "redact", "reason": "secret-in-arguments"}}
+    ]});
+    let s = set(&[("no-secrets-out", rules)]);
+    assert!(!s.decides_answers(), "nothing to scan in answers");
+    let any = F::new("prod", &[]);
+    let mut f = any.facts("github", "create_issue", Action::Write);
+    let scan = json!({"secretScan": {"hit": true, "rules": ["secret.github-token"]}});
+    f.args_scan = Some(&scan);
+    let (m, modify) = s.modification(&f, &[]).expect("the call is redacted");
+    assert_eq!((m.rule.as_str(), modify.as_str()), ("rule-1", "redact"));
+    assert_eq!(s.decide(&f, &[], None).decision, Decision::Allow, "a modification decides nothing");
+    let clean = json!({"secretScan": {"hit": false}});
+    f.args_scan = Some(&clean);
+    assert!(s.modification(&f, &[]).is_none());
+    let answer = json!({"injectionScan": {"hit": true}});
+    f.args_scan = Some(&scan);
+    f.result = Some(&answer);
+    assert!(s.modification(&f, &[]).is_none(), "an answer is not a call");
+    // One rule cannot redact both directions.
+    let both = json!({"rules": [{"when": {"mcpArgs.secretScan.hit": true, "mcpResult.injectionScan.hit": true}, "action": {"modify": "redact"}}]});
+    let errs = Policy::compile("both", &both).unwrap_err();
+    assert!(errs.iter().any(|e| e.field.contains("rules[0]") && e.message.contains("not both")), "{errs:?}");
+}
+
+#[test]
 fn seed_000_denies_prod_agents_on_low_trust_or_drift_only() {
     let s = set(&[("mcp-tool-safety", seed_000())]);
     let prod = F::new("prod", &[]);

@@ -33,6 +33,45 @@ pub fn strings<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
     }
 }
 
+/// Replaces the secrets and personal data in every string under `v` by `[REDACTED:RULE]`
+/// (every secret and PII rule); returns what was replaced, as `rule@pointer` (for the audit).
+pub fn redact_strings(v: &mut serde_json::Value) -> Vec<String> {
+    fn walk(v: &mut serde_json::Value, at: &mut String, opts: &joch_guard::Options, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => {
+                let hits = SCANNER.scan(s, opts);
+                if !hits.is_empty() {
+                    let path = if at.is_empty() { "/" } else { at.as_str() };
+                    out.extend(hits.iter().map(|h| format!("{}@{path}", h.rule)));
+                    *s = joch_guard::redact(s, &hits);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter_mut().enumerate() {
+                    let len = at.len();
+                    at.push_str(&format!("/{i}"));
+                    walk(x, at, opts, out);
+                    at.truncate(len);
+                }
+            }
+            serde_json::Value::Object(o) => {
+                for (k, x) in o.iter_mut() {
+                    let len = at.len();
+                    at.push('/');
+                    at.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                    walk(x, at, opts, out);
+                    at.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+    let opts = joch_guard::Options { injection: false, ..joch_guard::Options::all() };
+    let mut out = Vec::new();
+    walk(v, &mut String::new(), &opts, &mut out);
+    out
+}
+
 /// The built-in rule set, compiled once.
 pub static SCANNER: LazyLock<joch_guard::Scanner> = LazyLock::new(joch_guard::Scanner::new);
 

@@ -69,6 +69,9 @@ pub struct Grant {
     /// What audit-only policies would have decided (recorded in the audit trail; seed 003's
     /// "unapproved high-risk writes" gate counts writes they would have stopped).
     pub audited: Vec<Match>,
+    /// A rule that redacts the call's arguments (`modify: redact` on `mcpArgs.*` or `args.*`):
+    /// admission replaces the secrets and personal data in them before the call leaves.
+    pub redact_args: Option<Match>,
 }
 
 /// What one request is about.
@@ -235,8 +238,18 @@ impl Governance {
         };
         let v = set.decide(&facts, &attached, trace);
         self.record(&v, server, listing);
+        let redact_args = match listing {
+            false => set.modification(&facts, &attached).map(|(m, _)| m),
+            true => None,
+        };
         let Verdict { decision, decided_by, constraints, audited } = v;
-        let grant = |constraints, by| Grant { constraints, by, action: Some(action), audited: audited.clone() };
+        let grant = |constraints, by| Grant {
+            constraints,
+            by,
+            action: Some(action),
+            audited: audited.clone(),
+            redact_args: redact_args.clone(),
+        };
         let rule = |m: &Option<Match>| m.as_ref().map(|m| format!("{}/{}", m.policy, m.rule)).unwrap_or_default();
         match decision {
             Decision::Allow => Ok(grant(Constraints::default(), decided_by)),

@@ -143,6 +143,10 @@ impl Gate {
                     .with_retry_after(secs));
             }
         }
+        let call = match &grant.redact_args {
+            Some(by) => redact_arguments(call, by),
+            None => call,
+        };
         for s in self.stages.iter() {
             s.on_request(&call, &server)?;
         }
@@ -367,6 +371,34 @@ pub fn decide(gov: &Governance, call: &Call, rec: &ServerRecord, state: &Publish
         }
         Err(r) => Err(refusal(call, r)),
     }
+}
+
+/// The call with the secrets and personal data in its arguments redacted (a policy rule's
+/// `modify: redact` on `mcpArgs.*` or `args.*`): what leaves is the redacted message; the audit
+/// record names the rule and what was replaced where.
+fn redact_arguments(mut call: Call, by: &joch_policy::Match) -> Call {
+    let Some(rpc) = call.rpc.as_ref() else { return call };
+    let mut v = rpc.value();
+    let Some(args) = v.pointer_mut("/params/arguments") else { return call };
+    let replaced = crate::guard::redact_strings(args);
+    if replaced.is_empty() {
+        return call;
+    }
+    let rule = format!("{}/{}", by.policy, by.rule);
+    metrics::counter!("joch_guard_arguments_redacted_total").increment(1);
+    tracing::info!(target: "joch::guard", agent = %call.caller.name, server = %call.server, exec = %call.exec.id,
+        rule = %rule, replaced = %replaced.join(","), "secrets redacted from a call's arguments");
+    call.exec.note(|n| {
+        n.verdict(joch_audit::Verdict {
+            by: format!("policy:{rule}"),
+            verdict: "modify".into(),
+            rule: format!("redact arguments {}", replaced.join(",")),
+            micros: 0,
+        })
+    });
+    let body = bytes::Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
+    call.rpc = Some(std::sync::Arc::new(super::request::Rpc { msg: rpc.msg.clone(), body }));
+    call
 }
 
 /// A call's arguments (`null` when it has none).
