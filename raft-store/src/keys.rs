@@ -63,6 +63,8 @@ pub const POLICY_EPOCH: &[u8] = b"settings/policy-epoch";
 pub const TRUST: &[u8] = b"settings/trust";
 /// The content guard's settings (feeds).
 pub const GUARD: &[u8] = b"settings/guard";
+/// The content guard's incidents.
+pub const INCIDENTS: &[u8] = b"settings/incidents";
 
 /// `snapshot`: the current snapshot.
 pub const SNAPSHOT_CURRENT: &[u8] = b"current";

@@ -178,6 +178,7 @@ impl StateMachineStore {
         self.put(b, CF_STATE, keys::POLICY_EPOCH, &self.registry.policy_epoch)?;
         self.put(b, CF_STATE, keys::TRUST, self.registry.trust.as_ref())?;
         self.put(b, CF_STATE, keys::GUARD, self.registry.guard.as_ref())?;
+        self.put(b, CF_STATE, keys::INCIDENTS, self.registry.incidents.as_ref())?;
         for (target, lines) in &self.registry.history {
             for line in lines.iter() {
                 self.put(b, CF_HISTORY, &keys::history_key(target, line.at.index, 0), line)?;
@@ -227,6 +228,8 @@ fn load_state(db: &DB) -> std::result::Result<LoadedState, StoreError> {
             reg.trust = Arc::new(dec(&k, &v)?);
         } else if &*k == keys::GUARD {
             reg.guard = Arc::new(dec(&k, &v)?);
+        } else if &*k == keys::INCIDENTS {
+            reg.incidents = Arc::new(dec(&k, &v)?);
         } else if &*k == keys::CLUSTER_KEY {
             reg.cluster_key = Some(dec(&k, &v)?);
         } else if &*k == keys::RETENTION {
@@ -348,6 +351,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         if touched.guard {
             self.put(&mut b, CF_STATE, keys::GUARD, self.registry.guard.as_ref())?;
+        }
+        if touched.incidents {
+            self.put(&mut b, CF_STATE, keys::INCIDENTS, self.registry.incidents.as_ref())?;
         }
         for line in &touched.history {
             self.put(&mut b, CF_HISTORY, &keys::history_key(&line.target, line.at.index, 0), line)?;

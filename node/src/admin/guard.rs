@@ -36,4 +36,25 @@ impl AdminApi {
             read_index: st.applied_index,
         })
     }
+
+    /// The incidents, newest first, as JSON.
+    pub(super) async fn incidents_json(&self, stale: bool) -> Result<pb::TrustReply, Status> {
+        let st = self.read(stale).await?;
+        let list: Vec<serde_json::Value> = st
+            .registry
+            .incidents
+            .list
+            .iter()
+            .rev()
+            .map(|i| {
+                let r = &i.report;
+                serde_json::json!({"id": i.id, "kind": r.kind.as_str(), "server": r.server, "agent": r.agent,
+                    "node": r.node, "rules": r.rules, "verdict": r.verdict, "evidence": r.evidence, "exec": r.exec,
+                    "findings": r.findings, "firstMs": r.at_ms, "lastMs": i.last_ms, "count": i.count,
+                    "acknowledgedBy": i.acknowledged.as_ref().map(|a| a.actor.clone()),
+                    "acknowledgedAtMs": i.acknowledged.as_ref().map(|a| a.at_ms)})
+            })
+            .collect();
+        Ok(pb::TrustReply { json: serde_json::json!({"incidents": list}).to_string(), read_index: st.applied_index })
+    }
 }

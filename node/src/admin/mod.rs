@@ -386,6 +386,17 @@ impl Registry for AdminApi {
         observe("ListGuardFeeds", self.guard_feeds_json(r.stale)).await
     }
 
+    async fn list_incidents(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::TrustReply>, Status> {
+        let r = req.into_inner();
+        observe("ListIncidents", self.incidents_json(r.stale)).await
+    }
+
+    async fn ack_incident(&self, req: Request<pb::IncidentAck>) -> Result<Response<pb::WriteReply>, Status> {
+        let actor = actor(&req);
+        let id = req.into_inner().id;
+        observe("AckIncident", self.write(&actor, Command::AckIncident { id })).await
+    }
+
     async fn delete_guard_feed(&self, req: Request<pb::NameRequest>) -> Result<Response<pb::WriteReply>, Status> {
         let actor = actor(&req);
         let name = req.into_inner().name;

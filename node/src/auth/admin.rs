@@ -124,7 +124,10 @@ pub fn required_role(path: &str) -> Role {
             | "DeleteVirtualServer"
             // Audit records name agents and may hold arguments: more than a viewer sees.
             | "QueryAudit"
-            | "Agbom",
+            | "Agbom"
+            // Incidents quote what servers sent; operators handle them.
+            | "ListIncidents"
+            | "AckIncident",
         ) => Role::Operator,
         ("Cluster", "NodeInfo" | "Status") => Role::Viewer,
         ("Access", "WhoAmI" | "ListAgents" | "ListIdps") => Role::Viewer,

@@ -24,6 +24,19 @@ pub enum GuardCmd {
         #[command(subcommand)]
         cmd: FeedCmd,
     },
+    /// What the guard saw that operators must see, every node's: prompt injection sent back by
+    /// a server, tool poisoning in a tools/list answer (newest first; open ones unless --all).
+    Incidents {
+        /// Only this MCP server's.
+        #[arg(long)]
+        mcpserver: Option<String>,
+        /// Acknowledged ones too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Acknowledge an incident (operator): a tool-poisoning one stops lowering the server's
+    /// trust score.
+    Ack { id: u64 },
     /// Scan a file (or `-`, stdin) with the built-in rules, offline: every hit with its rule and
     /// span; exit 1 when something was found.
     Scan {
@@ -66,6 +79,18 @@ struct FeedFile {
 pub async fn run(g: &Global, cmd: GuardCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         GuardCmd::Scan { file } => scan(g, &file),
+        GuardCmd::Incidents { mcpserver, all } => incidents(g, mcpserver.as_deref(), all).await,
+        GuardCmd::Ack { id } => {
+            let mut n = client::node(g).await?;
+            let url = n.url.clone();
+            let w = n
+                .registry
+                .ack_incident(req(pb::IncidentAck { id }))
+                .await
+                .map_err(|s| status_err(&url, s))?
+                .into_inner();
+            Ok(done(output::write(g.output, &format!("incident/{id}"), &w)))
+        }
         GuardCmd::Feed { cmd: FeedCmd::Apply { file, name } } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let f: FeedFile = serde_yaml_ng::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
@@ -133,6 +158,50 @@ pub async fn run(g: &Global, cmd: GuardCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `joch guard incidents`.
+async fn incidents(g: &Global, server: Option<&str>, all: bool) -> anyhow::Result<ExitCode> {
+    let n = client::node(g).await?;
+    let c = n.registry.clone();
+    let r = settle(&n.url, || {
+        let mut c = c.clone();
+        async move { c.list_incidents(req(pb::ListRequest { stale: false })).await }
+    })
+    .await?;
+    let v: serde_json::Value = serde_json::from_str(&r.json)?;
+    let shown: Vec<&serde_json::Value> = v["incidents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| server.is_none_or(|s| i["server"] == s))
+        .filter(|i| all || i["acknowledgedBy"].is_null())
+        .collect();
+    if g.output != Format::Table {
+        output::data(g.output, &json!({"incidents": shown}));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = shown
+        .iter()
+        .map(|i| {
+            let rules: Vec<String> = i["rules"].as_array().into_iter().flatten().map(s).collect();
+            vec![
+                s(&i["id"]),
+                s(&i["kind"]),
+                s(&i["server"]),
+                s(&i["agent"]),
+                s(&i["node"]),
+                rules.join(","),
+                s(&i["verdict"]),
+                s(&i["count"]),
+                time(i["lastMs"].as_u64().unwrap_or(0)),
+                if i["acknowledgedBy"].is_null() { "-".into() } else { s(&i["acknowledgedBy"]) },
+                s(&i["evidence"]).chars().take(60).collect::<String>().replace('\n', " "),
+            ]
+        })
+        .collect();
+    table(&["ID", "KIND", "SERVER", "AGENT", "NODE", "RULES", "VERDICT", "COUNT", "LAST", "ACK", "EVIDENCE"], &rows);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `joch guard scan -f FILE`.

@@ -69,6 +69,32 @@ pub fn check(tool: &Value, others: &[String]) -> Vec<Finding> {
     found.into_iter().map(|(rule, evidence)| Finding { tool: name.clone(), rule: rule.into(), evidence }).collect()
 }
 
+/// The findings in a `tools/list` answer's tools that the server's record does not already
+/// hold: each tool that differs from what discovery saw (by its hash) is checked; a finding
+/// discovery made, or an open incident holds, is not new.
+pub fn listed(
+    tools: &[Value],
+    rec: &joch_raft_store::ServerRecord,
+    held: &[Finding],
+    others: &[String],
+) -> Vec<Finding> {
+    let discovered = rec.status.discovery.as_ref();
+    let known = |f: &Finding| {
+        discovered.is_some_and(|d| d.findings.iter().any(|x| x.tool == f.tool && x.rule == f.rule))
+            || held.iter().any(|x| x.tool == f.tool && x.rule == f.rule)
+    };
+    let mut out = Vec::new();
+    for t in tools {
+        let name = t.get("name").and_then(Value::as_str).unwrap_or_default();
+        let seen = discovered.and_then(|d| d.tools.iter().find(|x| x.name == name));
+        if seen.is_some_and(|x| x.hash == crate::proxy::discover::tool(t).hash) {
+            continue;
+        }
+        out.extend(check(t, others).into_iter().filter(|f| !known(f)));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

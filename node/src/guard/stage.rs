@@ -11,8 +11,14 @@
 //! else the server's `scanning.onInjection` (`strip`, `annotate`, `deny`). A scan only a policy
 //! asked for, with no rule matching, lets the answer through and records the hit. Secrets and PII
 //! of the classes in `redactFieldsInResults` are replaced by `[REDACTED:rule]`. Every verdict
-//! goes into the request's audit record (`by: guard`, the rules), and a hit is logged as an
-//! incident (`joch::guard`, with the rules and the span).
+//! goes into the request's audit record (`by: guard`, the rules), is logged (`joch::guard`, with
+//! the rules and the span) and raised as an incident (replicated: `joch guard incidents`).
+//!
+//! Every `tools/list` answer is read for tool poisoning too (whatever the scanning settings): a
+//! tool that differs from what discovery saw is checked with discovery's checks, and a new
+//! finding is raised as a tool-poisoning incident, which lowers the server's trust score until an
+//! operator acknowledges it. A node raises the same incident at most once per
+//! [`RAISE_EVERY`]; the cluster counts repeats on the open incident.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,6 +27,7 @@ use bytes::Bytes;
 use joch_guard::{Hit, Options};
 use joch_policy::{Decision, Facts, Kind};
 use joch_raft_store::model::guard::GuardSettings;
+use joch_raft_store::model::incident::{IncidentKind, IncidentReport};
 use joch_raft_store::model::resource::InjectionAction;
 use joch_raft_store::{RegistryHandle, ServerRecord};
 use serde_json::{json, Value};
@@ -38,6 +45,11 @@ const NOT_TEXT: [&str; 9] = ["_meta", "type", "mimeType", "uri", "uriTemplate", 
 /// counted as `joch_guard_skipped_total`).
 const MAX_SCANNED: usize = 8 << 20;
 
+/// How often one node raises the same incident (server, agent, kind, rules).
+const RAISE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// Incidents this node remembers raising (beyond, the memory starts again).
+const RAISED_KEPT: usize = 4096;
+
 /// Feeds' and policies' patterns, compiled for the settings and the policy set they came from.
 type FeedsFor = (Arc<GuardSettings>, Arc<joch_policy::PolicySet>, Arc<joch_guard::Extra>);
 
@@ -53,12 +65,84 @@ pub struct ContentGuard {
     /// Per server, the automaton of the other servers' tools, for the registry index it was
     /// built at (built again once the registry changed; not per message).
     others: parking_lot::Mutex<std::collections::HashMap<String, OthersAt>>,
+    /// This node's id (incidents name it).
+    node: u64,
+    /// Where incidents are committed.
+    proposer: Arc<dyn crate::policy::approvals::Proposer>,
+    /// When this node last raised each incident.
+    raised: parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl ContentGuard {
-    /// A guard reading servers' settings and policies from `registry`'s snapshot.
-    pub fn new(registry: RegistryHandle) -> ContentGuard {
-        ContentGuard { registry, feeds: parking_lot::Mutex::default(), others: parking_lot::Mutex::default() }
+    /// A guard reading servers' settings and policies from `registry`'s snapshot, raising
+    /// incidents through `proposer`.
+    pub fn new(
+        registry: RegistryHandle,
+        node: u64,
+        proposer: Arc<dyn crate::policy::approvals::Proposer>,
+    ) -> ContentGuard {
+        ContentGuard {
+            registry,
+            feeds: parking_lot::Mutex::default(),
+            others: parking_lot::Mutex::default(),
+            node,
+            proposer,
+            raised: parking_lot::Mutex::default(),
+        }
+    }
+
+    /// Commits an incident, unless this node raised the same one within [`RAISE_EVERY`].
+    fn raise(&self, report: IncidentReport) {
+        let key = format!("{}|{}|{}|{}", report.kind.as_str(), report.server, report.agent, report.rules.join(","));
+        {
+            let mut raised = self.raised.lock();
+            let now = std::time::Instant::now();
+            if raised.get(&key).is_some_and(|t| now.duration_since(*t) < RAISE_EVERY) {
+                metrics::counter!("joch_guard_incidents_total", "outcome" => "repeat").increment(1);
+                return;
+            }
+            if raised.len() >= RAISED_KEPT {
+                raised.clear();
+            }
+            raised.insert(key, now);
+        }
+        metrics::counter!("joch_guard_incidents_total", "outcome" => "raised").increment(1);
+        let (kind, server) = (report.kind.as_str(), report.server.clone());
+        let commit = self.proposer.propose(joch_raft_store::Command::RaiseIncident(report));
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        rt.spawn(async move {
+            match commit.await {
+                Ok(()) => tracing::info!(target: "joch::guard", kind, server, "incident raised"),
+                Err(e) => tracing::warn!(target: "joch::guard", kind, server, error = %e, "the incident could not be committed"),
+            }
+        });
+    }
+
+    /// A `tools/list` answer's tools, checked for poisoning discovery did not see.
+    fn check_listed(&self, call: &Call, rec: &ServerRecord, state: &joch_raft_store::PublishedState, message: &Bytes) {
+        let Some(text) = sse::message_text(message) else { return };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else { return };
+        let Some(tools) = v.pointer("/result/tools").and_then(Value::as_array) else { return };
+        let others = super::other_tools(state, &rec.name);
+        let found = super::poison::listed(tools, rec, state.registry.incidents.findings(&rec.name), &others);
+        let Some(first) = found.first() else { return };
+        tracing::warn!(target: "joch::guard", server = %rec.name, agent = %call.caller.name, tool = %first.tool,
+            rule = %first.rule, evidence = %first.evidence, "tool poisoning in a tools/list answer discovery did not see");
+        let mut rules: Vec<String> = found.iter().map(|f| f.rule.clone()).collect();
+        rules.sort();
+        rules.dedup();
+        self.raise(IncidentReport {
+            kind: IncidentKind::ToolPoisoning,
+            node: self.node,
+            server: rec.name.clone(),
+            agent: call.caller.name.clone(),
+            rules,
+            verdict: "reported".into(),
+            evidence: format!("tool {}: {}: {}", first.tool, first.rule, first.evidence),
+            exec: call.exec.id.to_string(),
+            at_ms: crate::policy::list::now_ms(),
+            findings: found,
+        });
     }
 
     /// The other servers' tools as an automaton, built once per registry change.
@@ -204,6 +288,9 @@ impl Stage for ContentGuard {
             server
         };
         let Some(rec) = state.registry.servers.get(server) else { return };
+        if call.method() == Some("tools/list") {
+            self.check_listed(call, rec, &state, message);
+        }
         let set = &state.registry.compiled.set;
         let scanning = &rec.spec.scanning;
         let by_policy = set.decides_answers();
@@ -292,6 +379,26 @@ impl Stage for ContentGuard {
             tracing::warn!(target: "joch::guard", server, agent = %call.caller.name, exec = %call.exec.id,
                 rules = %rules.join(","), families = %families.join(","), verdict = verdict_name(&verdict),
                 "prompt injection in what the server sent");
+            // The evidence: the first hit, with some text around it.
+            let evidence = hits
+                .iter()
+                .zip(&found)
+                .find_map(|(hs, (_, text))| {
+                    hs.iter().find(|h| h.family.is_injection()).map(|h| quote(text, h.start, h.end))
+                })
+                .unwrap_or_default();
+            self.raise(IncidentReport {
+                kind: IncidentKind::PromptInjection,
+                node: self.node,
+                server: server.to_string(),
+                agent: call.caller.name.clone(),
+                rules: rules.iter().map(|r| r.to_string()).collect(),
+                verdict: verdict_name(&verdict).into(),
+                evidence,
+                exec: call.exec.id.to_string(),
+                at_ms: crate::policy::list::now_ms(),
+                findings: Vec::new(),
+            });
         }
         match &verdict {
             Verdict::Deny { by, reason } => {
@@ -336,6 +443,19 @@ impl Stage for ContentGuard {
             note("redact", r.join(","));
         }
     }
+}
+
+/// Up to 80 bytes either side of a span, on character boundaries.
+fn quote(text: &str, start: usize, end: usize) -> String {
+    let mut from = start.saturating_sub(80);
+    while !text.is_char_boundary(from) {
+        from -= 1;
+    }
+    let mut to = (end + 80).min(text.len());
+    while !text.is_char_boundary(to) {
+        to += 1;
+    }
+    text[from..to].to_string()
 }
 
 fn verdict_name(v: &Verdict) -> &'static str {

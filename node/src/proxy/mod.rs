@@ -144,7 +144,8 @@ impl Proxy {
             // A server announcing new tools is discovered again (drift found without an operator).
             Arc::new(rediscover) as Arc<dyn Stage>,
             // What servers send back, scanned before it reaches the agent.
-            Arc::new(crate::guard::stage::ContentGuard::new(node.registry.clone())) as Arc<dyn Stage>,
+            Arc::new(crate::guard::stage::ContentGuard::new(node.registry.clone(), node.id, proposer.clone()))
+                as Arc<dyn Stage>,
             // Last: it counts the bytes that leave and stamps what the agent sees.
             Arc::new(crate::audit::AuditStage) as Arc<dyn Stage>,
         ]);

@@ -57,6 +57,11 @@ pub enum Command {
     SetGuardFeed { name: String, source: String, version: String, patterns: Vec<joch_guard::FeedPattern> },
     /// Removes a content-guard feed.
     DeleteGuardFeed { name: String },
+    /// What the content guard saw that operators must see (a node reports it).
+    RaiseIncident(super::incident::IncidentReport),
+    /// An operator acknowledges an incident (a tool-poisoning one stops counting against the
+    /// server's trust score).
+    AckIncident { id: u64 },
     /// The leader's count of calls per server over the last `window_ms`, fleet-wide.
     RecordTraffic { window_ms: u64, counts: BTreeMap<String, super::trust::Traffic> },
     /// Set the cluster's 256-bit key (session sealing) once; later attempts are no-ops.
@@ -133,6 +138,8 @@ impl Command {
             // Every node scans with the same patterns once the write returns.
             Command::SetGuardFeed { .. } | Command::DeleteGuardFeed { .. } => true,
             Command::RecordTraffic { .. } => false,
+            // A tool-poisoning incident can lower a score under a server's minTrustScore.
+            Command::RaiseIncident(_) | Command::AckIncident { .. } => true,
             Command::CreateServer { .. }
             | Command::InitClusterKey { .. }
             | Command::SetRetention { .. }
@@ -181,6 +188,8 @@ impl Command {
             Command::SetGuardFeed { .. } => "set_guard_feed",
             Command::DeleteGuardFeed { .. } => "delete_guard_feed",
             Command::RecordTraffic { .. } => "record_traffic",
+            Command::RaiseIncident(_) => "raise_incident",
+            Command::AckIncident { .. } => "ack_incident",
             Command::CreateAdminToken { .. } => "create_admin_token",
             Command::RevokeAdminToken { .. } => "revoke_admin_token",
             Command::CreateAgent { .. } => "create_agent",

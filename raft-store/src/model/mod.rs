@@ -5,6 +5,7 @@ pub mod approval;
 pub mod command;
 pub mod discovery;
 pub mod guard;
+pub mod incident;
 pub mod registry;
 pub mod resource;
 pub mod trust;

@@ -260,6 +260,8 @@ pub struct Registry {
     pub trust: Arc<super::trust::TrustSettings>,
     /// The content guard's feeds.
     pub guard: Arc<super::guard::GuardSettings>,
+    /// What the content guard reported (`joch guard incidents`).
+    pub incidents: Arc<super::incident::Incidents>,
     /// The policies, compiled (derived from `policies`: rebuilt when one changes, on load and on
     /// snapshot install; never stored).
     #[serde(skip)]
@@ -326,6 +328,8 @@ pub struct Touched {
     pub trust: bool,
     /// The guard's settings changed.
     pub guard: bool,
+    /// The incidents changed.
+    pub incidents: bool,
 }
 
 pub(super) fn server_target(name: &str) -> String {
@@ -727,6 +731,9 @@ impl Registry {
                 self.apply_guard(&req.command, &stamp, touched)?
             }
             Command::RecordTraffic { window_ms, counts } => self.apply_traffic(*window_ms, counts, touched),
+            Command::RaiseIncident(_) | Command::AckIncident { .. } => {
+                self.apply_incident(&req.command, &stamp, touched)?
+            }
             Command::SetRetention { history_per_target, history_max_age_ms } => {
                 if *history_per_target == 0 {
                     return Err(invalid(FieldError {

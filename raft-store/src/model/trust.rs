@@ -198,6 +198,8 @@ pub struct Inputs<'a> {
     pub drifting: bool,
     /// Its traffic, if counted.
     pub traffic: Option<Traffic>,
+    /// Tool poisoning seen in `tools/list` answers (open incidents), beyond discovery's.
+    pub reported: &'a [super::discovery::Finding],
 }
 
 /// The server's publisher: `security.trustedPublisher`, else `publisher`.
@@ -236,10 +238,19 @@ pub fn score(inp: &Inputs<'_>, settings: &TrustSettings) -> TrustReport {
     };
     push("stability", w.stability, v, d);
     // Poisoning.
-    let (v, d) = match inp.discovery {
-        None => (UNKNOWN, "not discovered yet".to_string()),
-        Some(d) if d.findings.is_empty() => (1.0, format!("nothing found in {} tools", d.tools.len())),
-        Some(d) => {
+    let (v, d) = match (inp.discovery, inp.reported.first()) {
+        (_, Some(f)) => (
+            0.0,
+            format!(
+                "{} finding(s) in tools/list answers (open incidents), first: {} in tool {}",
+                inp.reported.len(),
+                f.rule,
+                f.tool
+            ),
+        ),
+        (None, None) => (UNKNOWN, "not discovered yet".to_string()),
+        (Some(d), None) if d.findings.is_empty() => (1.0, format!("nothing found in {} tools", d.tools.len())),
+        (Some(d), None) => {
             let f = &d.findings[0];
             (0.0, format!("{} finding(s), first: {} in tool {}", d.findings.len(), f.rule, f.tool))
         }
@@ -406,6 +417,7 @@ impl super::registry::Registry {
             recent: &st.recent,
             drifting: !st.drift.is_empty(),
             traffic: st.traffic,
+            reported: self.incidents.findings(name),
         };
         let report = super::trust::score(&inputs, &self.trust);
         if st.trust.as_ref() == Some(&report) {
@@ -556,7 +568,7 @@ mod tests {
     }
 
     fn inputs<'a>(spec: &'a McpServerSpec) -> Inputs<'a> {
-        Inputs { name: "gh", spec, discovery: None, recent: &[], drifting: false, traffic: None }
+        Inputs { name: "gh", spec, discovery: None, recent: &[], drifting: false, traffic: None, reported: &[] }
     }
 
     #[test]
