@@ -445,7 +445,8 @@ impl Stage for ContentGuard {
     }
 }
 
-/// Up to 80 bytes either side of a span, on character boundaries.
+/// Up to 80 bytes either side of a span, on character boundaries, with the secrets and personal
+/// data in it redacted (an incident is replicated and shown to operators).
 fn quote(text: &str, start: usize, end: usize) -> String {
     let mut from = start.saturating_sub(80);
     while !text.is_char_boundary(from) {
@@ -455,7 +456,9 @@ fn quote(text: &str, start: usize, end: usize) -> String {
     while !text.is_char_boundary(to) {
         to += 1;
     }
-    text[from..to].to_string()
+    let quoted = &text[from..to];
+    let secrets = Options { injection: false, ..Options::all() };
+    joch_guard::redact(quoted, &SCANNER.scan(quoted, &secrets))
 }
 
 fn verdict_name(v: &Verdict) -> &'static str {

@@ -38,6 +38,8 @@ pub struct Refusal {
     pub by: Option<Box<Match>>,
     /// A REQUIRE_APPROVAL's bounds (they hold once approved).
     pub constraints: Option<Box<Constraints>>,
+    /// A REQUIRE_APPROVAL's redaction of the arguments (it holds once approved).
+    pub redact_args: Option<Box<Match>>,
 }
 
 /// The controls that refuse.
@@ -165,7 +167,7 @@ impl Governance {
     ) -> Result<Grant, Refusal> {
         let (listing, now_ms) = (s.args.is_none(), s.now_ms);
         let refuse = |kind, rule: &str, message: String| {
-            Err(Refusal { kind, rule: rule.into(), message, by: None, constraints: None })
+            Err(Refusal { kind, rule: rule.into(), message, by: None, constraints: None, redact_args: None })
         };
         let server = rec.name.as_str();
         let exposes = &rec.spec.exposes;
@@ -263,6 +265,7 @@ impl Governance {
                     message: format!("denied by policy {policy}, rule {r}: {reason}"),
                     by: m.map(Box::new),
                     constraints: None,
+                    redact_args: None,
                 })
             }
             Decision::RequireApproval if listing => Ok(grant(constraints, decided_by)),
@@ -274,6 +277,7 @@ impl Governance {
                     message: format!("policy {policy}, rule {r} requires an operator's approval for this call"),
                     by: decided_by.map(Box::new),
                     constraints: Some(Box::new(constraints)),
+                    redact_args: redact_args.map(Box::new),
                 })
             }
             Decision::AllowWithConstraints => {
@@ -290,6 +294,7 @@ impl Governance {
                                 ),
                                 by: decided_by.map(Box::new),
                                 constraints: None,
+                                redact_args: None,
                             });
                         }
                     } else if constraints.network_allowlist.is_some() {
@@ -302,6 +307,7 @@ impl Governance {
                             ),
                             by: decided_by.map(Box::new),
                             constraints: None,
+                            redact_args: None,
                         });
                     }
                 }

@@ -366,6 +366,7 @@ pub fn decide(gov: &Governance, call: &Call, rec: &ServerRecord, state: &Publish
             Ok(Grant {
                 constraints: r.constraints.map(|c| *c).unwrap_or_default(),
                 by: r.by.map(|m| *m),
+                redact_args: r.redact_args.map(|m| *m),
                 ..Grant::default()
             })
         }
