@@ -461,6 +461,27 @@ enum Run {
     Base64(usize, usize),
 }
 
+/// A byte's classes, for the run probes: [`B64`], [`SEP`].
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'_' | b'-' | b'=') {
+            t[c] |= B64;
+        }
+        if matches!(b, b' ' | b'-' | b'.' | b'(' | b')' | b'+') {
+            t[c] |= SEP;
+        }
+        c += 1;
+    }
+    t
+};
+/// A base64 character (standard or URL-safe, or padding).
+const B64: u8 = 1;
+/// A separator allowed between the digits of a phone or card number.
+const SEP: u8 = 2;
+
 /// The runs of digits, then the runs of base64 characters. Neither reads every byte: a run of
 /// ten digits (single separators between them allowed) spans ten bytes or more, so it covers one
 /// of every 9th byte; a run of [`MIN_ENCODED`] base64 characters covers one of every
@@ -469,7 +490,8 @@ enum Run {
 fn runs(b: &[u8], digits: bool, encoded: bool) -> Vec<Run> {
     let mut out = Vec::new();
     if digits {
-        let (d, sep) = (|c: u8| c.is_ascii_digit(), |c: u8| matches!(c, b' ' | b'-' | b'.' | b'(' | b')' | b'+'));
+        let d = |c: u8| c.wrapping_sub(b'0') < 10;
+        let sep = |c: u8| CLASS[c as usize] & SEP != 0;
         let mut p = 0;
         while p < b.len() {
             // A separator inside a run follows a digit.
@@ -510,7 +532,7 @@ fn runs(b: &[u8], digits: bool, encoded: bool) -> Vec<Run> {
         }
     }
     if encoded {
-        let b64 = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'_' | b'-' | b'=');
+        let b64 = |c: u8| CLASS[c as usize] & B64 != 0;
         let mut p = MIN_ENCODED - 1;
         while p < b.len() {
             if !b64(b[p]) {
