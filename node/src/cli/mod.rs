@@ -219,6 +219,15 @@ pub enum Cmd {
         #[arg(long)]
         addr_file: Option<PathBuf>,
     },
+    /// GET a plain-HTTP URL (a node's `/readyz`, say) and exit 0 on a 2xx answer, 1 otherwise: a
+    /// container's health check, in an image that holds nothing but joch.
+    Probe {
+        /// The URL (`http://127.0.0.1:8080/readyz`).
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 /// Entry point of the binary.
@@ -290,6 +299,21 @@ async fn dispatch(cli: Cli, member: Option<u64>) -> anyhow::Result<ExitCode> {
         Cmd::DemoServer { listen, addr_file } => {
             crate::demo::serve(listen, addr_file).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Probe { url, timeout } => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = reqwest::Client::builder().timeout(timeout).build()?;
+            match client.get(&url).send().await {
+                Ok(r) if r.status().is_success() => Ok(ExitCode::SUCCESS),
+                Ok(r) => {
+                    say!("{url}: {}", r.status());
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(e) => {
+                    say!("{url}: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
     }
 }

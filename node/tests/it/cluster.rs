@@ -84,7 +84,14 @@ fn three_nodes_replicate_and_quarantine_is_acknowledged_fleet_wide() {
     for n in &c.nodes {
         let r = http_get(&format!("{}/readyz", n.mcp_url));
         assert!(r.starts_with("HTTP/1.1 200") && r.contains("\"ready\":true"), "node {}: {r}", n.id);
+        // The containers' health check: `joch probe` exits 0 on a ready node.
+        let url = format!("{}/readyz", n.mcp_url);
+        let out = joch(["probe", url.as_str()]);
+        assert_eq!(out.code, 0, "node {}: {out:?}", n.id);
     }
+    let url = format!("{}/no-such-page", c.nodes[0].mcp_url);
+    let out = joch(["probe", url.as_str()]);
+    assert!(out.code == 1 && out.stdout.contains("404"), "{out:?}");
 }
 
 #[test]
