@@ -1,6 +1,6 @@
 //! Connecting to a node's admin API: which node, which CA verifies its certificate, which token
 //! the CLI presents. Each comes from, in this order: a flag or its variable (`--server`/`JOCH_SERVER`,
-//! `--ca`/`JOCH_CA`, `JOCH_TOKEN`), the dev cluster here (`./.joch-dev/cluster.json`, or a
+//! `--ca`/`JOCH_CA`, `JOCH_TOKEN` or `JOCH_TOKEN_FILE`), the dev cluster here (`./.joch-dev/cluster.json`, or a
 //! `cluster.json` of `joch dev up` in the current directory: it names the nodes, the CA and an
 //! admin token), the current context of `joch login`'s config (`$JOCH_CLI_CONFIG`, else
 //! `~/.config/joch/config.yaml`, kubeconfig-style), the defaults. A dev cluster's or a context's
@@ -144,6 +144,10 @@ pub fn target(g: &Global) -> Target {
     let token = std::env::var("JOCH_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())
+        .or_else(|| {
+            let f = std::env::var_os("JOCH_TOKEN_FILE")?;
+            Some(std::fs::read_to_string(f).ok()?.trim().to_string())
+        })
         .or_else(|| dev.as_ref().and_then(|v| v["admin_token"].as_str().map(str::to_string)))
         .or_else(|| ctx.as_ref().and_then(|c| c.token.clone()));
     let ca =

@@ -19,6 +19,25 @@ pub enum ClusterCmd {
         /// A member: ID=MESH_ADDR[,ADMIN_URL[,MCP_URL]] (repeatable). Default: the node alone.
         #[arg(long = "member")]
         members: Vec<String>,
+        /// A node already initialised is not an error (exit 0, "already initialised"): for a
+        /// start-up job that runs on every start (docker/docker-compose.yml).
+        #[arg(long)]
+        if_new: bool,
+    },
+    /// Write what a cluster of N nodes on hosts PREFIX1..PREFIXN needs into DIR, once: the CA
+    /// and every node's certificate (for its host name), the bootstrap admin token, the
+    /// key-encryption key, and nodeI.yaml (listening on every address: MCP 8080, admin 8443,
+    /// mesh 7400/udp, metrics 9090; advertising PREFIXI; data in /data). On a DIR that has them,
+    /// only nodes added since (a larger --nodes) get their certificate and config. What
+    /// docker/docker-compose.yml runs at every start.
+    Scaffold {
+        dir: PathBuf,
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Host names are PREFIX1, PREFIX2, ...
+        #[arg(long, default_value = "node")]
+        host_prefix: String,
     },
     /// Add a node (learner first, caught up by log or snapshot, then voter).
     Add {
@@ -113,6 +132,63 @@ fn parse_member(s: &str) -> anyhow::Result<pb::Member> {
     Ok(pb::Member { id, mesh, admin: parts.next().unwrap_or("").into(), mcp: parts.next().unwrap_or("").into() })
 }
 
+/// `joch cluster scaffold`: everything once; on a directory that has it, only what nodes added
+/// since need (their certificates and configs).
+fn scaffold(dir: &std::path::Path, nodes: u64, prefix: &str) -> anyhow::Result<ExitCode> {
+    if !(1..=9).contains(&nodes) {
+        anyhow::bail!("--nodes must be between 1 and 9");
+    }
+    let token = dir.join("admin-token");
+    let fresh = !token.exists();
+    let pki = PkiDir(dir.join("pki"));
+    if fresh {
+        std::fs::create_dir_all(dir)?;
+        pki::init_ca(&pki)?;
+        super::dev::write_private(&dir.join("kek"), &crate::secrets::Keyring::generate())?;
+    }
+    let mut added = Vec::new();
+    for id in 1..=nodes {
+        let host = format!("{prefix}{id}");
+        let config = dir.join(format!("{host}.yaml"));
+        if config.exists() {
+            continue;
+        }
+        pki::issue_node(&pki, id, std::slice::from_ref(&host), None)?;
+        let cfg = format!(
+            "# node {id} of a {nodes}-node cluster: written by `joch cluster scaffold`\n\
+             id: {id}\n\
+             data_dir: /data\n\
+             listen:\n  mcp: 0.0.0.0:8080\n  admin: 0.0.0.0:8443\n  mesh: 0.0.0.0:7400\n  metrics: 0.0.0.0:9090\n\
+             advertise:\n  mcp: {host}:8080\n  admin: {host}:8443\n  mesh: {host}:7400\n\
+             tls:\n  ca: {ca}\n  cert: {cert}\n  key: {key}\n\
+             admin:\n  token_file: {token}\n\
+             secrets:\n  kek_file: {kek}\n\
+             # Agents reach the nodes through a balancer on the cluster's private network;\n\
+             # terminate TLS there, or give the nodes certificates (mcp_tls.cert, .key).\n\
+             mcp_tls:\n  allow_plain_http: true\n",
+            ca = pki.ca_cert().display(),
+            cert = pki.node_cert(id).display(),
+            key = pki.node_key(id).display(),
+            token = token.display(),
+            kek = dir.join("kek").display(),
+        );
+        std::fs::write(&config, cfg)?;
+        added.push(host);
+    }
+    if fresh {
+        // Last: its presence says the directory is complete.
+        super::dev::write_private(&token, &crate::auth::token::generate(crate::auth::token::ADMIN_PREFIX))?;
+    }
+    match (fresh, added.is_empty()) {
+        (true, _) => {
+            say!("scaffolded {nodes} node(s) in {}: pki/, admin-token, kek, {}", dir.display(), added.join(", "))
+        }
+        (false, true) => say!("{} is already scaffolded for {nodes} node(s): left as it is", dir.display()),
+        (false, false) => say!("added {} to {} (certificates and configs)", added.join(", "), dir.display()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn membership(format: Format, r: &pb::MembershipReply) {
     if format != Format::Table {
         output::data(format, &json!({"voters": r.voters, "learners": r.learners, "logIndex": r.log_index}));
@@ -136,6 +212,9 @@ pub async fn run(g: &Global, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if let ClusterCmd::Scaffold { dir, nodes, host_prefix } = &cmd {
+        return scaffold(dir, *nodes, host_prefix);
+    }
     if let ClusterCmd::Cert { cmd: CertCmd::Renew { dir, id, days } } = cmd {
         pki::renew_node(&PkiDir(dir.clone()), id, days)?;
         let days = days.unwrap_or(pki::NODE_CERT_DAYS);
@@ -149,11 +228,17 @@ pub async fn run(g: &Global, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
     let url = n.url.clone();
     let e = |s| status_err(&url, s);
     match cmd {
-        ClusterCmd::Ca { .. } | ClusterCmd::Cert { .. } => unreachable!("handled above"),
+        ClusterCmd::Ca { .. } | ClusterCmd::Cert { .. } | ClusterCmd::Scaffold { .. } => unreachable!("handled above"),
         ClusterCmd::RotateSessionKey => return super::access::rotate_session_key(g).await,
-        ClusterCmd::Init { members } => {
+        ClusterCmd::Init { members, if_new } => {
             let members = members.iter().map(|m| parse_member(m)).collect::<anyhow::Result<Vec<_>>>()?;
-            let r = n.cluster.init(req(pb::InitRequest { members })).await.map_err(e)?.into_inner();
+            let r = match n.cluster.init(req(pb::InitRequest { members })).await {
+                Err(s) if if_new && s.code() == tonic::Code::AlreadyExists => {
+                    say!("already initialised");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                r => r.map_err(e)?.into_inner(),
+            };
             if g.output != Format::Table {
                 output::data(
                     g.output,

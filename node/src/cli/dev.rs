@@ -451,7 +451,7 @@ fn nodes_from_configs(dir: &Path) -> anyhow::Result<Vec<DevNode>> {
 }
 
 /// Writes a file readable by its owner only (a token, a key).
-fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+pub(super) fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

@@ -229,3 +229,29 @@ fn a_bare_node_is_initialised_alone_and_only_once() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// What the compose file runs at every start: everything once, then only what added nodes need.
+#[test]
+fn scaffold_writes_a_cluster_once_and_then_only_added_nodes() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let d = dir.path().join("conf");
+    let ds = d.to_str().unwrap();
+    let out = joch(["cluster", "scaffold", ds, "--nodes", "2"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let token = std::fs::read_to_string(d.join("admin-token")).unwrap();
+    let node2 = std::fs::read_to_string(d.join("node2.yaml")).unwrap();
+    for want in ["id: 2", "mesh: node2:7400", "admin: node2:8443", "allow_plain_http: true", "kek_file:"] {
+        assert!(node2.contains(want), "{want:?} missing from:\n{node2}");
+    }
+    assert!(std::fs::read_to_string(d.join("pki").join("node2.hosts")).unwrap().contains("node2"));
+    // Again: nothing changes.
+    let out = joch(["cluster", "scaffold", ds, "--nodes", "2"]);
+    assert!(out.code == 0 && out.stdout.contains("left as it is"), "{out:?}");
+    assert_eq!(std::fs::read_to_string(d.join("admin-token")).unwrap(), token);
+    // A third node: its certificate and config, the rest kept.
+    let out = joch(["cluster", "scaffold", ds, "--nodes", "3"]);
+    assert!(out.code == 0 && out.stdout.contains("added node3"), "{out:?}");
+    assert!(d.join("node3.yaml").exists() && d.join("pki").join("node3.pem").exists());
+    assert_eq!(std::fs::read_to_string(d.join("node2.yaml")).unwrap(), node2);
+    assert_eq!(std::fs::read_to_string(d.join("admin-token")).unwrap(), token);
+}
