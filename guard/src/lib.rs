@@ -712,9 +712,27 @@ pub fn luhn(s: &str) -> bool {
     sum.is_multiple_of(10)
 }
 
-/// Cyrillic and Greek letters that look like Latin ones, and fullwidth Latin.
+/// Cyrillic and Greek letters that look like Latin ones, Roman numerals, and fullwidth Latin.
 fn confusable(c: char) -> Option<char> {
     Some(match c {
+        'Ⅰ' | 'Ⅼ' | 'ⅰ' | 'ⅼ' | 'Ⅴ' | 'ⅴ' | 'Ⅹ' | 'ⅹ' | 'Ⅽ' | 'ⅽ' | 'Ⅾ' | 'ⅾ' | 'Ⅿ' | 'ⅿ' => {
+            match c {
+                'Ⅰ' => 'I',
+                'ⅰ' => 'i',
+                'Ⅼ' => 'L',
+                'ⅼ' => 'l',
+                'Ⅴ' => 'V',
+                'ⅴ' => 'v',
+                'Ⅹ' => 'X',
+                'ⅹ' => 'x',
+                'Ⅽ' => 'C',
+                'ⅽ' => 'c',
+                'Ⅾ' => 'D',
+                'ⅾ' => 'd',
+                'Ⅿ' => 'M',
+                _ => 'm',
+            }
+        }
         'а' => 'a',
         'в' => 'b',
         'е' => 'e',
@@ -803,7 +821,7 @@ fn fold_confusables(text: &str) -> Option<(String, Vec<usize>)> {
 
 /// Whether a word of `text` mixes Latin letters with look-alikes. Only the look-alikes are
 /// visited (`memchr` for the lead bytes of their UTF-8 forms: Latin extensions, Greek,
-/// Cyrillic, Armenian, fullwidth), and each word once: most non-English text has none of them,
+/// Cyrillic, Armenian, Roman numerals, fullwidth), and each word once: most non-English text has none of them,
 /// or no Latin letters in the words that have them.
 fn mixes_scripts(text: &str) -> bool {
     let b = text.as_bytes();
@@ -822,7 +840,8 @@ fn mixes_scripts(text: &str) -> bool {
         text[start..end].bytes().any(|c| c.is_ascii_alphabetic())
     };
     // Each lead byte's positions in order (a word is skipped once looked at).
-    [[0xD0, 0xD1, 0xEF], [0xCE, 0xCF, 0xC9], [0xD4, 0xD5, 0xD5]].iter().any(|&[x, y, z]| {
+    // (E2: Roman numerals, U+2160..; also the lead byte of common punctuation, each decoded.)
+    [[0xD0, 0xD1, 0xEF], [0xCE, 0xCF, 0xC9], [0xD4, 0xD5, 0xE2]].iter().any(|&[x, y, z]| {
         let mut checked = 0;
         memchr::memchr3_iter(x, y, z, b).any(|i| mixed(&mut checked, i))
     })

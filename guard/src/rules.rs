@@ -6,7 +6,7 @@
 use crate::Family;
 
 /// Bumped whenever a rule is added, removed or changed (`docs/content-guard.md` lists them).
-pub const RULESET_VERSION: &str = "2026.12.1";
+pub const RULESET_VERSION: &str = "2026.12.2";
 
 /// One rule as written.
 pub struct RuleDef {
@@ -267,7 +267,7 @@ pub const RULES: &[RuleDef] = &[
         family: Family::Exfiltration,
         anchors: &["send", "post", "upload", "forward", "transmit", "exfiltrate", "leak", "email", "e-mail"],
         near: &[],
-        pattern: r"(?-u:\b)(?:send|post|upload|forward|transmit|exfiltrate|leak|email|e-mail)\s+(?:(?:all|every|the|this|these|those|your|my|its|their|any|of|user'?s?|conversation|chat|private|secret|sensitive|confidential|session|full|entire)\s+){1,4}(?:data|information|info|contents?|history|conversation|messages?|files?|keys?|credentials?|passwords?|tokens?|secrets?|cookies|details|context|transcript|results?|output|memory)(?-u:\b)[^.\n]*?(?-u:\b)(?:to|at|into)\s+(?:https?://|[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+|the\s+(?:following|attacker|url|address|endpoint|server))",
+        pattern: r"(?-u:\b)(?:send|post|upload|forward|transmit|exfiltrate|leak|email|e-mail)\s+(?:(?:all|every|the|this|these|those|your|my|its|their|any|of|user'?s?|conversation|chat|private|secret|sensitive|confidential|session|full|entire)\s+){1,6}(?:data|information|info|contents?|history|conversation|messages?|files?|keys?|credentials?|passwords?|tokens?|secrets?|cookies|details|context|transcript|results?|output|memory)(?-u:\b)[^.\n]*?(?-u:\b)(?:to|at|into)\s+(?:https?://|[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+|the\s+(?:following|attacker|url|address|endpoint|server))",
         reach: (WORDS_BEFORE, 300),
         at_anchor: true,
     },
