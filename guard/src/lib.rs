@@ -20,7 +20,9 @@
 //! or 28th byte. Text with no anchors costs the one pass and the probes.
 
 mod anchors;
+mod homoglyph;
 mod rules;
+mod runs;
 pub mod samples;
 
 use std::collections::BTreeSet;
@@ -31,7 +33,9 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 pub use aho_corasick::AhoCorasick as Automaton;
+use homoglyph::fold_confusables;
 pub use rules::{invisible, RULESET_VERSION};
+use runs::{runs, Run};
 
 /// What a rule finds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -454,113 +458,6 @@ fn invisible_runs(text: &str, hits: &mut Vec<Hit>) {
     }
 }
 
-enum Run {
-    /// Ten or more digits with at most single separators between them.
-    Digits(usize, usize),
-    /// [`MIN_ENCODED`] or more base64 characters.
-    Base64(usize, usize),
-}
-
-/// A byte's classes, for the run probes: [`B64`], [`SEP`].
-static CLASS: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut c = 0;
-    while c < 256 {
-        let b = c as u8;
-        if b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'_' | b'-' | b'=') {
-            t[c] |= B64;
-        }
-        if matches!(b, b' ' | b'-' | b'.' | b'(' | b')' | b'+') {
-            t[c] |= SEP;
-        }
-        c += 1;
-    }
-    t
-};
-/// A base64 character (standard or URL-safe, or padding).
-const B64: u8 = 1;
-/// A separator allowed between the digits of a phone or card number.
-const SEP: u8 = 2;
-
-/// The runs of digits, then the runs of base64 characters. Neither reads every byte: a run of
-/// ten digits (single separators between them allowed) spans ten bytes or more, so it covers one
-/// of every 9th byte; a run of [`MIN_ENCODED`] base64 characters covers one of every
-/// [`MIN_ENCODED`]th. Only those bytes are probed, and a run is followed out from a probe that
-/// lands in one (each byte is read at most about twice).
-fn runs(b: &[u8], digits: bool, encoded: bool) -> Vec<Run> {
-    let mut out = Vec::new();
-    if digits {
-        let d = |c: u8| c.wrapping_sub(b'0') < 10;
-        let sep = |c: u8| CLASS[c as usize] & SEP != 0;
-        let mut p = 0;
-        while p < b.len() {
-            // A separator inside a run follows a digit.
-            let q = if d(b[p]) {
-                p
-            } else if sep(b[p]) && p > 0 && d(b[p - 1]) {
-                p - 1
-            } else {
-                p += 9;
-                continue;
-            };
-            let mut start = q;
-            loop {
-                if start >= 1 && d(b[start - 1]) {
-                    start -= 1;
-                } else if start >= 2 && sep(b[start - 1]) && d(b[start - 2]) {
-                    start -= 2;
-                } else {
-                    break;
-                }
-            }
-            let mut last = q;
-            loop {
-                if last + 1 < b.len() && d(b[last + 1]) {
-                    last += 1;
-                } else if last + 2 < b.len() && sep(b[last + 1]) && d(b[last + 2]) {
-                    last += 2;
-                } else {
-                    break;
-                }
-            }
-            if b[start..=last].iter().filter(|c| c.is_ascii_digit()).count() >= 10 {
-                out.push(Run::Digits(start, last + 1));
-            }
-            // The next run begins two bytes on at the earliest (the byte after a run is not a
-            // digit, and a separator there is followed by none).
-            p = (last + 2).next_multiple_of(9).max(p + 9);
-        }
-    }
-    if encoded {
-        let b64 = |c: u8| CLASS[c as usize] & B64 != 0;
-        let mut p = MIN_ENCODED - 1;
-        while p < b.len() {
-            if !b64(b[p]) {
-                p += MIN_ENCODED;
-                continue;
-            }
-            let mut end = p + 1;
-            while end < b.len() && b64(b[end]) {
-                end += 1;
-            }
-            // A run long enough covers the byte MIN_ENCODED before its end: most words stop here.
-            if end < MIN_ENCODED || !b64(b[end - MIN_ENCODED]) {
-                p = end + MIN_ENCODED;
-                continue;
-            }
-            let mut start = p;
-            while start > 0 && b64(b[start - 1]) {
-                start -= 1;
-            }
-            if end - start >= MIN_ENCODED {
-                out.push(Run::Base64(start, end));
-            }
-            p = end + MIN_ENCODED;
-        }
-    }
-    out
-}
-
 /// One pattern of an operator-loaded feed (`joch guard feed apply -f`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -710,141 +607,6 @@ pub fn luhn(s: &str) -> bool {
         })
         .sum();
     sum.is_multiple_of(10)
-}
-
-/// Cyrillic and Greek letters that look like Latin ones, Roman numerals, and fullwidth Latin.
-fn confusable(c: char) -> Option<char> {
-    Some(match c {
-        'Ⅰ' | 'Ⅼ' | 'ⅰ' | 'ⅼ' | 'Ⅴ' | 'ⅴ' | 'Ⅹ' | 'ⅹ' | 'Ⅽ' | 'ⅽ' | 'Ⅾ' | 'ⅾ' | 'Ⅿ' | 'ⅿ' => {
-            match c {
-                'Ⅰ' => 'I',
-                'ⅰ' => 'i',
-                'Ⅼ' => 'L',
-                'ⅼ' => 'l',
-                'Ⅴ' => 'V',
-                'ⅴ' => 'v',
-                'Ⅹ' => 'X',
-                'ⅹ' => 'x',
-                'Ⅽ' => 'C',
-                'ⅽ' => 'c',
-                'Ⅾ' => 'D',
-                'ⅾ' => 'd',
-                'Ⅿ' => 'M',
-                _ => 'm',
-            }
-        }
-        'а' => 'a',
-        'в' => 'b',
-        'е' => 'e',
-        'ё' => 'e',
-        'к' => 'k',
-        'м' => 'm',
-        'н' => 'h',
-        'о' => 'o',
-        'р' => 'p',
-        'с' => 'c',
-        'т' => 't',
-        'у' => 'y',
-        'х' => 'x',
-        'і' => 'i',
-        'ї' => 'i',
-        'ј' => 'j',
-        'ѕ' => 's',
-        'ԁ' => 'd',
-        'ɡ' => 'g',
-        'һ' => 'h',
-        'ո' => 'n',
-        'ս' => 'u',
-        'А' => 'A',
-        'В' => 'B',
-        'Е' => 'E',
-        'К' => 'K',
-        'М' => 'M',
-        'Н' => 'H',
-        'О' => 'O',
-        'Р' => 'P',
-        'С' => 'C',
-        'Т' => 'T',
-        'Х' => 'X',
-        'І' => 'I',
-        'Ј' => 'J',
-        'Ѕ' => 'S',
-        'α' => 'a',
-        'ε' => 'e',
-        'ι' => 'i',
-        'κ' => 'k',
-        'ν' => 'v',
-        'ο' => 'o',
-        'ρ' => 'p',
-        'τ' => 't',
-        'υ' => 'u',
-        'χ' => 'x',
-        'Α' => 'A',
-        'Β' => 'B',
-        'Ε' => 'E',
-        'Η' => 'H',
-        'Ι' => 'I',
-        'Κ' => 'K',
-        'Μ' => 'M',
-        'Ν' => 'N',
-        'Ο' => 'O',
-        'Ρ' => 'P',
-        'Τ' => 'T',
-        'Χ' => 'X',
-        'Υ' => 'Y',
-        'Ζ' => 'Z',
-        c @ '\u{FF21}'..='\u{FF3A}' => char::from_u32(c as u32 - 0xFF21 + 'A' as u32)?,
-        c @ '\u{FF41}'..='\u{FF5A}' => char::from_u32(c as u32 - 0xFF41 + 'a' as u32)?,
-        _ => return None,
-    })
-}
-
-/// The text with look-alike letters folded to Latin, and for every byte of it the byte of the
-/// original it came from (one more entry for the end); `None` when a word mixes no scripts (a
-/// Russian or Greek text is not folded: only words that mix Latin with look-alikes are).
-fn fold_confusables(text: &str) -> Option<(String, Vec<usize>)> {
-    if !mixes_scripts(text) {
-        return None;
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut back = Vec::with_capacity(text.len() + 1);
-    for (i, c) in text.char_indices() {
-        let f = confusable(c).unwrap_or(c);
-        for _ in 0..f.len_utf8() {
-            back.push(i);
-        }
-        out.push(f);
-    }
-    back.push(text.len());
-    Some((out, back))
-}
-
-/// Whether a word of `text` mixes Latin letters with look-alikes. Only the look-alikes are
-/// visited (`memchr` for the lead bytes of their UTF-8 forms: Latin extensions, Greek,
-/// Cyrillic, Armenian, Roman numerals, fullwidth), and each word once: most non-English text has none of them,
-/// or no Latin letters in the words that have them.
-fn mixes_scripts(text: &str) -> bool {
-    let b = text.as_bytes();
-    let word = |c: char| c.is_alphanumeric();
-    let mixed = |checked: &mut usize, i: usize| {
-        if i < *checked {
-            return false;
-        }
-        let Some(c) = text[i..].chars().next() else { return false };
-        if confusable(c).is_none() {
-            return false;
-        }
-        let start = text[..i].char_indices().rev().take_while(|(_, c)| word(*c)).last().map_or(i, |(j, _)| j);
-        let end = text[i..].char_indices().find(|(_, c)| !word(*c)).map_or(text.len(), |(j, _)| i + j);
-        *checked = end;
-        text[start..end].bytes().any(|c| c.is_ascii_alphabetic())
-    };
-    // Each lead byte's positions in order (a word is skipped once looked at).
-    // (E2: Roman numerals, U+2160..; also the lead byte of common punctuation, each decoded.)
-    [[0xD0, 0xD1, 0xEF], [0xCE, 0xCF, 0xC9], [0xD4, 0xD5, 0xE2]].iter().any(|&[x, y, z]| {
-        let mut checked = 0;
-        memchr::memchr3_iter(x, y, z, b).any(|i| mixed(&mut checked, i))
-    })
 }
 
 /// Base64 (standard or URL-safe, padded or not) that decodes to mostly printable text.
