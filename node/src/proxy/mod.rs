@@ -212,6 +212,16 @@ impl Proxy {
     /// Admits a call to its server; a call a policy holds for approval waits here for the
     /// decision first (`policy/approvals.rs`), on the node that admits it.
     async fn admit_call(&self, call: &mut Call, headers: &axum::http::HeaderMap) -> Result<Admitted, Denial> {
+        let admitted = self.admit_or_hold(call, headers).await;
+        // What was admitted is what the rest of the request (its audit record) speaks of: the
+        // message as it left, arguments redacted by policy included.
+        if let Ok(a) = &admitted {
+            call.rpc = a.call().rpc.clone();
+        }
+        admitted
+    }
+
+    async fn admit_or_hold(&self, call: &mut Call, headers: &axum::http::HeaderMap) -> Result<Admitted, Denial> {
         match self.gate.admit(call.clone()) {
             Err(d) if d.reason == Reason::ApprovalRequired && call.approval.is_none() => {
                 let name = call.target().unwrap_or_default().to_string();

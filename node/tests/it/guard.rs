@@ -204,7 +204,15 @@ fn results_are_stripped_annotated_denied_or_redacted_as_configured_and_by_policy
     assert_eq!(explain["decision"], "DENY", "{explain}");
 
     // Or redacted by policy: the call goes out with the secret replaced, and the upstream sees
-    // only that (its record of what it received).
+    // only that (its record of what it received); so does the audit trail, which here keeps
+    // the arguments themselves.
+    let plain = c.dir.path().join("plain.yaml");
+    std::fs::write(
+        &plain,
+        format!("apiVersion: joch.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: plain\nspec:\n  endpoint: {{ url: \"{}\" }}\n  audit: {{ recordArguments: true }}\n", up.url),
+    )
+    .unwrap();
+    c.cli(1, &["apply", "-f", plain.to_str().unwrap()]).ok();
     std::fs::write(
         &p,
         "apiVersion: joch.dev/v1alpha1\nkind: Policy\nmetadata: { name: no-secrets-out }\nspec:\n  rules:\n    - when: { mcpArgs.secretScan.hit: true }\n      action: { modify: redact, reason: secret-in-arguments }\n",
@@ -233,6 +241,9 @@ fn results_are_stripped_annotated_denied_or_redacted_as_configured_and_by_policy
                 && v["rule"].as_str().is_some_and(|r| r.contains("secret.github-token@/name"))
         });
     assert!(redacted, "the audit record names the rule and what was replaced where: {recs}");
+    let kept: Vec<&str> = recs["records"].as_array().unwrap().iter().filter_map(|r| r["args"].as_str()).collect();
+    assert!(kept.iter().any(|a| a.contains("[REDACTED:secret.github-token]")), "{kept:?}");
+    assert!(!kept.iter().any(|a| a.contains("ghp_0123")), "the audit trail keeps the redacted arguments: {kept:?}");
 
     // Patterns written in a policy, and a rule of it deciding on their hits by rule id.
     std::fs::write(
