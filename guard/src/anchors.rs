@@ -28,12 +28,22 @@ type Of = Vec<(usize, usize)>;
 pub(crate) struct Anchors {
     /// The anchors, lower-case (their index is their id).
     words: Vec<Vec<u8>>,
-    /// Teddy searchers over the keys, each with what its keys stand for: (anchor, where the
-    /// key begins in it). `None`: no SIMD here, `automaton` does the work.
-    teddy: Option<Vec<(Searcher, Vec<Of>)>>,
-    automaton: AhoCorasick,
+    /// How the anchors of three bytes or more are found.
+    finder: Finder,
     /// Anchors shorter than three bytes (found with `memchr`), by id.
     short: Vec<usize>,
+    /// Their first bytes (what `memchr` looks for).
+    short_first: Vec<u8>,
+}
+
+/// How the anchors of three bytes or more are found.
+enum Finder {
+    /// Teddy searchers over the keys, each with what its keys stand for: (anchor, where the key
+    /// begins in it).
+    Teddy(Vec<(Searcher, Vec<Of>)>),
+    /// No SIMD here: one automaton over the anchors themselves, and the id of each of its
+    /// patterns.
+    Automaton(AhoCorasick, Vec<usize>),
 }
 
 /// How common a byte is in text (higher: more common): letters by their frequency in English,
@@ -57,8 +67,15 @@ fn key(word: &[u8]) -> (usize, &[u8]) {
 impl Anchors {
     /// The anchors' finder (each anchor once; their order gives their ids).
     pub(crate) fn new(words: &[&str]) -> Anchors {
+        Anchors::build(words, true)
+    }
+
+    /// With Teddy if `simd` and the CPU has it, else with the automaton.
+    fn build(words: &[&str], simd: bool) -> Anchors {
         let words: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_ascii_lowercase()).collect();
-        let short = (0..words.len()).filter(|&i| words[i].len() < 3).collect();
+        let short: Vec<usize> = (0..words.len()).filter(|&i| words[i].len() < 3).collect();
+        let short_first = short.iter().map(|&i| words[i][0]).collect();
+        assert!(short.len() <= 3, "at most three anchors shorter than three bytes (they are found with memchr3)");
         // Distinct keys, grouped by length (Teddy compares as many bytes as its shortest key).
         // An anchor that contains a key already chosen shares it (fewer keys, fewer passes).
         let mut keys: Vec<(Vec<u8>, Of)> = Vec::new();
@@ -77,7 +94,7 @@ impl Anchors {
             }
         }
         keys.sort_by_key(|(k, _)| k.len());
-        let mut teddy = Some(Vec::new());
+        let mut teddy = simd.then(Vec::new);
         for len in [3, KEY] {
             let same: Vec<&(Vec<u8>, Of)> = keys.iter().filter(|(k, _)| k.len() == len).collect();
             for group in same.chunks(GROUP) {
@@ -92,13 +109,19 @@ impl Anchors {
                 }
             }
         }
-        let long: Vec<&[u8]> = words.iter().filter(|w| w.len() >= 3).map(Vec::as_slice).collect();
-        let automaton = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
-            .build(long)
-            .expect("the anchors build");
-        Anchors { words, teddy, automaton, short }
+        let finder = match teddy {
+            Some(groups) => Finder::Teddy(groups),
+            None => {
+                let ids: Vec<usize> = (0..words.len()).filter(|&i| words[i].len() >= 3).collect();
+                let automaton = AhoCorasickBuilder::new()
+                    .ascii_case_insensitive(true)
+                    .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+                    .build(ids.iter().map(|&i| &words[i]))
+                    .expect("the anchors build");
+                Finder::Automaton(automaton, ids)
+            }
+        };
+        Anchors { words, finder, short, short_first }
     }
 
     /// Calls `f(start, end, id)` for every occurrence of every anchor in `text` (not in order).
@@ -108,8 +131,8 @@ impl Anchors {
             let w = &self.words[id];
             bytes.get(start..start + w.len()).is_some_and(|t| t.eq_ignore_ascii_case(w))
         };
-        match &self.teddy {
-            Some(groups) => {
+        match &self.finder {
+            Finder::Teddy(groups) => {
                 thread_local! {
                     static LOWER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
                 }
@@ -144,15 +167,12 @@ impl Anchors {
                     Err(_) => pass(&mut Vec::new()),
                 });
             }
-            None => {
-                let ids: Vec<usize> = (0..self.words.len()).filter(|&i| self.words[i].len() >= 3).collect();
-                for m in self.automaton.find_overlapping_iter(text) {
-                    let id = ids[m.pattern().as_usize()];
-                    f(m.start(), m.end(), id);
+            Finder::Automaton(automaton, ids) => {
+                for m in automaton.find_overlapping_iter(text) {
+                    f(m.start(), m.end(), ids[m.pattern().as_usize()]);
                 }
             }
         }
-        let first: Vec<u8> = self.short.iter().map(|&i| self.words[i][0]).collect();
         let mut at = |i: usize| {
             for &id in &self.short {
                 if is_at(id, i) {
@@ -160,12 +180,12 @@ impl Anchors {
                 }
             }
         };
-        match first.as_slice() {
+        match self.short_first.as_slice() {
             [] => {}
             [a] => memchr::memchr_iter(*a, bytes).for_each(&mut at),
             [a, b] => memchr::memchr2_iter(*a, *b, bytes).for_each(&mut at),
             [a, b, c] => memchr::memchr3_iter(*a, *b, *c, bytes).for_each(&mut at),
-            _ => panic!("at most three anchors shorter than three bytes (they are found with memchr3)"),
+            _ => unreachable!("at most three short anchors: checked when built"),
         }
     }
 }
@@ -211,7 +231,7 @@ mod tests {
             assert_eq!(got.len(), 3, "pad {pad}: {got:?}");
         }
         // Without SIMD the automaton finds the same.
-        let plain = Anchors { teddy: None, ..Anchors::new(&words) };
+        let plain = Anchors::build(&words, false);
         assert_eq!(found(&plain, text), found(&a, text));
     }
 
