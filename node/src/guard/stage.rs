@@ -119,9 +119,7 @@ impl ContentGuard {
     }
 
     /// A `tools/list` answer's tools, checked for poisoning discovery did not see.
-    fn check_listed(&self, call: &Call, rec: &ServerRecord, state: &joch_raft_store::PublishedState, message: &Bytes) {
-        let Some(text) = sse::message_text(message) else { return };
-        let Ok(v) = serde_json::from_str::<Value>(&text) else { return };
+    fn check_listed(&self, call: &Call, rec: &ServerRecord, state: &joch_raft_store::PublishedState, v: &Value) {
         let Some(tools) = v.pointer("/result/tools").and_then(Value::as_array) else { return };
         let others = super::other_tools(state, &rec.name);
         let found = super::poison::listed(tools, rec, state.registry.incidents.findings(&rec.name), &others);
@@ -288,18 +286,24 @@ impl Stage for ContentGuard {
             server
         };
         let Some(rec) = state.registry.servers.get(server) else { return };
-        if call.method() == Some("tools/list") {
-            self.check_listed(call, rec, &state, message);
-        }
         let set = &state.registry.compiled.set;
         let scanning = &rec.spec.scanning;
         let by_policy = set.decides_answers();
-        if !scanning.prompt_injection_scan && scanning.redact_fields_in_results.is_empty() && !by_policy {
+        let scan = scanning.prompt_injection_scan || !scanning.redact_fields_in_results.is_empty() || by_policy;
+        let listed = call.method() == Some("tools/list");
+        if !scan && !listed {
             return;
         }
         let started = std::time::Instant::now();
+        // Read once, for the tool-poisoning check and the scan alike.
         let Some(text) = sse::message_text(message) else { return };
         let Ok(mut v) = serde_json::from_str::<Value>(&text) else { return };
+        if listed {
+            self.check_listed(call, rec, &state, &v);
+        }
+        if !scan {
+            return;
+        }
         let part = if v.get("result").is_some() {
             "result"
         } else if v.get("method").is_some() {
