@@ -65,6 +65,8 @@ pub const TRUST: &[u8] = b"settings/trust";
 pub const GUARD: &[u8] = b"settings/guard";
 /// The content guard's incidents.
 pub const INCIDENTS: &[u8] = b"settings/incidents";
+/// The outcomes of the newest writes (exactly-once retries).
+pub const REQUESTS: &[u8] = b"settings/requests";
 
 /// `snapshot`: the current snapshot.
 pub const SNAPSHOT_CURRENT: &[u8] = b"current";

@@ -179,6 +179,7 @@ impl StateMachineStore {
         self.put(b, CF_STATE, keys::TRUST, self.registry.trust.as_ref())?;
         self.put(b, CF_STATE, keys::GUARD, self.registry.guard.as_ref())?;
         self.put(b, CF_STATE, keys::INCIDENTS, self.registry.incidents.as_ref())?;
+        self.put(b, CF_STATE, keys::REQUESTS, self.registry.requests.as_ref())?;
         for (target, lines) in &self.registry.history {
             for line in lines.iter() {
                 self.put(b, CF_HISTORY, &keys::history_key(target, line.at.index, 0), line)?;
@@ -230,6 +231,8 @@ fn load_state(db: &DB) -> std::result::Result<LoadedState, StoreError> {
             reg.guard = Arc::new(dec(&k, &v)?);
         } else if &*k == keys::INCIDENTS {
             reg.incidents = Arc::new(dec(&k, &v)?);
+        } else if &*k == keys::REQUESTS {
+            reg.requests = Arc::new(dec(&k, &v)?);
         } else if &*k == keys::CLUSTER_KEY {
             reg.cluster_key = Some(dec(&k, &v)?);
         } else if &*k == keys::RETENTION {
@@ -354,6 +357,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         if touched.incidents {
             self.put(&mut b, CF_STATE, keys::INCIDENTS, self.registry.incidents.as_ref())?;
+        }
+        if touched.requests {
+            self.put(&mut b, CF_STATE, keys::REQUESTS, self.registry.requests.as_ref())?;
         }
         for line in &touched.history {
             self.put(&mut b, CF_HISTORY, &keys::history_key(&line.target, line.at.index, 0), line)?;

@@ -529,6 +529,9 @@ impl ClusterNode {
     /// Proposes a command through the leader (forwarding if needed) and waits for it to be applied
     /// on the leader. Retries with backoff while there is no leader, up to the write timeout.
     pub async fn write(&self, actor: &str, command: Command) -> Result<WriteOutcome, ClusterError> {
+        // Every attempt below carries the same id: an attempt whose answer was lost may have been
+        // applied, and the state machine applies an id once (raft-store's `model::once`).
+        let command = Command::Once { id: rand::random(), command: Box::new(command) };
         let req = Request { actor: actor.to_string(), at_ms: now_ms(), command };
         let kind = req.command.kind();
         let started = Instant::now();

@@ -118,6 +118,8 @@ pub enum Command {
     DecideApproval { id: String, approve: bool, reason: String },
     /// The node running an approved call uses the approval (once).
     UseApproval { id: String, node: u64 },
+    /// A write with an id shared by every attempt to send it: applied once (see `once`).
+    Once { id: u128, command: Box<Command> },
 }
 
 impl Command {
@@ -127,6 +129,7 @@ impl Command {
     /// not applied it yet answers "not registered", which fails closed.
     pub fn fleet_acknowledged(&self) -> bool {
         match self {
+            Command::Once { command, .. } => command.fleet_acknowledged(),
             Command::RequestApproval { .. } | Command::UseApproval { .. } => false,
             Command::ApplyVirtualServer { .. } | Command::DeleteVirtualServer { .. } => true,
             // The holding node learns the decision by applying it.
@@ -170,6 +173,7 @@ impl Command {
     /// Short name for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
+            Command::Once { command, .. } => command.kind(),
             Command::CreateServer { .. } => "create_server",
             Command::UpsertServer { .. } => "upsert_server",
             Command::RecordDiscovery { .. } => "record_discovery",

@@ -6,6 +6,7 @@ pub mod command;
 pub mod discovery;
 pub mod guard;
 pub mod incident;
+pub mod once;
 pub mod registry;
 pub mod resource;
 pub mod trust;

@@ -262,6 +262,8 @@ pub struct Registry {
     pub guard: Arc<super::guard::GuardSettings>,
     /// What the content guard reported (`joch guard incidents`).
     pub incidents: Arc<super::incident::Incidents>,
+    /// The outcomes of the newest writes, by id (exactly-once retries).
+    pub requests: Arc<super::once::Requests>,
     /// The policies, compiled (derived from `policies`: rebuilt when one changes, on load and on
     /// snapshot install; never stored).
     #[serde(skip)]
@@ -330,6 +332,8 @@ pub struct Touched {
     pub guard: bool,
     /// The incidents changed.
     pub incidents: bool,
+    /// The remembered write outcomes changed.
+    pub requests: bool,
 }
 
 pub(super) fn server_target(name: &str) -> String {
@@ -425,6 +429,16 @@ impl Registry {
 
     /// Applies one command at `index`. On `Err`, nothing changed.
     pub fn apply(&mut self, index: u64, req: &Request, touched: &mut Touched) -> Result<Applied, ApplyError> {
+        if let Command::Once { id, command } = &req.command {
+            if let Some(first) = self.requests.get(*id) {
+                return first.clone();
+            }
+            let inner = Request { actor: req.actor.clone(), at_ms: req.at_ms, command: (**command).clone() };
+            let outcome = self.apply(index, &inner, touched);
+            Arc::make_mut(&mut self.requests).remember(*id, outcome.clone());
+            touched.requests = true;
+            return outcome;
+        }
         let stamp = Stamp { actor: req.actor.clone(), at_ms: req.at_ms, index };
         let action = req.command.kind();
         let (target, applied) = match &req.command {
@@ -733,6 +747,13 @@ impl Registry {
             Command::RecordTraffic { window_ms, counts } => self.apply_traffic(*window_ms, counts, touched),
             Command::RaiseIncident(_) | Command::AckIncident { .. } => {
                 self.apply_incident(&req.command, &stamp, touched)?
+            }
+            // Unwrapped above: one id wraps one command, never another id.
+            Command::Once { .. } => {
+                return Err(invalid(FieldError {
+                    field: "command".into(),
+                    message: "a write id inside another".into(),
+                }))
             }
             Command::SetRetention { history_per_target, history_max_age_ms } => {
                 if *history_per_target == 0 {
