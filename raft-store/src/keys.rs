@@ -65,8 +65,8 @@ pub const TRUST: &[u8] = b"settings/trust";
 pub const GUARD: &[u8] = b"settings/guard";
 /// The content guard's incidents.
 pub const INCIDENTS: &[u8] = b"settings/incidents";
-/// The outcomes of the newest writes (exactly-once retries).
-pub const REQUESTS: &[u8] = b"settings/requests";
+/// Prefix of remembered write outcomes (`req/` + the write id, 16 bytes big-endian).
+pub const REQUEST_PREFIX: &[u8] = b"req/";
 
 /// `snapshot`: the current snapshot.
 pub const SNAPSHOT_CURRENT: &[u8] = b"current";
@@ -79,6 +79,11 @@ pub fn log_key(index: u64) -> [u8; 8] {
 /// Index of a log key.
 pub fn log_index(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+/// Key of a remembered write outcome.
+pub fn request_key(id: u128) -> Vec<u8> {
+    [REQUEST_PREFIX, &id.to_be_bytes()[..]].concat()
 }
 
 /// Key of a server record.

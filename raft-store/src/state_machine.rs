@@ -179,7 +179,9 @@ impl StateMachineStore {
         self.put(b, CF_STATE, keys::TRUST, self.registry.trust.as_ref())?;
         self.put(b, CF_STATE, keys::GUARD, self.registry.guard.as_ref())?;
         self.put(b, CF_STATE, keys::INCIDENTS, self.registry.incidents.as_ref())?;
-        self.put(b, CF_STATE, keys::REQUESTS, self.registry.requests.as_ref())?;
+        for (id, r) in self.registry.requests.iter() {
+            self.put(b, CF_STATE, &keys::request_key(*id), r)?;
+        }
         for (target, lines) in &self.registry.history {
             for line in lines.iter() {
                 self.put(b, CF_HISTORY, &keys::history_key(target, line.at.index, 0), line)?;
@@ -209,6 +211,7 @@ fn load_state(db: &DB) -> std::result::Result<LoadedState, StoreError> {
     let mut reg = Registry::default();
     let mut applied = None;
     let mut membership = StoredMembership::default();
+    let mut requests = Vec::new();
     for item in db.iterator_cf(&state, rocksdb::IteratorMode::Start) {
         let (k, v) = item?;
         if let Some(name) = k.strip_prefix(keys::SERVER_PREFIX) {
@@ -231,8 +234,12 @@ fn load_state(db: &DB) -> std::result::Result<LoadedState, StoreError> {
             reg.guard = Arc::new(dec(&k, &v)?);
         } else if &*k == keys::INCIDENTS {
             reg.incidents = Arc::new(dec(&k, &v)?);
-        } else if &*k == keys::REQUESTS {
-            reg.requests = Arc::new(dec(&k, &v)?);
+        } else if let Some(id) = k.strip_prefix(keys::REQUEST_PREFIX) {
+            let id = <[u8; 16]>::try_from(id).map(u128::from_be_bytes).map_err(|_| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                source: crate::codec::CodecError::Empty,
+            })?;
+            requests.push((id, dec(&k, &v)?));
         } else if &*k == keys::CLUSTER_KEY {
             reg.cluster_key = Some(dec(&k, &v)?);
         } else if &*k == keys::RETENTION {
@@ -247,6 +254,7 @@ fn load_state(db: &DB) -> std::result::Result<LoadedState, StoreError> {
             membership = dec(&k, &v)?;
         }
     }
+    reg.requests = crate::model::once::Requests::from_entries(requests);
     reg.compile_policies();
     let history = cf(db, CF_HISTORY);
     let mut by_target: BTreeMap<String, Vec<ChangeRecord>> = BTreeMap::new();
@@ -358,8 +366,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if touched.incidents {
             self.put(&mut b, CF_STATE, keys::INCIDENTS, self.registry.incidents.as_ref())?;
         }
-        if touched.requests {
-            self.put(&mut b, CF_STATE, keys::REQUESTS, self.registry.requests.as_ref())?;
+        for id in &touched.requests {
+            match self.registry.requests.get(*id) {
+                Some(r) => self.put(&mut b, CF_STATE, &keys::request_key(*id), r)?,
+                None => b.delete_cf(&cf(&self.db, CF_STATE), keys::request_key(*id)),
+            }
         }
         for line in &touched.history {
             self.put(&mut b, CF_HISTORY, &keys::history_key(&line.target, line.at.index, 0), line)?;

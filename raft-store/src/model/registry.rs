@@ -263,7 +263,7 @@ pub struct Registry {
     /// What the content guard reported (`joch guard incidents`).
     pub incidents: Arc<super::incident::Incidents>,
     /// The outcomes of the newest writes, by id (exactly-once retries).
-    pub requests: Arc<super::once::Requests>,
+    pub requests: super::once::Requests,
     /// The policies, compiled (derived from `policies`: rebuilt when one changes, on load and on
     /// snapshot install; never stored).
     #[serde(skip)]
@@ -332,8 +332,8 @@ pub struct Touched {
     pub guard: bool,
     /// The incidents changed.
     pub incidents: bool,
-    /// The remembered write outcomes changed.
-    pub requests: bool,
+    /// Remembered write outcomes written (or deleted if absent).
+    pub requests: Vec<u128>,
 }
 
 pub(super) fn server_target(name: &str) -> String {
@@ -431,12 +431,11 @@ impl Registry {
     pub fn apply(&mut self, index: u64, req: &Request, touched: &mut Touched) -> Result<Applied, ApplyError> {
         if let Command::Once { id, command } = &req.command {
             if let Some(first) = self.requests.get(*id) {
-                return first.clone();
+                return first.outcome.clone();
             }
             let inner = Request { actor: req.actor.clone(), at_ms: req.at_ms, command: (**command).clone() };
             let outcome = self.apply(index, &inner, touched);
-            Arc::make_mut(&mut self.requests).remember(*id, outcome.clone());
-            touched.requests = true;
+            touched.requests.extend(self.requests.remember(*id, index, outcome.clone()));
             return outcome;
         }
         let stamp = Stamp { actor: req.actor.clone(), at_ms: req.at_ms, index };
