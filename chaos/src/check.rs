@@ -142,24 +142,30 @@ pub fn quarantine_safety(h: &History) -> Vec<Value> {
     let calls = h.calls.lock();
     let recv = h.received.lock();
     let received: HashMap<&str, f64> = recv.iter().filter_map(|r| Some((r.op.as_deref()?, r.at))).collect();
+    // By server: the acknowledged blocks, and what may have lifted one (an unblock that may have
+    // been applied: answered, or without an answer).
+    let mut blocks: HashMap<&str, Vec<&RegOp>> = HashMap::new();
+    let mut unblocks: HashMap<&str, Vec<&RegOp>> = HashMap::new();
+    for o in reg.iter() {
+        if o.acked() && matches!(o.op, Op::Quarantine | Op::Delete) {
+            blocks.entry(o.key.as_str()).or_default().push(o);
+        }
+        if matches!(o.op, Op::Unquarantine | Op::Add) && o.may_have_applied() {
+            unblocks.entry(o.key.as_str()).or_default().push(o);
+        }
+    }
     let mut out = Vec::new();
     for c in calls.iter() {
         let Some(&arrived) = received.get(c.id.as_str()) else { continue };
-        for b in reg.iter().filter(|b| b.key == c.server && b.acked() && matches!(b.op, Op::Quarantine | Op::Delete)) {
+        for b in blocks.get(c.server.as_str()).map(Vec::as_slice).unwrap_or_default() {
             let from = enforced_from(b, c.via);
             if c.sent <= from {
                 continue;
             }
             // Lifted by an operation that may have taken effect after the block, before the call arrived.
-            let lifted = reg.iter().any(|u| {
-                u.key == c.server
-                    && match b.op {
-                        Op::Quarantine => matches!(u.op, Op::Unquarantine | Op::Add),
-                        _ => u.op == Op::Add,
-                    }
+            let lifted = unblocks.get(c.server.as_str()).map(Vec::as_slice).unwrap_or_default().iter().any(|u| {
+                (b.op == Op::Quarantine || u.op == Op::Add)
                     && u.invoked < arrived
-                    && !matches!(u.ret, Some(Ret::NotFound | Ret::Exists))
-                    && !(u.returned.is_some() && u.ret.is_none())
                     && u.returned.is_none_or(|r| r > b.invoked)
             });
             if !lifted {
@@ -184,10 +190,7 @@ pub fn isolation(h: &History) -> Vec<Value> {
     let mut out = Vec::new();
     // The first moment each transient server may have existed.
     let mut first_add: HashMap<&str, f64> = HashMap::new();
-    for o in reg.iter().filter(|o| o.op == Op::Add && !matches!(o.ret, Some(Ret::Exists | Ret::NotFound))) {
-        if o.returned.is_some() && o.ret.is_none() {
-            continue;
-        }
+    for o in reg.iter().filter(|o| o.op == Op::Add && o.may_have_applied()) {
         let e = first_add.entry(o.key.as_str()).or_insert(f64::INFINITY);
         *e = e.min(o.invoked);
     }
@@ -348,6 +351,15 @@ mod tests {
         let mut u = op(3, Op::Unquarantine, 9.0, None, None);
         u.key = "t0".into();
         h.reg.lock().push(u);
+        assert!(quarantine_safety(&h).is_empty());
+        // A deletion is lifted by a registration only.
+        let mut d = op(4, Op::Delete, 0.0, Some(10.0), Some(Ret::Changed(true)));
+        d.key = "t0".into();
+        h.reg.lock().push(d);
+        assert_eq!(quarantine_safety(&h).len(), 1, "an unquarantine does not bring a deleted server back");
+        let mut a = op(5, Op::Add, 10.5, Some(10.6), Some(Ret::Changed(true)));
+        a.key = "t0".into();
+        h.reg.lock().push(a);
         assert!(quarantine_safety(&h).is_empty());
     }
 }

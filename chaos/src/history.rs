@@ -104,6 +104,15 @@ impl RegOp {
     pub fn acked(&self) -> bool {
         matches!(self.ret, Some(Ret::Changed(_)))
     }
+
+    /// Whether it may have taken effect: applied, or without an answer (not refused, not failed).
+    pub fn may_have_applied(&self) -> bool {
+        match (self.returned, self.ret) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(_), Some(r)) => !matches!(r, Ret::NotFound | Ret::Exists),
+        }
+    }
 }
 
 /// Which way an MCP call went in.

@@ -269,6 +269,7 @@ async fn run(args: &Args, seed: u64, dir: &std::path::Path) -> anyhow::Result<us
     history.save(&dir)?;
 
     // The checkers.
+    let checking = Instant::now();
     violations.extend(check::lost_writes(&history, &changes));
     violations.extend(check::quarantine_safety(&history));
     violations.extend(check::isolation(&history));
@@ -323,6 +324,7 @@ async fn run(args: &Args, seed: u64, dir: &std::path::Path) -> anyhow::Result<us
         "linearizability": lin,
         "linearizability_undecided": undecided,
         "violations": violations.len(),
+        "check_s": checking.elapsed().as_secs_f64(),
     });
     let mut v = String::new();
     for x in &violations {
