@@ -427,7 +427,8 @@ impl Registry {
         self.history.get(&server_target(name)).into_iter().flat_map(|v| v.iter())
     }
 
-    /// Applies one command at `index`. On `Err`, nothing changed.
+    /// Applies one command at `index`. On `Err`, nothing changed (but the outcome of a write with
+    /// an id, `Command::Once`, is remembered either way, to answer its repeats alike).
     pub fn apply(&mut self, index: u64, req: &Request, touched: &mut Touched) -> Result<Applied, ApplyError> {
         if let Command::Once { id, command } = &req.command {
             if let Some(first) = self.requests.get(*id) {
