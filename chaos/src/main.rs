@@ -70,7 +70,10 @@ async fn main() -> ExitCode {
         args.duration,
         dir.display()
     );
-    match run(&args, seed, &dir).await {
+    let result = run(&args, seed, &dir).await;
+    // Whatever happened, no partition outlives the run.
+    net::clear_all();
+    match result {
         Ok(0) => ExitCode::SUCCESS,
         Ok(n) => {
             eprintln!(
