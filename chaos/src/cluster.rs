@@ -250,30 +250,27 @@ impl Cluster {
         tokio::time::timeout(Duration::from_secs(3), r).await.ok()?.ok().map(|r| r.into_inner())
     }
 
-    /// The leader as the first running node that knows one reports it.
-    pub async fn leader(&self) -> Option<u64> {
+    /// The cluster as the first running node that knows a leader reports it.
+    pub async fn view(&self) -> Option<pb::ClusterStatus> {
         for id in self.ids() {
             if !self.running(id) {
                 continue;
             }
             if let Some(s) = self.status(id).await.filter(|s| s.has_leader) {
-                return Some(s.leader);
+                return Some(s);
             }
         }
         None
     }
 
-    /// The voters, as a node that knows a leader reports them.
+    /// The leader, in that view.
+    pub async fn leader(&self) -> Option<u64> {
+        self.view().await.map(|s| s.leader)
+    }
+
+    /// The voters, in that view.
     pub async fn voters(&self) -> Vec<u64> {
-        for id in self.ids() {
-            if !self.running(id) {
-                continue;
-            }
-            if let Some(s) = self.status(id).await.filter(|s| s.has_leader) {
-                return s.members.iter().filter(|m| m.voter).map(|m| m.id).collect();
-            }
-        }
-        Vec::new()
+        self.view().await.map(|s| voters(&s)).unwrap_or_default()
     }
 
     /// The member record of node `id` as `cluster init` and `add-member` take it.
@@ -309,6 +306,11 @@ impl Cluster {
             let _ = Command::new("umount").arg(self.slot(id).dir.join("data")).stderr(Stdio::null()).status();
         }
     }
+}
+
+/// The voters of a status.
+pub fn voters(s: &pb::ClusterStatus) -> Vec<u64> {
+    s.members.iter().filter(|m| m.voter).map(|m| m.id).collect()
 }
 
 impl Drop for Cluster {

@@ -199,8 +199,10 @@ impl Nemesis {
     async fn fault(&self, p: &Planned) {
         let c = &self.cluster;
         let mut rng = StdRng::seed_from_u64(p.pick);
-        let leader = c.leader().await;
-        let voters = c.voters().await;
+        // One view of the cluster: the leader and the voters as the same node saw them.
+        let view = c.view().await;
+        let leader = view.as_ref().map(|s| s.leader);
+        let voters = view.as_ref().map(crate::cluster::voters).unwrap_or_default();
         let running: Vec<u64> = voters.iter().copied().filter(|id| c.running(*id)).collect();
         let majority = voters.len() / 2 + 1;
         let followers: Vec<u64> = running.iter().copied().filter(|id| Some(*id) != leader).collect();
