@@ -236,25 +236,12 @@ async fn run(args: &Args, seed: u64, dir: &std::path::Path) -> anyhow::Result<us
     let keys: Vec<&str> = FIXED.iter().chain(TRANSIENT.iter()).copied().collect();
     for (i, key) in keys.iter().enumerate() {
         for id in &members {
-            let invoked = clock.now();
-            let (ret, _, _, error, _) = workload::send_op(&ctx, *id, key, Op::Read).await;
-            let returned = ret.map(|_| clock.now());
-            if ret.is_none() {
-                violations.push(json!({"checker": "final-read", "server": key, "node": id, "error": error}));
+            let record = workload::run_op(&ctx, (1 << 48) + (i as u64) * 16 + id, *id, key, Op::Read).await;
+            if record.ret.is_none() {
+                violations.push(json!({"checker": "final-read", "server": key, "node": id, "error": record.error}));
                 continue;
             }
-            history.reg.lock().push(RegOp {
-                process: (1 << 48) + (i as u64) * 16 + id,
-                key: key.to_string(),
-                node: *id,
-                op: Op::Read,
-                invoked,
-                returned,
-                ret,
-                error,
-                log_index: 0,
-                fleet: None,
-            });
+            history.reg.lock().push(record);
         }
     }
     let mut changes: HashMap<String, Vec<(u64, String)>> = HashMap::new();

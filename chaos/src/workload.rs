@@ -89,14 +89,48 @@ pub fn version(n: u8) -> String {
     format!("1.{n}.0")
 }
 
-/// Sends one registry operation to node `node` and returns (ret, log index, fleet, error).
-/// `ret` None with an error: the outcome is unknown, unless `definite` says it was not applied.
-pub async fn send_op(
-    ctx: &Ctx,
-    node: u64,
-    key: &str,
-    op: Op,
-) -> (Option<Ret>, u64, Option<Fleet>, Option<String>, bool) {
+/// What a node answered to one operation.
+struct Answer {
+    /// None: no definite answer (see `failed`).
+    ret: Option<Ret>,
+    log_index: u64,
+    fleet: Option<Fleet>,
+    error: Option<String>,
+    /// Failed for certain (a read): it did nothing. Otherwise a missing `ret` is an unknown outcome.
+    failed: bool,
+}
+
+impl Answer {
+    fn ret(ret: Ret) -> Answer {
+        Answer { ret: Some(ret), log_index: 0, fleet: None, error: None, failed: false }
+    }
+
+    fn unknown(error: String) -> Answer {
+        Answer { ret: None, log_index: 0, fleet: None, error: Some(error), failed: false }
+    }
+}
+
+/// Runs one registry operation as `process` through node `node`: its record in the history's
+/// shape (invoked, returned, outcome), not yet recorded.
+pub async fn run_op(ctx: &Ctx, process: u64, node: u64, key: &str, op: Op) -> RegOp {
+    let invoked = ctx.clock.now();
+    let a = send_op(ctx, node, key, op).await;
+    let returned = (a.ret.is_some() || a.failed).then(|| ctx.clock.now());
+    RegOp {
+        process,
+        key: key.into(),
+        node,
+        op,
+        invoked,
+        returned,
+        ret: a.ret,
+        error: a.error,
+        log_index: a.log_index,
+        fleet: a.fleet,
+    }
+}
+
+async fn send_op(ctx: &Ctx, node: u64, key: &str, op: Op) -> Answer {
     let c = &ctx.cluster;
     let mut reg = c.registry(node);
     let name = key.to_string();
@@ -110,7 +144,7 @@ pub async fn send_op(
                 laggards_stop_by: (f.laggards_stop_by_unix_ms > 0)
                     .then(|| ctx.clock.at_unix_ms(f.laggards_stop_by_unix_ms)),
             });
-            (Some(Ret::Changed(w.changed)), w.log_index, fleet, None, false)
+            Answer { log_index: w.log_index, fleet, ..Answer::ret(Ret::Changed(w.changed)) }
         }
         Err(s) => status(s),
     };
@@ -134,28 +168,28 @@ pub async fn send_op(
                         .pin_server_version
                         .then(|| s.pinned_version.strip_prefix("1.")?.strip_suffix(".0")?.parse().ok())
                         .flatten();
-                    (Some(Ret::Value(Some(Srv { quarantined: s.quarantined, pin }))), 0, None, None, false)
+                    Answer::ret(Ret::Value(Some(Srv { quarantined: s.quarantined, pin })))
                 }
-                Err(s) if s.code() == tonic::Code::NotFound => (Some(Ret::Value(None)), 0, None, None, false),
+                Err(s) if s.code() == tonic::Code::NotFound => Answer::ret(Ret::Value(None)),
                 // A read that failed changed nothing.
-                Err(s) => (None, 0, None, Some(s.message().to_string()), true),
+                Err(s) => Answer { failed: true, ..Answer::unknown(s.message().to_string()) },
             },
         }
     };
     match tokio::time::timeout(OP_TIMEOUT + Duration::from_secs(2), fut).await {
-        Ok(r) => r,
-        Err(_) => (None, 0, None, Some("no answer in time".into()), false),
+        Ok(a) => a,
+        Err(_) => Answer::unknown("no answer in time".into()),
     }
 }
 
 /// A write's error: a definite answer of the registry, or an unknown outcome.
-fn status(s: tonic::Status) -> (Option<Ret>, u64, Option<Fleet>, Option<String>, bool) {
+fn status(s: tonic::Status) -> Answer {
     match s.code() {
-        tonic::Code::NotFound => (Some(Ret::NotFound), 0, None, None, false),
-        tonic::Code::AlreadyExists => (Some(Ret::Exists), 0, None, None, false),
+        tonic::Code::NotFound => Answer::ret(Ret::NotFound),
+        tonic::Code::AlreadyExists => Answer::ret(Ret::Exists),
         // Anything else may have been applied (a node retries a forward whose answer was lost,
         // then gives up): the outcome is unknown.
-        _ => (None, 0, None, Some(format!("{:?}: {}", s.code(), s.message())), false),
+        _ => Answer::unknown(format!("{:?}: {}", s.code(), s.message())),
     }
 }
 
@@ -181,22 +215,9 @@ pub async fn registry_worker(ctx: Arc<Ctx>, worker: u64, seed: u64) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let invoked = ctx.clock.now();
-        let (ret, log_index, fleet, error, definite) = send_op(&ctx, node, key, op).await;
-        let now = ctx.clock.now();
-        let returned = (ret.is_some() || definite).then_some(now);
-        ctx.history.reg.lock().push(RegOp {
-            process,
-            key: key.into(),
-            node,
-            op,
-            invoked,
-            returned,
-            ret,
-            error,
-            log_index,
-            fleet,
-        });
+        let record = run_op(&ctx, process, node, key, op).await;
+        let returned = record.returned;
+        ctx.history.reg.lock().push(record);
         if returned.is_none() {
             process += 1;
         }
