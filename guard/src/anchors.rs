@@ -4,10 +4,13 @@
 //! Teddy (the SIMD multi-literal search of the `aho-corasick` crate) compares the first bytes
 //! of its literals against the text, a handful of literals per bucket, and checks every
 //! candidate it cannot rule out. Anchors such as "the user must not" or "this command" begin
-//! with bytes that ordinary text is full of, so each anchor is searched by a *key* instead: its
-//! four bytes least common in text (punctuation and rare letters before `e`, `t`, space), and
-//! the whole anchor is checked where a key is found. Keys are searched in text lower-cased a
-//! block at a time, and found overlapping (each search restarts one byte after a key), so no
+//! with bytes that ordinary text is full of, so each anchor is searched by a *key* instead: a
+//! piece of it, three or four bytes, and the whole anchor is checked where a key is found. One
+//! searcher holds sixteen keys, and each searcher is a pass over the text, so keys are chosen
+//! to stand for as many anchors as they can ([`keys`]: `inst` for the nine "instruction"
+//! anchors, `xox` for the six Slack token prefixes) and otherwise to be rare in text
+//! (punctuation and rare letters before `e`, `t`, space). Keys are searched in text lower-cased
+//! a block at a time, and found overlapping (each search restarts one byte after a key), so no
 //! anchor can hide another. Anchors shorter than three bytes (`@`, `](`) are found with
 //! `memchr`. Without SIMD, one Aho-Corasick automaton finds the anchors themselves.
 
@@ -64,6 +67,50 @@ fn key(word: &[u8]) -> (usize, &[u8]) {
     (i, &word[i..i + KEY])
 }
 
+/// How common a key's bytes are on average, at most, for it to stand for several anchors.
+const SHARED_COMMONNESS: u32 = 45;
+
+/// The keys of the anchors of three bytes or more, and what each stands for. Each key costs a
+/// sixteenth of a Teddy pass over the text, so keys that stand for several anchors come first:
+/// of the anchors' three- and four-byte pieces not too common on average, the one in the most
+/// anchors not yet covered (the rarer on a tie), until none is in two; then every anchor left
+/// gets its own rarest four bytes. Three-byte pieces are candidates only with punctuation, a
+/// byte outside ASCII or one of `x j q z` in them (three letters of ordinary words would be
+/// found everywhere).
+fn keys(words: &[Vec<u8>]) -> Vec<(Vec<u8>, Of)> {
+    let rare = |k: &[u8]| k.iter().any(|&b| !(b.is_ascii_alphanumeric() || b == b' ') || b"xjqz".contains(&b));
+    let commonness = |k: &[u8]| k.iter().map(|&b| common(b)).sum::<u32>() / k.len() as u32;
+    let mut left: Vec<usize> = (0..words.len()).filter(|&i| words[i].len() >= 3).collect();
+    let mut pieces: Vec<&[u8]> = Vec::new();
+    for &i in &left {
+        let w = &words[i];
+        pieces.extend(w.windows(KEY));
+        pieces.extend(w.windows(3).filter(|p| w.len() == 3 || rare(p)));
+    }
+    pieces.sort_unstable();
+    pieces.dedup();
+    pieces.retain(|p| commonness(p) <= SHARED_COMMONNESS);
+    let of = |k: &[u8], ids: &[usize]| -> Of {
+        ids.iter().filter_map(|&i| Some((i, words[i].windows(k.len()).position(|x| x == k)?))).collect()
+    };
+    let mut keys: Vec<(Vec<u8>, Of)> = Vec::new();
+    loop {
+        let best = pieces
+            .iter()
+            .map(|p| (of(p, &left), p))
+            .filter(|(covers, _)| covers.len() >= 2)
+            .max_by_key(|(covers, p)| (covers.len(), std::cmp::Reverse(commonness(p)), std::cmp::Reverse(**p)));
+        let Some((covers, p)) = best else { break };
+        left.retain(|i| !covers.iter().any(|(c, _)| c == i));
+        keys.push((p.to_vec(), covers));
+    }
+    for i in left {
+        let (at, k) = key(&words[i]);
+        keys.push((k.to_vec(), vec![(i, at)]));
+    }
+    keys
+}
+
 impl Anchors {
     /// The anchors' finder (each anchor once; their order gives their ids).
     pub(crate) fn new(words: &[&str]) -> Anchors {
@@ -76,23 +123,7 @@ impl Anchors {
         let short: Vec<usize> = (0..words.len()).filter(|&i| words[i].len() < 3).collect();
         let short_first = short.iter().map(|&i| words[i][0]).collect();
         assert!(short.len() <= 3, "at most three anchors shorter than three bytes (they are found with memchr3)");
-        // Distinct keys, grouped by length (Teddy compares as many bytes as its shortest key).
-        // An anchor that contains a key already chosen shares it (fewer keys, fewer passes).
-        let mut keys: Vec<(Vec<u8>, Of)> = Vec::new();
-        for (id, w) in words.iter().enumerate().filter(|(_, w)| w.len() >= 3) {
-            let shared = keys.iter_mut().find_map(|(k, of)| {
-                let at =
-                    (k.len() == KEY.min(w.len())).then(|| w.windows(k.len()).position(|x| x == k.as_slice()))??;
-                Some((of, at))
-            });
-            match shared {
-                Some((of, at)) => of.push((id, at)),
-                None => {
-                    let (at, k) = key(w);
-                    keys.push((k.to_vec(), vec![(id, at)]));
-                }
-            }
-        }
+        let mut keys = keys(&words);
         keys.sort_by_key(|(k, _)| k.len());
         let mut teddy = simd.then(Vec::new);
         for len in [3, KEY] {
@@ -142,8 +173,7 @@ impl Anchors {
                         let end = (at + BLOCK).min(bytes.len());
                         // Every key that starts in the block ends in what is lower-cased.
                         buf.clear();
-                        buf.extend_from_slice(&bytes[at..(end + KEY - 1).min(bytes.len())]);
-                        buf.make_ascii_lowercase();
+                        buf.extend(bytes[at..(end + KEY - 1).min(bytes.len())].iter().map(u8::to_ascii_lowercase));
                         for (searcher, of) in groups {
                             let mut from = 0;
                             while let Some(m) = searcher.find_in(&buf[..], aho_corasick::Span::from(from..buf.len())) {
@@ -233,6 +263,53 @@ mod tests {
         // Without SIMD the automaton finds the same.
         let plain = Anchors::build(&words, false);
         assert_eq!(found(&plain, text), found(&a, text));
+    }
+
+    #[test]
+    fn keys_stand_for_every_anchor_once_and_are_shared() {
+        let words: Vec<Vec<u8>> = built_in().iter().map(|w| w.as_bytes().to_vec()).collect();
+        let keys = keys(&words);
+        let mut covered: Vec<usize> = keys.iter().flat_map(|(_, of)| of.iter().map(|(id, _)| *id)).collect();
+        covered.sort_unstable();
+        let long: Vec<usize> = (0..words.len()).filter(|&i| words[i].len() >= 3).collect();
+        assert_eq!(covered, long, "each anchor of three bytes or more has one key");
+        for (k, of) in &keys {
+            for &(id, at) in of {
+                assert_eq!(&words[id][at..at + k.len()], k.as_slice(), "the key is where it says");
+            }
+        }
+        let slack = keys.iter().find(|(_, of)| of.iter().any(|&(id, _)| words[id] == b"xoxb-")).unwrap();
+        assert_eq!(slack.1.len(), 6, "one key for the six Slack prefixes: {:?}", String::from_utf8_lossy(&slack.0));
+        assert!(keys.len() < long.len() * 2 / 3, "{} keys for {} anchors", keys.len(), long.len());
+    }
+
+    /// The built-in rules' anchors, each once.
+    fn built_in() -> Vec<&'static str> {
+        let mut words: Vec<&str> = Vec::new();
+        for r in crate::rules::RULES {
+            for a in r.anchors {
+                if !words.contains(a) {
+                    words.push(a);
+                }
+            }
+        }
+        words
+    }
+
+    #[test]
+    fn the_built_in_anchors_are_found_as_the_automaton_finds_them() {
+        let words = built_in();
+        let (teddy, plain) = (Anchors::new(&words), Anchors::build(&words, false));
+        // Every anchor in capitals and as written, glued to text and to each other, among attacks.
+        let mut text = crate::samples::hostile(8 << 10);
+        for w in &words {
+            text.push_str(&w.to_uppercase());
+            text.push_str(w);
+        }
+        text.push_str(&crate::samples::benign(4 << 10));
+        let got = found(&teddy, &text);
+        assert!(got.len() > 2 * words.len(), "{} found", got.len());
+        assert_eq!(got, found(&plain, &text));
     }
 
     #[test]

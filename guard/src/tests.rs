@@ -175,13 +175,20 @@ fn naive_runs(b: &[u8]) -> (Spans, Spans) {
 }
 
 #[test]
-fn probing_finds_the_runs_one_byte_loop_finds() {
-    // Text built from pieces that make runs of every length, at every alignment.
+fn probing_and_masks_find_the_runs_one_byte_loop_finds() {
+    // Text built from pieces that make runs of every length, at every alignment, across the
+    // masks' 64-byte chunks.
+    type Finder = fn(&[u8], bool, bool) -> Vec<Run>;
+    let mut finders: Vec<(&str, Finder)> = vec![("probes", runs::probed)];
+    #[cfg(target_arch = "x86_64")]
+    if runs::simd::available() {
+        finders.push(("masks", runs::simd::runs));
+    }
     let pieces: [&[u8]; 9] = [b"0", b"12", b"-", b" ", b"aZ", b"+/", b"=", b"\n", b"x.y"];
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     for _ in 0..3000 {
         let mut text = Vec::new();
-        let len = (seed % 200) as usize;
+        let len = (seed % 400) as usize;
         while text.len() < len {
             seed ^= seed << 13;
             seed ^= seed >> 7;
@@ -193,16 +200,18 @@ fn probing_finds_the_runs_one_byte_loop_finds() {
             }
         }
         let (want_d, want_e) = naive_runs(&text);
-        let mut got_d = Vec::new();
-        let mut got_e = Vec::new();
-        for r in runs(&text, true, true) {
-            match r {
-                Run::Digits(s, e) => got_d.push((s, e)),
-                Run::Base64(s, e) => got_e.push((s, e)),
+        for (name, finder) in &finders {
+            let mut got_d = Vec::new();
+            let mut got_e = Vec::new();
+            for r in finder(&text, true, true) {
+                match r {
+                    Run::Digits(s, e) => got_d.push((s, e)),
+                    Run::Base64(s, e) => got_e.push((s, e)),
+                }
             }
+            let shown = String::from_utf8_lossy(&text);
+            assert_eq!(got_d, want_d, "{name}: digits in {shown:?}");
+            assert_eq!(got_e, want_e, "{name}: base64 in {shown:?}");
         }
-        let shown = String::from_utf8_lossy(&text);
-        assert_eq!(got_d, want_d, "digits in {shown:?}");
-        assert_eq!(got_e, want_e, "base64 in {shown:?}");
     }
 }
