@@ -128,9 +128,104 @@ struct Indexed {
     /// In `PolicySet::global`.
     global: bool,
     /// Rules naming exact servers, by server.
-    rules_by_server: FastMap<Vec<u32>>,
+    rules_by_server: FastMap<Bucket>,
     /// Rules for any server.
-    rules_any: Vec<u32>,
+    rules_any: Bucket,
+}
+
+/// Some of a policy's rules, narrowed by what a call shows at once: its action (`mcp.action`,
+/// read or write) and its tool's name. A rule lands where it could hold, so only those are
+/// checked: a write-only rule is never looked at for a read, a rule on `delete_*` tools only for
+/// tools (and servers, for `server.tool`) whose names begin with `delete_`.
+#[derive(Default)]
+struct Bucket {
+    /// Rules no tool name narrows, by action (read, write).
+    loose: [Vec<u32>; 2],
+    /// Rules on tools whose names begin with a literal, by action, then by that literal.
+    by_tool: [FastMap<Vec<u32>>; 2],
+    /// The literals' lengths, each once.
+    lens: Vec<usize>,
+}
+
+impl Bucket {
+    fn add(&mut self, r: u32, rule: &crate::compile::Rule) {
+        let (read, write) = rule
+            .conds
+            .iter()
+            .find_map(|c| match c {
+                Cond::Action { read, write } => Some((*read, *write)),
+                _ => None,
+            })
+            .unwrap_or((true, true));
+        let prefixes = rule.conds.iter().find_map(|c| match c {
+            Cond::Attr(Attr::Tool, t) => tool_prefixes(t),
+            _ => None,
+        });
+        for (a, on) in [(0, read), (1, write)] {
+            if !on {
+                continue;
+            }
+            match &prefixes {
+                None => self.loose[a].push(r),
+                Some(ps) => {
+                    for p in ps {
+                        let list = self.by_tool[a].entry(p.to_string()).or_default();
+                        if !list.contains(&r) {
+                            list.push(r);
+                        }
+                        if !self.lens.contains(&p.len()) {
+                            self.lens.push(p.len());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The rules narrowed to this call's tool, pushed to `out` (a rule can be found under the
+    /// tool's name and under the server's, for `server.tool`: the caller removes repeats).
+    fn tool_rules(&self, f: &Facts<'_>, out: &mut Vec<u32>) {
+        let by = &self.by_tool[action_ix(f.action)];
+        if by.is_empty() || f.kind != Kind::Tool {
+            return;
+        }
+        for &l in &self.lens {
+            for name in [f.name.get(..l), f.server.get(..l)].into_iter().flatten() {
+                if let Some(rs) = by.get(name) {
+                    out.extend_from_slice(rs);
+                }
+            }
+        }
+    }
+}
+
+fn action_ix(a: Action) -> usize {
+    match a {
+        Action::Read => 0,
+        Action::Write => 1,
+    }
+}
+
+/// The literals a tool test's names must begin with, if every alternative has one: exact names
+/// and globs up to their first wildcard. A dot in one leaves the test unindexed (a name with a
+/// dot can match `server.tool` in more ways than a prefix of either tells); without a dot, a
+/// glob can match `server.tool` only through the server's name beginning with it.
+fn tool_prefixes(t: &Test) -> Option<Vec<&str>> {
+    fn one(p: &str) -> Option<Vec<&str>> {
+        (!p.is_empty() && !p.contains('.')).then_some(vec![p])
+    }
+    match t {
+        Test::Str(s) => one(s),
+        Test::Glob(g) => one(g.literal_prefix()),
+        Test::Any(list) => {
+            let mut out = Vec::new();
+            for t in list {
+                out.extend(tool_prefixes(t)?);
+            }
+            Some(out)
+        }
+        _ => None,
+    }
 }
 
 /// Every policy of the registry, compiled and indexed. Immutable; rebuilt when a policy changes.
@@ -174,8 +269,8 @@ impl PolicySet {
         list.sort_by(|a, b| a.name.cmp(&b.name));
         let mut set = PolicySet::default();
         for (i, p) in list.into_iter().enumerate() {
-            let mut rules_by_server: FastMap<Vec<u32>> = FastMap::default();
-            let mut rules_any = Vec::new();
+            let mut rules_by_server: FastMap<Bucket> = FastMap::default();
+            let mut rules_any = Bucket::default();
             for (r, rule) in p.rules.iter().enumerate() {
                 set.needs_args |=
                     rule.conds.iter().any(|c| matches!(c, Cond::Attr(Attr::Arg(_) | Attr::ArgsScan(_), _)));
@@ -184,12 +279,14 @@ impl PolicySet {
                 set.answers |= rule.answer;
                 set.modifies_calls |= !rule.answer && rule.modify.is_some();
                 match exact_servers(&rule.conds) {
-                    Some(names) => {
+                    Some(mut names) => {
+                        names.sort_unstable();
+                        names.dedup();
                         for n in names {
-                            rules_by_server.entry(n.to_string()).or_default().push(r as u32);
+                            rules_by_server.entry(n.to_string()).or_default().add(r as u32, rule);
                         }
                     }
-                    None => rules_any.push(r as u32),
+                    None => rules_any.add(r as u32, rule),
                 }
             }
             let global = match p
@@ -328,8 +425,20 @@ impl PolicySet {
             let mut own: Option<(Decision, u32)> = None;
             let mut constraints = Constraints::default();
             let traced_from = trace.as_deref().map(Vec::len);
-            let by_server = ix.rules_by_server.get(f.server).map(Vec::as_slice).unwrap_or_default();
-            for &r in ix.rules_any.iter().chain(by_server) {
+            // The rules that could hold for this call: those of its action, and those on its
+            // tool's name (found once each).
+            let by_server = ix.rules_by_server.get(f.server);
+            let a = action_ix(f.action);
+            let mut on_tool = Vec::new();
+            for b in std::iter::once(&ix.rules_any).chain(by_server) {
+                b.tool_rules(f, &mut on_tool);
+            }
+            if on_tool.len() > 1 {
+                on_tool.sort_unstable();
+                on_tool.dedup();
+            }
+            let loose = by_server.map(|b| b.loose[a].as_slice()).unwrap_or_default();
+            for &r in ix.rules_any.loose[a].iter().chain(loose).chain(&on_tool) {
                 let rule = &p.rules[r as usize];
                 let Some(d) = rule.decision else { continue };
                 let optimistic = d != Decision::Deny;
@@ -426,7 +535,7 @@ impl Selector {
 }
 
 impl Cond {
-    fn holds(&self, f: &Facts<'_>, optimistic: bool, qualified: &std::cell::OnceCell<String>) -> bool {
+    pub(crate) fn holds(&self, f: &Facts<'_>, optimistic: bool, qualified: &std::cell::OnceCell<String>) -> bool {
         match self {
             Cond::Attr(Attr::Arg(_) | Attr::ArgsScan(_), _) if f.listing => optimistic,
             Cond::Agents(s) => s.matches(f.agent, f.agent_labels),

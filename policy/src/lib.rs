@@ -20,6 +20,7 @@
 mod compile;
 mod eval;
 pub mod matcher;
+pub mod samples;
 
 pub use compile::{Enforcement, Pattern, Policy, Rule, FAMILIES};
 pub use eval::{Facts, Kind, Match, PolicySet, Verdict};

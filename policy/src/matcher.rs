@@ -257,6 +257,12 @@ impl Glob {
         Glob { pattern: s.to_string(), prefix }
     }
 
+    /// What every match begins with: the pattern up to its first wildcard.
+    pub(crate) fn literal_prefix(&self) -> &str {
+        let end = self.pattern.find(['*', '?']).unwrap_or(self.pattern.len());
+        &self.pattern[..end]
+    }
+
     /// Whether `s` matches.
     pub fn matches(&self, s: &str) -> bool {
         if let Some(p) = &self.prefix {

@@ -419,3 +419,68 @@ proptest! {
         }
     }
 }
+
+fn arb_tool_rule() -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(vec!["ALLOW", "DENY", "REQUIRE_APPROVAL"]),
+        prop::option::of(prop::sample::select(vec!["read", "write"])),
+        prop::option::of(prop::sample::select(vec!["s1", "del"])),
+        prop::option::of(prop::sample::select(vec![
+            json!("push"),
+            json!("p*"),
+            json!("del*"),
+            json!("de?ete"),
+            json!("*ll"),
+            json!("s1.pull"),
+            json!("s1.*"),
+            json!(["push", "delete_*"]),
+            json!(["pull", "*x"]),
+        ])),
+    )
+        .prop_map(|(d, action, server, tool)| {
+            let mut labels = serde_json::Map::new();
+            if let Some(a) = action {
+                labels.insert("mcp.action".into(), json!(a));
+            }
+            if let Some(s) = server {
+                labels.insert("mcp.server".into(), json!(s));
+            }
+            if let Some(t) = tool {
+                labels.insert("tool".into(), t);
+            }
+            json!({"match": {"labels": labels}, "decision": d})
+        })
+}
+
+proptest! {
+    /// The index (by server, action and tool name) only leaves out rules that cannot hold: the
+    /// rules `explain` shows as matching are exactly those whose every condition holds.
+    #[test]
+    fn the_index_leaves_out_only_rules_that_cannot_hold(
+        rules in prop::collection::vec(arb_tool_rule(), 0..8),
+        server in prop::sample::select(vec!["s1", "s2", "del", "delta"]),
+        tool in prop::sample::select(vec!["push", "pull", "delete", "delete_all", "x", "s1.pull"]),
+        kind in prop::sample::select(vec![Kind::Tool, Kind::Prompt]),
+        read in any::<bool>(),
+    ) {
+        let p = json!({"rules": rules.iter().enumerate().map(|(i, r)| { let mut r = r.clone(); r["id"] = json!(format!("r{i}")); r }).collect::<Vec<_>>()});
+        let policy = Policy::compile("p", &p).unwrap();
+        let s = set(&[("p", p)]);
+        let f = F::new("prod", &[]);
+        let mut x = f.facts(server, tool, if read { Action::Read } else { Action::Write });
+        x.kind = kind;
+        let mut trace = Vec::new();
+        s.decide(&x, &[], Some(&mut trace));
+        let found: Vec<String> = trace.into_iter().map(|m| m.rule).collect();
+        let qualified = std::cell::OnceCell::new();
+        let every: Vec<String> = policy
+            .rules
+            .iter()
+            .filter(|r| {
+                r.decision.is_some_and(|d| !r.answer && r.conds.iter().all(|c| c.holds(&x, d != Decision::Deny, &qualified)))
+            })
+            .map(|r| r.id.clone())
+            .collect();
+        prop_assert_eq!(found, every);
+    }
+}

@@ -1,0 +1,32 @@
+//! Criterion benchmark of the decision: 1,000 rules (and 100, 10,000) of the synthetic rule set
+//! (`joch_policy::samples`), each of the three sample calls decided in turn. `cargo bench -p
+//! joch-policy`; criterion reports the mean and its interval, `joch-bench policy-decision` the
+//! per-decision percentiles (the bar is a p99).
+
+use std::sync::Arc;
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use joch_policy::samples::{synthetic, Env, CALLS};
+use joch_policy::{Policy, PolicySet};
+
+fn decide(c: &mut Criterion) {
+    let env = Env::default();
+    let mut g = c.benchmark_group("decide");
+    for rules in [100, 1_000, 10_000] {
+        let set = PolicySet::new(
+            synthetic(rules).iter().map(|(n, s)| Arc::new(Policy::compile(n, s).expect("the sample rules compile"))),
+        );
+        for call in CALLS {
+            let f = env.facts(call);
+            g.bench_with_input(
+                BenchmarkId::new(format!("{rules}-rules"), format!("{}.{}", call.0, call.1)),
+                &f,
+                |b, f| b.iter(|| set.decide(black_box(f), &[], None)),
+            );
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decide);
+criterion_main!(benches);
