@@ -29,6 +29,8 @@ pub struct Exec {
     /// The content guard's carry between the events of this request's stream (a pattern split
     /// across two events is found when the second arrives).
     pub guard_carry: Mutex<joch_guard::Carry>,
+    /// The policy decision made before admission, for admission to take (`policy::Judged`).
+    pub judged: Mutex<Option<crate::policy::Judged>>,
 }
 
 /// What the request path learned.
@@ -139,6 +141,7 @@ impl Exec {
             sink,
             notes: Mutex::default(),
             guard_carry: Mutex::default(),
+            judged: Mutex::default(),
         })
     }
 

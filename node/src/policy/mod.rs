@@ -76,6 +76,22 @@ pub struct Grant {
     pub redact_args: Option<Match>,
 }
 
+/// A call's decision, kept for its admission: the held-call check (`proxy/held.rs`) decides
+/// before admission does, on a snapshot of the registry, and admission takes that answer when
+/// it decides on the same snapshot for the same capability instead of deciding (and parsing the
+/// arguments) a second time.
+#[derive(Debug, Clone)]
+pub struct Judged {
+    /// The registry's applied index the decision was made at.
+    pub index: u64,
+    /// The server.
+    pub server: String,
+    /// The capability's name.
+    pub name: String,
+    /// The decision.
+    pub result: Result<Grant, Refusal>,
+}
+
 /// What one request is about.
 #[derive(Debug, Clone, Copy)]
 pub struct Subject<'a> {

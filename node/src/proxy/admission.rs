@@ -344,17 +344,28 @@ pub fn decide(gov: &Governance, call: &Call, rec: &ServerRecord, state: &Publish
         return Ok(Grant::default());
     };
     let name = call.target().unwrap_or_default();
-    // Arguments are parsed again only when some rule looks at them.
-    let args = state.registry.compiled.set.needs_args().then(|| call_args(call));
-    let subject = Subject {
-        kind,
-        method,
-        name,
-        annotations: None,
-        args: Some(args.as_ref().unwrap_or(&serde_json::Value::Null)),
-        now_ms: now_ms(),
+    // The held-call check may have decided this already, on this snapshot (taken: a later
+    // re-check decides afresh).
+    let judged = call.exec.judged.lock().take().filter(|j| {
+        j.index == state.applied_index && j.server == rec.name && j.name == name
+    });
+    let judged = match judged {
+        Some(j) => j.result,
+        None => {
+            // Arguments are parsed again only when some rule looks at them.
+            let args = state.registry.compiled.set.needs_args().then(|| call_args(call));
+            let subject = Subject {
+                kind,
+                method,
+                name,
+                annotations: None,
+                args: Some(args.as_ref().unwrap_or(&serde_json::Value::Null)),
+                now_ms: now_ms(),
+            };
+            gov.judge(state, &call.caller, rec, &subject, None)
+        }
     };
-    match gov.judge(state, &call.caller, rec, &subject, None) {
+    match judged {
         Ok(g) => Ok(g),
         // Held and approved: this call runs, within the rule's bounds.
         Err(r)

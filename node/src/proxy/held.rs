@@ -29,13 +29,30 @@ impl Proxy {
         let method = call.method()?;
         let kind = subject_kind(method)?;
         let rec = state.registry.servers.get(server)?;
-        let args = super::admission::call_args(call);
-        let subject =
-            Subject { kind, method, name, annotations: None, args: Some(&args), now_ms: crate::policy::list::now_ms() };
-        let refusal = self.gov.judge(&state, &call.caller, rec, &subject, None).err()?;
+        // Decided as admission decides (the arguments parsed only when some rule looks at
+        // them), and kept for admission to take rather than decide again.
+        let parsed = state.registry.compiled.set.needs_args().then(|| super::admission::call_args(call));
+        let subject = Subject {
+            kind,
+            method,
+            name,
+            annotations: None,
+            args: Some(parsed.as_ref().unwrap_or(&serde_json::Value::Null)),
+            now_ms: crate::policy::list::now_ms(),
+        };
+        let result = self.gov.judge(&state, &call.caller, rec, &subject, None);
+        let refusal = result.as_ref().err().cloned();
+        *call.exec.judged.lock() = Some(crate::policy::Judged {
+            index: state.applied_index,
+            server: server.to_string(),
+            name: name.to_string(),
+            result,
+        });
+        let refusal = refusal?;
         if refusal.kind != RefusalKind::Approval {
             return None;
         }
+        let args = parsed.unwrap_or_else(|| super::admission::call_args(call));
         let timeout = timeout_of(&refusal);
         let by = refusal.by?;
         let stdio = rec.spec.transport == joch_raft_store::model::resource::Transport::Stdio;
