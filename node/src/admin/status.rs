@@ -30,7 +30,7 @@ pub fn to_status(node: u64, e: ClusterError) -> Status {
             ApplyError::Access { exists: false, .. } => Status::not_found(msg),
         },
         ClusterError::Refused(r) => match r {
-            Refusal::NotLeader { .. } | Refusal::NoQuorum { .. } | Refusal::NotVouching(_) => {
+            Refusal::NotLeader { .. } | Refusal::NoQuorum { .. } | Refusal::NotVouching(_) | Refusal::NotMember(_) => {
                 Status::unavailable(on_node(&msg))
             }
             Refusal::Membership(_) => Status::failed_precondition(on_node(&msg)),

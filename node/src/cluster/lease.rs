@@ -315,6 +315,14 @@ impl Lease {
         }
     }
 
+    /// Forgets every vouching so far (a leader said this node is not a member): stale until a
+    /// leader vouches again.
+    pub fn revoke(&self) {
+        let mut inner = self.inner.lock();
+        inner.pending.clear();
+        self.fresh.store(0, Ordering::Release);
+    }
+
     /// The published registry reached `applied`: contacts waiting for it now count.
     pub fn on_applied(&self, applied: u64) {
         self.applied.fetch_max(applied, Ordering::AcqRel);
@@ -479,5 +487,21 @@ mod tests {
         assert_eq!(l.check(t0 + Duration::from_secs(5)), Ok(()), "what the quorum vouched for still holds");
         l.set_standing(&Standing { role: Role::Removed, ..follower() }, 1, t0);
         assert_eq!(l.check(t0), Err(Stale::Removed));
+    }
+
+    #[test]
+    fn a_revoked_follower_is_stale_until_vouched_for_again() {
+        let l = Lease::new(2, LEASE);
+        let t0 = l.origin + Duration::from_secs(10);
+        l.set_standing(&follower(), 5, t0);
+        l.on_grant(t0, Grant { term: 2, quorum_age_us: 0, commit: 5 }, 5);
+        l.on_grant(t0, Grant { term: 2, quorum_age_us: 0, commit: 9 }, 5);
+        assert_eq!(l.check(t0 + Duration::from_secs(1)), Ok(()));
+        l.revoke();
+        assert_eq!(l.check(t0 + Duration::from_secs(1)), Err(Stale::NeverVouched));
+        l.on_applied(9);
+        assert!(l.check(t0 + Duration::from_secs(1)).is_err(), "a grant pending before the revocation does not count");
+        l.on_grant(t0 + Duration::from_secs(2), Grant { term: 2, quorum_age_us: 0, commit: 9 }, 9);
+        assert_eq!(l.check(t0 + Duration::from_secs(3)), Ok(()));
     }
 }

@@ -157,6 +157,10 @@ pub enum Refusal {
     /// Raft stopped on that node.
     #[error("raft stopped on that node: {0}")]
     Fatal(String),
+    /// The node asking (a lease probe) is not a member of the asked node's cluster: it was
+    /// removed, or never joined.
+    #[error("node {0} is not a member of this cluster")]
+    NotMember(NodeId),
 }
 
 /// One node's Raft status.

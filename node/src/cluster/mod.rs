@@ -37,6 +37,8 @@ use crate::mesh::Mesh;
 /// Timeout of one mesh call made on behalf of an operator. A write to a live leader commits in
 /// milliseconds; a dead leader must not hold the caller past this before we look for the new one.
 const PEER_CALL: Duration = Duration::from_secs(3);
+/// How long a fleet acknowledgement asks a node that left the cluster for its applied index.
+const DEPARTED_CALL: Duration = Duration::from_millis(500);
 
 /// Longest wait for a new member to catch up before it is made a voter.
 const ADD_LEARNER_WAIT: Duration = Duration::from_secs(60);
@@ -82,30 +84,51 @@ pub struct NodeView {
     pub mesh: Arc<Mesh>,
 }
 
-/// The current members' addresses, published from Raft's membership (lock-free reads).
+/// The current members' addresses, published from Raft's membership (lock-free reads), and the
+/// nodes seen leaving it.
 #[derive(Default)]
-pub struct Members(ArcSwap<BTreeMap<NodeId, NodeAddr>>);
+pub struct Members {
+    current: ArcSwap<BTreeMap<NodeId, NodeAddr>>,
+    /// Nodes that were members and are not any more, with when this node saw them go. A node
+    /// removed while it held a lease may serve from it until it runs out, and no longer receives
+    /// the log: fleet acknowledgements count it until then (see [`ClusterNode::fleet_ack`]).
+    departed: parking_lot::Mutex<BTreeMap<NodeId, (NodeAddr, Instant)>>,
+}
 
 impl Members {
     /// A member's addresses, if it is one.
     pub fn get(&self, id: NodeId) -> Option<NodeAddr> {
-        self.0.load().get(&id).cloned()
+        self.current.load().get(&id).cloned()
     }
 
     /// How many members there are.
     pub fn len(&self) -> usize {
-        self.0.load().len()
+        self.current.load().len()
     }
 
     /// Whether there are none (before the cluster is initialised).
     pub fn is_empty(&self) -> bool {
-        self.0.load().is_empty()
+        self.current.load().is_empty()
     }
 
-    fn set(&self, m: BTreeMap<NodeId, NodeAddr>) {
-        if **self.0.load() != m {
-            self.0.store(Arc::new(m));
+    fn set(&self, m: BTreeMap<NodeId, NodeAddr>, now: Instant) {
+        let old = self.current.load_full();
+        if *old == m {
+            return;
         }
+        let mut departed = self.departed.lock();
+        for (id, addr) in old.iter().filter(|(id, _)| !m.contains_key(id)) {
+            departed.insert(*id, (addr.clone(), now));
+        }
+        departed.retain(|id, _| !m.contains_key(id));
+        self.current.store(Arc::new(m));
+    }
+
+    /// Nodes seen leaving the membership less than `window` ago: id, addresses, how long ago.
+    fn departed_within(&self, window: Duration, now: Instant) -> Vec<(NodeId, NodeAddr, Duration)> {
+        let mut departed = self.departed.lock();
+        departed.retain(|_, (_, at)| now.saturating_duration_since(*at) < window);
+        departed.iter().map(|(id, (addr, at))| (*id, addr.clone(), now.saturating_duration_since(*at))).collect()
     }
 }
 
@@ -144,7 +167,7 @@ pub struct FleetAck {
     pub complete: bool,
     /// How long the wait took.
     pub waited: Duration,
-    /// Each member.
+    /// Each member, then each node that left the membership lately (it may still hold a lease).
     pub members: Vec<MemberAck>,
     /// Unix ms by which a member that did not confirm stops serving at the latest (its lease
     /// runs out): the end of the wait plus the lease.
@@ -411,7 +434,8 @@ impl ClusterNode {
                 let s = self.standing(&m);
                 if last.as_ref() != Some(&(s.clone(), applied_index)) {
                     self.lease.set_standing(&s, applied_index, now);
-                    self.members.set(m.membership_config.membership().nodes().map(|(i, a)| (*i, a.clone())).collect());
+                    self.members
+                        .set(m.membership_config.membership().nodes().map(|(i, a)| (*i, a.clone())).collect(), now);
                     self.mesh.set_members(
                         m.membership_config.membership().nodes().map(|(i, a)| (*i, a.mesh.clone())).collect(),
                     );
@@ -475,6 +499,12 @@ impl ClusterNode {
                     self.lease.on_grant(sent, grant, self.registry.load().applied_index);
                     let _ = self.lease.publish(Instant::now());
                 }
+                Ok(ControlResponse::Lease(Err(Refusal::NotMember(_)))) => {
+                    // Removed (the leader has the change, this node may not have it yet): what an
+                    // earlier grant vouched for no longer counts.
+                    self.lease.revoke();
+                    let _ = self.lease.publish(Instant::now());
+                }
                 Ok(ControlResponse::Lease(Err(r))) => tracing::debug!(refusal = %r, "lease probe refused"),
                 Ok(other) => tracing::debug!(answer = ?other, "unexpected answer to a lease probe"),
                 Err(e) => tracing::debug!(error = %e, "lease probe failed"),
@@ -485,7 +515,7 @@ impl ClusterNode {
     /// Leader: answers a member's lease probe (a node that is not a member gets nothing).
     fn grant(&self, from: NodeId) -> Result<lease::Grant, Refusal> {
         if self.members.get(from).is_none() {
-            return Err(Refusal::NotVouching(format!("node {from} is not a member of this cluster")));
+            return Err(Refusal::NotMember(from));
         }
         let now = Instant::now();
         self.lease.grant(now, self.commit_index()).ok_or_else(|| {
@@ -706,7 +736,34 @@ impl ClusterNode {
                 }
             }
         });
-        let members = futures::future::join_all(waits).await;
+        // A node removed lately may still serve from a lease granted before its leader had the
+        // removal (grants go to members only), and it no longer receives the log: it counts as a
+        // laggard unless it applied the entry anyway. Its last grant came before this node saw it
+        // go, so it is stale a lease after that at the latest; the window is doubled for the time
+        // the leader's own view took to catch up with its log.
+        let window = self.settings.timing.lease * 2;
+        let gone = self.members.departed_within(window, Instant::now()).into_iter().map(|(id, addr, ago)| async move {
+            let status = self.mesh.call(&addr.mesh, &ControlRequest::Status, timeout.min(DEPARTED_CALL)).await;
+            let applied_index = match &status {
+                Ok(ControlResponse::Status(s)) => s.applied_index,
+                _ => 0,
+            };
+            let applied = applied_index >= index;
+            let error = (!applied).then(|| {
+                let why = match status {
+                    Ok(ControlResponse::Status(s)) => format!("at applied index {}", s.applied_index),
+                    Ok(other) => format!("unexpected answer: {other:?}"),
+                    Err(e) => e.to_string(),
+                };
+                format!(
+                    "left the cluster {} ms ago ({why}); it no longer receives the log and may serve from its last lease until that runs out",
+                    ago.as_millis()
+                )
+            });
+            MemberAck { id, mesh: addr.mesh, applied, applied_index, error }
+        });
+        let (mut members, gone) = tokio::join!(futures::future::join_all(waits), futures::future::join_all(gone));
+        members.extend(gone);
         let complete = members.iter().all(|m| m.applied);
         metrics::histogram!("joch_fleet_ack_seconds", "complete" => complete.to_string())
             .record(started.elapsed().as_secs_f64());

@@ -211,6 +211,39 @@ fn a_quarantine_committed_before_the_cut_node_knows_it_is_cut_reaches_nothing_af
     assert_eq!(back.status, 403, "{back:?}");
 }
 
+/// Seed 11 of the chaos suite: a member removed while it cannot hear of it keeps the lease it
+/// had. The acknowledgements that follow count it (it no longer receives the log), and it serves
+/// nothing after the bound they print.
+#[test]
+fn a_member_removed_while_cut_off_counts_as_a_laggard_until_its_lease_runs_out() {
+    let c = TestCluster::up(3, &[]);
+    let rec = c.dir.path().join("upstream.jsonl");
+    let up = FastMcp::start_recording(&[], Some(&rec));
+    c.cli(1, &["mcp", "add", "heldout", "--endpoint", &up.url]).ok();
+    let leader = c.leader();
+    let gone = c.nodes.iter().find(|n| n.id != leader).unwrap().clone();
+    let sid = session(&c.agent_bearer, &gone.mcp_url);
+    assert_eq!(add(&c.agent_bearer, &gone.mcp_url, &sid).status, 200);
+    let mut partition = crate::harness::Partition::cut(&gone.mesh_addr);
+    c.cli(leader, &["cluster", "remove", "--id", &gone.id.to_string()]).ok();
+    let q = c.cli(leader, &["mcp", "quarantine", "heldout", "--reason", "after a removal", "-o", "json"]);
+    assert_eq!(q.code, 3, "the removed node may still serve from its lease: {q:?}");
+    let v = q.json();
+    let members = v["fleet"]["members"].as_array().unwrap();
+    let laggard =
+        members.iter().find(|m| m["id"] == gone.id).unwrap_or_else(|| panic!("node {} counted: {v}", gone.id));
+    assert_eq!(laggard["applied"], false, "{v}");
+    assert!(laggard["error"].as_str().unwrap().contains("left the cluster"), "{v}");
+    assert!(members.iter().filter(|m| m["id"] != gone.id).all(|m| m["applied"] == true), "{v}");
+    let by = v["fleet"]["laggardsStopServingByMs"].as_u64().unwrap() as f64 / 1000.0;
+    eventually("the removed node to fail closed", Duration::from_secs(15), || {
+        (add(&c.agent_bearer, &gone.mcp_url, &sid).status == 503).then_some(())
+    });
+    let late: Vec<_> = recorded(&rec).into_iter().filter(|(t, at)| t == "add" && *at > by + 1.0).collect();
+    assert!(late.is_empty(), "the upstream got calls after the bound {by}: {late:?}");
+    partition.heal();
+}
+
 #[test]
 fn a_removed_member_stops_serving_and_a_data_directory_serves_only_its_own_node() {
     let c = TestCluster::up(3, &[]);
