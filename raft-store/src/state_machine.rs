@@ -73,6 +73,11 @@ impl RegistryHandle {
         self.changed.subscribe()
     }
 
+    /// Wakes the subscribers without a new state (something else they check changed: a fence).
+    pub fn nudge(&self) {
+        self.changed.send_modify(|_| {});
+    }
+
     fn publish(&self, state: PublishedState) {
         let index = state.applied_index;
         self.current.store(Arc::new(state));

@@ -77,9 +77,38 @@ impl AdminApi {
     /// Writes a command; if the command is fleet-acknowledged, waits for every member to apply it.
     async fn write(&self, actor: &str, command: Command) -> Result<pb::WriteReply, Status> {
         let fleet = command.fleet_acknowledged();
-        let mut reply = self.write_unacknowledged(actor, command).await?;
+        // A write that takes something out of service is fenced on every member while it
+        // commits (`cluster/fence.rs`): denied everywhere from about one mesh round trip on.
+        let (written, fence) = match crate::cluster::fence::Target::of(&command) {
+            Some(target) => {
+                let (w, id) = tokio::join!(self.write_unacknowledged(actor, command), self.cluster.raise_fence(target));
+                (w, Some(id))
+            }
+            None => (self.write_unacknowledged(actor, command).await, None),
+        };
+        let mut reply = match written {
+            Ok(r) => r,
+            Err(e) => {
+                // Not written (or not known to be): lowered everywhere; if it commits after
+                // all, the registry enforces it as any write.
+                if let Some(id) = fence {
+                    self.cluster.lower_fence(id, |_| true);
+                }
+                return Err(e);
+            }
+        };
         if fleet {
-            reply.fleet = Some((&self.cluster.fleet_ack(reply.log_index).await).into());
+            let ack = self.cluster.fleet_ack(reply.log_index).await;
+            if let Some(id) = fence {
+                // The members that applied it enforce it from their registry; on the others the
+                // fence stands until its time to live runs out.
+                let applied: std::collections::BTreeSet<_> =
+                    ack.members.iter().filter(|m| m.applied).map(|m| m.id).collect();
+                self.cluster.lower_fence(id, move |n| applied.contains(&n));
+            }
+            reply.fleet = Some((&ack).into());
+        } else if let Some(id) = fence {
+            self.cluster.lower_fence(id, |_| true);
         }
         Ok(reply)
     }

@@ -35,6 +35,14 @@ impl ControlHandler for ClusterNode {
             }
             ControlRequest::Rediscover(servers) => ControlResponse::Rediscover(self.take_rediscover(servers)),
             ControlRequest::DiscoverHere(server) => ControlResponse::Discovered(self.discover_here(server).await),
+            ControlRequest::RaiseFence(f) => {
+                self.fences.raise(f, std::time::Instant::now());
+                ControlResponse::Fenced
+            }
+            ControlRequest::LowerFence(id) => {
+                self.fences.lower(id);
+                ControlResponse::Fenced
+            }
         }
     }
 

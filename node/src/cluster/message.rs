@@ -49,6 +49,10 @@ pub enum ControlRequest {
     /// Discover this server from here (the leader may not run its stdio command) and answer
     /// with what was found; the asking leader commits it.
     DiscoverHere(String),
+    /// Raise a fence here (`fence.rs`): deny what it names until it is lowered or expires.
+    RaiseFence(super::fence::Fence),
+    /// Lower the fence with this id.
+    LowerFence(u128),
 }
 
 /// The answer to a [`ControlRequest`], same variant order.
@@ -85,6 +89,8 @@ pub enum ControlResponse {
     Discovered(Result<Box<joch_raft_store::model::discovery::Discovery>, String>),
     /// The request could not be decoded or handled at all.
     BadRequest(String),
+    /// Answer to `RaiseFence` and `LowerFence`.
+    Fenced,
 }
 
 /// A committed write.

@@ -9,6 +9,7 @@
 
 mod discovery;
 pub mod error;
+pub mod fence;
 mod handler;
 pub mod identity;
 pub mod lease;
@@ -55,6 +56,8 @@ pub struct ClusterNode {
     pub registry: RegistryHandle,
     /// Whether this node may serve governed traffic.
     pub lease: Arc<Lease>,
+    /// Fences standing here (writes taking something out of service, not applied yet).
+    pub fences: Arc<fence::Fences>,
     members: Arc<Members>,
     mesh: Arc<Mesh>,
     settings: Settings,
@@ -80,6 +83,8 @@ pub struct NodeView {
     pub lease: Arc<Lease>,
     /// The members' addresses.
     pub members: Arc<Members>,
+    /// Fences standing here (admission denies what they name).
+    pub fences: Arc<fence::Fences>,
     /// The mesh (forwarded MCP requests).
     pub mesh: Arc<Mesh>,
 }
@@ -254,6 +259,7 @@ impl ClusterNode {
             id,
             addr,
             raft,
+            fences: Arc::new(fence::Fences::new(registry.clone())),
             registry,
             lease,
             members: Arc::default(),
@@ -312,6 +318,7 @@ impl ClusterNode {
             registry: self.registry.clone(),
             lease: self.lease.clone(),
             members: self.members.clone(),
+            fences: self.fences.clone(),
             mesh: self.mesh.clone(),
         }
     }

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use super::deny::{Denial, Reason};
 pub use super::request::{Call, Rpc};
 use super::stages::Stage;
+use crate::cluster::fence::{Fenced, Fences, Target};
 use crate::cluster::lease::{Lease, Stale};
 use crate::policy::{list::now_ms, subject_kind, Governance, Grant, Refusal, RefusalKind, Subject};
 
@@ -44,19 +45,22 @@ pub fn stale(call: &Call, why: &Stale) -> Denial {
 pub struct Gate {
     registry: RegistryHandle,
     lease: Arc<Lease>,
+    fences: Arc<Fences>,
     gov: Arc<Governance>,
     stages: Arc<[Arc<dyn Stage>]>,
 }
 
 impl Gate {
-    /// A gate over this node's registry and lease, deciding with `gov`, running these stages.
+    /// A gate over this node's registry, lease and fences, deciding with `gov`, running these
+    /// stages.
     pub fn new(
         registry: RegistryHandle,
         lease: Arc<Lease>,
+        fences: Arc<Fences>,
         gov: Arc<Governance>,
         stages: Arc<[Arc<dyn Stage>]>,
     ) -> Gate {
-        Gate { registry, lease, gov, stages }
+        Gate { registry, lease, fences, gov, stages }
     }
 
     /// The published registry (for what joch answers itself: aggregate lists of members).
@@ -77,7 +81,7 @@ impl Gate {
         let state = self.registry.load();
         self.lease.check(Instant::now()).map_err(|why| stale(&call, &why))?;
         let deciding = Instant::now();
-        let checked = checks(&self.gov, &call, &state);
+        let checked = checks(self, &call, &state);
         // Refused or not, the decision took its time; what it allowed, under which rule, is noted too.
         call.exec.note(|n| {
             n.decide_us = deciding.elapsed().as_micros().max(1) as u64;
@@ -263,7 +267,7 @@ impl Admitted {
             return Ok(());
         }
         i.gate.lease.check(Instant::now()).map_err(|why| stale(&i.call, &why))?;
-        checks(&i.gate.gov, &i.call, &i.gate.registry.load()).map(|_| ())
+        checks(&i.gate, &i.call, &i.gate.registry.load()).map(|_| ())
     }
 
     /// Resolves (with the denial) when the call stops being admissible: its server quarantined,
@@ -298,7 +302,7 @@ impl Admitted {
                         registry_open = false;
                         continue;
                     }
-                    if let Err(d) = checks(&i.gate.gov, &i.call, &i.gate.registry.load()) {
+                    if let Err(d) = checks(&i.gate, &i.call, &i.gate.registry.load()) {
                         metrics::counter!("joch_mcp_streams_cut_total", "reason" => d.reason.as_str()).increment(1);
                         return d;
                     }
@@ -330,11 +334,36 @@ impl Admitted {
     }
 }
 
-/// The registry checks, then the controls and policies.
-fn checks(gov: &Governance, call: &Call, state: &PublishedState) -> Result<(Arc<ServerRecord>, Grant), Denial> {
+/// The fences, the registry checks, then the controls and policies.
+fn checks(gate: &Gate, call: &Call, state: &PublishedState) -> Result<(Arc<ServerRecord>, Grant), Denial> {
+    fence_check(&gate.fences, call)?;
     let rec = registry_checks(call, state)?;
-    let grant = decide(gov, call, &rec, state)?;
+    let grant = decide(&gate.gov, call, &rec, state)?;
     Ok((rec, grant))
+}
+
+/// A write taking the call's server or agent out of service is committing (`cluster/fence.rs`):
+/// denied as the registry will deny it once applied.
+fn fence_check(fences: &Fences, call: &Call) -> Result<(), Denial> {
+    let denial = fences.denies(&call.caller.name, &call.server, Instant::now(), |f: Fenced<'_>| {
+        let by = format!("a write received by node {}, committing", f.from);
+        match f.target {
+            Target::Quarantine { reason, .. } => call.deny(
+                Reason::ServerQuarantined,
+                "registry.quarantine",
+                format!("MCP server {:?} is being quarantined ({by}): {reason}", call.server),
+            ),
+            Target::Delete { .. } => call.deny(
+                Reason::ServerNotRegistered,
+                "registry.registered",
+                format!("MCP server {:?} is being deleted ({by})", call.server),
+            ),
+            Target::Revoke { agent } => {
+                call.deny(Reason::AgentRevoked, "agent.revoked", format!("agent {agent:?} is being revoked ({by})"))
+            }
+        }
+    });
+    denial.map_or(Ok(()), Err)
 }
 
 /// The controls and policies, for a capability call (other methods pass: sessions, lists, pings
@@ -346,9 +375,12 @@ pub fn decide(gov: &Governance, call: &Call, rec: &ServerRecord, state: &Publish
     let name = call.target().unwrap_or_default();
     // The held-call check may have decided this already, on this snapshot (taken: a later
     // re-check decides afresh).
-    let judged = call.exec.judged.lock().take().filter(|j| {
-        j.index == state.applied_index && j.server == rec.name && j.name == name
-    });
+    let judged = call
+        .exec
+        .judged
+        .lock()
+        .take()
+        .filter(|j| j.index == state.applied_index && j.server == rec.name && j.name == name);
     let judged = match judged {
         Some(j) => j.result,
         None => {
@@ -632,6 +664,10 @@ mod tests {
         assert_eq!(reason(registry_checks(&call("a", None), &st)), None);
     }
 
+    fn no_fences() -> Arc<Fences> {
+        Arc::new(Fences::new(RegistryHandle::default()))
+    }
+
     fn fresh_lease() -> Arc<Lease> {
         let lease = Arc::new(Lease::new(1, std::time::Duration::from_secs(6)));
         let now = Instant::now();
@@ -644,10 +680,36 @@ mod tests {
     async fn admission_sees_the_lease_first_and_the_cut_sees_what_changed_after_it() {
         let registry = RegistryHandle::default();
         let lease = Arc::new(Lease::new(1, std::time::Duration::from_secs(6)));
-        let gate = Gate::new(registry.clone(), lease, Default::default(), Arc::new([]));
+        let gate = Gate::new(registry.clone(), lease, no_fences(), Default::default(), Arc::new([]));
         assert_eq!(gate.admit(call("a", None)).unwrap_err().reason, Reason::ControlPlaneStale);
-        let gate = Gate::new(registry.clone(), fresh_lease(), Default::default(), Arc::new([]));
+        let gate = Gate::new(registry.clone(), fresh_lease(), no_fences(), Default::default(), Arc::new([]));
         assert_eq!(gate.admit(call("a", None)).unwrap_err().reason, Reason::ServerNotRegistered);
+    }
+
+    #[tokio::test]
+    async fn a_fence_denies_admission_and_cuts_what_it_admitted_before() {
+        let registry = RegistryHandle::fixed(state(vec![http("a"), http("b")]));
+        let fences = Arc::new(Fences::new(registry.clone()));
+        let gate = Gate::new(registry, fresh_lease(), fences.clone(), Default::default(), Arc::new([]));
+        let before = gate.admit(call("a", None)).expect("nothing fenced yet");
+        let fence = |id, target| crate::cluster::fence::Fence { id, from: 3, target, ttl_ms: 60_000 };
+        fences.raise(fence(1, Target::Quarantine { server: "a".into(), reason: "leak".into() }), Instant::now());
+        let d = gate.admit(call("a", None)).unwrap_err();
+        assert_eq!((d.reason, &*d.rule), (Reason::ServerQuarantined, "registry.quarantine"));
+        assert!(
+            d.message.contains("being quarantined (a write received by node 3, committing): leak"),
+            "{}",
+            d.message
+        );
+        assert!(gate.admit(call("b", None)).is_ok(), "another server passes");
+        // Admitted before the fence: cut at once (the raise woke it), with the same denial.
+        let cut = before.until_cut(std::future::pending::<()>()).await.unwrap_err();
+        assert_eq!(cut.reason, Reason::ServerQuarantined);
+        fences.raise(fence(2, Target::Revoke { agent: "anonymous".into() }), Instant::now());
+        assert_eq!(gate.admit(call("b", None)).unwrap_err().reason, Reason::AgentRevoked);
+        fences.lower(1);
+        fences.lower(2);
+        assert!(gate.admit(call("a", None)).is_ok(), "lowered: the registry decides again");
     }
 
     #[test]
@@ -662,7 +724,7 @@ mod tests {
             deadline: None,
             changes: watch::channel(0).1,
             stale: watch::channel(false).1,
-            gate: Gate::new(RegistryHandle::default(), fresh_lease(), Default::default(), Arc::new([])),
+            gate: Gate::new(RegistryHandle::default(), fresh_lease(), no_fences(), Default::default(), Arc::new([])),
         }));
         assert!(check_pin(&adm, Some("1.4.2")).is_ok());
         assert_eq!(check_pin(&adm, Some("2.0.0")).unwrap_err().reason, Reason::VersionPinMismatch);
@@ -680,7 +742,7 @@ mod tests {
                     .into(),
             },
         ]);
-        let gate = Gate::new(RegistryHandle::fixed(st), fresh_lease(), Default::default(), Arc::new([]));
+        let gate = Gate::new(RegistryHandle::fixed(st), fresh_lease(), no_fences(), Default::default(), Arc::new([]));
         let body = bytes::Bytes::from_static(
             br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"t","arguments":{}}}"#,
         );
@@ -707,7 +769,7 @@ mod tests {
                 spec_json: r#"{"rules":[{"id":"once-more","decision":"ALLOW_WITH_CONSTRAINTS","constraints":{"max_retries":1}}]}"#.into(),
             },
         ]);
-        let gate = Gate::new(RegistryHandle::fixed(st), fresh_lease(), Default::default(), Arc::new([]));
+        let gate = Gate::new(RegistryHandle::fixed(st), fresh_lease(), no_fences(), Default::default(), Arc::new([]));
         let with_args = |args: &str| {
             let body = bytes::Bytes::from(format!(
                 r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"t","arguments":{args}}}}}"#

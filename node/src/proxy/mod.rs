@@ -149,7 +149,8 @@ impl Proxy {
             // Last: it counts the bytes that leave and stamps what the agent sees.
             Arc::new(crate::audit::AuditStage) as Arc<dyn Stage>,
         ]);
-        let gate = Gate::new(node.registry.clone(), node.lease.clone(), gov.clone(), stages.clone());
+        let gate =
+            Gate::new(node.registry.clone(), node.lease.clone(), node.fences.clone(), gov.clone(), stages.clone());
         let exit = Exit::new(stages.clone(), guardian.clone(), limits.keepalive);
         let upstream = Upstream::new(&limits, Arc::new(Credentials::new(keyring.clone())?), rediscover_queue.clone())?;
         let stdio = Arc::new(StdioPool::new(limits.upstream_timeout, stdio_allow, keyring, rediscover_queue.clone()));
