@@ -68,6 +68,9 @@ fn the_upstream_gets_the_secret_never_the_agents_token_and_no_value_is_kept_in_t
     let value = "ghp_UpstreamSecretValue_4f1c9a";
     c.cli(2, &["secret", "set", "gh", "--from-literal", &format!("token={value}")]).ok();
     c.cli(1, &["mcp", "add", "heldout", "--endpoint", &up.url, "--auth", "bearer", "--secret-ref", "gh"]).ok();
+    // Registering is not fleet-acknowledged: a linearizable read through node 3 waits until it
+    // applied the registration.
+    c.cli(3, &["describe", "mcpserver", "heldout"]).ok();
 
     let s = Session::open(&c, 3, "heldout");
     let r = s.call("add", json!({"a": 1, "b": 2}));
