@@ -250,6 +250,8 @@ fn a_stdio_command_not_on_a_nodes_allow_list_does_not_run_there() {
     let time_bin = crate::harness::venv_bin().join("mcp-server-time").display().to_string();
     c.cli(1, &["mcp", "add", "time", "--transport", "stdio", "--command", &time_bin, "--allow-stdio"]).ok();
     for n in 1..=3 {
+        // Registering is not fleet-acknowledged: a linearizable read waits until node n applied it.
+        c.cli(n, &["describe", "mcpserver", "time"]).ok();
         let r = http("POST", &format!("{}/mcp/time", c.node(n).mcp_url), &[ACCEPT, JSON_CT, c.auth()], INIT.as_bytes());
         assert_eq!((r.status, r.json()["error"]["code"].as_i64()), (403, Some(-32004)), "{r:?}");
         let e = &r.json()["error"];
