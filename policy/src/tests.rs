@@ -366,17 +366,7 @@ fn arb_rule() -> impl Strategy<Value = Value> {
         prop::option::of(prop::sample::select(vec!["push", "p*", "s1.pull"])),
     )
         .prop_map(|(d, action, server, branch, tool)| {
-            let mut labels = serde_json::Map::new();
-            if let Some(a) = action {
-                labels.insert("mcp.action".into(), json!(a));
-            }
-            if let Some(s) = server {
-                labels.insert("mcp.server".into(), json!(s));
-            }
-            if let Some(t) = tool {
-                labels.insert("tool".into(), json!(t));
-            }
-            let mut m = json!({"labels": labels});
+            let mut m = json!({"labels": rule_labels(action, server, tool.map(|t| json!(t)))});
             if let Some(b) = branch {
                 m["args"] = json!({"/branch": b});
             }
@@ -437,19 +427,24 @@ fn arb_tool_rule() -> impl Strategy<Value = Value> {
             json!(["pull", "*x"]),
         ])),
     )
-        .prop_map(|(d, action, server, tool)| {
-            let mut labels = serde_json::Map::new();
-            if let Some(a) = action {
-                labels.insert("mcp.action".into(), json!(a));
-            }
-            if let Some(s) = server {
-                labels.insert("mcp.server".into(), json!(s));
-            }
-            if let Some(t) = tool {
-                labels.insert("tool".into(), t);
-            }
-            json!({"match": {"labels": labels}, "decision": d})
-        })
+        .prop_map(
+            |(d, action, server, tool)| json!({"match": {"labels": rule_labels(action, server, tool)}, "decision": d}),
+        )
+}
+
+/// A rule's `match.labels`, from the conditions a strategy chose.
+fn rule_labels(action: Option<&str>, server: Option<&str>, tool: Option<Value>) -> serde_json::Map<String, Value> {
+    let mut labels = serde_json::Map::new();
+    if let Some(a) = action {
+        labels.insert("mcp.action".into(), json!(a));
+    }
+    if let Some(s) = server {
+        labels.insert("mcp.server".into(), json!(s));
+    }
+    if let Some(t) = tool {
+        labels.insert("tool".into(), t);
+    }
+    labels
 }
 
 proptest! {

@@ -366,6 +366,28 @@ fn fence_check(fences: &Fences, call: &Call) -> Result<(), Denial> {
     denial.map_or(Ok(()), Err)
 }
 
+/// A capability call's decision on `state` (kind, method, name), the arguments parsed only when
+/// some rule reads them; they are returned too, if parsed. Admission and the held-call check
+/// (`held.rs`) both decide with it.
+pub(super) fn judge(
+    gov: &Governance,
+    call: &Call,
+    rec: &ServerRecord,
+    state: &PublishedState,
+    (kind, method, name): (joch_policy::Kind, &str, &str),
+) -> (Result<Grant, Refusal>, Option<serde_json::Value>) {
+    let args = state.registry.compiled.set.needs_args().then(|| call_args(call));
+    let subject = Subject {
+        kind,
+        method,
+        name,
+        annotations: None,
+        args: Some(args.as_ref().unwrap_or(&serde_json::Value::Null)),
+        now_ms: now_ms(),
+    };
+    (gov.judge(state, &call.caller, rec, &subject, None), args)
+}
+
 /// The controls and policies, for a capability call (other methods pass: sessions, lists, pings
 /// are not about one capability; lists are filtered on their way back by the same decision).
 pub fn decide(gov: &Governance, call: &Call, rec: &ServerRecord, state: &PublishedState) -> Result<Grant, Denial> {
@@ -383,19 +405,7 @@ pub fn decide(gov: &Governance, call: &Call, rec: &ServerRecord, state: &Publish
         .filter(|j| j.index == state.applied_index && j.server == rec.name && j.name == name);
     let judged = match judged {
         Some(j) => j.result,
-        None => {
-            // Arguments are parsed again only when some rule looks at them.
-            let args = state.registry.compiled.set.needs_args().then(|| call_args(call));
-            let subject = Subject {
-                kind,
-                method,
-                name,
-                annotations: None,
-                args: Some(args.as_ref().unwrap_or(&serde_json::Value::Null)),
-                now_ms: now_ms(),
-            };
-            gov.judge(state, &call.caller, rec, &subject, None)
-        }
+        None => judge(gov, call, rec, state, (kind, method, name)).0,
     };
     match judged {
         Ok(g) => Ok(g),

@@ -18,7 +18,7 @@ use super::request::Inbound;
 use super::Proxy;
 use crate::mcp::sse;
 use crate::policy::approvals::{prefers_async, timeout_of, Held};
-use crate::policy::{subject_kind, RefusalKind, Subject};
+use crate::policy::{subject_kind, RefusalKind};
 
 impl Proxy {
     /// What to hold, if a policy holds this call to `server`'s capability `name` for an approval
@@ -29,18 +29,8 @@ impl Proxy {
         let method = call.method()?;
         let kind = subject_kind(method)?;
         let rec = state.registry.servers.get(server)?;
-        // Decided as admission decides (the arguments parsed only when some rule looks at
-        // them), and kept for admission to take rather than decide again.
-        let parsed = state.registry.compiled.set.needs_args().then(|| super::admission::call_args(call));
-        let subject = Subject {
-            kind,
-            method,
-            name,
-            annotations: None,
-            args: Some(parsed.as_ref().unwrap_or(&serde_json::Value::Null)),
-            now_ms: crate::policy::list::now_ms(),
-        };
-        let result = self.gov.judge(&state, &call.caller, rec, &subject, None);
+        // Decided as admission decides, and kept for admission to take rather than decide again.
+        let (result, parsed) = super::admission::judge(&self.gov, call, rec, &state, (kind, method, name));
         let refusal = result.as_ref().err().cloned();
         *call.exec.judged.lock() = Some(crate::policy::Judged {
             index: state.applied_index,
