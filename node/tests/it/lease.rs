@@ -106,12 +106,24 @@ fn quarantine_on_majority(c: &TestCluster, id: u64) -> f64 {
     by as f64 / 1000.0
 }
 
-#[test]
-fn a_minority_with_the_old_leader_stops_forwarding_within_its_lease_and_cuts_what_it_has_in_flight() {
-    let c = TestCluster::up(5, &[]);
+/// The server `heldout`, a recording upstream, registered through node 1: (its record file, the
+/// upstream, to keep alive).
+fn heldout(c: &TestCluster) -> (std::path::PathBuf, FastMcp) {
     let rec = c.dir.path().join("upstream.jsonl");
     let up = FastMcp::start_recording(&[], Some(&rec));
     c.cli(1, &["mcp", "add", "heldout", "--endpoint", &up.url]).ok();
+    (rec, up)
+}
+
+/// The `add` calls the upstream recorded after `t` (unix seconds).
+fn calls_after(rec: &std::path::Path, t: f64) -> Vec<(String, f64)> {
+    recorded(rec).into_iter().filter(|(tool, at)| tool == "add" && *at > t).collect()
+}
+
+#[test]
+fn a_minority_with_the_old_leader_stops_forwarding_within_its_lease_and_cuts_what_it_has_in_flight() {
+    let c = TestCluster::up(5, &[]);
+    let (rec, _up) = heldout(&c);
     let leader = c.leader();
     let follower = c.nodes.iter().find(|n| n.id != leader).unwrap().clone();
     let majority: Vec<_> = c.nodes.iter().filter(|n| n.id != leader && n.id != follower.id).cloned().collect();
@@ -148,7 +160,7 @@ fn a_minority_with_the_old_leader_stops_forwarding_within_its_lease_and_cuts_wha
     // minority after the bound the CLI printed for it.
     let by = quarantine_on_majority(&c, majority[0].id);
     let slack = 1.0;
-    let late: Vec<_> = recorded(&rec).into_iter().filter(|(t, at)| t == "add" && *at > by + slack).collect();
+    let late = calls_after(&rec, by + slack);
     assert!(late.is_empty(), "forwarded after the quarantine's bound ({by}): {late:?}");
     for n in &majority {
         let r = add(&c.agent_bearer, &n.mcp_url, &sid);
@@ -170,9 +182,7 @@ fn a_minority_with_the_old_leader_stops_forwarding_within_its_lease_and_cuts_wha
 #[test]
 fn a_quarantine_committed_before_the_cut_node_knows_it_is_cut_reaches_nothing_after_the_printed_bound() {
     let c = TestCluster::up(3, &[]);
-    let rec = c.dir.path().join("upstream.jsonl");
-    let up = FastMcp::start_recording(&[], Some(&rec));
-    c.cli(1, &["mcp", "add", "heldout", "--endpoint", &up.url]).ok();
+    let (rec, _up) = heldout(&c);
     let cut_id = c.leader();
     let cut = c.node(cut_id).clone();
     let other = c.nodes.iter().find(|n| n.id != cut_id).unwrap().clone();
@@ -199,7 +209,7 @@ fn a_quarantine_committed_before_the_cut_node_knows_it_is_cut_reaches_nothing_af
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let statuses = hammer.join().unwrap();
     assert!(statuses.iter().any(|(s, _)| *s == 200), "the cut node served before the cut: {statuses:?}");
-    let late: Vec<_> = recorded(&rec).into_iter().filter(|(t, at)| t == "add" && *at > by + 1.0).collect();
+    let late = calls_after(&rec, by + 1.0);
     assert!(late.is_empty(), "the upstream got calls after the bound {by}: {late:?}");
     let served_late: Vec<_> = statuses.iter().filter(|(s, at)| *s == 200 && *at > by + 1.0).collect();
     assert!(served_late.is_empty(), "served after the bound {by}: {served_late:?}");
@@ -217,9 +227,7 @@ fn a_quarantine_committed_before_the_cut_node_knows_it_is_cut_reaches_nothing_af
 #[test]
 fn a_member_removed_while_cut_off_counts_as_a_laggard_until_its_lease_runs_out() {
     let c = TestCluster::up(3, &[]);
-    let rec = c.dir.path().join("upstream.jsonl");
-    let up = FastMcp::start_recording(&[], Some(&rec));
-    c.cli(1, &["mcp", "add", "heldout", "--endpoint", &up.url]).ok();
+    let (rec, _up) = heldout(&c);
     let leader = c.leader();
     let gone = c.nodes.iter().find(|n| n.id != leader).unwrap().clone();
     let sid = session(&c.agent_bearer, &gone.mcp_url);
@@ -239,7 +247,7 @@ fn a_member_removed_while_cut_off_counts_as_a_laggard_until_its_lease_runs_out()
     eventually("the removed node to fail closed", Duration::from_secs(15), || {
         (add(&c.agent_bearer, &gone.mcp_url, &sid).status == 503).then_some(())
     });
-    let late: Vec<_> = recorded(&rec).into_iter().filter(|(t, at)| t == "add" && *at > by + 1.0).collect();
+    let late = calls_after(&rec, by + 1.0);
     assert!(late.is_empty(), "the upstream got calls after the bound {by}: {late:?}");
     partition.heal();
 }
