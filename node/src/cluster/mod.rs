@@ -11,6 +11,8 @@ mod discovery;
 pub mod error;
 pub mod fence;
 mod handler;
+mod members;
+pub use members::Members;
 pub mod identity;
 pub mod lease;
 pub mod message;
@@ -21,7 +23,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 pub use error::ClusterError;
 use joch_raft_store::{Command, NodeAddr, NodeId, Raft, RegistryHandle, Request};
 use lease::{Lease, Role, Standing};
@@ -87,54 +88,6 @@ pub struct NodeView {
     pub fences: Arc<fence::Fences>,
     /// The mesh (forwarded MCP requests).
     pub mesh: Arc<Mesh>,
-}
-
-/// The current members' addresses, published from Raft's membership (lock-free reads), and the
-/// nodes seen leaving it.
-#[derive(Default)]
-pub struct Members {
-    current: ArcSwap<BTreeMap<NodeId, NodeAddr>>,
-    /// Nodes that were members and are not any more, with when this node saw them go. A node
-    /// removed while it held a lease may serve from it until it runs out, and no longer receives
-    /// the log: fleet acknowledgements count it until then (see [`ClusterNode::fleet_ack`]).
-    departed: parking_lot::Mutex<BTreeMap<NodeId, (NodeAddr, Instant)>>,
-}
-
-impl Members {
-    /// A member's addresses, if it is one.
-    pub fn get(&self, id: NodeId) -> Option<NodeAddr> {
-        self.current.load().get(&id).cloned()
-    }
-
-    /// How many members there are.
-    pub fn len(&self) -> usize {
-        self.current.load().len()
-    }
-
-    /// Whether there are none (before the cluster is initialised).
-    pub fn is_empty(&self) -> bool {
-        self.current.load().is_empty()
-    }
-
-    fn set(&self, m: BTreeMap<NodeId, NodeAddr>, now: Instant) {
-        let old = self.current.load_full();
-        if *old == m {
-            return;
-        }
-        let mut departed = self.departed.lock();
-        for (id, addr) in old.iter().filter(|(id, _)| !m.contains_key(id)) {
-            departed.insert(*id, (addr.clone(), now));
-        }
-        departed.retain(|id, _| !m.contains_key(id));
-        self.current.store(Arc::new(m));
-    }
-
-    /// Nodes seen leaving the membership less than `window` ago: id, addresses, how long ago.
-    fn departed_within(&self, window: Duration, now: Instant) -> Vec<(NodeId, NodeAddr, Duration)> {
-        let mut departed = self.departed.lock();
-        departed.retain(|_, (_, at)| now.saturating_duration_since(*at) < window);
-        departed.iter().map(|(id, (addr, at))| (*id, addr.clone(), now.saturating_duration_since(*at))).collect()
-    }
 }
 
 /// Timing the cluster handle needs from the node configuration.
