@@ -105,7 +105,7 @@ pub struct Verdict {
 /// FNV-1a: the index maps are keyed by short server names, looked up once per policy per
 /// decision; SipHash's DoS resistance buys nothing for keys operators wrote.
 #[derive(Default, Clone, Copy)]
-struct Fnv(u64);
+pub(crate) struct Fnv(u64);
 
 impl std::hash::Hasher for Fnv {
     fn finish(&self) -> u64 {
@@ -123,8 +123,8 @@ impl std::hash::Hasher for Fnv {
 
 type FastMap<V> = HashMap<String, V, std::hash::BuildHasherDefault<Fnv>>;
 
-struct Indexed {
-    policy: Arc<Policy>,
+pub(crate) struct Indexed {
+    pub(crate) policy: Arc<Policy>,
     /// In `PolicySet::global`.
     global: bool,
     /// Rules naming exact servers, by server.
@@ -231,7 +231,7 @@ fn tool_prefixes(t: &Test) -> Option<Vec<&str>> {
 /// Every policy of the registry, compiled and indexed. Immutable; rebuilt when a policy changes.
 #[derive(Default, Clone)]
 pub struct PolicySet {
-    policies: Vec<Arc<Indexed>>,
+    pub(crate) policies: Vec<Arc<Indexed>>,
     by_name: HashMap<String, usize>,
     /// Policies whose `appliesTo.servers` names exact servers, by server.
     scoped: FastMap<Vec<usize>>,
@@ -247,6 +247,8 @@ pub struct PolicySet {
     answers: bool,
     /// Some rule modifies a call's arguments (`modify` on `args.*` or `mcpArgs.*`).
     modifies_calls: bool,
+    /// The subjects' plans, found as calls come (shared by clones: they hold the same policies).
+    pub(crate) plans: Arc<crate::plan::Plans>,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -336,21 +338,13 @@ impl PolicySet {
         if !answer && !self.modifies_calls {
             return None;
         }
-        let scoped = self.scoped.get(f.server).map(Vec::as_slice).unwrap_or_default();
-        let attached_ix = attached.iter().filter_map(|a| self.by_name.get(*a).copied());
-        let extra: Vec<usize> = attached_ix.filter(|i| !self.policies[*i].global && !scoped.contains(i)).collect();
-        let mut candidates: Vec<usize> = self.global.iter().chain(scoped).chain(&extra).copied().collect();
+        // In policy order (by name), audit-only policies left out.
+        let mut candidates: Vec<usize> =
+            self.in_scope(f, attached).filter(|&i| self.policies[i].policy.enforcement != Enforcement::Audit).collect();
         candidates.sort_unstable();
         let qualified = std::cell::OnceCell::new();
         for i in candidates {
             let p = &self.policies[i].policy;
-            let attached_here = attached.contains(&p.name.as_str());
-            if p.enforcement == Enforcement::Audit
-                || !p.agents.as_ref().is_none_or(|s| s.matches(f.agent, f.agent_labels))
-                || (!attached_here && !p.servers.as_ref().is_none_or(|s| s.matches(f.server, f.server_labels)))
-            {
-                continue;
-            }
             for rule in &p.rules {
                 let Some(modify) = &rule.modify else { continue };
                 if rule.answer == answer && rule.conds.iter().all(|c| c.holds(f, answer, &qualified)) {
@@ -391,54 +385,37 @@ impl PolicySet {
     /// Decides a request (or, with `facts.result`, an answer). `attached`: the policies the
     /// server's record lists (`spec.policies`), in scope for it whatever their `appliesTo.servers`.
     /// With `trace`, every matching rule is pushed there, in evaluation order (`explain`).
-    pub fn decide(&self, f: &Facts<'_>, attached: &[&str], mut trace: Option<&mut Vec<Match>>) -> Verdict {
-        let mut verdict = Verdict {
-            decision: Decision::Allow,
-            decided_by: None,
-            constraints: Constraints::default(),
-            audited: Vec::new(),
-        };
+    ///
+    /// A request is decided from its subject's plan (`plan.rs`): the rules whose conditions on
+    /// who, which server and what already hold, found once per subject and kept; only their
+    /// conditions on arguments and time are checked per call. An answer, and a traced decision,
+    /// are decided in full ([`PolicySet::decide_in_full`]); both ways decide alike.
+    pub fn decide(&self, f: &Facts<'_>, attached: &[&str], trace: Option<&mut Vec<Match>>) -> Verdict {
         if self.policies.is_empty() {
-            return verdict;
+            return Verdict::allowed();
         }
-        // The policies in scope: fleet-wide ones, those naming this server, those the server
-        // attaches (each once). Ties between policies go to the first by name (lowest index).
-        let scoped = self.scoped.get(f.server).map(Vec::as_slice).unwrap_or_default();
-        let attached_ix = attached.iter().filter_map(|a| self.by_name.get(*a).copied());
-        let extra: Vec<usize> = attached_ix.filter(|i| !self.policies[*i].global && !scoped.contains(i)).collect();
-        let candidates = self.global.iter().chain(scoped).chain(&extra).copied();
+        match trace {
+            None if f.result.is_none() => self.decide_planned(&self.plan_of(f, attached), f),
+            trace => self.decide_in_full(f, attached, trace),
+        }
+    }
+
+    /// [`PolicySet::decide`] without the subject's plan: every candidate rule's every condition
+    /// checked. `explain` and answers decide this way; the benchmarks measure both.
+    pub fn decide_in_full(&self, f: &Facts<'_>, attached: &[&str], mut trace: Option<&mut Vec<Match>>) -> Verdict {
+        let mut verdict = Verdict::allowed();
         let mut decided_ix = usize::MAX;
         let answer = f.result.is_some();
         // `server.tool`, built once if a tool pattern asks for it.
         let qualified = std::cell::OnceCell::new();
-        for i in candidates {
-            let ix = &self.policies[i];
-            let p = &ix.policy;
-            let attached_here = attached.contains(&p.name.as_str());
-            if !p.agents.as_ref().is_none_or(|s| s.matches(f.agent, f.agent_labels)) {
-                continue;
-            }
-            if !attached_here && !p.servers.as_ref().is_none_or(|s| s.matches(f.server, f.server_labels)) {
-                continue;
-            }
+        let mut on_tool = Vec::new();
+        for i in self.in_scope(f, attached) {
+            let p = &self.policies[i].policy;
             // The policy's own verdict: its most severe matching rule, first in file order.
             let mut own: Option<(Decision, u32)> = None;
             let mut constraints = Constraints::default();
             let traced_from = trace.as_deref().map(Vec::len);
-            // The rules that could hold for this call: those of its action, and those on its
-            // tool's name (found once each).
-            let by_server = ix.rules_by_server.get(f.server);
-            let a = action_ix(f.action);
-            let mut on_tool = Vec::new();
-            for b in std::iter::once(&ix.rules_any).chain(by_server) {
-                b.tool_rules(f, &mut on_tool);
-            }
-            if on_tool.len() > 1 {
-                on_tool.sort_unstable();
-                on_tool.dedup();
-            }
-            let loose = by_server.map(|b| b.loose[a].as_slice()).unwrap_or_default();
-            for &r in ix.rules_any.loose[a].iter().chain(loose).chain(&on_tool) {
+            for r in self.policies[i].candidates(f, &mut on_tool) {
                 let rule = &p.rules[r as usize];
                 let Some(d) = rule.decision else { continue };
                 let optimistic = d != Decision::Deny;
@@ -454,65 +431,144 @@ impl PolicySet {
                         audit: p.enforcement == Enforcement::Audit,
                     });
                 }
-                if matches!(d, Decision::AllowWithConstraints | Decision::RequireApproval) {
-                    constraints.merge(&rule.constraints);
-                }
-                if own.is_none_or(|(o, oi)| d > o || (d == o && r < oi)) {
-                    own = Some((d, r));
-                }
+                fold_rule(&mut own, &mut constraints, d, r, rule);
             }
             if let (Some(t), Some(from)) = (trace.as_deref_mut(), traced_from) {
                 // In file order (rules naming this server were checked after the others).
                 let pos = |m: &Match| p.rules.iter().position(|r| r.id == m.rule).unwrap_or(usize::MAX);
                 t[from..].sort_by_key(pos);
             }
-            let m = match own {
-                Some((d, r)) => {
-                    let rule = &p.rules[r as usize];
-                    Match {
-                        policy: p.name.clone(),
-                        rule: rule.id.clone(),
-                        decision: d,
-                        reason: rule.reason.clone(),
-                        audit: p.enforcement == Enforcement::Audit,
-                    }
+            self.settle(i, own, constraints, answer, &mut verdict, &mut decided_ix, trace.as_deref_mut());
+        }
+        verdict.finish()
+    }
+
+    /// The policies in scope for a call, in index order (ties between policies go to the first
+    /// by name, the lowest index): fleet-wide ones, those naming this server, those the server
+    /// attaches (each once), whose agent and server selectors hold.
+    pub(crate) fn in_scope<'s>(&'s self, f: &'s Facts<'_>, attached: &'s [&str]) -> impl Iterator<Item = usize> + 's {
+        let scoped = self.scoped.get(f.server).map(Vec::as_slice).unwrap_or_default();
+        let attached_ix = attached.iter().filter_map(|a| self.by_name.get(*a).copied());
+        let extra: Vec<usize> = attached_ix.filter(|i| !self.policies[*i].global && !scoped.contains(i)).collect();
+        self.global.iter().chain(scoped).copied().chain(extra).filter(move |&i| {
+            let p = &self.policies[i].policy;
+            let attached_here = attached.contains(&p.name.as_str());
+            p.agents.as_ref().is_none_or(|s| s.matches(f.agent, f.agent_labels))
+                && (attached_here || p.servers.as_ref().is_none_or(|s| s.matches(f.server, f.server_labels)))
+        })
+    }
+
+    /// Folds policy `i`'s verdict (its most severe matching rule `own`, else its default) into
+    /// the call's: audit-only policies are recorded, the others decide by deny-overrides.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn settle(
+        &self,
+        i: usize,
+        own: Option<(Decision, u32)>,
+        constraints: Constraints,
+        answer: bool,
+        verdict: &mut Verdict,
+        decided_ix: &mut usize,
+        trace: Option<&mut Vec<Match>>,
+    ) {
+        let p = &self.policies[i].policy;
+        let m = match own {
+            Some((d, r)) => {
+                let rule = &p.rules[r as usize];
+                Match {
+                    policy: p.name.clone(),
+                    rule: rule.id.clone(),
+                    decision: d,
+                    reason: rule.reason.clone(),
+                    audit: p.enforcement == Enforcement::Audit,
                 }
-                None => match p.default {
-                    Some(d) if !answer => {
-                        let m = Match {
-                            policy: p.name.clone(),
-                            rule: "default".into(),
-                            decision: d,
-                            reason: format!("no rule of policy {} matched (defaultDecision {})", p.name, d.as_str()),
-                            audit: p.enforcement == Enforcement::Audit,
-                        };
-                        if let Some(t) = trace.as_deref_mut() {
-                            t.push(m.clone());
-                        }
-                        m
+            }
+            None => match p.default {
+                Some(d) if !answer => {
+                    let m = Match {
+                        policy: p.name.clone(),
+                        rule: "default".into(),
+                        decision: d,
+                        reason: format!("no rule of policy {} matched (defaultDecision {})", p.name, d.as_str()),
+                        audit: p.enforcement == Enforcement::Audit,
+                    };
+                    if let Some(t) = trace {
+                        t.push(m.clone());
                     }
-                    _ => continue,
-                },
-            };
-            if m.audit {
-                verdict.audited.push(m);
-                continue;
-            }
-            verdict.constraints.merge(&constraints);
-            if verdict
-                .decided_by
-                .as_ref()
-                .is_none_or(|by| m.decision > by.decision || (m.decision == by.decision && i < decided_ix))
-            {
-                decided_ix = i;
-                verdict.decision = m.decision;
-                verdict.decided_by = Some(m);
-            }
+                    m
+                }
+                _ => return,
+            },
+        };
+        if m.audit {
+            verdict.audited.push(m);
+            return;
         }
-        if !matches!(verdict.decision, Decision::AllowWithConstraints | Decision::RequireApproval) {
-            verdict.constraints = Constraints::default();
+        verdict.constraints.merge(&constraints);
+        if verdict
+            .decided_by
+            .as_ref()
+            .is_none_or(|by| m.decision > by.decision || (m.decision == by.decision && i < *decided_ix))
+        {
+            *decided_ix = i;
+            verdict.decision = m.decision;
+            verdict.decided_by = Some(m);
         }
-        verdict
+    }
+}
+
+/// Folds a matching rule into its policy's verdict: the most severe, first in file order; the
+/// bounds of every constrained one merged.
+pub(crate) fn fold_rule(
+    own: &mut Option<(Decision, u32)>,
+    constraints: &mut Constraints,
+    d: Decision,
+    r: u32,
+    rule: &crate::compile::Rule,
+) {
+    if matches!(d, Decision::AllowWithConstraints | Decision::RequireApproval) {
+        constraints.merge(&rule.constraints);
+    }
+    if own.is_none_or(|(o, oi)| d > o || (d == o && r < oi)) {
+        *own = Some((d, r));
+    }
+}
+
+impl Verdict {
+    pub(crate) fn allowed() -> Verdict {
+        Verdict {
+            decision: Decision::Allow,
+            decided_by: None,
+            constraints: Constraints::default(),
+            audited: Vec::new(),
+        }
+    }
+
+    /// Bounds only where the decision takes them.
+    pub(crate) fn finish(mut self) -> Verdict {
+        if !matches!(self.decision, Decision::AllowWithConstraints | Decision::RequireApproval) {
+            self.constraints = Constraints::default();
+        }
+        self
+    }
+}
+
+impl Indexed {
+    /// The rules that could hold for this call: those of its action, and those on its tool's
+    /// name (found once each). `on_tool` is scratch space.
+    pub(crate) fn candidates<'s>(&'s self, f: &Facts<'_>, on_tool: &'s mut Vec<u32>) -> impl Iterator<Item = u32> + 's {
+        let by_server = self.rules_by_server.get(f.server);
+        let a = action_ix(f.action);
+        on_tool.clear();
+        for b in std::iter::once(&self.rules_any).chain(by_server) {
+            b.tool_rules(f, on_tool);
+        }
+        if on_tool.len() > 1 {
+            on_tool.sort_unstable();
+            on_tool.dedup();
+        }
+        let loose = by_server.map(|b| b.loose[a].as_slice()).unwrap_or_default();
+        self.rules_any.loose[a].iter().chain(loose).chain(on_tool.iter()).copied()
     }
 }
 

@@ -20,6 +20,7 @@
 mod compile;
 mod eval;
 pub mod matcher;
+mod plan;
 pub mod samples;
 
 pub use compile::{Enforcement, Pattern, Policy, Rule, FAMILIES};

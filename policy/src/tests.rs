@@ -479,3 +479,144 @@ proptest! {
         prop_assert_eq!(found, every);
     }
 }
+
+/// A rule mixing every kind of condition: static ones (action, server, tool, agent labels, risk
+/// tags) and those a plan leaves to each call (arguments, time), with constraints.
+fn arb_mixed_rule() -> impl Strategy<Value = Value> {
+    (
+        arb_tool_rule(),
+        prop::sample::select(vec!["ALLOW", "DENY", "REQUIRE_APPROVAL", "ALLOW_WITH_CONSTRAINTS"]),
+        prop::option::of(prop::sample::select(vec!["main", "dev", "*"])),
+        prop::option::of(prop::sample::select(vec!["prod", "dev"])),
+        prop::option::of(prop::sample::select(vec!["pci", "pii"])),
+        prop::option::of(prop::sample::select(vec![vec!["mon"], vec!["thu", "fri"]])),
+        prop::option::of(1u64..100),
+    )
+        .prop_map(|(mut r, d, branch, env, tag, days, runtime)| {
+            r["decision"] = json!(d);
+            if let Some(b) = branch {
+                r["match"]["args"] = json!({"/branch": b});
+            }
+            if let Some(e) = env {
+                r["match"]["agents"] = json!({"matchLabels": {"env": e}});
+            }
+            if let Some(t) = tag {
+                r["match"]["labels"]["risk_tags"] = json!([t]);
+            }
+            if let Some(days) = days {
+                r["match"]["time"] = json!({"days": days, "hours": "00:00-12:00"});
+            }
+            let constrained = matches!(d, "ALLOW_WITH_CONSTRAINTS" | "REQUIRE_APPROVAL");
+            if let Some(s) = runtime.or((d == "ALLOW_WITH_CONSTRAINTS").then_some(60)).filter(|_| constrained) {
+                r["constraints"] = json!({"max_runtime_sec": s, "rate_limit": {"per_minute": s, "per": "agent"}});
+            }
+            r
+        })
+}
+
+proptest! {
+    /// A request decided from its subject's plan (kept after the first call) decides exactly as
+    /// every candidate rule's every condition checked: the same decision, rule, reason, bounds
+    /// and audit-only matches; a plan is never used for another subject.
+    #[test]
+    fn a_plan_decides_as_the_full_evaluation(
+        policies in prop::collection::vec((
+            prop::collection::vec(arb_mixed_rule(), 0..6),
+            prop::option::of(prop::sample::select(vec!["ALLOW", "DENY"])),
+            any::<bool>(),
+            prop::option::of(prop::sample::select(vec!["s1", "s2"])),
+        ), 1..4),
+        calls in prop::collection::vec((
+            prop::sample::select(vec!["s1", "s2", "del", "delta"]),
+            prop::sample::select(vec!["push", "pull", "delete", "delete_all", "x", "s1.pull"]),
+            prop::sample::select(vec!["prod", "dev"]),
+            prop::sample::select(vec![vec![], vec!["pci"], vec!["pii", "pci"]]),
+            any::<bool>(),
+            any::<bool>(),
+            prop::sample::select(vec!["main", "dev", "feature"]),
+            0u64..7 * 86_400_000,
+            any::<bool>(),
+        ), 1..12),
+    ) {
+        let ps: Vec<(String, Value)> = policies.iter().enumerate().map(|(i, (rules, default, audit, scope))| {
+            let rules: Vec<Value> = rules.iter().enumerate().map(|(j, r)| { let mut r = r.clone(); r["id"] = json!(format!("r{j}")); r }).collect();
+            let mut p = json!({"rules": rules});
+            if let Some(d) = default {
+                p["defaultDecision"] = json!(d);
+            }
+            if *audit {
+                p["enforcement"] = json!("audit");
+            }
+            if let Some(s) = scope {
+                p["appliesTo"] = json!({"servers": {"names": [s]}});
+            }
+            (format!("p{i}"), p)
+        }).collect();
+        let s = PolicySet::new(ps.iter().map(|(n, v)| Arc::new(Policy::compile(n, v).unwrap())));
+        // Every call twice: the first makes the subject's plan, the second finds it.
+        for (server, tool, env, tags, read, listing, branch, now_ms, attach) in calls.iter().flat_map(|c| [c, c]) {
+            let f = F::new(env, tags);
+            let mut x = f.facts(server, tool, if *read { Action::Read } else { Action::Write });
+            let args = json!({"branch": branch});
+            x.args = Some(&args);
+            x.listing = *listing;
+            x.now_ms = *now_ms;
+            let attached: &[&str] = if *attach { &["p0"] } else { &[] };
+            prop_assert_eq!(s.decide(&x, attached, None), s.decide_in_full(&x, attached, None));
+        }
+    }
+}
+
+#[test]
+fn a_plan_is_found_again_only_for_the_same_subject() {
+    let s = set(&[(
+        "p",
+        json!({"rules": [
+            {"id": "prod-writes", "match": {"labels": {"mcp.action": "write"}, "agents": {"matchLabels": {"env": "prod"}}}, "decision": "DENY"},
+            {"id": "main", "match": {"args": {"/branch": "main"}}, "decision": "REQUIRE_APPROVAL"},
+        ]}),
+    )]);
+    let (prod, dev) = (F::new("prod", &[]), F::new("dev", &[]));
+    let main = json!({"branch": "main"});
+    let mut x = prod.facts("git", "push", Action::Write);
+    x.args = Some(&main);
+    assert_eq!(s.decide(&x, &[], None).decision, Decision::Deny);
+    assert_eq!(s.decide(&x, &[], None).decision, Decision::Deny, "found again");
+    assert_eq!(s.plans_kept(), 1);
+    // The same names, other labels: another subject, another plan.
+    let mut y = dev.facts("git", "push", Action::Write);
+    y.args = Some(&main);
+    assert_eq!(s.decide(&y, &[], None).decision, Decision::RequireApproval);
+    let other = json!({"branch": "dev"});
+    y.args = Some(&other);
+    assert_eq!(s.decide(&y, &[], None).decision, Decision::Allow, "arguments are checked per call");
+    assert_eq!(s.plans_kept(), 2);
+    // A time window is checked when the plan is made: the plan holds for that minute only.
+    let s = set(&[(
+        "p",
+        json!({"rules": [{"id": "mondays", "match": {"time": {"days": ["mon"], "hours": "09:00-17:00"}}, "decision": "DENY"}]}),
+    )]);
+    let mut t = dev.facts("git", "push", Action::Write);
+    // 1970-01-05 was a Monday.
+    let monday_noon = (4 * 24 + 12) * 3_600_000;
+    for (now_ms, want) in [
+        (monday_noon, Decision::Deny),
+        (monday_noon + 59_000, Decision::Deny),
+        (monday_noon + 5 * 3_600_000, Decision::Allow),
+        (monday_noon + 24 * 3_600_000, Decision::Allow),
+        (monday_noon, Decision::Deny),
+    ] {
+        t.now_ms = now_ms;
+        assert_eq!(s.decide(&t, &[], None).decision, want, "at {now_ms}");
+    }
+    assert_eq!(s.plans_kept(), 1, "one subject, one plan (remade as the minute changed)");
+    // Past the bound the cache starts over rather than grow.
+    let names: Vec<String> = (0..crate::plan::PLANS_MAX + 1).map(|i| format!("t{i}")).collect();
+    for n in &names {
+        let mut z = dev.facts("git", n, Action::Read);
+        z.args = Some(&other);
+        s.decide(&z, &[], None);
+    }
+    assert!(s.plans_kept() <= crate::plan::PLANS_MAX);
+    assert!(s.plans_kept() >= 1);
+}
