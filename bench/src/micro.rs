@@ -138,6 +138,9 @@ struct EraRun {
     direct: Stats,
     one: Stats,
     rr: Stats,
+    /// Node 1's CPU time (user + system, from `/proc`) per call through it alone, µs: steadier
+    /// on a shared VM than latency, which moves with the neighbours.
+    cpu_us: f64,
 }
 
 /// What `proxy-latency` measures (its command line).
@@ -178,9 +181,11 @@ pub async fn proxy_latency(run_args: LatencyRun) -> anyhow::Result<()> {
             let direct = Caller::open(&http, &upstream_url, *modern, None, &text).await?;
             let proxied = Caller::open(&http, &via[0], *modern, c.agent_token.as_deref(), &text).await?;
             let d = stats(measure(&direct, std::slice::from_ref(&upstream_url), warmup, requests).await?);
+            let cpu_before = crate::procs::cpu_seconds(c.pid(1));
             let one = stats(measure(&proxied, &via[..1], warmup, requests).await?);
+            let cpu_us = (crate::procs::cpu_seconds(c.pid(1)) - cpu_before) * 1e6 / (warmup + requests).max(1) as f64;
             let rr = stats(measure(&proxied, &via, warmup, requests).await?);
-            runs.push(EraRun { name, direct: d, one, rr });
+            runs.push(EraRun { name, direct: d, one, rr, cpu_us });
         }
         anyhow::Ok(runs)
     };
@@ -221,11 +226,13 @@ pub async fn proxy_latency(run_args: LatencyRun) -> anyhow::Result<()> {
         "eras": runs.iter().map(|r| json!({"era": r.name,
             "direct": stats_json(&r.direct), "via_one_node": stats_json(&r.one),
             "via_three_nodes_round_robin": stats_json(&r.rr),
-            "added_one_node": added(&r.one, &r.direct), "added_three_nodes": added(&r.rr, &r.direct)})).collect::<Vec<_>>(),
+            "added_one_node": added(&r.one, &r.direct), "added_three_nodes": added(&r.rr, &r.direct),
+            "node1_cpu_us_per_call": r.cpu_us})).collect::<Vec<_>>(),
         "without_policies_same_cluster": baseline.as_ref().map(|b| b.iter().map(|r| json!({"era": r.name,
             "direct": stats_json(&r.direct), "via_one_node": stats_json(&r.one),
             "via_three_nodes_round_robin": stats_json(&r.rr),
-            "added_one_node": added(&r.one, &r.direct), "added_three_nodes": added(&r.rr, &r.direct)})).collect::<Vec<_>>()),
+            "added_one_node": added(&r.one, &r.direct), "added_three_nodes": added(&r.rr, &r.direct),
+            "node1_cpu_us_per_call": r.cpu_us})).collect::<Vec<_>>()),
     });
     let row = |name: &str, s: &Stats| {
         format!("| {name} | {} | {} ms | {} ms | {} ms | {} ms |\n", s.n, ms(s.min), ms(s.median), ms(s.p99), ms(s.max))
@@ -243,7 +250,7 @@ pub async fn proxy_latency(run_args: LatencyRun) -> anyhow::Result<()> {
         md.push_str(&format!(
             "\n## {}\n\n| path | n | min | median | p99 | max |\n|---|---|---|---|---|---|\n{}{}{}\n\
              Added by joch (percentile differences): one node p50 {} ms, p99 {} ms; round-robin over three nodes \
-             p50 {} ms, p99 {} ms.\n",
+             p50 {} ms, p99 {} ms. Node 1's CPU per call through it: {:.0} µs.\n",
             r.name,
             row("direct", d),
             row("through node 1", one),
@@ -252,18 +259,20 @@ pub async fn proxy_latency(run_args: LatencyRun) -> anyhow::Result<()> {
             ms(one.p99.saturating_sub(d.p99)),
             ms(rr.median.saturating_sub(d.median)),
             ms(rr.p99.saturating_sub(d.p99)),
+            r.cpu_us,
         ));
     }
     if let Some(b) = &baseline {
         md.push_str("\n## The same cluster before the policies, the guardian or the guard were applied\n\n");
         for r in b {
             md.push_str(&format!(
-                "{}: added one node p50 {} ms, p99 {} ms; round-robin p50 {} ms, p99 {} ms.\n",
+                "{}: added one node p50 {} ms, p99 {} ms; round-robin p50 {} ms, p99 {} ms; node 1's CPU per call {:.0} µs.\n",
                 r.name,
                 ms(r.one.median.saturating_sub(r.direct.median)),
                 ms(r.one.p99.saturating_sub(r.direct.p99)),
                 ms(r.rr.median.saturating_sub(r.direct.median)),
                 ms(r.rr.p99.saturating_sub(r.direct.p99)),
+                r.cpu_us,
             ));
         }
     }

@@ -226,10 +226,12 @@ impl Governance {
         if set.is_empty() {
             return Ok(Grant { action: Some(action), ..Grant::default() });
         }
-        let mut tags: Vec<String> = rec.spec.risk_tags.clone();
-        if let Some(t) = rec.spec.tools.get(s.name) {
-            tags.extend(t.risk_tags.iter().cloned());
-        }
+        // The server's risk tags, and its tool's (copied only when the tool has some).
+        let tool_tags = rec.spec.tools.get(s.name).map(|t| &t.risk_tags).filter(|t| !t.is_empty());
+        let tags: std::borrow::Cow<'_, [String]> = match tool_tags {
+            Some(t) => rec.spec.risk_tags.iter().chain(t).cloned().collect::<Vec<_>>().into(),
+            None => rec.spec.risk_tags.as_slice().into(),
+        };
         let attached: Vec<&str> = rec.spec.policies.iter().map(|p| p.name.as_str()).collect();
         // What the content guard finds in the arguments, when a rule asks (`mcpArgs.*`).
         let args_scan = match (set.needs_args_scan(), s.args) {
