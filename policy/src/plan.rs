@@ -14,8 +14,9 @@
 //!
 //! A plan is keyed by every static fact it read, compared in full on a hit (the hash only finds
 //! it), so a changed label, tag or trust score finds another plan; a changed policy builds a new
-//! [`PolicySet`](crate::PolicySet), with no plans. At most [`PLANS_MAX`] are kept; past that the
-//! cache starts over (a fleet with more subjects than that in use decides the rest in full).
+//! [`PolicySet`](crate::PolicySet), with no plans. At most [`PLANS_MAX`] are kept, of at most
+//! [`PLANS_MAX_BYTES`]; past that the cache starts over (a fleet with more subjects than that in
+//! use makes their plans again as they come: correct, slower).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hasher;
@@ -28,10 +29,21 @@ use crate::{Action, Constraints, Decision, Facts, Kind, PolicySet, Verdict};
 /// Plans kept at most, per policy set.
 pub(crate) const PLANS_MAX: usize = 4096;
 
+/// Bytes of plans kept at most, per policy set (their steps and their keys' text): names in a
+/// call are the caller's to choose, so what they can make the node keep is bounded in bytes too.
+pub(crate) const PLANS_MAX_BYTES: usize = 16 << 20;
+
 /// The plans found so far, by the hash of their subject.
 #[derive(Default)]
 pub(crate) struct Plans {
-    map: RwLock<HashMap<u64, Arc<Plan>, std::hash::BuildHasherDefault<Fnv>>>,
+    map: RwLock<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    plans: HashMap<u64, Arc<Plan>, std::hash::BuildHasherDefault<Fnv>>,
+    /// The sum of their [`Plan::bytes`].
+    bytes: usize,
 }
 
 /// One subject's plan.
@@ -69,6 +81,24 @@ struct Key {
     action: Action,
     risk_tags: Vec<String>,
     attached: Vec<String>,
+}
+
+impl Plan {
+    /// What keeping it costs, roughly: its steps and its key's text.
+    fn bytes(&self) -> usize {
+        let k = &self.key;
+        let labels = |m: &BTreeMap<String, String>| m.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>();
+        std::mem::size_of::<Plan>()
+            + self.steps.len() * std::mem::size_of::<Step>()
+            + self.policies.len() * std::mem::size_of::<(u32, u32, u32)>()
+            + k.agent.len()
+            + k.server.len()
+            + k.method.len()
+            + k.name.len()
+            + labels(&k.agent_labels)
+            + labels(&k.server_labels)
+            + k.risk_tags.iter().chain(&k.attached).map(String::len).sum::<usize>()
+    }
 }
 
 impl Key {
@@ -148,19 +178,24 @@ impl PolicySet {
         let found = {
             let map = self.plans.map.read().unwrap_or_else(|e| e.into_inner());
             let minute = f.now_ms / 60_000;
-            map.get(&h).filter(|p| p.key.is(f, attached) && p.minute.is_none_or(|m| m == minute)).cloned()
+            map.plans.get(&h).filter(|p| p.key.is(f, attached) && p.minute.is_none_or(|m| m == minute)).cloned()
         };
         if let Some(p) = found {
             return p;
         }
         let plan = Arc::new(self.plan(f, attached));
-        let mut map = self.plans.map.write().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= PLANS_MAX {
-            map.clear();
+        let bytes = plan.bytes();
+        let mut kept = self.plans.map.write().unwrap_or_else(|e| e.into_inner());
+        if kept.plans.len() >= PLANS_MAX || kept.bytes + bytes > PLANS_MAX_BYTES {
+            kept.plans.clear();
+            kept.bytes = 0;
         }
         // A colliding subject's plan (or the same subject's, of another minute) is replaced: the
         // key and the minute tell them apart.
-        map.insert(h, plan.clone());
+        if let Some(old) = kept.plans.insert(h, plan.clone()) {
+            kept.bytes -= old.bytes();
+        }
+        kept.bytes += bytes;
         plan
     }
 
@@ -219,10 +254,15 @@ impl PolicySet {
         verdict.finish()
     }
 
-    /// How many plans are kept (tests).
+    /// How many plans are kept, and their bytes (tests).
     #[cfg(test)]
     pub(crate) fn plans_kept(&self) -> usize {
-        self.plans.map.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.plans.map.read().unwrap_or_else(|e| e.into_inner()).plans.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn plans_bytes(&self) -> usize {
+        self.plans.map.read().unwrap_or_else(|e| e.into_inner()).bytes
     }
 }
 #[cfg(test)]

@@ -619,4 +619,13 @@ fn a_plan_is_found_again_only_for_the_same_subject() {
     }
     assert!(s.plans_kept() <= crate::plan::PLANS_MAX);
     assert!(s.plans_kept() >= 1);
+    // And in bytes: names are the caller's to choose.
+    let long: Vec<String> = (0..200).map(|i| format!("{i}{}", "x".repeat(100_000))).collect();
+    for n in &long {
+        let mut z = dev.facts("git", n, Action::Read);
+        z.args = Some(&other);
+        s.decide(&z, &[], None);
+    }
+    assert!(s.plans_bytes() <= crate::plan::PLANS_MAX_BYTES, "{} bytes kept", s.plans_bytes());
+    assert!(s.plans_kept() < 200, "the cache started over");
 }
