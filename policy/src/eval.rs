@@ -403,9 +403,8 @@ impl PolicySet {
     /// [`PolicySet::decide`] without the subject's plan: every candidate rule's every condition
     /// checked. `explain` and answers decide this way; the benchmarks measure both.
     pub fn decide_in_full(&self, f: &Facts<'_>, attached: &[&str], mut trace: Option<&mut Vec<Match>>) -> Verdict {
-        let mut verdict = Verdict::allowed();
-        let mut decided_ix = usize::MAX;
         let answer = f.result.is_some();
+        let mut tally = Tally::new(answer);
         // `server.tool`, built once if a tool pattern asks for it.
         let qualified = std::cell::OnceCell::new();
         let mut on_tool = Vec::new();
@@ -438,9 +437,9 @@ impl PolicySet {
                 let pos = |m: &Match| p.rules.iter().position(|r| r.id == m.rule).unwrap_or(usize::MAX);
                 t[from..].sort_by_key(pos);
             }
-            self.settle(i, own, constraints, answer, &mut verdict, &mut decided_ix, trace.as_deref_mut());
+            self.settle(&mut tally, i, own, constraints, trace.as_deref_mut());
         }
-        verdict.finish()
+        tally.finish()
     }
 
     /// The policies in scope for a call, in index order (ties between policies go to the first
@@ -460,17 +459,15 @@ impl PolicySet {
 
     /// Folds policy `i`'s verdict (its most severe matching rule `own`, else its default) into
     /// the call's: audit-only policies are recorded, the others decide by deny-overrides.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn settle(
         &self,
+        tally: &mut Tally,
         i: usize,
         own: Option<(Decision, u32)>,
         constraints: Constraints,
-        answer: bool,
-        verdict: &mut Verdict,
-        decided_ix: &mut usize,
         trace: Option<&mut Vec<Match>>,
     ) {
+        let Tally { verdict, decided_ix, answer } = tally;
         let p = &self.policies[i].policy;
         let m = match own {
             Some((d, r)) => {
@@ -484,7 +481,7 @@ impl PolicySet {
                 }
             }
             None => match p.default {
-                Some(d) if !answer => {
+                Some(d) if !*answer => {
                     let m = Match {
                         policy: p.name.clone(),
                         rule: "default".into(),
@@ -535,7 +532,7 @@ pub(crate) fn fold_rule(
 }
 
 impl Verdict {
-    pub(crate) fn allowed() -> Verdict {
+    fn allowed() -> Verdict {
         Verdict {
             decision: Decision::Allow,
             decided_by: None,
@@ -543,13 +540,29 @@ impl Verdict {
             audited: Vec::new(),
         }
     }
+}
 
-    /// Bounds only where the decision takes them.
-    pub(crate) fn finish(mut self) -> Verdict {
-        if !matches!(self.decision, Decision::AllowWithConstraints | Decision::RequireApproval) {
-            self.constraints = Constraints::default();
+/// A decision being made, policy by policy: the verdict so far, and the index of the policy that
+/// decided it (ties go to the lowest).
+pub(crate) struct Tally {
+    verdict: Verdict,
+    decided_ix: usize,
+    /// Deciding on an answer (a policy's default decides requests only).
+    answer: bool,
+}
+
+impl Tally {
+    pub(crate) fn new(answer: bool) -> Tally {
+        Tally { verdict: Verdict::allowed(), decided_ix: usize::MAX, answer }
+    }
+
+    /// The verdict, with bounds only where the decision takes them.
+    pub(crate) fn finish(self) -> Verdict {
+        let mut v = self.verdict;
+        if !matches!(v.decision, Decision::AllowWithConstraints | Decision::RequireApproval) {
+            v.constraints = Constraints::default();
         }
-        self
+        v
     }
 }
 

@@ -23,7 +23,7 @@ use std::hash::Hasher;
 use std::sync::{Arc, RwLock};
 
 use crate::compile::{Attr, Cond};
-use crate::eval::{fold_rule, Fnv};
+use crate::eval::{fold_rule, Fnv, Tally};
 use crate::{Action, Constraints, Decision, Facts, Kind, PolicySet, Verdict};
 
 /// Plans kept at most, per policy set.
@@ -233,8 +233,7 @@ impl PolicySet {
 
     /// A request's decision from its subject's plan: the same as [`PolicySet::decide_in_full`].
     pub(crate) fn decide_planned(&self, plan: &Plan, f: &Facts<'_>) -> Verdict {
-        let mut verdict = Verdict::allowed();
-        let mut decided_ix = usize::MAX;
+        let mut tally = Tally::new(false);
         // Dynamic conditions never read `server.tool`.
         let unused = std::cell::OnceCell::new();
         for &(i, from, to) in &plan.policies {
@@ -249,9 +248,9 @@ impl PolicySet {
                 }
                 fold_rule(&mut own, &mut constraints, s.decision, s.rule, rule);
             }
-            self.settle(i as usize, own, constraints, false, &mut verdict, &mut decided_ix, None);
+            self.settle(&mut tally, i as usize, own, constraints, None);
         }
-        verdict.finish()
+        tally.finish()
     }
 
     /// How many plans are kept, and their bytes (tests).
