@@ -83,8 +83,14 @@ async fn bind_tcp(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 /// Runs a node until `shutdown` completes. This runs on the control plane's runtime (Raft, the
 /// mesh, the admin API, the lease); the MCP listener and the proxy run on `data`, a runtime of
-/// their own, so agents' traffic queues behind agents' traffic and never in front of a quarantine.
-pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// their own, so agents' traffic queues behind agents' traffic and never in front of a quarantine;
+/// agents' connections are served by `workers`, a thread per core (`crate::workers`).
+pub async fn run(
+    cfg: Config,
+    data: tokio::runtime::Handle,
+    workers: Arc<crate::workers::Workers>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let prom = crate::telemetry::init_metrics()?;
     // One TLS provider for the process (upstream HTTPS uses it); the mesh passes its own.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -185,6 +191,7 @@ pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Futur
             audit: audit.clone(),
             guardian: cfg.guardian.clone(),
             catalog: cfg.catalog.clone(),
+            workers: workers.len(),
         },
     )
     .context("starting the MCP proxy")?;
@@ -278,7 +285,7 @@ pub async fn run(cfg: Config, data: tokio::runtime::Handle, shutdown: impl Futur
         None => None,
     };
     let mcp_app = crate::http::mcp_router(cluster.view()).merge(proxy.clone().router());
-    let serving = data.spawn(crate::http::serve_mcp(mcp_l, mcp_app, cfg.proxy.clone(), mcp_tls, stop.clone()));
+    let serving = data.spawn(crate::http::serve_mcp(mcp_l, workers, mcp_app, cfg.proxy.clone(), mcp_tls, stop.clone()));
     tasks.spawn(async move {
         let _ = serving.await;
     });

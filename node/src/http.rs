@@ -44,9 +44,12 @@ pub fn metrics_router(prom: PrometheusHandle) -> Router {
 /// are pinged and dropped when a ping goes unanswered, with a cap on streams and header size;
 /// beyond `max_connections` a new connection is answered 503 with `Retry-After` and closed.
 ///
-/// With `tls`, every connection is TLS (its handshake bounded by `client_timeout` too).
+/// With `tls`, every connection is TLS (its handshake bounded by `client_timeout` too). Each
+/// accepted connection is served by one of `workers` (`crate::workers`), from its TLS handshake
+/// to its close.
 pub async fn serve_mcp(
     listener: tokio::net::TcpListener,
+    workers: Arc<crate::workers::Workers>,
     app: Router,
     limits: crate::config::ProxyLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -99,10 +102,25 @@ pub async fn serve_mcp(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // Handed to a worker: the socket is registered with the worker's own runtime there.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "MCP listener: cannot hand the connection to a worker");
+                continue;
+            }
+        };
         let svc = TowerToHyperService::new(app.clone());
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         let handshake = limits.client_timeout;
-        tokio::spawn(async move {
+        workers.next().spawn(async move {
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "MCP worker: cannot take the connection");
+                    return;
+                }
+            };
             metrics::gauge!("joch_mcp_connections").increment(1.0);
             let served = match tls {
                 None => {

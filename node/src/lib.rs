@@ -5,7 +5,8 @@
 //! `cluster` is its Raft handle; `mesh` the QUIC transport between nodes;
 //! `admin` the gRPC API; `resource` the manifests operators write; `cli` the operator commands;
 //! `policy` the decision on every call and list item; `config` static node config; `demo` the quick start's MCP server; `secrets` sealing upstream secrets; `certs` certificates
-//! reloaded from files; `telemetry` logs and metrics; `http` health and metrics endpoints.
+//! reloaded from files; `telemetry` logs and metrics; `http` health and metrics endpoints and the MCP listener;
+//! `workers` the threads that serve agents' connections.
 //! The replicated store itself is the `joch-raft-store` crate.
 
 pub mod admin;
@@ -29,3 +30,4 @@ pub mod proxy;
 pub mod resource;
 pub mod secrets;
 pub mod telemetry;
+pub mod workers;

@@ -120,7 +120,8 @@ pub fn run(a: ServeArgs) -> ExitCode {
         );
     }
     // Two runtimes: the control plane (Raft, mesh, admin API, lease) on one thread of its own,
-    // the data plane (agents' requests) on one per core; see app::run.
+    // the data plane's background work (discovery, stdio children, relayed requests) on one per
+    // core; see app::run.
     let runtimes = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("joch-control")
@@ -130,14 +131,23 @@ pub fn run(a: ServeArgs) -> ExitCode {
             let data = tokio::runtime::Builder::new_multi_thread().thread_name("joch-data").enable_all().build()?;
             Ok((control, data))
         });
-    let (control, data) = match runtimes {
+    // And agents' connections on a thread per core, each its own runtime (crate::workers).
+    let runtimes = runtimes.and_then(|(control, data)| Ok((control, data, crate::workers::Workers::per_core()?)));
+    let (control, data, workers) = match runtimes {
         Ok(rts) => rts,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let result = control.block_on(crate::app::run(cfg, data.handle().clone(), crate::lifecycle::shutdown_signal()));
+    let workers = std::sync::Arc::new(workers);
+    let result = control.block_on(crate::app::run(
+        cfg,
+        data.handle().clone(),
+        workers.clone(),
+        crate::lifecycle::shutdown_signal(),
+    ));
+    workers.stop();
     data.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,

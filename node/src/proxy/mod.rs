@@ -86,6 +86,8 @@ pub struct Options {
     pub guardian: Option<joch_raft_store::model::resource::GuardianSpec>,
     /// How the MCP Registry API is served (`catalog:`).
     pub catalog: crate::catalog::Settings,
+    /// How many MCP workers serve connections (`crate::workers`): one upstream pool each.
+    pub workers: usize,
 }
 
 /// The proxy of one node.
@@ -124,7 +126,8 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy over this node's view; it also answers the MCP requests peers relay here.
     pub fn new(node: NodeView, opts: Options) -> anyhow::Result<Arc<Self>> {
-        let Options { limits, allow_anonymous, tls, keyring, stdio_allow, proposer, audit, guardian, catalog } = opts;
+        let Options { limits, allow_anonymous, tls, keyring, stdio_allow, proposer, audit, guardian, catalog, workers } =
+            opts;
         let agents = Arc::new(AgentAuth::new(allow_anonymous));
         let guardian = Arc::new(crate::guardian::Guardian::new(guardian, node.registry.clone())?);
         let approvals = Arc::new(crate::policy::approvals::Approvals::new(
@@ -152,7 +155,8 @@ impl Proxy {
         let gate =
             Gate::new(node.registry.clone(), node.lease.clone(), node.fences.clone(), gov.clone(), stages.clone());
         let exit = Exit::new(stages.clone(), guardian.clone(), limits.keepalive);
-        let upstream = Upstream::new(&limits, Arc::new(Credentials::new(keyring.clone())?), rediscover_queue.clone())?;
+        let upstream =
+            Upstream::new(&limits, workers, Arc::new(Credentials::new(keyring.clone())?), rediscover_queue.clone())?;
         let stdio = Arc::new(StdioPool::new(limits.upstream_timeout, stdio_allow, keyring, rediscover_queue.clone()));
         tokio::spawn(stdio.clone().reap(node.registry.clone(), node.lease.clone()));
         let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests));

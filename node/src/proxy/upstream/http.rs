@@ -1,5 +1,6 @@
-//! Upstream streamable-HTTP servers: one pooled client (HTTP/1.1 and h2, keep-alive), connect and
-//! first-byte timeouts, and bodies read under a size and a time limit. Every request takes an
+//! Upstream streamable-HTTP servers: pooled clients (HTTP/1.1 and h2, keep-alive), one per MCP
+//! worker (`crate::workers`: a worker's calls use connections driven on its own thread) and one
+//! for everything else (discovery, relayed requests), connect and first-byte timeouts, and bodies read under a size and a time limit. Every request takes an
 //! [`Admitted`] and re-validates it (cheap when nothing changed since admission). The agent's own
 //! credentials are never forwarded; the only `Authorization` an upstream sees is the one its
 //! `spec.auth` names ([`Credentials`]).
@@ -24,7 +25,8 @@ const FORWARDED: [&str; 6] =
 /// The upstream client.
 #[derive(Clone)]
 pub struct Upstream {
-    client: reqwest::Client,
+    /// `[shared, worker 0, worker 1, ...]`.
+    clients: Arc<[reqwest::Client]>,
     timeout: Duration,
     credentials: Arc<Credentials>,
     /// Endpoints parsed once (parsing, IDNA included, showed in every request's profile).
@@ -37,24 +39,28 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A client with these limits.
+    /// Clients with these limits: one shared and one per MCP worker (`workers`).
     pub fn new(
         limits: &ProxyLimits,
+        workers: usize,
         credentials: Arc<Credentials>,
         reconnected: tokio::sync::mpsc::Sender<String>,
     ) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(limits.upstream_connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            // Upstreams are reached as registered: never through a proxy named by the
-            // environment (HTTP_PROXY and the like), which would also be looked up per request.
-            .no_proxy()
-            .build()?;
+        let client = || {
+            reqwest::Client::builder()
+                .connect_timeout(limits.upstream_connect_timeout)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(64)
+                .tcp_nodelay(true)
+                .redirect(reqwest::redirect::Policy::none())
+                // Upstreams are reached as registered: never through a proxy named by the
+                // environment (HTTP_PROXY and the like), which would also be looked up per request.
+                .no_proxy()
+                .build()
+        };
+        let clients = (0..=workers).map(|_| client()).collect::<Result<Vec<_>, _>>()?;
         Ok(Upstream {
-            client,
+            clients: clients.into(),
             timeout: limits.upstream_timeout,
             credentials,
             urls: Arc::default(),
@@ -74,7 +80,7 @@ impl Upstream {
         body: Option<Bytes>,
     ) -> Result<reqwest::Response, Failure> {
         adm.revalidate()?;
-        let mut req = self.client.request(method, self.url(adm.endpoint())?);
+        let mut req = self.client().request(method, self.url(adm.endpoint())?);
         for name in FORWARDED {
             if let Some(v) = incoming.get(name) {
                 req = req.header(name, v);
@@ -126,6 +132,12 @@ impl Upstream {
                 Ok(r)
             }
         }
+    }
+
+    /// The client of the worker this runs on, or the shared one.
+    fn client(&self) -> &reqwest::Client {
+        let i = crate::workers::current().map_or(0, |w| w + 1);
+        self.clients.get(i).unwrap_or(&self.clients[0])
     }
 
     /// Notes that `server` could (not) be connected to; one that connects again after it could
