@@ -72,7 +72,9 @@ pub fn markdown(r: &Value, extra: &[(&str, String)]) -> String {
                 r3(g("p99_ms") - d99),
             ));
         }
-        if let (Some(n), Some(j)) = (by("nginx"), by("joch, one node")) {
+        for (label, j) in [("one joch node", by("joch, one node")), ("with governance on", by(crate::suite::GOVERNED))]
+        {
+            let (Some(n), Some(j)) = (by("nginx"), j) else { continue };
             let (np, jp) = (at(n, REF_RPS), at(j, REF_RPS));
             let added = |p: Option<&Value>, k: &str, d: f64| p.map(|p| f(&p[k]) - d).unwrap_or(f64::NAN);
             let (n50, j50) = (added(np, "p50_ms", d50), added(jp, "p50_ms", d50));
@@ -80,7 +82,7 @@ pub fn markdown(r: &Value, extra: &[(&str, String)]) -> String {
             let (nmax, jmax) = (f(&n["max_sustained_rps"]), f(&j["max_sustained_rps"]));
             let check = |ok: bool| if ok { "met" } else { "**missed**" };
             md.push_str(&format!(
-                "\nBars (one joch node against the nginx hop, same run): added p50 {} ms vs {} ms ({}: no more than nginx's); \
+                "\nBars ({label} against the nginx hop, same run): added p50 {} ms vs {} ms ({}: no more than nginx's); \
                  added p99 {} ms vs {} ms, ratio {:.2} ({}: at most 1.5); max sustained rate {} vs {} rps, ratio {:.2} ({}: at least nginx's).\n\n",
                 r3(j50), r3(n50), check(j50 <= n50), r3(j99), r3(n99), j99 / n99, check(j99 <= 1.5 * n99), jmax, nmax, jmax / nmax, check(jmax >= nmax),
             ));

@@ -247,6 +247,25 @@ fn rates(
     Ok(out)
 }
 
+/// Scenario 1's row with governance on (policies and the guard applied by the caller).
+fn governed(c: &Cluster, s: &Settings) -> anyhow::Result<Vec<Sweep>> {
+    let mut out = Vec::new();
+    for era in [Era::Legacy, Era::Modern] {
+        let route = Route {
+            name: GOVERNED,
+            targets: vec![format!("{}/mcp/canned", c.mcp(1))],
+            bearer: c.bearer(),
+            pids: vec![c.pid(1)],
+            tool: None,
+        };
+        out.push(sweep(route, era, s, &RATES)?);
+    }
+    Ok(out)
+}
+
+/// The name of scenario 1's row with governance on.
+pub const GOVERNED: &str = "joch, one node, 1,000 policy rules + content guard";
+
 /// A minimal HTTP/1.1 client for probes and sequential calls (one keep-alive connection).
 struct Probe {
     authority: String,
@@ -725,6 +744,23 @@ pub async fn all(joch: PathBuf, s: Settings, out: PathBuf) -> anyhow::Result<()>
         let (stdio_home, stdio_away) = continuation(&c, "stdio", 2000).await?;
         cont = json!({"http_same_node": stats_json(&http_home), "http_other_node": stats_json(&http_away),
                       "stdio_owner_node": stats_json(&stdio_home), "stdio_other_node_via_mesh": stats_json(&stdio_away)});
+    }
+
+    if runs(1) {
+        // Last, because it changes the cluster for good: one node again with governance on
+        // beyond what every run has (audit trail, the guard's stage): the 1,000 synthetic
+        // policy rules of `policy-decision` and the content guard scanning `canned`'s results.
+        eprintln!("1/6 (again) added latency and maximum rate with 1,000 policy rules and the content guard");
+        let mut change = crate::policy::manifests(1000);
+        change.push_str(&format!(
+            "\n---\napiVersion: joch.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: canned\nspec:\n  endpoint: {{ url: \"{}\" }}\n  \
+             scanning: {{ promptInjectionScan: true, redactFieldsInResults: [secrets, pii] }}\n",
+            up.url
+        ));
+        let f = tempfile::NamedTempFile::new()?;
+        std::fs::write(f.path(), change)?;
+        c.cli(&["apply", "-f", &f.path().display().to_string()])?;
+        sweeps.extend(governed(&c, &s)?);
     }
 
     let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
