@@ -45,21 +45,26 @@ impl Workers {
 
     /// `n` workers (at least one), each on a thread of its own named `joch-mcp-<i>`.
     pub fn start(n: usize) -> std::io::Result<Self> {
-        let stop = CancellationToken::new();
-        let (mut handles, mut threads) = (Vec::new(), Vec::new());
+        let mut workers = Workers {
+            handles: Vec::new(),
+            next: AtomicUsize::new(0),
+            stop: CancellationToken::new(),
+            threads: parking_lot::Mutex::new(Vec::new()),
+        };
         for i in 0..n.max(1) {
+            // On an error, the workers started so far are stopped (on drop).
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            handles.push(rt.handle().clone());
-            let stop = stop.clone();
+            workers.handles.push(rt.handle().clone());
+            let stop = workers.stop.clone();
             let thread = std::thread::Builder::new().name(format!("joch-mcp-{i}")).spawn(move || {
                 WORKER.with(|w| w.set(Some(i)));
                 rt.block_on(stop.cancelled());
                 // Connections still open after the node's drain are closed here.
                 rt.shutdown_timeout(Duration::from_secs(1));
             })?;
-            threads.push(thread);
+            workers.threads.get_mut().push(thread);
         }
-        Ok(Workers { handles, next: AtomicUsize::new(0), stop, threads: parking_lot::Mutex::new(threads) })
+        Ok(workers)
     }
 
     /// How many workers there are.
