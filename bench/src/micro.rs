@@ -218,21 +218,24 @@ pub async fn proxy_latency(run_args: LatencyRun) -> anyhow::Result<()> {
     }
     let runs = measure_eras().await?;
     let added = |s: &Stats, d: &Stats| json!({"p50_ms": ms(s.median.saturating_sub(d.median)), "p99_ms": ms(s.p99.saturating_sub(d.p99))});
+    let eras_json = |runs: &[EraRun]| {
+        runs.iter()
+            .map(|r| {
+                json!({"era": r.name,
+                "direct": stats_json(&r.direct), "via_one_node": stats_json(&r.one),
+                "via_three_nodes_round_robin": stats_json(&r.rr),
+                "added_one_node": added(&r.one, &r.direct), "added_three_nodes": added(&r.rr, &r.direct),
+                "node1_cpu_us_per_call": r.cpu_us})
+            })
+            .collect::<Vec<_>>()
+    };
     let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let result = json!({
         "benchmark": "proxy-latency", "date": date, "joch": joch.display().to_string(), "joch_version": version.trim(),
         "machine": {"cores": cores}, "requests": requests, "warmup": warmup, "policy_rules": policy_rules, "guardian": guardian, "guard": guard, "result_bytes": result_bytes,
-        "eras": runs.iter().map(|r| json!({"era": r.name,
-            "direct": stats_json(&r.direct), "via_one_node": stats_json(&r.one),
-            "via_three_nodes_round_robin": stats_json(&r.rr),
-            "added_one_node": added(&r.one, &r.direct), "added_three_nodes": added(&r.rr, &r.direct),
-            "node1_cpu_us_per_call": r.cpu_us})).collect::<Vec<_>>(),
-        "without_policies_same_cluster": baseline.as_ref().map(|b| b.iter().map(|r| json!({"era": r.name,
-            "direct": stats_json(&r.direct), "via_one_node": stats_json(&r.one),
-            "via_three_nodes_round_robin": stats_json(&r.rr),
-            "added_one_node": added(&r.one, &r.direct), "added_three_nodes": added(&r.rr, &r.direct),
-            "node1_cpu_us_per_call": r.cpu_us})).collect::<Vec<_>>()),
+        "eras": eras_json(&runs),
+        "without_policies_same_cluster": baseline.as_deref().map(eras_json),
     });
     let row = |name: &str, s: &Stats| {
         format!("| {name} | {} | {} ms | {} ms | {} ms | {} ms |\n", s.n, ms(s.min), ms(s.median), ms(s.p99), ms(s.max))

@@ -388,8 +388,8 @@ impl PolicySet {
     ///
     /// A request is decided from its subject's plan (`plan.rs`): the rules whose conditions on
     /// who, which server, what and when (for the minute) already hold, found once per subject
-    /// and kept; only their conditions on the arguments are checked per call. An answer, and a traced decision,
-    /// are decided in full ([`PolicySet::decide_in_full`]); both ways decide alike.
+    /// and kept; only their conditions on the arguments are checked per call. An answer, and a
+    /// traced decision, are decided in full ([`PolicySet::decide_in_full`]); both ways decide alike.
     pub fn decide(&self, f: &Facts<'_>, attached: &[&str], trace: Option<&mut Vec<Match>>) -> Verdict {
         if self.policies.is_empty() {
             return Verdict::allowed();
