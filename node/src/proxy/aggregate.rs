@@ -250,7 +250,7 @@ impl Proxy {
         adm: &Admitted,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> Result<reqwest::Response, Failure> {
+    ) -> Result<super::upstream::http::Response, Failure> {
         let sid = adm.call().session.as_ref().and_then(|t| t.upstream_session.clone());
         self.upstream.send(adm, reqwest::Method::POST, headers, sid.as_deref(), Some(body)).await
     }

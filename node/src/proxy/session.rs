@@ -224,7 +224,12 @@ impl Proxy {
 
     /// Passes an upstream answer on: SSE event by event (cut when the call stops being
     /// admissible), JSON read whole.
-    pub(super) async fn relay(&self, adm: &Admitted, resp: reqwest::Response, request_id: Option<Value>) -> Answer {
+    pub(super) async fn relay(
+        &self,
+        adm: &Admitted,
+        resp: super::upstream::http::Response,
+        request_id: Option<Value>,
+    ) -> Answer {
         self.relay_with(adm, resp, request_id, None).await
     }
 
@@ -232,7 +237,7 @@ impl Proxy {
     pub(super) async fn relay_with(
         &self,
         adm: &Admitted,
-        resp: reqwest::Response,
+        resp: super::upstream::http::Response,
         request_id: Option<Value>,
         transform: Option<EventMap>,
     ) -> Answer {

@@ -240,7 +240,7 @@ impl Proxy {
         adm: &Admitted,
         msg: &Value,
         method: &str,
-    ) -> Result<reqwest::Response, super::deny::Denial> {
+    ) -> Result<crate::proxy::upstream::http::Response, super::deny::Denial> {
         let mut h = HeaderMap::new();
         h.insert("content-type", HeaderValue::from_static("application/json"));
         h.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));

@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures::stream::BoxStream;
 use futures::StreamExt;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::credentials::Credentials;
+use super::direct;
 use super::{Failure, UpstreamError};
 use crate::config::ProxyLimits;
 use crate::proxy::admission::Admitted;
@@ -30,7 +32,9 @@ pub struct Upstream {
     timeout: Duration,
     credentials: Arc<Credentials>,
     /// Endpoints parsed once (parsing, IDNA included, showed in every request's profile).
-    urls: Arc<parking_lot::RwLock<std::collections::HashMap<String, reqwest::Url>>>,
+    urls: Arc<parking_lot::RwLock<std::collections::HashMap<String, Arc<Endpoint>>>>,
+    /// The workers' own connections to plain-`http` upstreams.
+    direct: Arc<direct::Pools>,
     /// Servers this node could not connect to, and how many (the request path reads the count).
     unreachable: Arc<(std::sync::atomic::AtomicUsize, parking_lot::Mutex<std::collections::HashSet<String>>)>,
     /// Where a server that answers again after being unreachable goes: discovered again (what
@@ -64,13 +68,15 @@ impl Upstream {
             timeout: limits.upstream_timeout,
             credentials,
             urls: Arc::default(),
+            direct: Arc::new(direct::Pools::new(workers, limits.upstream_connect_timeout)),
             unreachable: Arc::default(),
             reconnected,
         })
     }
 
     /// Sends a request to the admitted call's server; returns once the upstream's status and
-    /// headers arrived (within the upstream timeout).
+    /// headers arrived (within the upstream timeout). On a worker, a plain-`http` upstream is
+    /// reached over the worker's own connections (`direct.rs`); anything else through reqwest.
     pub async fn send(
         &self,
         adm: &Admitted,
@@ -78,56 +84,69 @@ impl Upstream {
         incoming: &HeaderMap,
         upstream_session: Option<&str>,
         body: Option<Bytes>,
-    ) -> Result<reqwest::Response, Failure> {
+    ) -> Result<Response, Failure> {
         adm.revalidate()?;
-        let mut req = self.client().request(method, self.url(adm.endpoint())?);
+        let endpoint = self.endpoint(adm.endpoint())?;
+        let mut headers = HeaderMap::with_capacity(FORWARDED.len() + 4);
         for name in FORWARDED {
             if let Some(v) = incoming.get(name) {
-                req = req.header(name, v);
+                headers.insert(name, v.clone());
             }
         }
         if incoming.get("accept").is_none() {
-            req = req.header("accept", "application/json, text/event-stream");
+            headers.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
         }
-        if let Some(sid) = upstream_session {
-            req = req.header("mcp-session-id", sid);
+        if let Some(sid) = upstream_session.and_then(|s| HeaderValue::from_str(s).ok()) {
+            headers.insert("mcp-session-id", sid);
         }
         // The agent's trace, with joch's span as the parent (W3C Trace Context).
         let exec = &adm.call().exec;
-        req = req.header("traceparent", exec.traceparent());
-        if let Some((name, value)) = self.credentials.header(adm).await? {
-            req = req.header(name, value);
+        if let Ok(v) = HeaderValue::from_str(&exec.traceparent()) {
+            headers.insert("traceparent", v);
         }
-        if let Some(b) = body {
-            req = req.body(b);
+        if let Some((name, value)) = self.credentials.header(adm).await? {
+            headers.insert(name, value);
         }
         let sent = std::time::Instant::now();
-        let answer = tokio::time::timeout(self.timeout, req.send()).await;
-        exec.note(|n| n.upstream_us += sent.elapsed().as_micros() as u64);
-        if let Ok(Ok(r)) = &answer {
-            if r.status() == reqwest::StatusCode::UNAUTHORIZED {
-                self.credentials.refused(&adm.server().name);
+        let worker = crate::workers::current().filter(|w| *w < self.direct.workers());
+        let answer = match (worker, &endpoint.direct) {
+            (Some(w), Some(target)) => {
+                let send = self.direct.send(w, target, method, headers, body);
+                match tokio::time::timeout(self.timeout, send).await {
+                    Err(_) => Err(None),
+                    Ok(Ok(r)) => Ok(Response::Direct(r)),
+                    Ok(Err(e)) => Err(Some((matches!(e, direct::Error::Connect(_)), false, e.to_string()))),
+                }
             }
-        }
+            _ => {
+                let mut req = self.client().request(method, endpoint.url.clone()).headers(headers);
+                if let Some(b) = body {
+                    req = req.body(b);
+                }
+                match tokio::time::timeout(self.timeout, req.send()).await {
+                    Err(_) => Err(None),
+                    Ok(Ok(r)) => Ok(Response::Pooled(r)),
+                    Ok(Err(e)) => Err(Some((e.is_connect(), e.is_timeout(), chain(&e)))),
+                }
+            }
+        };
+        exec.note(|n| n.upstream_us += sent.elapsed().as_micros() as u64);
         match answer {
-            Err(_) => Err(Failure::Upstream(UpstreamError {
+            Err(None) => Err(Failure::Upstream(UpstreamError {
                 reason: Reason::UpstreamTimeout,
                 message: format!("the upstream did not answer within {:?}", self.timeout),
             })),
-            Ok(Err(e)) => {
-                if e.is_connect() {
+            Err(Some((connect, timeout, message))) => {
+                if connect {
                     self.unreachable(&adm.server().name, true);
                 }
-                let reason = if e.is_timeout() { Reason::UpstreamTimeout } else { Reason::UpstreamUnavailable };
-                let mut message = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    message.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
+                let reason = if timeout { Reason::UpstreamTimeout } else { Reason::UpstreamUnavailable };
                 Err(Failure::Upstream(UpstreamError { reason, message: format!("upstream request failed: {message}") }))
             }
-            Ok(Ok(r)) => {
+            Ok(r) => {
+                if r.status() == reqwest::StatusCode::UNAUTHORIZED {
+                    self.credentials.refused(&adm.server().name);
+                }
                 self.unreachable(&adm.server().name, false);
                 Ok(r)
             }
@@ -157,24 +176,25 @@ impl Upstream {
     }
 
     /// The endpoint, parsed (once per distinct endpoint; bounded by the registry).
-    fn url(&self, endpoint: &str) -> Result<reqwest::Url, Failure> {
+    fn endpoint(&self, endpoint: &str) -> Result<Arc<Endpoint>, Failure> {
         if let Some(u) = self.urls.read().get(endpoint) {
             return Ok(u.clone());
         }
-        let u = reqwest::Url::parse(endpoint).map_err(|e| {
+        let url = reqwest::Url::parse(endpoint).map_err(|e| {
             Failure::Upstream(UpstreamError::unavailable(format!("the endpoint {endpoint:?} is not a URL: {e}")))
         })?;
+        let e = Arc::new(Endpoint { direct: direct::Target::of(&url), url });
         let mut urls = self.urls.write();
         if urls.len() > 10_000 {
             urls.clear();
         }
-        urls.insert(endpoint.to_string(), u.clone());
-        Ok(u)
+        urls.insert(endpoint.to_string(), e.clone());
+        Ok(e)
     }
 
     /// Reads a whole (non-stream) body, at most `limit` bytes and within the upstream timeout:
     /// an upstream that sends its headers and then stalls does not hold the call forever.
-    pub async fn read(&self, resp: reqwest::Response, limit: usize) -> Result<Bytes, UpstreamError> {
+    pub async fn read(&self, resp: Response, limit: usize) -> Result<Bytes, UpstreamError> {
         let read = async {
             let mut out = BytesMut::new();
             let mut s = resp.bytes_stream();
@@ -196,4 +216,55 @@ impl Upstream {
             }),
         }
     }
+}
+
+/// An endpoint, parsed: its URL, and how a worker reaches it directly (plain `http`).
+struct Endpoint {
+    url: reqwest::Url,
+    direct: Option<direct::Target>,
+}
+
+/// An upstream's answer, from a worker's own connection or from reqwest.
+pub enum Response {
+    /// From a worker's own connection.
+    Direct(direct::Response),
+    /// From reqwest's pool.
+    Pooled(reqwest::Response),
+}
+
+impl Response {
+    /// Its status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Response::Direct(r) => r.head.status,
+            Response::Pooled(r) => r.status(),
+        }
+    }
+
+    /// Its headers.
+    pub fn headers(&self) -> &HeaderMap {
+        match self {
+            Response::Direct(r) => &r.head.headers,
+            Response::Pooled(r) => r.headers(),
+        }
+    }
+
+    /// Its body, chunk by chunk as it arrives.
+    pub fn bytes_stream(self) -> BoxStream<'static, Result<Bytes, String>> {
+        match self {
+            Response::Direct(r) => r.body.map(|c| c.map_err(|e| chain(&e))).boxed(),
+            Response::Pooled(r) => r.bytes_stream().map(|c| c.map_err(|e| chain(&e))).boxed(),
+        }
+    }
+}
+
+/// An error and its sources, as one line.
+pub(super) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        message.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    message
 }

@@ -3,6 +3,7 @@
 //! make one. What an upstream answers goes back as an `Answer` through the exit.
 
 pub mod credentials;
+mod direct;
 pub mod http;
 pub mod stdio;
 
