@@ -1,7 +1,9 @@
-//! Upstream streamable-HTTP servers: pooled clients (HTTP/1.1 and h2, keep-alive), one per MCP
-//! worker (`crate::workers`: a worker's calls use connections driven on its own thread) and one
-//! for everything else (discovery, relayed requests); connect and first-byte timeouts, and bodies
-//! read under a size and a time limit. Every request takes an [`Admitted`] and re-validates it (cheap when nothing changed since admission). The agent's own
+//! Upstream streamable-HTTP servers. On an MCP worker (`crate::workers`), a plain-`http`
+//! upstream is reached over the worker's own HTTP/1.1 keep-alive connections (`direct.rs`),
+//! driven on its thread; everything else (https and h2 upstreams, discovery, relayed requests)
+//! through reqwest's pooled clients, one per worker and one shared. Connect and first-byte
+//! timeouts, and bodies read under a size and a time limit, either way. Every request takes an
+//! [`Admitted`] and re-validates it (cheap when nothing changed since admission). The agent's own
 //! credentials are never forwarded; the only `Authorization` an upstream sees is the one its
 //! `spec.auth` names ([`Credentials`]).
 
